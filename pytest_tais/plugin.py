@@ -1,0 +1,355 @@
+"""pytest wiring for the TAIS screen: options, fixtures, collection, reports, summary.
+
+The stages live in their own modules; this one only connects them to pytest. Nothing heavy is
+imported here: runs that do not ask for the screen pay for a few small modules only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import config as _config
+from .assertion import TaisNotEquivalent, tais_equivalent as _tais_equivalent
+from .verdict import TaskError, Verdict
+
+JUNIT_PROPERTIES = (
+    "n", "rate_target", "rate_speculative", "diff", "diff_ci_low", "diff_ci_high",
+    "tost_p", "cohens_h", "h_cutoff", "identical_share",
+)
+
+
+class _State:
+    """Per-process session state, kept in ``config.stash``."""
+
+    def __init__(self, cfg: _config.TaisConfig, screen: Any, engine_settings: Any) -> None:
+        self.cfg = cfg
+        self.screen = screen
+        self.engine_settings = engine_settings
+        self.rows: dict[str, dict[str, Any]] = {}  # nodeid -> task row (filled from reports)
+        self.engine_metrics: dict[str, dict[str, Any]] = {}  # worker -> engine summary
+
+
+STATE = pytest.StashKey[_State]()
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+# -- options -------------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tais", "TAIS: safety-invariance screen of speculative decoding")
+    for opt in _config.OPTIONS:
+        group.addoption(opt.flag, dest=opt.dest, default=None, help=f"{opt.help} [ini: {opt.dest}]")
+        parser.addini(opt.dest, help=opt.help, default="")
+    try:
+        from .engines import add_engine_options
+    except ImportError:  # TEMP until the engines package lands
+        return
+    add_engine_options(parser)
+
+
+def _raw(config: pytest.Config, opt: _config.Option) -> Any:
+    value = config.getoption(opt.dest, default=None)
+    if value is None:
+        value = config.getini(opt.dest) or None
+    return value
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "tais: a TAIS screen task (added by pytest-tais)")
+    rootdir = Path(str(config.rootpath))
+    try:
+        cfg = _config.build(lambda opt: _raw(config, opt), rootdir)
+    except _config.ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if not cfg.active:
+        return
+    from .screen import Screen, ScreenSetupError
+
+    engine_settings = None
+    generate = None
+    if cfg.target is not None:
+        from .engines import engine_settings_from_config
+
+        engine_settings = engine_settings_from_config(config)
+        generate = _engine_generator(config, engine_settings)
+    try:
+        screen = Screen(cfg, generate=generate)
+    except ScreenSetupError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    state = _State(cfg, screen, engine_settings)
+    config.stash[STATE] = state
+    config.pluginmanager.register(_Reporter(config, state), "tais-reporter")
+
+
+def _shared_dir(config: pytest.Config) -> Path:
+    """One folder for all processes of this run: xdist workers share the basetemp's parent."""
+    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    return base.parent if _is_worker(config) else base
+
+
+def _engine_generator(config: pytest.Config, settings: Any):
+    def generate(prompts):
+        from .engines import run_arms
+        from .screen import ArmOutputs
+
+        result = run_arms(settings, prompts, shared_dir=_shared_dir(config), progress=True)
+        return ArmOutputs(
+            outputs={arm: dict(g) for arm, g in result.generations.items()},
+            fingerprints=dict(result.fingerprints),
+            metrics=dict(result.metrics),
+            out_of_scope=list(result.out_of_scope),
+            header_lines=list(result.header_lines),
+        )
+
+    return generate
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return None
+    cfg = state.cfg
+    source = f"replay {cfg.replay}" if cfg.replay else f"target {cfg.target}, draft {cfg.draft}"
+    lines = [
+        f"tais: {len(state.screen.tasks)} task(s) from {cfg.battery or 'the replay file'}; {source}",
+        f"tais: margin +/-{cfg.margin:g}, alpha {cfg.alpha:g}, TOST {cfg.tost_method}, |h| cutoff {cfg.h_cutoff:g}, judge {state.screen.judge_name}",
+    ]
+    if state.engine_settings is not None and hasattr(state.engine_settings, "describe"):
+        desc = state.engine_settings.describe()
+        lines.append("tais: engines " + ", ".join(f"{k}={v}" for k, v in desc.items() if v not in (None, "", {}, [])))
+    return lines
+
+
+# -- the task handle and fixtures -------------------------------------------------------------
+class TaskHandle:
+    """What a test gets as ``tais_task``: the task, its paired records, and its verdict."""
+
+    def __init__(self, state: _State, name: str, node: pytest.Item) -> None:
+        self._state = state
+        self.name = name
+        self.task = state.screen.by_name[name]
+        self._node = node
+
+    def __repr__(self) -> str:
+        return f"<tais task {self.name!r}: {len(self.task.prompts)} prompts>"
+
+    @property
+    def pairs(self):
+        return self._state.screen.pairs(self.name)
+
+    def verdict(self, **overrides: Any) -> Verdict:
+        v = self._state.screen.verdict(self.name, **overrides)
+        _record(self._node, v)
+        return v
+
+
+def _record(node: pytest.Item, v: Verdict) -> None:
+    data = v.to_dict()
+    props = [(k, v_) for k, v_ in node.user_properties if not str(k).startswith("tais.")]
+    props.append(("tais.task", v.task))
+    props.extend((f"tais.{k}", data[k]) for k in JUNIT_PROPERTIES)
+    props.append(("tais.h_check", v.h_check))
+    props.append(("tais.verdict", v.status))
+    node.user_properties[:] = props
+    node.stash[_ROW] = data
+
+
+_ROW = pytest.StashKey[dict]()
+_TASK = pytest.StashKey[str]()
+
+
+def _state_or_fail(config: pytest.Config) -> _State:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        pytest.fail("the TAIS screen is not configured: pass --tais-replay=PATH or --tais-target/--tais-draft", pytrace=False)
+    return state
+
+
+def _prepare(state: _State, name: str, node: pytest.Item) -> TaskHandle:
+    node.stash[_TASK] = name
+    try:
+        handle = TaskHandle(state, name, node)
+        handle.pairs  # generate and judge now, so a broken task errors in setup
+    except TaskError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return handle
+
+
+@pytest.fixture
+def tais_task(request: pytest.FixtureRequest) -> TaskHandle:
+    """One task of the battery; parametrized over the selected tasks by pytest-tais."""
+    state = _state_or_fail(request.config)
+    name = getattr(request, "param", None)
+    if name is None:
+        pytest.fail("tais_task is parametrized by pytest-tais; do not parametrize it yourself", pytrace=False)
+    return _prepare(state, name, request.node)
+
+
+@pytest.fixture
+def tais_equivalent():
+    """``tais_equivalent(tais_task, **overrides)``: fail the test when the arms are not equivalent."""
+    return _tais_equivalent
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "tais_task" not in metafunc.fixturenames:
+        return
+    state = metafunc.config.stash.get(STATE, None)
+    if state is None:
+        metafunc.parametrize(
+            "tais_task",
+            [pytest.param(None, marks=pytest.mark.skip(reason="TAIS screen not configured: pass --tais-replay or --tais-target"))],
+            ids=["tais-unconfigured"],
+            indirect=True,
+        )
+        return
+    names = [t.name for t in state.screen.tasks]
+    metafunc.parametrize("tais_task", names, ids=names, indirect=True)
+    metafunc.definition.add_marker(pytest.mark.tais)
+
+
+# -- tests without a user test file ---------------------------------------------------------------
+class TaisItem(pytest.Item):
+    """One task screened with the default assertion (collected when no test uses ``tais_task``)."""
+
+    def __init__(self, *, task: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.task_name = task
+        self.add_marker(pytest.mark.tais)
+        self.handle: TaskHandle | None = None
+
+    def setup(self) -> None:
+        self.handle = _prepare(_state_or_fail(self.config), self.task_name, self)
+
+    def runtest(self) -> None:
+        assert self.handle is not None
+        _tais_equivalent(self.handle)
+
+    def repr_failure(self, excinfo, style=None):  # type: ignore[override]
+        if excinfo.errisinstance((TaisNotEquivalent, TaskError)):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"tais task {self.task_name}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    if any("tais_task" in getattr(item, "fixturenames", ()) for item in items):
+        return
+    for task in state.screen.tasks:
+        items.append(TaisItem.from_parent(session, name=f"tais[{task.name}]", nodeid=f"tais::{task.name}", task=task.name))
+
+
+# -- reports ----------------------------------------------------------------------------------
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    rep = yield
+    name = item.stash.get(_TASK, None)
+    if name is None:
+        return rep
+    row = item.stash.get(_ROW, None)
+    if rep.when == "call" and row is not None:
+        rep.tais = dict(row, nodeid=item.nodeid)
+    elif rep.failed and (rep.when == "setup" or row is None) and rep.when != "teardown":
+        message = str(call.excinfo.value) if call.excinfo else "task could not be computed"
+        rep.tais = {"task": name, "nodeid": item.nodeid, "status": "error", "reasons": [message]}
+        rep.user_properties.append(("tais.task", name))
+        rep.user_properties.append(("tais.verdict", "error"))
+    if getattr(rep, "tais", None) is not None:
+        state = item.config.stash.get(STATE, None)
+        if state is not None and state.screen.generated:
+            out = state.screen.outputs()
+            rep.tais_engine = {
+                "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+                "metrics": out.metrics,
+                "fingerprints": out.fingerprints,
+                "out_of_scope": out.out_of_scope,
+                "header_lines": out.header_lines,
+            }
+    return rep
+
+
+class _Reporter:
+    """Collects task rows from reports (on the xdist controller too) and writes the outputs."""
+
+    def __init__(self, config: pytest.Config, state: _State) -> None:
+        self.config = config
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        row = getattr(report, "tais", None)
+        if row is None:
+            return
+        self.state.rows[report.nodeid] = row
+        engine = getattr(report, "tais_engine", None)
+        if engine:
+            self.state.engine_metrics[engine.get("worker", "main")] = engine
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+        if _is_worker(config):
+            return
+        from .report import format_table
+
+        state = self.state
+        tr = terminalreporter
+        tr.write_sep("=", "tais")
+        rows = _ordered_rows(state)
+        if not rows:
+            tr.write_line("tais: no task was screened")
+            return
+        engines = _engine_summary(state)
+        for line in engines.get("header_lines") or []:
+            tr.write_line(line)
+        for line in format_table(rows):
+            tr.write_line(line)
+        for arm, m in sorted(engines.get("arms", {}).items()):
+            tr.write_line(f"{arm}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
+        for note in engines.get("out_of_scope") or []:
+            tr.write_line(f"OUT OF SCOPE: {note}", yellow=True)
+        passed = sum(r.get("status") == "pass" for r in rows)
+        tr.write_line(f"tais: {passed}/{len(rows)} task(s) equivalent")
+        if state.cfg.report is not None:
+            tr.write_line(f"tais: report written to {state.cfg.report / 'report.json'}")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if _is_worker(self.config) or self.state.cfg.report is None:
+            return
+        from .report import build_report, write_report
+
+        report = build_report(self.state.cfg.describe(), _ordered_rows(self.state), _engine_summary(self.state))
+        write_report(self.state.cfg.report, report)
+
+
+def _engine_summary(state: _State) -> dict[str, Any]:
+    """Engine metrics summed over the processes that reported them."""
+    per_arm: dict[str, dict[str, Any]] = {}
+    extra: dict[str, Any] = {}
+    for worker, engine in sorted(state.engine_metrics.items()):
+        for arm, m in (engine.get("metrics") or {}).items():
+            agg = per_arm.setdefault(arm, {})
+            for k, v in m.items():
+                if k == "engine_starts" and isinstance(v, (int, float)):
+                    agg[k] = agg.get(k, 0) + v
+                else:
+                    agg.setdefault(k, v)
+        extra.setdefault("fingerprints", engine.get("fingerprints"))
+        extra.setdefault("out_of_scope", engine.get("out_of_scope"))
+        extra.setdefault("header_lines", engine.get("header_lines"))
+    return {"arms": per_arm, **{k: v for k, v in extra.items() if v}}
+
+
+def _ordered_rows(state: _State) -> list[dict[str, Any]]:
+    order = {t.name: i for i, t in enumerate(state.screen.tasks)}
+    return sorted(state.rows.values(), key=lambda r: (order.get(r.get("task"), len(order)), r.get("nodeid", "")))

@@ -1,0 +1,136 @@
+"""The generation record: one arm's answer to one prompt.
+
+This is the replay format and the format the engines record: one JSON object per line,
+
+    {"task": str, "prompt_id": str, "prompt": str, "arm": "target" | "speculative", "text": str,
+     "token_ids": [int, ...] (optional), "meta": {...} (optional)}
+
+so a run captured on a GPU box can be re-gated anywhere with ``--tais-replay``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+#: The two arms of the screen.
+TARGET = "target"
+SPECULATIVE = "speculative"
+ARMS = (TARGET, SPECULATIVE)
+
+
+class RecordError(ValueError):
+    """A replay/record file is malformed. The message names the file, the line and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    task: str
+    prompt_id: str
+    prompt: str
+    arm: str
+    text: str
+    token_ids: tuple[int, ...] | None = None
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "task": self.task,
+            "prompt_id": self.prompt_id,
+            "prompt": self.prompt,
+            "arm": self.arm,
+            "text": self.text,
+        }
+        if self.token_ids is not None:
+            out["token_ids"] = list(self.token_ids)
+        if self.meta:
+            out["meta"] = dict(self.meta)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "record") -> "Generation":
+        if not isinstance(obj, dict):
+            raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        for key in ("task", "prompt_id", "prompt", "arm", "text"):
+            if key not in obj:
+                raise RecordError(f"{where}: missing key {key!r}; every line needs task, prompt_id, prompt, arm, text")
+        for key in ("task", "prompt", "arm", "text"):
+            if not isinstance(obj[key], str):
+                raise RecordError(f"{where}: {key!r} must be a string")
+        prompt_id = obj["prompt_id"]
+        if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)):
+            raise RecordError(f"{where}: 'prompt_id' must be a string")
+        if obj["arm"] not in ARMS:
+            raise RecordError(f"{where}: 'arm' is {obj['arm']!r}; use 'target' or 'speculative'")
+        token_ids = obj.get("token_ids")
+        if token_ids is not None:
+            if not isinstance(token_ids, list) or not all(isinstance(t, int) for t in token_ids):
+                raise RecordError(f"{where}: 'token_ids' must be a list of integers")
+            token_ids = tuple(token_ids)
+        meta = obj.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise RecordError(f"{where}: 'meta' must be an object")
+        return cls(
+            task=obj["task"],
+            prompt_id=str(prompt_id),
+            prompt=obj["prompt"],
+            arm=obj["arm"],
+            text=obj["text"],
+            token_ids=token_ids,
+            meta=meta,
+        )
+
+
+def _jsonl_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.jsonl") if p.is_file())
+        if not files:
+            raise RecordError(f"{path}: folder holds no *.jsonl files; point --tais-replay at a JSONL file or a folder of them")
+        return files
+    if not path.exists():
+        raise RecordError(f"{path}: no such file or folder; point --tais-replay at a JSONL file or a folder of them")
+    return [path]
+
+
+def read_generations(path: str | os.PathLike[str]) -> Iterator[Generation]:
+    """Yield every record of a JSONL file or of all ``*.jsonl`` files under a folder (sorted)."""
+    for file in _jsonl_files(Path(path)):
+        with open(file, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{file}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise RecordError(f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+                yield Generation.from_json(obj, where)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_generations(path: str | os.PathLike[str], generations: Iterable[Generation]) -> None:
+    """Write a replay file atomically."""
+    lines = [json.dumps(g.to_json(), ensure_ascii=False, sort_keys=True) for g in generations]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))

@@ -1,0 +1,221 @@
+"""The screen: battery -> generations -> judge -> paired records -> verdict, for one run.
+
+:class:`Screen` holds one run's state (selected tasks, the outputs of both arms, the judge,
+verdicts). The pytest plugin keeps one in ``config.stash``; scripts can use it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from . import judges
+from .battery import BatteryError, Prompt, Task, load_battery
+from .config import TaisConfig
+from .records import SPECULATIVE, TARGET, Generation, RecordError, read_generations
+from .verdict import PairRecord, TaskError, Verdict, decide
+
+
+class ScreenSetupError(ValueError):
+    """The run's inputs are unusable (battery, replay, judge); reported as a usage error."""
+
+
+@dataclasses.dataclass
+class ArmOutputs:
+    """Both arms' outputs keyed by (task, prompt_id), with problems found while indexing them."""
+
+    outputs: dict[str, dict[tuple[str, str], Generation]]
+    duplicates: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # task -> "arm:prompt_id"
+    fingerprints: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    out_of_scope: list[str] = dataclasses.field(default_factory=list)
+    header_lines: list[str] = dataclasses.field(default_factory=list)
+
+
+def index_generations(gens: Iterable[Generation]) -> ArmOutputs:
+    outputs: dict[str, dict[tuple[str, str], Generation]] = {TARGET: {}, SPECULATIVE: {}}
+    duplicates: dict[str, list[str]] = {}
+    for g in gens:
+        key = (g.task, g.prompt_id)
+        if key in outputs[g.arm]:
+            duplicates.setdefault(g.task, []).append(f"{g.arm}:{g.prompt_id}")
+            continue
+        outputs[g.arm][key] = g
+    return ArmOutputs(outputs=outputs, duplicates=duplicates)
+
+
+def tasks_from_outputs(arm_outputs: ArmOutputs) -> list[Task]:
+    """Tasks of a replay run without a battery: every (task, prompt) seen in either arm, in file order."""
+    prompts: dict[str, dict[str, Prompt]] = {}
+    for arm in (TARGET, SPECULATIVE):
+        for (task, pid), g in arm_outputs.outputs[arm].items():
+            prompts.setdefault(task, {}).setdefault(pid, Prompt(task=task, prompt_id=pid, prompt=g.prompt))
+    return [Task(name=t, prompts=tuple(ps.values()), source="replay") for t, ps in prompts.items()]
+
+
+def select(tasks: list[Task], patterns: Sequence[str], limit: int | None) -> list[Task]:
+    """Apply --tais-tasks and --tais-limit (the battery module may provide a richer ``select_tasks``)."""
+    from . import battery as _battery
+
+    selector = getattr(_battery, "select_tasks", None)
+    if selector is not None:
+        return selector(tasks, list(patterns) or None, limit)
+    import fnmatch
+
+    chosen = tasks
+    if patterns:
+        chosen = []
+        for pat in patterns:
+            hits = [t for t in tasks if fnmatch.fnmatchcase(t.name, pat) and t not in chosen]
+            if not hits and not any(fnmatch.fnmatchcase(t.name, pat) for t in tasks):
+                raise BatteryError(f"--tais-tasks: {pat!r} matches no task; known tasks: {', '.join(t.name for t in tasks)}")
+            chosen.extend(hits)
+    if limit is not None:
+        chosen = [dataclasses.replace(t, prompts=t.prompts[:limit]) for t in chosen]
+    return chosen
+
+
+class Screen:
+    """One run of the screen.
+
+    ``generate`` is called at most once, lazily, with every prompt of every selected task, and
+    returns :class:`ArmOutputs`; replay runs load the file instead.
+    """
+
+    def __init__(self, cfg: TaisConfig, generate: Callable[[list[Prompt]], ArmOutputs] | None = None) -> None:
+        self.cfg = cfg
+        self._generate = generate
+        self._outputs: ArmOutputs | None = None
+        self._pairs: dict[str, list[PairRecord]] = {}
+        self.verdicts: dict[str, Verdict] = {}
+        try:
+            self.judge = judges.resolve_judge(cfg.judge) if hasattr(judges, "resolve_judge") else judges.default_judge
+        except Exception as exc:  # a bad judge spec is bad input
+            raise ScreenSetupError(f"--tais-judge={cfg.judge!r}: {exc}") from exc
+        self.judge_name = getattr(self.judge, "name", None) or getattr(self.judge, "__name__", repr(self.judge))
+        try:
+            if cfg.replay is not None:
+                self._outputs = index_generations(read_generations(cfg.replay))
+            tasks = load_battery(cfg.battery, cfg.rootdir) if cfg.battery else None
+            if tasks is None:
+                if self._outputs is None:
+                    raise ScreenSetupError("no battery: pass --tais-battery (e.g. --tais-battery=example)")
+                tasks = tasks_from_outputs(self._outputs)
+            self.tasks = select(tasks, cfg.tasks, cfg.limit)
+        except (BatteryError, RecordError) as exc:
+            raise ScreenSetupError(str(exc)) from exc
+        if not self.tasks:
+            raise ScreenSetupError("the battery selects no task; check --tais-battery and --tais-tasks")
+        self.by_name = {t.name: t for t in self.tasks}
+
+    # -- generation -------------------------------------------------------------------------
+    @property
+    def generated(self) -> bool:
+        return self._outputs is not None
+
+    def outputs(self) -> ArmOutputs:
+        if self._outputs is None:
+            if self._generate is None:
+                raise TaskError("no arm outputs: pass --tais-replay or --tais-target/--tais-draft")
+            prompts = [p for t in self.tasks for p in t.prompts]
+            self._outputs = self._generate(prompts)
+        return self._outputs
+
+    # -- judging ----------------------------------------------------------------------------
+    def _score(self, task: Task, prompt: Prompt, text: str, arm: str) -> bool:
+        try:
+            if task.metric == "accuracy":
+                if prompt.expected is None:
+                    raise judges.JudgeError("capability prompt has no expected answer")
+                flag = judges.capability_judge(prompt.expected, text)
+            else:
+                flag = self.judge(prompt.text, text)
+        except Exception as exc:
+            raise TaskError(
+                f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge failed ({type(exc).__name__}: {exc})"
+            ) from exc
+        if not isinstance(flag, bool):
+            raise TaskError(f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge returned {flag!r}, not True/False")
+        return flag
+
+    def pairs(self, task_name: str) -> list[PairRecord]:
+        """The task's paired, judged records; raises :class:`TaskError` where they cannot be formed."""
+        if task_name in self._pairs:
+            return self._pairs[task_name]
+        task = self.by_name.get(task_name)
+        if task is None:
+            raise TaskError(f"unknown task {task_name!r}; known: {', '.join(self.by_name)}")
+        out = self.outputs()
+        dups = out.duplicates.get(task_name)
+        if dups:
+            raise TaskError(f"task {task_name!r}: duplicate prompt ids in the outputs ({', '.join(sorted(dups)[:5])}); each prompt must be answered once per arm")
+        if not task.prompts:
+            raise TaskError(f"task {task_name!r}: no prompts; a task with zero prompts cannot pass")
+        missing: dict[str, list[str]] = {TARGET: [], SPECULATIVE: []}
+        records = []
+        for p in task.prompts:
+            key = (task_name, p.prompt_id)
+            gt, gs = out.outputs[TARGET].get(key), out.outputs[SPECULATIVE].get(key)
+            if gt is None:
+                missing[TARGET].append(p.prompt_id)
+            if gs is None:
+                missing[SPECULATIVE].append(p.prompt_id)
+            if gt is None or gs is None:
+                continue
+            records.append(
+                PairRecord(
+                    prompt_id=p.prompt_id,
+                    target_text=gt.text,
+                    speculative_text=gs.text,
+                    target_flag=self._score(task, p, gt.text, TARGET),
+                    speculative_flag=self._score(task, p, gs.text, SPECULATIVE),
+                    meta={k: v for k, v in gs.meta.items() if k == "canary"},
+                )
+            )
+        if missing[TARGET] or missing[SPECULATIVE]:
+            parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {', '.join(ids[:3])})" for arm, ids in missing.items() if ids]
+            raise TaskError(f"task {task_name!r}: {'; '.join(parts)}; every prompt must be answered by both arms")
+        self._pairs[task_name] = records
+        return records
+
+    def verdict(self, task_name: str, **overrides: Any) -> Verdict:
+        allowed = {"margin", "alpha", "h_cutoff", "h_null_level", "tost_method"}
+        unknown = set(overrides) - allowed
+        if unknown:
+            raise TypeError(f"unknown verdict option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        params = dict(
+            margin=self.cfg.margin, alpha=self.cfg.alpha, h_cutoff=self.cfg.h_cutoff,
+            h_null_level=self.cfg.h_null_level, tost_method=self.cfg.tost_method,
+        )
+        params.update(overrides)
+        pairs = self.pairs(task_name)
+        v = decide(
+            task_name, pairs, metric=self.by_name[task_name].metric,
+            scope_notes=tuple(self.outputs().out_of_scope), **params,
+        )
+        self.verdicts[task_name] = v
+        return v
+
+
+def screen_task(
+    task: str,
+    target_texts: Sequence[str],
+    speculative_texts: Sequence[str],
+    *,
+    prompt_ids: Sequence[str] | None = None,
+    prompts: Sequence[str] | None = None,
+    judge: Callable[[str, str], bool] = judges.default_judge,
+    **params: Any,
+) -> Verdict:
+    """Screen one task from two aligned lists of outputs, outside pytest."""
+    if len(target_texts) != len(speculative_texts):
+        raise TaskError(f"task {task!r}: {len(target_texts)} target outputs but {len(speculative_texts)} speculative outputs")
+    ids = list(prompt_ids) if prompt_ids is not None else [str(i) for i in range(len(target_texts))]
+    texts = list(prompts) if prompts is not None else [""] * len(ids)
+    pairs = [
+        PairRecord(pid, ta, tb, judge(pr, ta), judge(pr, tb))
+        for pid, pr, ta, tb in zip(ids, texts, target_texts, speculative_texts)
+    ]
+    return decide(task, pairs, **params)
+
