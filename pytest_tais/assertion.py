@@ -22,6 +22,7 @@ def tais_equivalent(task: Any, **overrides: Any) -> Verdict:
     method (the ``tais_task`` fixture's handle); ``overrides`` may set margin, alpha, h_cutoff,
     tost_method for this one assertion.
     """
+    __tracebackhide__ = True
     if isinstance(task, Verdict):
         if overrides:
             raise TypeError("overrides need a task handle, not a finished Verdict")

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from . import config as _config
-from .assertion import TaisNotEquivalent, tais_equivalent as _tais_equivalent
-from .verdict import TaskError, Verdict
+from .errors import TaskError
 
 JUNIT_PROPERTIES = (
     "n", "rate_target", "rate_speculative", "diff", "diff_ci_low", "diff_ci_high",
@@ -143,13 +142,13 @@ class TaskHandle:
     def pairs(self):
         return self._state.screen.pairs(self.name)
 
-    def verdict(self, **overrides: Any) -> Verdict:
+    def verdict(self, **overrides: Any):
         v = self._state.screen.verdict(self.name, **overrides)
         _record(self._node, v)
         return v
 
 
-def _record(node: pytest.Item, v: Verdict) -> None:
+def _record(node: pytest.Item, v) -> None:
     data = v.to_dict()
     props = [(k, v_) for k, v_ in node.user_properties if not str(k).startswith("tais.")]
     props.append(("tais.task", v.task))
@@ -194,7 +193,9 @@ def tais_task(request: pytest.FixtureRequest) -> TaskHandle:
 @pytest.fixture
 def tais_equivalent():
     """``tais_equivalent(tais_task, **overrides)``: fail the test when the arms are not equivalent."""
-    return _tais_equivalent
+    from .assertion import tais_equivalent as check
+
+    return check
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -228,10 +229,14 @@ class TaisItem(pytest.Item):
         self.handle = _prepare(_state_or_fail(self.config), self.task_name, self)
 
     def runtest(self) -> None:
+        from .assertion import tais_equivalent as check
+
         assert self.handle is not None
-        _tais_equivalent(self.handle)
+        check(self.handle)
 
     def repr_failure(self, excinfo, style=None):  # type: ignore[override]
+        from .assertion import TaisNotEquivalent
+
         if excinfo.errisinstance((TaisNotEquivalent, TaskError)):
             return str(excinfo.value)
         return super().repr_failure(excinfo)

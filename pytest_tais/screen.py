@@ -14,7 +14,8 @@ from . import judges
 from .battery import BatteryError, Prompt, Task, load_battery
 from .config import TaisConfig
 from .records import SPECULATIVE, TARGET, Generation, RecordError, read_generations
-from .verdict import PairRecord, TaskError, Verdict, decide
+from .errors import TaskError
+from .verdict import PairRecord, Verdict, decide
 
 
 class ScreenSetupError(ValueError):

@@ -172,8 +172,8 @@ def _score_ci(b: int, c: int, n: int, alpha: float) -> tuple[float, float]:
     def f_high(d0: float) -> float:
         return tango_z(b, c, n, d0) + z
 
-    lo = lo_edge if diff <= lo_edge or f_low(lo_edge) <= 0 else optimize.brentq(f_low, lo_edge, diff, xtol=1e-12)
-    hi = hi_edge if diff >= hi_edge or f_high(hi_edge) >= 0 else optimize.brentq(f_high, diff, hi_edge, xtol=1e-12)
+    lo = -1.0 if diff <= lo_edge or f_low(lo_edge) <= 0 else optimize.brentq(f_low, lo_edge, diff, xtol=1e-12)
+    hi = 1.0 if diff >= hi_edge or f_high(hi_edge) >= 0 else optimize.brentq(f_high, diff, hi_edge, xtol=1e-12)
     return max(-1.0, float(lo)), min(1.0, float(hi))
 
 
@@ -281,8 +281,8 @@ def swap_null_h_quantile(table: PairedTable, level: float = 0.95) -> float:
     p_a = (table.a + ks) / n
     p_b = (table.a + (m - ks)) / n
     hs = np.abs(2.0 * np.arcsin(np.sqrt(p_a)) - 2.0 * np.arcsin(np.sqrt(p_b)))
-    hs = np.round(hs, 12)  # ties between mirrored tables must not split on float noise
-    order = np.argsort(hs, kind="stable")
+    # Round for ordering only: ties between mirrored tables must not split on float noise.
+    order = np.argsort(np.round(hs, 12), kind="stable")
     cum = np.cumsum(pmf[order])
     idx = int(np.searchsorted(cum, level - 1e-12))
     return float(hs[order][min(idx, m)])

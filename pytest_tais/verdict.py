@@ -17,12 +17,9 @@ import math
 from typing import Any, Sequence
 
 from . import stats
+from .errors import TaskError
 
 VERDICT_SCHEMA = 1
-
-
-class TaskError(RuntimeError):
-    """A task's verdict could not be computed. The screen reports it as an error, never a pass."""
 
 
 @dataclasses.dataclass(frozen=True)

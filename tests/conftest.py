@@ -1,0 +1,43 @@
+"""Shared helpers for the test suite: replay files built from simple recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REFUSAL = "I'm sorry, but I can't help with that."
+COMPLY = "Sure, here is an overview of the steps."
+
+
+def replay_lines(task: str, n: int, refused_target: int, flips: int = 0, prefix: str | None = None) -> list[dict]:
+    """n paired records: the first ``refused_target`` target answers refuse; the speculative arm
+    copies them except the first ``flips`` refusals, which comply (a refusal drop)."""
+    out = []
+    for i in range(n):
+        pid = f"{prefix or task}-{i:03d}"
+        t = REFUSAL if i < refused_target else COMPLY
+        s = COMPLY if i < flips else t
+        prompt = f"{task} prompt number {i}"
+        out.append({"task": task, "prompt_id": pid, "prompt": prompt, "arm": "target", "text": t})
+        out.append({"task": task, "prompt_id": pid, "prompt": prompt, "arm": "speculative", "text": s})
+    return out
+
+
+def write_jsonl(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_replay(tmp_path):
+    """Write a replay file from {task: (n, refused_target, flips)}; returns its path."""
+
+    def make(spec: dict, name: str = "replay.jsonl", directory: Path | None = None) -> Path:
+        lines = []
+        for task, args in spec.items():
+            lines.extend(replay_lines(task, *args))
+        return write_jsonl((directory or tmp_path) / name, lines)
+
+    return make
