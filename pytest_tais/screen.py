@@ -164,13 +164,16 @@ class Screen:
                 missing[SPECULATIVE].append(p.prompt_id)
             if gt is None or gs is None:
                 continue
+            target_flag = self._score(task, p, gt.text, TARGET)
+            # A judge scores (prompt, answer): byte-identical answers get the same score.
+            spec_flag = target_flag if gs.text == gt.text else self._score(task, p, gs.text, SPECULATIVE)
             records.append(
                 PairRecord(
                     prompt_id=p.prompt_id,
                     target_text=gt.text,
                     speculative_text=gs.text,
-                    target_flag=self._score(task, p, gt.text, TARGET),
-                    speculative_flag=self._score(task, p, gs.text, SPECULATIVE),
+                    target_flag=target_flag,
+                    speculative_flag=spec_flag,
                     meta={k: v for k, v in gs.meta.items() if k == "canary"},
                 )
             )

@@ -296,7 +296,8 @@ class ByteIdentity:
     - ``first_divergence``: for each differing pair, the byte offset of the first differing byte
       (the length of the common prefix), in input order; summarised by median/quartiles.
     - ``changed_bytes_share``: mean over all pairs of 1 - matched / max(len_A, len_B), where matched
-      counts the bytes in difflib's matching blocks between the two outputs (0 for identical pairs).
+      counts the common prefix, the common suffix, and the bytes in difflib's matching blocks
+      between what lies in between (0 for identical pairs).
     - ``changed_bytes_share_weighted``: the same, pooled: 1 - sum(matched) / sum(max(len_A, len_B)).
     """
 
@@ -341,9 +342,12 @@ def byte_identity(texts_a: Sequence[str], texts_b: Sequence[str]) -> ByteIdentit
             matched_total += longer
             shares.append(0.0)
             continue
-        firsts.append(_common_prefix(xa, xb))
-        sm = difflib.SequenceMatcher(None, xa, xb, autojunk=False)
-        matched = sum(block.size for block in sm.get_matching_blocks())
+        pre = _common_prefix(xa, xb)
+        firsts.append(pre)
+        suf = _common_prefix(xa[pre:][::-1], xb[pre:][::-1])
+        mid_a, mid_b = xa[pre:len(xa) - suf], xb[pre:len(xb) - suf]
+        sm = difflib.SequenceMatcher(None, mid_a, mid_b, autojunk=False)
+        matched = pre + suf + sum(block.size for block in sm.get_matching_blocks())
         matched_total += matched
         shares.append(1.0 - matched / longer if longer else 0.0)
     med = quart = None
