@@ -30,6 +30,7 @@ class _State:
         self.engine_settings = engine_settings
         self.rows: dict[str, dict[str, Any]] = {}  # nodeid -> task row (filled from reports)
         self.engine_metrics: dict[str, dict[str, Any]] = {}  # worker -> engine summary
+        self.variants: dict[tuple, Any] = {}  # engine-setting changes -> Screen
 
 
 STATE = pytest.StashKey[_State]()
@@ -127,23 +128,34 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 # -- the task handle and fixtures -------------------------------------------------------------
 class TaskHandle:
-    """What a test gets as ``tais_task``: the task, its paired records, and its verdict."""
+    """What a test gets as ``tais_task``: the task, its paired records, and its verdict.
 
-    def __init__(self, state: _State, name: str, node: pytest.Item) -> None:
-        self._state = state
+    ``on(screen)`` gives the same task on another screen (see ``tais_variant``);
+    ``between(a, b)`` compares two (screen, arm) sources, e.g. float32 vs bfloat16 target-only.
+    """
+
+    def __init__(self, screen: Any, name: str, node: pytest.Item, a: Any = None, b: Any = None) -> None:
+        self.screen = screen
         self.name = name
-        self.task = state.screen.by_name[name]
+        self.task = screen.by_name[name]
         self._node = node
+        self._a, self._b = a, b
 
     def __repr__(self) -> str:
         return f"<tais task {self.name!r}: {len(self.task.prompts)} prompts>"
 
     @property
     def pairs(self):
-        return self._state.screen.pairs(self.name)
+        return self.screen.pairs(self.name, self._a, self._b)
+
+    def on(self, screen: Any) -> "TaskHandle":
+        return TaskHandle(screen, self.name, self._node)
+
+    def between(self, a: tuple, b: tuple) -> "TaskHandle":
+        return TaskHandle(self.screen, self.name, self._node, a, b)
 
     def verdict(self, **overrides: Any):
-        v = self._state.screen.verdict(self.name, **overrides)
+        v = self.screen.verdict(self.name, self._a, self._b, **overrides)
         _record(self._node, v)
         return v
 
@@ -173,7 +185,7 @@ def _state_or_fail(config: pytest.Config) -> _State:
 def _prepare(state: _State, name: str, node: pytest.Item) -> TaskHandle:
     node.stash[_TASK] = name
     try:
-        handle = TaskHandle(state, name, node)
+        handle = TaskHandle(state.screen, name, node)
         handle.pairs  # generate and judge now, so a broken task errors in setup
     except TaskError as exc:
         pytest.fail(str(exc), pytrace=False)
@@ -196,6 +208,40 @@ def tais_equivalent():
     from .assertion import tais_equivalent as check
 
     return check
+
+
+@pytest.fixture(scope="session")
+def tais_screen(request: pytest.FixtureRequest):
+    """The session's :class:`~pytest_tais.screen.Screen` (tasks, outputs, verdicts)."""
+    return _state_or_fail(request.config).screen
+
+
+@pytest.fixture(scope="session")
+def tais_variant(request: pytest.FixtureRequest):
+    """``tais_variant(**changes) -> Screen``: the same battery on engines with changed settings.
+
+    ``changes`` are engine settings (``draft``, ``dtype``, ``backend``, ``hf_acceptance``,
+    ``canary``, ``num_speculative_tokens``, ...). Each configuration generates once per session;
+    arms whose fingerprint is unchanged come from the generation store.
+    """
+    import dataclasses
+
+    state = _state_or_fail(request.config)
+    if state.engine_settings is None:
+        pytest.fail("tais_variant needs real engines: pass --tais-target (and --tais-draft)", pytrace=False)
+    from .engines import SettingsError
+
+    def make(**changes: Any):
+        key = tuple(sorted((k, str(v)) for k, v in changes.items()))
+        if key not in state.variants:
+            try:
+                settings = dataclasses.replace(state.engine_settings, **changes)
+            except (TypeError, SettingsError) as exc:
+                raise pytest.UsageError(f"tais_variant({', '.join(f'{k}={v!r}' for k, v in changes.items())}): {exc}") from None
+            state.variants[key] = state.screen.derive(_engine_generator(request.config, settings))
+        return state.variants[key]
+
+    return make
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

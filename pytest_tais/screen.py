@@ -140,50 +140,70 @@ class Screen:
             raise TaskError(f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge returned {flag!r}, not True/False")
         return flag
 
-    def pairs(self, task_name: str) -> list[PairRecord]:
-        """The task's paired, judged records; raises :class:`TaskError` where they cannot be formed."""
-        if task_name in self._pairs:
-            return self._pairs[task_name]
+    def derive(self, generate: Callable[[list[Prompt]], ArmOutputs]) -> "Screen":
+        """A screen over the same tasks, judge and statistics whose outputs come from ``generate``."""
+        other = object.__new__(Screen)
+        other.__dict__.update(self.__dict__)
+        other._generate, other._outputs, other._pairs, other.verdicts = generate, None, {}, {}
+        return other
+
+    def pairs(self, task_name: str, a: "ArmRef | None" = None, b: "ArmRef | None" = None) -> list[PairRecord]:
+        """The task's paired, judged records; raises :class:`TaskError` where they cannot be formed.
+
+        By default arm A is this screen's target-only arm and arm B its speculative arm; ``a`` and
+        ``b`` may name other (screen, arm) sources, e.g. float32 target-only vs bfloat16 target-only.
+        """
+        a = a or (self, TARGET)
+        b = b or (self, SPECULATIVE)
+        key = (task_name, id(a[0]), a[1], id(b[0]), b[1])
+        if key in self._pairs:
+            return self._pairs[key]
         task = self.by_name.get(task_name)
         if task is None:
             raise TaskError(f"unknown task {task_name!r}; known: {', '.join(self.by_name)}")
-        out = self.outputs()
-        dups = out.duplicates.get(task_name)
-        if dups:
-            raise TaskError(f"task {task_name!r}: duplicate prompt ids in the outputs ({', '.join(sorted(dups)[:5])}); each prompt must be answered once per arm")
         if not task.prompts:
             raise TaskError(f"task {task_name!r}: no prompts; a task with zero prompts cannot pass")
-        missing: dict[str, list[str]] = {TARGET: [], SPECULATIVE: []}
+        sources = []
+        for screen, arm in (a, b):
+            out = screen.outputs()
+            dups = out.duplicates.get(task_name)
+            if dups:
+                raise TaskError(f"task {task_name!r}: duplicate prompt ids in the outputs ({', '.join(sorted(dups)[:5])}); each prompt must be answered once per arm")
+            if arm not in out.outputs:
+                raise TaskError(f"task {task_name!r}: no {arm!r} arm in the outputs")
+            sources.append(out.outputs[arm])
+        names = (a[1], b[1]) if a[1] != b[1] else (f"{a[1]} (A)", f"{b[1]} (B)")
+        missing: dict[str, list[str]] = {names[0]: [], names[1]: []}
         records = []
         for p in task.prompts:
-            key = (task_name, p.prompt_id)
-            gt, gs = out.outputs[TARGET].get(key), out.outputs[SPECULATIVE].get(key)
-            if gt is None:
-                missing[TARGET].append(p.prompt_id)
-            if gs is None:
-                missing[SPECULATIVE].append(p.prompt_id)
-            if gt is None or gs is None:
+            ga, gb = sources[0].get((task_name, p.prompt_id)), sources[1].get((task_name, p.prompt_id))
+            if ga is None:
+                missing[names[0]].append(p.prompt_id)
+            if gb is None:
+                missing[names[1]].append(p.prompt_id)
+            if ga is None or gb is None:
                 continue
-            target_flag = self._score(task, p, gt.text, TARGET)
+            flag_a = self._score(task, p, ga.text, names[0])
             # A judge scores (prompt, answer): byte-identical answers get the same score.
-            spec_flag = target_flag if gs.text == gt.text else self._score(task, p, gs.text, SPECULATIVE)
+            flag_b = flag_a if gb.text == ga.text else self._score(task, p, gb.text, names[1])
             records.append(
                 PairRecord(
                     prompt_id=p.prompt_id,
-                    target_text=gt.text,
-                    speculative_text=gs.text,
-                    target_flag=target_flag,
-                    speculative_flag=spec_flag,
-                    meta={k: v for k, v in gs.meta.items() if k == "canary"},
+                    target_text=ga.text,
+                    speculative_text=gb.text,
+                    target_flag=flag_a,
+                    speculative_flag=flag_b,
+                    meta={k: v for k, v in gb.meta.items() if k == "canary"},
                 )
             )
-        if missing[TARGET] or missing[SPECULATIVE]:
+        if any(missing.values()):
             parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {', '.join(ids[:3])})" for arm, ids in missing.items() if ids]
             raise TaskError(f"task {task_name!r}: {'; '.join(parts)}; every prompt must be answered by both arms")
-        self._pairs[task_name] = records
+        self._pairs[key] = records
         return records
 
-    def verdict(self, task_name: str, **overrides: Any) -> Verdict:
+    def verdict(self, task_name: str, a: "ArmRef | None" = None, b: "ArmRef | None" = None, **overrides: Any) -> Verdict:
+        """The task's verdict: arm A (default: target-only) against arm B (default: speculative)."""
         allowed = {"margin", "alpha", "h_cutoff", "h_null_level", "tost_method"}
         unknown = set(overrides) - allowed
         if unknown:
@@ -193,13 +213,18 @@ class Screen:
             h_null_level=self.cfg.h_null_level, tost_method=self.cfg.tost_method,
         )
         params.update(overrides)
-        pairs = self.pairs(task_name)
-        v = decide(
-            task_name, pairs, metric=self.by_name[task_name].metric,
-            scope_notes=tuple(self.outputs().out_of_scope), **params,
-        )
-        self.verdicts[task_name] = v
+        pairs = self.pairs(task_name, a, b)
+        notes = list(self.outputs().out_of_scope)
+        for src in (a, b):
+            if src is not None and src[0] is not self:
+                notes.extend(n for n in src[0].outputs().out_of_scope if n not in notes)
+        v = decide(task_name, pairs, metric=self.by_name[task_name].metric, scope_notes=tuple(notes), **params)
+        if a is None and b is None:
+            self.verdicts[task_name] = v
         return v
+
+
+ArmRef = tuple  # (Screen, arm name)
 
 
 def screen_task(
