@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from . import judges
-from .battery import BatteryError, Prompt, Task, load_battery
+from .battery import BatteryError, Prompt, Task, load_battery, select_tasks
 from .config import TaisConfig
 from .records import SPECULATIVE, TARGET, Generation, RecordError, read_generations
 from .errors import TaskError
@@ -55,28 +55,6 @@ def tasks_from_outputs(arm_outputs: ArmOutputs) -> list[Task]:
     return [Task(name=t, prompts=tuple(ps.values()), source="replay") for t, ps in prompts.items()]
 
 
-def select(tasks: list[Task], patterns: Sequence[str], limit: int | None) -> list[Task]:
-    """Apply --tais-tasks and --tais-limit (the battery module may provide a richer ``select_tasks``)."""
-    from . import battery as _battery
-
-    selector = getattr(_battery, "select_tasks", None)
-    if selector is not None:
-        return selector(tasks, list(patterns) or None, limit)
-    import fnmatch
-
-    chosen = tasks
-    if patterns:
-        chosen = []
-        for pat in patterns:
-            hits = [t for t in tasks if fnmatch.fnmatchcase(t.name, pat) and t not in chosen]
-            if not hits and not any(fnmatch.fnmatchcase(t.name, pat) for t in tasks):
-                raise BatteryError(f"--tais-tasks: {pat!r} matches no task; known tasks: {', '.join(t.name for t in tasks)}")
-            chosen.extend(hits)
-    if limit is not None:
-        chosen = [dataclasses.replace(t, prompts=t.prompts[:limit]) for t in chosen]
-    return chosen
-
-
 class Screen:
     """One run of the screen.
 
@@ -91,10 +69,10 @@ class Screen:
         self._pairs: dict[str, list[PairRecord]] = {}
         self.verdicts: dict[str, Verdict] = {}
         try:
-            self.judge = judges.resolve_judge(cfg.judge) if hasattr(judges, "resolve_judge") else judges.default_judge
+            self.judge = judges.resolve_judge(cfg.judge)
         except Exception as exc:  # a bad judge spec is bad input
             raise ScreenSetupError(f"--tais-judge={cfg.judge!r}: {exc}") from exc
-        self.judge_name = getattr(self.judge, "name", None) or getattr(self.judge, "__name__", repr(self.judge))
+        self.judge_name = judges.judge_name(self.judge)
         try:
             if cfg.replay is not None:
                 self._outputs = index_generations(read_generations(cfg.replay))
@@ -103,7 +81,7 @@ class Screen:
                 if self._outputs is None:
                     raise ScreenSetupError("no battery: pass --tais-battery (e.g. --tais-battery=example)")
                 tasks = tasks_from_outputs(self._outputs)
-            self.tasks = select(tasks, cfg.tasks, cfg.limit)
+            self.tasks = select_tasks(tasks, list(cfg.tasks) or None, cfg.limit)
         except (BatteryError, RecordError) as exc:
             raise ScreenSetupError(str(exc)) from exc
         if not self.tasks:

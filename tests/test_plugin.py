@@ -194,7 +194,7 @@ def test_default(tais_task, tais_equivalent):
         (["--tais-h-cutoff=-1"], "--tais-h-cutoff=-1.0 must be positive"),
         (["--tais-tost-method=wald"], "--tais-tost-method='wald' is unknown"),
         (["--tais-replay=does-not-exist.jsonl"], "no such file or folder"),
-        (["--tais-tasks=nosuchtask"], "matches no task"),
+        (["--tais-tasks=nosuchtask"], "match no task"),
     ],
 )
 def test_bad_input_is_a_usage_error(pytester, make_replay, args, message):

@@ -1,0 +1,85 @@
+"""The ``--tais-battery`` syntax: comma-separated sources, each ``KIND:PATH?key=value&key=value``.
+
+``KIND`` names a loader (``harmbench``, ``xstest``, ``csv``, ...); a plain path without a kind is
+loaded by its extension; ``example`` is the built-in battery. Options after ``?`` tune the loader
+(``by=category``, ``prompt=question``, ``prefix=val_``); list values are joined with ``+``
+(``functional=standard+contextual``). Paths may not contain commas or ``?``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Mapping
+
+from .base import BatteryError
+
+_KIND_RE = re.compile(r"([a-z][a-z0-9_-]+):(.*)", re.DOTALL)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One parsed source of a battery spec."""
+
+    text: str  # as written, for messages and Task.source
+    kind: str | None  # None: a plain path, loaded by its extension
+    path: Path | None
+    options: Mapping[str, str]
+
+
+def split_spec(spec: str) -> list[str]:
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
+def parse_source(text: str, base_dir: str | Path = ".") -> Source:
+    head, sep, query = text.partition("?")
+    options: dict[str, str] = {}
+    if sep:
+        for item in query.split("&"):
+            key, eq, value = item.partition("=")
+            key, value = key.strip(), value.strip()
+            if not eq or not key:
+                raise BatteryError(f"--tais-battery source {text!r}: option {item!r} is not key=value; write e.g. '?by=category&prefix=val_'")
+            if key in options:
+                raise BatteryError(f"--tais-battery source {text!r}: option {key!r} given twice")
+            options[key] = value
+    head = head.strip()
+    if head == "example":
+        return Source(text=text, kind="example", path=None, options=options)
+    m = _KIND_RE.fullmatch(head)
+    # A one-letter prefix is a Windows drive ("C:\\battery.jsonl"), not a kind.
+    kind, raw_path = (m.group(1), m.group(2).strip()) if m else (None, head)
+    if not raw_path:
+        raise BatteryError(f"--tais-battery source {text!r}: no path; write {kind or 'KIND'}:PATH")
+    path = Path(raw_path).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    return Source(text=text, kind=kind, path=path, options=options)
+
+
+def check_options(source: Source, allowed: Mapping[str, tuple[str, ...] | None], multi: tuple[str, ...] = ()) -> None:
+    """Unknown option names are errors. ``allowed[name]`` lists a choice option's values (None:
+    free text); an option named in ``multi`` takes several values joined with ``+``."""
+    for key, value in source.options.items():
+        if key not in allowed:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise BatteryError(f"--tais-battery source {source.text!r}: unknown option {key!r}; options for this kind: {names}")
+        if not value:
+            raise BatteryError(f"--tais-battery source {source.text!r}: option {key!r} needs a value")
+        if "," in value:
+            raise BatteryError(f"--tais-battery source {source.text!r}: option {key!r} may not contain a comma")
+        choices = allowed[key]
+        if choices is None:
+            continue
+        for part in value.split("+") if key in multi else [value]:
+            if part not in choices:
+                raise BatteryError(
+                    f"--tais-battery source {source.text!r}: {key}={value!r} is not valid; use "
+                    + (f"one or more of {', '.join(choices)} joined with '+'" if key in multi else f"one of {', '.join(choices)}")
+                )
+
+
+def option_list(source: Source, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = source.options.get(key)
+    return default if value is None else tuple(dict.fromkeys(value.split("+")))
