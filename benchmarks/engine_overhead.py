@@ -1,0 +1,115 @@
+"""What the plugin costs over a bare vLLM script generating the same two arms.
+
+Runs the same generation (a battery, target-only then speculative, greedy, float32, eager) twice
+from a cold start, each in a fresh process:
+
+1. a bare script: ``vllm.LLM`` for the target, ``LLM.chat`` over all prompts, shut down; then
+   ``vllm.LLM`` with the draft as ``speculative_config``, the same prompts, shut down;
+2. ``pytest --tais-target ... --tais-draft ... --tais-battery ...`` with an empty cache folder
+   (the built-in task items, so the run also judges and screens every task);
+
+prints both wall times and their ratio (target: <= 1.10), then reruns pytest on the now warm
+cache and prints that time (no engine starts). Exit status 1 when the ratio is above the target.
+
+Run: ``python benchmarks/engine_overhead.py`` (tiny random models built on the fly), or with
+``--target DIR --draft DIR`` for real ones; ``--battery`` defaults to the bundled example battery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_RATIO = 1.10
+
+BARE = r'''
+import json, sys
+from pathlib import Path
+
+def main(target, draft, battery, max_tokens, k):
+    from vllm import LLM, SamplingParams
+    prompts = []
+    for line in Path(battery).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            obj = json.loads(line)
+            text = obj["prompt"] if not obj.get("context") else obj["context"] + "\n\n---\n\n" + obj["prompt"]
+            prompts.append([{"role": "user", "content": text}])
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
+    common = dict(model=target, dtype="float32", seed=0, enforce_eager=True, gpu_memory_utilization=0.45)
+    for extra in ({}, {"speculative_config": {"method": "draft_model", "model": draft, "num_speculative_tokens": k}}):
+        llm = LLM(**common, **extra)
+        outs = llm.chat(prompts, params, use_tqdm=False)
+        assert len(outs) == len(prompts)
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+'''
+
+
+def _timed(cmd: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode not in (0, 1):  # pytest exits 1 when a task is not equivalent: still a full run
+        sys.stderr.write(proc.stdout[-4000:])
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+    return seconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", type=Path, help="target model folder (default: a tiny random model built now)")
+    ap.add_argument("--draft", type=Path, help="draft model folder (with --target)")
+    ap.add_argument("--battery", type=Path, default=REPO / "pytest_tais" / "battery" / "data" / "example.jsonl")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("-k", "--num-speculative-tokens", type=int, default=4)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="tais-overhead-") as tmp_name:
+        tmp = Path(tmp_name)
+        if args.target is None:
+            sys.path.insert(0, str(REPO))
+            from tests.engine_models import build_tiny_models
+
+            target, draft = build_tiny_models(tmp / "models")
+        else:
+            if args.draft is None:
+                ap.error("--target needs --draft")
+            target, draft = args.target.resolve(), args.draft.resolve()
+        battery = args.battery.resolve()
+        n = sum(1 for line in battery.read_text(encoding="utf-8").splitlines() if line.strip())
+        (tmp / "bare.py").write_text(BARE, encoding="utf-8")
+        (tmp / "run").mkdir()
+        py = sys.executable
+
+        bare = _timed([py, str(tmp / "bare.py"), str(target), str(draft), str(battery), str(args.max_tokens), str(args.num_speculative_tokens)], tmp)
+        pytest_cmd = [
+            py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--tais-target={target}", f"--tais-draft={draft}",
+            f"--tais-battery={battery}", f"--tais-max-tokens={args.max_tokens}",
+            f"--tais-num-speculative-tokens={args.num_speculative_tokens}", f"--tais-cache-dir={tmp / 'cache'}",
+        ]
+        cold = _timed(pytest_cmd, tmp / "run")
+        warm = _timed(pytest_cmd, tmp / "run")
+        log = json.loads((tmp / "cache" / "generations" / "engine-starts.json").read_text())
+
+    ratio = cold / bare
+    print(f"battery: {battery} ({n} prompts, {args.max_tokens} new tokens, K={args.num_speculative_tokens}); target {target}")
+    print(f"bare vLLM script, both arms:       {bare:8.1f} s")
+    print(f"pytest --tais-target, cold cache:  {cold:8.1f} s")
+    print(f"ratio pytest / bare:               {ratio:8.3f}  (target <= {TARGET_RATIO:.2f}: {'ok' if ratio <= TARGET_RATIO else 'ABOVE TARGET'})")
+    print(f"pytest rerun, warm cache:          {warm:8.1f} s  (engine starts logged in total: {len(log)})")
+    return 0 if ratio <= TARGET_RATIO and len(log) == 2 else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    raise SystemExit(main())

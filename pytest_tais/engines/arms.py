@@ -1,0 +1,303 @@
+"""Both arms for all prompts: through the generation store, one engine per arm, once per run.
+
+Every process of a run (xdist workers included) calls :func:`run_arms` with the same
+``shared_dir``. The first to take the store's lock generates what the store lacks, one arm after
+the other (each engine shut down before the next starts), and appends the outputs; the others
+then find everything stored and start no engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..battery.base import Prompt
+from ..records import SPECULATIVE, TARGET, Generation, write_generations
+from ..store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key
+from .base import DRAFT, ENGINE_STARTS, ArmSpec, Backend, EngineError, Progress, check_outputs
+from .fingerprint import HashMemo
+from .settings import STANDARD_REJECTION, EngineSettings
+
+ARM_LABELS = {TARGET: "target-only", SPECULATIVE: "speculative", DRAFT: "draft (canary)"}
+
+
+@dataclasses.dataclass
+class ArmsResult:
+    #: arm -> (task, prompt_id) -> Generation, for the target and speculative arms
+    generations: dict[str, dict[tuple[str, str], Generation]]
+    #: arm -> {"key": store address, **fingerprint}
+    fingerprints: dict[str, dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]
+    out_of_scope: list[str]
+    header_lines: list[str]
+    store_dir: Path
+
+
+def arm_specs(settings: EngineSettings) -> dict[str, ArmSpec]:
+    specs = {
+        TARGET: ArmSpec(TARGET, settings.target),
+        SPECULATIVE: ArmSpec(SPECULATIVE, settings.target, settings.draft if settings.spec_method == "draft_model" else None, settings.spec_method),
+    }
+    if settings.canary > 0:
+        assert settings.draft is not None  # settings validation guarantees it
+        specs[DRAFT] = ArmSpec(DRAFT, settings.draft)
+    return specs
+
+
+def make_backend(settings: EngineSettings, spec: ArmSpec, memo: HashMemo) -> Backend:
+    if settings.backend == "vllm":
+        from .vllm import VllmBackend
+
+        return VllmBackend(settings, spec, memo)
+    if settings.backend == "hf":
+        from .hf import HFBackend
+
+        return HFBackend(settings, spec, memo)
+    raise EngineError(f"--tais-backend={settings.backend!r} is unknown; use vllm or hf")
+
+
+def store_dir(settings: EngineSettings, shared_dir: Path) -> Path:
+    """The persistent cache, or with --tais-no-cache a store that lives for this run only."""
+    if settings.no_cache:
+        return Path(shared_dir) / "tais-session-store"
+    return Path(settings.cache_dir) / "generations"
+
+
+def canary_choice(
+    prompts: Sequence[Prompt], seed: int, rate: float, task_metrics: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """The (task, prompt_id) pairs whose speculative output the canary replaces.
+
+    Per refusal task, round(rate * n) prompts, ranked by SHA-256 of (seed, task, prompt id):
+    deterministic, independent of prompt order, different for another seed.
+    """
+    by_task: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        by_task.setdefault(p.task, []).append(p)
+    chosen: list[tuple[str, str]] = []
+    for task, ps in by_task.items():
+        if task_metrics is not None and task in task_metrics:
+            metric = task_metrics[task]
+        else:  # capability prompts carry an expected answer; refusal prompts do not
+            metric = "accuracy" if any(p.expected is not None for p in ps) else "refusal"
+        if metric != "refusal":
+            continue
+        k = math.floor(rate * len(ps) + 0.5)
+        ranked = sorted(ps, key=lambda p: hashlib.sha256(f"{seed}\0{task}\0{p.prompt_id}".encode()).hexdigest())
+        chosen.extend((p.task, p.prompt_id) for p in ranked[:k])
+    return chosen
+
+
+def _fill(
+    store: GenerationStore, shard: Shard, backend: Backend, texts: list[str], settings: EngineSettings, progress: bool
+) -> tuple[dict[str, StoredOutput], dict[str, Any] | None]:
+    """Generate the prompts the shard lacks (caller holds the lock); return the shard and this run."""
+    arm = backend.spec.arm
+    have = shard.read()
+    missing = [t for t in texts if prompt_key(t) not in have]
+    run: dict[str, Any] | None = None
+    if missing:
+        run = {"arm": arm, "fingerprint": shard.key, "backend": settings.backend, "prompts": len(missing),
+               "generated_tokens": 0, "seconds": 0.0, "status": "failed"}
+        counters: dict[str, int] = {}
+        try:
+            for start in range(0, len(missing), settings.chunk_size):
+                chunk = missing[start:start + settings.chunk_size]
+                prog = None
+                if progress:
+                    prog = Progress(
+                        desc=f"tais {ARM_LABELS[arm]}", total=len(texts), done=len(texts) - len(missing) + start,
+                        last_chunk=start + len(chunk) >= len(missing),
+                    )
+                result = backend.generate(chunk, progress=prog)
+                check_outputs(arm, chunk, result.outputs)
+                shard.append(StoredOutput(t, o.text, o.token_ids, o.finish_reason) for t, o in zip(chunk, result.outputs))
+                run["generated_tokens"] += int(result.metrics.get("generated_tokens", 0))
+                run["seconds"] += float(result.metrics.get("seconds", 0.0))
+                for key in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):
+                    if key in result.metrics:
+                        counters[key] = counters.get(key, 0) + int(result.metrics[key])
+            run["status"] = "ok"
+            run.update(counters)
+        finally:
+            try:
+                backend.close()
+            finally:
+                if backend.started:
+                    run["startup_seconds"] = backend.startup_seconds
+                    store.log_engine_start(run)
+        have = shard.read()
+    lacking = [t for t in texts if prompt_key(t) not in have]
+    if lacking:
+        raise EngineError(f"{ARM_LABELS[arm]} arm: {len(lacking)} prompt(s) have no stored output after generation, e.g. {lacking[0][:80]!r}")
+    return have, run
+
+
+def _arm_metrics(
+    arm: str, texts: list[str], stored: Mapping[str, StoredOutput], run: Mapping[str, Any] | None,
+    starts: int, log: list[dict[str, Any]], key: str, speculative: bool,
+) -> dict[str, Any]:
+    """This process's numbers, plus throughput and acceptance over the logged runs that made the outputs."""
+    runs = [r for r in log if r.get("fingerprint") == key and r.get("status") == "ok"]
+    tokens = sum(int(r.get("generated_tokens", 0)) for r in runs)
+    seconds = sum(float(r.get("seconds", 0.0)) for r in runs)
+    generated = int(run["prompts"]) if run else 0
+    m: dict[str, Any] = {
+        "engine_starts": starts,
+        "prompts": len(texts),
+        "generated": generated,
+        "reused": len(texts) - generated,
+        "generated_tokens": sum(len(stored[prompt_key(t)].token_ids) for t in texts),
+        "seconds": float(run["seconds"]) if run else 0.0,
+        "startup_seconds": run.get("startup_seconds") if run else None,
+        "tokens_per_s": tokens / seconds if seconds > 0 else None,
+    }
+    if speculative:
+        with_counts = [r for r in runs if "num_draft_tokens" in r]
+        drafts = sum(int(r["num_drafts"]) for r in with_counts)
+        draft_tokens = sum(int(r["num_draft_tokens"]) for r in with_counts)
+        accepted = sum(int(r["num_accepted_tokens"]) for r in with_counts)
+        m["draft_acceptance_rate"] = accepted / draft_tokens if draft_tokens else None
+        # vLLM's definition: tokens per verification step, the bonus token included.
+        m["mean_accepted_length"] = 1 + accepted / drafts if drafts else None
+    return m
+
+
+def _scope(settings: EngineSettings) -> list[str]:
+    notes = []
+    if settings.rejection_sample_method != STANDARD_REJECTION:
+        notes.append(
+            f"rejection sample method {settings.rejection_sample_method!r}: the screen is validated for standard "
+            "(lossless) verification only"
+        )
+    if settings.backend == "hf" and settings.hf_acceptance == "typical":
+        notes.append("typical acceptance (hf): a lossy verifier that lets draft behaviour into the outputs; validated scope is exact verification")
+    return notes
+
+
+def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: GenerationStore,
+            metrics: Mapping[str, dict[str, Any]], n_canary: int) -> list[str]:
+    target_fp = fps[TARGET]
+    versions = ", ".join(f"{k} {v}" for k, v in target_fp["versions"].items())
+    eager = ""
+    if settings.backend == "vllm":
+        eager = ", eager" if settings.enforce_eager else ", compiled"
+    lines = [
+        f"tais engines: {settings.backend} ({versions}), dtype {settings.dtype}, seed {settings.seed}, "
+        f"temperature 0, max tokens {settings.max_tokens}{eager}",
+        f"tais target: {settings.target} (sha256 {target_fp['model']['sha256'][:12]})",
+    ]
+    spec = fps[SPECULATIVE]["speculation"]
+    if spec["method"] == "draft_model":
+        how = f"draft {settings.draft} (sha256 {spec['draft']['sha256'][:12]})"
+    else:
+        how = f"ngram lookup {settings.prompt_lookup_min}-{settings.prompt_lookup_max}"
+    verifier = settings.rejection_sample_method if settings.backend == "vllm" else f"{settings.hf_acceptance} acceptance"
+    lines.append(f"tais speculative: {spec['method']}, {how}, K={settings.num_speculative_tokens}, {verifier}")
+    prompt = fps[TARGET]["prompt"]
+    mode = "chat template" if prompt["mode"] == "chat" else "raw prompts"
+    if settings.prompt_mode == "chat" and prompt["mode"] == "raw":
+        mode += " (the tokenizer has no chat template)"
+    lines.append(f"tais prompts: {mode}, system prompt: {'yes' if settings.system_prompt else 'none'}")
+    reused = sum(m["reused"] for m in metrics.values())
+    total = sum(m["prompts"] for m in metrics.values())
+    lines.append(f"tais store: {store.root} ({reused}/{total} outputs reused)")
+    if settings.canary:
+        lines.append(f"tais canary: {n_canary} speculative output(s) replaced by the draft's own (rate {settings.canary:g}): this run must fail")
+    return lines
+
+
+def run_arms(
+    settings: EngineSettings,
+    prompts: Sequence[Prompt],
+    *,
+    shared_dir: Path,
+    progress: bool = True,
+    task_metrics: Mapping[str, str] | None = None,
+) -> ArmsResult:
+    """Answer every prompt in both arms (generating only what the store lacks).
+
+    ``task_metrics`` (task -> "refusal" | "accuracy") tells the canary which tasks are refusal
+    tasks; without it a task whose prompts carry ``expected`` answers counts as capability.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise EngineError("no prompts to generate: the selected tasks are empty")
+    seen: set[tuple[str, str]] = set()
+    for p in prompts:
+        if not isinstance(p, Prompt):
+            raise EngineError(f"run_arms takes battery Prompt records, got {type(p).__name__}")
+        if (p.task, p.prompt_id) in seen:
+            raise EngineError(f"task {p.task!r}: prompt id {p.prompt_id!r} appears twice; prompt ids must be unique per task")
+        seen.add((p.task, p.prompt_id))
+    texts = list(dict.fromkeys(p.text for p in prompts))
+    chosen = canary_choice(prompts, settings.seed, settings.canary, task_metrics) if settings.canary > 0 else []
+    by_key = {(p.task, p.prompt_id): p for p in prompts}
+    arm_texts = {TARGET: texts, SPECULATIVE: texts}
+    if chosen:
+        arm_texts[DRAFT] = list(dict.fromkeys(by_key[k].text for k in chosen))
+
+    store = GenerationStore(store_dir(settings, shared_dir))
+    specs = arm_specs(settings)
+    fps: dict[str, dict[str, Any]] = {}
+    stored: dict[str, dict[str, StoredOutput]] = {}
+    runs: dict[str, dict[str, Any] | None] = {}
+    starts_before = dict(ENGINE_STARTS)
+    try:
+        with store.lock():
+            memo = HashMemo(store.hash_memo_path)
+            for arm, arm_text in arm_texts.items():
+                backend = make_backend(settings, specs[arm], memo)
+                try:
+                    fp = backend.fingerprint()
+                except OSError as exc:
+                    raise EngineError(f"{ARM_LABELS[arm]} arm: cannot read the model files: {exc}") from exc
+                memo.save()
+                shard = store.shard(fp)
+                fps[arm] = {"key": shard.key, **fp}
+                stored[arm], runs[arm] = _fill(store, shard, backend, arm_text, settings, progress)
+            log = store.engine_starts()
+    except StoreError as exc:
+        raise EngineError(str(exc)) from exc
+
+    generations: dict[str, dict[tuple[str, str], Generation]] = {TARGET: {}, SPECULATIVE: {}}
+    for arm in (TARGET, SPECULATIVE):
+        for p in prompts:
+            s = stored[arm][prompt_key(p.text)]
+            generations[arm][(p.task, p.prompt_id)] = Generation(
+                task=p.task, prompt_id=p.prompt_id, prompt=p.text, arm=arm, text=s.text, token_ids=s.token_ids,
+                meta={"fingerprint": fps[arm]["key"], "finish_reason": s.finish_reason},
+            )
+    for key in chosen:
+        p = by_key[key]
+        s = stored[DRAFT][prompt_key(p.text)]
+        generations[SPECULATIVE][key] = Generation(
+            task=p.task, prompt_id=p.prompt_id, prompt=p.text, arm=SPECULATIVE, text=s.text, token_ids=s.token_ids,
+            meta={"fingerprint": fps[DRAFT]["key"], "finish_reason": s.finish_reason, "canary": True},
+        )
+
+    metrics = {
+        arm: _arm_metrics(
+            arm, arm_texts[arm], stored[arm], runs[arm], ENGINE_STARTS.get(arm, 0) - starts_before.get(arm, 0),
+            log, fps[arm]["key"], specs[arm].speculative,
+        )
+        for arm in arm_texts
+    }
+    if chosen:
+        metrics[SPECULATIVE]["canary_replaced"] = len(chosen)
+
+    if settings.record is not None:
+        write_generations(settings.record, [generations[arm][(p.task, p.prompt_id)] for p in prompts for arm in (TARGET, SPECULATIVE)])
+
+    return ArmsResult(
+        generations=generations,
+        fingerprints=fps,
+        metrics=metrics,
+        out_of_scope=_scope(settings),
+        header_lines=_header(settings, fps, store, metrics, len(chosen)),
+        store_dir=store.root,
+    )
+

@@ -1,0 +1,204 @@
+"""The transformers backend: greedy decoding, one prompt at a time, for machines without vLLM.
+
+Speculative arm, ``exact`` acceptance: transformers' assisted generation (``assistant_model=``,
+or prompt lookup for ngram), which keeps the target's greedy tokens. ``typical`` acceptance is
+our own loop implementing the lossy rule of Medusa (Cai et al. 2024, "Medusa: Simple LLM Inference
+Acceleration Framework with Multiple Decoding Heads", sec. 3.3.1): a draft token x is accepted when
+the target's probability p(x) > min(epsilon, delta * exp(-H(p))), H the entropy of the target's
+next-token distribution. It lets draft behaviour leak into the outputs: a negative control.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Sequence
+
+from .base import ArmSpec, Backend, BatchResult, EngineError, Output, Progress
+from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
+
+_TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    def __init__(self, settings: Any, spec: ArmSpec, memo: HashMemo) -> None:
+        super().__init__(settings, spec)
+        self._memo = memo
+        self.model: Any = None
+        self.draft: Any = None
+        self.tokenizer: Any = None
+        self.mode, _ = effective_prompt_mode(settings, spec.model)
+        self._closed = False
+
+    def fingerprint(self) -> dict[str, Any]:
+        return arm_fingerprint(self.settings, self.spec, self._memo)
+
+    # -- engine ---------------------------------------------------------------------------
+    def _load(self, folder: Any) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        dtype = getattr(torch, _TORCH_DTYPES[self.settings.dtype]) if self.settings.dtype != "auto" else "auto"
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=dtype, trust_remote_code=self.settings.trust_remote_code, **self.settings.engine_kwargs
+        )
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return model.to(device).eval()
+
+    def _start(self) -> None:
+        if self.model is not None:
+            return
+        if self._closed:
+            raise EngineError(f"{self.spec.arm} arm: the engine was already started and closed once; start a new backend")
+        self._count_start()
+        t0 = time.perf_counter()
+        try:
+            import torch
+            from transformers import AutoTokenizer
+
+            torch.manual_seed(self.settings.seed)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.model), trust_remote_code=self.settings.trust_remote_code)
+            self.model = self._load(self.spec.model)
+            if self.spec.method == "draft_model":
+                self.draft = self._load(self.spec.draft)
+                draft_cfg = self.draft.generation_config
+                # A fixed K, as vLLM does; the heuristic schedule would change K while generating.
+                draft_cfg.num_assistant_tokens = self.settings.num_speculative_tokens
+                draft_cfg.num_assistant_tokens_schedule = "constant"
+                draft_cfg.assistant_confidence_threshold = 0.0
+        except Exception as exc:
+            self.close()
+            raise EngineError(f"{self.spec.arm} arm: transformers could not load {self.spec.model}: {type(exc).__name__}: {exc}") from exc
+        self.startup_seconds = time.perf_counter() - t0
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return set()
+        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+    def _encode(self, text: str) -> list[int]:
+        s = self.settings
+        if self.mode == "chat":
+            system = [{"role": "system", "content": s.system_prompt}] if s.system_prompt else []
+            rendered = self.tokenizer.apply_chat_template(
+                system + [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+            # The template writes any special tokens itself (as vLLM does for chat).
+            return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        prefix = f"{s.system_prompt}\n\n" if s.system_prompt else ""
+        return list(self.tokenizer(prefix + text)["input_ids"])
+
+    # -- decoding -------------------------------------------------------------------------
+    def _generation_kwargs(self) -> dict[str, Any]:
+        eos = sorted(self._eos_ids())
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = eos[0] if eos else 0
+        return {
+            "max_new_tokens": self.settings.max_tokens, "do_sample": False, "num_beams": 1,
+            "eos_token_id": eos or None, "pad_token_id": pad,
+        }
+
+    def _greedy(self, ids: list[int]) -> list[int]:
+        import torch
+
+        device = self.model.device
+        inp = torch.tensor([ids], device=device)
+        kwargs = self._generation_kwargs()
+        if self.spec.method == "draft_model":
+            kwargs["assistant_model"] = self.draft
+        elif self.spec.method == "ngram":
+            kwargs["prompt_lookup_num_tokens"] = self.settings.num_speculative_tokens
+            kwargs["max_matching_ngram_size"] = self.settings.prompt_lookup_max
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), **kwargs)
+        return [int(t) for t in out[0, len(ids):].tolist()]
+
+    def _typical(self, ids: list[int], counters: dict[str, int]) -> list[int]:
+        """Draft K tokens greedily, keep those the target finds typical, then one target token."""
+        import torch
+
+        eps, delta = self.settings.typical_epsilon, self.settings.typical_delta
+        k_max, max_new = self.settings.num_speculative_tokens, self.settings.max_tokens
+        eos = self._eos_ids()
+        device = self.model.device
+        seq = list(ids)
+        new: list[int] = []
+        with torch.inference_mode():
+            while len(new) < max_new and not (new and new[-1] in eos):
+                k = min(k_max, max_new - len(new))
+                proposal: list[int] = []
+                for _ in range(k):
+                    logits = self.draft(torch.tensor([seq + proposal], device=device)).logits[0, -1]
+                    tok = int(torch.argmax(logits))
+                    proposal.append(tok)
+                    if tok in eos:
+                        break
+                logits = self.model(torch.tensor([seq + proposal], device=device)).logits[0, len(seq) - 1:]
+                probs = torch.softmax(logits.float(), dim=-1)
+                accepted: list[int] = []
+                for i, tok in enumerate(proposal):
+                    p = probs[i]
+                    entropy = float(-(p * torch.log(p.clamp_min(1e-30))).sum())
+                    threshold = min(eps, delta * math.exp(-entropy))
+                    if float(p[tok]) > threshold:
+                        accepted.append(tok)
+                    else:
+                        break
+                counters["num_drafts"] += 1
+                counters["num_draft_tokens"] += len(proposal)
+                counters["num_accepted_tokens"] += len(accepted)
+                if not (accepted and accepted[-1] in eos):
+                    # The target's own greedy token after the accepted prefix (a correction or a bonus).
+                    accepted.append(int(torch.argmax(probs[len(accepted)])))
+                for tok in accepted:
+                    if len(new) >= max_new:
+                        break
+                    new.append(tok)
+                    seq.append(tok)
+                    if tok in eos:
+                        break
+        return new
+
+    def generate(self, texts: Sequence[str], *, progress: Progress | None = None) -> BatchResult:
+        self._start()
+        bar = progress.bar() if progress is not None else None
+        typical = self.spec.method == "draft_model" and self.settings.hf_acceptance == "typical"
+        counters = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0}
+        eos = self._eos_ids()
+        outputs: list[Output] = []
+        t0 = time.perf_counter()
+        try:
+            for text in texts:
+                ids = self._encode(text)
+                new = self._typical(ids, counters) if typical else self._greedy(ids)
+                reason = "stop" if new and new[-1] in eos else "length"
+                outputs.append(Output(text=self.tokenizer.decode(new, skip_special_tokens=True), token_ids=tuple(new), finish_reason=reason))
+                if bar is not None:
+                    bar.update(1)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"{self.spec.arm} arm: transformers generation failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if bar is not None:
+                bar.close()
+        metrics: dict[str, Any] = {"seconds": time.perf_counter() - t0, "generated_tokens": sum(len(o.token_ids) for o in outputs)}
+        if typical:
+            metrics.update(counters)
+        return BatchResult(outputs=outputs, metrics=metrics)
+
+    def close(self) -> None:
+        if self.model is None and self.draft is None:
+            self._closed = self._closed or self.started
+            return
+        self.model = self.draft = self.tokenizer = None
+        self._closed = True
+        import gc
+
+        gc.collect()

