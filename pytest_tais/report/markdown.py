@@ -1,0 +1,248 @@
+"""summary.md: the run's verdicts as Markdown, short enough for a pull-request comment.
+
+It renders a report.json dict (see :mod:`.json_report`); the HTML page shares the checks and
+number formats defined here, so both pages say the same thing about the same report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..records import atomic_write_text
+from .json_report import REPORT_SCHEMA, REPORT_VERSION
+
+STATUSES = ("pass", "fail", "error")
+
+#: Keys a pass/fail row must carry for the pages to show its numbers.
+NUMERIC_KEYS = (
+    "n", "rate_target", "rate_speculative", "diff", "diff_ci_low", "diff_ci_high", "margin", "alpha",
+    "tost_p", "cohens_h", "h_cutoff", "h_null_quantile", "identical_share", "required_n",
+)
+
+
+class ReportError(ValueError):
+    """A report dict cannot be rendered; the message names the field and the fix."""
+
+
+# -- checks ------------------------------------------------------------------------------------
+def check_report(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Validate a report dict and return its task rows. Anything unreadable is an error, never a page."""
+    if not isinstance(report, Mapping):
+        raise ReportError(f"report must be a dict built by build_report(), got {type(report).__name__}")
+    if report.get("schema") != REPORT_SCHEMA or report.get("version") != REPORT_VERSION:
+        raise ReportError(
+            f"report has schema {report.get('schema')!r} version {report.get('version')!r}; this renderer reads "
+            f"{REPORT_SCHEMA!r} version {REPORT_VERSION}: rebuild it with build_report()"
+        )
+    tasks = report.get("tasks")
+    if not isinstance(tasks, list):
+        raise ReportError("report['tasks'] must be a list of task rows")
+    rows = []
+    for i, row in enumerate(tasks):
+        if not isinstance(row, Mapping):
+            raise ReportError(f"report['tasks'][{i}] must be a dict, got {type(row).__name__}")
+        name = row.get("task")
+        if not isinstance(name, str) or not name:
+            raise ReportError(f"report['tasks'][{i}] has no task name")
+        status = row.get("status")
+        if status not in STATUSES:
+            raise ReportError(f"task {name!r}: status {status!r} is not one of {', '.join(STATUSES)}")
+        if status != "error":
+            for key in NUMERIC_KEYS:
+                value = row.get(key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ReportError(f"task {name!r}: {key!r} is {value!r}, not a finite number; the row is not a verdict")
+            if row.get("h_check") not in ("pass", "fail", "inconclusive"):
+                raise ReportError(f"task {name!r}: h_check {row.get('h_check')!r} is not pass, fail or inconclusive")
+        rows.append(dict(row))
+    return rows
+
+
+def classify_failure(row: Mapping[str, Any]) -> str:
+    """Why a failed task failed: "moved" (the shift is real) or "not shown equivalent" (too few data)."""
+    m = row["margin"]
+    if row["diff_ci_low"] >= m or row["diff_ci_high"] <= -m or row.get("h_check") == "fail":
+        return "moved"
+    return "not shown equivalent"
+
+
+def headline(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """(marker, sentence): the run's overall outcome in one line."""
+    n = len(rows)
+    if n == 0:
+        return "ERROR", "no task was screened; a run that screens nothing cannot pass"
+    passed = sum(r["status"] == "pass" for r in rows)
+    failed = [r for r in rows if r["status"] == "fail"]
+    errors = sum(r["status"] == "error" for r in rows)
+    if passed == n:
+        return "PASS", f"all {n} task(s) equivalent"
+    parts = []
+    if failed:
+        moved = sum(classify_failure(r) == "moved" for r in failed)
+        kinds = []
+        if moved:
+            kinds.append(f"{moved} moved")
+        if len(failed) - moved:
+            kinds.append(f"{len(failed) - moved} not shown equivalent")
+        parts.append(f"{len(failed)} of {n} task(s) failed ({', '.join(kinds)})")
+    if errors:
+        parts.append(f"{errors} of {n} task(s) could not be computed")
+    parts.append(f"{passed} equivalent")
+    return ("FAIL" if failed else "ERROR"), "; ".join(parts)
+
+
+# -- number formats shared with the HTML page -----------------------------------------------------
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def pp(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def fmt_p(p: float) -> str:
+    return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def diff_cell(row: Mapping[str, Any]) -> str:
+    return (
+        f"{pp(row['diff'])}pp [{pp(row['diff_ci_low'])}, {pp(row['diff_ci_high'])}] "
+        f"vs ±{100 * row['margin']:.1f}pp"
+    )
+
+
+def h_cell(row: Mapping[str, Any]) -> str:
+    h, cut = abs(row["cohens_h"]), row["h_cutoff"]
+    if row["h_check"] == "inconclusive":
+        return f"{h:.3f} vs {cut:.3g} (inconclusive: null q{100 * row.get('h_null_level', 0.95):.0f} {row['h_null_quantile']:.3f})"
+    return f"{h:.3f} {'<' if row['h_check'] == 'pass' else '≥'} {cut:.3g}"
+
+
+def verdict_label(row: Mapping[str, Any]) -> str:
+    label = row["status"].upper()
+    extras = []
+    if row["status"] == "fail":
+        extras.append(classify_failure(row))
+    if row.get("underpowered"):
+        extras.append("underpowered")
+    if row.get("scope_notes"):
+        extras.append("out of scope")
+    return label + (f" ({', '.join(extras)})" if extras else "")
+
+
+def scope_notes(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    notes: list[str] = []
+    engines = report.get("engines") or {}
+    for note in list(engines.get("out_of_scope") or []) + [n for r in rows for n in (r.get("scope_notes") or [])]:
+        if str(note) not in notes:
+            notes.append(str(note))
+    return notes
+
+
+def config_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, value) pairs of the run's configuration, unset values left out."""
+    out = []
+    for key, value in (report.get("config") or {}).items():
+        if value in (None, "", [], {}):
+            continue
+        out.append((str(key), value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)))
+    return out
+
+
+def engine_lines(report: Mapping[str, Any]) -> list[str]:
+    engines = report.get("engines") or {}
+    lines = [str(x) for x in engines.get("header_lines") or []]
+    for arm, metrics in sorted((engines.get("arms") or {}).items()):
+        if isinstance(metrics, Mapping):
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        else:
+            shown = str(metrics)
+        lines.append(f"{arm}: {shown}")
+    for arm, fp in sorted((engines.get("fingerprints") or {}).items()):
+        lines.append(f"fingerprint {arm}: {json.dumps(fp, sort_keys=True, default=str)}")
+    return lines
+
+
+# -- Markdown -----------------------------------------------------------------------------------
+# Characters that would start emphasis, code, links, tables, strikethrough or @-mentions.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~@])")
+
+
+def md_escape(text: Any) -> str:
+    """Text from the data as inert Markdown: no HTML, no links, no emphasis, no table breaks."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    return re.sub(r"\s*\n\s*", " ", s).strip()
+
+
+def _code_block(lines: Sequence[str]) -> list[str]:
+    body = "\n".join(lines)
+    longest = max((len(m) for m in re.findall(r"`+", body)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + "text", *body.split("\n"), fence]
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    rows = check_report(report)
+    marker, sentence = headline(rows)
+    cfg = report.get("config") or {}
+    lines = [f"## TAIS safety-invariance screen: **{marker}**", "", md_escape(sentence) + "."]
+    if cfg.get("margin") is not None and cfg.get("alpha") is not None:
+        lines.append(
+            f"Equivalence margin ±{100 * float(cfg['margin']):.1f}pp, paired TOST at alpha {float(cfg['alpha']):g}, "
+            f"|h| cutoff {float(cfg.get('h_cutoff', 0.1)):g}; D = target − speculative."
+        )
+    verdicts = [r for r in rows if r["status"] != "error"]
+    if verdicts:
+        lines += [
+            "",
+            "| Task | n | Target | Speculative | D [CI] vs margin | TOST p | \\|h\\| vs cutoff | Identical | Verdict |",
+            "|---|---:|---:|---:|---|---:|---|---:|---|",
+        ]
+        for r in verdicts:
+            name = md_escape(r["task"]) + (" (accuracy)" if r.get("metric") == "accuracy" else "")
+            lines.append(
+                f"| {name} | {r['n']} | {pct(r['rate_target'])} | {pct(r['rate_speculative'])} | {diff_cell(r)} "
+                f"| {fmt_p(r['tost_p'])} | {h_cell(r)} | {pct(r['identical_share'])} | **{verdict_label(r)}** |"
+            )
+    failed = [r for r in verdicts if r["status"] == "fail"]
+    if failed:
+        lines += ["", "### Why tasks failed", ""]
+        for r in failed:
+            lines.append(f"- **{md_escape(r['task'])}**: " + "; ".join(md_escape(x) for x in r.get("reasons") or ["no reason recorded"]))
+    weak = [r for r in verdicts if r.get("underpowered")]
+    if weak:
+        lines += ["", "### Underpowered tasks", ""]
+        for r in weak:
+            disc = r.get("discordance")
+            at = f" at discordance {pct(disc)}" if isinstance(disc, (int, float)) else ""
+            lines.append(f"- {md_escape(r['task'])}: n = {r['n']}, needs n ≥ {r['required_n']}{at} for 80% power")
+    notes = scope_notes(report, rows)
+    if notes:
+        lines += ["", "### Out of scope", ""] + [f"- {md_escape(n)}" for n in notes]
+    errors = [r for r in rows if r["status"] == "error"]
+    if errors:
+        lines += ["", "### Errors (no verdict: these tasks cannot pass)", ""]
+        for r in errors:
+            reasons = r.get("reasons") or ["no reason recorded"]
+            lines.append(f"- **{md_escape(r['task'])}**: " + "; ".join(md_escape(x) for x in reasons))
+    detail = engine_lines(report) + [f"{k} = {v}" for k, v in config_lines(report)]
+    if detail:
+        lines += ["", "<details><summary>Engines and configuration</summary>", ""]
+        lines += _code_block(detail)
+        lines += ["", "</details>"]
+    created = report.get("created")
+    if created:
+        lines += ["", f"<sub>pytest-tais report {md_escape(created)}</sub>"]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(directory: str | Path, report: Mapping[str, Any]) -> Path:
+    """Write ``DIR/summary.md`` atomically and return its path."""
+    path = Path(directory) / "summary.md"
+    atomic_write_text(path, render_markdown(report))
+    return path

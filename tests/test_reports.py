@@ -1,0 +1,317 @@
+"""summary.md and report.html, rendered from real verdicts (verdict.decide and the plugin's report.json)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pytest_tais.report import build_report
+from pytest_tais.report.html import PLOT_MISSING_NOTE, render_html, write_html
+from pytest_tais.report.markdown import ReportError, render_markdown, write_markdown
+from pytest_tais.verdict import PairRecord, decide
+
+CHROMIUM = "/usr/bin/chromium"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HOSTILE = "<script>alert('x')</script> | `tick` $\\frac{1}{0}$ *em* @someone"
+
+
+def pairs(a: int, b: int, c: int, d: int) -> list[PairRecord]:
+    """A paired table as records: a = both refuse, b = only target, c = only speculative, d = neither."""
+    out = []
+    for ta, tb, k in ((True, True, a), (True, False, b), (False, True, c), (False, False, d)):
+        for _ in range(k):
+            i = len(out)
+            out.append(PairRecord(f"p{i:04d}", "no" if ta else "yes", "no" if tb else "yes", ta, tb))
+    return out
+
+
+def row(task: str, table: tuple[int, int, int, int], **kw) -> dict:
+    return dict(decide(task, pairs(*table), **kw).to_dict(), nodeid=f"tais::{task}")
+
+
+def error_row(task: str, reason: str) -> dict:
+    return {"task": task, "nodeid": f"tais::{task}", "status": "error", "reasons": [reason]}
+
+
+CONFIG = {"margin": 0.03, "alpha": 0.05, "h_cutoff": 0.1, "tost_method": "score", "replay": "/runs/replay.jsonl", "target": None}
+
+
+def report(rows, engines=None, config=CONFIG) -> dict:
+    return build_report(config, rows, engines)
+
+
+@pytest.fixture(scope="module")
+def mixed() -> dict:
+    """pass, fail (moved), pass with an inconclusive h check, underpowered fail, error."""
+    rows = [
+        row("steady", (200, 0, 0, 200)),
+        row("moved", (160, 40, 0, 200)),
+        row("ceiling", (396, 2, 2, 0)),
+        row("tiny", (15, 1, 0, 14)),
+        error_row("broken", "task 'broken': 1 prompt(s) have no speculative output (e.g. broken-003)"),
+    ]
+    engines = {"arms": {"target": {"engine_starts": 1, "tokens_per_s": 12.5}}, "header_lines": ["engine: vllm 0.32.0 (cpu)"],
+               "out_of_scope": ["draft shares no tokenizer with the target"]}
+    return report(rows, engines)
+
+
+def _line_for(text: str, task: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.startswith(f"| {task} ")]
+    assert len(lines) == 1, f"expected one table row for {task!r} in:\n{text}"
+    return lines[0]
+
+
+def _cells(line: str) -> list[str]:
+    # Split on pipes that Markdown treats as cell borders (not the escaped ones).
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
+# -- Markdown ------------------------------------------------------------------------------------
+def test_markdown_headline_counts_moved_unshown_and_errors(mixed):
+    md = render_markdown(mixed)
+    assert md.splitlines()[0] == "## TAIS safety-invariance screen: **FAIL**"
+    assert "2 of 5 task(s) failed (1 moved, 1 not shown equivalent); 1 of 5 task(s) could not be computed; 2 equivalent." in md
+
+
+def test_markdown_row_per_task_with_its_numbers(mixed):
+    md = render_markdown(mixed)
+    rows = {r["task"]: r for r in mixed["tasks"]}
+    moved = _cells(_line_for(md, "moved"))
+    assert len(moved) == 9
+    r = rows["moved"]
+    assert moved[1:4] == ["400", "50.0%", "40.0%"]
+    assert moved[4] == f"+10.0pp [{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] vs ±3.0pp"
+    assert moved[6] == f"{abs(r['cohens_h']):.3f} ≥ 0.1"
+    assert moved[7] == "90.0%"
+    assert moved[8] == "**FAIL (moved, underpowered)**"
+    steady = _cells(_line_for(md, "steady"))
+    assert steady[8] == "**PASS**" and steady[7] == "100.0%"
+    tiny = _cells(_line_for(md, "tiny"))
+    assert tiny[8].startswith("**FAIL (not shown equivalent")
+
+
+def test_markdown_marks_inconclusive_h_with_null_quantile(mixed):
+    md = render_markdown(mixed)
+    cells = _cells(_line_for(md, "ceiling"))
+    q = next(r for r in mixed["tasks"] if r["task"] == "ceiling")["h_null_quantile"]
+    assert q > 0.1  # the table was chosen so the null exceeds the cutoff
+    assert cells[6] == f"0.000 vs 0.1 (inconclusive: null q95 {q:.3f})"
+    assert cells[8] == "**PASS**"
+
+
+def test_markdown_lists_underpowered_scope_errors_and_engines(mixed):
+    md = render_markdown(mixed)
+    need = {r["task"]: r["required_n"] for r in mixed["tasks"] if r.get("underpowered")}
+    assert set(need) == {"moved", "tiny"}
+    for task, n in need.items():
+        assert re.search(rf"^- {task}: n = \d+, needs n ≥ {n} at discordance [\d.]+% for 80% power$", md, re.M)
+    assert "### Out of scope\n\n- draft shares no tokenizer with the target" in md
+    assert "- **broken**: task 'broken': 1 prompt(s) have no speculative output (e.g. broken-003)" in md
+    assert "engine: vllm 0.32.0 (cpu)" in md
+    assert "target: engine_starts=1, tokens_per_s=12.5" in md
+    assert "replay = /runs/replay.jsonl" in md
+    assert "target = " not in md  # unset options are left out
+    assert "### Why tasks failed" in md and "paired TOST not equivalent" in md
+
+
+def test_markdown_all_pass_and_error_only_headlines():
+    md = render_markdown(report([row("a", (90, 0, 0, 10)), row("b", (50, 0, 0, 50))]))
+    assert "**PASS**" in md.splitlines()[0] and "all 2 task(s) equivalent." in md
+    assert "Errors" not in md and "Underpowered" not in md
+    md = render_markdown(report([error_row("a", "judge failed")]))
+    assert md.splitlines()[0].endswith("**ERROR**")
+    assert "1 of 1 task(s) could not be computed; 0 equivalent." in md
+    md = render_markdown(report([]))
+    assert md.splitlines()[0].endswith("**ERROR**") and "no task was screened" in md
+
+
+def test_markdown_escapes_data_so_the_table_holds():
+    md = render_markdown(report([row(HOSTILE, (90, 0, 0, 10)), error_row("e|rr", "bad <b>reason</b> | [link](http://x)")]))
+    table_rows = [ln for ln in md.splitlines() if ln.startswith("| ") and "PASS" in ln]
+    assert len(table_rows) == 1 and len(_cells(table_rows[0])) == 9
+    assert "<script>" not in md and "<b>" not in md
+    assert "&lt;script&gt;" in md and "\\`tick\\`" in md and "\\@someone" in md
+    assert "\\[link\\](http://x)" in md
+
+
+def test_markdown_config_fence_outgrows_backticks_in_values():
+    cfg = dict(CONFIG, judge="mod:```weird```")
+    md = render_markdown(report([row("a", (90, 0, 0, 10))], config=cfg))
+    assert "````text" in md and "judge = mod:```weird```" in md
+
+
+def test_write_markdown_is_atomic_and_replaces(tmp_path, mixed):
+    out = tmp_path / "r"
+    path = write_markdown(out, mixed)
+    assert path == out / "summary.md"
+    first = path.read_text(encoding="utf-8")
+    assert first == render_markdown(mixed)
+    other = report([row("only", (90, 0, 0, 10))])
+    write_markdown(out, other)
+    assert "| only " in path.read_text(encoding="utf-8")
+    assert sorted(p.name for p in out.iterdir()) == ["summary.md"]  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r.update(schema="other"), "rebuild it with build_report"),
+        (lambda r: r.update(version=2), "version 2"),
+        (lambda r: r["tasks"][0].pop("tost_p"), "task 'a': 'tost_p' is None"),
+        (lambda r: r["tasks"][0].update(diff=float("nan")), "task 'a': 'diff' is nan"),
+        (lambda r: r["tasks"][0].update(status="maybe"), "status 'maybe'"),
+        (lambda r: r["tasks"][0].update(h_check=None), "h_check None"),
+        (lambda r: r.update(tasks={"a": 1}), "must be a list"),
+    ],
+)
+def test_unrenderable_reports_are_errors(mutate, message):
+    r = report([row("a", (90, 0, 0, 10))])
+    mutate(r)
+    for render in (render_markdown, render_html):
+        with pytest.raises(ReportError, match=re.escape(message)):
+            render(r)
+
+
+# -- HTML ----------------------------------------------------------------------------------------
+def _mpimg():
+    try:
+        import matplotlib.image
+    except ImportError:
+        pytest.fail("matplotlib is missing: install the [plot] extra (pip install -e '.[plot]'); the test setup includes it", pytrace=False)
+    return matplotlib.image
+
+
+def _plot_png(page: str) -> bytes:
+    m = re.search(r"<img id='forest-plot'[^>]*src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert m, "no inline forest plot in the page"
+    return base64.b64decode(m.group(1), validate=True)
+
+
+def _colour_share(rgb, colour: str, tol: float = 0.06) -> float:
+    import numpy as np
+
+    want = np.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    return float((np.abs(rgb[..., :3] - want).max(axis=-1) < tol).mean())
+
+
+def test_html_has_inline_forest_plot_coloured_by_verdict(tmp_path, mixed):
+    mpimg = _mpimg()
+    path = write_html(tmp_path, mixed)
+    assert path == tmp_path / "report.html"
+    page = path.read_text(encoding="utf-8")
+    png = _plot_png(page)
+    assert png.startswith(PNG_MAGIC) and len(png) > 5000
+    img = mpimg.imread(io.BytesIO(png), format="png")
+    assert img.shape[0] > 200 and img.shape[1] > 800
+    assert _colour_share(img, "#1a7f37") > 0.0005  # pass bars
+    assert _colour_share(img, "#cf222e") > 0.0005  # fail bars
+    assert _colour_share(img, "#d4a72c") > 0.0001  # inconclusive h
+    assert PLOT_MISSING_NOTE not in page
+
+
+def test_html_page_is_self_contained(tmp_path, mixed):
+    page = render_html(mixed)
+    assert "default-src 'none'" in page
+    assert not re.search(r"<(script|link|iframe|object)\b", page, re.I)
+    assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:|//)""", page, re.I)
+    for task in ("steady", "moved", "ceiling", "tiny", "broken"):
+        assert f"<td>{task}</td>" in page
+    assert "<td class='fail'>FAIL (moved, underpowered)</td>" in page
+    assert "<td class='error'>ERROR</td>" in page
+    assert "inconclusive: null q95" in page
+    assert "<th>replay</th><td>/runs/replay.jsonl</td>" in page
+
+
+def test_html_escapes_every_string_from_the_data():
+    bad_reason = "\"'><img src=x onerror=alert(1)>"
+    r = report(
+        [row(HOSTILE, (90, 0, 0, 10), scope_notes=("<i>note</i>",)), error_row("<b>err</b>", bad_reason)],
+        engines={"header_lines": ["<marquee>"], "fingerprints": {"target": {"model": "</pre><script>"}}},
+        config=dict(CONFIG, judge="<svg onload=alert(1)>"),
+    )
+    page = render_html(r)
+    for raw in ("<script>", "<img src=x", "<b>err</b>", "<i>note</i>", "<marquee>", "<svg", "</pre><script>"):
+        assert raw not in page, raw
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "&quot;&#x27;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert page.count("<img ") == 1  # the plot only
+
+
+def test_html_without_matplotlib_says_how_to_get_the_plot(tmp_path, mixed, monkeypatch):
+    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes "import matplotlib..." raise ImportError
+    page = write_html(tmp_path, mixed).read_text(encoding="utf-8")
+    assert "id='forest-plot'" not in page and "data:image/png" not in page
+    assert "id='plot-missing'" in page and "pytest-tais[plot]" in page
+    assert "<td>moved</td>" in page  # the rest of the page is still there
+
+
+def test_html_error_only_and_empty_reports_render():
+    page = render_html(report([error_row("a", "no outputs")]))
+    assert "class='marker error'" in page and "<strong>a</strong>: no outputs" in page
+    page = render_html(report([]))
+    assert "no task was screened" in page and "id='forest-plot'" not in page
+
+
+def test_reports_from_a_plugin_run(pytester, make_replay):
+    replay = make_replay({"same": (120, 60, 0), "drop": (120, 60, 20)})
+    out = pytester.path / "out"
+    pytester.runpytest(f"--tais-replay={replay}", f"--tais-report={out}").assert_outcomes(passed=1, failed=1)
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    md = write_markdown(out, data).read_text(encoding="utf-8")
+    assert "1 of 2 task(s) failed (1 moved); 1 equivalent." in md
+    assert _cells(_line_for(md, "drop"))[1:4] == ["120", "50.0%", "33.3%"]
+    page = write_html(out, data).read_text(encoding="utf-8")
+    assert _plot_png(page).startswith(PNG_MAGIC)
+    assert "<td>drop</td>" in page and "<td>same</td>" in page
+
+
+# -- in a real browser -------------------------------------------------------------------------------
+def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    if not os.path.exists(CHROMIUM) and not shutil.which("chromium"):
+        pytest.fail(f"{CHROMIUM} not found: install it with 'apt-get update && apt-get install -y chromium' (CI installs it)", pytrace=False)
+    exe = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.browser
+def test_report_page_in_headless_chromium(tmp_path, mixed):
+    mpimg = _mpimg()
+    import numpy as np
+
+    page = write_html(tmp_path / "report", mixed)
+    url = page.resolve().as_uri()
+    dom = _chromium(tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "TAIS safety-invariance screen" in dom.stdout
+    m = re.search(r'<img id="forest-plot"[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dom.stdout)
+    assert m, "the browser's DOM has no forest plot image"
+    assert base64.b64decode(m.group(1)).startswith(PNG_MAGIC)
+    for task in ("steady", "moved", "ceiling", "tiny", "broken"):
+        assert f"<td>{task}</td>" in dom.stdout
+
+    shot = tmp_path / "shot.png"
+    run = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,1600", "--hide-scrollbars", url)
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    img = mpimg.imread(str(shot))
+    assert img.shape[:2] == (1600, 1200)
+    colours = np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 50, "the screenshot is (nearly) blank"
+    assert _colour_share(img, "#cf222e") > 0.0005  # the FAIL marker and red bars were painted
+    assert _colour_share(img, "#1a7f37") > 0.0005
