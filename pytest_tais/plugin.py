@@ -61,7 +61,10 @@ def _raw(config: pytest.Config, opt: _config.Option) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "tais: a TAIS screen task (added by pytest-tais)")
+    config.addinivalue_line(
+        "markers",
+        "tais(tasks=None): a TAIS screen task test; tasks=[names or globs] limits which tasks parametrize tais_task",
+    )
     rootdir = Path(str(config.rootpath))
     try:
         cfg = _config.build(lambda opt: _raw(config, opt), rootdir)
@@ -95,10 +98,18 @@ def _shared_dir(config: pytest.Config) -> Path:
 
 def _engine_generator(config: pytest.Config, settings: Any):
     def generate(prompts):
+        import contextlib
+
         from .engines import run_arms
         from .screen import ArmOutputs
 
-        result = run_arms(settings, prompts, shared_dir=_shared_dir(config), progress=True)
+        state = config.stash[STATE]
+        metrics = {t.name: t.metric for t in state.screen.tasks}
+        capman = config.pluginmanager.getplugin("capturemanager")
+        # Generation runs inside a test's setup: let its progress bars reach the terminal.
+        quiet = capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
+        with quiet:
+            result = run_arms(settings, prompts, shared_dir=_shared_dir(config), progress=True, task_metrics=metrics)
         return ArmOutputs(
             outputs={arm: dict(g) for arm, g in result.generations.items()},
             fingerprints=dict(result.fingerprints),
@@ -257,6 +268,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
         return
     names = [t.name for t in state.screen.tasks]
+    marker = metafunc.definition.get_closest_marker("tais")
+    patterns = marker.kwargs.get("tasks") if marker is not None else None
+    if patterns is not None:
+        import fnmatch
+
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+        if unknown:
+            pytest.fail(
+                f"@pytest.mark.tais(tasks={list(patterns)!r}): {unknown} match no selected task; tasks are: {', '.join(names)}",
+                pytrace=False,
+            )
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     metafunc.parametrize("tais_task", names, ids=names, indirect=True)
     metafunc.definition.add_marker(pytest.mark.tais)
 
@@ -371,16 +396,20 @@ class _Reporter:
         passed = sum(r.get("status") == "pass" for r in rows)
         tr.write_line(f"tais: {passed}/{len(rows)} task(s) equivalent")
         if state.cfg.report is not None:
-            tr.write_line(f"tais: report written to {state.cfg.report / 'report.json'}")
+            tr.write_line(f"tais: reports in {state.cfg.report}: report.json, summary.md, report.html")
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if _is_worker(self.config) or self.state.cfg.report is None:
             return
-        from .report import build_report, write_report
+        from .report import build_report, write_html, write_markdown, write_report
 
+        directory = self.state.cfg.report
         report = build_report(self.state.cfg.describe(), _ordered_rows(self.state), _engine_summary(self.state))
-        write_report(self.state.cfg.report, report)
+        write_report(directory, report)
+        if report["tasks"]:
+            write_markdown(directory, report)
+            write_html(directory, report)
 
 
 def _engine_summary(state: _State) -> dict[str, Any]:

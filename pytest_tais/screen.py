@@ -66,6 +66,7 @@ class Screen:
         self.cfg = cfg
         self._generate = generate
         self._outputs: ArmOutputs | None = None
+        self._generate_error: str | None = None
         self._pairs: dict[str, list[PairRecord]] = {}
         self.verdicts: dict[str, Verdict] = {}
         try:
@@ -97,8 +98,15 @@ class Screen:
         if self._outputs is None:
             if self._generate is None:
                 raise TaskError("no arm outputs: pass --tais-replay or --tais-target/--tais-draft")
+            if self._generate_error is not None:
+                raise TaskError(self._generate_error)
             prompts = [p for t in self.tasks for p in t.prompts]
-            self._outputs = self._generate(prompts)
+            try:
+                self._outputs = self._generate(prompts)
+            except Exception as exc:
+                # Every task of this screen errors with the same cause; no engine is retried per task.
+                self._generate_error = f"generation failed, no verdict is possible: {type(exc).__name__}: {exc}"
+                raise TaskError(self._generate_error) from exc
         return self._outputs
 
     # -- judging ----------------------------------------------------------------------------
@@ -123,6 +131,7 @@ class Screen:
         other = object.__new__(Screen)
         other.__dict__.update(self.__dict__)
         other._generate, other._outputs, other._pairs, other.verdicts = generate, None, {}, {}
+        other._generate_error = None
         return other
 
     def pairs(self, task_name: str, a: "ArmRef | None" = None, b: "ArmRef | None" = None) -> list[PairRecord]:

