@@ -52,7 +52,10 @@ OPTIONS = (
     Option("tais-h-cutoff", f"fixed |Cohen's h| cutoff (default {DEFAULT_H_CUTOFF})", "float", DEFAULT_H_CUTOFF),
     Option("tais-h-null-level", f"swap-null quantile level for the h cutoff check (default {DEFAULT_H_NULL_LEVEL})", "float", DEFAULT_H_NULL_LEVEL),
     Option("tais-tost-method", "paired TOST: score (Tango, default) or exact (unconditional, guarantees the level)", "string", "score"),
-    Option("tais-report", "write report.json (and later Markdown/HTML) into this folder", "path"),
+    Option("tais-report", "write report.json, summary.md and report.html into this folder", "path"),
+    Option("tais-save-baseline", "save this run (both arms' outputs, verdicts, stack fingerprint) as baseline NAME"),
+    Option("tais-baseline", "also screen baseline NAME's arms against this run's: target vs target, speculative vs speculative"),
+    Option("tais-baseline-dir", "where baselines live (default .tais/baselines under rootdir)", "path"),
 )
 
 
@@ -71,6 +74,9 @@ class TaisConfig:
     h_null_level: float = DEFAULT_H_NULL_LEVEL
     tost_method: str = "score"
     report: Path | None = None
+    save_baseline: str | None = None
+    baseline: str | None = None
+    baseline_dir: Path = Path(".tais/baselines")
     rootdir: Path = Path(".")
 
     @property
@@ -138,6 +144,9 @@ def build(get: Callable[[Option], Any], rootdir: Path) -> TaisConfig:
     if v["tais_draft"] and not v["tais_target"] and replay is None:
         raise ConfigError("--tais-draft given without --tais-target; the speculative arm needs the target too")
     tasks = tuple(t.strip() for t in (v["tais_tasks"] or "").split(",") if t.strip())
+    for flag, name in (("--tais-save-baseline", v["tais_save_baseline"]), ("--tais-baseline", v["tais_baseline"])):
+        if name and not all(ch.isalnum() or ch in "._-" for ch in name):
+            raise ConfigError(f"{flag}={name!r}: use letters, digits, '.', '_' and '-' only")
     return TaisConfig(
         target=v["tais_target"] or None,
         draft=v["tais_draft"] or None,
@@ -152,5 +161,8 @@ def build(get: Callable[[Option], Any], rootdir: Path) -> TaisConfig:
         h_null_level=level,
         tost_method=method,
         report=v["tais_report"],
+        save_baseline=v["tais_save_baseline"] or None,
+        baseline=v["tais_baseline"] or None,
+        baseline_dir=v["tais_baseline_dir"] or rootdir / ".tais" / "baselines",
         rootdir=rootdir,
     )

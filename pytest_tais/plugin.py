@@ -31,9 +31,25 @@ class _State:
         self.rows: dict[str, dict[str, Any]] = {}  # nodeid -> task row (filled from reports)
         self.engine_metrics: dict[str, dict[str, Any]] = {}  # worker -> engine summary
         self.variants: dict[tuple, Any] = {}  # engine-setting changes -> Screen
+        self.baseline: Any = None  # the loaded baseline (--tais-baseline)
+        self.baseline_screen: Any = None  # a screen whose outputs are the baseline's
+        self.baseline_lines: list[str] = []  # what the terminal summary says about baselines
+
+    def params(self) -> list[str]:
+        """tais_task parameters: each task, and with a baseline its two baseline contrasts."""
+        out = []
+        for t in self.screen.tasks:
+            out.append(t.name)
+            if self.baseline_screen is not None:
+                out.extend(f"{t.name}{_SEP}{c}" for c in BASELINE_CONTRASTS)
+        return out
 
 
 STATE = pytest.StashKey[_State]()
+_SEP = "@"
+#: Contrasts against a stored baseline: (baseline arm, current arm).
+BASELINE_CONTRASTS = {"baseline-target": ("target", "target"), "baseline-speculative": ("speculative", "speculative")}
+DEFAULT_CONTRAST = "target-vs-speculative"
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -86,8 +102,23 @@ def pytest_configure(config: pytest.Config) -> None:
     except ScreenSetupError as exc:
         raise pytest.UsageError(str(exc)) from None
     state = _State(cfg, screen, engine_settings)
+    if cfg.baseline:
+        _load_baseline(state)
     config.stash[STATE] = state
     config.pluginmanager.register(_Reporter(config, state), "tais-reporter")
+
+
+def _load_baseline(state: _State) -> None:
+    from .baseline import BaselineError, check_compatible, load_baseline
+    from .screen import index_generations
+
+    try:
+        baseline = load_baseline(state.cfg.baseline_dir, state.cfg.baseline)
+        check_compatible(baseline, state.screen.tasks)
+    except BaselineError as exc:
+        raise pytest.UsageError(f"--tais-baseline={state.cfg.baseline}: {exc}") from None
+    state.baseline = baseline
+    state.baseline_screen = state.screen.derive(lambda prompts: index_generations(baseline.generations))
 
 
 def _shared_dir(config: pytest.Config) -> Path:
@@ -145,12 +176,13 @@ class TaskHandle:
     ``between(a, b)`` compares two (screen, arm) sources, e.g. float32 vs bfloat16 target-only.
     """
 
-    def __init__(self, screen: Any, name: str, node: pytest.Item, a: Any = None, b: Any = None) -> None:
+    def __init__(self, screen: Any, name: str, node: pytest.Item, a: Any = None, b: Any = None, contrast: str | None = None) -> None:
         self.screen = screen
         self.name = name
         self.task = screen.by_name[name]
         self._node = node
         self._a, self._b = a, b
+        self.contrast = contrast or (DEFAULT_CONTRAST if a is None and b is None else "custom")
 
     def __repr__(self) -> str:
         return f"<tais task {self.name!r}: {len(self.task.prompts)} prompts>"
@@ -162,19 +194,21 @@ class TaskHandle:
     def on(self, screen: Any) -> "TaskHandle":
         return TaskHandle(screen, self.name, self._node)
 
-    def between(self, a: tuple, b: tuple) -> "TaskHandle":
-        return TaskHandle(self.screen, self.name, self._node, a, b)
+    def between(self, a: tuple, b: tuple, contrast: str | None = None) -> "TaskHandle":
+        return TaskHandle(self.screen, self.name, self._node, a, b, contrast)
 
     def verdict(self, **overrides: Any):
         v = self.screen.verdict(self.name, self._a, self._b, **overrides)
-        _record(self._node, v)
+        _record(self._node, v, self.contrast)
         return v
 
 
-def _record(node: pytest.Item, v) -> None:
+def _record(node: pytest.Item, v, contrast: str = DEFAULT_CONTRAST) -> None:
     data = v.to_dict()
+    data["contrast"] = contrast
     props = [(k, v_) for k, v_ in node.user_properties if not str(k).startswith("tais.")]
     props.append(("tais.task", v.task))
+    props.append(("tais.contrast", contrast))
     props.extend((f"tais.{k}", data[k]) for k in JUNIT_PROPERTIES)
     props.append(("tais.h_check", v.h_check))
     props.append(("tais.verdict", v.status))
@@ -193,10 +227,14 @@ def _state_or_fail(config: pytest.Config) -> _State:
     return state
 
 
-def _prepare(state: _State, name: str, node: pytest.Item) -> TaskHandle:
+def _prepare(state: _State, param: str, node: pytest.Item) -> TaskHandle:
+    name, _, contrast = param.partition(_SEP)
     node.stash[_TASK] = name
     try:
         handle = TaskHandle(state.screen, name, node)
+        if contrast:
+            base_arm, arm = BASELINE_CONTRASTS[contrast]
+            handle = handle.between((state.baseline_screen, base_arm), (state.screen, arm), contrast)
         handle.pairs  # generate and judge now, so a broken task errors in setup
     except TaskError as exc:
         pytest.fail(str(exc), pytrace=False)
@@ -268,6 +306,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
         return
     names = [t.name for t in state.screen.tasks]
+    params = state.params()
     marker = metafunc.definition.get_closest_marker("tais")
     patterns = marker.kwargs.get("tasks") if marker is not None else None
     if patterns is not None:
@@ -281,8 +320,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 f"@pytest.mark.tais(tasks={list(patterns)!r}): {unknown} match no selected task; tasks are: {', '.join(names)}",
                 pytrace=False,
             )
-        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    metafunc.parametrize("tais_task", names, ids=names, indirect=True)
+        params = [p for p in params if any(fnmatch.fnmatchcase(p.partition(_SEP)[0], pat) for pat in patterns)]
+    metafunc.parametrize("tais_task", params, ids=[p.replace(_SEP, "-vs-") for p in params], indirect=True)
     metafunc.definition.add_marker(pytest.mark.tais)
 
 
@@ -313,7 +352,7 @@ class TaisItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
-        return self.path, None, f"tais task {self.task_name}"
+        return self.path, None, f"tais task {self.task_name.replace(_SEP, ' vs ')}"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -323,8 +362,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     if any("tais_task" in getattr(item, "fixturenames", ()) for item in items):
         return
-    for task in state.screen.tasks:
-        items.append(TaisItem.from_parent(session, name=f"tais[{task.name}]", nodeid=f"tais::{task.name}", task=task.name))
+    for param in state.params():
+        label = param.replace(_SEP, "-vs-")
+        items.append(TaisItem.from_parent(session, name=f"tais[{label}]", nodeid=f"tais::{label}", task=param))
 
 
 # -- reports ----------------------------------------------------------------------------------
@@ -340,6 +380,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     elif rep.failed and (rep.when == "setup" or row is None) and rep.when != "teardown":
         message = str(call.excinfo.value) if call.excinfo else "task could not be computed"
         rep.tais = {"task": name, "nodeid": item.nodeid, "status": "error", "reasons": [message]}
+        param = getattr(getattr(item, "callspec", None), "params", {}).get("tais_task") or getattr(item, "task_name", "")
+        rep.tais["contrast"] = param.partition(_SEP)[2] or DEFAULT_CONTRAST
         rep.user_properties.append(("tais.task", name))
         rep.user_properties.append(("tais.verdict", "error"))
     if getattr(rep, "tais", None) is not None:
@@ -395,21 +437,64 @@ class _Reporter:
             tr.write_line(f"OUT OF SCOPE: {note}", yellow=True)
         passed = sum(r.get("status") == "pass" for r in rows)
         tr.write_line(f"tais: {passed}/{len(rows)} task(s) equivalent")
+        for line in state.baseline_lines:
+            tr.write_line(line, red="NOT saved" in line)
         if state.cfg.report is not None:
             tr.write_line(f"tais: reports in {state.cfg.report}: report.json, summary.md, report.html")
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if _is_worker(self.config) or self.state.cfg.report is None:
+        if _is_worker(self.config):
+            return
+        state = self.state
+        engines = _engine_summary(state)
+        fingerprint = None
+        if state.cfg.baseline or state.cfg.save_baseline:
+            from .baseline import fingerprint_diff, stack_fingerprint
+
+            settings = state.engine_settings.describe() if state.engine_settings is not None else None
+            fingerprint = stack_fingerprint(settings, engines.get("fingerprints") or {}, state.screen.judge_name, state.cfg.battery)
+            if state.baseline is not None:
+                changes = fingerprint_diff(state.baseline.fingerprint, fingerprint)
+                engines["baseline"] = {"name": state.baseline.name, "fingerprint_changes": changes}
+                state.baseline_lines.append(f"tais: compared with baseline {state.baseline.name!r}; stack changes:")
+                state.baseline_lines.extend(f"  {line}" for line in changes or ["(none)"])
+            if state.cfg.save_baseline and not self._save_baseline(fingerprint) and session.exitstatus == 0:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if state.cfg.report is None:
             return
         from .report import build_report, write_html, write_markdown, write_report
 
-        directory = self.state.cfg.report
-        report = build_report(self.state.cfg.describe(), _ordered_rows(self.state), _engine_summary(self.state))
+        directory = state.cfg.report
+        report = build_report(state.cfg.describe(), _ordered_rows(state), engines)
         write_report(directory, report)
         if report["tasks"]:
             write_markdown(directory, report)
             write_html(directory, report)
+
+
+    def _save_baseline(self, fingerprint: dict[str, Any]) -> bool:
+        from .baseline import BaselineError, save_baseline
+
+        state = self.state
+        name = state.cfg.save_baseline
+        rows = [r for r in _ordered_rows(state) if r.get("contrast", DEFAULT_CONTRAST) == DEFAULT_CONTRAST]
+        screened = {r.get("task") for r in rows if r.get("status") in ("pass", "fail")}
+        missing = [t.name for t in state.screen.tasks if t.name not in screened]
+        if missing:
+            state.baseline_lines.append(f"tais: baseline {name!r} NOT saved: no verdict for task(s) {', '.join(missing)}")
+            return False
+        try:
+            outputs = state.screen.outputs()  # replay: loaded; engines: read back from the store
+            wanted = {(t.name, p.prompt_id) for t in state.screen.tasks for p in t.prompts}
+            generations = [g for arm in outputs.outputs.values() for key, g in arm.items() if key in wanted]
+            path = save_baseline(state.cfg.baseline_dir, name, generations=generations, rows=rows,
+                                 fingerprint=fingerprint, config=state.cfg.describe())
+        except (BaselineError, TaskError) as exc:
+            state.baseline_lines.append(f"tais: baseline {name!r} NOT saved: {exc}")
+            return False
+        state.baseline_lines.append(f"tais: saved baseline {name!r} in {path}")
+        return True
 
 
 def _engine_summary(state: _State) -> dict[str, Any]:
@@ -432,4 +517,10 @@ def _engine_summary(state: _State) -> dict[str, Any]:
 
 def _ordered_rows(state: _State) -> list[dict[str, Any]]:
     order = {t.name: i for i, t in enumerate(state.screen.tasks)}
-    return sorted(state.rows.values(), key=lambda r: (order.get(r.get("task"), len(order)), r.get("nodeid", "")))
+    contrasts = [DEFAULT_CONTRAST, *BASELINE_CONTRASTS]
+
+    def key(r: dict[str, Any]) -> tuple:
+        c = r.get("contrast", DEFAULT_CONTRAST)
+        return order.get(r.get("task"), len(order)), contrasts.index(c) if c in contrasts else len(contrasts), r.get("nodeid", "")
+
+    return sorted(state.rows.values(), key=key)

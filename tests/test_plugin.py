@@ -275,3 +275,54 @@ def test_x(tais_task, tais_equivalent):
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*match no selected task; tasks are: harmful*"])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_baseline_saved_then_compared(pytester, make_replay, tmp_path):
+    same = make_replay({"harmful": (100, 95, 0), "benign": (100, 2, 0)}, name="same.jsonl")
+    result = pytester.runpytest(f"--tais-replay={same}", "--tais-save-baseline=main")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*tais: saved baseline 'main'*"])
+    assert (pytester.path / ".tais" / "baselines" / "main" / "generations.jsonl").is_file()
+
+    # Same stack: the two baseline contrasts of every task pass too.
+    result = pytester.runpytest(f"--tais-replay={same}", "--tais-baseline=main", "-v")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["*tais::harmful-vs-baseline-target PASSED*", "*tais::harmful-vs-baseline-speculative PASSED*"])
+
+    # A change that moves the speculative arm's refusals fails where it should, and only there.
+    moved = make_replay({"harmful": (100, 95, 10), "benign": (100, 2, 0)}, name="moved.jsonl")
+    pytester.makepyfile(test_gate=USER_TEST)
+    result = pytester.runpytest(f"--tais-replay={moved}", "--tais-baseline=main", "-v", "--tais-report=out")
+    result.assert_outcomes(passed=4, failed=2)
+    result.stdout.fnmatch_lines([
+        "*test_safety[[]harmful[]] FAILED*",
+        "*test_safety[[]harmful-vs-baseline-target[]] PASSED*",
+        "*test_safety[[]harmful-vs-baseline-speculative[]] FAILED*",
+    ])
+    result.stdout.fnmatch_lines(["*harmful [[]baseline-speculative[]]*FAIL*", "*compared with baseline 'main'*"])
+    rep = json.loads((pytester.path / "out" / "report.json").read_text())
+    contrasts = {(t["task"], t["contrast"]): t["status"] for t in rep["tasks"]}
+    assert contrasts[("harmful", "baseline-speculative")] == "fail"
+    assert contrasts[("benign", "baseline-target")] == "pass"
+    assert rep["engines"]["baseline"]["name"] == "main"
+
+
+def test_missing_or_incompatible_baseline_is_a_usage_error(pytester, make_replay):
+    replay = make_replay({"harmful": (100, 95, 0)})
+    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=nope")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --tais-baseline=nope:*--tais-save-baseline=NAME*"])
+    pytester.runpytest(f"--tais-replay={replay}", "--tais-save-baseline=b1").assert_outcomes(passed=1)
+    other = make_replay({"jailbreak": (100, 95, 0)}, name="other.jsonl")
+    result = pytester.runpytest(f"--tais-replay={other}", "--tais-baseline=b1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --tais-baseline=b1:*jailbreak*"])
+
+
+def test_baseline_of_a_broken_run_is_not_saved(pytester, tmp_path):
+    lines = replay_lines("harmful", 100, 95)[:-1]  # one speculative answer missing
+    replay = write_jsonl(tmp_path / "r.jsonl", lines)
+    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-save-baseline=broken")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*baseline 'broken' NOT saved: no verdict for task(s) harmful*"])
+    assert not (pytester.path / ".tais" / "baselines" / "broken").exists()

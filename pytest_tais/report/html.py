@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..records import atomic_write_text
+from .table import label
 from .markdown import (
     check_report, config_lines, diff_cell, engine_lines, fmt_p, h_cell, headline, pct, scope_notes, verdict_label,
 )
@@ -109,7 +110,7 @@ def forest_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     ax_h.set_xlabel("|Cohen's h| (colour: h check)")
     ax_h.set_title("Effect size against its cutoff", fontsize=11)
     ax_d.set_yticks(ys)
-    ax_d.set_yticklabels([_label(r["task"]) for r in rows])
+    ax_d.set_yticklabels([_label(label(r)) for r in rows])
     for t in ax_d.get_yticklabels():
         t.set_parse_math(False)  # task names are data: "$" must not start TeX
     ax_d.set_ylim(-0.7, n - 0.3)
@@ -139,10 +140,10 @@ def _task_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         reasons = list(r.get("reasons") or []) + [f"out of scope: {n}" for n in r.get("scope_notes") or []]
         reason_html = "<ul class='reasons'>" + "".join(f"<li>{_esc(x)}</li>" for x in reasons) + "</ul>" if reasons else ""
         if r["status"] == "error":
-            cells = [_esc(r["task"]), "", "", "", "", "", "", "", "", "", "<td class='error'>ERROR</td>", reason_html or "no reason recorded"]
+            cells = [_esc(label(r)), "", "", "", "", "", "", "", "", "", "<td class='error'>ERROR</td>", reason_html or "no reason recorded"]
         else:
             cells = [
-                _esc(r["task"]), _esc(r.get("metric", "refusal")), str(r["n"]), pct(r["rate_target"]),
+                _esc(label(r)), _esc(r.get("metric", "refusal")), str(r["n"]), pct(r["rate_target"]),
                 pct(r["rate_speculative"]), _esc(diff_cell(r)), fmt_p(r["tost_p"]), _esc(h_cell(r)),
                 pct(r["identical_share"]), str(r["required_n"]),
                 f"<td class='{r['status']}'>{_esc(verdict_label(r))}</td>", reason_html,

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from ..records import atomic_write_text
 from .json_report import REPORT_SCHEMA, REPORT_VERSION
+from .table import label
 
 STATUSES = ("pass", "fail", "error")
 
@@ -204,7 +205,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "|---|---:|---:|---:|---|---:|---|---:|---|",
         ]
         for r in verdicts:
-            name = md_escape(r["task"]) + (" (accuracy)" if r.get("metric") == "accuracy" else "")
+            name = md_escape(label(r)) + (" (accuracy)" if r.get("metric") == "accuracy" else "")
             lines.append(
                 f"| {name} | {r['n']} | {pct(r['rate_target'])} | {pct(r['rate_speculative'])} | {diff_cell(r)} "
                 f"| {fmt_p(r['tost_p'])} | {h_cell(r)} | {pct(r['identical_share'])} | **{verdict_label(r)}** |"

@@ -7,9 +7,16 @@ from typing import Any, Mapping, Sequence
 _COLUMNS = ("task", "n", "target", "spec", "D [CI]", "TOST p", "h (cut)", "ident", "verdict")
 
 
+def label(t: Mapping[str, Any]) -> str:
+    """The task name, with its contrast where it is not the default target-vs-speculative one."""
+    contrast = t.get("contrast")
+    name = str(t.get("task", "?"))
+    return name if contrast in (None, "target-vs-speculative") else f"{name} [{contrast}]"
+
+
 def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
     if t.get("status") == "error" or "n" not in t:
-        return (t.get("task", "?"), "-", "-", "-", "-", "-", "-", "-", "ERROR")
+        return (label(t), "-", "-", "-", "-", "-", "-", "-", "ERROR")
     verdict = t["status"].upper()
     if t.get("h_check") == "inconclusive":
         verdict += " (h inconcl.)"
@@ -18,7 +25,7 @@ def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
     if t.get("scope_notes"):
         verdict += " OUT-OF-SCOPE"
     return (
-        t["task"],
+        label(t),
         str(t["n"]),
         f"{100 * t['rate_target']:.1f}%",
         f"{100 * t['rate_speculative']:.1f}%",
