@@ -34,19 +34,54 @@ class _State:
         self.baseline: Any = None  # the loaded baseline (--tais-baseline)
         self.baseline_screen: Any = None  # a screen whose outputs are the baseline's
         self.baseline_lines: list[str] = []  # what the terminal summary says about baselines
+        self.cells: list[Any] = []  # matrix cells (pytest_tais.matrix.Cell); the first is self.screen
+        self.cell_screens: dict[str, Any] = {}
 
     def params(self) -> list[str]:
-        """tais_task parameters: each task, and with a baseline its two baseline contrasts."""
+        """tais_task parameters, "task|contrast|config|versus": per task its default contrast (per
+        matrix cell), the matrix's draft-vs-draft and precision contrasts, and baseline contrasts."""
         out = []
+        cells = self.cells
+        first = cells[0] if cells else None
         for t in self.screen.tasks:
-            out.append(t.name)
+            if not cells or len(cells) == 1:
+                out.append(_param(t.name, DEFAULT_CONTRAST))
+            else:
+                out.extend(_param(t.name, DEFAULT_CONTRAST, c.label) for c in cells)
+                for axis, kind in (("draft", "draft-vs-draft"), ("dtype", "precision")):
+                    out.extend(
+                        _param(t.name, kind, first_c.label, c.label)
+                        for first_c in cells if first_c.values.get(axis) == first.values.get(axis)
+                        for c in cells if axis in c.values and c.differs_only_in(first_c, axis)
+                    )
             if self.baseline_screen is not None:
-                out.extend(f"{t.name}{_SEP}{c}" for c in BASELINE_CONTRASTS)
+                out.extend(_param(t.name, c) for c in BASELINE_CONTRASTS)
         return out
+
+    def screen_for(self, label: str):
+        return self.cell_screens.get(label, self.screen) if label else self.screen
+
+
+def _param(task: str, contrast: str, config: str = "", versus: str = "") -> str:
+    return "|".join((task, contrast, config, versus))
+
+
+def _unparam(param: str) -> tuple[str, str, str, str]:
+    task, contrast, config, versus = (param.split("|") + ["", "", ""])[:4]
+    return task, contrast or DEFAULT_CONTRAST, config, versus
+
+
+def _param_id(param: str) -> str:
+    """Readable test ids: harmful, harmful-bf16-canonical, harmful-fp32-vs-bf16, harmful-vs-baseline-target."""
+    task, contrast, config, versus = _unparam(param)
+    if contrast in BASELINE_CONTRASTS:
+        return f"{task}-vs-{contrast}"
+    if contrast == DEFAULT_CONTRAST:
+        return f"{task}-{config}" if config else task
+    return f"{task}-{config}-vs-{versus}"
 
 
 STATE = pytest.StashKey[_State]()
-_SEP = "@"
 #: Contrasts against a stored baseline: (baseline arm, current arm).
 BASELINE_CONTRASTS = {"baseline-target": ("target", "target"), "baseline-speculative": ("speculative", "speculative")}
 DEFAULT_CONTRAST = "target-vs-speculative"
@@ -92,20 +127,51 @@ def pytest_configure(config: pytest.Config) -> None:
 
     engine_settings = None
     generate = None
+    cells: list[tuple[Any, Any]] = []  # (Cell, EngineSettings)
     if cfg.target is not None:
-        from .engines import engine_settings_from_config
-
-        engine_settings = engine_settings_from_config(config)
+        cells = _matrix(config)
+        engine_settings = cells[0][1]
         generate = _engine_generator(config, engine_settings)
     try:
         screen = Screen(cfg, generate=generate)
     except ScreenSetupError as exc:
         raise pytest.UsageError(str(exc)) from None
     state = _State(cfg, screen, engine_settings)
+    if len(cells) > 1:
+        state.cells = [cell for cell, _ in cells]
+        state.cell_screens = {cells[0][0].label: screen}
+        for cell, settings in cells[1:]:
+            state.cell_screens[cell.label] = screen.derive(_engine_generator(config, settings))
     if cfg.baseline:
         _load_baseline(state)
     config.stash[STATE] = state
     config.pluginmanager.register(_Reporter(config, state), "tais-reporter")
+
+
+def _matrix(config: pytest.Config) -> list[tuple[Any, Any]]:
+    """The engine settings of every matrix cell (one cell when no option lists several values)."""
+    import dataclasses
+
+    from . import matrix
+    from .engines import SettingsError, engine_settings_from_config
+
+    try:
+        axes = matrix.read_axes(config)
+    except matrix.MatrixError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    base = engine_settings_from_config(matrix.FirstValues(config, axes))
+    out = []
+    for cell in matrix.cells(axes) if axes else []:
+        draft = cell.changes.get("draft")
+        if draft is not None and not Path(draft).is_dir():
+            raise pytest.UsageError(f"--tais-draft: draft {cell.values['draft']!r} at {draft} is not a model folder; check the path")
+        try:
+            out.append((cell, dataclasses.replace(base, **cell.changes)))
+        except SettingsError as exc:
+            raise pytest.UsageError(f"matrix cell {cell.label or 'default'}: {exc}") from None
+    if not out:
+        out.append((matrix.Cell(label="", changes={}, values={}), base))
+    return out
 
 
 def _load_baseline(state: _State) -> None:
@@ -183,6 +249,7 @@ class TaskHandle:
         self._node = node
         self._a, self._b = a, b
         self.contrast = contrast or (DEFAULT_CONTRAST if a is None and b is None else "custom")
+        self.config = self.versus = ""
 
     def __repr__(self) -> str:
         return f"<tais task {self.name!r}: {len(self.task.prompts)} prompts>"
@@ -199,13 +266,17 @@ class TaskHandle:
 
     def verdict(self, **overrides: Any):
         v = self.screen.verdict(self.name, self._a, self._b, **overrides)
-        _record(self._node, v, self.contrast)
+        _record(self._node, v, self.contrast, self.config, self.versus)
         return v
 
 
-def _record(node: pytest.Item, v, contrast: str = DEFAULT_CONTRAST) -> None:
+def _record(node: pytest.Item, v, contrast: str = DEFAULT_CONTRAST, config: str = "", versus: str = "") -> None:
     data = v.to_dict()
     data["contrast"] = contrast
+    if config:
+        data["config"] = config
+    if versus:
+        data["versus"] = versus
     props = [(k, v_) for k, v_ in node.user_properties if not str(k).startswith("tais.")]
     props.append(("tais.task", v.task))
     props.append(("tais.contrast", contrast))
@@ -228,13 +299,19 @@ def _state_or_fail(config: pytest.Config) -> _State:
 
 
 def _prepare(state: _State, param: str, node: pytest.Item) -> TaskHandle:
-    name, _, contrast = param.partition(_SEP)
+    from .records import SPECULATIVE, TARGET
+
+    name, contrast, config, versus = _unparam(param)
     node.stash[_TASK] = name
     try:
-        handle = TaskHandle(state.screen, name, node)
-        if contrast:
+        handle = TaskHandle(state.screen_for(config), name, node)
+        if contrast in BASELINE_CONTRASTS:
             base_arm, arm = BASELINE_CONTRASTS[contrast]
             handle = handle.between((state.baseline_screen, base_arm), (state.screen, arm), contrast)
+        elif contrast in ("draft-vs-draft", "precision"):
+            arm = SPECULATIVE if contrast == "draft-vs-draft" else TARGET
+            handle = handle.between((state.screen_for(config), arm), (state.screen_for(versus), arm), contrast)
+        handle.config, handle.versus = config, versus
         handle.pairs  # generate and judge now, so a broken task errors in setup
     except TaskError as exc:
         pytest.fail(str(exc), pytrace=False)
@@ -320,8 +397,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 f"@pytest.mark.tais(tasks={list(patterns)!r}): {unknown} match no selected task; tasks are: {', '.join(names)}",
                 pytrace=False,
             )
-        params = [p for p in params if any(fnmatch.fnmatchcase(p.partition(_SEP)[0], pat) for pat in patterns)]
-    metafunc.parametrize("tais_task", params, ids=[p.replace(_SEP, "-vs-") for p in params], indirect=True)
+        params = [p for p in params if any(fnmatch.fnmatchcase(_unparam(p)[0], pat) for pat in patterns)]
+    metafunc.parametrize("tais_task", params, ids=[_param_id(p) for p in params], indirect=True)
     metafunc.definition.add_marker(pytest.mark.tais)
 
 
@@ -352,7 +429,7 @@ class TaisItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
-        return self.path, None, f"tais task {self.task_name.replace(_SEP, ' vs ')}"
+        return self.path, None, f"tais task {_param_id(self.task_name)}"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -363,7 +440,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if any("tais_task" in getattr(item, "fixturenames", ()) for item in items):
         return
     for param in state.params():
-        label = param.replace(_SEP, "-vs-")
+        task, contrast, config, versus = _unparam(param)
+        label = f"{task}[{_param_id(param)[len(task) + 1:]}]" if config else _param_id(param)
         items.append(TaisItem.from_parent(session, name=f"tais[{label}]", nodeid=f"tais::{label}", task=param))
 
 
@@ -381,21 +459,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         message = str(call.excinfo.value) if call.excinfo else "task could not be computed"
         rep.tais = {"task": name, "nodeid": item.nodeid, "status": "error", "reasons": [message]}
         param = getattr(getattr(item, "callspec", None), "params", {}).get("tais_task") or getattr(item, "task_name", "")
-        rep.tais["contrast"] = param.partition(_SEP)[2] or DEFAULT_CONTRAST
+        _, contrast, config, versus = _unparam(param)
+        rep.tais.update(contrast=contrast, **{k: v for k, v in (("config", config), ("versus", versus)) if v})
         rep.user_properties.append(("tais.task", name))
         rep.user_properties.append(("tais.verdict", "error"))
     if getattr(rep, "tais", None) is not None:
         state = item.config.stash.get(STATE, None)
-        if state is not None and state.screen.generated:
-            out = state.screen.outputs()
-            rep.tais_engine = {
-                "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
-                "metrics": out.metrics,
-                "fingerprints": out.fingerprints,
-                "out_of_scope": out.out_of_scope,
-                "header_lines": out.header_lines,
-            }
+        if state is not None:
+            rep.tais_engine = _engine_snapshot(state)
     return rep
+
+
+def _engine_snapshot(state: _State) -> dict[str, Any] | None:
+    """Engine metrics of every screen this process generated (per matrix cell where there is one)."""
+    screens = list(state.cell_screens.items()) if state.cell_screens else [("", state.screen)]
+    snap: dict[str, Any] = {"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "metrics": {}, "fingerprints": {},
+                            "out_of_scope": [], "header_lines": []}
+    for label, screen in screens:
+        if not screen.generated:
+            continue
+        out = screen.outputs()
+        suffix = f" [{label}]" if label else ""
+        snap["metrics"].update({f"{arm}{suffix}": m for arm, m in out.metrics.items()})
+        snap["fingerprints"].update({f"{arm}{suffix}": f for arm, f in out.fingerprints.items()})
+        snap["out_of_scope"].extend(n for n in out.out_of_scope if n not in snap["out_of_scope"])
+        snap["header_lines"].extend(out.header_lines if not suffix else [f"{line}{suffix}" for line in out.header_lines])
+    return snap if snap["metrics"] or snap["header_lines"] else None
 
 
 class _Reporter:
@@ -517,10 +606,12 @@ def _engine_summary(state: _State) -> dict[str, Any]:
 
 def _ordered_rows(state: _State) -> list[dict[str, Any]]:
     order = {t.name: i for i, t in enumerate(state.screen.tasks)}
-    contrasts = [DEFAULT_CONTRAST, *BASELINE_CONTRASTS]
+    contrasts = [DEFAULT_CONTRAST, "draft-vs-draft", "precision", *BASELINE_CONTRASTS]
+    cells = {c.label: i for i, c in enumerate(state.cells)}
 
     def key(r: dict[str, Any]) -> tuple:
         c = r.get("contrast", DEFAULT_CONTRAST)
-        return order.get(r.get("task"), len(order)), contrasts.index(c) if c in contrasts else len(contrasts), r.get("nodeid", "")
+        return (order.get(r.get("task"), len(order)), contrasts.index(c) if c in contrasts else len(contrasts),
+                cells.get(r.get("config", ""), 0), r.get("nodeid", ""))
 
     return sorted(state.rows.values(), key=key)

@@ -1,0 +1,133 @@
+"""The expansion matrix: several drafts, dtypes, seeds and speculative token counts in one run.
+
+``--tais-draft=canonical=PATH,adversarial=PATH --tais-dtype=float32,bfloat16 --tais-seed=0,1
+--tais-num-speculative-tokens=2,4`` expands into one configuration ("cell") per combination, each
+with its own engines (started once) and its own test per task, e.g. ``harmful[bf16-seed0-canonical]``.
+Only axes with more than one value appear in a cell's label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any
+
+#: matrix axis -> (ini/option dest, EngineSettings field)
+AXES = {
+    "dtype": ("tais_dtype", "dtype"),
+    "seed": ("tais_seed", "seed"),
+    "draft": ("tais_draft", "draft"),
+    "k": ("tais_num_speculative_tokens", "num_speculative_tokens"),
+}
+_DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "auto": "auto"}
+
+
+class MatrixError(ValueError):
+    """A matrix option is malformed; the message names the option and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    label: str
+    changes: dict[str, Any]  # EngineSettings field -> value
+    values: dict[str, str]  # axis -> value label
+
+    def differs_only_in(self, other: "Cell", axis: str) -> bool:
+        return self.values[axis] != other.values[axis] and all(
+            self.values[a] == other.values[a] for a in self.values if a != axis
+        )
+
+
+def _raw(config: Any, dest: str) -> str | None:
+    value = config.getoption(dest, default=None)
+    if value is None:
+        value = config.getini(dest) or None
+    return None if value is None else str(value)
+
+
+def _split(raw: str) -> list[str]:
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def read_axes(config: Any) -> dict[str, list[tuple[str, Any]]]:
+    """Each axis's (label, value) list, from the raw option values."""
+    rootdir = Path(str(config.rootpath))
+    axes: dict[str, list[tuple[str, Any]]] = {}
+    raw = _raw(config, "tais_draft")
+    if raw:
+        drafts = []
+        for part in _split(raw):
+            name, sep, path = part.partition("=")
+            if not sep:
+                if len(_split(raw)) > 1:
+                    raise MatrixError(f"--tais-draft={raw!r}: name each draft when giving several (canonical=PATH,adversarial=PATH)")
+                name, path = "draft", part
+            name, path = name.strip(), path.strip()
+            if not name or not all(c.isalnum() or c in "._-" for c in name):
+                raise MatrixError(f"--tais-draft: draft name {name!r} must use letters, digits, '.', '_' or '-'")
+            p = Path(path).expanduser()
+            drafts.append((name, p if p.is_absolute() else rootdir / p))
+        names = [n for n, _ in drafts]
+        if len(set(names)) != len(names):
+            raise MatrixError(f"--tais-draft={raw!r}: draft names must be unique")
+        axes["draft"] = drafts
+    raw = _raw(config, "tais_dtype")
+    if raw:
+        axes["dtype"] = [(_DTYPE_LABELS.get(v, v), v) for v in _split(raw)]
+    for axis, dest, prefix in (("seed", "tais_seed", "seed"), ("k", "tais_num_speculative_tokens", "k")):
+        raw = _raw(config, dest)
+        if raw:
+            values = []
+            for v in _split(raw):
+                try:
+                    values.append((f"{prefix}{int(v)}", int(v)))
+                except ValueError:
+                    raise MatrixError(f"--{dest.replace('_', '-')}={raw!r}: {v!r} is not a whole number") from None
+            axes[axis] = values
+    for axis, values in axes.items():
+        labels = [label for label, _ in values]
+        if len(set(labels)) != len(labels):
+            raise MatrixError(f"--{AXES[axis][0].replace('_', '-')}: a value is given twice")
+    return axes
+
+
+def cells(axes: dict[str, list[tuple[str, Any]]]) -> list[Cell]:
+    """Every combination, in axis order dtype, seed, draft, k; labels name the expanded axes only."""
+    order = [a for a in ("dtype", "seed", "draft", "k") if a in axes]
+    out = []
+    for combo in itertools.product(*(axes[a] for a in order)):
+        values = {a: label for a, (label, _) in zip(order, combo)}
+        changes = {AXES[a][1]: value for a, (_, value) in zip(order, combo)}
+        label = "-".join(label for a, (label, _) in zip(order, combo) if len(axes[a]) > 1)
+        out.append(Cell(label=label, changes=changes, values=values))
+    return out
+
+
+def expanded(axes: dict[str, list[tuple[str, Any]]]) -> bool:
+    return any(len(v) > 1 for v in axes.values())
+
+
+class FirstValues:
+    """A view of the pytest config in which each matrix option shows its first value only.
+
+    The engine options are parsed once, for the first cell; the other cells are that settings
+    object with the matrix fields replaced.
+    """
+
+    def __init__(self, config: Any, axes: dict[str, list[tuple[str, Any]]]) -> None:
+        self._config = config
+        self._first = {AXES[a][0]: str(values[0][1]) for a, values in axes.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._config, name)
+
+    def getoption(self, name: str, default: Any = None, skip: bool = False) -> Any:
+        if name in self._first:
+            return self._first[name]
+        return self._config.getoption(name, default)
+
+    def getini(self, name: str) -> Any:
+        if name in self._first:
+            return self._first[name]
+        return self._config.getini(name)
