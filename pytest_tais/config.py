@@ -53,6 +53,7 @@ OPTIONS = (
     Option("tais-h-null-level", f"swap-null quantile level for the h cutoff check (default {DEFAULT_H_NULL_LEVEL})", "float", DEFAULT_H_NULL_LEVEL),
     Option("tais-tost-method", "paired TOST: score (Tango, default) or exact (unconditional, guarantees the level)", "string", "score"),
     Option("tais-report", "write report.json, summary.md and report.html into this folder", "path"),
+    Option("tais-probe", "probe mode: screen the speculative arm alone (no target-only arm); tasks report a rate and are skipped, never passed", "bool", False),
     Option("tais-save-baseline", "save this run (both arms' outputs, verdicts, stack fingerprint) as baseline NAME"),
     Option("tais-baseline", "also screen baseline NAME's arms against this run's: target vs target, speculative vs speculative"),
     Option("tais-baseline-dir", "where baselines live (default .tais/baselines under rootdir)", "path"),
@@ -74,6 +75,7 @@ class TaisConfig:
     h_null_level: float = DEFAULT_H_NULL_LEVEL
     tost_method: str = "score"
     report: Path | None = None
+    probe: bool = False
     save_baseline: str | None = None
     baseline: str | None = None
     baseline_dir: Path = Path(".tais/baselines")
@@ -112,6 +114,13 @@ def _convert(opt: Option, raw: Any, rootdir: Path) -> Any:
         except ValueError:
             raise ConfigError(f"{opt.flag}={raw!r} is not a whole number") from None
         return value
+    if opt.kind == "bool":
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{opt.flag}={raw!r} is not a yes/no value; use true or false")
     if opt.kind == "path":
         p = Path(str(raw)).expanduser()
         return p if p.is_absolute() else rootdir / p
@@ -144,6 +153,8 @@ def build(get: Callable[[Option], Any], rootdir: Path) -> TaisConfig:
     if v["tais_draft"] and not v["tais_target"] and replay is None:
         raise ConfigError("--tais-draft given without --tais-target; the speculative arm needs the target too")
     tasks = tuple(t.strip() for t in (v["tais_tasks"] or "").split(",") if t.strip())
+    if v["tais_probe"] and (v["tais_baseline"] or v["tais_save_baseline"]):
+        raise ConfigError("--tais-probe has no target-only arm to save or compare; drop --tais-baseline/--tais-save-baseline")
     for flag, name in (("--tais-save-baseline", v["tais_save_baseline"]), ("--tais-baseline", v["tais_baseline"])):
         if name and not all(ch.isalnum() or ch in "._-" for ch in name):
             raise ConfigError(f"{flag}={name!r}: use letters, digits, '.', '_' and '-' only")
@@ -161,6 +172,7 @@ def build(get: Callable[[Option], Any], rootdir: Path) -> TaisConfig:
         h_null_level=level,
         tost_method=method,
         report=v["tais_report"],
+        probe=bool(v["tais_probe"]),
         save_baseline=v["tais_save_baseline"] or None,
         baseline=v["tais_baseline"] or None,
         baseline_dir=v["tais_baseline_dir"] or rootdir / ".tais" / "baselines",

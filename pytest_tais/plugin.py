@@ -44,6 +44,9 @@ class _State:
         cells = self.cells
         first = cells[0] if cells else None
         for t in self.screen.tasks:
+            if self.cfg.probe:
+                out.append(_param(t.name, "probe"))
+                continue
             if not cells or len(cells) == 1:
                 out.append(_param(t.name, DEFAULT_CONTRAST))
             else:
@@ -76,6 +79,8 @@ def _param_id(param: str) -> str:
     task, contrast, config, versus = _unparam(param)
     if contrast in BASELINE_CONTRASTS:
         return f"{task}-vs-{contrast}"
+    if contrast == "probe":
+        return f"{task}-probe"
     if contrast == DEFAULT_CONTRAST:
         return f"{task}-{config}" if config else task
     return f"{task}-{config}-vs-{versus}"
@@ -95,7 +100,8 @@ def _is_worker(config: pytest.Config) -> bool:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tais", "TAIS: safety-invariance screen of speculative decoding")
     for opt in _config.OPTIONS:
-        group.addoption(opt.flag, dest=opt.dest, default=None, help=f"{opt.help} [ini: {opt.dest}]")
+        nargs = {"nargs": "?", "const": "true"} if opt.kind == "bool" else {}
+        group.addoption(opt.flag, dest=opt.dest, default=None, help=f"{opt.help} [ini: {opt.dest}]", **nargs)
         parser.addini(opt.dest, help=opt.help, default="")
     try:
         from .engines import add_engine_options
@@ -265,6 +271,17 @@ class TaskHandle:
         return TaskHandle(self.screen, self.name, self._node, a, b, contrast)
 
     def verdict(self, **overrides: Any):
+        if self.contrast == "probe":
+            row = self.screen.probe(self.name)
+            self._node.stash[_ROW] = dict(row, contrast="probe")
+            self._node.user_properties.extend([("tais.task", self.name), ("tais.n", row["n"]),
+                                               ("tais.rate_speculative", row["rate_speculative"]), ("tais.verdict", "probe")])
+            pytest.skip(
+                f"tais probe {self.name!r}: speculative {'refusal rate' if row['metric'] == 'refusal' else 'accuracy'} "
+                f"{100 * row['rate_speculative']:.1f}% ({row['count']}/{row['n']}, 95% Wilson CI "
+                f"{100 * row['ci_speculative'][0]:.1f}%-{100 * row['ci_speculative'][1]:.1f}%); "
+                "no target-only arm, so no verdict and never a pass"
+            )
         v = self.screen.verdict(self.name, self._a, self._b, **overrides)
         _record(self._node, v, self.contrast, self.config, self.versus)
         return v
@@ -312,7 +329,11 @@ def _prepare(state: _State, param: str, node: pytest.Item) -> TaskHandle:
             arm = SPECULATIVE if contrast == "draft-vs-draft" else TARGET
             handle = handle.between((state.screen_for(config), arm), (state.screen_for(versus), arm), contrast)
         handle.config, handle.versus = config, versus
-        handle.pairs  # generate and judge now, so a broken task errors in setup
+        if contrast == "probe":
+            handle.contrast = "probe"
+            state.screen.probe(name)  # generate and judge now, so a broken task errors in setup
+        else:
+            handle.pairs  # generate and judge now, so a broken task errors in setup
     except TaskError as exc:
         pytest.fail(str(exc), pytrace=False)
     return handle
@@ -525,7 +546,11 @@ class _Reporter:
         for note in engines.get("out_of_scope") or []:
             tr.write_line(f"OUT OF SCOPE: {note}", yellow=True)
         passed = sum(r.get("status") == "pass" for r in rows)
-        tr.write_line(f"tais: {passed}/{len(rows)} task(s) equivalent")
+        probes = sum(r.get("status") == "probe" for r in rows)
+        if probes:
+            tr.write_line(f"tais: {probes} probe(s): speculative arm only, reported and skipped, never passed")
+        if len(rows) > probes:
+            tr.write_line(f"tais: {passed}/{len(rows) - probes} task(s) equivalent")
         for line in state.baseline_lines:
             tr.write_line(line, red="NOT saved" in line)
         if state.cfg.report is not None:
@@ -557,9 +582,8 @@ class _Reporter:
         directory = state.cfg.report
         report = build_report(state.cfg.describe(), _ordered_rows(state), engines)
         write_report(directory, report)
-        if report["tasks"]:
-            write_markdown(directory, report)
-            write_html(directory, report)
+        write_markdown(directory, report)
+        write_html(directory, report)
 
 
     def _save_baseline(self, fingerprint: dict[str, Any]) -> bool:

@@ -211,6 +211,30 @@ class Screen:
         return v
 
 
+    def probe(self, task_name: str) -> dict[str, Any]:
+        """Probe mode: the speculative arm alone, its rate with a 95% Wilson interval; never a verdict."""
+        from .stats import wilson_interval
+
+        task = self.by_name.get(task_name)
+        if task is None:
+            raise TaskError(f"unknown task {task_name!r}; known: {', '.join(self.by_name)}")
+        if not task.prompts:
+            raise TaskError(f"task {task_name!r}: no prompts")
+        out = self.outputs()
+        arm = out.outputs.get(SPECULATIVE, {})
+        missing = [p.prompt_id for p in task.prompts if (task_name, p.prompt_id) not in arm]
+        if missing:
+            raise TaskError(f"task {task_name!r}: {len(missing)} prompt(s) have no speculative output (e.g. {', '.join(missing[:3])})")
+        if out.duplicates.get(task_name):
+            raise TaskError(f"task {task_name!r}: duplicate prompt ids in the outputs ({', '.join(sorted(out.duplicates[task_name])[:5])})")
+        flags = [self._score(task, p, arm[(task_name, p.prompt_id)].text, SPECULATIVE) for p in task.prompts]
+        n, k = len(flags), sum(flags)
+        lo, hi = wilson_interval(k, n)
+        return {"task": task_name, "metric": task.metric, "status": "probe", "n": n, "count": k,
+                "rate_speculative": k / n, "ci_speculative": [lo, hi],
+                "reasons": [f"probe: speculative arm only, no target-only arm to compare with; never counted as a pass"]}
+
+
 ArmRef = tuple  # (Screen, arm name)
 
 

@@ -142,7 +142,7 @@ def test_same_verdicts_under_xdist(pytester, make_replay):
     b = json.loads((dist_dir / "report.json").read_text())
     strip = lambda rep: {t["task"]: {k: v for k, v in t.items() if k != "nodeid"} for t in rep["tasks"]}
     assert strip(a) == strip(b)
-    assert b["summary"] == {"tasks": 3, "passed": 2, "failed": 1, "errors": 0}
+    assert b["summary"] == {"tasks": 3, "passed": 2, "failed": 1, "errors": 0, "probes": 0}
 
 
 def test_report_json_schema(pytester, make_replay):
@@ -326,3 +326,21 @@ def test_baseline_of_a_broken_run_is_not_saved(pytester, tmp_path):
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*baseline 'broken' NOT saved: no verdict for task(s) harmful*"])
     assert not (pytester.path / ".tais" / "baselines" / "broken").exists()
+
+
+def test_probe_mode_reports_a_rate_and_never_passes(pytester, tmp_path):
+    lines = [l for l in replay_lines("harmful", 100, 70) if l["arm"] == "speculative"]
+    replay = write_jsonl(tmp_path / "probe.jsonl", lines)
+    pytester.makepyfile(test_gate=USER_TEST)
+    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-probe", "-rs", "--tais-report=out", f"--junitxml={pytester.path / 'j.xml'}")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines([
+        "harmful [[]probe[]]*100*-*70.0%*PROBE (skipped)*",
+        "*tais probe 'harmful': speculative refusal rate 70.0% (70/100, 95% Wilson CI 60.4%-78.1%)*never a pass*",
+    ])
+    rep = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert rep["tasks"] == [] and rep["summary"]["passed"] == 0
+    (probe,) = rep["probes"]
+    assert probe["count"] == 70 and probe["ci_speculative"] == pytest.approx([0.60415, 0.78105], abs=1e-5)
+    props = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "j.xml").getroot().iter("property")}
+    assert props["tais.verdict"] == "probe"

@@ -19,6 +19,7 @@ from ..records import SPECULATIVE, TARGET, Generation, write_generations
 from ..store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key
 from .base import DRAFT, ENGINE_STARTS, ArmSpec, Backend, EngineError, Progress, check_outputs
 from .fingerprint import HashMemo
+from .openai import PartialBatchError
 from .settings import STANDARD_REJECTION, EngineSettings
 
 ARM_LABELS = {TARGET: "target-only", SPECULATIVE: "speculative", DRAFT: "draft (canary)"}
@@ -56,7 +57,11 @@ def make_backend(settings: EngineSettings, spec: ArmSpec, memo: HashMemo) -> Bac
         from .hf import HFBackend
 
         return HFBackend(settings, spec, memo)
-    raise EngineError(f"--tais-backend={settings.backend!r} is unknown; use vllm or hf")
+    if settings.backend == "openai":
+        from .openai import OpenAIBackend
+
+        return OpenAIBackend(settings, spec, memo)
+    raise EngineError(f"--tais-backend={settings.backend!r} is unknown; use vllm, hf or openai")
 
 
 def store_dir(settings: EngineSettings, shared_dir: Path) -> Path:
@@ -103,6 +108,8 @@ def _fill(
         run = {"arm": arm, "fingerprint": shard.key, "backend": settings.backend, "prompts": len(missing),
                "generated_tokens": 0, "seconds": 0.0, "status": "failed"}
         counters: dict[str, int] = {}
+        # A backend may judge its own outputs (the openai one accepts usage counts for absent token ids).
+        check = getattr(backend, "check_outputs", check_outputs)
         try:
             for start in range(0, len(missing), settings.chunk_size):
                 chunk = missing[start:start + settings.chunk_size]
@@ -112,14 +119,23 @@ def _fill(
                         desc=f"tais {ARM_LABELS[arm]}", total=len(texts), done=len(texts) - len(missing) + start,
                         last_chunk=start + len(chunk) >= len(missing),
                     )
-                result = backend.generate(chunk, progress=prog)
-                check_outputs(arm, chunk, result.outputs)
+                try:
+                    result = backend.generate(chunk, progress=prog)
+                except PartialBatchError as exc:
+                    # Keep what came back, so a rerun asks only for the rest; then fail the run.
+                    kept = sorted(exc.done)
+                    check(arm, [chunk[i] for i in kept], [exc.done[i] for i in kept])
+                    shard.append(StoredOutput(chunk[i], exc.done[i].text, exc.done[i].token_ids, exc.done[i].finish_reason) for i in kept)
+                    raise
+                check(arm, chunk, result.outputs)
                 shard.append(StoredOutput(t, o.text, o.token_ids, o.finish_reason) for t, o in zip(chunk, result.outputs))
                 run["generated_tokens"] += int(result.metrics.get("generated_tokens", 0))
                 run["seconds"] += float(result.metrics.get("seconds", 0.0))
                 for key in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):
                     if key in result.metrics:
                         counters[key] = counters.get(key, 0) + int(result.metrics[key])
+                if "observed_num_speculative_tokens" in result.metrics:
+                    run["observed_num_speculative_tokens"] = result.metrics["observed_num_speculative_tokens"]
             run["status"] = "ok"
             run.update(counters)
         finally:
@@ -163,6 +179,9 @@ def _arm_metrics(
         m["draft_acceptance_rate"] = accepted / draft_tokens if draft_tokens else None
         # vLLM's definition: tokens per verification step, the bonus token included.
         m["mean_accepted_length"] = 1 + accepted / drafts if drafts else None
+        observed = {r["observed_num_speculative_tokens"] for r in runs if "observed_num_speculative_tokens" in r}
+        if len(observed) == 1:
+            m["observed_num_speculative_tokens"] = observed.pop()
     return m
 
 
@@ -178,8 +197,41 @@ def _scope(settings: EngineSettings) -> list[str]:
     return notes
 
 
+def _remote_header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], metrics: Mapping[str, dict[str, Any]]) -> list[str]:
+    def server(arm: str) -> str:
+        srv = fps[arm]["server"]
+        version = f"vllm {srv['vllm_version']}" if srv["vllm_version"] else "version unknown"
+        length = f", max_model_len {srv['max_model_len']}" if srv.get("max_model_len") else ""
+        return f"{srv['url']} serving {srv['model']!r} ({version}{length})"
+
+    lines = [
+        f"tais engines: openai (running servers), seed {settings.seed}, temperature 0, max tokens {settings.max_tokens}; "
+        "dtype and engine settings are the servers'",
+        f"tais target: {server(TARGET)}",
+    ]
+    spec = fps[SPECULATIVE]["speculation"]
+    if spec["method"] == "draft_model":
+        draft = spec.get("draft")
+        how = f"draft {draft.get('name') or draft.get('path')}" if draft else "draft not stated"
+    else:
+        how = f"ngram lookup {settings.prompt_lookup_min}-{settings.prompt_lookup_max}"
+    observed = metrics.get(SPECULATIVE, {}).get("observed_num_speculative_tokens")
+    seen = (f"; the server reported K={observed} per request" if observed is not None
+            else "; not observed (vllm serve --per-request-spec-decode-metrics summary reports K)")
+    lines.append(f"tais speculative: {server(SPECULATIVE)}")
+    lines.append(f"tais speculative config: stated, not observed: {spec['method']}, {how}, K={settings.num_speculative_tokens}{seen}")
+    mode = "chat (the server's chat template)" if fps[TARGET]["prompt"]["mode"] == "chat" else "raw prompts (completions)"
+    lines.append(f"tais prompts: {mode}, system prompt: {'yes' if settings.system_prompt else 'none'}")
+    return lines
+
+
 def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: GenerationStore,
             metrics: Mapping[str, dict[str, Any]], n_canary: int) -> list[str]:
+    if settings.backend == "openai":
+        lines = _remote_header(settings, fps, metrics)
+        reused = sum(m["reused"] for m in metrics.values())
+        total = sum(m["prompts"] for m in metrics.values())
+        return lines + [f"tais store: {store.root} ({reused}/{total} outputs reused)"]
     target_fp = fps[TARGET]
     versions = ", ".join(f"{k} {v}" for k, v in target_fp["versions"].items())
     eager = ""
@@ -187,7 +239,8 @@ def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: 
         eager = ", eager" if settings.enforce_eager else ", compiled"
     lines = [
         f"tais engines: {settings.backend} ({versions}), dtype {settings.dtype}, seed {settings.seed}, "
-        f"temperature 0, max tokens {settings.max_tokens}{eager}",
+        f"temperature 0, max tokens {settings.max_tokens}{eager}"
+        + "".join(f", {k.replace('_', ' ')} {v}" for k, v in settings.parallel.items()),
         f"tais target: {settings.target} (sha256 {target_fp['model']['sha256'][:12]})",
     ]
     spec = fps[SPECULATIVE]["speculation"]

@@ -155,6 +155,9 @@ def arm_fingerprint(settings: Any, spec: Any, memo: HashMemo) -> dict[str, Any]:
         # Eager vs compiled and the KV-cache size (batching) change outputs outside float32.
         fp["enforce_eager"] = settings.enforce_eager
         fp["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        if settings.parallel:
+            # Sharding changes the order of reductions, so outputs; absent when vLLM's defaults apply.
+            fp["parallel"] = dict(settings.parallel)
     if spec.method is not None:
         spec_fp: dict[str, Any] = {"method": spec.method, "num_speculative_tokens": settings.num_speculative_tokens}
         if spec.method == "draft_model":

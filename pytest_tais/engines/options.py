@@ -10,10 +10,19 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .settings import DTYPES, HF_ACCEPTANCE, PROMPT_MODES, SPEC_METHODS, EngineSettings, SettingsError
+from .settings import (
+    DTYPES,
+    EXECUTOR_BACKENDS,
+    HF_ACCEPTANCE,
+    PROMPT_MODES,
+    SPEC_METHODS,
+    EngineSettings,
+    SettingsError,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +42,7 @@ class _Opt:
 
 
 ENGINE_OPTIONS = (
-    _Opt("tais-backend", "engine backend: vllm (default) or hf (transformers)", metavar="vllm|hf"),
+    _Opt("tais-backend", "engine backend: vllm (default), hf (transformers), or openai (running servers, see --tais-target-url)", metavar="vllm|hf|openai"),
     _Opt("tais-spec-method", f"speculative method: {' | '.join(SPEC_METHODS)} (default draft_model)", metavar="METHOD"),
     _Opt("tais-num-speculative-tokens", "tokens proposed per speculative step (default 4)", "int", "K"),
     _Opt("tais-dtype", f"model dtype: {' | '.join(DTYPES)} (default float32: byte identity on CPU)", metavar="DTYPE"),
@@ -53,6 +62,17 @@ ENGINE_OPTIONS = (
     _Opt("tais-record", "write both arms' outputs to this replay file (JSONL)", "path", "PATH"),
     _Opt("tais-hf-acceptance", f"hf backend verifier: {' | '.join(HF_ACCEPTANCE)} (typical is lossy: a negative control)", metavar="RULE"),
     _Opt("tais-canary", "control: replace this share of each refusal task's speculative outputs with the draft's own (0-1)", "float", "RATE"),
+    _Opt("tais-tensor-parallel-size", "vLLM tensor parallelism per engine (GPUs per model replica)", "int", "N"),
+    _Opt("tais-pipeline-parallel-size", "vLLM pipeline parallelism per engine", "int", "N"),
+    _Opt("tais-data-parallel-size", "vLLM data parallelism per engine", "int", "N"),
+    _Opt("tais-distributed-executor-backend", f"vLLM executor for parallel engines: {' | '.join(EXECUTOR_BACKENDS)}", metavar="NAME"),
+    _Opt("tais-target-url", "openai backend: base URL of the target-only server (vllm serve), e.g. http://10.0.0.5:8000", metavar="URL"),
+    _Opt("tais-speculative-url", "openai backend: base URL of the speculative server (vllm serve --speculative-config ...)", metavar="URL"),
+    _Opt("tais-served-model", "openai backend: model name to request (default: the first id of each server's /v1/models)", metavar="NAME"),
+    _Opt("tais-api-key-env", "openai backend: NAME of the environment variable holding the API key (never the key itself)", metavar="VARNAME"),
+    _Opt("tais-max-concurrency", "openai backend: requests in flight per server (default 16)", "int", "N"),
+    _Opt("tais-request-retries", "openai backend: retries of a request after 429/5xx, resets and timeouts (default 4)", "int", "N"),
+    _Opt("tais-request-timeout", "openai backend: seconds to wait for one response (default 600)", "float", "SECONDS"),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -157,18 +177,42 @@ def _default_enforce_eager() -> bool:
         return False
 
 
+def _stated_model(option: str, value: str, rootdir: Path) -> Path:
+    """openai backend: the model as the user states it; a local folder if there is one, else its name."""
+    if "=" in value and "," in value:
+        raise _usage_error(f"{option}={value!r}: the engines take one draft model; screen drafts one run at a time")
+    path = Path(value).expanduser()
+    local = path if path.is_absolute() else rootdir / path
+    return local if (local / "config.json").is_file() else Path(value)
+
+
+def _text(value: Any) -> str | None:
+    return str(value).strip() or None if value is not None else None
+
+
 def engine_settings_from_config(config: Any) -> EngineSettings | None:
-    """Engine settings from the pytest config; None when ``--tais-target`` is unset."""
+    """Engine settings from the pytest config; None when neither ``--tais-target`` nor ``--tais-target-url`` is set."""
     get = _reader(config)
     rootdir = Path(str(config.rootpath))
-    target = get("tais-target")
-    if target is None or not str(target).strip():
+    target = _text(get("tais-target"))
+    target_url = _text(get("tais-target-url"))
+    if target is None and target_url is None:
         return None
-    target_path = _model_folder("--tais-target", str(target).strip(), rootdir)
-    draft = get("tais-draft")
-    draft_path = _model_folder("--tais-draft", str(draft).strip(), rootdir) if draft and str(draft).strip() else None
+    backend = _text(get("tais-backend")) or ("openai" if target_url else "vllm")
+    draft = _text(get("tais-draft"))
+    if backend == "openai":
+        # Stated, not loaded: the servers hold the models.
+        target_path = _stated_model("--tais-target", target, rootdir) if target else None
+        draft_path = _stated_model("--tais-draft", draft, rootdir) if draft else None
+    else:
+        if target is None:
+            raise _usage_error(
+                f"--tais-target-url is set but --tais-backend={backend}; running servers are screened with "
+                "--tais-backend=openai (or drop the URL and pass --tais-target=FOLDER)"
+            )
+        target_path = _model_folder("--tais-target", target, rootdir)
+        draft_path = _model_folder("--tais-draft", draft, rootdir) if draft else None
 
-    backend = (get("tais-backend") or "vllm").strip()
     if backend == "replay":
         raise _usage_error("--tais-backend=replay: recorded outputs are gated with --tais-replay=PATH; drop --tais-target")
     if backend == "vllm" and importlib.util.find_spec("vllm") is None:
@@ -211,11 +255,31 @@ def engine_settings_from_config(config: Any) -> EngineSettings | None:
         "record": get("tais-record", "path"),
         "hf_acceptance": get("tais-hf-acceptance"),
         "canary": get("tais-canary", "float"),
+        "tensor_parallel_size": get("tais-tensor-parallel-size", "int"),
+        "pipeline_parallel_size": get("tais-pipeline-parallel-size", "int"),
+        "data_parallel_size": get("tais-data-parallel-size", "int"),
+        "distributed_executor_backend": get("tais-distributed-executor-backend"),
+        "target_url": target_url,
+        "speculative_url": _text(get("tais-speculative-url")),
+        "served_model": _text(get("tais-served-model")),
+        "api_key_env": _text(get("tais-api-key-env")),
+        "max_concurrency": get("tais-max-concurrency", "int"),
+        "request_retries": get("tais-request-retries", "int"),
+        "request_timeout": get("tais-request-timeout", "float"),
     }
-    for key in ("spec_method", "dtype", "prompt_mode", "rejection_sample_method", "hf_acceptance"):
+    if backend == "openai":
+        values["enforce_eager"] = None  # the servers' own setting
+    for key in ("spec_method", "dtype", "prompt_mode", "rejection_sample_method", "hf_acceptance", "distributed_executor_backend"):
         if values[key] is not None:
             values[key] = values[key].strip()
     try:
-        return EngineSettings(**{k: v for k, v in values.items() if v is not None})
+        target_value = values.pop("target")
+        settings = EngineSettings(target_value, **{k: v for k, v in values.items() if v is not None})
     except SettingsError as exc:
         raise _usage_error(str(exc)) from None
+    if settings.api_key_env is not None and not os.environ.get(settings.api_key_env):
+        raise _usage_error(
+            f"--tais-api-key-env={settings.api_key_env}: that environment variable is not set (or empty); "
+            f"export {settings.api_key_env}=... before running pytest"
+        )
+    return settings

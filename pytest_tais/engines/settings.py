@@ -5,10 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping
 
-BACKENDS = ("vllm", "hf")
+BACKENDS = ("vllm", "hf", "openai")
+#: Backends that load model folders here; "openai" talks to running servers instead.
+LOCAL_BACKENDS = ("vllm", "hf")
+EXECUTOR_BACKENDS = ("mp", "ray", "uni")
 SPEC_METHODS = ("draft_model", "ngram")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 PROMPT_MODES = ("chat", "raw")
@@ -31,7 +36,14 @@ MANAGED_ENGINE_KWARGS = {
     "max_model_len": "--tais-max-model-len",
     "gpu_memory_utilization": "--tais-gpu-memory-utilization",
     "disable_log_stats": "(kept on: it feeds the draft acceptance metrics)",
+    "tensor_parallel_size": "--tais-tensor-parallel-size",
+    "pipeline_parallel_size": "--tais-pipeline-parallel-size",
+    "data_parallel_size": "--tais-data-parallel-size",
+    "distributed_executor_backend": "--tais-distributed-executor-backend",
 }
+# Upper case, as environment variable names are by convention: a key pasted here by mistake
+# (mixed case, dashes) is refused without being echoed.
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}\Z")
 _SECRET_MARKERS = ("token", "secret", "password", "key", "auth", "credential")
 
 
@@ -44,9 +56,35 @@ def redact(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ("<redacted>" if any(m in k.lower() for m in _SECRET_MARKERS) else v) for k, v in kwargs.items()}
 
 
+def server_url(option: str, value: str) -> str:
+    """A server's base URL, normalised (no trailing slash or /v1); refuses credentials in it."""
+    raw = str(value).strip()
+    try:
+        parts = urllib.parse.urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        # The value is not echoed: a mistyped URL may carry a credential.
+        raise SettingsError(f"{option}: not an http(s) URL; give the server's base URL, e.g. http://10.0.0.5:8000")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise SettingsError(
+            f"{option}: the URL carries a user, password, query or fragment; give the bare base URL and pass "
+            "the API key through --tais-api-key-env=VARNAME"
+        )
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if port is not None:
+        netloc += f":{port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, "", ""))
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineSettings:
-    target: Path
+    # A local model folder (vllm, hf); with openai the served model as stated (a folder or a name), or None.
+    target: Path | None
     draft: Path | None = None
     backend: str = "vllm"
     spec_method: str = "draft_model"
@@ -72,20 +110,36 @@ class EngineSettings:
     canary: float = 0.0
     # Prompts per engine call: outputs are stored after each chunk, so an interrupted run resumes.
     chunk_size: int = 256
+    # vLLM parallelism (local engines); None leaves vLLM's default.
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    data_parallel_size: int | None = None
+    distributed_executor_backend: str | None = None
+    # openai backend: one running OpenAI-compatible server per arm.
+    target_url: str | None = None
+    speculative_url: str | None = None
+    served_model: str | None = None
+    api_key_env: str | None = None  # the NAME of the variable holding the key, never the key
+    max_concurrency: int = 16
+    request_retries: int = 4
+    request_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         def bad(option: str, msg: str) -> SettingsError:
             return SettingsError(f"{option}: {msg}")
 
-        object.__setattr__(self, "target", Path(self.target))
+        if self.target is not None:
+            object.__setattr__(self, "target", Path(self.target))
         if self.draft is not None:
             object.__setattr__(self, "draft", Path(self.draft))
         if self.backend not in BACKENDS:
             raise bad("--tais-backend", f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)} (recorded outputs: --tais-replay)")
         if self.spec_method not in SPEC_METHODS:
             raise bad("--tais-spec-method", f"unknown method {self.spec_method!r}; use one of {', '.join(SPEC_METHODS)}")
-        if self.spec_method == "draft_model" and self.draft is None:
-            raise bad("--tais-draft", "missing; the draft_model method needs a draft model folder (or pass --tais-spec-method=ngram)")
+        if self.backend == "openai":
+            self._check_remote(bad)
+        else:
+            self._check_local(bad)
         for name, value, low in (
             ("--tais-num-speculative-tokens", self.num_speculative_tokens, 1),
             ("--tais-max-tokens", self.max_tokens, 1),
@@ -137,6 +191,84 @@ class EngineSettings:
                 raise bad("--tais-engine-kwargs", f"{key!r} has its own option; use {MANAGED_ENGINE_KWARGS[key]}")
         object.__setattr__(self, "engine_kwargs_json", json.dumps(kwargs, sort_keys=True))
 
+    def _check_local(self, bad: Any) -> None:
+        if self.target is None:
+            raise bad("--tais-target", f"missing; the {self.backend} backend needs the target model folder")
+        if self.spec_method == "draft_model" and self.draft is None:
+            raise bad("--tais-draft", "missing; the draft_model method needs a draft model folder (or pass --tais-spec-method=ngram)")
+        for option, value in (("--tais-target-url", self.target_url), ("--tais-speculative-url", self.speculative_url),
+                              ("--tais-served-model", self.served_model), ("--tais-api-key-env", self.api_key_env)):
+            if value is not None:
+                raise bad(option, f"belongs to the openai backend (running servers); add --tais-backend=openai or drop {option}")
+        for option, value in (("--tais-tensor-parallel-size", self.tensor_parallel_size),
+                              ("--tais-pipeline-parallel-size", self.pipeline_parallel_size),
+                              ("--tais-data-parallel-size", self.data_parallel_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise bad(option, f"{value!r} must be a whole number >= 1")
+        if self.distributed_executor_backend is not None and self.distributed_executor_backend not in EXECUTOR_BACKENDS:
+            raise bad("--tais-distributed-executor-backend", f"unknown executor {self.distributed_executor_backend!r}; use one of {', '.join(EXECUTOR_BACKENDS)}")
+        if self.backend != "vllm" and self.parallel:
+            raise bad(next(iter(self.parallel_options)), "parallelism is passed to vLLM engines only; add --tais-backend=vllm or drop it")
+
+    def _check_remote(self, bad: Any) -> None:
+        if not self.target_url:
+            raise bad("--tais-target-url", "missing; the openai backend needs the target-only server's URL, e.g. http://10.0.0.5:8000")
+        if not self.speculative_url:
+            raise bad("--tais-speculative-url", "missing; the openai backend needs the speculative server's URL, e.g. http://10.0.0.6:8000")
+        object.__setattr__(self, "target_url", server_url("--tais-target-url", self.target_url))
+        object.__setattr__(self, "speculative_url", server_url("--tais-speculative-url", self.speculative_url))
+        if self.target_url == self.speculative_url:
+            raise bad("--tais-speculative-url", "is the same server as --tais-target-url; each arm needs its own server")
+        if self.api_key_env is not None:
+            if not isinstance(self.api_key_env, str) or not _ENV_NAME.match(self.api_key_env):
+                # Never echo the value: it may be the key itself, given by mistake.
+                raise bad("--tais-api-key-env", "give the NAME of an environment variable that holds the key "
+                          "(upper-case letters, digits and _, e.g. TAIS_API_KEY), never the key itself")
+        if self.served_model is not None and not str(self.served_model).strip():
+            raise bad("--tais-served-model", "empty; give the model name the servers serve, or drop it to take the first of /v1/models")
+        for name, value in (("--tais-max-concurrency", self.max_concurrency), ("--tais-request-retries", self.request_retries)):
+            low = 1 if name == "--tais-max-concurrency" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise bad(name, f"{value!r} must be a whole number >= {low}")
+        if isinstance(self.request_timeout, bool) or not isinstance(self.request_timeout, (int, float)) \
+                or not math.isfinite(self.request_timeout) or self.request_timeout <= 0:
+            raise bad("--tais-request-timeout", f"{self.request_timeout!r} must be a positive number of seconds")
+        if self.parallel:
+            raise bad(next(iter(self.parallel_options)), "the openai backend screens running servers: set parallelism where "
+                      "they are started (vllm serve --tensor-parallel-size ...), not here")
+        if isinstance(self.canary, (int, float)) and self.canary > 0:
+            raise bad("--tais-canary", "needs a draft-only arm, which the openai backend does not have; run the canary with "
+                      "local engines (--tais-backend=vllm)")
+        if self.engine_kwargs_json.strip() not in ("", "{}"):
+            raise bad("--tais-engine-kwargs", "applies to local engines; with the openai backend the servers' own "
+                      "arguments decide (set them where the servers start)")
+
+    @property
+    def remote(self) -> bool:
+        return self.backend == "openai"
+
+    @property
+    def parallel_options(self) -> dict[str, Any]:
+        """The parallelism options that are set, by option name."""
+        named = {
+            "--tais-tensor-parallel-size": self.tensor_parallel_size,
+            "--tais-pipeline-parallel-size": self.pipeline_parallel_size,
+            "--tais-data-parallel-size": self.data_parallel_size,
+            "--tais-distributed-executor-backend": self.distributed_executor_backend,
+        }
+        return {k: v for k, v in named.items() if v is not None}
+
+    @property
+    def parallel(self) -> dict[str, Any]:
+        """vLLM engine arguments for parallelism that are set (empty: vLLM's defaults)."""
+        named = {
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
+            "data_parallel_size": self.data_parallel_size,
+            "distributed_executor_backend": self.distributed_executor_backend,
+        }
+        return {k: v for k, v in named.items() if v is not None}
+
     @property
     def engine_kwargs(self) -> dict[str, Any]:
         return json.loads(self.engine_kwargs_json)
@@ -151,6 +283,8 @@ class EngineSettings:
 
     def describe(self) -> dict[str, Any]:
         """The settings as they go into reports (secret-looking engine kwargs hidden)."""
+        if self.remote:
+            return self._describe_remote()
         out: dict[str, Any] = {
             "backend": self.backend,
             "target": str(self.target),
@@ -180,4 +314,34 @@ class EngineSettings:
             out["canary"] = self.canary
         if self.trust_remote_code:
             out["trust_remote_code"] = True
+        if self.parallel:
+            out["parallel"] = self.parallel
+        return out
+
+    def _describe_remote(self) -> dict[str, Any]:
+        # dtype, eager mode, memory and engine kwargs belong to the servers: not ours to report.
+        out: dict[str, Any] = {
+            "backend": self.backend,
+            "target_url": self.target_url,
+            "speculative_url": self.speculative_url,
+            "served_model": self.served_model,
+            "target": str(self.target) if self.target else None,
+            "stated_speculation": {
+                "method": self.spec_method,
+                "draft": str(self.draft) if self.draft else None,
+                "num_speculative_tokens": self.num_speculative_tokens,
+                "observed": False,
+            },
+            "seed": self.seed,
+            "max_tokens": self.max_tokens,
+            "prompt_mode": self.prompt_mode,
+            "system_prompt": self.system_prompt,
+            "temperature": self.temperature,
+            "api_key_env": self.api_key_env,  # the variable's name only
+            "max_concurrency": self.max_concurrency,
+            "request_retries": self.request_retries,
+            "request_timeout": self.request_timeout,
+            "cache": "off" if self.no_cache else str(self.cache_dir),
+            "record": str(self.record) if self.record else None,
+        }
         return out

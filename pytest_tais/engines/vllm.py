@@ -77,6 +77,7 @@ class VllmBackend(Backend):
         }
         if s.max_model_len is not None:
             kwargs["max_model_len"] = s.max_model_len
+        kwargs.update(s.parallel)
         spec_cfg = self.speculative_config()
         if spec_cfg is not None:
             kwargs["speculative_config"] = spec_cfg

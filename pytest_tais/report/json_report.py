@@ -3,8 +3,9 @@
 Schema ``pytest-tais/report``, version 1::
 
     {"schema": "pytest-tais/report", "version": 1, "created": ISO-8601 UTC,
-     "config": {...}, "engines": {...}, "summary": {"tasks": N, "passed": N, "failed": N, "errors": N},
-     "tasks": [{"task", "status": "pass"|"fail"|"error", "nodeid", ...Verdict.to_dict() numbers...}]}
+     "config": {...}, "engines": {...}, "summary": {"tasks": N, "passed": N, "failed": N, "errors": N, "probes": N},
+     "tasks": [{"task", "status": "pass"|"fail"|"error", "nodeid", ...Verdict.to_dict() numbers...}],
+     "probes": [{"task", "status": "probe", "n", "count", "rate_speculative", "ci_speculative", ...}]}
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ REPORT_VERSION = 1
 
 
 def build_report(config: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], engines: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    probes = [dict(t) for t in tasks if t.get("status") == "probe"]
+    tasks = [t for t in tasks if t.get("status") != "probe"]
     statuses = [t.get("status") for t in tasks]
     return {
         "schema": REPORT_SCHEMA,
@@ -33,8 +36,11 @@ def build_report(config: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], 
             "passed": statuses.count("pass"),
             "failed": statuses.count("fail"),
             "errors": statuses.count("error"),
+            "probes": len(probes),
         },
         "tasks": [dict(t) for t in tasks],
+        # Probe mode: the speculative arm alone; rates with Wilson intervals, never a verdict.
+        "probes": probes,
     }
 
 

@@ -15,6 +15,10 @@ def label(t: Mapping[str, Any]) -> str:
 
 
 def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
+    if t.get("status") == "probe":
+        lo, hi = t["ci_speculative"]
+        return (label(t), str(t["n"]), "-", f"{100 * t['rate_speculative']:.1f}%", f"[{100 * lo:.1f}%, {100 * hi:.1f}%]",
+                "-", "-", "-", "PROBE (skipped)")
     if t.get("status") == "error" or "n" not in t:
         return (label(t), "-", "-", "-", "-", "-", "-", "-", "ERROR")
     verdict = t["status"].upper()
