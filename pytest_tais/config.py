@@ -60,9 +60,14 @@ OPTIONS = (
 )
 
 
+#: Read here, registered by ``pytest_tais.engines`` (the openai backend's server URL).
+TARGET_URL = Option("tais-target-url", "base URL of the target-only server")
+
+
 @dataclasses.dataclass(frozen=True)
 class TaisConfig:
     target: str | None = None
+    target_url: str | None = None
     draft: str | None = None
     battery: str | None = None
     tasks: tuple[str, ...] = ()
@@ -84,7 +89,12 @@ class TaisConfig:
     @property
     def active(self) -> bool:
         """True when the run asked for the screen (recorded outputs or real engines)."""
-        return self.replay is not None or self.target is not None
+        return self.replay is not None or self.target is not None or self.target_url is not None
+
+    @property
+    def engines(self) -> bool:
+        """True when the run starts or calls real engines (local models or running servers)."""
+        return self.target is not None or self.target_url is not None
 
     def describe(self) -> dict[str, Any]:
         """The configuration as it goes into reports (no secrets live here)."""
@@ -129,7 +139,7 @@ def _convert(opt: Option, raw: Any, rootdir: Path) -> Any:
 
 def build(get: Callable[[Option], Any], rootdir: Path) -> TaisConfig:
     """Build and validate the config; ``get(option)`` returns the raw value (CLI, else ini, else None)."""
-    v = {opt.dest: _convert(opt, get(opt), rootdir) for opt in OPTIONS}
+    v = {opt.dest: _convert(opt, get(opt), rootdir) for opt in (*OPTIONS, TARGET_URL)}
     margin, alpha, h_cutoff, level = v["tais_margin"], v["tais_alpha"], v["tais_h_cutoff"], v["tais_h_null_level"]
     if not (0.0 < margin < 0.5):
         raise ConfigError(f"--tais-margin={margin!r} is out of range; give a proportion in (0, 0.5), e.g. 0.03 for +/-3pp")
@@ -148,9 +158,9 @@ def build(get: Callable[[Option], Any], rootdir: Path) -> TaisConfig:
     replay = v["tais_replay"]
     if replay is not None and not replay.exists():
         raise ConfigError(f"--tais-replay={replay}: no such file or folder; record a run with --tais-record or point at an existing JSONL file")
-    if replay is not None and v["tais_target"]:
-        raise ConfigError("--tais-replay and --tais-target both given: replay gates recorded outputs without engines; pass one of them")
-    if v["tais_draft"] and not v["tais_target"] and replay is None:
+    if replay is not None and (v["tais_target"] or v["tais_target_url"]):
+        raise ConfigError("--tais-replay and --tais-target/--tais-target-url both given: replay gates recorded outputs without engines; pass one of them")
+    if v["tais_draft"] and not (v["tais_target"] or v["tais_target_url"]) and replay is None:
         raise ConfigError("--tais-draft given without --tais-target; the speculative arm needs the target too")
     tasks = tuple(t.strip() for t in (v["tais_tasks"] or "").split(",") if t.strip())
     if v["tais_probe"] and (v["tais_baseline"] or v["tais_save_baseline"]):
@@ -160,6 +170,7 @@ def build(get: Callable[[Option], Any], rootdir: Path) -> TaisConfig:
             raise ConfigError(f"{flag}={name!r}: use letters, digits, '.', '_' and '-' only")
     return TaisConfig(
         target=v["tais_target"] or None,
+        target_url=v["tais_target_url"] or None,
         draft=v["tais_draft"] or None,
         battery=v["tais_battery"] or None,
         tasks=tasks,

@@ -55,7 +55,8 @@ def read_axes(config: Any) -> dict[str, list[tuple[str, Any]]]:
     rootdir = Path(str(config.rootpath))
     axes: dict[str, list[tuple[str, Any]]] = {}
     raw = _raw(config, "tais_draft")
-    if raw:
+    # A single plain value is no axis: the engine options read it as given.
+    if raw and ("," in raw or "=" in raw):
         drafts = []
         for part in _split(raw):
             name, sep, path = part.partition("=")
@@ -73,11 +74,11 @@ def read_axes(config: Any) -> dict[str, list[tuple[str, Any]]]:
             raise MatrixError(f"--tais-draft={raw!r}: draft names must be unique")
         axes["draft"] = drafts
     raw = _raw(config, "tais_dtype")
-    if raw:
+    if raw and "," in raw:
         axes["dtype"] = [(_DTYPE_LABELS.get(v, v), v) for v in _split(raw)]
     for axis, dest, prefix in (("seed", "tais_seed", "seed"), ("k", "tais_num_speculative_tokens", "k")):
         raw = _raw(config, dest)
-        if raw:
+        if raw and "," in raw:
             values = []
             for v in _split(raw):
                 try:

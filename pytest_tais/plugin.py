@@ -134,7 +134,7 @@ def pytest_configure(config: pytest.Config) -> None:
     engine_settings = None
     generate = None
     cells: list[tuple[Any, Any]] = []  # (Cell, EngineSettings)
-    if cfg.target is not None:
+    if cfg.engines:
         cells = _matrix(config)
         engine_settings = cells[0][1]
         generate = _engine_generator(config, engine_settings)
@@ -229,7 +229,12 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if state is None:
         return None
     cfg = state.cfg
-    source = f"replay {cfg.replay}" if cfg.replay else f"target {cfg.target}, draft {cfg.draft}"
+    if cfg.replay:
+        source = f"replay {cfg.replay}"
+    elif cfg.target_url:
+        source = f"servers {cfg.target_url} / {getattr(state.engine_settings, 'speculative_url', None)}"
+    else:
+        source = f"target {cfg.target}, draft {cfg.draft}"
     lines = [
         f"tais: {len(state.screen.tasks)} task(s) from {cfg.battery or 'the replay file'}; {source}",
         f"tais: margin +/-{cfg.margin:g}, alpha {cfg.alpha:g}, TOST {cfg.tost_method}, |h| cutoff {cfg.h_cutoff:g}, judge {state.screen.judge_name}",
