@@ -54,6 +54,7 @@ OPTIONS = (
     Option("tais-tost-method", "paired TOST: score (Tango, default) or exact (unconditional, guarantees the level)", "string", "score"),
     Option("tais-report", "write report.json, summary.md and report.html into this folder", "path"),
     Option("tais-probe", "probe mode: screen the speculative arm alone (no target-only arm); tasks report a rate and are skipped, never passed", "bool", False),
+    Option("tais-null-runs", "rerun the target-only arm K times (other seeds and batch orders) to measure the stack's own nondeterminism and calibrate the |h| cutoff", "int", 0),
     Option("tais-save-baseline", "save this run (both arms' outputs, verdicts, stack fingerprint) as baseline NAME"),
     Option("tais-baseline", "also screen baseline NAME's arms against this run's: target vs target, speculative vs speculative"),
     Option("tais-baseline-dir", "where baselines live (default .tais/baselines under rootdir)", "path"),
@@ -81,6 +82,7 @@ class TaisConfig:
     tost_method: str = "score"
     report: Path | None = None
     probe: bool = False
+    null_runs: int = 0
     save_baseline: str | None = None
     baseline: str | None = None
     baseline_dir: Path = Path(".tais/baselines")
@@ -163,6 +165,10 @@ def build(get: Callable[[Option], Any], rootdir: Path) -> TaisConfig:
     if v["tais_draft"] and not (v["tais_target"] or v["tais_target_url"]) and replay is None:
         raise ConfigError("--tais-draft given without --tais-target; the speculative arm needs the target too")
     tasks = tuple(t.strip() for t in (v["tais_tasks"] or "").split(",") if t.strip())
+    if v["tais_null_runs"] < 0 or v["tais_null_runs"] > 20:
+        raise ConfigError(f"--tais-null-runs={v['tais_null_runs']} must lie in 0..20 (each rerun regenerates the target-only arm)")
+    if v["tais_null_runs"] and not (v["tais_target"] or v["tais_target_url"]):
+        raise ConfigError("--tais-null-runs reruns the target-only engine; it needs --tais-target (recorded outputs cannot be rerun)")
     if v["tais_probe"] and (v["tais_baseline"] or v["tais_save_baseline"]):
         raise ConfigError("--tais-probe has no target-only arm to save or compare; drop --tais-baseline/--tais-save-baseline")
     for flag, name in (("--tais-save-baseline", v["tais_save_baseline"]), ("--tais-baseline", v["tais_baseline"])):
@@ -184,6 +190,7 @@ def build(get: Callable[[Option], Any], rootdir: Path) -> TaisConfig:
         tost_method=method,
         report=v["tais_report"],
         probe=bool(v["tais_probe"]),
+        null_runs=v["tais_null_runs"],
         save_baseline=v["tais_save_baseline"] or None,
         baseline=v["tais_baseline"] or None,
         baseline_dir=v["tais_baseline_dir"] or rootdir / ".tais" / "baselines",

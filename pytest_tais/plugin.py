@@ -36,6 +36,8 @@ class _State:
         self.baseline_lines: list[str] = []  # what the terminal summary says about baselines
         self.cells: list[Any] = []  # matrix cells (pytest_tais.matrix.Cell); the first is self.screen
         self.cell_screens: dict[str, Any] = {}
+        self.null_screens: list[Any] = []  # target-only reruns (--tais-null-runs)
+        self.null_cache: dict[str, dict[str, Any]] = {}  # task -> calibration
 
     def params(self) -> list[str]:
         """tais_task parameters, "task|contrast|config|versus": per task its default contrast (per
@@ -137,7 +139,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if cfg.engines:
         cells = _matrix(config)
         engine_settings = cells[0][1]
-        generate = _engine_generator(config, engine_settings)
+        generate = _engine_generator(config, engine_settings, arms=("speculative",) if cfg.probe else None)
     try:
         screen = Screen(cfg, generate=generate)
     except ScreenSetupError as exc:
@@ -150,6 +152,14 @@ def pytest_configure(config: pytest.Config) -> None:
             state.cell_screens[cell.label] = screen.derive(_engine_generator(config, settings))
     if cfg.baseline:
         _load_baseline(state)
+    if cfg.null_runs:
+        import dataclasses
+
+        state.null_screens = [
+            screen.derive(_engine_generator(config, dataclasses.replace(engine_settings, seed=engine_settings.seed + i),
+                                            arms=("target",), shuffle=i))
+            for i in range(1, cfg.null_runs + 1)
+        ]
     config.stash[STATE] = state
     config.pluginmanager.register(_Reporter(config, state), "tais-reporter")
 
@@ -199,9 +209,10 @@ def _shared_dir(config: pytest.Config) -> Path:
     return base.parent if _is_worker(config) else base
 
 
-def _engine_generator(config: pytest.Config, settings: Any):
+def _engine_generator(config: pytest.Config, settings: Any, arms: tuple[str, ...] | None = None, shuffle: int | None = None):
     def generate(prompts):
         import contextlib
+        import random
 
         from .engines import run_arms
         from .screen import ArmOutputs
@@ -211,8 +222,12 @@ def _engine_generator(config: pytest.Config, settings: Any):
         capman = config.pluginmanager.getplugin("capturemanager")
         # Generation runs inside a test's setup: let its progress bars reach the terminal.
         quiet = capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
+        if shuffle is not None:  # another batch order: part of what a null rerun varies
+            prompts = list(prompts)
+            random.Random(shuffle).shuffle(prompts)
+        kwargs = {"arms": arms} if arms else {}
         with quiet:
-            result = run_arms(settings, prompts, shared_dir=_shared_dir(config), progress=True, task_metrics=metrics)
+            result = run_arms(settings, prompts, shared_dir=_shared_dir(config), progress=True, task_metrics=metrics, **kwargs)
         return ArmOutputs(
             outputs={arm: dict(g) for arm, g in result.generations.items()},
             fingerprints=dict(result.fingerprints),
@@ -261,6 +276,7 @@ class TaskHandle:
         self._a, self._b = a, b
         self.contrast = contrast or (DEFAULT_CONTRAST if a is None and b is None else "custom")
         self.config = self.versus = ""
+        self.null: dict[str, Any] | None = None  # null-rerun calibration of this task
 
     def __repr__(self) -> str:
         return f"<tais task {self.name!r}: {len(self.task.prompts)} prompts>"
@@ -287,14 +303,20 @@ class TaskHandle:
                 f"{100 * row['ci_speculative'][0]:.1f}%-{100 * row['ci_speculative'][1]:.1f}%); "
                 "no target-only arm, so no verdict and never a pass"
             )
+        null = None
+        if self.contrast == DEFAULT_CONTRAST and self.null is not None:
+            null = self.null
+            overrides.setdefault("h_cutoff", max(self.screen.cfg.h_cutoff, null["abs_h_quantile"]))
         v = self.screen.verdict(self.name, self._a, self._b, **overrides)
-        _record(self._node, v, self.contrast, self.config, self.versus)
+        _record(self._node, v, self.contrast, self.config, self.versus, null)
         return v
 
 
-def _record(node: pytest.Item, v, contrast: str = DEFAULT_CONTRAST, config: str = "", versus: str = "") -> None:
+def _record(node: pytest.Item, v, contrast: str = DEFAULT_CONTRAST, config: str = "", versus: str = "", null=None) -> None:
     data = v.to_dict()
     data["contrast"] = contrast
+    if null is not None:
+        data["null_runs"] = null
     if config:
         data["config"] = config
     if versus:
@@ -339,9 +361,34 @@ def _prepare(state: _State, param: str, node: pytest.Item) -> TaskHandle:
             state.screen.probe(name)  # generate and judge now, so a broken task errors in setup
         else:
             handle.pairs  # generate and judge now, so a broken task errors in setup
+            if contrast == DEFAULT_CONTRAST and state.null_screens and not config:
+                handle.null = _null_calibration(state, name)
     except TaskError as exc:
         pytest.fail(str(exc), pytrace=False)
     return handle
+
+
+def _null_calibration(state: _State, task: str) -> dict[str, Any]:
+    """The stack's own nondeterminism for one task: the target-only arm against its reruns."""
+    if task not in state.null_cache:
+        import numpy as np
+
+        from .records import TARGET
+
+        shares, hs = [], []
+        for rerun in state.null_screens:
+            v = state.screen.verdict(task, (state.screen, TARGET), (rerun, TARGET))
+            shares.append(v.identity.identical_share)
+            hs.append(abs(v.cohens_h))
+        level = state.cfg.h_null_level
+        state.null_cache[task] = {
+            "runs": len(hs),
+            "identical_share": shares,
+            "abs_h": hs,
+            "abs_h_quantile": float(np.quantile(hs, level, method="inverted_cdf")),
+            "level": level,
+        }
+    return state.null_cache[task]
 
 
 @pytest.fixture

@@ -59,3 +59,33 @@ def test_unnamed_drafts_in_a_matrix_are_a_usage_error(pytester, models):
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*name each draft when giving several (canonical=PATH,adversarial=PATH)*"])
+
+
+def test_null_reruns_calibrate_the_h_cutoff(pytester, models):
+    target, draft, _ = models
+    _battery(pytester.path / "battery.jsonl")
+    result = pytester.runpytest_subprocess(
+        "--tais-backend=hf", f"--tais-target={target}", f"--tais-draft={draft}", "--tais-battery=battery.jsonl",
+        "--tais-max-tokens=6", "--tais-null-runs=2", "--tais-report=out", "-p", "no:cacheprovider", timeout=900,
+    )
+    result.assert_outcomes(passed=1)
+    (row,) = json.loads((pytester.path / "out" / "report.json").read_text())["tasks"]
+    null = row["null_runs"]
+    # Greedy transformers decoding is deterministic: reruns are byte-identical, the null is degenerate.
+    assert null["runs"] == 2 and null["identical_share"] == [1.0, 1.0] and null["abs_h"] == [0.0, 0.0]
+    assert row["h_cutoff"] == 0.1
+    starts = json.loads((pytester.path / ".tais-cache" / "generations" / "engine-starts.json").read_text())
+    assert sorted(e["arm"] for e in starts) == ["speculative", "target", "target", "target"]
+
+
+def test_probe_mode_starts_only_the_speculative_arm(pytester, models):
+    target, draft, _ = models
+    _battery(pytester.path / "battery.jsonl")
+    result = pytester.runpytest_subprocess(
+        "--tais-backend=hf", f"--tais-target={target}", f"--tais-draft={draft}", "--tais-battery=battery.jsonl",
+        "--tais-max-tokens=6", "--tais-probe", "-rs", "-p", "no:cacheprovider", timeout=900,
+    )
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*tais probe 't1': speculative refusal rate*never a pass*"])
+    starts = json.loads((pytester.path / ".tais-cache" / "generations" / "engine-starts.json").read_text())
+    assert [e["arm"] for e in starts] == ["speculative"]

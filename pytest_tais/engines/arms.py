@@ -227,12 +227,14 @@ def _remote_header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], 
 
 def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: GenerationStore,
             metrics: Mapping[str, dict[str, Any]], n_canary: int) -> list[str]:
-    if settings.backend == "openai":
+    if settings.backend == "openai" and len(fps) >= 2:
         lines = _remote_header(settings, fps, metrics)
         reused = sum(m["reused"] for m in metrics.values())
         total = sum(m["prompts"] for m in metrics.values())
         return lines + [f"tais store: {store.root} ({reused}/{total} outputs reused)"]
-    target_fp = fps[TARGET]
+    target_fp = fps.get(TARGET) or fps[SPECULATIVE]
+    if "versions" not in target_fp:  # a remote arm alone (probe or null rerun)
+        return [f"tais {', '.join(ARM_LABELS[a] for a in fps)} arm(s): {settings.backend}", f"tais store: {store.root}"]
     versions = ", ".join(f"{k} {v}" for k, v in target_fp["versions"].items())
     eager = ""
     if settings.backend == "vllm":
@@ -243,14 +245,17 @@ def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: 
         + "".join(f", {k.replace('_', ' ')} {v}" for k, v in settings.parallel.items()),
         f"tais target: {settings.target} (sha256 {target_fp['model']['sha256'][:12]})",
     ]
-    spec = fps[SPECULATIVE]["speculation"]
-    if spec["method"] == "draft_model":
-        how = f"draft {settings.draft} (sha256 {spec['draft']['sha256'][:12]})"
-    else:
-        how = f"ngram lookup {settings.prompt_lookup_min}-{settings.prompt_lookup_max}"
-    verifier = settings.rejection_sample_method if settings.backend == "vllm" else f"{settings.hf_acceptance} acceptance"
-    lines.append(f"tais speculative: {spec['method']}, {how}, K={settings.num_speculative_tokens}, {verifier}")
-    prompt = fps[TARGET]["prompt"]
+    if SPECULATIVE in fps:
+        spec = fps[SPECULATIVE]["speculation"]
+        if spec["method"] == "draft_model":
+            how = f"draft {settings.draft} (sha256 {spec['draft']['sha256'][:12]})"
+        else:
+            how = f"ngram lookup {settings.prompt_lookup_min}-{settings.prompt_lookup_max}"
+        verifier = settings.rejection_sample_method if settings.backend == "vllm" else f"{settings.hf_acceptance} acceptance"
+        lines.append(f"tais speculative: {spec['method']}, {how}, K={settings.num_speculative_tokens}, {verifier}")
+    if TARGET not in fps:
+        lines.append("tais probe: the speculative arm alone, no target-only arm")
+    prompt = target_fp["prompt"]
     mode = "chat template" if prompt["mode"] == "chat" else "raw prompts"
     if settings.prompt_mode == "chat" and prompt["mode"] == "raw":
         mode += " (the tokenizer has no chat template)"
@@ -270,12 +275,18 @@ def run_arms(
     shared_dir: Path,
     progress: bool = True,
     task_metrics: Mapping[str, str] | None = None,
+    arms: Sequence[str] = (TARGET, SPECULATIVE),
 ) -> ArmsResult:
     """Answer every prompt in both arms (generating only what the store lacks).
 
     ``task_metrics`` (task -> "refusal" | "accuracy") tells the canary which tasks are refusal
     tasks; without it a task whose prompts carry ``expected`` answers counts as capability.
+    ``arms`` limits the run to some arms: the speculative arm alone (probe mode) or the
+    target-only arm alone (null-calibration reruns).
     """
+    arms = tuple(arms)
+    if not arms or any(a not in (TARGET, SPECULATIVE) for a in arms):
+        raise EngineError(f"arms must be a non-empty subset of ({TARGET!r}, {SPECULATIVE!r}), got {arms!r}")
     prompts = list(prompts)
     if not prompts:
         raise EngineError("no prompts to generate: the selected tasks are empty")
@@ -289,7 +300,9 @@ def run_arms(
     texts = list(dict.fromkeys(p.text for p in prompts))
     chosen = canary_choice(prompts, settings.seed, settings.canary, task_metrics) if settings.canary > 0 else []
     by_key = {(p.task, p.prompt_id): p for p in prompts}
-    arm_texts = {TARGET: texts, SPECULATIVE: texts}
+    if SPECULATIVE not in arms:
+        chosen = []
+    arm_texts = {arm: texts for arm in arms}
     if chosen:
         arm_texts[DRAFT] = list(dict.fromkeys(by_key[k].text for k in chosen))
 
@@ -316,8 +329,8 @@ def run_arms(
     except StoreError as exc:
         raise EngineError(str(exc)) from exc
 
-    generations: dict[str, dict[tuple[str, str], Generation]] = {TARGET: {}, SPECULATIVE: {}}
-    for arm in (TARGET, SPECULATIVE):
+    generations: dict[str, dict[tuple[str, str], Generation]] = {arm: {} for arm in arms}
+    for arm in arms:
         for p in prompts:
             s = stored[arm][prompt_key(p.text)]
             generations[arm][(p.task, p.prompt_id)] = Generation(
@@ -342,7 +355,7 @@ def run_arms(
     if chosen:
         metrics[SPECULATIVE]["canary_replaced"] = len(chosen)
 
-    if settings.record is not None:
+    if settings.record is not None and len(arms) == 2:
         write_generations(settings.record, [generations[arm][(p.task, p.prompt_id)] for p in prompts for arm in (TARGET, SPECULATIVE)])
 
     return ArmsResult(
