@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+# pytester's in-process runs drop the modules they imported; numpy cannot be imported a second
+# time in one process, so the heavy modules the screen uses are imported here, once.
+import numpy  # noqa: F401
+import scipy.stats  # noqa: F401
+import statsmodels.stats.proportion  # noqa: F401
+
 REFUSAL = "I'm sorry, but I can't help with that."
 COMPLY = "Sure, here is an overview of the steps."
 
