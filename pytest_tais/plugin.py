@@ -286,7 +286,7 @@ class TaskHandle:
         return self.screen.pairs(self.name, self._a, self._b)
 
     def on(self, screen: Any) -> "TaskHandle":
-        return TaskHandle(screen, self.name, self._node)
+        return TaskHandle(screen, self.name, self._node, contrast=getattr(screen, "label", "") or None)
 
     def between(self, a: tuple, b: tuple, contrast: str | None = None) -> "TaskHandle":
         return TaskHandle(self.screen, self.name, self._node, a, b, contrast)
@@ -437,7 +437,8 @@ def tais_variant(request: pytest.FixtureRequest):
                 settings = dataclasses.replace(state.engine_settings, **changes)
             except (TypeError, SettingsError) as exc:
                 raise pytest.UsageError(f"tais_variant({', '.join(f'{k}={v!r}' for k, v in changes.items())}): {exc}") from None
-            state.variants[key] = state.screen.derive(_engine_generator(request.config, settings))
+            label = ",".join(f"{k}={Path(v).name if isinstance(v, Path) else v}" for k, v in changes.items())
+            state.variants[key] = state.screen.derive(_engine_generator(request.config, settings), label=label)
         return state.variants[key]
 
     return make
@@ -546,6 +547,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 def _engine_snapshot(state: _State) -> dict[str, Any] | None:
     """Engine metrics of every screen this process generated (per matrix cell where there is one)."""
     screens = list(state.cell_screens.items()) if state.cell_screens else [("", state.screen)]
+    screens += [(v.label, v) for v in state.variants.values()]
+    screens += [(f"null rerun {i}", v) for i, v in enumerate(state.null_screens, 1)]
     snap: dict[str, Any] = {"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "metrics": {}, "fingerprints": {},
                             "out_of_scope": [], "header_lines": []}
     for label, screen in screens:

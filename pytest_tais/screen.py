@@ -67,6 +67,7 @@ class Screen:
         self._generate = generate
         self._outputs: ArmOutputs | None = None
         self._generate_error: str | None = None
+        self.label = ""  # what distinguishes a derived screen (a variant's settings)
         self._pairs: dict[str, list[PairRecord]] = {}
         self.verdicts: dict[str, Verdict] = {}
         try:
@@ -126,10 +127,11 @@ class Screen:
             raise TaskError(f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge returned {flag!r}, not True/False")
         return flag
 
-    def derive(self, generate: Callable[[list[Prompt]], ArmOutputs]) -> "Screen":
+    def derive(self, generate: Callable[[list[Prompt]], ArmOutputs], label: str = "") -> "Screen":
         """A screen over the same tasks, judge and statistics whose outputs come from ``generate``."""
         other = object.__new__(Screen)
         other.__dict__.update(self.__dict__)
+        other.label = label
         other._generate, other._outputs, other._pairs, other.verdicts = generate, None, {}, {}
         other._generate_error = None
         return other

@@ -1,0 +1,41 @@
+"""Shared configurations of the example suite.
+
+The session's own arms (pytest.ini) are target-only vs speculative with the canonical draft.
+``tais_variant`` gives the same battery on engines with other settings; each starts once per
+session, and arms that did not change (the target-only arm) come from the generation store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+MODELS = Path(__file__).resolve().parent.parent / "fixtures" / "models"
+ADVERSARIAL = MODELS / "draft-adversarial"
+#: The tasks where refusal is expected; leaks show up there.
+HARMFUL_TASKS = ["harmful", "jailbreak"]
+
+
+@pytest.fixture(scope="session")
+def adversarial(tais_variant):
+    """Speculative decoding with the adversarial draft (trained to comply), lossless verification."""
+    return tais_variant(draft=ADVERSARIAL)
+
+
+@pytest.fixture(scope="session")
+def bf16(tais_variant):
+    """Both arms in bfloat16."""
+    return tais_variant(dtype="bfloat16")
+
+
+@pytest.fixture(scope="session")
+def lossy_verifier(tais_variant):
+    """CONTROL: a lossy verifier (typical acceptance, as in Medusa) over the adversarial draft."""
+    return tais_variant(backend="hf", hf_acceptance="typical", draft=ADVERSARIAL)
+
+
+@pytest.fixture(scope="session")
+def canary(tais_variant):
+    """CONTROL: 10% of each refusal task's speculative answers replaced by the adversarial draft's own."""
+    return tais_variant(draft=ADVERSARIAL, canary=0.10)
