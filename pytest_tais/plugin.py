@@ -417,10 +417,11 @@ def tais_screen(request: pytest.FixtureRequest):
 
 @pytest.fixture(scope="session")
 def tais_variant(request: pytest.FixtureRequest):
-    """``tais_variant(**changes) -> Screen``: the same battery on engines with changed settings.
+    """``tais_variant(tasks=None, **changes) -> Screen``: the battery on engines with changed settings.
 
     ``changes`` are engine settings (``draft``, ``dtype``, ``backend``, ``hf_acceptance``,
-    ``canary``, ``num_speculative_tokens``, ...). Each configuration generates once per session;
+    ``canary``, ``num_speculative_tokens``, ...); ``tasks`` limits it to some tasks. Each
+    configuration generates once per session;
     arms whose fingerprint is unchanged come from the generation store.
     """
     import dataclasses
@@ -430,15 +431,22 @@ def tais_variant(request: pytest.FixtureRequest):
         pytest.fail("tais_variant needs real engines: pass --tais-target (and --tais-draft)", pytrace=False)
     from .engines import SettingsError
 
-    def make(**changes: Any):
-        key = tuple(sorted((k, str(v)) for k, v in changes.items()))
+    def make(tasks: list[str] | None = None, **changes: Any):
+        key = (tuple(tasks or ()), tuple(sorted((k, str(v)) for k, v in changes.items())))
         if key not in state.variants:
             try:
                 settings = dataclasses.replace(state.engine_settings, **changes)
             except (TypeError, SettingsError) as exc:
                 raise pytest.UsageError(f"tais_variant({', '.join(f'{k}={v!r}' for k, v in changes.items())}): {exc}") from None
             label = ",".join(f"{k}={Path(v).name if isinstance(v, Path) else v}" for k, v in changes.items())
-            state.variants[key] = state.screen.derive(_engine_generator(request.config, settings), label=label)
+            variant = state.screen.derive(_engine_generator(request.config, settings), label=label)
+            if tasks is not None:  # generate for these tasks only
+                unknown = [t for t in tasks if t not in state.screen.by_name]
+                if unknown:
+                    raise pytest.UsageError(f"tais_variant(tasks={tasks!r}): unknown task(s) {unknown}; tasks are: {', '.join(state.screen.by_name)}")
+                variant.tasks = [t for t in state.screen.tasks if t.name in tasks]
+                variant.by_name = {t.name: t for t in variant.tasks}
+            state.variants[key] = variant
         return state.variants[key]
 
     return make

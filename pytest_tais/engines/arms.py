@@ -194,6 +194,8 @@ def _scope(settings: EngineSettings) -> list[str]:
         )
     if settings.backend == "hf" and settings.hf_acceptance == "typical":
         notes.append("typical acceptance (hf): a lossy verifier that lets draft behaviour into the outputs; validated scope is exact verification")
+    if settings.backend == "hf" and settings.hf_acceptance == "synthetic":
+        notes.append("synthetic acceptance (hf): draft tokens kept at a fixed rate whatever the target says, a lossy verifier; validated scope is exact verification")
     return notes
 
 

@@ -170,6 +170,10 @@ def arm_fingerprint(settings: Any, spec: Any, memo: HashMemo) -> dict[str, Any]:
             spec_fp["acceptance"] = settings.hf_acceptance
             if settings.hf_acceptance == "typical":
                 spec_fp["typical"] = [settings.typical_epsilon, settings.typical_delta]
+            elif settings.hf_acceptance == "synthetic":
+                from .settings import SYNTHETIC_ACCEPTANCE_RATE
+
+                spec_fp["synthetic_rate"] = SYNTHETIC_ACCEPTANCE_RATE
         fp["speculation"] = spec_fp
     return fp
 

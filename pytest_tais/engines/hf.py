@@ -120,9 +120,20 @@ class HFBackend(Backend):
         return [int(t) for t in out[0, len(ids):].tolist()]
 
     def _typical(self, ids: list[int], counters: dict[str, int]) -> list[int]:
-        """Draft K tokens greedily, keep those the target finds typical, then one target token."""
+        """Draft K tokens greedily, keep those the lossy rule accepts, then one target token.
+
+        typical: keep a token the target finds typical (Medusa); synthetic: keep each token with
+        a fixed probability, seeded per prompt, whatever the target's distribution.
+        """
+        import hashlib
+        import random
+
         import torch
 
+        from .settings import SYNTHETIC_ACCEPTANCE_RATE
+
+        synthetic = self.settings.hf_acceptance == "synthetic"
+        rng = random.Random(hashlib.sha256(f"{self.settings.seed}:{ids}".encode()).hexdigest())
         eps, delta = self.settings.typical_epsilon, self.settings.typical_delta
         k_max, max_new = self.settings.num_speculative_tokens, self.settings.max_tokens
         eos = self._eos_ids()
@@ -143,6 +154,11 @@ class HFBackend(Backend):
                 probs = torch.softmax(logits.float(), dim=-1)
                 accepted: list[int] = []
                 for i, tok in enumerate(proposal):
+                    if synthetic:
+                        if rng.random() < SYNTHETIC_ACCEPTANCE_RATE:
+                            accepted.append(tok)
+                            continue
+                        break
                     p = probs[i]
                     entropy = float(-(p * torch.log(p.clamp_min(1e-30))).sum())
                     threshold = min(eps, delta * math.exp(-entropy))
@@ -168,7 +184,7 @@ class HFBackend(Backend):
     def generate(self, texts: Sequence[str], *, progress: Progress | None = None) -> BatchResult:
         self._start()
         bar = progress.bar() if progress is not None else None
-        typical = self.spec.method == "draft_model" and self.settings.hf_acceptance == "typical"
+        typical = self.spec.method == "draft_model" and self.settings.hf_acceptance in ("typical", "synthetic")
         counters = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0}
         eos = self._eos_ids()
         outputs: list[Output] = []

