@@ -105,10 +105,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         nargs = {"nargs": "?", "const": "true"} if opt.kind == "bool" else {}
         group.addoption(opt.flag, dest=opt.dest, default=None, help=f"{opt.help} [ini: {opt.dest}]", **nargs)
         parser.addini(opt.dest, help=opt.help, default="")
-    try:
-        from .engines import add_engine_options
-    except ImportError:  # TEMP until the engines package lands
-        return
+    from .engines import add_engine_options
+
     add_engine_options(parser)
 
 
