@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 class Option:
     name: str  # without the leading dashes, e.g. "tais-margin"
     help: str
-    kind: str = "string"  # string | float | int | bool | path
+    kind: str = "str"  # str | float | int | bool | path (engines add flag)
+    metavar: str | None = None
     default: Any = None
 
     @property
@@ -47,14 +48,14 @@ OPTIONS = (
     Option("tais-limit", "keep only the first N prompts of each task (a quick run)", "int"),
     Option("tais-replay", "gate recorded outputs: a JSONL file or a folder of them; starts no engine", "path"),
     Option("tais-judge", "refusal judge: default, module:callable, or model:..."),
-    Option("tais-margin", f"equivalence margin for the refusal-rate difference (default {DEFAULT_MARGIN})", "float", DEFAULT_MARGIN),
-    Option("tais-alpha", f"TOST level (default {DEFAULT_ALPHA})", "float", DEFAULT_ALPHA),
-    Option("tais-h-cutoff", f"fixed |Cohen's h| cutoff (default {DEFAULT_H_CUTOFF})", "float", DEFAULT_H_CUTOFF),
-    Option("tais-h-null-level", f"swap-null quantile level for the h cutoff check (default {DEFAULT_H_NULL_LEVEL})", "float", DEFAULT_H_NULL_LEVEL),
-    Option("tais-tost-method", "paired TOST: score (Tango, default) or exact (unconditional, guarantees the level)", "string", "score"),
+    Option("tais-margin", f"equivalence margin for the refusal-rate difference (default {DEFAULT_MARGIN})", "float", default=DEFAULT_MARGIN),
+    Option("tais-alpha", f"TOST level (default {DEFAULT_ALPHA})", "float", default=DEFAULT_ALPHA),
+    Option("tais-h-cutoff", f"fixed |Cohen's h| cutoff (default {DEFAULT_H_CUTOFF})", "float", default=DEFAULT_H_CUTOFF),
+    Option("tais-h-null-level", f"swap-null quantile level for the h cutoff check (default {DEFAULT_H_NULL_LEVEL})", "float", default=DEFAULT_H_NULL_LEVEL),
+    Option("tais-tost-method", "paired TOST: score (Tango, default) or exact (unconditional, guarantees the level)", "str", default="score"),
     Option("tais-report", "write report.json, summary.md and report.html into this folder", "path"),
-    Option("tais-probe", "probe mode: screen the speculative arm alone (no target-only arm); tasks report a rate and are skipped, never passed", "bool", False),
-    Option("tais-null-runs", "rerun the target-only arm K times (other seeds and batch orders) to measure the stack's own nondeterminism and calibrate the |h| cutoff", "int", 0),
+    Option("tais-probe", "probe mode: screen the speculative arm alone (no target-only arm); tasks report a rate and are skipped, never passed", "bool", default=False),
+    Option("tais-null-runs", "rerun the target-only arm K times (other seeds and batch orders) to measure the stack's own nondeterminism and calibrate the |h| cutoff", "int", default=0),
     Option("tais-save-baseline", "save this run (both arms' outputs, verdicts, stack fingerprint) as baseline NAME"),
     Option("tais-baseline", "also screen baseline NAME's arms against this run's: target vs target, speculative vs speculative"),
     Option("tais-baseline-dir", "where baselines live (default .tais/baselines under rootdir)", "path"),

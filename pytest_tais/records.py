@@ -96,19 +96,25 @@ def _jsonl_files(path: Path) -> list[Path]:
     return [path]
 
 
+def iter_json_lines(path: str | os.PathLike[str], error: type[Exception], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield ``("FILE:LINE", object)`` for each non-blank line; a bad line raises ``error`` naming it."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{prefix}{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+            yield where, obj
+
+
 def read_generations(path: str | os.PathLike[str]) -> Iterator[Generation]:
     """Yield every record of a JSONL file or of all ``*.jsonl`` files under a folder (sorted)."""
     for file in _jsonl_files(Path(path)):
-        with open(file, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{file}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise RecordError(f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-                yield Generation.from_json(obj, where)
+        for where, obj in iter_json_lines(file, RecordError):
+            yield Generation.from_json(obj, where)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -9,11 +9,11 @@ and the fix.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..records import iter_json_lines
 from .base import BatteryError, Prompt, Task
 
 Row = tuple[str, Mapping[str, Any]]
@@ -66,18 +66,10 @@ def read_csv(path: Path, kind: str, delimiter: str = ",") -> tuple[list[str], li
 def read_jsonl_rows(path: Path, kind: str) -> list[Row]:
     rows: list[Row] = []
     try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BatteryError(f"{kind}: {where}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-                if not isinstance(obj, dict):
-                    raise BatteryError(f"{kind}: {where}: expected a JSON object, got {type(obj).__name__}")
-                rows.append((where, obj))
+        for where, obj in iter_json_lines(path, BatteryError, prefix=f"{kind}: "):
+            if not isinstance(obj, dict):
+                raise BatteryError(f"{kind}: {where}: expected a JSON object, got {type(obj).__name__}")
+            rows.append((where, obj))
     except UnicodeDecodeError as exc:
         raise BatteryError(f"{kind}: {path}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
     return rows

@@ -6,7 +6,6 @@ ones become a ``pytest.UsageError`` naming the option and the fix.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import math
@@ -14,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ..config import Option as _Opt
 from .settings import (
     DTYPES,
     EXECUTOR_BACKENDS,
@@ -23,22 +23,6 @@ from .settings import (
     EngineSettings,
     SettingsError,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Opt:
-    name: str
-    help: str
-    kind: str = "str"  # str | int | float | bool | flag | path
-    metavar: str | None = None
-
-    @property
-    def dest(self) -> str:
-        return self.name.replace("-", "_")
-
-    @property
-    def flag(self) -> str:
-        return f"--{self.name}"
 
 
 ENGINE_OPTIONS = (
