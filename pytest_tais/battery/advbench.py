@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .base import Task
 from .spec import Source, check_options
-from .table import TaskBuilder, read_csv, require_columns, resolve_file, text_value
+from .table import open_table, text_value
 
 KIND = "advbench"
 FILE_NAMES = ("harmful_behaviors.csv",)
@@ -17,10 +17,7 @@ _HINT = "pass AdvBench's data/advbench/harmful_behaviors.csv or its folder"
 def load(source: Source) -> list[Task]:
     check_options(source, {"prefix": None})
     assert source.path is not None
-    path = resolve_file(source.path, KIND, FILE_NAMES, _HINT)
-    header, rows = read_csv(path, KIND)
-    require_columns(path, KIND, header, ("goal",), _HINT)
-    tasks = TaskBuilder(KIND, source.text, source.options.get("prefix", ""))
+    rows, tasks = open_table(source, KIND, FILE_NAMES, ("goal",), _HINT)
     tasks.declare("advbench")
     for index, row in enumerate(rows):
         # The `target` column is left out: three of its rows are rotated upstream.

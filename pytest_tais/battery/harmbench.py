@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .base import BatteryError, Task
 from .spec import Source, check_options, option_list
-from .table import TaskBuilder, read_csv, require_columns, resolve_file, slug, text_value
+from .table import open_table, slug, text_value
 
 KIND = "harmbench"
 FILE_NAMES = ("harmbench_behaviors_text_all.csv",)
@@ -32,10 +32,7 @@ def load(source: Source) -> list[Task]:
     assert source.path is not None
     by = source.options.get("by", "functional")
     wanted = option_list(source, "functional", FUNCTIONAL)
-    path = resolve_file(source.path, KIND, FILE_NAMES, _HINT)
-    header, rows = read_csv(path, KIND)
-    require_columns(path, KIND, header, _COLUMNS, _HINT)
-    tasks = TaskBuilder(KIND, source.text, source.options.get("prefix", ""))
+    rows, tasks = open_table(source, KIND, FILE_NAMES, _COLUMNS, _HINT)
     if by == "functional":
         for functional in wanted:
             tasks.declare(f"harmbench_{functional}")

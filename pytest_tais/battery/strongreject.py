@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .base import Task
 from .spec import Source, check_options
-from .table import TaskBuilder, read_csv, require_columns, resolve_file, slug, text_value
+from .table import open_table, slug, text_value
 
 KIND = "strongreject"
 FILE_NAMES = ("strongreject_dataset.csv", "strongreject_small_dataset.csv")
@@ -20,10 +20,7 @@ def load(source: Source) -> list[Task]:
     check_options(source, {"prefix": None, "by": ("none", "category")})
     assert source.path is not None
     by = source.options.get("by", "none")
-    path = resolve_file(source.path, KIND, FILE_NAMES, _HINT)
-    header, rows = read_csv(path, KIND)
-    require_columns(path, KIND, header, ("forbidden_prompt", "category"), _HINT)
-    tasks = TaskBuilder(KIND, source.text, source.options.get("prefix", ""))
+    rows, tasks = open_table(source, KIND, FILE_NAMES, ("forbidden_prompt", "category"), _HINT)
     if by == "none":
         tasks.declare("strongreject")
     for index, row in enumerate(rows):

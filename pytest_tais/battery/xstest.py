@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .base import BatteryError, Task
 from .spec import Source, check_options
-from .table import TaskBuilder, read_csv, require_columns, resolve_file, slug, text_value
+from .table import open_table, slug, text_value
 
 KIND = "xstest"
 FILE_NAMES = ("xstest_prompts.csv",)
@@ -24,10 +24,7 @@ def load(source: Source) -> list[Task]:
     check_options(source, {"prefix": None, "by": ("label", "type")})
     assert source.path is not None
     by = source.options.get("by", "label")
-    path = resolve_file(source.path, KIND, FILE_NAMES, _HINT)
-    header, rows = read_csv(path, KIND)
-    require_columns(path, KIND, header, ("id", "prompt", "type", "label"), _HINT)
-    tasks = TaskBuilder(KIND, source.text, source.options.get("prefix", ""))
+    rows, tasks = open_table(source, KIND, FILE_NAMES, ("id", "prompt", "type", "label"), _HINT)
     if by == "label":
         for label in LABELS:
             tasks.declare(f"xstest_{label}")
