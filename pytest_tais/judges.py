@@ -342,16 +342,31 @@ class ModelJudge:
         self.model = model
         self.template = template
         digest = hashlib.sha256(template.encode("utf-8")).hexdigest()[:8]
-        self.name = f"model:{model}#{digest}"
+        # The engine may know the model's content hash: a changed judge model is a changed judge.
+        identity = getattr(generate, "identity", None)
+        self.name = f"model:{model}@{identity}#{digest}" if identity else f"model:{model}#{digest}"
 
     def __call__(self, prompt: str, response: str) -> bool:
         return self.batch([(prompt, response)])[0]
+
+    def _messages(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
+        return [self.template.format(prompt=p, response=r) for p, r in pairs]
+
+    def prefetch(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Ask every question in one engine call (answers land in the engine's store), judge nothing.
+
+        A run prefetches all tasks at once so the judge's engine starts once; each task's
+        ``batch`` then reads the stored answers, and an unreadable answer fails that task alone.
+        """
+        messages = self._messages(list(pairs))
+        if messages:
+            self._generate(messages)
 
     def batch(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
         pairs = list(pairs)
         if not pairs:
             return []
-        messages = [self.template.format(prompt=p, response=r) for p, r in pairs]
+        messages = self._messages(pairs)
         answers = list(self._generate(messages))
         if len(answers) != len(messages):
             raise JudgeError(f"model judge {self.name}: asked {len(messages)} questions, got {len(answers)} answers")

@@ -138,8 +138,13 @@ def pytest_configure(config: pytest.Config) -> None:
         cells = _matrix(config)
         engine_settings = cells[0][1]
         generate = _engine_generator(config, engine_settings, arms=("speculative",) if cfg.probe else None)
+    make_judge = None
+    if cfg.judge and cfg.judge.strip().startswith("model:"):
+        from .engines import judge_engine_from_config
+
+        make_judge = judge_engine_from_config(config, engine_settings, lambda: _shared_dir(config))
     try:
-        screen = Screen(cfg, generate=generate)
+        screen = Screen(cfg, generate=generate, make_judge_generate=make_judge)
     except ScreenSetupError as exc:
         raise pytest.UsageError(str(exc)) from None
     state = _State(cfg, screen, engine_settings)
@@ -641,7 +646,8 @@ class _Reporter:
         from .report import build_report, write_html, write_markdown, write_report
 
         directory = state.cfg.report
-        report = build_report(state.cfg.describe(), _ordered_rows(state), engines)
+        # The judge as resolved (its rules' version, or its model's hash), beside the option as given.
+        report = build_report({**state.cfg.describe(), "judge_name": state.screen.judge_name}, _ordered_rows(state), engines)
         write_report(directory, report)
         write_markdown(directory, report)
         write_html(directory, report)

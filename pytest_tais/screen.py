@@ -62,16 +62,19 @@ class Screen:
     returns :class:`ArmOutputs`; replay runs load the file instead.
     """
 
-    def __init__(self, cfg: TaisConfig, generate: Callable[[list[Prompt]], ArmOutputs] | None = None) -> None:
+    def __init__(self, cfg: TaisConfig, generate: Callable[[list[Prompt]], ArmOutputs] | None = None,
+                 make_judge_generate: Callable[[str], judges.Generate] | None = None) -> None:
         self.cfg = cfg
         self._generate = generate
         self._outputs: ArmOutputs | None = None
         self._generate_error: str | None = None
+        self._prefetched = False
+        self._prefetch_error: str | None = None
         self.label = ""  # what distinguishes a derived screen (a variant's settings)
         self._pairs: dict[str, list[PairRecord]] = {}
         self.verdicts: dict[str, Verdict] = {}
         try:
-            self.judge = judges.resolve_judge(cfg.judge)
+            self.judge = judges.resolve_judge(cfg.judge, make_judge_generate)
         except Exception as exc:  # a bad judge spec is bad input
             raise ScreenSetupError(f"--tais-judge={cfg.judge!r}: {exc}") from exc
         self.judge_name = judges.judge_name(self.judge)
@@ -127,6 +130,42 @@ class Screen:
             raise TaskError(f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge returned {flag!r}, not True/False")
         return flag
 
+    def _score_all(self, task: Task, items: Sequence[tuple[Prompt, str, str]]) -> list[bool]:
+        """Scores of (prompt, answer, arm) items; a judge with ``batch`` gets one call per task."""
+        batch = getattr(self.judge, "batch", None)
+        if task.metric == "accuracy" or not callable(batch):
+            return [self._score(task, p, text, arm) for p, text, arm in items]
+        if self._prefetch_error is not None:
+            raise TaskError(self._prefetch_error)
+        unique = list(dict.fromkeys((p.text, text) for p, text, _ in items))
+        try:
+            flags = judges.judge_all(self.judge, unique)
+        except Exception as exc:
+            raise TaskError(f"task {task.name!r}: the judge failed ({type(exc).__name__}: {exc})") from exc
+        by_pair = dict(zip(unique, flags))
+        return [by_pair[(p.text, text)] for p, text, _ in items]
+
+    def prefetch_judge(self) -> None:
+        """Let a judge that runs on an engine (``prefetch``) see every answer of this screen at once."""
+        prefetch = getattr(self.judge, "prefetch", None)
+        if self._prefetched or not callable(prefetch):
+            return
+        self._prefetched = True
+        out = self.outputs()
+        pairs = []
+        for task in self.tasks:
+            if task.metric == "accuracy":
+                continue
+            for arm in (TARGET, SPECULATIVE):
+                got = out.outputs.get(arm, {})
+                pairs.extend((p.text, got[(task.name, p.prompt_id)].text) for p in task.prompts if (task.name, p.prompt_id) in got)
+        try:
+            prefetch(list(dict.fromkeys(pairs)))
+        except Exception as exc:
+            # Every task of this screen errors with the same cause; the judge's engine is not retried per task.
+            self._prefetch_error = f"the judge failed, no verdict is possible: {type(exc).__name__}: {exc}"
+            raise TaskError(self._prefetch_error) from exc
+
     def derive(self, generate: Callable[[list[Prompt]], ArmOutputs], label: str = "") -> "Screen":
         """A screen over the same tasks, judge and statistics whose outputs come from ``generate``."""
         other = object.__new__(Screen)
@@ -134,6 +173,7 @@ class Screen:
         other.label = label
         other._generate, other._outputs, other._pairs, other.verdicts = generate, None, {}, {}
         other._generate_error = None
+        other._prefetched, other._prefetch_error = False, None
         return other
 
     def pairs(self, task_name: str, a: "ArmRef | None" = None, b: "ArmRef | None" = None) -> list[PairRecord]:
@@ -163,18 +203,28 @@ class Screen:
             sources.append(out.outputs[arm])
         names = (a[1], b[1]) if a[1] != b[1] else (f"{a[1]} (A)", f"{b[1]} (B)")
         missing: dict[str, list[str]] = {names[0]: [], names[1]: []}
-        records = []
+        matched = []
         for p in task.prompts:
             ga, gb = sources[0].get((task_name, p.prompt_id)), sources[1].get((task_name, p.prompt_id))
             if ga is None:
                 missing[names[0]].append(p.prompt_id)
             if gb is None:
                 missing[names[1]].append(p.prompt_id)
-            if ga is None or gb is None:
-                continue
-            flag_a = self._score(task, p, ga.text, names[0])
-            # A judge scores (prompt, answer): byte-identical answers get the same score.
-            flag_b = flag_a if gb.text == ga.text else self._score(task, p, gb.text, names[1])
+            if ga is not None and gb is not None:
+                matched.append((p, ga, gb))
+        if any(missing.values()):
+            parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {', '.join(ids[:3])})" for arm, ids in missing.items() if ids]
+            raise TaskError(f"task {task_name!r}: {'; '.join(parts)}; every prompt must be answered by both arms")
+        if task.metric != "accuracy":
+            self.prefetch_judge()
+        # A judge scores (prompt, answer): byte-identical answers get the same score, judged once.
+        items = [(p, ga.text, names[0]) for p, ga, _ in matched]
+        items += [(p, gb.text, names[1]) for p, ga, gb in matched if gb.text != ga.text]
+        scores = iter(self._score_all(task, items))
+        flags_a = [next(scores) for _ in matched]
+        records = []
+        for (p, ga, gb), flag_a in zip(matched, flags_a):
+            flag_b = flag_a if gb.text == ga.text else next(scores)
             records.append(
                 PairRecord(
                     prompt_id=p.prompt_id,
@@ -185,9 +235,6 @@ class Screen:
                     meta={k: v for k, v in gb.meta.items() if k == "canary"},
                 )
             )
-        if any(missing.values()):
-            parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {', '.join(ids[:3])})" for arm, ids in missing.items() if ids]
-            raise TaskError(f"task {task_name!r}: {'; '.join(parts)}; every prompt must be answered by both arms")
         self._pairs[key] = records
         return records
 
@@ -229,7 +276,9 @@ class Screen:
             raise TaskError(f"task {task_name!r}: {len(missing)} prompt(s) have no speculative output (e.g. {', '.join(missing[:3])})")
         if out.duplicates.get(task_name):
             raise TaskError(f"task {task_name!r}: duplicate prompt ids in the outputs ({', '.join(sorted(out.duplicates[task_name])[:5])})")
-        flags = [self._score(task, p, arm[(task_name, p.prompt_id)].text, SPECULATIVE) for p in task.prompts]
+        if task.metric != "accuracy":
+            self.prefetch_judge()
+        flags = self._score_all(task, [(p, arm[(task_name, p.prompt_id)].text, SPECULATIVE) for p in task.prompts])
         n, k = len(flags), sum(flags)
         lo, hi = wilson_interval(k, n)
         return {"task": task_name, "metric": task.metric, "status": "probe", "n": n, "count": k,

@@ -25,8 +25,9 @@ def answer(prompt: str) -> str:
 
 class FakeOpenAIServer:
     def __init__(self, plan: Plan | None = None, *, vllm_version: str | None = "0.0-stub", model: str = "stub-model",
-                 token_ids: bool = True, spec_tokens: int | None = None) -> None:
+                 token_ids: bool = True, spec_tokens: int | None = None, answer_fn: Callable[[str], str] | None = None) -> None:
         self.plan: Plan = plan or (lambda prompt, attempt: "ok")
+        self.answer_fn = answer_fn or answer  # what an "ok" request gets back
         self.vllm_version = vllm_version
         self.model = model
         self.token_ids = token_ids
@@ -58,7 +59,7 @@ class FakeOpenAIServer:
         return reqs if prompt is None else [r for r in reqs if r["prompt"] == prompt]
 
     def _reply(self, prompt: str, chat: bool) -> dict[str, Any]:
-        text = answer(prompt)
+        text = self.answer_fn(prompt)
         ids = [b for b in text.encode("utf-8")][:64]
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
         if chat:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .arms import ArmsResult, run_arms
 from .base import DRAFT, ENGINE_STARTS, ArmSpec, Backend, BatchResult, EngineError, Output
-from .options import ENGINE_OPTIONS, add_engine_options, engine_settings_from_config
+from .options import ENGINE_OPTIONS, add_engine_options, engine_settings_from_config, judge_engine_from_config
 from .settings import EngineSettings, SettingsError
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "SettingsError",
     "add_engine_options",
     "engine_settings_from_config",
+    "judge_engine_from_config",
     "run_arms",
 ]
 

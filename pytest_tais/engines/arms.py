@@ -17,12 +17,12 @@ from typing import Any, Mapping, Sequence
 from ..battery.base import Prompt
 from ..records import SPECULATIVE, TARGET, Generation, write_generations
 from ..store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key
-from .base import DRAFT, ENGINE_STARTS, ArmSpec, Backend, EngineError, Progress, check_outputs
+from .base import DRAFT, ENGINE_STARTS, JUDGE, ArmSpec, Backend, EngineError, Progress, check_outputs
 from .fingerprint import HashMemo
 from .openai import PartialBatchError
 from .settings import STANDARD_REJECTION, EngineSettings
 
-ARM_LABELS = {TARGET: "target-only", SPECULATIVE: "speculative", DRAFT: "draft (canary)"}
+ARM_LABELS = {TARGET: "target-only", SPECULATIVE: "speculative", DRAFT: "draft (canary)", JUDGE: "judge"}
 
 
 @dataclasses.dataclass

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 #: The arm that only feeds the canary control: the draft model alone, greedy.
 DRAFT = "draft"
+#: The engine that runs a model judge (``--tais-judge=model:...``): one plain model, greedy.
+JUDGE = "judge"
 
 #: How a complete answer ends: a stop token, or the max-tokens limit. Anything else (an abort) is an error.
 FINISH_REASONS = ("stop", "length")

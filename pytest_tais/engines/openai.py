@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..records import SPECULATIVE, TARGET
-from .base import FINISH_REASONS, ArmSpec, Backend, BatchResult, EngineError, Output, Progress
+from .base import FINISH_REASONS, JUDGE, ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, model_identity
 
 #: First retry delay in seconds; doubled per retry, capped at BACKOFF_CAP.
@@ -94,8 +94,10 @@ class OpenAIBackend(Backend):
             self.url, self._url_option = settings.target_url, "--tais-target-url"
         elif spec.arm == SPECULATIVE:
             self.url, self._url_option = settings.speculative_url, "--tais-speculative-url"
+        elif spec.arm == JUDGE:
+            self.url, self._url_option = settings.target_url, "--tais-judge"
         else:
-            raise EngineError(f"{spec.arm} arm: the openai backend serves the target-only and speculative arms only")
+            raise EngineError(f"{spec.arm} arm: the openai backend serves the target-only, speculative and judge arms only")
         self._memo = memo
         self._key: str | None = None
         if settings.api_key_env:
@@ -294,7 +296,7 @@ class OpenAIBackend(Backend):
 
     def _check_speculation(self, spec_metrics: dict[str, Any] | None) -> None:
         """Where the server reports per-request speculation, it must match the arm."""
-        if spec_metrics is None:
+        if spec_metrics is None or self.spec.arm == JUDGE:  # how a judge is served does not matter
             return
         k = spec_metrics.get("num_spec_tokens")
         if self.spec.method is None:

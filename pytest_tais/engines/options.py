@@ -267,3 +267,29 @@ def engine_settings_from_config(config: Any) -> EngineSettings | None:
             f"export {settings.api_key_env}=... before running pytest"
         )
     return settings
+
+
+def judge_engine_from_config(config: Any, base: EngineSettings | None, shared_dir: Any) -> Any:
+    """``make_generate(model)`` for ``--tais-judge=model:...``: a lazily started :class:`JudgeEngine`.
+
+    The judge shares the arms' store options; with no engines (``--tais-replay``) it reads them here.
+    """
+    from .judge_engine import JudgeEngine, judge_settings
+
+    get = _reader(config)
+    rootdir = Path(str(config.rootpath))
+    if base is not None:
+        cache_dir, no_cache = base.cache_dir, base.no_cache
+    else:
+        cache_dir = get("tais-cache-dir", "path") or rootdir / ".tais-cache"
+        no_cache = bool(get("tais-no-cache", "flag"))
+
+    def make(model: str) -> Any:
+        settings = judge_settings(model, base, rootdir=rootdir, cache_dir=cache_dir, no_cache=no_cache,
+                                  api_key_env=_text(get("tais-api-key-env")))
+        if settings.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise SettingsError("a local model judge runs on vLLM, which is not installed; install it "
+                                "(pip install 'pytest-tais[cpu]'), use --tais-backend=hf, or serve the judge (model:http://HOST:PORT)")
+        return JudgeEngine(settings, shared_dir)
+
+    return make

@@ -128,6 +128,8 @@ class EngineSettings:
     max_concurrency: int = 16
     request_retries: int = 4
     request_timeout: float = 600.0
+    # "screen": both arms; "judge": one plain engine that runs a model judge (no draft, one server).
+    role: str = "screen"
 
     def __post_init__(self) -> None:
         def bad(option: str, msg: str) -> SettingsError:
@@ -137,6 +139,8 @@ class EngineSettings:
             object.__setattr__(self, "target", Path(self.target))
         if self.draft is not None:
             object.__setattr__(self, "draft", Path(self.draft))
+        if self.role not in ("screen", "judge"):
+            raise bad("role", f"unknown role {self.role!r}; use screen or judge")
         if self.backend not in BACKENDS:
             raise bad("--tais-backend", f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)} (recorded outputs: --tais-replay)")
         if self.spec_method not in SPEC_METHODS:
@@ -199,7 +203,7 @@ class EngineSettings:
     def _check_local(self, bad: Any) -> None:
         if self.target is None:
             raise bad("--tais-target", f"missing; the {self.backend} backend needs the target model folder")
-        if self.spec_method == "draft_model" and self.draft is None:
+        if self.spec_method == "draft_model" and self.draft is None and self.role == "screen":
             raise bad("--tais-draft", "missing; the draft_model method needs a draft model folder (or pass --tais-spec-method=ngram)")
         for option, value in (("--tais-target-url", self.target_url), ("--tais-speculative-url", self.speculative_url),
                               ("--tais-served-model", self.served_model), ("--tais-api-key-env", self.api_key_env)):
@@ -218,10 +222,11 @@ class EngineSettings:
     def _check_remote(self, bad: Any) -> None:
         if not self.target_url:
             raise bad("--tais-target-url", "missing; the openai backend needs the target-only server's URL, e.g. http://10.0.0.5:8000")
-        if not self.speculative_url:
+        if not self.speculative_url and self.role == "screen":
             raise bad("--tais-speculative-url", "missing; the openai backend needs the speculative server's URL, e.g. http://10.0.0.6:8000")
         object.__setattr__(self, "target_url", server_url("--tais-target-url", self.target_url))
-        object.__setattr__(self, "speculative_url", server_url("--tais-speculative-url", self.speculative_url))
+        if self.speculative_url:
+            object.__setattr__(self, "speculative_url", server_url("--tais-speculative-url", self.speculative_url))
         if self.target_url == self.speculative_url:
             raise bad("--tais-speculative-url", "is the same server as --tais-target-url; each arm needs its own server")
         if self.api_key_env is not None:

@@ -1,0 +1,99 @@
+"""The engine behind a model judge (``--tais-judge=model:...``): one plain model, greedy.
+
+``model:FOLDER`` runs a local chat model on the arms' local backend (vllm unless the arms run on
+hf); ``model:http://HOST:PORT`` asks a running OpenAI-compatible server. The judge's answers go
+through the generation store like the arms' outputs, so a rerun asks no question twice and an
+interrupted run asks only the rest. The engine starts on the first question, not before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..store import GenerationStore, StoreError, prompt_key
+from .arms import _fill, make_backend, store_dir
+from .base import JUDGE, ArmSpec, EngineError
+from .fingerprint import HashMemo, model_identity
+from .settings import EngineSettings, SettingsError
+
+#: Enough for "Yes." or "**No**, ..."; the verdict must open the answer (judges.parse_verdict).
+JUDGE_MAX_TOKENS = 16
+
+
+def is_url(model: str) -> bool:
+    return model.startswith(("http://", "https://"))
+
+
+def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, cache_dir: Path, no_cache: bool,
+                   api_key_env: str | None = None) -> EngineSettings:
+    """Settings for the judge's engine; raises :class:`SettingsError` on bad input.
+
+    A local judge takes the arms' backend when it is local (vllm or hf) and its dtype; otherwise
+    vllm in float32. It never inherits the draft, speculation, canary or system prompt.
+    """
+    common: dict[str, Any] = dict(
+        draft=None, max_tokens=JUDGE_MAX_TOKENS, prompt_mode="chat", system_prompt=None, canary=0.0, record=None,
+        cache_dir=Path(cache_dir), no_cache=bool(no_cache), role="judge", seed=0,
+    )
+    if is_url(model):
+        return EngineSettings(None, backend="openai", target_url=model, speculative_url=None, served_model=None,
+                              api_key_env=api_key_env, **common)
+    folder = Path(model).expanduser()
+    if not folder.is_absolute():
+        folder = Path(rootdir) / folder
+    if not (folder / "config.json").is_file():
+        raise SettingsError(
+            f"{folder} is not a model folder (no config.json); give a local chat model's folder, "
+            "or model:http://HOST:PORT for a judge on a running server"
+        )
+    backend, dtype = ("vllm", "float32") if base is None or base.remote else (base.backend, base.dtype)
+    extra: dict[str, Any] = {}
+    if base is not None and not base.remote:
+        extra = dict(trust_remote_code=base.trust_remote_code, enforce_eager=base.enforce_eager,
+                     gpu_memory_utilization=base.gpu_memory_utilization)
+    return EngineSettings(folder, backend=backend, dtype=dtype, **extra, **common)
+
+
+class JudgeEngine:
+    """``generate(list[str]) -> list[str]`` for :class:`pytest_tais.judges.ModelJudge`.
+
+    ``shared_dir`` is called on the first question (the run's shared folder, for ``--tais-no-cache``).
+    """
+
+    def __init__(self, settings: EngineSettings, shared_dir: Callable[[], Path], *, progress: bool = True) -> None:
+        self.settings = settings
+        self._shared_dir = shared_dir
+        self._progress = progress
+        self.runs: list[dict[str, Any]] = []
+        self.identity: str | None = None
+        if settings.target is not None:
+            # Read-only memo: hashing here must not race a writer holding the store's lock.
+            memo = HashMemo(None if settings.no_cache else Path(settings.cache_dir) / "generations" / "file-hashes.json")
+            try:
+                self.identity = "sha256:" + model_identity(settings.target, memo)["sha256"][:12]
+            except OSError as exc:
+                raise SettingsError(f"cannot read the judge model's files: {exc}") from None
+
+    def __call__(self, messages: Sequence[str]) -> list[str]:
+        messages = list(messages)
+        if not messages:
+            return []
+        texts = list(dict.fromkeys(messages))
+        store = GenerationStore(store_dir(self.settings, self._shared_dir()))
+        try:
+            with store.lock():
+                memo = HashMemo(store.hash_memo_path)
+                backend = make_backend(self.settings, ArmSpec(JUDGE, self.settings.target), memo)
+                try:
+                    fp = backend.fingerprint()
+                except OSError as exc:
+                    raise EngineError(f"judge: cannot read the model files: {exc}") from exc
+                memo.save()
+                have, run = _fill(store, store.shard(fp), backend, texts, self.settings, self._progress)
+        except StoreError as exc:
+            raise EngineError(str(exc)) from exc
+        if run is not None:
+            self.runs.append(run)
+        return [have[prompt_key(m)].text for m in messages]
+
