@@ -344,3 +344,9 @@ def test_probe_mode_reports_a_rate_and_never_passes(pytester, tmp_path):
     assert probe["count"] == 70 and probe["ci_speculative"] == pytest.approx([0.60415, 0.78105], abs=1e-5)
     props = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "j.xml").getroot().iter("property")}
     assert props["tais.verdict"] == "probe"
+    # The pages show the probe's numbers under their own heading and never a PASS.
+    md = (pytester.path / "out" / "summary.md").read_text()
+    assert "**PROBE**" in md and "PASS" not in md
+    assert "| harmful \\[probe\\] | 100 | 70.0% | 60.4%–78.1% | 70 of 100 refused |" in md
+    html = (pytester.path / "out" / "report.html").read_text()
+    assert "id='probes'" in html and "60.4%–78.1%" in html and ">PASS<" not in html

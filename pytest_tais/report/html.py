@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 from ..records import atomic_write_text
 from .table import label
 from .markdown import (
-    check_report, config_lines, diff_cell, engine_lines, fmt_p, h_cell, headline, pct, scope_notes, verdict_label,
+    check_probes, check_report, config_lines, diff_cell, engine_lines, fmt_p, h_cell, headline, judge_sentence, pct,
+    probe_cells, scope_notes, verdict_label,
 )
 
 PLOT_MISSING_NOTE = (
@@ -37,7 +38,7 @@ h1 { font-size: 1.6em; margin-bottom: .2em; }
 h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
 .marker { padding: .05em .45em; border-radius: 4px; color: #fff; font-weight: 700; }
 .marker.pass, td.pass { background: #1a7f37; } .marker.fail, td.fail { background: #cf222e; }
-.marker.error, td.error { background: #6e7781; }
+.marker.error, td.error { background: #6e7781; } .marker.probe { background: #9a6700; }
 td.pass, td.fail, td.error { color: #fff; font-weight: 700; }
 table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
 th, td { border: 1px solid #d0d7de; padding: .3em .55em; text-align: left; vertical-align: top; }
@@ -162,7 +163,8 @@ def _task_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def render_html(report: Mapping[str, Any]) -> str:
     rows = check_report(report)
-    marker, sentence = headline(rows)
+    probes = check_probes(report)
+    marker, sentence = headline(rows, probes)
     png = forest_plot_png(rows) if rows else None
     cls = marker.lower()
     parts = [
@@ -181,7 +183,19 @@ def render_html(report: Mapping[str, Any]) -> str:
             f"<p>Equivalence margin ±{100 * float(cfg['margin']):.1f}pp, paired TOST at alpha {float(cfg['alpha']):g}, "
             f"|h| cutoff {float(cfg.get('h_cutoff', 0.1)):g}; D = target − speculative.</p>"
         )
-    parts.append("<h2>Forest plot</h2>")
+    judged = judge_sentence(report)
+    if judged:
+        parts.append(f"<p id='judge'>{_esc(judged)}</p>")
+    if probes:
+        parts.append("<h2>Probes (speculative arm alone: rates, never a verdict)</h2><table id='probes'>")
+        parts.append("<tr>" + "".join(f"<th>{h}</th>" for h in ("Task", "n", "Speculative", "95% Wilson CI", "Count")) + "</tr>")
+        for r in probes:
+            rate, ci, count = probe_cells(r)
+            parts.append(f"<tr><td>{_esc(label(r))}</td><td class='num'>{r['n']}</td><td class='num'>{rate}</td>"
+                         f"<td class='nowrap'>{_esc(ci)}</td><td>{_esc(count)}</td></tr>")
+        parts.append("</table>")
+    if rows:
+        parts.append("<h2>Forest plot</h2>")
     if png is not None:
         data = base64.b64encode(png).decode("ascii")
         parts.append(
@@ -190,8 +204,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         )
     elif rows:
         parts.append(f"<p class='note' id='plot-missing'>{_esc(PLOT_MISSING_NOTE)}</p>")
-    parts.append("<h2>Tasks</h2>")
-    parts += _task_table(rows)
+    if rows or not probes:
+        parts.append("<h2>Tasks</h2>")
+        parts += _task_table(rows)
     weak = [r for r in rows if r["status"] != "error" and r.get("underpowered")]
     if weak:
         parts.append("<h2>Underpowered tasks</h2><ul id='underpowered'>")
