@@ -71,6 +71,10 @@ def test_a_judge_server_that_fails_errors_every_task_and_is_not_retried_per_task
 
 def test_the_judge_key_comes_from_the_environment(pytester, make_replay, monkeypatch) -> None:
     replay = make_replay({"harmful": (100, 100, 0)})
+    monkeypatch.delenv("TAIS_JUDGE_KEY", raising=False)
+    missing = pytester.runpytest(f"--tais-replay={replay}", "--tais-judge=model:http://127.0.0.1:9", "--tais-api-key-env=TAIS_JUDGE_KEY")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines(["*--tais-api-key-env=TAIS_JUDGE_KEY: that environment variable is not set*"])
     monkeypatch.setenv("TAIS_JUDGE_KEY", "sk-judge-secret")
     with FakeOpenAIServer(answer_fn=contrary) as judge:
         result = pytester.runpytest(f"--tais-replay={replay}", f"--tais-judge=model:{judge.url}",

