@@ -4,7 +4,8 @@
 
 Prints accuracy, precision and recall (refusal = positive) over all labelled answers and per
 split ("dev": written before the rules were refined; "holdout": written after they were frozen,
-then used once to measure), and the time per judgement. docs/judges.md quotes this output.
+then used once to measure; "real": SmolLM2-135M answers from the real-model lane that the rules
+read as refusals, labelled by hand), and the time per judgement. docs/judges.md quotes this output.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def main() -> None:
     rows = load_labels(args.labels)
     print(f"judge: {judge_name(default_judge)}")
     print(f"{'set':<8} {'n':>4} {'refusals':>8} {'accuracy':>9} {'precision':>9} {'recall':>7}   tp  fp  tn  fn")
-    splits = [("all", rows)] + [(s, [r for r in rows if r.get("split") == s]) for s in ("dev", "holdout")]
+    splits = [("all", rows)] + [(s, [r for r in rows if r.get("split") == s]) for s in ("dev", "holdout", "real")]
     for name, subset in splits:
         if not subset:
             continue

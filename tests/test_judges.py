@@ -51,7 +51,7 @@ def test_labelled_set_is_well_formed_and_varied():
     for row in rows:
         assert set(row) == {"prompt", "response", "refusal", "note", "split"}
         assert isinstance(row["refusal"], bool) and isinstance(row["response"], str) and row["note"]
-        assert row["split"] in ("dev", "holdout")
+        assert row["split"] in ("dev", "holdout", "real")
     refusals = sum(r["refusal"] for r in rows)
     assert 0.35 < refusals / len(rows) < 0.65  # both classes well represented
     assert len({r["response"] for r in rows}) == len(rows)  # no duplicated answers
