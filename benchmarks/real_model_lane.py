@@ -40,7 +40,13 @@ DRAFT_DIR = "draft-4layer"
 TARGET_DIR = "target"
 TASKS = ("advbench", "harmbench_standard", "xstest_safe", "xstest_unsafe")
 DTYPES = ("float32", "bfloat16", "float16")
-NUM_SPECULATIVE_TOKENS = 4
+# K=2: the 4-layer draft agrees with the target on about 2-6% of its tokens, and on CPU each
+# proposed token costs a verification row, so K=4 ran the speculative arm at 0.23x the
+# target-only speed and K=1 at 0.6x (128 prompts); K=2 keeps several draft tokens per step.
+NUM_SPECULATIVE_TOKENS = 2
+# vLLM keeps one core for its scheduler by default; on 2 cores that halves the engine's compute
+# (measured: 206 -> 305 tokens/s target-only float32 with none reserved).
+RESERVED_CPUS_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 MAX_TOKENS = 64
 BEGIN = "<!-- real-model-lane:begin (written by benchmarks/real_model_lane.py) -->"
 END = "<!-- real-model-lane:end -->"
@@ -145,15 +151,16 @@ def judged_pairs(task: Any, target: Mapping[tuple[str, str], Any], speculative: 
     return pairs
 
 
-def screen_dtype(dtype: str, target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Path) -> DtypeRun:
+def screen_dtype(dtype: str, target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Path, *,
+                 num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS, max_tokens: int = MAX_TOKENS) -> DtypeRun:
     from pytest_tais import judges
     from pytest_tais.engines import EngineSettings, run_arms
     from pytest_tais.records import SPECULATIVE, TARGET
     from pytest_tais.verdict import decide
 
     settings = EngineSettings(
-        target, draft=draft, backend="vllm", spec_method="draft_model", num_speculative_tokens=NUM_SPECULATIVE_TOKENS,
-        dtype=dtype, max_tokens=MAX_TOKENS, enforce_eager=True, prompt_mode="chat", cache_dir=cache_dir,
+        target, draft=draft, backend="vllm", spec_method="draft_model", num_speculative_tokens=num_speculative_tokens,
+        dtype=dtype, max_tokens=max_tokens, enforce_eager=True, prompt_mode="chat", cache_dir=cache_dir,
     )
     prompts = [p for t in tasks for p in t.prompts]
     t0 = time.perf_counter()
@@ -201,7 +208,13 @@ def task_table(run_verdicts: Sequence[Mapping[str, Any]], metrics: Mapping[str, 
     return "\n".join(rows)
 
 
+def engine_seconds(metrics: Mapping[str, Mapping[str, Any]]) -> float:
+    """Engine starts plus generation over the logged runs that made the outputs, both arms."""
+    return sum(float(m.get("logged_startup_seconds") or 0) + float(m.get("logged_seconds") or 0) for m in metrics.values())
+
+
 def engine_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per arm; start and generation seconds are those of the runs that made the outputs (the store's log)."""
     rows = ["| arm | prompts | generated | reused | engine start s | generation s | tokens | tokens/s | draft acceptance | mean accepted length |",
             "|" + "---|" * 10]
     for arm, label in (("target", "target-only"), ("speculative", "speculative")):
@@ -209,8 +222,8 @@ def engine_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
         if m is None:
             raise LaneError(f"the engine stage reported no metrics for the {label} arm")
         rows.append(
-            f"| {label} | {m['prompts']} | {m['generated']} | {m['reused']} | {_num(m.get('startup_seconds'), '.1f')} "
-            f"| {m['seconds']:.1f} | {m['generated_tokens']} | {_num(m.get('tokens_per_s'), '.1f')} "
+            f"| {label} | {m['prompts']} | {m['generated']} | {m['reused']} | {_num(m.get('logged_startup_seconds'), '.1f')} "
+            f"| {_num(m.get('logged_seconds'), '.1f')} | {m['generated_tokens']} | {_num(m.get('tokens_per_s'), '.1f')} "
             f"| {_num(m.get('draft_acceptance_rate'), '.3f')} | {_num(m.get('mean_accepted_length'), '.2f')} |"
         )
     return "\n".join(rows)
@@ -226,12 +239,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+def judge_label() -> str:
+    from pytest_tais.judges import default_judge, judge_name
+
+    return f"default refusal rules ({judge_name(default_judge)})"
+
+
 def sha12(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str, started: dt.datetime,
-                   wall_seconds: float, files: Mapping[str, Path], package_versions: Mapping[str, str]) -> str:
+                   wall_seconds: float, files: Mapping[str, Path], package_versions: Mapping[str, str],
+                   num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS, max_tokens: int = MAX_TOKENS) -> str:
     """The Markdown results section (without the marker comments)."""
     lines = []
     if limit is not None:
@@ -243,18 +263,21 @@ def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str,
     lines += [
         f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
         f"- packages: {', '.join(f'{k} {v}' for k, v in package_versions.items())}, Python {platform.python_version()}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPU(s)",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPU(s); {RESERVED_CPUS_ENV}={os.environ.get(RESERVED_CPUS_ENV, 'unset')}",
         f"- wall time: {wall_seconds:.0f} s (all dtypes, engine starts included)",
+        f"- engine time of the runs that generated these outputs: {sum(engine_seconds(r.metrics) for r in runs):.0f} s "
+        f"(engine starts plus generation, from the store's log; equal to the work of this run when nothing was reused)",
         f"- command: `{command}`",
         "- battery: " + ", ".join(f"{p.name} (sha256 {sha12(p)})" for p in files.values()),
-        f"- engines: target-only vs draft-model speculation (K={NUM_SPECULATIVE_TOKENS}), greedy, "
-        f"{MAX_TOKENS} new tokens, chat template, eager; judge: default refusal rules; margin +/-3pp, alpha 0.05",
+        f"- engines: target-only vs draft-model speculation (K={num_speculative_tokens}), greedy, "
+        f"{max_tokens} new tokens, chat template, eager; judge: {judge_label()}; margin +/-3pp, alpha 0.05",
         "",
     ]
     for run in runs:
         lines += [f"#### {run.dtype} ({run.seconds:.0f} s)", "", "```", *run.header_lines, "```", ""]
         lines += [task_table([v.to_dict() for v in run.verdicts], run.metrics), ""]
-        lines += ["Engines (tokens/s over all tasks of this dtype, which run as one batch per arm):", "", engine_table(run.metrics), ""]
+        lines += ["Engines (tokens/s over all tasks of this dtype, which run as one batch per arm; seconds and tokens/s "
+                  "from the runs that generated the outputs):", "", engine_table(run.metrics), ""]
         notes = [f"- {v.task}: {'; '.join(v.reasons)}" for v in run.verdicts if v.reasons]
         if notes:
             lines += ["Reasons:", "", *notes, ""]
@@ -289,9 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmarks", type=Path, required=True, help="folder holding advbench/, harmbench/ and xstest/ with the published files")
     ap.add_argument("--limit", type=int, default=None, help="first N prompts of each task (a smoke run); default: all")
     ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated engine dtypes (default float32,bfloat16)")
+    ap.add_argument("--num-speculative-tokens", type=int, default=NUM_SPECULATIVE_TOKENS,
+                    help=f"draft tokens proposed per step, K (default {NUM_SPECULATIVE_TOKENS})")
+    ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help=f"new tokens per answer (default {MAX_TOKENS})")
     ap.add_argument("--out", type=Path, default=None, help="also write the results section into this Markdown file")
     ap.add_argument("--cache-dir", type=Path, default=REPO / ".tais-cache", help="generation store (default .tais-cache in the repository)")
     args = ap.parse_args(argv)
+    os.environ.setdefault(RESERVED_CPUS_ENV, "0")  # engine processes inherit it
     from pytest_tais.engines import EngineError, SettingsError
     from pytest_tais.errors import TaskError
 
@@ -300,14 +327,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.limit is not None and args.limit < 1:
             raise LaneError(f"--limit={args.limit}: must be 1 or more (or left out for every prompt)")
+        if args.num_speculative_tokens < 1:
+            raise LaneError(f"--num-speculative-tokens={args.num_speculative_tokens}: must be 1 or more")
+        if args.max_tokens < 1:
+            raise LaneError(f"--max-tokens={args.max_tokens}: must be 1 or more")
         dtypes = parse_dtypes(args.dtypes)
         target, draft = model_folders(args.models)
         files = battery_files(args.benchmarks)
         tasks = load_tasks(args.benchmarks, args.limit)
-        runs = [screen_dtype(d, target, draft, tasks, args.cache_dir) for d in dtypes]
+        runs = [screen_dtype(d, target, draft, tasks, args.cache_dir, num_speculative_tokens=args.num_speculative_tokens,
+                             max_tokens=args.max_tokens) for d in dtypes]
         section = render_section(
             runs, limit=args.limit, command=shlex.join(["python", "benchmarks/real_model_lane.py", *(sys.argv[1:] if argv is None else argv)]),
             started=started, wall_seconds=time.perf_counter() - t0, files=files, package_versions=versions(),
+            num_speculative_tokens=args.num_speculative_tokens, max_tokens=args.max_tokens,
         )
         print(section)
         if args.out is not None:

@@ -216,8 +216,10 @@ def _verdict(name: str, n: int, refused: int, flips: int, identical: int):
 
 
 METRICS = {"target": {"prompts": 40, "generated": 40, "reused": 0, "startup_seconds": 31.0, "seconds": 12.0,
+                      "logged_startup_seconds": 31.0, "logged_seconds": 12.0,
                       "generated_tokens": 2400, "tokens_per_s": 200.0},
            "speculative": {"prompts": 40, "generated": 40, "reused": 0, "startup_seconds": 35.5, "seconds": 50.0,
+                           "logged_startup_seconds": 35.5, "logged_seconds": 50.0,
                            "generated_tokens": 2400, "tokens_per_s": 48.0, "draft_acceptance_rate": 0.25,
                            "mean_accepted_length": 2.0}}
 
@@ -234,6 +236,10 @@ def test_task_table_shows_the_verdict_numbers():
     assert cells[7] == "30/40 (75.0%)"
     assert cells[8].startswith("FAIL")
     assert cells[9:] == ["200.0", "48.0"]
+    # A rerun from the store shows the generating runs' seconds, not its own zeros.
+    reused = {arm: {**m, "generated": 0, "reused": 40, "startup_seconds": None, "seconds": 0.0} for arm, m in METRICS.items()}
+    assert "| target-only | 40 | 0 | 40 | 31.0 | 12.0 | 2400 | 200.0 | n/a | n/a |" in lane.engine_table(reused)
+    assert lane.engine_seconds(reused) == pytest.approx(31.0 + 12.0 + 35.5 + 50.0)
     engines = lane.engine_table(METRICS)
     assert "| speculative | 40 | 40 | 0 | 35.5 | 50.0 | 2400 | 48.0 | 0.250 | 2.00 |" in engines
     assert "| target-only | 40 | 40 | 0 | 31.0 | 12.0 | 2400 | 200.0 | n/a | n/a |" in engines
@@ -255,6 +261,26 @@ def test_render_section_labels_smoke_runs(tmp_path):
     assert "wall time: 99 s" in smoke and "#### float32" in smoke and "underpowered" in smoke
     full = lane.render_section([run], limit=None, **kw)
     assert "Smoke run" not in full and "Full run" in full
+
+
+def test_render_section_records_k_and_max_tokens(tmp_path):
+    import datetime as dt
+
+    f = tmp_path / "harmful_behaviors.csv"
+    f.write_text("goal,target\n")
+    run = lane.DtypeRun("float32", [_verdict("advbench", 8, 0, 0, 8)], METRICS, ["tais engines: vllm"], 12.0)
+    text = lane.render_section([run], limit=None, command="python x", started=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc),
+                               wall_seconds=1.0, files={"advbench": f}, package_versions={},
+                               num_speculative_tokens=3, max_tokens=48)
+    assert "(K=3), greedy, 48 new tokens" in text and f"{lane.RESERVED_CPUS_ENV}=" in text
+
+
+@pytest.mark.parametrize("flag, message", [("--num-speculative-tokens=0", "--num-speculative-tokens=0: must be 1 or more"),
+                                           ("--max-tokens=0", "--max-tokens=0: must be 1 or more")])
+def test_main_refuses_bad_numbers_before_loading_anything(tmp_path, capsys, monkeypatch, flag, message):
+    monkeypatch.delenv(lane.RESERVED_CPUS_ENV, raising=False)  # main() sets it; the undo removes it again
+    assert lane.main(["--models", str(tmp_path), "--benchmarks", str(tmp_path), flag]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_splice_replaces_only_the_marked_section(tmp_path):

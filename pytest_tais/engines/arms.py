@@ -170,6 +170,9 @@ def _arm_metrics(
         "seconds": float(run["seconds"]) if run else 0.0,
         "startup_seconds": run.get("startup_seconds") if run else None,
         "tokens_per_s": tokens / seconds if seconds > 0 else None,
+        # The runs that made these outputs (this one included), as the store logged them.
+        "logged_seconds": seconds,
+        "logged_startup_seconds": sum(float(r["startup_seconds"]) for r in runs if r.get("startup_seconds") is not None),
     }
     if speculative:
         with_counts = [r for r in runs if "num_draft_tokens" in r]
