@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import hashlib
 import importlib.metadata as md
 import os
 import platform
@@ -246,7 +245,9 @@ def judge_label() -> str:
 
 
 def sha12(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    from pytest_tais.records import file_sha256
+
+    return file_sha256(path)[:12]
 
 
 def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str, started: dt.datetime,

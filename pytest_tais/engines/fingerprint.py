@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..records import atomic_write_text
+from ..records import atomic_write_text, file_sha256
 
 # Files that do not decide outputs; everything else at the folder's top level is hashed.
 _SKIP_SUFFIXES = (".md", ".txt.lock", ".lock")
@@ -49,11 +49,7 @@ class HashMemo:
         st = file.stat()
         key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if key not in self._memo:
-            h = hashlib.sha256()
-            with open(file, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            self._memo[key] = h.hexdigest()
+            self._memo[key] = file_sha256(file)
             self._dirty = True
         return self._memo[key]
 
