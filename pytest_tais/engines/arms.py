@@ -152,6 +152,21 @@ def _fill(
     return have, run
 
 
+def fill_arm(
+    store: GenerationStore, memo: HashMemo, settings: EngineSettings, spec: ArmSpec, texts: list[str], progress: bool
+) -> tuple[dict[str, Any], dict[str, StoredOutput], dict[str, Any] | None]:
+    """One arm's outputs for ``texts`` through the store (caller holds its lock): (fingerprint with key, shard, run)."""
+    backend = make_backend(settings, spec, memo)
+    try:
+        fp = backend.fingerprint()
+    except OSError as exc:
+        raise EngineError(f"{ARM_LABELS[spec.arm]} arm: cannot read the model files: {exc}") from exc
+    memo.save()
+    shard = store.shard(fp)
+    stored, run = _fill(store, shard, backend, texts, settings, progress)
+    return {"key": shard.key, **fp}, stored, run
+
+
 def _arm_metrics(
     arm: str, texts: list[str], stored: Mapping[str, StoredOutput], run: Mapping[str, Any] | None,
     starts: int, log: list[dict[str, Any]], key: str, speculative: bool,
@@ -321,15 +336,7 @@ def run_arms(
         with store.lock():
             memo = HashMemo(store.hash_memo_path)
             for arm, arm_text in arm_texts.items():
-                backend = make_backend(settings, specs[arm], memo)
-                try:
-                    fp = backend.fingerprint()
-                except OSError as exc:
-                    raise EngineError(f"{ARM_LABELS[arm]} arm: cannot read the model files: {exc}") from exc
-                memo.save()
-                shard = store.shard(fp)
-                fps[arm] = {"key": shard.key, **fp}
-                stored[arm], runs[arm] = _fill(store, shard, backend, arm_text, settings, progress)
+                fps[arm], stored[arm], runs[arm] = fill_arm(store, memo, settings, specs[arm], arm_text, progress)
             log = store.engine_starts()
     except StoreError as exc:
         raise EngineError(str(exc)) from exc

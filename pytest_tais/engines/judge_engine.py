@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..store import GenerationStore, StoreError, prompt_key
-from .arms import _fill, make_backend, store_dir
+from .arms import fill_arm, store_dir
 from .base import JUDGE, ArmSpec, EngineError
 from .fingerprint import HashMemo, model_identity
 from .settings import EngineSettings, SettingsError
@@ -65,7 +65,6 @@ class JudgeEngine:
         self.settings = settings
         self._shared_dir = shared_dir
         self._progress = progress
-        self.runs: list[dict[str, Any]] = []
         self.identity: str | None = None
         if settings.target is not None:
             # Read-only memo: hashing here must not race a writer holding the store's lock.
@@ -84,16 +83,8 @@ class JudgeEngine:
         try:
             with store.lock():
                 memo = HashMemo(store.hash_memo_path)
-                backend = make_backend(self.settings, ArmSpec(JUDGE, self.settings.target), memo)
-                try:
-                    fp = backend.fingerprint()
-                except OSError as exc:
-                    raise EngineError(f"judge: cannot read the model files: {exc}") from exc
-                memo.save()
-                have, run = _fill(store, store.shard(fp), backend, texts, self.settings, self._progress)
+                _, have, _ = fill_arm(store, memo, self.settings, ArmSpec(JUDGE, self.settings.target), texts, self._progress)
         except StoreError as exc:
             raise EngineError(str(exc)) from exc
-        if run is not None:
-            self.runs.append(run)
         return [have[prompt_key(m)].text for m in messages]
 
