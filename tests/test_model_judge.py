@@ -136,16 +136,20 @@ def test_a_local_judge_model_runs_on_the_hf_engine_and_fails_closed_on_its_answe
 
 @pytest.mark.vllm
 def test_a_local_judge_model_runs_on_vllm_once_and_a_rerun_starts_nothing(pytester, make_replay) -> None:
-    """A replay run has no engines: the judge's model runs on vLLM, once, and its answers are stored."""
+    """A replay run has no engines: the judge's model runs on vLLM, once, and its answers are stored.
+
+    In a subprocess, as the other vLLM plugin tests: vLLM imported into a process where the hf
+    test already ran torch models crashed in garbage collection (a native destructor).
+    """
     replay = make_replay({"harmful": (10, 10, 0), "benign": (10, 0, 0)})
     target = REPO / "fixtures" / "models" / "target"
     cache = pytester.path / "cache"
     args = (f"--tais-replay={replay}", f"--tais-judge=model:{target}", f"--tais-cache-dir={cache}", "-rE")
-    result = pytester.runpytest(*args)
+    result = pytester.runpytest_subprocess(*args)
     result.assert_outcomes(errors=2)  # the bundled target is no judge: its answers are not yes/no
     result.stdout.fnmatch_lines(["*model judge answer*does not start with yes or no*"])
     log = json.loads((cache / "generations" / "engine-starts.json").read_text())
     assert [(r["arm"], r["backend"], r["prompts"], r["status"]) for r in log] == [("judge", "vllm", 20, "ok")]
-    again = pytester.runpytest(*args)
+    again = pytester.runpytest_subprocess(*args)
     again.assert_outcomes(errors=2)
     assert len(json.loads((cache / "generations" / "engine-starts.json").read_text())) == 1
