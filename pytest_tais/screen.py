@@ -135,6 +135,7 @@ class Screen:
         batch = getattr(self.judge, "batch", None)
         if task.metric == "accuracy" or not callable(batch):
             return [self._score(task, p, text, arm) for p, text, arm in items]
+        self.prefetch_judge()
         if self._prefetch_error is not None:
             raise TaskError(self._prefetch_error)
         unique = list(dict.fromkeys((p.text, text) for p, text, _ in items))
@@ -215,8 +216,6 @@ class Screen:
         if any(missing.values()):
             parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {', '.join(ids[:3])})" for arm, ids in missing.items() if ids]
             raise TaskError(f"task {task_name!r}: {'; '.join(parts)}; every prompt must be answered by both arms")
-        if task.metric != "accuracy":
-            self.prefetch_judge()
         # A judge scores (prompt, answer): byte-identical answers get the same score, judged once.
         items = [(p, ga.text, names[0]) for p, ga, _ in matched]
         items += [(p, gb.text, names[1]) for p, ga, gb in matched if gb.text != ga.text]
@@ -276,8 +275,6 @@ class Screen:
             raise TaskError(f"task {task_name!r}: {len(missing)} prompt(s) have no speculative output (e.g. {', '.join(missing[:3])})")
         if out.duplicates.get(task_name):
             raise TaskError(f"task {task_name!r}: duplicate prompt ids in the outputs ({', '.join(sorted(out.duplicates[task_name])[:5])})")
-        if task.metric != "accuracy":
-            self.prefetch_judge()
         flags = self._score_all(task, [(p, arm[(task_name, p.prompt_id)].text, SPECULATIVE) for p in task.prompts])
         n, k = len(flags), sum(flags)
         lo, hi = wilson_interval(k, n)
