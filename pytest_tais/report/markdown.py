@@ -30,6 +30,10 @@ class ReportError(ValueError):
 
 
 # -- checks ------------------------------------------------------------------------------------
+def _finite_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def check_report(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Validate a report dict and return its task rows. Anything unreadable is an error, never a page."""
     if not isinstance(report, Mapping):
@@ -55,7 +59,7 @@ def check_report(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         if status != "error":
             for key in NUMERIC_KEYS:
                 value = row.get(key)
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                if not _finite_number(value):
                     raise ReportError(f"task {name!r}: {key!r} is {value!r}, not a finite number; the row is not a verdict")
             if row.get("h_check") not in ("pass", "fail", "inconclusive"):
                 raise ReportError(f"task {name!r}: h_check {row.get('h_check')!r} is not pass, fail or inconclusive")
@@ -74,7 +78,7 @@ def check_probes(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             raise ReportError(f"report['probes'][{i}] must be a dict with a task name")
         for key in ("n", "count", "rate_speculative"):
             value = row.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not _finite_number(value):
                 raise ReportError(f"probe {row['task']!r}: {key!r} is {value!r}, not a finite number")
         ci = row.get("ci_speculative")
         if not isinstance(ci, (list, tuple)) or len(ci) != 2 or not all(isinstance(x, (int, float)) for x in ci):
