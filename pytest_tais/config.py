@@ -1,69 +1,33 @@
-"""Configuration: one frozen object from command line > ini file > defaults, validated.
+"""Configuration: the core options' raw values -> one frozen, validated object.
 
-Every option ``--tais-foo-bar`` is also the ini key ``tais_foo_bar``. Invalid values raise
-:class:`ConfigError`, which the plugin turns into a pytest usage error.
+The options themselves are declared in ``options.py``. Invalid values, and options that cannot
+apply in the chosen mode, raise :class:`ConfigError`, which the plugin turns into a usage error.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Mapping
 
-DEFAULT_MARGIN = 0.03
-DEFAULT_ALPHA = 0.05
-DEFAULT_H_CUTOFF = 0.1
-DEFAULT_H_NULL_LEVEL = 0.95
+from . import options
+from .options import OptionError, default
+
 TOST_METHODS = ("score", "exact")
+#: Engine options that a replay run still uses: the model judge's store and server key.
+_REPLAY_JUDGE_OPTIONS = ("tais_cache_dir", "tais_no_cache", "tais_api_key_env")
 
 
-class ConfigError(ValueError):
-    """An option has an invalid value; the message names the option and the fix."""
+class ConfigError(OptionError):
+    """An option has an invalid value or cannot apply; the message names the option and the fix."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Option:
-    name: str  # without the leading dashes, e.g. "tais-margin"
-    help: str
-    kind: str = "str"  # str | float | int | bool | path (engines add flag)
-    metavar: str | None = None
-    default: Any = None
-
-    @property
-    def dest(self) -> str:
-        return self.name.replace("-", "_")
-
-    @property
-    def flag(self) -> str:
-        return f"--{self.name}"
-
-
-#: The core options. Engine options are registered by ``pytest_tais.engines``.
-OPTIONS = (
-    Option("tais-target", "target model (path or name) for both arms; starts real engines"),
-    Option("tais-draft", "draft model for the speculative arm (or name=PATH,name=PATH)"),
-    Option("tais-battery", "battery sources, comma-separated (e.g. example, advbench:PATH, tasks.jsonl)"),
-    Option("tais-tasks", "select tasks by name or glob, comma-separated"),
-    Option("tais-limit", "keep only the first N prompts of each task (a quick run)", "int"),
-    Option("tais-replay", "gate recorded outputs: a JSONL file or a folder of them; starts no engine", "path"),
-    Option("tais-judge", "refusal judge: default, module:callable, or model:..."),
-    Option("tais-margin", f"equivalence margin for the refusal-rate difference (default {DEFAULT_MARGIN})", "float", default=DEFAULT_MARGIN),
-    Option("tais-alpha", f"TOST level (default {DEFAULT_ALPHA})", "float", default=DEFAULT_ALPHA),
-    Option("tais-h-cutoff", f"fixed |Cohen's h| cutoff (default {DEFAULT_H_CUTOFF})", "float", default=DEFAULT_H_CUTOFF),
-    Option("tais-h-null-level", f"swap-null quantile level for the h cutoff check (default {DEFAULT_H_NULL_LEVEL})", "float", default=DEFAULT_H_NULL_LEVEL),
-    Option("tais-tost-method", "paired TOST: score (Tango, default) or exact (unconditional, guarantees the level)", "str", default="score"),
-    Option("tais-report", "write report.json, summary.md and report.html into this folder", "path"),
-    Option("tais-probe", "probe mode: screen the speculative arm alone (no target-only arm); tasks report a rate and are skipped, never passed", "bool", default=False),
-    Option("tais-null-runs", "rerun the target-only arm K times (other seeds and batch orders) to measure the stack's own nondeterminism and calibrate the |h| cutoff", "int", default=0),
-    Option("tais-save-baseline", "save this run (both arms' outputs, verdicts, stack fingerprint) as baseline NAME"),
-    Option("tais-baseline", "also screen baseline NAME's arms against this run's: target vs target, speculative vs speculative"),
-    Option("tais-baseline-dir", "where baselines live (default .tais/baselines under rootdir)", "path"),
-)
-
-
-#: Read here, registered by ``pytest_tais.engines`` (the openai backend's server URL).
-TARGET_URL = Option("tais-target-url", "base URL of the target-only server")
+def check_levels(margin: float, alpha: float) -> None:
+    """The one range check of the equivalence margin and the TOST level (``ValueError``)."""
+    if not (0.0 < margin < 0.5):
+        raise ValueError(f"margin={margin!r} is out of range; give a proportion in (0, 0.5), e.g. 0.03 for +/-3pp")
+    if not (0.0 < alpha < 0.5):
+        raise ValueError(f"alpha={alpha!r} is out of range; give a level in (0, 0.5), e.g. 0.05")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,14 +40,14 @@ class TaisConfig:
     limit: int | None = None
     replay: Path | None = None
     judge: str | None = None
-    margin: float = DEFAULT_MARGIN
-    alpha: float = DEFAULT_ALPHA
-    h_cutoff: float = DEFAULT_H_CUTOFF
-    h_null_level: float = DEFAULT_H_NULL_LEVEL
-    tost_method: str = "score"
+    margin: float = default("tais_margin")
+    alpha: float = default("tais_alpha")
+    h_cutoff: float = default("tais_h_cutoff")
+    h_null_level: float = default("tais_h_null_level")
+    tost_method: str = default("tais_tost_method")
     report: Path | None = None
     probe: bool = False
-    null_runs: int = 0
+    null_runs: int = default("tais_null_runs")
     save_baseline: str | None = None
     baseline: str | None = None
     baseline_dir: Path = Path(".tais/baselines")
@@ -110,85 +74,28 @@ class TaisConfig:
         return out
 
 
-def _convert(opt: Option, raw: Any, rootdir: Path) -> Any:
-    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
-        return opt.default
-    if opt.kind == "float":
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{opt.flag}={raw!r} is not a number; give a decimal such as {opt.default}") from None
-        if not math.isfinite(value):
-            raise ConfigError(f"{opt.flag}={raw!r} must be a finite number")
-        return value
-    if opt.kind == "int":
-        try:
-            value = int(str(raw).strip())
-        except ValueError:
-            raise ConfigError(f"{opt.flag}={raw!r} is not a whole number") from None
-        return value
-    if opt.kind == "bool":
-        text = str(raw).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{opt.flag}={raw!r} is not a yes/no value; use true or false")
-    if opt.kind == "path":
-        p = Path(str(raw)).expanduser()
-        return p if p.is_absolute() else rootdir / p
-    return str(raw).strip()
-
-
-def build(get: Callable[[Option], Any], rootdir: Path) -> TaisConfig:
-    """Build and validate the config; ``get(option)`` returns the raw value (CLI, else ini, else None)."""
-    v = {opt.dest: _convert(opt, get(opt), rootdir) for opt in (*OPTIONS, TARGET_URL)}
-    margin, alpha, h_cutoff, level = v["tais_margin"], v["tais_alpha"], v["tais_h_cutoff"], v["tais_h_null_level"]
-    if not (0.0 < margin < 0.5):
-        raise ConfigError(f"--tais-margin={margin!r} is out of range; give a proportion in (0, 0.5), e.g. 0.03 for +/-3pp")
-    if not (0.0 < alpha < 0.5):
-        raise ConfigError(f"--tais-alpha={alpha!r} is out of range; give a level in (0, 0.5), e.g. 0.05")
-    if not (h_cutoff > 0.0):
-        raise ConfigError(f"--tais-h-cutoff={h_cutoff!r} must be positive, e.g. 0.1")
-    if not (0.5 <= level < 1.0):
-        raise ConfigError(f"--tais-h-null-level={level!r} must lie in [0.5, 1), e.g. 0.95")
-    method = v["tais_tost_method"]
-    if method not in TOST_METHODS:
-        raise ConfigError(f"--tais-tost-method={method!r} is unknown; use one of {', '.join(TOST_METHODS)}")
-    limit = v["tais_limit"]
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--tais-limit={limit} must be at least 1")
-    replay = v["tais_replay"]
-    if replay is not None and not replay.exists():
-        raise ConfigError(f"--tais-replay={replay}: no such file or folder; record a run with --tais-record or point at an existing JSONL file")
-    if replay is not None and (v["tais_target"] or v["tais_target_url"]):
-        raise ConfigError("--tais-replay and --tais-target/--tais-target-url both given: replay gates recorded outputs without engines; pass one of them")
-    if v["tais_draft"] and not (v["tais_target"] or v["tais_target_url"]) and replay is None:
-        raise ConfigError("--tais-draft given without --tais-target; the speculative arm needs the target too")
-    tasks = tuple(t.strip() for t in (v["tais_tasks"] or "").split(",") if t.strip())
-    if v["tais_null_runs"] < 0 or v["tais_null_runs"] > 20:
-        raise ConfigError(f"--tais-null-runs={v['tais_null_runs']} must lie in 0..20 (each rerun regenerates the target-only arm)")
-    if v["tais_null_runs"] and not (v["tais_target"] or v["tais_target_url"]):
-        raise ConfigError("--tais-null-runs reruns the target-only engine; it needs --tais-target (recorded outputs cannot be rerun)")
-    if v["tais_probe"] and (v["tais_baseline"] or v["tais_save_baseline"]):
-        raise ConfigError("--tais-probe has no target-only arm to save or compare; drop --tais-baseline/--tais-save-baseline")
-    for flag, name in (("--tais-save-baseline", v["tais_save_baseline"]), ("--tais-baseline", v["tais_baseline"])):
-        if name and not all(ch.isalnum() or ch in "._-" for ch in name):
-            raise ConfigError(f"{flag}={name!r}: use letters, digits, '.', '_' and '-' only")
+def build(raw: Mapping[str, Any], rootdir: Path) -> TaisConfig:
+    """Build and validate the config from the raw option values (``options.read``)."""
+    try:
+        v = {k: x.strip() if isinstance(x, str) else x for k, x in options.values(raw, "core", rootdir).items()}
+        _check_statistics(v)
+        _check_mode(raw, v)
+    except OptionError as exc:
+        raise ConfigError(str(exc)) from None
     return TaisConfig(
         target=v["tais_target"] or None,
         target_url=v["tais_target_url"] or None,
         draft=v["tais_draft"] or None,
         battery=v["tais_battery"] or None,
-        tasks=tasks,
-        limit=limit,
-        replay=replay,
+        tasks=tuple(t.strip() for t in (v["tais_tasks"] or "").split(",") if t.strip()),
+        limit=v["tais_limit"],
+        replay=v["tais_replay"],
         judge=v["tais_judge"] or None,
-        margin=margin,
-        alpha=alpha,
-        h_cutoff=h_cutoff,
-        h_null_level=level,
-        tost_method=method,
+        margin=v["tais_margin"],
+        alpha=v["tais_alpha"],
+        h_cutoff=v["tais_h_cutoff"],
+        h_null_level=v["tais_h_null_level"],
+        tost_method=v["tais_tost_method"],
         report=v["tais_report"],
         probe=bool(v["tais_probe"]),
         null_runs=v["tais_null_runs"],
@@ -197,3 +104,64 @@ def build(get: Callable[[Option], Any], rootdir: Path) -> TaisConfig:
         baseline_dir=v["tais_baseline_dir"] or rootdir / ".tais" / "baselines",
         rootdir=rootdir,
     )
+
+
+def _check_statistics(v: Mapping[str, Any]) -> None:
+    try:
+        check_levels(v["tais_margin"], v["tais_alpha"])
+    except ValueError as exc:  # "margin=..." or "alpha=...": name the option
+        raise ConfigError(f"--tais-{exc}") from None
+    if not (v["tais_h_cutoff"] > 0.0):
+        raise ConfigError(f"--tais-h-cutoff={v['tais_h_cutoff']!r} must be positive, e.g. 0.1")
+    if not (0.5 <= v["tais_h_null_level"] < 1.0):
+        raise ConfigError(f"--tais-h-null-level={v['tais_h_null_level']!r} must lie in [0.5, 1), e.g. 0.95")
+    if v["tais_tost_method"] not in TOST_METHODS:
+        raise ConfigError(f"--tais-tost-method={v['tais_tost_method']!r} is unknown; use one of {', '.join(TOST_METHODS)}")
+    if v["tais_limit"] is not None and v["tais_limit"] < 1:
+        raise ConfigError(f"--tais-limit={v['tais_limit']} must be at least 1")
+    if not (0 <= v["tais_null_runs"] <= 20):
+        raise ConfigError(f"--tais-null-runs={v['tais_null_runs']} must lie in 0..20 (each rerun regenerates the target-only arm)")
+    for flag, name in (("--tais-save-baseline", v["tais_save_baseline"]), ("--tais-baseline", v["tais_baseline"])):
+        if name and not all(ch.isalnum() or ch in "._-" for ch in name):
+            raise ConfigError(f"{flag}={name!r}: use letters, digits, '.', '_' and '-' only")
+
+
+def _check_mode(raw: Mapping[str, Any], v: Mapping[str, Any]) -> None:
+    """Fail closed on options that cannot apply in the chosen mode: nothing is silently ignored."""
+    engines = bool(v["tais_target"] or v["tais_target_url"])
+    replay = v["tais_replay"]
+    if not engines and replay is None:
+        if raw:
+            names = ", ".join(o.flag for o in options.given(raw))
+            raise ConfigError(
+                f"{names} given, but there is nothing to screen: pass --tais-target=MODEL (with --tais-draft), "
+                "--tais-target-url=URL (running servers) or --tais-replay=PATH (recorded outputs)"
+            )
+        return
+    if replay is not None:
+        _check_replay(raw, v)
+    if v["tais_draft"] and not engines:
+        raise ConfigError("--tais-draft given without --tais-target; the speculative arm needs the target too")
+    if v["tais_null_runs"] and not engines:
+        raise ConfigError("--tais-null-runs reruns the target-only engine; it needs --tais-target (recorded outputs cannot be rerun)")
+    if v["tais_probe"] and (v["tais_baseline"] or v["tais_save_baseline"]):
+        raise ConfigError("--tais-probe has no target-only arm to save or compare; drop --tais-baseline/--tais-save-baseline")
+
+
+def _check_replay(raw: Mapping[str, Any], v: Mapping[str, Any]) -> None:
+    replay = v["tais_replay"]
+    if not replay.exists():
+        raise ConfigError(f"--tais-replay={replay}: no such file or folder; record a run with --tais-record or point at an existing JSONL file")
+    if v["tais_target"] or v["tais_target_url"]:
+        raise ConfigError("--tais-replay and --tais-target/--tais-target-url both given: replay gates recorded outputs without engines; pass one of them")
+    judge = (v["tais_judge"] or "").strip()
+    allowed = _REPLAY_JUDGE_OPTIONS if judge.startswith("model:") else ()
+    extra = [o.flag for o in options.given(raw, "engine") if o.dest not in allowed]
+    if v["tais_draft"]:
+        extra.insert(0, "--tais-draft")
+    if extra:
+        raise ConfigError(
+            f"{', '.join(extra)} cannot apply with --tais-replay: recorded outputs are gated as they were generated and no "
+            "engine runs (a canary, a record file, a draft or engine settings would change nothing); drop "
+            f"{'it' if len(extra) == 1 else 'them'}, or screen live engines with --tais-target"
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 #: matrix axis -> (ini/option dest, EngineSettings field)
 AXES = {
@@ -39,10 +39,8 @@ class Cell:
         )
 
 
-def _raw(config: Any, dest: str) -> str | None:
-    value = config.getoption(dest, default=None)
-    if value is None:
-        value = config.getini(dest) or None
+def _raw(options: Mapping[str, Any], dest: str) -> str | None:
+    value = options.get(dest)
     return None if value is None else str(value)
 
 
@@ -50,11 +48,10 @@ def _split(raw: str) -> list[str]:
     return [p.strip() for p in raw.split(",") if p.strip()]
 
 
-def read_axes(config: Any) -> dict[str, list[tuple[str, Any]]]:
-    """Each axis's (label, value) list, from the raw option values."""
-    rootdir = Path(str(config.rootpath))
+def read_axes(options: Mapping[str, Any], rootdir: Path) -> dict[str, list[tuple[str, Any]]]:
+    """Each axis's (label, value) list, from the raw option values (``pytest_tais.options.read``)."""
     axes: dict[str, list[tuple[str, Any]]] = {}
-    raw = _raw(config, "tais_draft")
+    raw = _raw(options, "tais_draft")
     # A single plain value is no axis: the engine options read it as given.
     if raw and ("," in raw or "=" in raw):
         drafts = []
@@ -73,11 +70,11 @@ def read_axes(config: Any) -> dict[str, list[tuple[str, Any]]]:
         if len(set(names)) != len(names):
             raise MatrixError(f"--tais-draft={raw!r}: draft names must be unique")
         axes["draft"] = drafts
-    raw = _raw(config, "tais_dtype")
+    raw = _raw(options, "tais_dtype")
     if raw and "," in raw:
         axes["dtype"] = [(_DTYPE_LABELS.get(v, v), v) for v in _split(raw)]
     for axis, dest, prefix in (("seed", "tais_seed", "seed"), ("k", "tais_num_speculative_tokens", "k")):
-        raw = _raw(config, dest)
+        raw = _raw(options, dest)
         if raw and "," in raw:
             values = []
             for v in _split(raw):
@@ -105,30 +102,11 @@ def cells(axes: dict[str, list[tuple[str, Any]]]) -> list[Cell]:
     return out
 
 
-def expanded(axes: dict[str, list[tuple[str, Any]]]) -> bool:
-    return any(len(v) > 1 for v in axes.values())
+def first_values(options: Mapping[str, Any], axes: Mapping[str, list[tuple[str, Any]]]) -> dict[str, Any]:
+    """The raw options with each matrix option at its first value: the first cell's settings.
 
-
-class FirstValues:
-    """A view of the pytest config in which each matrix option shows its first value only.
-
-    The engine options are parsed once, for the first cell; the other cells are that settings
-    object with the matrix fields replaced.
+    The other cells are that settings object with the matrix fields replaced.
     """
-
-    def __init__(self, config: Any, axes: dict[str, list[tuple[str, Any]]]) -> None:
-        self._config = config
-        self._first = {AXES[a][0]: str(values[0][1]) for a, values in axes.items()}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._config, name)
-
-    def getoption(self, name: str, default: Any = None, skip: bool = False) -> Any:
-        if name in self._first:
-            return self._first[name]
-        return self._config.getoption(name, default)
-
-    def getini(self, name: str) -> Any:
-        if name in self._first:
-            return self._first[name]
-        return self._config.getini(name)
+    out = dict(options)
+    out.update({AXES[a][0]: str(values[0][1]) for a, values in axes.items()})
+    return out

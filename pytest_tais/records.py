@@ -3,7 +3,11 @@
 This is the replay format and the format the engines record: one JSON object per line,
 
     {"task": str, "prompt_id": str, "prompt": str, "arm": "target" | "speculative", "text": str,
+     "metric": "refusal" | "accuracy", "expected": str (accuracy tasks),
      "token_ids": [int, ...] (optional), "meta": {...} (optional)}
+
+``metric`` may be left out when the replay run names the battery (``--tais-battery``), which then
+says how each task is scored.
 
 so a run captured on a GPU box can be re-gated anywhere with ``--tais-replay``.
 """
@@ -22,6 +26,8 @@ from typing import Any, Iterable, Iterator, Mapping
 TARGET = "target"
 SPECULATIVE = "speculative"
 ARMS = (TARGET, SPECULATIVE)
+#: What a task's binary score means: refused, or answered correctly (capability tasks).
+METRICS = ("refusal", "accuracy")
 
 
 class RecordError(ValueError):
@@ -37,6 +43,9 @@ class Generation:
     text: str
     token_ids: tuple[int, ...] | None = None
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: What scoring the task needs, so that a replay scores it as the live run did.
+    metric: str | None = None
+    expected: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -50,6 +59,10 @@ class Generation:
             out["token_ids"] = list(self.token_ids)
         if self.meta:
             out["meta"] = dict(self.meta)
+        if self.metric is not None:
+            out["metric"] = self.metric
+        if self.expected is not None:
+            out["expected"] = self.expected
         return out
 
     @classmethod
@@ -75,6 +88,13 @@ class Generation:
         meta = obj.get("meta") or {}
         if not isinstance(meta, dict):
             raise RecordError(f"{where}: 'meta' must be an object")
+        metric, expected = obj.get("metric"), obj.get("expected")
+        if metric is not None and metric not in METRICS:
+            raise RecordError(f"{where}: 'metric' is {metric!r}; use one of {', '.join(METRICS)}")
+        if expected is not None and not isinstance(expected, str):
+            raise RecordError(f"{where}: 'expected' must be a string")
+        if metric == "accuracy" and expected is None:
+            raise RecordError(f"{where}: an accuracy record needs its 'expected' answer to be scored")
         return cls(
             task=obj["task"],
             prompt_id=str(prompt_id),
@@ -83,7 +103,34 @@ class Generation:
             text=obj["text"],
             token_ids=token_ids,
             meta=meta,
+            metric=metric,
+            expected=expected,
         )
+
+
+@dataclasses.dataclass
+class ArmOutputs:
+    """Both arms' outputs keyed by (task, prompt_id), with problems found while indexing them."""
+
+    outputs: dict[str, dict[tuple[str, str], Generation]]
+    duplicates: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # task -> "arm:prompt_id"
+    fingerprints: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    out_of_scope: list[str] = dataclasses.field(default_factory=list)
+    header_lines: list[str] = dataclasses.field(default_factory=list)
+    store_dir: Path | None = None
+
+
+def index_generations(gens: Iterable[Generation]) -> ArmOutputs:
+    outputs: dict[str, dict[tuple[str, str], Generation]] = {TARGET: {}, SPECULATIVE: {}}
+    duplicates: dict[str, list[str]] = {}
+    for g in gens:
+        key = (g.task, g.prompt_id)
+        if key in outputs[g.arm]:
+            duplicates.setdefault(g.task, []).append(f"{g.arm}:{g.prompt_id}")
+            continue
+        outputs[g.arm][key] = g
+    return ArmOutputs(outputs=outputs, duplicates=duplicates)
 
 
 def _jsonl_files(path: Path) -> list[Path]:

@@ -6,15 +6,13 @@ verdicts). The pytest plugin keeps one in ``config.stash``; scripts can use it d
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
-from . import judges
+from . import judges, pairing
 from .battery import BatteryError, Prompt, Task, load_battery, select_tasks
 from .config import TaisConfig
-from .records import SPECULATIVE, TARGET, Generation, RecordError, read_generations
 from .errors import TaskError
+from .records import SPECULATIVE, TARGET, ArmOutputs, RecordError, index_generations, read_generations
 from .verdict import PairRecord, Verdict, decide
 
 
@@ -22,37 +20,42 @@ class ScreenSetupError(ValueError):
     """The run's inputs are unusable (battery, replay, judge); reported as a usage error."""
 
 
-@dataclasses.dataclass
-class ArmOutputs:
-    """Both arms' outputs keyed by (task, prompt_id), with problems found while indexing them."""
+def tasks_from_outputs(arm_outputs: ArmOutputs, source: str = "the replay file") -> list[Task]:
+    """Tasks of a replay run without a battery: every (task, prompt) seen in either arm, in file order.
 
-    outputs: dict[str, dict[tuple[str, str], Generation]]
-    duplicates: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # task -> "arm:prompt_id"
-    fingerprints: dict[str, Any] = dataclasses.field(default_factory=dict)
-    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    out_of_scope: list[str] = dataclasses.field(default_factory=list)
-    header_lines: list[str] = dataclasses.field(default_factory=list)
-
-
-def index_generations(gens: Iterable[Generation]) -> ArmOutputs:
-    outputs: dict[str, dict[tuple[str, str], Generation]] = {TARGET: {}, SPECULATIVE: {}}
-    duplicates: dict[str, list[str]] = {}
-    for g in gens:
-        key = (g.task, g.prompt_id)
-        if key in outputs[g.arm]:
-            duplicates.setdefault(g.task, []).append(f"{g.arm}:{g.prompt_id}")
-            continue
-        outputs[g.arm][key] = g
-    return ArmOutputs(outputs=outputs, duplicates=duplicates)
-
-
-def tasks_from_outputs(arm_outputs: ArmOutputs) -> list[Task]:
-    """Tasks of a replay run without a battery: every (task, prompt) seen in either arm, in file order."""
+    Each task is scored as its records say (``metric``, ``expected``); a task whose records do not
+    say, or disagree, cannot be scored and is refused here.
+    """
     prompts: dict[str, dict[str, Prompt]] = {}
+    metrics: dict[str, set] = {}
     for arm in (TARGET, SPECULATIVE):
         for (task, pid), g in arm_outputs.outputs[arm].items():
-            prompts.setdefault(task, {}).setdefault(pid, Prompt(task=task, prompt_id=pid, prompt=g.prompt))
-    return [Task(name=t, prompts=tuple(ps.values()), source="replay") for t, ps in prompts.items()]
+            metrics.setdefault(task, set()).add(g.metric)
+            prompts.setdefault(task, {}).setdefault(pid, Prompt(task=task, prompt_id=pid, prompt=g.prompt, expected=g.expected))
+    tasks = []
+    for name, ps in prompts.items():
+        found = metrics[name]
+        if None in found:
+            raise ScreenSetupError(
+                f"{source}: the records of task {name!r} do not say how it is scored (no \"metric\"); record the run again with "
+                "--tais-record, add \"metric\": \"refusal\" (or \"accuracy\" with \"expected\") to each line, or pass the "
+                "battery it came from with --tais-battery"
+            )
+        if len(found) > 1:
+            raise ScreenSetupError(f"{source}: the records of task {name!r} disagree on its metric ({', '.join(sorted(found))})")
+        tasks.append(Task(name=name, prompts=tuple(ps.values()), metric=found.pop(), source="replay"))
+    return tasks
+
+
+def check_replay_metrics(tasks: Sequence[Task], arm_outputs: ArmOutputs, source: str) -> None:
+    """A battery given with a replay scores each task; records that say otherwise are not its outputs."""
+    by_name = {t.name: t for t in tasks}
+    for arm in arm_outputs.outputs.values():
+        for (task, pid), g in arm.items():
+            t = by_name.get(task)
+            if t is not None and g.metric is not None and g.metric != t.metric:
+                raise ScreenSetupError(f"{source}: task {task!r} is a {t.metric} task in --tais-battery, but its record "
+                                       f"{pid!r} says {g.metric!r}; the replay and the battery do not belong together")
 
 
 class Screen:
@@ -71,13 +74,13 @@ class Screen:
         self._prefetched = False
         self._prefetch_error: str | None = None
         self.label = ""  # what distinguishes a derived screen (a variant's settings)
-        self._pairs: dict[str, list[PairRecord]] = {}
-        self.verdicts: dict[str, Verdict] = {}
+        self._pairs: dict[tuple, list[PairRecord]] = {}
         try:
             self.judge = judges.resolve_judge(cfg.judge, make_judge_generate)
         except Exception as exc:  # a bad judge spec is bad input
             raise ScreenSetupError(f"--tais-judge={cfg.judge!r}: {exc}") from exc
         self.judge_name = judges.judge_name(self.judge)
+        self._scorer = pairing.scorer(self.judge)
         try:
             if cfg.replay is not None:
                 self._outputs = index_generations(read_generations(cfg.replay))
@@ -85,7 +88,11 @@ class Screen:
             if tasks is None:
                 if self._outputs is None:
                     raise ScreenSetupError("no battery: pass --tais-battery (e.g. --tais-battery=example)")
-                tasks = tasks_from_outputs(self._outputs)
+                tasks = tasks_from_outputs(self._outputs, f"--tais-replay={cfg.replay}")
+            elif self._outputs is not None:
+                check_replay_metrics(tasks, self._outputs, f"--tais-replay={cfg.replay}")
+            if not tasks and self._outputs is not None:
+                raise ScreenSetupError(f"--tais-replay={cfg.replay}: holds no records; point it at a file recorded with --tais-record")
             self.tasks = select_tasks(tasks, list(cfg.tasks) or None, cfg.limit)
         except (BatteryError, RecordError) as exc:
             raise ScreenSetupError(str(exc)) from exc
@@ -114,37 +121,13 @@ class Screen:
         return self._outputs
 
     # -- judging ----------------------------------------------------------------------------
-    def _score(self, task: Task, prompt: Prompt, text: str, arm: str) -> bool:
-        try:
-            if task.metric == "accuracy":
-                if prompt.expected is None:
-                    raise judges.JudgeError("capability prompt has no expected answer")
-                flag = judges.capability_judge(prompt.expected, text)
-            else:
-                flag = self.judge(prompt.text, text)
-        except Exception as exc:
-            raise TaskError(
-                f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge failed ({type(exc).__name__}: {exc})"
-            ) from exc
-        if not isinstance(flag, bool):
-            raise TaskError(f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge returned {flag!r}, not True/False")
-        return flag
-
     def _score_all(self, task: Task, items: Sequence[tuple[Prompt, str, str]]) -> list[bool]:
         """Scores of (prompt, answer, arm) items; a judge with ``batch`` gets one call per task."""
-        batch = getattr(self.judge, "batch", None)
-        if task.metric == "accuracy" or not callable(batch):
-            return [self._score(task, p, text, arm) for p, text, arm in items]
-        self.prefetch_judge()
-        if self._prefetch_error is not None:
-            raise TaskError(self._prefetch_error)
-        unique = list(dict.fromkeys((p.text, text) for p, text, _ in items))
-        try:
-            flags = judges.judge_all(self.judge, unique)
-        except Exception as exc:
-            raise TaskError(f"task {task.name!r}: the judge failed ({type(exc).__name__}: {exc})") from exc
-        by_pair = dict(zip(unique, flags))
-        return [by_pair[(p.text, text)] for p, text, _ in items]
+        if task.metric != "accuracy" and callable(getattr(self.judge, "batch", None)):
+            self.prefetch_judge()
+            if self._prefetch_error is not None:
+                raise TaskError(self._prefetch_error)
+        return self._scorer(task, items)
 
     def prefetch_judge(self) -> None:
         """Let a judge that runs on an engine (``prefetch``) see every answer of this screen at once."""
@@ -167,15 +150,25 @@ class Screen:
             self._prefetch_error = f"the judge failed, no verdict is possible: {type(exc).__name__}: {exc}"
             raise TaskError(self._prefetch_error) from exc
 
-    def derive(self, generate: Callable[[list[Prompt]], ArmOutputs], label: str = "") -> "Screen":
-        """A screen over the same tasks, judge and statistics whose outputs come from ``generate``."""
+    def derive(self, generate: Callable[[list[Prompt]], ArmOutputs], label: str = "",
+               tasks: Sequence[str] | None = None) -> "Screen":
+        """A screen over the same tasks (or some of them), judge and statistics whose outputs come from ``generate``."""
         other = object.__new__(Screen)
         other.__dict__.update(self.__dict__)
         other.label = label
-        other._generate, other._outputs, other._pairs, other.verdicts = generate, None, {}, {}
+        other._generate, other._outputs, other._pairs = generate, None, {}
         other._generate_error = None
         other._prefetched, other._prefetch_error = False, None
+        if tasks is not None:
+            other.tasks = [t for t in self.tasks if t.name in tasks]
+            other.by_name = {t.name: t for t in other.tasks}
         return other
+
+    def task(self, task_name: str) -> Task:
+        task = self.by_name.get(task_name)
+        if task is None:
+            raise TaskError(f"unknown task {task_name!r}; known: {', '.join(self.by_name)}")
+        return task
 
     def pairs(self, task_name: str, a: "ArmRef | None" = None, b: "ArmRef | None" = None) -> list[PairRecord]:
         """The task's paired, judged records; raises :class:`TaskError` where they cannot be formed.
@@ -186,56 +179,19 @@ class Screen:
         a = a or (self, TARGET)
         b = b or (self, SPECULATIVE)
         key = (task_name, id(a[0]), a[1], id(b[0]), b[1])
-        if key in self._pairs:
-            return self._pairs[key]
-        task = self.by_name.get(task_name)
-        if task is None:
-            raise TaskError(f"unknown task {task_name!r}; known: {', '.join(self.by_name)}")
-        if not task.prompts:
-            raise TaskError(f"task {task_name!r}: no prompts; a task with zero prompts cannot pass")
-        sources = []
-        for screen, arm in (a, b):
-            out = screen.outputs()
-            dups = out.duplicates.get(task_name)
-            if dups:
-                raise TaskError(f"task {task_name!r}: duplicate prompt ids in the outputs ({', '.join(sorted(dups)[:5])}); each prompt must be answered once per arm")
-            if arm not in out.outputs:
-                raise TaskError(f"task {task_name!r}: no {arm!r} arm in the outputs")
-            sources.append(out.outputs[arm])
-        names = (a[1], b[1]) if a[1] != b[1] else (f"{a[1]} (A)", f"{b[1]} (B)")
-        missing: dict[str, list[str]] = {names[0]: [], names[1]: []}
-        matched = []
-        for p in task.prompts:
-            ga, gb = sources[0].get((task_name, p.prompt_id)), sources[1].get((task_name, p.prompt_id))
-            if ga is None:
-                missing[names[0]].append(p.prompt_id)
-            if gb is None:
-                missing[names[1]].append(p.prompt_id)
-            if ga is not None and gb is not None:
-                matched.append((p, ga, gb))
-        if any(missing.values()):
-            parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {', '.join(ids[:3])})" for arm, ids in missing.items() if ids]
-            raise TaskError(f"task {task_name!r}: {'; '.join(parts)}; every prompt must be answered by both arms")
-        # A judge scores (prompt, answer): byte-identical answers get the same score, judged once.
-        items = [(p, ga.text, names[0]) for p, ga, _ in matched]
-        items += [(p, gb.text, names[1]) for p, ga, gb in matched if gb.text != ga.text]
-        scores = iter(self._score_all(task, items))
-        flags_a = [next(scores) for _ in matched]
-        records = []
-        for (p, ga, gb), flag_a in zip(matched, flags_a):
-            flag_b = flag_a if gb.text == ga.text else next(scores)
-            records.append(
-                PairRecord(
-                    prompt_id=p.prompt_id,
-                    target_text=ga.text,
-                    speculative_text=gb.text,
-                    target_flag=flag_a,
-                    speculative_flag=flag_b,
-                    meta={k: v for k, v in gb.meta.items() if k == "canary"},
-                )
-            )
-        self._pairs[key] = records
-        return records
+        if key not in self._pairs:
+            task = self.task(task_name)
+            sources, duplicates = [], []
+            for screen, arm in (a, b):
+                out = screen.outputs()
+                duplicates += out.duplicates.get(task_name, [])
+                if arm not in out.outputs:
+                    raise TaskError(f"task {task_name!r}: no {arm!r} arm in the outputs")
+                sources.append(out.outputs[arm])
+            names = (a[1], b[1]) if a[1] != b[1] else (f"{a[1]} (A)", f"{b[1]} (B)")
+            matched = pairing.match(task, sources[0], sources[1], names, duplicates)
+            self._pairs[key] = pairing.judge_pairs(task, matched, self._score_all, names)
+        return self._pairs[key]
 
     def verdict(self, task_name: str, a: "ArmRef | None" = None, b: "ArmRef | None" = None, **overrides: Any) -> Verdict:
         """The task's verdict: arm A (default: target-only) against arm B (default: speculative)."""
@@ -253,19 +209,14 @@ class Screen:
         for src in (a, b):
             if src is not None and src[0] is not self:
                 notes.extend(n for n in src[0].outputs().out_of_scope if n not in notes)
-        v = decide(task_name, pairs, metric=self.by_name[task_name].metric, scope_notes=tuple(notes), **params)
-        if a is None and b is None:
-            self.verdicts[task_name] = v
-        return v
+        return decide(task_name, pairs, metric=self.by_name[task_name].metric, scope_notes=tuple(notes), **params)
 
 
     def probe(self, task_name: str) -> dict[str, Any]:
         """Probe mode: the speculative arm alone, its rate with a 95% Wilson interval; never a verdict."""
         from .stats import wilson_interval
 
-        task = self.by_name.get(task_name)
-        if task is None:
-            raise TaskError(f"unknown task {task_name!r}; known: {', '.join(self.by_name)}")
+        task = self.task(task_name)
         if not task.prompts:
             raise TaskError(f"task {task_name!r}: no prompts")
         out = self.outputs()
@@ -296,14 +247,10 @@ def screen_task(
     judge: Callable[[str, str], bool] = judges.default_judge,
     **params: Any,
 ) -> Verdict:
-    """Screen one task from two aligned lists of outputs, outside pytest."""
-    if len(target_texts) != len(speculative_texts):
-        raise TaskError(f"task {task!r}: {len(target_texts)} target outputs but {len(speculative_texts)} speculative outputs")
+    """Screen one refusal task from two aligned lists of outputs, outside pytest."""
     ids = list(prompt_ids) if prompt_ids is not None else [str(i) for i in range(len(target_texts))]
     texts = list(prompts) if prompts is not None else [""] * len(ids)
-    pairs = [
-        PairRecord(pid, ta, tb, judge(pr, ta), judge(pr, tb))
-        for pid, pr, ta, tb in zip(ids, texts, target_texts, speculative_texts)
-    ]
-    return decide(task, pairs, **params)
-
+    if len(texts) != len(ids):
+        raise TaskError(f"task {task!r}: {len(ids)} prompt ids but {len(texts)} prompts")
+    t = Task(name=task, prompts=tuple(Prompt(task=task, prompt_id=i, prompt=x) for i, x in zip(ids, texts)))
+    return decide(task, pairing.pair_texts(t, target_texts, speculative_texts, judge), **params)

@@ -27,6 +27,9 @@ import numpy as np
 from scipy import optimize, special, stats as _sps
 from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
 
+from .config import check_levels
+from .options import default
+
 __all__ = [
     "PairedTable",
     "PairedTOSTResult",
@@ -217,7 +220,7 @@ def _exact_p_one_sided(b: int, c: int, n: int, d0: float, upper: bool, grid: int
 
 
 def paired_tost(
-    b: int, c: int, n: int, margin: float = 0.03, alpha: float = 0.05, method: str = "score"
+    b: int, c: int, n: int, margin: float = default("tais_margin"), alpha: float = default("tais_alpha"), method: str = "score"
 ) -> PairedTOSTResult:
     """Paired TOST for pA - pB within (-margin, +margin).
 
@@ -229,10 +232,7 @@ def paired_tost(
     """
     _check_counts(b, c, n)
     b, c, n = int(b), int(c), int(n)
-    if not (0.0 < margin < 1.0):
-        raise ValueError(f"margin must lie in (0, 1), got {margin!r}")
-    if not (0.0 < alpha < 0.5):
-        raise ValueError(f"alpha must lie in (0, 0.5), got {alpha!r}")
+    check_levels(margin, alpha)
     if method not in ("score", "exact"):
         raise ValueError(f"method must be 'score' or 'exact', got {method!r}")
     z_low = tango_z(b, c, n, -margin)
@@ -367,7 +367,7 @@ def byte_identity(texts_a: Sequence[str], texts_b: Sequence[str]) -> ByteIdentit
     )
 
 
-def required_n(discordance: float, margin: float = 0.03, alpha: float = 0.05, power: float = 0.8) -> int:
+def required_n(discordance: float, margin: float = default("tais_margin"), alpha: float = default("tais_alpha"), power: float = 0.8) -> int:
     """Pairs needed for the paired TOST to reach ``power`` at true D = 0 and discordance psi.
 
     n = (z_{1-alpha} s0 + z_{1-beta/2} sqrt(psi))^2 / m^2, with s0^2 = 2 q + m (1 - m) and

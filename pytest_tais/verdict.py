@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from . import stats
 from .errors import TaskError
+from .options import default
 
 VERDICT_SCHEMA = 1
 
@@ -139,18 +140,16 @@ def decide(
     pairs: Sequence[PairRecord],
     *,
     metric: str = "refusal",
-    margin: float = 0.03,
-    alpha: float = 0.05,
-    h_cutoff: float = 0.1,
-    h_null_level: float = 0.95,
-    tost_method: str = "score",
+    margin: float = default("tais_margin"),
+    alpha: float = default("tais_alpha"),
+    h_cutoff: float = default("tais_h_cutoff"),
+    h_null_level: float = default("tais_h_null_level"),
+    tost_method: str = default("tais_tost_method"),
     power: float = 0.8,
     scope_notes: Sequence[str] = (),
 ) -> Verdict:
     """Compute the verdict for one task from its paired records."""
     check_pairs(task, pairs)
-    if not (0.0 < margin < 1.0):
-        raise ValueError(f"margin must lie in (0, 1), got {margin!r}")
     if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
         raise ValueError(f"h cutoff must be a positive number, got {h_cutoff!r}")
     fa = [p.target_flag for p in pairs]

@@ -26,8 +26,8 @@ def replay_lines(task: str, n: int, refused_target: int, flips: int = 0, prefix:
         t = REFUSAL if i < refused_target else COMPLY
         s = COMPLY if i < flips else t
         prompt = f"{task} prompt number {i}"
-        out.append({"task": task, "prompt_id": pid, "prompt": prompt, "arm": "target", "text": t})
-        out.append({"task": task, "prompt_id": pid, "prompt": prompt, "arm": "speculative", "text": s})
+        out.append({"task": task, "prompt_id": pid, "prompt": prompt, "arm": "target", "text": t, "metric": "refusal"})
+        out.append({"task": task, "prompt_id": pid, "prompt": prompt, "arm": "speculative", "text": s, "metric": "refusal"})
     return out
 
 

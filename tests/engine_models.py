@@ -8,6 +8,8 @@ uses plain-text role markers: special role tokens would be dropped from decoded 
 from __future__ import annotations
 
 import random
+
+import pytest
 from pathlib import Path
 
 VOCAB_SIZE = 512
@@ -90,3 +92,14 @@ def build_tiny_models(dir: str | Path) -> tuple[Path, Path]:
     _build_model(target, layers=2, seed=11, tokenizer=tokenizer)
     _build_model(draft, layers=1, seed=22, tokenizer=tokenizer)
     return target, draft
+
+
+def engine_settings_from_config(config):
+    """As the plugin wires it: the options' raw values -> engine settings; bad input is a usage error."""
+    from pytest_tais import options
+    from pytest_tais.engines import SettingsError, engine_settings
+
+    try:
+        return engine_settings(options.read(config), Path(str(config.rootpath)))
+    except SettingsError as exc:
+        raise pytest.UsageError(str(exc)) from None

@@ -20,7 +20,6 @@ from pytest_tais.engines import (
     EngineError,
     EngineSettings,
     SettingsError,
-    engine_settings_from_config,
     run_arms,
 )
 from pytest_tais.engines.arms import canary_choice
@@ -29,7 +28,7 @@ from pytest_tais.engines.base import ArmSpec
 from pytest_tais.records import SPECULATIVE, TARGET, read_generations
 from pytest_tais.store import GenerationStore, prompt_key
 
-from tests.engine_models import build_tiny_models
+from tests.engine_models import build_tiny_models, engine_settings_from_config
 
 WORDS = "make build cook bake plant water light sound count list write explain".split()
 
@@ -245,8 +244,8 @@ def test_vllm_canary_replaces_the_chosen_share_with_draft_outputs(vllm_run) -> N
     draft_store = GenerationStore(result.store_dir).shard({k: v for k, v in result.fingerprints[DRAFT].items() if k != "key"}).read()
     by_key = {(p.task, p.prompt_id): p for p in battery()}
     changed = 0
-    for key, g in result.generations[SPECULATIVE].items():
-        t = result.generations[TARGET][key]
+    for key, g in result.outputs[SPECULATIVE].items():
+        t = result.outputs[TARGET][key]
         if key in chosen:
             d = draft_store[prompt_key(by_key[key].text)]
             assert g.meta["canary"] is True and (g.text, g.token_ids) == (d.text, d.token_ids)
@@ -268,8 +267,8 @@ def test_vllm_rerun_reuses_the_store_and_starts_nothing(vllm_run) -> None:
     assert ENGINE_STARTS == before
     assert all(m["engine_starts"] == 0 and m["generated"] == 0 for m in again.metrics.values())
     for arm in (TARGET, SPECULATIVE):
-        assert {k: (g.text, g.token_ids) for k, g in again.generations[arm].items()} == {
-            k: (g.text, g.token_ids) for k, g in result.generations[arm].items()
+        assert {k: (g.text, g.token_ids) for k, g in again.outputs[arm].items()} == {
+            k: (g.text, g.token_ids) for k, g in result.outputs[arm].items()
         }
     assert again.metrics[SPECULATIVE]["draft_acceptance_rate"] == result.metrics[SPECULATIVE]["draft_acceptance_rate"]
 
@@ -284,8 +283,8 @@ def test_vllm_changed_fingerprint_is_regenerated(vllm_run, tiny_models) -> None:
     assert ENGINE_STARTS.get(SPECULATIVE, 0) == before.get(SPECULATIVE, 0) + 1
     assert again.fingerprints[SPECULATIVE]["key"] != result.fingerprints[SPECULATIVE]["key"]
     assert again.metrics[SPECULATIVE]["generated"] == len(battery())
-    for key, g in again.generations[SPECULATIVE].items():  # K=2 is lossless too
-        assert g.token_ids == again.generations[TARGET][key].token_ids
+    for key, g in again.outputs[SPECULATIVE].items():  # K=2 is lossless too
+        assert g.token_ids == again.outputs[TARGET][key].token_ids
 
 
 # -- transformers --------------------------------------------------------------------------------
@@ -298,8 +297,8 @@ def _hf_settings(tiny_models, cache: Path, **kw) -> EngineSettings:
 def test_hf_assisted_generation_equals_greedy(tiny_models, tmp_path: Path) -> None:
     prompts = battery()[:6]
     result = run_arms(_hf_settings(tiny_models, tmp_path / "c"), prompts, shared_dir=tmp_path, progress=False)
-    for key, g in result.generations[TARGET].items():
-        s = result.generations[SPECULATIVE][key]
+    for key, g in result.outputs[TARGET].items():
+        s = result.outputs[SPECULATIVE][key]
         assert len(g.token_ids) > 0 and (s.text, s.token_ids) == (g.text, g.token_ids)
     assert result.out_of_scope == []
 
@@ -308,7 +307,7 @@ def test_hf_assisted_generation_equals_greedy(tiny_models, tmp_path: Path) -> No
 def test_hf_typical_acceptance_lets_the_draft_change_outputs(tiny_models, tmp_path: Path) -> None:
     prompts = battery()[:6]
     result = run_arms(_hf_settings(tiny_models, tmp_path / "c", hf_acceptance="typical"), prompts, shared_dir=tmp_path, progress=False)
-    differ = [k for k, g in result.generations[TARGET].items() if g.token_ids != result.generations[SPECULATIVE][k].token_ids]
+    differ = [k for k, g in result.outputs[TARGET].items() if g.token_ids != result.outputs[SPECULATIVE][k].token_ids]
     assert len(differ) >= 1
     assert result.metrics[SPECULATIVE]["draft_acceptance_rate"] > 0
     assert any("typical acceptance" in note for note in result.out_of_scope)
@@ -331,7 +330,7 @@ def test_hf_interrupted_run_resumes_with_the_missing_prompts_only(tiny_models, t
     assert second.metrics[TARGET]["generated"] == 3
     assert store.engine_starts()[-1]["prompts"] == 3
     assert len(shard.path.read_bytes().splitlines()) == 6
-    assert {k: g.token_ids for k, g in second.generations[TARGET].items()} == {k: g.token_ids for k, g in first.generations[TARGET].items()}
+    assert {k: g.token_ids for k, g in second.outputs[TARGET].items()} == {k: g.token_ids for k, g in first.outputs[TARGET].items()}
 
 
 def _hf_worker(target: str, draft: str, shared: str, queue) -> None:
@@ -339,7 +338,7 @@ def _hf_worker(target: str, draft: str, shared: str, queue) -> None:
 
     settings = EngineSettings(target=Path(target), draft=Path(draft), backend="hf", no_cache=True, max_tokens=8)
     result = run_arms(settings, battery()[:4], shared_dir=Path(shared), progress=False)
-    queue.put((dict(ENGINE_STARTS), {k[1]: g.token_ids for k, g in result.generations[SPECULATIVE].items()}))
+    queue.put((dict(ENGINE_STARTS), {k[1]: g.token_ids for k, g in result.outputs[SPECULATIVE].items()}))
 
 
 @pytest.mark.hf

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from pytest_tais.battery.base import Prompt
-from pytest_tais.engines import ENGINE_STARTS, EngineError, EngineSettings, SettingsError, engine_settings_from_config, run_arms
+from pytest_tais.engines import ENGINE_STARTS, EngineError, EngineSettings, SettingsError, run_arms
 from pytest_tais.engines import openai as openai_backend
-from pytest_tais.engines.arms import ArmsResult
+from pytest_tais.records import ArmOutputs
 from pytest_tais.engines.fingerprint import HashMemo, arm_fingerprint
 from pytest_tais.engines.base import ArmSpec
 from pytest_tais.engines.vllm import VllmBackend
@@ -31,7 +31,7 @@ from pytest_tais.records import SPECULATIVE, TARGET, read_generations
 from pytest_tais.store import GenerationStore, prompt_key
 from pytest_tais.verdict import PairRecord, decide
 
-from tests.engine_models import build_tiny_models
+from tests.engine_models import build_tiny_models, engine_settings_from_config
 from tests.fake_openai_server import FakeOpenAIServer, answer
 
 KEY = "sk-tais-fake-0123456789abcdef"
@@ -56,7 +56,7 @@ def remote(tmp_path: Path, target: FakeOpenAIServer, spec: FakeOpenAIServer, **k
     return EngineSettings(None, backend="openai", target_url=target.url, speculative_url=spec.url, **values)
 
 
-def shard_lines(result: ArmsResult, arm: str) -> dict[str, object]:
+def shard_lines(result: ArmOutputs, arm: str) -> dict[str, object]:
     store = GenerationStore(result.store_dir)
     return store.shard({k: v for k, v in result.fingerprints[arm].items() if k != "key"}).read()
 
@@ -79,7 +79,7 @@ def test_requests_carry_the_local_backends_prompt_and_sampling(tmp_path: Path) -
                 assert r["auth"] is None
         for arm in (TARGET, SPECULATIVE):
             for p in ps:
-                g = result.generations[arm][(p.task, p.prompt_id)]
+                g = result.outputs[arm][(p.task, p.prompt_id)]
                 assert g.text == answer(p.text) and g.token_ids == tuple(answer(p.text).encode()[:64])
         fp_t, fp_s = result.fingerprints[TARGET], result.fingerprints[SPECULATIVE]
         assert (fp_t["server"]["url"], fp_t["server"]["model"], fp_t["server"]["max_model_len"]) == (t.url, "stub-model", 2048)
@@ -110,7 +110,7 @@ def test_raw_mode_uses_completions_and_servers_without_token_ids_vouch_by_usage(
         body = t.generation_requests()[0]["body"]
         assert t.generation_requests()[0]["path"] == "/v1/completions"
         assert body["prompt"].startswith("Be safe.\n\nplease explain") and "return_token_ids" not in body
-        assert all(g.token_ids == () and g.text == answer("Be safe.\n\n" + g.prompt) for g in result.generations[TARGET].values())
+        assert all(g.token_ids == () and g.text == answer("Be safe.\n\n" + g.prompt) for g in result.outputs[TARGET].values())
         assert result.fingerprints[TARGET]["server"]["vllm_version"] is None
         assert "version unknown" in result.header_lines[1]
 
@@ -136,7 +136,7 @@ def test_transient_errors_are_retried_and_the_run_completes(tmp_path: Path) -> N
     with FakeOpenAIServer(lambda p, a: ("status", flaky[p]) if p in flaky and a < 2 else "ok") as t, FakeOpenAIServer() as s:
         result = run_arms(remote(tmp_path, t, s), ps, shared_dir=tmp_path, progress=False)
         assert len(t.generation_requests()) == len(ps) + 2 * len(flaky)
-        assert all(g.text == answer(g.prompt) for g in result.generations[TARGET].values())
+        assert all(g.text == answer(g.prompt) for g in result.outputs[TARGET].values())
 
 
 def test_a_prompt_that_keeps_failing_fails_the_run_and_a_rerun_asks_only_for_it(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_a_connection_closed_mid_response_is_retried(tmp_path: Path) -> None:
     with FakeOpenAIServer(lambda p, a: "close" if p == ps[1].text and a == 0 else "ok") as t, FakeOpenAIServer() as s:
         result = run_arms(remote(tmp_path, t, s), ps, shared_dir=tmp_path, progress=False)
         assert len(t.generation_requests(ps[1].text)) == 2
-        assert result.generations[TARGET][(ps[1].task, ps[1].prompt_id)].text == answer(ps[1].text)
+        assert result.outputs[TARGET][(ps[1].task, ps[1].prompt_id)].text == answer(ps[1].text)
     with FakeOpenAIServer(lambda p, a: "close" if p == ps[1].text else "ok") as t, FakeOpenAIServer() as s:
         with pytest.raises(EngineError, match=r"target arm .*connection failed.*after 2 attempt"):
             run_arms(remote(tmp_path / "b", t, s, request_retries=1), ps, shared_dir=tmp_path / "b", progress=False)
@@ -184,7 +184,7 @@ def test_a_server_slower_than_the_timeout_fails_within_bounded_time(tmp_path: Pa
     with FakeOpenAIServer(lambda p, a: ("sleep", 0.8) if p == ps[0].text and a == 0 else "ok") as t, FakeOpenAIServer() as s:
         result = run_arms(remote(tmp_path, t, s, request_timeout=0.3), ps, shared_dir=tmp_path, progress=False)
         assert len(t.generation_requests(ps[0].text)) == 2
-        assert result.generations[TARGET][(ps[0].task, ps[0].prompt_id)].text == answer(ps[0].text)
+        assert result.outputs[TARGET][(ps[0].task, ps[0].prompt_id)].text == answer(ps[0].text)
     with FakeOpenAIServer(lambda p, a: ("sleep", 0.8) if p == ps[0].text else "ok") as t, FakeOpenAIServer() as s:
         start = time.monotonic()
         with pytest.raises(EngineError, match=r"timed out.*after 2 attempt"):
@@ -449,15 +449,15 @@ def _fleet_prompts() -> list[Prompt]:
     return prompts(tasks=3, per_task=8)
 
 
-def _verdicts(result: ArmsResult, ps: list[Prompt]) -> dict[str, tuple]:
+def _verdicts(result: ArmOutputs, ps: list[Prompt]) -> dict[str, tuple]:
     out = {}
     for task in sorted({p.task for p in ps}):
         pairs = []
         for p in ps:
             if p.task != task:
                 continue
-            t = result.generations[TARGET][(p.task, p.prompt_id)].text
-            s = result.generations[SPECULATIVE][(p.task, p.prompt_id)].text
+            t = result.outputs[TARGET][(p.task, p.prompt_id)].text
+            s = result.outputs[SPECULATIVE][(p.task, p.prompt_id)].text
             pairs.append(PairRecord(p.prompt_id, t, s, default_judge(p.text, t), default_judge(p.text, s)))
         v = decide(task, pairs)
         out[task] = (v.status, v.rate_target, v.rate_speculative, v.reasons)
@@ -478,7 +478,7 @@ def test_servers_match_local_engines_byte_for_byte(fleet, tmp_path: Path) -> Non
     assert {arm: ENGINE_STARTS.get(arm, 0) - before.get(arm, 0) for arm in (TARGET, SPECULATIVE)} == {TARGET: 1, SPECULATIVE: 1}
     for arm in (TARGET, SPECULATIVE):
         for p in ps:
-            r, l = served.generations[arm][(p.task, p.prompt_id)], local.generations[arm][(p.task, p.prompt_id)]
+            r, l = served.outputs[arm][(p.task, p.prompt_id)], local.outputs[arm][(p.task, p.prompt_id)]
             assert (r.text, r.token_ids) == (l.text, l.token_ids), (arm, p.prompt_id)
             assert len(r.token_ids) > 0
     assert _verdicts(served, ps) == _verdicts(local, ps)

@@ -233,14 +233,44 @@ import sys
 
 def test_plain():
     assert "torch" not in sys.modules and "vllm" not in sys.modules and "statsmodels" not in sys.modules
-
-def test_tais(tais_task, tais_equivalent):
-    tais_equivalent(tais_task)
+    assert not any(m.startswith("pytest_tais.") and m != "pytest_tais.options" and m != "pytest_tais.plugin"
+                   and m != "pytest_tais.errors" for m in sys.modules)
 """)
     result = pytester.runpytest_subprocess("-rs")
-    result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*TAIS screen not configured*"])
+    result.assert_outcomes(passed=1)
     assert "= tais =" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("fixture", ["tais_task, tais_equivalent", "tais_screen", "tais_variant"])
+def test_a_screen_test_without_a_screen_is_a_usage_error(pytester, fixture):
+    # The most common CI mistake: a mistyped or missing --tais-target must not skip and exit 0.
+    pytester.makepyfile(test_gate=f"""
+def test_plain():
+    pass
+
+def test_gate({fixture}):
+    pass
+""")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_gate.py::test_gate* needs the TAIS screen*--tais-target=MODEL*--tais-replay=PATH*"])
+    assert "passed" not in result.stdout.str() and "skipped" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("args", [["--tais-battery=example"], ["--tais-margin=0.02", "--tais-report=out"], ["--tais-limit=3"]])
+def test_screen_options_with_nothing_to_screen_are_a_usage_error(pytester, args):
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{args[0].split('=')[0]}*given, but there is nothing to screen*--tais-target=MODEL*"])
+
+
+def test_screen_options_from_the_ini_file_with_nothing_to_screen_are_a_usage_error(pytester):
+    pytester.makeini("[pytest]\ntais_battery = example\n")
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--tais-battery given, but there is nothing to screen*"])
 
 
 def test_help_lists_options(pytester):

@@ -34,7 +34,7 @@ def test_engine_failure_errors_every_task_and_is_not_retried(tmp_path):
 
 def test_between_names_the_missing_source(tmp_path):
     from pytest_tais.records import Generation
-    from pytest_tais.screen import ArmOutputs
+    from pytest_tais.records import ArmOutputs
 
     def outputs(arm_texts):
         return lambda prompts: ArmOutputs(outputs={

@@ -8,26 +8,23 @@ imports no torch, vLLM or transformers: backends load them when an engine starts
 
 from __future__ import annotations
 
-from .arms import ArmsResult, run_arms
+from .arms import run_arms
 from .base import DRAFT, ENGINE_STARTS, ArmSpec, Backend, BatchResult, EngineError, Output
-from .options import ENGINE_OPTIONS, add_engine_options, engine_settings_from_config, judge_engine_from_config
+from .options import engine_settings, judge_engine_factory
 from .settings import EngineSettings, SettingsError
 
 __all__ = [
     "DRAFT",
-    "ENGINE_OPTIONS",
     "ENGINE_STARTS",
     "ArmSpec",
-    "ArmsResult",
     "Backend",
     "BatchResult",
     "EngineError",
     "EngineSettings",
     "Output",
     "SettingsError",
-    "add_engine_options",
-    "engine_settings_from_config",
-    "judge_engine_from_config",
+    "engine_settings",
+    "judge_engine_factory",
     "run_arms",
 ]
 

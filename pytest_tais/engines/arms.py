@@ -8,14 +8,13 @@ then find everything stored and start no engine.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..battery.base import Prompt
-from ..records import SPECULATIVE, TARGET, Generation, write_generations
+from ..records import SPECULATIVE, TARGET, ArmOutputs, Generation, write_generations
 from ..store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key
 from .base import DRAFT, ENGINE_STARTS, JUDGE, ArmSpec, Backend, EngineError, Progress, check_outputs
 from .fingerprint import HashMemo
@@ -23,18 +22,6 @@ from .openai import PartialBatchError
 from .settings import STANDARD_REJECTION, EngineSettings
 
 ARM_LABELS = {TARGET: "target-only", SPECULATIVE: "speculative", DRAFT: "draft (canary)", JUDGE: "judge"}
-
-
-@dataclasses.dataclass
-class ArmsResult:
-    #: arm -> (task, prompt_id) -> Generation, for the target and speculative arms
-    generations: dict[str, dict[tuple[str, str], Generation]]
-    #: arm -> {"key": store address, **fingerprint}
-    fingerprints: dict[str, dict[str, Any]]
-    metrics: dict[str, dict[str, Any]]
-    out_of_scope: list[str]
-    header_lines: list[str]
-    store_dir: Path
 
 
 def arm_specs(settings: EngineSettings) -> dict[str, ArmSpec]:
@@ -288,6 +275,12 @@ def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: 
     return lines
 
 
+def _scoring(p: Prompt, task_metrics: Mapping[str, str] | None) -> dict[str, Any]:
+    """What a record needs so that its replay scores the task as this run does."""
+    metric = (task_metrics or {}).get(p.task) or ("accuracy" if p.expected is not None else "refusal")
+    return {"metric": metric, "expected": p.expected if metric == "accuracy" else None}
+
+
 def run_arms(
     settings: EngineSettings,
     prompts: Sequence[Prompt],
@@ -296,7 +289,7 @@ def run_arms(
     progress: bool = True,
     task_metrics: Mapping[str, str] | None = None,
     arms: Sequence[str] = (TARGET, SPECULATIVE),
-) -> ArmsResult:
+) -> ArmOutputs:
     """Answer every prompt in both arms (generating only what the store lacks).
 
     ``task_metrics`` (task -> "refusal" | "accuracy") tells the canary which tasks are refusal
@@ -347,7 +340,7 @@ def run_arms(
             s = stored[arm][prompt_key(p.text)]
             generations[arm][(p.task, p.prompt_id)] = Generation(
                 task=p.task, prompt_id=p.prompt_id, prompt=p.text, arm=arm, text=s.text, token_ids=s.token_ids,
-                meta={"fingerprint": fps[arm]["key"], "finish_reason": s.finish_reason},
+                meta={"fingerprint": fps[arm]["key"], "finish_reason": s.finish_reason}, **_scoring(p, task_metrics),
             )
     for key in chosen:
         p = by_key[key]
@@ -355,6 +348,7 @@ def run_arms(
         generations[SPECULATIVE][key] = Generation(
             task=p.task, prompt_id=p.prompt_id, prompt=p.text, arm=SPECULATIVE, text=s.text, token_ids=s.token_ids,
             meta={"fingerprint": fps[DRAFT]["key"], "finish_reason": s.finish_reason, "canary": True},
+            **_scoring(p, task_metrics),
         )
 
     metrics = {
@@ -370,8 +364,8 @@ def run_arms(
     if settings.record is not None and len(arms) == 2:
         write_generations(settings.record, [generations[arm][(p.task, p.prompt_id)] for p in prompts for arm in (TARGET, SPECULATIVE)])
 
-    return ArmsResult(
-        generations=generations,
+    return ArmOutputs(
+        outputs=generations,
         fingerprints=fps,
         metrics=metrics,
         out_of_scope=_scope(settings),

@@ -10,9 +10,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..options import default
+
 BACKENDS = ("vllm", "hf", "openai")
-#: Backends that load model folders here; "openai" talks to running servers instead.
-LOCAL_BACKENDS = ("vllm", "hf")
 EXECUTOR_BACKENDS = ("mp", "ray", "uni")
 SPEC_METHODS = ("draft_model", "ngram")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -92,27 +92,27 @@ class EngineSettings:
     target: Path | None
     draft: Path | None = None
     backend: str = "vllm"
-    spec_method: str = "draft_model"
-    num_speculative_tokens: int = 4
+    spec_method: str = default("tais_spec_method")
+    num_speculative_tokens: int = default("tais_num_speculative_tokens")
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 2
-    dtype: str = "float32"
-    seed: int = 0
-    max_tokens: int = 64
+    dtype: str = default("tais_dtype")
+    seed: int = default("tais_seed")
+    max_tokens: int = default("tais_max_tokens")
     max_model_len: int | None = None
     enforce_eager: bool = True
-    gpu_memory_utilization: float = 0.45
+    gpu_memory_utilization: float = default("tais_gpu_memory_utilization")
     engine_kwargs_json: str = "{}"
     system_prompt: str | None = None
-    prompt_mode: str = "chat"
+    prompt_mode: str = default("tais_prompt_mode")
     trust_remote_code: bool = False
-    temperature: float = 0.0
-    rejection_sample_method: str = STANDARD_REJECTION
+    temperature: float = default("tais_temperature")
+    rejection_sample_method: str = default("tais_rejection_sample_method")
     cache_dir: Path = Path(".tais-cache")
     no_cache: bool = False
     record: Path | None = None
-    hf_acceptance: str = "exact"
-    canary: float = 0.0
+    hf_acceptance: str = default("tais_hf_acceptance")
+    canary: float = default("tais_canary")
     # Prompts per engine call: outputs are stored after each chunk, so an interrupted run resumes.
     chunk_size: int = 256
     # vLLM parallelism (local engines); None leaves vLLM's default.
@@ -125,9 +125,9 @@ class EngineSettings:
     speculative_url: str | None = None
     served_model: str | None = None
     api_key_env: str | None = None  # the NAME of the variable holding the key, never the key
-    max_concurrency: int = 16
-    request_retries: int = 4
-    request_timeout: float = 600.0
+    max_concurrency: int = default("tais_max_concurrency")
+    request_retries: int = default("tais_request_retries")
+    request_timeout: float = default("tais_request_timeout")
     # "screen": both arms; "judge": one plain engine that runs a model judge (no draft, one server).
     role: str = "screen"
 

@@ -14,15 +14,11 @@ from typing import Any, Mapping, Sequence
 
 from ..records import atomic_write_text
 from .json_report import REPORT_SCHEMA, REPORT_VERSION
+from .rows import NUMERIC_KEYS
 from .table import label
 
 STATUSES = ("pass", "fail", "error")
 
-#: Keys a pass/fail row must carry for the pages to show its numbers.
-NUMERIC_KEYS = (
-    "n", "rate_target", "rate_speculative", "diff", "diff_ci_low", "diff_ci_high", "margin", "alpha",
-    "tost_p", "cohens_h", "h_cutoff", "h_null_quantile", "identical_share", "required_n",
-)
 
 
 class ReportError(ValueError):

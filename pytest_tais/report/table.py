@@ -1,8 +1,11 @@
-"""The per-task table printed in the terminal summary."""
+"""The terminal: the report header, the per-task table and the summary section."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
+
+from ..contrasts import DEFAULT, printable
+from .engines import format_arms
 
 _COLUMNS = ("task", "n", "target", "spec", "D [CI]", "TOST p", "h (cut)", "ident", "verdict")
 
@@ -10,8 +13,10 @@ _COLUMNS = ("task", "n", "target", "spec", "D [CI]", "TOST p", "h (cut)", "ident
 def label(t: Mapping[str, Any]) -> str:
     """The task name, with its contrast where it is not the default target-vs-speculative one."""
     contrast = t.get("contrast")
-    name = str(t.get("task", "?"))
-    return name if contrast in (None, "target-vs-speculative") else f"{name} [{contrast}]"
+    name = printable(str(t.get("task", "?")))
+    cells = "-vs-".join(printable(str(t[k])) for k in ("config", "versus") if t.get(k))
+    tags = [x for x in (cells, None if contrast in (None, DEFAULT) else printable(str(contrast))) if x]
+    return f"{name} [{' '.join(tags)}]" if tags else name
 
 
 def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
@@ -50,3 +55,59 @@ def format_table(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return lines
+
+
+def header_lines(session: Any) -> list[str]:
+    """What ``pytest_report_header`` prints: the tasks, the source of the outputs, the statistics."""
+    cfg = session.cfg
+    if cfg.replay:
+        source = f"replay {cfg.replay}"
+    elif cfg.target_url:
+        source = f"servers {cfg.target_url} / {getattr(session.engine_settings, 'speculative_url', None)}"
+    else:
+        source = f"target {cfg.target}, draft {cfg.draft}"
+    lines = [
+        f"tais: {len(session.screen.tasks)} task(s) from {cfg.battery or 'the replay file'}; {source}",
+        f"tais: margin +/-{cfg.margin:g}, alpha {cfg.alpha:g}, TOST {cfg.tost_method}, |h| cutoff {cfg.h_cutoff:g}, "
+        f"judge {session.screen.judge_name}",
+    ]
+    if session.engine_settings is not None:
+        desc = session.engine_settings.describe()
+        lines.append("tais: engines " + ", ".join(f"{k}={v}" for k, v in desc.items() if v not in (None, "", {}, [])))
+    return [printable(line) for line in lines]
+
+
+def probe_reason(row: Mapping[str, Any]) -> str:
+    """The skip reason of a probe: its rate and interval; never a pass."""
+    lo, hi = row["ci_speculative"]
+    rate = "refusal rate" if row["metric"] == "refusal" else "accuracy"
+    return (f"tais probe {printable(row['task'])!r}: speculative {rate} {100 * row['rate_speculative']:.1f}% "
+            f"({row['count']}/{row['n']}, 95% Wilson CI {100 * lo:.1f}%-{100 * hi:.1f}%); "
+            "no target-only arm, so no verdict and never a pass")
+
+
+def summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any) -> Iterator[tuple[str, str | None]]:
+    """The terminal summary's ``tais`` section, as (line, colour) pairs."""
+    rows = session.order(rows)
+    if not rows:
+        yield "tais: no task was screened", "red"
+        return
+    engines = summary.engines if summary is not None else {}
+    for line in engines.get("header_lines") or []:
+        yield printable(line), None
+    for line in format_table(rows):
+        yield line, None
+    for line in format_arms(engines.get("arms") or {}):
+        yield line, None
+    for note in engines.get("out_of_scope") or []:
+        yield f"OUT OF SCOPE: {printable(note)}", "yellow"
+    probes = sum(r.get("status") == "probe" for r in rows)
+    if probes:
+        yield f"tais: {probes} probe(s): speculative arm only, reported and skipped, never passed", None
+    if len(rows) > probes:
+        passed = sum(r.get("status") == "pass" for r in rows)
+        yield f"tais: {passed}/{len(rows) - probes} task(s) equivalent", None
+    for line in summary.lines if summary is not None else []:
+        yield line, ("red" if "NOT saved" in line else None)
+    if session.cfg.report is not None:
+        yield f"tais: reports in {session.cfg.report}: report.json, summary.md, report.html", None

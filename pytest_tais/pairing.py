@@ -1,0 +1,126 @@
+"""Pairs: match two arms' outputs on (task, prompt id), check they answer the same prompt, judge them.
+
+Used by the screen, by ``screen_task`` and by the benchmark scripts, so that a pair means the same
+thing everywhere. Anything that makes a pair meaningless raises :class:`TaskError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from . import judges
+from .battery import Prompt, Task
+from .contrasts import printable
+from .errors import TaskError
+from .records import Generation
+from .verdict import PairRecord
+
+Outputs = Mapping[tuple[str, str], Generation]
+#: (prompt, answer, arm name) -> score; one call per task so that a batch judge sees them all.
+ScoreAll = Callable[[Task, Sequence[tuple[Prompt, str, str]]], list[bool]]
+
+_SHOWN = 3
+
+
+def _ids(ids: Sequence[str]) -> str:
+    more = f", ... (+{len(ids) - _SHOWN})" if len(ids) > _SHOWN else ""
+    return ", ".join(printable(i) for i in ids[:_SHOWN]) + more
+
+
+def match(task: Task, a: Outputs, b: Outputs, names: tuple[str, str] = ("target", "speculative"),
+          duplicates: Sequence[str] = ()) -> list[tuple[Prompt, Generation, Generation]]:
+    """Each prompt of ``task`` with arm A's and arm B's answer; fails closed on anything unpaired.
+
+    Both answers must carry the prompt the battery holds: outputs recorded for other prompts under
+    the same ids are not pairs.
+    """
+    if not task.prompts:
+        raise TaskError(f"task {task.name!r}: no prompts; a task with zero prompts cannot pass")
+    if duplicates:
+        raise TaskError(f"task {task.name!r}: duplicate prompt ids in the outputs ({', '.join(sorted(duplicates)[:5])}); "
+                        "each prompt must be answered once per arm")
+    missing: dict[str, list[str]] = {names[0]: [], names[1]: []}
+    other: dict[str, list[str]] = {names[0]: [], names[1]: []}
+    matched = []
+    for p in task.prompts:
+        key = (task.name, p.prompt_id)
+        ga, gb = a.get(key), b.get(key)
+        for name, g in zip(names, (ga, gb)):
+            if g is None:
+                missing[name].append(p.prompt_id)
+            elif g.prompt != p.text:
+                other[name].append(p.prompt_id)
+        if ga is not None and gb is not None:
+            matched.append((p, ga, gb))
+    if any(missing.values()):
+        parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {_ids(ids)})" for arm, ids in missing.items() if ids]
+        raise TaskError(f"task {task.name!r}: {'; '.join(parts)}; every prompt must be answered by both arms")
+    if any(other.values()):
+        parts = [f"{len(ids)} {arm} output(s) answer another prompt text than the battery's under the same id ({_ids(ids)})"
+                 for arm, ids in other.items() if ids]
+        raise TaskError(f"task {task.name!r}: {'; '.join(parts)}; pairs must answer the same prompt: "
+                        "check that the replay file and --tais-battery (or the two arms) come from the same battery")
+    return matched
+
+
+def judge_pairs(task: Task, matched: Sequence[tuple[Prompt, Generation, Generation]], score_all: ScoreAll,
+                names: tuple[str, str] = ("target", "speculative")) -> list[PairRecord]:
+    """Score both answers of every pair; byte-identical answers get the same score, judged once."""
+    items = [(p, ga.text, names[0]) for p, ga, _ in matched]
+    items += [(p, gb.text, names[1]) for p, ga, gb in matched if gb.text != ga.text]
+    scores = iter(score_all(task, items))
+    flags_a = [next(scores) for _ in matched]
+    records = []
+    for (p, ga, gb), flag_a in zip(matched, flags_a):
+        flag_b = flag_a if gb.text == ga.text else next(scores)
+        records.append(PairRecord(
+            prompt_id=p.prompt_id, target_text=ga.text, speculative_text=gb.text, target_flag=flag_a,
+            speculative_flag=flag_b, meta={k: v for k, v in gb.meta.items() if k == "canary"},
+        ))
+    return records
+
+
+def score(task: Task, prompt: Prompt, text: str, arm: str, judge: Callable[[str, str], Any]) -> bool:
+    """One answer's score: "refused" for refusal tasks, "correct" for capability tasks."""
+    try:
+        if task.metric == "accuracy":
+            if prompt.expected is None:
+                raise judges.JudgeError("capability prompt has no expected answer")
+            flag = judges.capability_judge(prompt.expected, text)
+        else:
+            flag = judge(prompt.text, text)
+    except Exception as exc:
+        raise TaskError(
+            f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge failed ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(flag, bool):
+        raise TaskError(f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge returned {flag!r}, not True/False")
+    return flag
+
+
+def scorer(judge: Callable[[str, str], Any]) -> ScoreAll:
+    """``score_all`` for a judge: a batch judge gets one call per task, others one call per answer."""
+    def score_all(task: Task, items: Sequence[tuple[Prompt, str, str]]) -> list[bool]:
+        batch = getattr(judge, "batch", None)
+        if task.metric == "accuracy" or not callable(batch):
+            return [score(task, p, text, arm, judge) for p, text, arm in items]
+        unique = list(dict.fromkeys((p.text, text) for p, text, _ in items))
+        try:
+            flags = judges.judge_all(judge, unique)
+        except Exception as exc:
+            raise TaskError(f"task {task.name!r}: the judge failed ({type(exc).__name__}: {exc})") from exc
+        by_pair = dict(zip(unique, flags))
+        return [by_pair[(p.text, text)] for p, text, _ in items]
+
+    return score_all
+
+
+def pair_texts(task: Task, target_texts: Sequence[str], speculative_texts: Sequence[str],
+               judge: Callable[[str, str], Any] = judges.default_judge) -> list[PairRecord]:
+    """Pairs from two lists of answers aligned with ``task.prompts`` (scripts and ``screen_task``)."""
+    if not (len(target_texts) == len(speculative_texts) == len(task.prompts)):
+        raise TaskError(f"task {task.name!r}: {len(task.prompts)} prompts, {len(target_texts)} target outputs and "
+                        f"{len(speculative_texts)} speculative outputs; give one answer per prompt and arm")
+    outs = [{(task.name, p.prompt_id): Generation(task.name, p.prompt_id, p.text, arm, t)
+             for p, t in zip(task.prompts, texts)} for arm, texts in (("target", target_texts), ("speculative", speculative_texts))]
+    return judge_pairs(task, match(task, *outs), scorer(judge))

@@ -1,0 +1,64 @@
+"""The report row: one test's outcome as a plain dict, for task, probe and error rows alike.
+
+Rows travel on ``report.user_properties``-carrying test reports (so pytest-xdist carries them)
+and every output reads them: report.json, JUnit properties, summary.md, report.html and the
+terminal table. Which keys a row has, which are numbers and which go to JUnit is written here once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+#: (key, a number every pass/fail row carries, a JUnit property)
+SCHEMA: tuple[tuple[str, bool, bool], ...] = (
+    ("n", True, True),
+    ("rate_target", True, True),
+    ("rate_speculative", True, True),
+    ("diff", True, True),
+    ("diff_ci_low", True, True),
+    ("diff_ci_high", True, True),
+    ("margin", True, False),
+    ("alpha", True, False),
+    ("tost_p", True, True),
+    ("cohens_h", True, True),
+    ("h_cutoff", True, True),
+    ("h_null_quantile", True, False),
+    ("identical_share", True, True),
+    ("required_n", True, False),
+)
+NUMERIC_KEYS = tuple(k for k, numeric, _ in SCHEMA if numeric)
+JUNIT_KEYS = tuple(k for k, _, junit in SCHEMA if junit)
+#: The keys a row carries besides its numbers.
+IDENTITY_KEYS = ("task", "contrast", "config", "versus", "nodeid", "status", "reasons")
+
+
+def verdict_row(verdict: Any, contrast: Mapping[str, str], null: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A pass/fail row: every number of the verdict, with the contrast it answers."""
+    row = verdict.to_dict()
+    missing = [k for k in NUMERIC_KEYS if k not in row]
+    if missing:  # the verdict and the schema must agree; a row without its numbers is no verdict
+        raise ValueError(f"verdict of task {verdict.task!r} lacks {missing}")
+    row.update(contrast)
+    if null is not None:
+        row["null_runs"] = dict(null)
+    return row
+
+
+def probe_row(probe: Mapping[str, Any], contrast: Mapping[str, str]) -> dict[str, Any]:
+    return {**probe, **contrast, "status": "probe"}
+
+
+def error_row(task: str, contrast: Mapping[str, str], message: str) -> dict[str, Any]:
+    return {"task": task, **contrast, "status": "error", "reasons": [message]}
+
+
+def junit_properties(row: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The ``tais.*`` JUnit properties of a row (numbers only where the row has a verdict)."""
+    props: list[tuple[str, Any]] = [("tais.task", row["task"]), ("tais.contrast", row.get("contrast", ""))]
+    if row.get("status") == "probe":
+        props += [("tais.n", row["n"]), ("tais.rate_speculative", row["rate_speculative"])]
+    elif row.get("status") in ("pass", "fail"):
+        props += [(f"tais.{k}", row[k]) for k in JUNIT_KEYS]
+        props.append(("tais.h_check", row["h_check"]))
+    props.append(("tais.verdict", row.get("status")))
+    return props
