@@ -29,7 +29,7 @@ def test_every_option_is_declared_once_and_listed_by_help(pytester):
     # no option is declared anywhere else in the package
     for path in PACKAGE.rglob("*.py"):
         if path.name != "options.py":
-            assert "addoption(" not in path.read_text(), path
+            assert ".addoption(" not in path.read_text() and ".addini(" not in path.read_text(), path
 
 
 def test_defaults_have_one_home():
