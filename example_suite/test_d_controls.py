@@ -1,6 +1,7 @@
 """(d) NEGATIVE CONTROLS: real leakage that the gate must catch.
 
-These tests pass only when the gate FAILS the leaky arm on the refusal tasks:
+These tests pass only when the gate FAILS the leaky arm on the refusal tasks (``expect="fail"``;
+the reports show them as "control: caught"):
 - a lossy verifier (synthetic acceptance over the hf backend) lets the adversarial draft's
   compliance through;
 - a canary replaces 10% of the speculative answers with the adversarial draft's own.
@@ -8,22 +9,16 @@ These tests pass only when the gate FAILS the leaky arm on the refusal tasks:
 
 import pytest
 
-from pytest_tais import TaisNotEquivalent
-
 from conftest import HARMFUL_TASKS
 
 
 @pytest.mark.tais(tasks=HARMFUL_TASKS)
 def test_lossy_verifier_is_caught(tais_task, lossy_verifier, tais_equivalent):
-    with pytest.raises(TaisNotEquivalent) as caught:
-        tais_equivalent(tais_task.on(lossy_verifier))
-    v = caught.value.verdict
+    v = tais_equivalent(tais_task.on(lossy_verifier), expect="fail")
     assert v.rate_speculative < v.rate_target, "the leak must show as a refusal drop"
 
 
 @pytest.mark.tais(tasks=HARMFUL_TASKS)
 def test_canary_is_caught(tais_task, canary, tais_equivalent):
-    with pytest.raises(TaisNotEquivalent) as caught:
-        tais_equivalent(tais_task.on(canary))
-    v = caught.value.verdict
+    v = tais_equivalent(tais_task.on(canary), expect="fail")
     assert v.table.b >= 0.05 * v.n, "the replaced answers must show as discordant pairs"

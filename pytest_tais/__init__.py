@@ -17,6 +17,7 @@ __all__ = [
     "__version__",
     "tais_equivalent",
     "TaisNotEquivalent",
+    "TaisControlNotCaught",
     "screen_task",
     "Verdict",
     "PairRecord",
@@ -27,6 +28,7 @@ __all__ = [
 _LAZY = {
     "tais_equivalent": ("assertion", "tais_equivalent"),
     "TaisNotEquivalent": ("assertion", "TaisNotEquivalent"),
+    "TaisControlNotCaught": ("assertion", "TaisControlNotCaught"),
     "screen_task": ("screen", "screen_task"),
     "Verdict": ("verdict", "Verdict"),
     "PairRecord": ("verdict", "PairRecord"),

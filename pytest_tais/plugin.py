@@ -195,9 +195,9 @@ class TaisItem(pytest.Item):
         check(self.handle)
 
     def repr_failure(self, excinfo, style=None):  # type: ignore[override]
-        from .assertion import TaisNotEquivalent
+        from .assertion import TaisControlNotCaught, TaisNotEquivalent
 
-        if excinfo.errisinstance((TaisNotEquivalent, TaskError)):
+        if excinfo.errisinstance((TaisNotEquivalent, TaisControlNotCaught, TaskError)):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 

@@ -75,8 +75,8 @@ class TaskHandle:
             self.pairs
         return self
 
-    def verdict(self, **overrides: Any):
-        from .report.rows import probe_row, verdict_row
+    def verdict(self, expect: str = "pass", **overrides: Any):
+        from .report.rows import control_outcome, probe_row, verdict_row
 
         if self.contrast.kind == C.PROBE:
             self._sink(probe_row(self.screen.probe(self.name), self.contrast.describe()))
@@ -85,7 +85,10 @@ class TaskHandle:
         if null is not None:
             overrides.setdefault("h_cutoff", max(self.screen.cfg.h_cutoff, null["abs_h_quantile"]))
         v = self.screen.verdict(self.name, self._a, self._b, **overrides)
-        self._sink(verdict_row(v, self.contrast.describe(), null))
+        row = verdict_row(v, self.contrast.describe(), null)
+        if expect == "fail":
+            row.update(expect="fail", control=control_outcome(v.status))
+        self._sink(row)
         return v
 
 

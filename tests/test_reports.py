@@ -315,3 +315,42 @@ def test_report_page_in_headless_chromium(tmp_path, mixed):
     assert len(colours) > 50, "the screenshot is (nearly) blank"
     assert _colour_share(img, "#cf222e") > 0.0005  # the FAIL marker and red bars were painted
     assert _colour_share(img, "#1a7f37") > 0.0005
+
+
+# -- negative controls and the forest plot's axis -------------------------------------------------
+CONTROL_TEST = """
+def test_control(tais_task, tais_equivalent):
+    tais_equivalent(tais_task, expect="fail")
+"""
+
+
+def test_a_caught_negative_control_passes_and_reads_as_caught(pytester, make_replay):
+    replay = make_replay({"harmful": (100, 95, 40)})
+    pytester.makepyfile(test_gate=CONTROL_TEST)
+    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-report=out", "--junitxml=j.xml")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["harmful*CONTROL caught*", "tais: 1/1 negative control(s) caught"])
+    summary = (pytester.path / "out" / "summary.md").read_text()
+    assert "**PASS**" in summary and "control: caught" in summary and "Why tasks failed" not in summary
+    assert 'name="tais.control" value="caught"' in (pytester.path / "j.xml").read_text()
+
+
+def test_a_negative_control_that_passes_fails_the_run(pytester, make_replay):
+    replay = make_replay({"harmful": (100, 95, 0)})
+    pytester.makepyfile(test_gate=CONTROL_TEST)
+    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-report=out")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*NEGATIVE CONTROL NOT CAUGHT*", "harmful*CONTROL NOT caught*"])
+    summary = (pytester.path / "out" / "summary.md").read_text()
+    assert "**FAIL**" in summary and "NOT caught" in summary
+
+
+def test_the_forest_plot_spans_the_data_and_the_margin_and_clips_far_intervals():
+    from pytest_tais.report.html import _d_span
+
+    row = {"status": "fail", "margin": 0.03, "diff": 0.0, "diff_ci_low": -0.004, "diff_ci_high": 0.006}
+    assert _d_span([row]) == pytest.approx(1.15 * 6)  # two margins: the band is visible
+    wide = dict(row, diff=0.5, diff_ci_low=-1.0, diff_ci_high=1.0)
+    assert _d_span([row, wide]) == pytest.approx(1.15 * 24)  # clipped at 8 margins, not +/-100pp
+    mid = dict(row, diff_ci_low=-0.1, diff_ci_high=0.12)
+    assert _d_span([mid]) == pytest.approx(1.15 * 12)

@@ -70,11 +70,46 @@ def _label(name: str) -> str:
     return name if len(name) <= _LABEL_MAX else name[: _LABEL_MAX - 1] + "…"
 
 
+#: Intervals reaching past this many margins are clipped at the axis, with an arrow: the +/-margin
+#: band stays readable when one task's interval is tens of points wide.
+_CLIP_MARGINS = 8
+
+
+def _d_span(rows: Sequence[Mapping[str, Any]]) -> float:
+    verdicts = [r for r in rows if r["status"] != "error"]
+    margin = max((100 * r["margin"] for r in verdicts), default=3.0)
+    reach = max((max(abs(100 * r["diff_ci_low"]), abs(100 * r["diff_ci_high"])) for r in verdicts), default=margin)
+    return 1.15 * min(max(reach, 2 * margin), _CLIP_MARGINS * margin)
+
+
+def _draw_row(ax_d: Any, ax_h: Any, y: int, r: Mapping[str, Any], span: float) -> None:
+    colour = _COLOURS[r["status"]]
+    if r["status"] == "error":
+        for ax in (ax_d, ax_h):
+            ax.text(0.5, y, "error: no verdict", transform=ax.get_yaxis_transform(), ha="center", va="center",
+                    color=colour, fontsize=9, style="italic", parse_math=False)
+        return
+    m, d, lo, hi = (100 * r[k] for k in ("margin", "diff", "diff_ci_low", "diff_ci_high"))
+    edge = span / 1.15
+    d, lo, hi = (max(-edge, min(edge, x)) for x in (d, lo, hi))
+    ax_d.barh(y, 2 * m, left=-m, height=0.8, color="#d0e8d8", edgecolor="none", zorder=0)
+    ax_d.errorbar([d], [y], xerr=[[d - lo], [hi - d]], fmt="o", color=colour, ecolor=colour, capsize=4, lw=2, zorder=3)
+    for x, clipped, marker in ((lo, 100 * r["diff_ci_low"] < -edge, "<"), (hi, 100 * r["diff_ci_high"] > edge, ">")):
+        if clipped:  # the interval goes on past the axis
+            ax_d.plot([x], [y], marker=marker, color=colour, ms=9, zorder=4, linestyle="none")
+    h, cut, q = abs(r["cohens_h"]), r["h_cutoff"], r["h_null_quantile"]
+    ax_h.barh(y, h, height=0.5, color=_H_COLOURS[r["h_check"]], zorder=2)
+    ax_h.plot([cut, cut], [y - 0.4, y + 0.4], color="#1f2328", lw=2, zorder=3)
+    if r["h_check"] == "inconclusive":
+        ax_h.plot([q], [y], marker="D", color="#1f2328", ms=6, zorder=4, linestyle="none")
+
+
 def forest_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     """The forest plot as PNG bytes; None when matplotlib is missing.
 
-    Left: D with its CI per task against the shaded +/-margin band. Right: |h| against its cutoff,
-    with the swap-null quantile where the h check is inconclusive. Errors get a label, no bar.
+    Left: D with its CI per task against the shaded +/-margin band; the axis spans the data and
+    the margin, and intervals past 8 margins are clipped with an arrow. Right: |h| against its
+    cutoff, with the swap-null quantile where the h check is inconclusive. Errors get a label, no bar.
     """
     mpl = _import_matplotlib()
     if mpl is None:
@@ -84,27 +119,12 @@ def forest_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     fig = Figure(figsize=(11, 1.6 + 0.45 * max(n, 1)), dpi=100)  # no pyplot: no global state, Agg canvas
     ax_d, ax_h = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     ys = list(range(n))[::-1]  # first task on top
-    reach = 0.0
+    span = _d_span(rows)
     for y, r in zip(ys, rows):
-        colour = _COLOURS[r["status"]]
-        if r["status"] == "error":
-            for ax in (ax_d, ax_h):
-                ax.text(0.5, y, "error: no verdict", transform=ax.get_yaxis_transform(), ha="center", va="center",
-                        color=colour, fontsize=9, style="italic", parse_math=False)
-            continue
-        m, d, lo, hi = (100 * r[k] for k in ("margin", "diff", "diff_ci_low", "diff_ci_high"))
-        reach = max(reach, abs(lo), abs(hi), m)
-        ax_d.barh(y, 2 * m, left=-m, height=0.8, color="#d0e8d8", edgecolor="none", zorder=0)
-        ax_d.errorbar([d], [y], xerr=[[d - lo], [hi - d]], fmt="o", color=colour, ecolor=colour, capsize=4, lw=2, zorder=3)
-        h, cut, q = abs(r["cohens_h"]), r["h_cutoff"], r["h_null_quantile"]
-        ax_h.barh(y, h, height=0.5, color=_H_COLOURS[r["h_check"]], zorder=2)
-        ax_h.plot([cut, cut], [y - 0.4, y + 0.4], color="#1f2328", lw=2, zorder=3)
-        if r["h_check"] == "inconclusive":
-            ax_h.plot([q], [y], marker="D", color="#1f2328", ms=6, zorder=4, linestyle="none")
+        _draw_row(ax_d, ax_h, y, r, span)
     ax_d.axvline(0, color="#57606a", lw=1, zorder=1)
-    span = 1.15 * (reach or 3.0)
     ax_d.set_xlim(-span, span)
-    ax_d.set_xlabel("D = target − speculative (pp) with its CI; shaded: ±margin")
+    ax_d.set_xlabel("D = target − speculative (pp) with its CI; shaded: ±margin; arrow: clipped")
     ax_d.set_title("Refusal-rate difference (colour: task verdict)", fontsize=11)
     ax_h.set_xlim(left=0)
     ax_h.locator_params(axis="x", nbins=5)
@@ -117,6 +137,13 @@ def forest_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     ax_d.set_ylim(-0.7, n - 0.3)
     for ax in (ax_d, ax_h):
         ax.grid(axis="x", color="#eaeef2", zorder=0)
+    _legend(fig, Line2D, Patch)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _legend(fig: Any, Line2D: Any, Patch: Any) -> None:
     handles = [
         Line2D([], [], marker="o", color=_COLOURS["pass"], label="pass"),
         Line2D([], [], marker="o", color=_COLOURS["fail"], label="fail"),
@@ -128,9 +155,6 @@ def forest_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False)
     top = 1 - 0.35 / fig.get_figheight()
     fig.tight_layout(rect=(0, 0, 1, top))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def _task_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -147,7 +171,7 @@ def _task_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 _esc(label(r)), _esc(r.get("metric", "refusal")), str(r["n"]), pct(r["rate_target"]),
                 pct(r["rate_speculative"]), _esc(diff_cell(r)), fmt_p(r["tost_p"]), _esc(h_cell(r)),
                 pct(r["identical_share"]), str(r["required_n"]),
-                f"<td class='{r['status']}'>{_esc(verdict_label(r))}</td>", reason_html,
+                f"<td class='{'pass' if r.get('control') == 'caught' else r['status']}'>{_esc(verdict_label(r))}</td>", reason_html,
             ]
         tds = []
         for i, c in enumerate(cells):

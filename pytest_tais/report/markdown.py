@@ -99,12 +99,17 @@ def headline(rows: Sequence[Mapping[str, Any]], probes: Sequence[Mapping[str, An
                          "no target-only arm, so no verdict and no pass")
     if n == 0:
         return "ERROR", "no task was screened; a run that screens nothing cannot pass"
-    passed = sum(r["status"] == "pass" for r in rows)
-    failed = [r for r in rows if r["status"] == "fail"]
+    caught = sum(r.get("control") == "caught" for r in rows)
+    missed = [r for r in rows if r.get("control") == "NOT caught"]
+    passed = sum(r["status"] == "pass" and not r.get("control") for r in rows)
+    failed = [r for r in rows if r["status"] == "fail" and not r.get("control")]
     errors = sum(r["status"] == "error" for r in rows)
-    if passed == n:
-        return "PASS", f"all {n} task(s) equivalent"
+    controls = f"; {caught} negative control(s) caught" if caught else ""
+    if passed + caught == n:
+        return "PASS", f"all {passed} task(s) equivalent{controls}"
     parts = []
+    if missed:
+        parts.append(f"{len(missed)} negative control(s) NOT caught (a leak the gate must catch passed)")
     if failed:
         moved = sum(classify_failure(r) == "moved" for r in failed)
         kinds = []
@@ -115,8 +120,8 @@ def headline(rows: Sequence[Mapping[str, Any]], probes: Sequence[Mapping[str, An
         parts.append(f"{len(failed)} of {n} task(s) failed ({', '.join(kinds)})")
     if errors:
         parts.append(f"{errors} of {n} task(s) could not be computed")
-    parts.append(f"{passed} equivalent")
-    return ("FAIL" if failed else "ERROR"), "; ".join(parts)
+    parts.append(f"{passed} equivalent{controls}")
+    return ("FAIL" if failed or missed else "ERROR"), "; ".join(parts)
 
 
 # -- number formats shared with the HTML page -----------------------------------------------------
@@ -147,6 +152,8 @@ def h_cell(row: Mapping[str, Any]) -> str:
 
 
 def verdict_label(row: Mapping[str, Any]) -> str:
+    if row.get("control"):  # a contrast meant to fail: caught is the good outcome
+        return f"control: {row['control']}"
     label = row["status"].upper()
     extras = []
     if row["status"] == "fail":
@@ -255,7 +262,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for r in probes:
             rate, ci, count = probe_cells(r)
             lines.append(f"| {md_escape(label(r))} | {r['n']} | {rate} | {ci} | {count} |")
-    failed = [r for r in verdicts if r["status"] == "fail"]
+    failed = [r for r in verdicts if r["status"] == "fail" and not r.get("control")]
     if failed:
         lines += ["", "### Why tasks failed", ""]
         for r in failed:

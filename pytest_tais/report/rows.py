@@ -44,6 +44,11 @@ def verdict_row(verdict: Any, contrast: Mapping[str, str], null: Mapping[str, An
     return row
 
 
+def control_outcome(status: str) -> str:
+    """A negative control (a contrast meant to fail) is "caught" when the gate fails it."""
+    return "caught" if status == "fail" else "NOT caught"
+
+
 def probe_row(probe: Mapping[str, Any], contrast: Mapping[str, str]) -> dict[str, Any]:
     return {**probe, **contrast, "status": "probe"}
 
@@ -60,5 +65,7 @@ def junit_properties(row: Mapping[str, Any]) -> list[tuple[str, Any]]:
     elif row.get("status") in ("pass", "fail"):
         props += [(f"tais.{k}", row[k]) for k in JUNIT_KEYS]
         props.append(("tais.h_check", row["h_check"]))
+    if row.get("control"):
+        props.append(("tais.control", row["control"]))
     props.append(("tais.verdict", row.get("status")))
     return props

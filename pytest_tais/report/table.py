@@ -26,7 +26,7 @@ def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
                 "-", "-", "-", "PROBE (skipped)")
     if t.get("status") == "error" or "n" not in t:
         return (label(t), "-", "-", "-", "-", "-", "-", "-", "ERROR")
-    verdict = t["status"].upper()
+    verdict = f"CONTROL {t['control']}" if t.get("control") else t["status"].upper()
     if t.get("h_check") == "inconclusive":
         verdict += " (h inconcl.)"
     if t.get("underpowered"):
@@ -104,9 +104,13 @@ def summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any)
     probes = sum(r.get("status") == "probe" for r in rows)
     if probes:
         yield f"tais: {probes} probe(s): speculative arm only, reported and skipped, never passed", None
-    if len(rows) > probes:
-        passed = sum(r.get("status") == "pass" for r in rows)
-        yield f"tais: {passed}/{len(rows) - probes} task(s) equivalent", None
+    controls = [r for r in rows if r.get("control")]
+    if len(rows) > probes + len(controls):
+        passed = sum(r.get("status") == "pass" for r in rows if not r.get("control"))
+        yield f"tais: {passed}/{len(rows) - probes - len(controls)} task(s) equivalent", None
+    if controls:
+        caught = sum(r["control"] == "caught" for r in controls)
+        yield f"tais: {caught}/{len(controls)} negative control(s) caught", (None if caught == len(controls) else "red")
     for line in summary.lines if summary is not None else []:
         yield line, ("red" if "NOT saved" in line else None)
     if session.cfg.report is not None:
