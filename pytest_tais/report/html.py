@@ -189,8 +189,6 @@ def render_html(report: Mapping[str, Any]) -> str:
     rows = check_report(report)
     probes = check_probes(report)
     marker, sentence = headline(rows, probes)
-    png = forest_plot_png(rows) if rows else None
-    cls = marker.lower()
     parts = [
         "<!DOCTYPE html>",
         "<html lang='en'><head><meta charset='utf-8'>",
@@ -198,10 +196,23 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>TAIS report: {_esc(marker)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>TAIS safety-invariance screen: <span class='marker {cls}' id='verdict'>{_esc(marker)}</span></h1>",
+        f"<h1>TAIS safety-invariance screen: <span class='marker {marker.lower()}' id='verdict'>{_esc(marker)}</span></h1>",
         f"<p id='headline'>{_esc(sentence)}.</p>",
     ]
+    parts += _intro(report) + _probe_table(probes) + _plot(rows)
+    if rows or not probes:
+        parts.append("<h2>Tasks</h2>")
+        parts += _task_table(rows)
+    parts += _notes(report, rows)
+    summary = {k: report.get(k) for k in ("schema", "version", "created")}
+    parts.append(f"<p><small>{_esc(json.dumps(summary))}</small></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _intro(report: Mapping[str, Any]) -> list[str]:
     cfg = report.get("config") or {}
+    parts = []
     if cfg.get("margin") is not None and cfg.get("alpha") is not None:
         parts.append(
             f"<p>Equivalence margin ±{100 * float(cfg['margin']):.1f}pp, paired TOST at alpha {float(cfg['alpha']):g}, "
@@ -210,27 +221,35 @@ def render_html(report: Mapping[str, Any]) -> str:
     judged = judge_sentence(report)
     if judged:
         parts.append(f"<p id='judge'>{_esc(judged)}</p>")
-    if probes:
-        parts.append("<h2>Probes (speculative arm alone: rates, never a verdict)</h2><table id='probes'>")
-        parts.append("<tr>" + "".join(f"<th>{h}</th>" for h in ("Task", "n", "Speculative", "95% Wilson CI", "Count")) + "</tr>")
-        for r in probes:
-            rate, ci, count = probe_cells(r)
-            parts.append(f"<tr><td>{_esc(label(r))}</td><td class='num'>{r['n']}</td><td class='num'>{rate}</td>"
-                         f"<td class='nowrap'>{_esc(ci)}</td><td>{_esc(count)}</td></tr>")
-        parts.append("</table>")
-    if rows:
-        parts.append("<h2>Forest plot</h2>")
-    if png is not None:
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(
+    return parts
+
+
+def _probe_table(probes: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not probes:
+        return []
+    parts = ["<h2>Probes (speculative arm alone: rates, never a verdict)</h2><table id='probes'>",
+             "<tr>" + "".join(f"<th>{h}</th>" for h in ("Task", "n", "Speculative", "95% Wilson CI", "Count")) + "</tr>"]
+    for r in probes:
+        rate, ci, count = probe_cells(r)
+        parts.append(f"<tr><td>{_esc(label(r))}</td><td class='num'>{r['n']}</td><td class='num'>{rate}</td>"
+                     f"<td class='nowrap'>{_esc(ci)}</td><td>{_esc(count)}</td></tr>")
+    return parts + ["</table>"]
+
+
+def _plot(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    png = forest_plot_png(rows)
+    if png is None:
+        return ["<h2>Forest plot</h2>", f"<p class='note' id='plot-missing'>{_esc(PLOT_MISSING_NOTE)}</p>"]
+    data = base64.b64encode(png).decode("ascii")
+    return ["<h2>Forest plot</h2>",
             f"<img id='forest-plot' alt='Forest plot: per task the refusal-rate difference with its CI against the "
-            f"margin, and |h| against its cutoff' src='data:image/png;base64,{data}'>"
-        )
-    elif rows:
-        parts.append(f"<p class='note' id='plot-missing'>{_esc(PLOT_MISSING_NOTE)}</p>")
-    if rows or not probes:
-        parts.append("<h2>Tasks</h2>")
-        parts += _task_table(rows)
+            f"margin, and |h| against its cutoff' src='data:image/png;base64,{data}'>"]
+
+
+def _notes(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    parts = []
     weak = [r for r in rows if r["status"] != "error" and r.get("underpowered")]
     if weak:
         parts.append("<h2>Underpowered tasks</h2><ul id='underpowered'>")
@@ -254,10 +273,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         parts.append("<h2>Configuration</h2><table id='config'>")
         parts += [f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in cfg_rows]
         parts.append("</table>")
-    summary = {k: report.get(k) for k in ("schema", "version", "created")}
-    parts.append(f"<p><small>{_esc(json.dumps(summary))}</small></p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return parts
 
 
 def write_html(directory: str | Path, report: Mapping[str, Any]) -> Path:

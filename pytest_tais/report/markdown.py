@@ -244,24 +244,48 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if judged:
         lines.append(md_escape(judged))
     verdicts = [r for r in rows if r["status"] != "error"]
-    if verdicts:
-        lines += [
-            "",
-            "| Task | n | Target | Speculative | D [CI] vs margin | TOST p | \\|h\\| vs cutoff | Identical | Verdict |",
-            "|---|---:|---:|---:|---|---:|---|---:|---|",
-        ]
-        for r in verdicts:
-            name = md_escape(label(r)) + (" (accuracy)" if r.get("metric") == "accuracy" else "")
-            lines.append(
-                f"| {name} | {r['n']} | {pct(r['rate_target'])} | {pct(r['rate_speculative'])} | {diff_cell(r)} "
-                f"| {fmt_p(r['tost_p'])} | {h_cell(r)} | {pct(r['identical_share'])} | **{verdict_label(r)}** |"
-            )
-    if probes:
-        lines += ["", "### Probes (speculative arm alone: rates, never a verdict)", "",
-                  "| Task | n | Speculative | 95% Wilson CI | Count |", "|---|---:|---:|---|---|"]
-        for r in probes:
-            rate, ci, count = probe_cells(r)
-            lines.append(f"| {md_escape(label(r))} | {r['n']} | {rate} | {ci} | {count} |")
+    lines += _md_verdicts(verdicts) + _md_probes(probes) + _md_notes(report, rows, verdicts)
+    detail = engine_lines(report) + [f"{k} = {v}" for k, v in config_lines(report)]
+    if detail:
+        lines += ["", "<details><summary>Engines and configuration</summary>", ""]
+        lines += _code_block(detail)
+        lines += ["", "</details>"]
+    created = report.get("created")
+    if created:
+        lines += ["", f"<sub>pytest-tais report {md_escape(created)}</sub>"]
+    return "\n".join(lines) + "\n"
+
+
+def _md_verdicts(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not verdicts:
+        return []
+    lines = [
+        "",
+        "| Task | n | Target | Speculative | D [CI] vs margin | TOST p | \\|h\\| vs cutoff | Identical | Verdict |",
+        "|---|---:|---:|---:|---|---:|---|---:|---|",
+    ]
+    for r in verdicts:
+        name = md_escape(label(r)) + (" (accuracy)" if r.get("metric") == "accuracy" else "")
+        lines.append(
+            f"| {name} | {r['n']} | {pct(r['rate_target'])} | {pct(r['rate_speculative'])} | {diff_cell(r)} "
+            f"| {fmt_p(r['tost_p'])} | {h_cell(r)} | {pct(r['identical_share'])} | **{verdict_label(r)}** |"
+        )
+    return lines
+
+
+def _md_probes(probes: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not probes:
+        return []
+    lines = ["", "### Probes (speculative arm alone: rates, never a verdict)", "",
+             "| Task | n | Speculative | 95% Wilson CI | Count |", "|---|---:|---:|---|---|"]
+    for r in probes:
+        rate, ci, count = probe_cells(r)
+        lines.append(f"| {md_escape(label(r))} | {r['n']} | {rate} | {ci} | {count} |")
+    return lines
+
+
+def _md_notes(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines: list[str] = []
     failed = [r for r in verdicts if r["status"] == "fail" and not r.get("control")]
     if failed:
         lines += ["", "### Why tasks failed", ""]
@@ -283,15 +307,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for r in errors:
             reasons = r.get("reasons") or ["no reason recorded"]
             lines.append(f"- **{md_escape(r['task'])}**: " + "; ".join(md_escape(x) for x in reasons))
-    detail = engine_lines(report) + [f"{k} = {v}" for k, v in config_lines(report)]
-    if detail:
-        lines += ["", "<details><summary>Engines and configuration</summary>", ""]
-        lines += _code_block(detail)
-        lines += ["", "</details>"]
-    created = report.get("created")
-    if created:
-        lines += ["", f"<sub>pytest-tais report {md_escape(created)}</sub>"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_markdown(directory: str | Path, report: Mapping[str, Any]) -> Path:
