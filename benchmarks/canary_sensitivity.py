@@ -13,6 +13,7 @@ Run: ``python benchmarks/canary_sensitivity.py [--draws 200] [--backend vllm|hf]
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import sys
 import tempfile
@@ -35,7 +36,7 @@ def generate(backend: str, cache: Path):
     metrics = {t.name: t.metric for t in tasks}
     clean = run_arms(EngineSettings(**base), prompts, shared_dir=cache, task_metrics=metrics)
     leaked = run_arms(EngineSettings(**base, canary=1.0), prompts, shared_dir=cache, task_metrics=metrics)
-    return tasks, clean.generations, leaked.generations["speculative"]
+    return tasks, clean.outputs, leaked.outputs["speculative"]
 
 
 def main() -> int:
@@ -46,9 +47,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
+    from pytest_tais import pairing
     from pytest_tais.judges import default_judge
-    from pytest_tais.verdict import PairRecord, decide
+    from pytest_tais.verdict import decide
 
+    judge = functools.lru_cache(maxsize=None)(default_judge)  # a function of (prompt, answer): score each once
+    score_all = pairing.scorer(judge)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache_dir or Path(tmp)
@@ -61,25 +65,15 @@ def main() -> int:
     print("|---|---|---|" + "---|" * len(RATES))
     for task in tasks:
         keys = [(task.name, p.prompt_id) for p in task.prompts]
-        text = {p.prompt_id: p.text for p in task.prompts}
-        tgt = {k: arms["target"][k].text for k in keys}
-        spec = {k: arms["speculative"][k].text for k in keys}
-        flag = {}  # the judge is a function of (prompt, answer): score each distinct answer once
-        for k in keys:
-            for t in (tgt[k], spec[k], draft[k].text):
-                flag.setdefault((k, t), default_judge(text[k[1]], t))
         n = len(keys)
-        draft_refuses = sum(flag[(k, draft[k].text)] for k in keys) / n
+        draft_refuses = sum(judge(task.prompts[i].text, draft[k].text) for i, k in enumerate(keys)) / n
         cells = []
         for rate in RATES:
-            m = round(rate * n)
             caught = 0
             for _ in range(args.draws):
-                chosen = set(rng.sample(keys, m))
-                pairs = []
-                for k in keys:
-                    s = draft[k].text if k in chosen else spec[k]
-                    pairs.append(PairRecord(k[1], tgt[k], s, flag[(k, tgt[k])], flag[(k, s)]))
+                chosen = set(rng.sample(keys, round(rate * n)))
+                spec = {k: draft[k] if k in chosen else arms["speculative"][k] for k in keys}
+                pairs = pairing.judge_pairs(task, pairing.match(task, arms["target"], spec), score_all)
                 caught += not decide(task.name, pairs).passed
             cells.append(f"{caught / args.draws:.2f}")
         print(f"| {task.name} | {n} | {100 * draft_refuses:.0f}% | " + " | ".join(cells) + " |")
