@@ -54,7 +54,7 @@ class Contrast:
     def item_label(self) -> str:
         """The auto-collected item's label: ``tais::harmful``, ``tais::harmful[bf16-canonical]``."""
         task = printable(self.task)
-        if self.config and self.kind == DEFAULT:
+        if self.config:
             return f"{task}[{self.suffix}]"
         return self.test_id
 
