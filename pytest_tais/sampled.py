@@ -20,7 +20,7 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import stats as _sps
+from scipy import fft as _fft, stats as _sps
 
 from .stats import cohens_h
 
@@ -119,9 +119,9 @@ def _restricted(w: np.ndarray, vals: np.ndarray, d0) -> tuple[np.ndarray, np.nda
     subject to sum_j pi_j (v_j - d0) = 0 is pi_j = w_j / (W (1 + lam e_j)), e_j = v_j - d0, with lam
     the root of g(lam) = sum_j w_j e_j / (1 + lam e_j) = 0 in (-1 / (1 - d0), 1 / (1 + d0)); when g
     has no root there (the observed values cannot average d0), lam sits at the bound and the rest
-    of the mass goes to the unobserved end of the grid (v = 1 or v = -1). Returns (V0, top, bottom):
-    V0 = sum_j pi_j e_j^2, the variance of d under that distribution, and the mass put on an
-    unobserved v = 1 or v = -1.
+    of the mass goes to the unobserved end of the grid (v = 1 or v = -1). Returns (V0, end, pi):
+    V0 = sum_j pi_j e_j^2, the variance of d under that distribution, the mass put on an end of
+    the grid beyond what the data showed, and pi (R, G) itself.
     """
     r = w.shape[0]
     d0 = np.broadcast_to(np.asarray(d0, dtype=float), (r,))
@@ -147,54 +147,117 @@ def _restricted(w: np.ndarray, vals: np.ndarray, d0) -> tuple[np.ndarray, np.nda
     lam = np.where(at_lo, lam_lo, np.where(at_hi, lam_hi, 0.5 * (lo + hi)))
     den = 1.0 + lam[:, None] * e
     with np.errstate(divide="ignore", invalid="ignore"):
-        pi = np.where(pos, w / (tot[:, None] * den), 0.0)
+        pi = np.where(pos & (den > 0), w / (tot[:, None] * den), 0.0)
+    # What the observed cells do not hold sits at the end lam points to: exactly so at a bound, and
+    # in the limit where an end cell's weight is below float resolution (population weights).
     rest = np.clip(1.0 - pi.sum(axis=1), 0.0, 1.0)
-    top = np.where(at_lo, rest, 0.0)
-    bottom = np.where(at_hi, rest, 0.0)
-    v0 = (pi * e ** 2).sum(axis=1) + top * e[:, -1] ** 2 + bottom * e[:, 0] ** 2
-    return v0, top, bottom
+    pi[:, -1] += np.where(lam < 0, rest, 0.0)
+    pi[:, 0] += np.where(lam >= 0, rest, 0.0)
+    pi /= pi.sum(axis=1, keepdims=True)
+    v0 = (pi * e ** 2).sum(axis=1)
+    return v0, rest, pi
 
 
-def _one_side(w: np.ndarray, vals: np.ndarray, d0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Score Z at d0 and the extreme-mass guard, row by row: (z, guard, v0).
-
-    z = sum_j w_j (v_j - d0) / sqrt(W V0). guard = (1 - w_end)^W, the probability, under the
-    restricted distribution, that none of W prompts lands on the grid end that the null needed
-    but the data never showed (0 where no mass was added).
-    """
+def _score_z(w: np.ndarray, vals: np.ndarray, d0) -> tuple[np.ndarray, np.ndarray]:
+    """Score Z at d0, row by row: z = sum_j w_j (v_j - d0) / sqrt(W V0); also the restricted pi."""
     tot = w.sum(axis=1)
     d0 = np.broadcast_to(np.asarray(d0, dtype=float), tot.shape)
     num = (w * (vals[None, :] - d0[:, None])).sum(axis=1)
-    v0, top, bottom = _restricted(w, vals, d0)
+    v0, _, pi = _restricted(w, vals, d0)
     scale = np.sqrt(tot * v0)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(scale > 0, num / scale, 0.0)
     # Zero variance only when every prompt sits exactly at d0 (numerator 0): no evidence either way.
     z = np.where((scale <= 0) & (np.abs(num) > 1e-12), np.copysign(np.inf, num), z)
-    extra = np.maximum(top, bottom)
-    guard = np.where(extra > 0, np.exp(tot * np.log1p(-np.minimum(extra, 1.0 - 1e-16))), 0.0)
-    return z, guard, v0
+    return z, pi
 
 
-def _p_high(w: np.ndarray, vals: np.ndarray, d0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """H0: D >= d0 against D < d0. Returns (p, z, guarded)."""
-    z, guard, _ = _one_side(w, vals, d0)
-    ps = _sps.norm.cdf(z)
-    return np.maximum(ps, np.where(z < 0, guard, 0.0)), z, (z < 0) & (guard > ps)
+# Rows x FFT length per batch in the exact tail (bounds memory at about 64 MB of complex numbers).
+_FFT_CELLS = 1 << 22
 
 
-def _p_low(w: np.ndarray, vals: np.ndarray, d0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """H0: D <= d0 against D > d0. Returns (p, z, guarded)."""
-    z, guard, _ = _one_side(w, vals, d0)
-    ps = _sps.norm.sf(z)
-    return np.maximum(ps, np.where(z > 0, guard, 0.0)), z, (z > 0) & (guard > ps)
+def _int_power(z: np.ndarray, n: int) -> np.ndarray:
+    """z ** n by repeated squaring (numpy's complex power goes through exp and log: slow)."""
+    out = np.ones_like(z)
+    base = z.copy()
+    while n:
+        if n & 1:
+            out *= base
+        n >>= 1
+        if n:
+            base *= base
+    return out
 
 
-def tost_histograms(w: np.ndarray, k: int, margin: float, alpha: float) -> np.ndarray:
-    """Vectorised decision for (R, 2K+1) histograms of d: True where equivalent. For simulation."""
+def _exact_tail(pi: np.ndarray, n: int, s_obs: np.ndarray, lower: bool) -> np.ndarray:
+    """P(S <= s_obs) (``lower``) or P(S >= s_obs) for S, the sum of n iid grid indices drawn from
+    each row of ``pi`` (R, G): the distribution of n * K * (D_hat + 1), by FFT convolution.
+
+    Where the support (2K n + 1 values) is long, a circular window of mean +/- (15 sd + 20 K) is
+    used instead; Bernstein's inequality puts the mass folded in from outside it below 1e-7.
+    """
+    g = pi.shape[1]
+    k2 = g - 1
+    size = k2 * n + 1
+    j = np.arange(g)
+    mean = n * (pi * j).sum(axis=1)
+    sd = np.sqrt(n * np.clip((pi * j ** 2).sum(axis=1) - (pi * j).sum(axis=1) ** 2, 0.0, None))
+    half = int(np.ceil(15.0 * sd.max() + 10.0 * k2)) + 1
+    length = _fft.next_fast_len(min(size, 2 * half + 1), real=True)
+    out = np.empty(pi.shape[0])
+    step = max(1, _FFT_CELLS // length)
+    for start in range(0, pi.shape[0], step):
+        sl = slice(start, start + step)
+        block = pi[sl]
+        circ = np.clip(_fft.irfft(_int_power(_fft.rfft(block, n=length, axis=1), n), n=length, axis=1), 0.0, None)
+        # The window holds S = lo .. lo + length - 1, S stored at circ[S mod length]; sum a
+        # circular run of it through a cumulative sum with a leading zero.
+        lo = np.clip(np.floor(mean[sl]).astype(np.int64) - length // 2, 0, max(size - length, 0))
+        if lower:
+            first, count = lo, np.clip(s_obs[sl] - lo + 1, 0, length)
+        else:
+            first, count = np.maximum(s_obs[sl], lo), np.clip(lo + length - np.maximum(s_obs[sl], lo), 0, length)
+        cum = np.concatenate([np.zeros((block.shape[0], 1)), np.cumsum(circ, axis=1)], axis=1)
+        rows = np.arange(block.shape[0])
+        a = first % length
+        end = a + count
+        inner = cum[rows, np.minimum(end, length)] - cum[rows, a]
+        wrapped = np.where(end > length, cum[rows, np.clip(end - length, 0, length)], 0.0)
+        out[sl] = inner + wrapped
+    return np.clip(out, 0.0, 1.0)
+
+
+def _side(w: np.ndarray, vals: np.ndarray, d0, upper: bool, alpha: float | None = None, tail: bool = True):
+    """One-sided p-values, row by row: (p, z, p_score, p_tail).
+
+    upper: H0 D >= d0 against D < d0 (small D_hat is extreme); else H0 D <= d0 against D > d0.
+    p = max(p_score, p_tail): p_score from the normal reference, p_tail the exact probability, under
+    the restricted MLE, of a D_hat at least as extreme as the observed one (Storer & Kim 1990).
+    With ``alpha`` given, p_tail is only computed where p_score < alpha (elsewhere it cannot
+    change a decision) and is NaN there.
+    """
+    z, pi = _score_z(w, vals, d0)
+    p_score = _sps.norm.cdf(z) if upper else _sps.norm.sf(z)
+    p_tail = np.full(z.shape, np.nan)
+    if tail:
+        need = np.ones(z.shape, dtype=bool) if alpha is None else p_score < alpha
+        if need.any():
+            ns = w.sum(axis=1)
+            n = int(round(float(ns[0])))
+            if not np.allclose(ns, n):
+                raise ValueError("internal: rows must hold the same number of prompts")
+            s_obs = np.rint((w * np.arange(w.shape[1])[None, :]).sum(axis=1)).astype(np.int64)
+            p_tail[need] = _exact_tail(pi[need], n, s_obs[need], lower=upper)
+    p = np.fmax(p_score, np.nan_to_num(p_tail, nan=0.0))
+    return p, z, p_score, p_tail
+
+
+def tost_histograms(w: np.ndarray, k: int, margin: float, alpha: float, tail: bool = True) -> np.ndarray:
+    """Vectorised decision for (R, 2K+1) histograms of d, all rows with the same n: True where
+    equivalent. For simulation; ``tail=False`` gives the bare score test (a rejected candidate)."""
     vals = _grid(k)
-    ph, _, _ = _p_high(w, vals, margin)
-    pl, _, _ = _p_low(w, vals, -margin)
+    ph = _side(w, vals, margin, True, alpha, tail)[0]
+    pl = _side(w, vals, -margin, False, alpha, tail)[0]
     return np.maximum(ph, pl) < alpha
 
 
@@ -204,10 +267,11 @@ class SampledTostResult:
 
     ``p_target``/``p_speculative`` are the pooled refusal rates (all n K samples of an arm);
     ``diff`` = p_target - p_speculative = mean per-prompt share difference; ``ci_low``/``ci_high``
-    the (1 - 2 alpha) interval (the d0 that neither one-sided test rejects); ``p_value`` =
-    max(p_low, p_high); ``equivalent`` iff p_value < alpha. ``guarded`` says that the extreme-mass
-    guard, not the score, set the deciding p-value. ``moved_prompts`` counts prompts whose shares
-    differ at all; ``cohens_h`` is on the pooled rates.
+    the (1 - 2 alpha) interval (the d0 that neither one-sided test rejects); ``p_low``/``p_high``
+    the one-sided p-values, each the larger of its score and exact-tail parts (``p_score`` and
+    ``p_tail`` are the larger side of each part); ``p_value`` = max(p_low, p_high); ``equivalent``
+    iff p_value < alpha. ``moved_prompts`` counts prompts whose shares differ at all;
+    ``cohens_h`` is on the pooled rates.
     """
 
     n: int
@@ -224,18 +288,18 @@ class SampledTostResult:
     z_high: float
     p_low: float
     p_high: float
+    p_score: float
+    p_tail: float
     p_value: float
     equivalent: bool
-    guarded: bool
     moved_prompts: int
     cohens_h: float
 
     def summary(self) -> str:
-        guard = ", extreme-mass guard" if self.guarded else ""
         return (
             f"{self.n} prompts x {self.k} samples: D = {self.diff:+.4f}, "
             f"{100 * (1 - 2 * self.alpha):.0f}% CI [{self.ci_low:+.4f}, {self.ci_high:+.4f}] vs +/-{self.margin:.4f}; "
-            f"TOST p = {self.p_value:.4g} ({self.method}{guard}) -> "
+            f"TOST p = {self.p_value:.4g} ({self.method}: score {self.p_score:.4g}, exact tail {self.p_tail:.4g}) -> "
             f"{'equivalent' if self.equivalent else 'not equivalent'}"
         )
 
@@ -251,20 +315,22 @@ def _bound(w: np.ndarray, vals: np.ndarray, diff: float, alpha: float, upper: bo
     """The CI end: the d0 beyond ``diff`` where the one-sided p-value falls below alpha.
 
     p falls monotonically away from ``diff``; the crossing is bracketed on a batch of d0 values
-    at once and the bracket refined until it is below 1e-10 wide.
+    at once and the bracket refined until it is below 1e-9 wide.
     """
-    side = _p_high if upper else _p_low
     far = 1.0 - 1e-9 if upper else -1.0 + 1e-9
     if (upper and diff >= far) or (not upper and diff <= far):
         return 1.0 if upper else -1.0
+
+    def p(d0: np.ndarray) -> np.ndarray:
+        return _side(np.repeat(w, d0.size, axis=0), vals, d0, upper, alpha)[0]
+
     inside, outside = diff, far
-    if side(w, vals, outside)[0][0] >= alpha:
+    if p(np.array([outside]))[0] >= alpha:
         return 1.0 if upper else -1.0
-    batch = 64
-    while abs(outside - inside) > 1e-10:
+    batch = 32
+    while abs(outside - inside) > 1e-9:
         d0 = np.linspace(inside, outside, batch + 2)[1:-1]
-        p = side(np.repeat(w, batch, axis=0), vals, d0)[0]
-        below = np.flatnonzero(p < alpha)
+        below = np.flatnonzero(p(d0) < alpha)
         first = int(below[0]) if below.size else batch
         new_outside = d0[first] if first < batch else outside
         new_inside = d0[first - 1] if first > 0 else inside
@@ -277,33 +343,33 @@ def sampled_tost(target, speculative, k: int | None = None, margin: float = 0.03
 
     ``target`` and ``speculative``: per-prompt counts of refused samples (1-D, 0..k, aligned by
     prompt; give ``k``) or per-sample 0/1 flags (n x K arrays; ``k`` optional, must match).
-    One-sided p-values: p_high = max(Phi(Z(+m)), guard), p_low = max(1 - Phi(Z(-m)), guard), with
-    Z the grid score statistic and the guard as in docs/statistics.md section 8. Never NaN.
+    Each one-sided p-value is the larger of the grid score test's (normal reference) and the
+    exact tail under the restricted MLE; docs/statistics.md section 8. Never NaN.
     """
     _check_margin_alpha(margin, alpha)
     x, y, kk = _pair(target, speculative, k)
     n = int(x.size)
     w = _histogram(x, y, kk)[None, :]
     vals = _grid(kk)
-    ph, zh, gh = _p_high(w, vals, float(margin))
-    pl, zl, gl = _p_low(w, vals, -float(margin))
+    ph, zh, sh, th = _side(w, vals, float(margin), True)
+    pl, zl, sl, tl = _side(w, vals, -float(margin), False)
     p_high, p_low = float(ph[0]), float(pl[0])
     p = max(p_high, p_low)
-    deciding_guard = bool(gh[0]) if p_high >= p_low else bool(gl[0])
     diff = float((x - y).sum() / (n * kk))
     pt, ps = float(x.sum() / (n * kk)), float(y.sum() / (n * kk))
     return SampledTostResult(
-        n=n, k=kk, margin=float(margin), alpha=float(alpha), method="grid-score",
+        n=n, k=kk, margin=float(margin), alpha=float(alpha), method="grid score + exact tail",
         p_target=pt, p_speculative=ps, diff=diff,
         ci_low=_bound(w, vals, diff, alpha, upper=False), ci_high=_bound(w, vals, diff, alpha, upper=True),
         z_low=float(zl[0]), z_high=float(zh[0]), p_low=p_low, p_high=p_high,
-        p_value=p, equivalent=bool(p < alpha), guarded=deciding_guard,
+        p_score=float(max(sh[0], sl[0])), p_tail=float(max(th[0], tl[0])),
+        p_value=p, equivalent=bool(p < alpha),
         moved_prompts=int(np.count_nonzero(x != y)), cohens_h=cohens_h(pt, ps),
     )
 
 
 def restricted_variance(probs: Sequence[float], k: int, d0: float) -> tuple[float, float]:
-    """Population version of the restricted MLE: (V0, mass added at an unobserved grid end).
+    """Population version of the restricted MLE under E[d] = d0: (V0, mass put on the grid end).
 
     ``probs``: the distribution of d over the 2K+1 grid points (-1 .. 1). Used for sample sizes.
     """
@@ -311,22 +377,33 @@ def restricted_variance(probs: Sequence[float], k: int, d0: float) -> tuple[floa
     w = np.asarray(probs, dtype=float)
     if w.shape != (2 * kk + 1,) or (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
         raise ValueError(f"probs must be {2 * kk + 1} non-negative weights over the grid -1..1 in steps of 1/{kk}")
-    v0, top, bottom = _restricted((w / w.sum())[None, :], _grid(kk), float(d0))
-    return float(v0[0]), float(max(top[0], bottom[0]))
+    v0, rest, _ = _restricted((w / w.sum())[None, :], _grid(kk), float(d0))
+    return float(v0[0]), float(rest[0])
 
 
 def _required_n_from_probs(probs: np.ndarray, k: int, margin: float, alpha: float, power: float) -> int:
-    """n = (z_{1-alpha} s0 + z_{1-beta/2} sigma)^2 / m^2 at true D = 0, and the guard's own floor."""
+    """n = (z_{1-alpha} s0 + z_{1-beta/2} sigma)^2 / m^2 at true D = 0, raised where needed until a
+    sample with D_hat = 0 passes the exact tail too."""
     vals = _grid(k)
     sym = 0.5 * (probs + probs[::-1])  # the same spread of d, recentred at D = 0
     sigma2 = float((sym * vals ** 2).sum())
-    v0, extra = restricted_variance(sym, k, margin)
+    v0, _, pi = _restricted(sym[None, :], vals, margin)
     z_a = _sps.norm.ppf(1 - alpha)
     z_b = _sps.norm.ppf(1 - (1 - power) / 2)
-    n = (z_a * math.sqrt(v0) + z_b * math.sqrt(sigma2)) ** 2 / margin ** 2
-    if extra > 0:
-        n = max(n, math.log(alpha) / math.log1p(-extra))
-    return int(math.ceil(n - 1e-9))
+    n = max(1, int(math.ceil((z_a * math.sqrt(v0[0]) + z_b * math.sqrt(sigma2)) ** 2 / margin ** 2 - 1e-9)))
+
+    def tail_ok(nn: int) -> bool:  # P(D_hat <= 0) under the restricted MLE, n = nn
+        return float(_exact_tail(pi, nn, np.array([nn * k]), lower=True)[0]) < alpha
+
+    if tail_ok(n):
+        return n
+    lo, hi = n, 2 * n
+    while not tail_ok(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if tail_ok(mid) else (mid, hi)
+    return hi
 
 
 def sampled_required_n(target, speculative, k: int | None = None, margin: float = 0.03, alpha: float = 0.05,
@@ -335,8 +412,8 @@ def sampled_required_n(target, speculative, k: int | None = None, margin: float 
 
     The observed distribution of d is mirrored (d and -d, so that D = 0 with the same spread) and
     put into n = (z_{1-alpha} s0 + z_{1-beta/2} sigma)^2 / m^2, sigma^2 = E[d^2], s0^2 = the
-    restricted variance at D0 = m; where that adds mass at a grid end, n is at least
-    log(alpha) / log(1 - mass), the guard's own requirement.
+    restricted variance at D0 = m; n is then raised, where needed, until a sample with D_hat = 0
+    passes the exact tail (all shares equal at a ceiling: n >= log(alpha) / log(1 - m), 99).
     """
     _check_margin_alpha(margin, alpha)
     if not (0.0 < power < 1.0):
