@@ -322,3 +322,11 @@ def test_other_entry_points_validate():
         sampled.rerun_spread([1], [1], 2, level=1.0)
     with pytest.raises(ValueError, match="probs"):
         sampled.restricted_variance([0.5, 0.5], 2, 0.03)
+
+
+@pytest.mark.parametrize("psi, n", [(0.01, 209), (0.02, 292), (0.05, 542), (0.10, 987)])
+def test_required_n_is_the_greedy_formula_for_all_or_nothing_shares(psi, n):
+    probs = np.zeros(5)
+    probs[0] = probs[4] = psi / 2
+    probs[2] = 1 - psi
+    assert sampled._required_n_from_probs(probs, 2, M, ALPHA, 0.8) == n == stats.required_n(psi)
