@@ -34,6 +34,7 @@ __all__ = [
     "sampled_required_n",
     "rerun_spread",
     "moved_share",
+    "swap_null_h_quantile",
 ]
 
 # Bisection steps for the Lagrange multiplier (the bracket has width < 2 / (1 - |D0|)).
@@ -421,6 +422,30 @@ def sampled_required_n(target, speculative, k: int | None = None, margin: float 
     x, y, kk = _pair(target, speculative, k)
     h = _histogram(x, y, kk)
     return _required_n_from_probs(h / h.sum(), kk, float(margin), float(alpha), float(power))
+
+
+def swap_null_h_quantile(target, speculative, k: int | None = None, level: float = 0.95,
+                         draws: int = 4000, seed: int = 0) -> float:
+    """Quantile of |h| on the pooled rates under exchangeable arms (the sampled form of
+    ``stats.swap_null_h_quantile``).
+
+    If the arms were exchangeable, a prompt's 2K samples could be split into the two arms at
+    random: x*_i ~ Hypergeometric(2K, x_i + y_i, K), y*_i = x_i + y_i - x*_i. Monte Carlo with a
+    fixed seed (deterministic); the quantile is the smallest draw x with P(|h*| <= x) >= level.
+    """
+    if not (0.0 < level < 1.0):
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 100:
+        raise ValueError(f"draws must be an integer >= 100, got {draws!r}")
+    x, y, kk = _pair(target, speculative, k)
+    n = x.size
+    t = x + y
+    rng = np.random.default_rng(seed)
+    xs = rng.hypergeometric(np.broadcast_to(t, (draws, n)), np.broadcast_to(2 * kk - t, (draws, n)), kk)
+    pa = xs.sum(axis=1) / (n * kk)
+    pb = (t.sum() - xs.sum(axis=1)) / (n * kk)
+    hs = np.abs(2.0 * np.arcsin(np.sqrt(pa)) - 2.0 * np.arcsin(np.sqrt(pb)))
+    return float(np.quantile(np.round(hs, 12), level, method="inverted_cdf"))
 
 
 def rerun_spread(run_a, run_b, k: int | None = None, level: float = 0.95) -> float:

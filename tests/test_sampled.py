@@ -330,3 +330,26 @@ def test_required_n_is_the_greedy_formula_for_all_or_nothing_shares(psi, n):
     probs[0] = probs[4] = psi / 2
     probs[2] = 1 - psi
     assert sampled._required_n_from_probs(probs, 2, M, ALPHA, 0.8) == n == stats.required_n(psi)
+
+
+def test_swap_null_h_quantile_against_enumeration():
+    # Two prompts, K = 2, totals 2 and 3 of 4 samples refused: x* ~ Hypergeometric(4, t, 2).
+    x, y, k = np.array([2, 1]), np.array([0, 2]), 2
+    dist: dict[float, float] = {}
+    for a in range(3):
+        for b in range(3):
+            pr = sps.hypergeom.pmf(a, 4, 2, 2) * sps.hypergeom.pmf(b, 4, 3, 2)
+            if pr == 0:
+                continue
+            h = round(abs(stats.cohens_h((a + b) / 4, (5 - a - b) / 4)), 12)
+            dist[h] = dist.get(h, 0.0) + pr
+    hs = sorted(dist)
+    cum = np.cumsum([dist[h] for h in hs])
+    for level in (0.5, 0.95):
+        want = hs[int(np.searchsorted(cum, level - 1e-12))]
+        assert sampled.swap_null_h_quantile(x, y, k, level=level) == pytest.approx(want)
+    # No movement possible at an all-equal ceiling: the null is degenerate.
+    assert sampled.swap_null_h_quantile(np.full(50, 4), np.full(50, 4), 4) == 0.0
+    assert sampled.swap_null_h_quantile(x, y, k) == sampled.swap_null_h_quantile(x, y, k)
+    with pytest.raises(ValueError, match="draws"):
+        sampled.swap_null_h_quantile(x, y, k, draws=10)
