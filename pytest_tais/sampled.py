@@ -6,11 +6,14 @@ d_i = (x_i - y_i) / K lives on the grid {-1, -1 + 1/K, ..., 1}, and the overall 
 pooled refusal rates is D = E[d]. The equivalence test (|D| < margin) is a score test for the mean
 of a multinomial over that grid: the variance of d is taken from the restricted maximum-likelihood
 distribution under D = D0, over the whole grid, so data that show no difference still carry the
-variance of the cheapest null that could have produced them (mass at the far end of the grid). With
-all shares 0 or 1 it is exactly Tango's paired score test (``stats.paired_tost``); see
-docs/statistics.md, section 8, for the formulas, the candidates that lost and the simulation.
+variance of the cheapest null that could have produced them (mass at the far end of the grid).
+Each one-sided p-value is the larger of the score test's and the exact tail of D_hat under that
+restricted distribution, which keeps the level where the normal reference fails (a ceiling, where
+the null can sit on a few prompts that flip completely). With all shares 0 or 1 the score part is
+exactly Tango's paired score test (``stats.paired_tost``); see docs/statistics.md, section 8, for
+the formulas, the candidates that lost and the simulation.
 
-All functions are usable outside pytest; numpy and scipy only.
+All functions are usable outside pytest (numpy and scipy; Cohen's h via ``stats``).
 """
 
 from __future__ import annotations
