@@ -11,8 +11,9 @@ Printed, as Markdown tables for docs/statistics.md section 8:
 3. power at D = 0 and the required n per K (formula of sampled.sampled_required_n) with the pass
    rate simulated at that n.
 
-Run: ``python benchmarks/simulate_sampled.py [--reps 4000]`` (one core, a few minutes at the
-default). Seeded: the same command prints the same tables.
+Run: ``python benchmarks/simulate_sampled.py [--reps 4000]`` (one core, about two minutes at the
+default). Seeded: the same command prints the same tables. The last line times one sampled_tost
+call against the greedy screen's paired_tost.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 import numpy as np
 from scipy import stats as sps
 
-from pytest_tais import sampled
+from pytest_tais import sampled, stats
 
 KS = (2, 4, 8, 16)
 SIZE_NS = (50, 90, 100, 200, 500, 1000)
@@ -237,6 +238,18 @@ def main() -> None:
             n = sampled._required_n_from_probs(probs, k, m, alpha, 0.8)
             cells.append(f"{n} / {rate(rng, probs, n, k, reps, m, alpha):.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    # What one verdict costs: the API on a realistic run, next to the greedy screen's test.
+    x, y = rng.binomial(8, 0.9, 500), rng.binomial(8, 0.9, 500)
+    t1 = time.perf_counter()
+    for _ in range(5):
+        sampled.sampled_tost(x, y, 8)
+    t_sampled = (time.perf_counter() - t1) / 5
+    t1 = time.perf_counter()
+    for _ in range(5):
+        stats.paired_tost(20, 18, 500)
+    t_greedy = (time.perf_counter() - t1) / 5
+    print(f"\none sampled_tost call (500 prompts x 8 samples, with its interval): {1000 * t_sampled:.0f} ms; "
+          f"stats.paired_tost on 500 pairs: {1000 * t_greedy:.1f} ms")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 
