@@ -63,7 +63,9 @@ def test_two_test_files_one_engine_per_arm_then_a_warm_rerun_starts_none(pyteste
     warm = _run(pytester, tiny_models)
     warm.assert_outcomes(passed=6)
     assert _starts(pytester.path / ".tais-cache") == ["speculative", "target"]
-    warm.stdout.fnmatch_lines(["*tais store:*(540/540 outputs reused)*", "speculative: engine_starts=0,*", "target: engine_starts=0,*"])
+    # the per-arm table: arm, starts, prompts, generated, reused, ...
+    warm.stdout.fnmatch_lines(["*tais store:*(540/540 outputs reused)*", "arm *starts *prompts *generated *reused *tok/s*",
+                               "speculative *0 *270 *0 *270 *", "target *0 *270 *0 *270 *"])
 
 
 def test_xdist_workers_share_one_engine_per_arm(pytester: pytest.Pytester, tiny_models) -> None:
@@ -73,4 +75,4 @@ def test_xdist_workers_share_one_engine_per_arm(pytester: pytest.Pytester, tiny_
     result = _run(pytester, tiny_models, "-n", "2", "--tais-cache-dir=cache2")
     result.assert_outcomes(passed=6)
     assert _starts(pytester.path / "cache2") == ["speculative", "target"]
-    result.stdout.fnmatch_lines(["speculative: engine_starts=1,*", "target: engine_starts=1,*", "tais: 6/6 task(s) equivalent"])
+    result.stdout.fnmatch_lines(["speculative *1 *270 *", "target *1 *270 *", "tais: 6/6 task(s) equivalent"])

@@ -44,4 +44,6 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
         for task in ("harmful", "jailbreak"):
             r = by[contrast][task]
             assert r["status"] == "fail" and r["rate_speculative"] < r["rate_target"], (contrast, task, r["reasons"])
-    assert "tais:" in out and "PASS" in out and "FAIL" in out
+            assert r["control"] == "caught"
+    assert "tais:" in out and "PASS" in out and "CONTROL caught" in out and "4/4 negative control(s) caught" in out
+    assert "**PASS**" in (suite / "tais-report" / "summary.md").read_text()
