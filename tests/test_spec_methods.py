@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
@@ -269,15 +268,20 @@ def test_vllm_plugin_screens_eagle3_from_the_store(method_runs, pytester: pytest
     result = pytester.runpytest_subprocess(
         f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'eagle3'}", "--tais-spec-method=eagle3",
         "--tais-battery=example", f"--tais-limit={N_PER_TASK}", f"--tais-max-tokens={MAX_TOKENS}",
-        f"--tais-cache-dir={base / 'cache'}", "-p", "no:cacheprovider", timeout=600,
+        f"--tais-cache-dir={base / 'cache'}", "--tais-report=rep", "-p", "no:cacheprovider", timeout=600,
     )
     out = result.stdout.str()
     assert "tais speculative: eagle3, draft" in out, out[-3000:]
-    assert "tais scope: eagle3 (an EAGLE-3 head on several of the target's hidden states): not validated by the seed study" in out
+    scope = "tais scope: eagle3 (an EAGLE-3 head on several of the target's hidden states): not validated by the seed study"
+    assert scope in out
     assert "OUT OF SCOPE: speculative method 'eagle3'" in out
     assert "(48/48 outputs reused)" in out  # no engine started: the fixture's outputs served both arms
-    # Six prompts per task cannot show equivalence at +/-3pp: the screen says so, it does not pass.
-    assert "byte-identical outputs: 6/6" in out or "identical" in out
+    # Every task row: 6 pairs, all byte-identical, marked out of scope (not blocked).
+    for task in ("harmful", "jailbreak", "benign", "capability"):
+        assert re.search(rf"^{task}\s+6\s.*\s100%\s+\S.*OUT-OF-SCOPE", out, re.M), (task, out[-3000:])
+    report = json.loads((pytester.path / "rep" / "report.json").read_text())
+    assert scope in report["engines"]["header_lines"]
+    assert scope in (pytester.path / "rep" / "summary.md").read_text()
 
 
 @pytest.mark.vllm
