@@ -81,8 +81,12 @@ OPTIONS: tuple[Option, ...] = (
     _core("tais-baseline-dir", "where baselines live (default .tais/baselines under rootdir)", "path"),
     # -- the engines
     _engine("tais-backend", "engine backend: vllm, hf (transformers), or openai (running servers, see --tais-target-url)"),
-    _engine("tais-spec-method", "speculative method: draft_model or ngram", default="draft_model"),
+    _engine("tais-spec-method", "speculative method: draft_model, ngram, suffix, eagle, eagle3, medusa, mtp or mlp_speculator "
+            "(the seed study validated draft_model)", default="draft_model"),
     _engine("tais-num-speculative-tokens", "tokens proposed per speculative step", "int", 4, axis="k"),
+    _engine("tais-ngram-min", "ngram: smallest n-gram matched in the prompt (vLLM prompt_lookup_min; 2 when unset)", "int"),
+    _engine("tais-ngram-max", "ngram: largest n-gram matched in the prompt (vLLM prompt_lookup_max; 4 when unset)", "int"),
+    _engine("tais-speculative-config", "JSON object of further vLLM speculative_config fields, passed through unchanged and fingerprinted"),
     _engine("tais-dtype", "model dtype: float32, bfloat16, float16 or auto (float32: byte identity on CPU)", default="float32", axis="dtype"),
     _engine("tais-seed", "engine seed", "int", 0, axis="seed"),
     _engine("tais-max-tokens", "max new tokens per answer", "int", 64),

@@ -9,6 +9,7 @@ then find everything stored and start no engine.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,7 +20,7 @@ from ..store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key
 from .base import DRAFT, ENGINE_STARTS, JUDGE, ArmSpec, Backend, EngineError, Progress, check_outputs
 from .fingerprint import HashMemo
 from .openai import PartialBatchError
-from .settings import STANDARD_REJECTION, EngineSettings
+from .settings import DRAFT_FOLDER_METHODS, SPEC_METHOD_DRAFTS, STANDARD_REJECTION, VALIDATED_METHODS, EngineSettings
 
 ARM_LABELS = {TARGET: "target-only", SPECULATIVE: "speculative", DRAFT: "draft (canary)", JUDGE: "judge"}
 
@@ -27,7 +28,8 @@ ARM_LABELS = {TARGET: "target-only", SPECULATIVE: "speculative", DRAFT: "draft (
 def arm_specs(settings: EngineSettings) -> dict[str, ArmSpec]:
     specs = {
         TARGET: ArmSpec(TARGET, settings.target),
-        SPECULATIVE: ArmSpec(SPECULATIVE, settings.target, settings.draft if settings.spec_method == "draft_model" else None, settings.spec_method),
+        SPECULATIVE: ArmSpec(SPECULATIVE, settings.target,
+                             settings.draft if settings.spec_method in DRAFT_FOLDER_METHODS else None, settings.spec_method),
     }
     if settings.canary > 0:
         assert settings.draft is not None  # settings validation guarantees it
@@ -190,8 +192,32 @@ def _arm_metrics(
     return m
 
 
+def _proposer(settings: EngineSettings) -> str:
+    if settings.spec_method == "ngram":
+        return f"ngram lookup {settings.prompt_lookup_min}-{settings.prompt_lookup_max}"
+    return SPEC_METHOD_DRAFTS[settings.spec_method]
+
+
+def scope_line(settings: EngineSettings) -> str:
+    """Whether the seed study's claims cover this speculative arm; said in every report, never blocking."""
+    method = settings.spec_method
+    if settings.validated_method:
+        return (f"tais scope: {method} with exact verification: validated by the seed study "
+                "(its claims cover draft models with lossless verification)")
+    if method == "draft_model":
+        verifier = settings.hf_acceptance if settings.backend == "hf" else settings.rejection_sample_method
+        return f"tais scope: {method} with {verifier} verification: not validated by the seed study (a lossy or non-standard verifier)"
+    return (f"tais scope: {method} ({SPEC_METHOD_DRAFTS[method]}): not validated by the seed study, whose claims stop at "
+            "draft models with exact verification; the screen applies to it all the same")
+
+
 def _scope(settings: EngineSettings) -> list[str]:
     notes = []
+    if settings.spec_method not in VALIDATED_METHODS:
+        notes.append(
+            f"speculative method {settings.spec_method!r} ({SPEC_METHOD_DRAFTS[settings.spec_method]}): not validated by the "
+            "seed study (validated: draft_model with exact verification); the verdict is the screen's own"
+        )
     if settings.rejection_sample_method != STANDARD_REJECTION:
         notes.append(
             f"rejection sample method {settings.rejection_sample_method!r}: the screen is validated for standard "
@@ -217,11 +243,11 @@ def _remote_header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], 
         f"tais target: {server(TARGET)}",
     ]
     spec = fps[SPECULATIVE]["speculation"]
-    if spec["method"] == "draft_model":
+    if spec["method"] in DRAFT_FOLDER_METHODS:
         draft = spec.get("draft")
         how = f"draft {draft.get('name') or draft.get('path')}" if draft else "draft not stated"
     else:
-        how = f"ngram lookup {settings.prompt_lookup_min}-{settings.prompt_lookup_max}"
+        how = _proposer(settings)
     observed = metrics.get(SPECULATIVE, {}).get("observed_num_speculative_tokens")
     seen = (f"; the server reported K={observed} per request" if observed is not None
             else "; not observed (vllm serve --per-request-spec-decode-metrics summary reports K)")
@@ -229,6 +255,7 @@ def _remote_header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], 
     lines.append(f"tais speculative config: stated, not observed: {spec['method']}, {how}, K={settings.num_speculative_tokens}{seen}")
     mode = "chat (the server's chat template)" if fps[TARGET]["prompt"]["mode"] == "chat" else "raw prompts (completions)"
     lines.append(f"tais prompts: {mode}, system prompt: {'yes' if settings.system_prompt else 'none'}")
+    lines.append(scope_line(settings))
     return lines
 
 
@@ -254,12 +281,13 @@ def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: 
     ]
     if SPECULATIVE in fps:
         spec = fps[SPECULATIVE]["speculation"]
-        if spec["method"] == "draft_model":
+        if spec.get("draft"):
             how = f"draft {settings.draft} (sha256 {spec['draft']['sha256'][:12]})"
         else:
-            how = f"ngram lookup {settings.prompt_lookup_min}-{settings.prompt_lookup_max}"
+            how = _proposer(settings)
         verifier = settings.rejection_sample_method if settings.backend == "vllm" else f"{settings.hf_acceptance} acceptance"
-        lines.append(f"tais speculative: {spec['method']}, {how}, K={settings.num_speculative_tokens}, {verifier}")
+        lines.append(f"tais speculative: {spec['method']}, {how}, K={settings.num_speculative_tokens}, {verifier}"
+                     + (f", speculative_config {json.dumps(spec['speculative_config'], sort_keys=True)}" if spec.get("speculative_config") else ""))
     if TARGET not in fps:
         lines.append("tais probe: the speculative arm alone, no target-only arm")
     prompt = target_fp["prompt"]
@@ -267,6 +295,8 @@ def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: 
     if settings.prompt_mode == "chat" and prompt["mode"] == "raw":
         mode += " (the tokenizer has no chat template)"
     lines.append(f"tais prompts: {mode}, system prompt: {'yes' if settings.system_prompt else 'none'}")
+    if SPECULATIVE in fps:
+        lines.append(scope_line(settings))
     reused = sum(m["reused"] for m in metrics.values())
     total = sum(m["prompts"] for m in metrics.values())
     lines.append(f"tais store: {store.root} ({reused}/{total} outputs reused)")

@@ -36,7 +36,7 @@ class ArmSpec:
     arm: str
     model: Path
     draft: Path | None = None
-    method: str | None = None  # None: plain decoding; "draft_model" | "ngram": speculative
+    method: str | None = None  # None: plain decoding; else a speculative method (settings.SPEC_METHODS)
 
     @property
     def speculative(self) -> bool:

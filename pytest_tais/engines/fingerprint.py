@@ -156,10 +156,13 @@ def arm_fingerprint(settings: Any, spec: Any, memo: HashMemo) -> dict[str, Any]:
             fp["parallel"] = dict(settings.parallel)
     if spec.method is not None:
         spec_fp: dict[str, Any] = {"method": spec.method, "num_speculative_tokens": settings.num_speculative_tokens}
-        if spec.method == "draft_model":
+        if spec.draft is not None:  # a draft model or a head (EAGLE, Medusa, ...): its files decide proposals
             spec_fp["draft"] = model_identity(spec.draft, memo)
-        else:
+        if spec.method == "ngram":
             spec_fp["prompt_lookup"] = [settings.prompt_lookup_min, settings.prompt_lookup_max]
+        extra = getattr(settings, "speculative_config_extra", None)
+        if extra:  # --tais-speculative-config, as passed to vLLM (absent when empty: older keys stay valid)
+            spec_fp["speculative_config"] = redact(extra)
         if settings.backend == "vllm":
             spec_fp["rejection_sample_method"] = settings.rejection_sample_method
         else:

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from ..records import SPECULATIVE, TARGET
 from .base import FINISH_REASONS, JUDGE, ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, model_identity
+from .settings import DRAFT_FOLDER_METHODS, redact
 
 #: First retry delay in seconds; doubled per retry, capped at BACKOFF_CAP.
 BACKOFF_SECONDS = 0.5
@@ -232,10 +233,12 @@ class OpenAIBackend(Backend):
                 "method": spec.method,
                 "num_speculative_tokens": s.num_speculative_tokens,
             }
-            if spec.method == "draft_model":
+            if spec.method in DRAFT_FOLDER_METHODS:
                 spec_fp["draft"] = stated_model(spec.draft, self._memo)
-            else:
+            if spec.method == "ngram":
                 spec_fp["prompt_lookup"] = [s.prompt_lookup_min, s.prompt_lookup_max]
+            if s.speculative_config_extra:
+                spec_fp["speculative_config"] = redact(s.speculative_config_extra)
             fp["speculation"] = spec_fp
         return fp
 

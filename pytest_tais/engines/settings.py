@@ -14,7 +14,25 @@ from ..options import default
 
 BACKENDS = ("vllm", "hf", "openai")
 EXECUTOR_BACKENDS = ("mp", "ray", "uni")
-SPEC_METHODS = ("draft_model", "ngram")
+#: vLLM's speculative methods (vllm/config/speculative.py) and what each proposes from.
+SPEC_METHOD_DRAFTS = {
+    "draft_model": "a smaller model with the target's tokenizer",
+    "ngram": "n-grams looked up in the prompt (no model)",
+    "suffix": "suffix trees over the prompt and past outputs (arctic-inference; no model)",
+    "eagle": "an EAGLE head on the target's last hidden state",
+    "eagle3": "an EAGLE-3 head on several of the target's hidden states",
+    "medusa": "Medusa heads on the target's last hidden state",
+    "mtp": "the target's own multi-token-prediction layers",
+    "mlp_speculator": "an MLP speculator on the target's hidden state",
+}
+SPEC_METHODS = tuple(SPEC_METHOD_DRAFTS)
+#: Methods whose proposer is a folder given with --tais-draft (the others need none).
+DRAFT_FOLDER_METHODS = ("draft_model", "eagle", "eagle3", "medusa", "mlp_speculator")
+#: What the transformers backend implements (assisted generation, prompt lookup).
+HF_SPEC_METHODS = ("draft_model", "ngram")
+#: The seed study's claims cover draft models with exact (standard) verification only.
+VALIDATED_METHODS = ("draft_model",)
+NGRAM_DEFAULTS = (2, 4)  # (prompt_lookup_min, prompt_lookup_max)
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 PROMPT_MODES = ("chat", "raw")
 HF_ACCEPTANCE = ("exact", "typical", "synthetic")
@@ -33,7 +51,7 @@ TYPICAL_DELTA = 0.3
 # validation and the fingerprint's named fields.
 MANAGED_ENGINE_KWARGS = {
     "model": "--tais-target",
-    "speculative_config": "--tais-draft / --tais-spec-method / --tais-num-speculative-tokens",
+    "speculative_config": "--tais-spec-method / --tais-draft / --tais-num-speculative-tokens / --tais-speculative-config",
     "dtype": "--tais-dtype",
     "seed": "--tais-seed",
     "enforce_eager": "--tais-enforce-eager",
@@ -45,6 +63,15 @@ MANAGED_ENGINE_KWARGS = {
     "pipeline_parallel_size": "--tais-pipeline-parallel-size",
     "data_parallel_size": "--tais-data-parallel-size",
     "distributed_executor_backend": "--tais-distributed-executor-backend",
+}
+# speculative_config fields that have their own option (refused in --tais-speculative-config).
+MANAGED_SPEC_KEYS = {
+    "method": "--tais-spec-method",
+    "model": "--tais-draft",
+    "num_speculative_tokens": "--tais-num-speculative-tokens",
+    "prompt_lookup_min": "--tais-ngram-min",
+    "prompt_lookup_max": "--tais-ngram-max",
+    "rejection_sample_method": "--tais-rejection-sample-method",
 }
 # Upper case, as environment variable names are by convention: a key pasted here by mistake
 # (mixed case, dashes) is refused without being echoed.
@@ -94,8 +121,11 @@ class EngineSettings:
     backend: str = "vllm"
     spec_method: str = default("tais_spec_method")
     num_speculative_tokens: int = default("tais_num_speculative_tokens")
-    prompt_lookup_max: int = 4
-    prompt_lookup_min: int = 2
+    # ngram only (--tais-ngram-min/max); None elsewhere, NGRAM_DEFAULTS for ngram when unset.
+    prompt_lookup_max: int | None = None
+    prompt_lookup_min: int | None = None
+    # Further speculative_config fields as a JSON object, passed to vLLM unchanged.
+    speculative_config_json: str = "{}"
     dtype: str = default("tais_dtype")
     seed: int = default("tais_seed")
     max_tokens: int = default("tais_max_tokens")
@@ -144,7 +174,9 @@ class EngineSettings:
         if self.backend not in BACKENDS:
             raise bad("--tais-backend", f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)} (recorded outputs: --tais-replay)")
         if self.spec_method not in SPEC_METHODS:
-            raise bad("--tais-spec-method", f"unknown method {self.spec_method!r}; use one of {', '.join(SPEC_METHODS)}")
+            raise bad("--tais-spec-method", f"unknown method {self.spec_method!r}; use one of {', '.join(SPEC_METHODS)} "
+                      "(other speculative_config fields: --tais-speculative-config=JSON)")
+        self._check_speculation(bad)
         if self.backend == "openai":
             self._check_remote(bad)
         else:
@@ -153,13 +185,10 @@ class EngineSettings:
             ("--tais-num-speculative-tokens", self.num_speculative_tokens, 1),
             ("--tais-max-tokens", self.max_tokens, 1),
             ("--tais-seed", self.seed, 0),
-            ("prompt_lookup_min", self.prompt_lookup_min, 1),
             ("chunk_size", self.chunk_size, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise bad(name, f"{value!r} must be a whole number >= {low}")
-        if self.prompt_lookup_max < self.prompt_lookup_min:
-            raise bad("prompt_lookup_max", f"{self.prompt_lookup_max} must be >= prompt_lookup_min ({self.prompt_lookup_min})")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len <= self.max_tokens):
             raise bad("--tais-max-model-len", f"{self.max_model_len!r} must be a whole number above --tais-max-tokens ({self.max_tokens})")
         if self.dtype not in DTYPES:
@@ -189,6 +218,9 @@ class EngineSettings:
             raise bad("--tais-canary", f"{self.canary!r} must be a share in [0, 1], e.g. 0.2")
         if self.canary > 0 and self.draft is None:
             raise bad("--tais-canary", "the canary replaces outputs with the draft model's own; pass --tais-draft")
+        if self.canary > 0 and self.spec_method in DRAFT_FOLDER_METHODS and self.spec_method != "draft_model":
+            raise bad("--tais-canary", f"the canary runs --tais-draft as a model of its own; a {self.spec_method} draft "
+                      f"({SPEC_METHOD_DRAFTS[self.spec_method]}) cannot generate alone: use --tais-spec-method=draft_model")
         try:
             kwargs = json.loads(self.engine_kwargs_json)
         except json.JSONDecodeError as exc:
@@ -200,11 +232,67 @@ class EngineSettings:
                 raise bad("--tais-engine-kwargs", f"{key!r} has its own option; use {MANAGED_ENGINE_KWARGS[key]}")
         object.__setattr__(self, "engine_kwargs_json", json.dumps(kwargs, sort_keys=True))
 
+    def _check_speculation(self, bad: Any) -> None:
+        method = self.spec_method
+        lookup = (("--tais-ngram-min", self.prompt_lookup_min), ("--tais-ngram-max", self.prompt_lookup_max))
+        if method == "ngram":
+            for (option, value), default in zip(lookup, NGRAM_DEFAULTS):
+                if value is None:
+                    object.__setattr__(self, "prompt_lookup_" + option[-3:], default)
+                elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise bad(option, f"{value!r} must be a whole number >= 1")
+            if self.prompt_lookup_max < self.prompt_lookup_min:
+                raise bad("--tais-ngram-max", f"{self.prompt_lookup_max} must be >= --tais-ngram-min ({self.prompt_lookup_min})")
+        else:
+            for option, value in lookup:
+                if value is not None:
+                    raise bad(option, f"n-gram lookup sizes apply to --tais-spec-method=ngram only, not {method}; drop {option}")
+        try:
+            extra = json.loads(self.speculative_config_json)
+        except json.JSONDecodeError as exc:
+            raise bad("--tais-speculative-config", f"not valid JSON ({exc.msg}); give a JSON object such as "
+                      "'{\"suffix_decoding_max_tree_depth\": 16}'") from None
+        if not isinstance(extra, dict):
+            raise bad("--tais-speculative-config", "must be a JSON object of vLLM speculative_config fields, "
+                      "such as '{\"draft_tensor_parallel_size\": 1}'")
+        for key in extra:
+            if key in MANAGED_SPEC_KEYS:
+                raise bad("--tais-speculative-config", f"{key!r} conflicts with {MANAGED_SPEC_KEYS[key]}, which sets it; "
+                          f"use that option and drop {key!r} from the JSON")
+            if key.startswith("suffix_decoding_") and method != "suffix":
+                raise bad("--tais-speculative-config", f"{key!r} configures suffix decoding, but --tais-spec-method={method}; "
+                          "add --tais-spec-method=suffix or drop it")
+        object.__setattr__(self, "speculative_config_json", json.dumps(extra, sort_keys=True))
+        if self.role != "screen":
+            return
+        if self.backend == "hf" and method not in HF_SPEC_METHODS:
+            raise bad("--tais-spec-method", f"{method} runs on vLLM only; the hf backend has {' and '.join(HF_SPEC_METHODS)}: "
+                      "use --tais-backend=vllm (or a running server: --tais-backend=openai)")
+        if self.backend == "hf" and extra:
+            raise bad("--tais-speculative-config", "vLLM's speculative_config has no hf counterpart; use --tais-backend=vllm or drop it")
+        if self.draft is not None and method not in DRAFT_FOLDER_METHODS and self.canary == 0:
+            raise bad("--tais-draft", f"{method} proposes from {SPEC_METHOD_DRAFTS[method]}, not from --tais-draft; drop it "
+                      "(with these methods a draft serves --tais-canary only)")
+
+    @property
+    def speculative_config_extra(self) -> dict[str, Any]:
+        return json.loads(self.speculative_config_json)
+
+    @property
+    def validated_method(self) -> bool:
+        """True where the seed study's claims cover the speculative arm: a draft model, exact verification."""
+        if self.spec_method not in VALIDATED_METHODS:
+            return False
+        if self.backend == "hf":
+            return self.hf_acceptance == "exact"
+        return self.rejection_sample_method == STANDARD_REJECTION
+
     def _check_local(self, bad: Any) -> None:
         if self.target is None:
             raise bad("--tais-target", f"missing; the {self.backend} backend needs the target model folder")
-        if self.spec_method == "draft_model" and self.draft is None and self.role == "screen":
-            raise bad("--tais-draft", "missing; the draft_model method needs a draft model folder (or pass --tais-spec-method=ngram)")
+        if self.spec_method in DRAFT_FOLDER_METHODS and self.draft is None and self.role == "screen":
+            raise bad("--tais-draft", f"missing; the {self.spec_method} method needs a draft folder ({SPEC_METHOD_DRAFTS[self.spec_method]}); "
+                      "ngram, suffix and mtp need none")
         for option, value in (("--tais-target-url", self.target_url), ("--tais-speculative-url", self.speculative_url),
                               ("--tais-served-model", self.served_model), ("--tais-api-key-env", self.api_key_env)):
             if value is not None:
@@ -316,6 +404,8 @@ class EngineSettings:
         }
         if self.spec_method == "ngram":
             out["prompt_lookup"] = [self.prompt_lookup_min, self.prompt_lookup_max]
+        if self.speculative_config_extra:
+            out["speculative_config"] = redact(self.speculative_config_extra)
         if self.backend == "vllm":
             out["gpu_memory_utilization"] = self.gpu_memory_utilization
         if self.backend == "hf":
@@ -340,6 +430,8 @@ class EngineSettings:
                 "method": self.spec_method,
                 "draft": str(self.draft) if self.draft else None,
                 "num_speculative_tokens": self.num_speculative_tokens,
+                **({"prompt_lookup": [self.prompt_lookup_min, self.prompt_lookup_max]} if self.spec_method == "ngram" else {}),
+                **({"speculative_config": redact(self.speculative_config_extra)} if self.speculative_config_extra else {}),
                 "observed": False,
             },
             "seed": self.seed,

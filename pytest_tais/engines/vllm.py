@@ -1,7 +1,8 @@
 """The vLLM backend: offline ``vllm.LLM`` engines, one per arm, started lazily and shut down fully.
 
 Target-only arm: the target alone. Speculative arm: the target with ``speculative_config``
-(a draft model, or n-gram prompt lookup). vLLM is imported on the first ``generate`` only.
+(any of vLLM's methods: a draft model, EAGLE/EAGLE-3/Medusa heads, MTP layers, n-gram or suffix
+lookup). vLLM is imported on the first ``generate`` only.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 
 from .base import ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
+from .settings import DRAFT_FOLDER_METHODS
 
 # vLLM v1 counters (vllm/v1/spec_decode/metrics.py); summed over engine labels.
 _SPEC_COUNTERS = {
@@ -48,20 +50,24 @@ class VllmBackend(Backend):
         return arm_fingerprint(self.settings, self.spec, self._memo)
 
     def speculative_config(self) -> dict[str, Any] | None:
+        """vLLM's ``speculative_config`` for this arm (None: target only).
+
+        The named options first; --tais-speculative-config adds fields they do not set (the
+        settings refuse overlaps). mtp, ngram and suffix name no model: vLLM takes the target's
+        own MTP layers, or proposes from the text.
+        """
         s, spec = self.settings, self.spec
         if spec.method is None:
             return None
-        if spec.method == "draft_model":
-            cfg: dict[str, Any] = {"method": "draft_model", "model": str(spec.draft), "num_speculative_tokens": s.num_speculative_tokens}
-        else:
-            cfg = {
-                "method": "ngram",
-                "num_speculative_tokens": s.num_speculative_tokens,
-                "prompt_lookup_max": s.prompt_lookup_max,
-                "prompt_lookup_min": s.prompt_lookup_min,
-            }
+        cfg: dict[str, Any] = {"method": spec.method, "num_speculative_tokens": s.num_speculative_tokens}
+        if spec.method in DRAFT_FOLDER_METHODS:
+            cfg["model"] = str(spec.draft)
+        if spec.method == "ngram":
+            cfg["prompt_lookup_max"] = s.prompt_lookup_max
+            cfg["prompt_lookup_min"] = s.prompt_lookup_min
         if s.rejection_sample_method != "standard":
             cfg["rejection_sample_method"] = s.rejection_sample_method
+        cfg.update(s.speculative_config_extra)
         return cfg
 
     def engine_kwargs(self) -> dict[str, Any]:
