@@ -181,6 +181,12 @@ class EngineSettings:
             self._check_remote(bad)
         else:
             self._check_local(bad)
+        self._check_numbers(bad)
+        self._check_decoding(bad)
+        self._check_verifier(bad)
+        self._check_engine_kwargs(bad)
+
+    def _check_numbers(self, bad: Any) -> None:
         for name, value, low in (
             ("--tais-num-speculative-tokens", self.num_speculative_tokens, 1),
             ("--tais-max-tokens", self.max_tokens, 1),
@@ -197,12 +203,16 @@ class EngineSettings:
             raise bad("--tais-gpu-memory-utilization", f"{self.gpu_memory_utilization!r} must lie in (0, 1], e.g. 0.45 so two engines fit on one GPU")
         if self.prompt_mode not in PROMPT_MODES:
             raise bad("--tais-prompt-mode", f"unknown mode {self.prompt_mode!r}; use chat (the tokenizer's chat template) or raw")
+
+    def _check_decoding(self, bad: Any) -> None:
         if not isinstance(self.temperature, (int, float)) or self.temperature != 0:
             raise bad(
                 "--tais-temperature",
                 f"{self.temperature!r} is not allowed; only 0 is: the screen's claims (byte identity, paired "
                 "refusal rates) hold for greedy decoding, and sampled outputs differ between runs by chance",
             )
+
+    def _check_verifier(self, bad: Any) -> None:
         if not self.rejection_sample_method or not isinstance(self.rejection_sample_method, str):
             raise bad("--tais-rejection-sample-method", "empty; use standard (lossless verification)")
         if self.hf_acceptance not in HF_ACCEPTANCE:
@@ -221,6 +231,8 @@ class EngineSettings:
         if self.canary > 0 and self.spec_method in DRAFT_FOLDER_METHODS and self.spec_method != "draft_model":
             raise bad("--tais-canary", f"the canary runs --tais-draft as a model of its own; a {self.spec_method} draft "
                       f"({SPEC_METHOD_DRAFTS[self.spec_method]}) cannot generate alone: use --tais-spec-method=draft_model")
+
+    def _check_engine_kwargs(self, bad: Any) -> None:
         try:
             kwargs = json.loads(self.engine_kwargs_json)
         except json.JSONDecodeError as exc:
