@@ -245,6 +245,13 @@ def _remote_header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], 
     return lines
 
 
+def _model_label(folder: Any, identity: Mapping[str, Any]) -> str:
+    """A folder with its content hash; a hub snapshot as its id and commit first."""
+    if identity.get("repo_id"):
+        return f"{identity['repo_id']}@{identity['commit'][:12]} ({folder}, sha256 {identity['sha256'][:12]})"
+    return f"{folder} (sha256 {identity['sha256'][:12]})"
+
+
 def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: GenerationStore,
             metrics: Mapping[str, dict[str, Any]], n_canary: int) -> list[str]:
     if settings.backend == "openai" and len(fps) >= 2:
@@ -263,12 +270,12 @@ def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: 
         f"tais engines: {settings.backend} ({versions}), dtype {settings.dtype}, seed {settings.seed}, "
         f"temperature 0, max tokens {settings.max_tokens}{eager}"
         + "".join(f", {k.replace('_', ' ')} {v}" for k, v in settings.parallel.items()),
-        f"tais target: {settings.target} (sha256 {target_fp['model']['sha256'][:12]})",
+        f"tais target: {_model_label(settings.target, target_fp['model'])}",
     ]
     if SPECULATIVE in fps:
         spec = fps[SPECULATIVE]["speculation"]
         if spec["method"] == "draft_model":
-            how = f"draft {settings.draft} (sha256 {spec['draft']['sha256'][:12]})"
+            how = f"draft {_model_label(settings.draft, spec['draft'])}"
         else:
             how = f"ngram lookup {settings.prompt_lookup_min}-{settings.prompt_lookup_max}"
         verifier = settings.rejection_sample_method if settings.backend == "vllm" else f"{settings.hf_acceptance} acceptance"

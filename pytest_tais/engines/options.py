@@ -137,13 +137,16 @@ def _reader(config: Any) -> Callable[[str, str], Any]:
 def _model_folder(option: str, value: str, rootdir: Path) -> Path:
     if "=" in value and "," in value:
         raise _usage_error(f"{option}={value!r}: the engines take one draft model folder; screen drafts one run at a time")
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = rootdir / path
+    from .hub import HubError, resolve_model
+
+    try:
+        path = resolve_model(option, value, rootdir).folder
+    except HubError as exc:
+        raise _usage_error(str(exc)) from None
     if not path.is_dir():
         raise _usage_error(
             f"{option}={value!r}: no such folder ({path}); pass the local folder of a Hugging Face-format model "
-            "(config.json, tokenizer files, weights). The screen never downloads models."
+            "(config.json, tokenizer files, weights) or a hub id org/name[@REVISION]"
         )
     if not (path / "config.json").is_file():
         raise _usage_error(f"{option}={value!r}: {path} holds no config.json; point it at the model folder itself")
