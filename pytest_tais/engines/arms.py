@@ -18,6 +18,7 @@ from ..battery.base import Prompt
 from ..records import SPECULATIVE, TARGET, Generation, write_generations
 from ..store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key
 from .base import DRAFT, ENGINE_STARTS, JUDGE, ArmSpec, Backend, EngineError, Progress, check_outputs
+from .enginelog import EngineLog
 from .fingerprint import HashMemo
 from .openai import PartialBatchError
 from .settings import STANDARD_REJECTION, EngineSettings
@@ -69,6 +70,11 @@ def store_dir(settings: EngineSettings, shared_dir: Path) -> Path:
     if settings.no_cache:
         return Path(shared_dir) / "tais-session-store"
     return Path(settings.cache_dir) / "generations"
+
+
+def engine_log_dir(store: GenerationStore) -> Path:
+    """Engine logs beside the store: the cache folder's engine-logs (this run's folder with --tais-no-cache)."""
+    return store.root.parent / "engine-logs"
 
 
 def canary_choice(
@@ -163,6 +169,7 @@ def fill_arm(
         raise EngineError(f"{ARM_LABELS[spec.arm]} arm: cannot read the model files: {exc}") from exc
     memo.save()
     shard = store.shard(fp)
+    backend.log = EngineLog.for_start(settings.engine_log, engine_log_dir(store), spec.arm, shard.key)
     stored, run = _fill(store, shard, backend, texts, settings, progress)
     return {"key": shard.key, **fp}, stored, run
 

@@ -27,7 +27,7 @@ def is_url(model: str) -> bool:
 
 
 def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, cache_dir: Path, no_cache: bool,
-                   api_key_env: str | None = None) -> EngineSettings:
+                   api_key_env: str | None = None, engine_log: str | None = None) -> EngineSettings:
     """Settings for the judge's engine; raises :class:`SettingsError` on bad input.
 
     A local judge takes the arms' backend when it is local (vllm or hf) and its dtype; otherwise
@@ -53,7 +53,9 @@ def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, ca
     extra: dict[str, Any] = {}
     if base is not None and not base.remote:
         extra = dict(trust_remote_code=base.trust_remote_code, enforce_eager=base.enforce_eager,
-                     gpu_memory_utilization=base.gpu_memory_utilization)
+                     gpu_memory_utilization=base.gpu_memory_utilization, engine_log=base.engine_log)
+    if base is None and engine_log is not None:
+        extra["engine_log"] = engine_log
     return EngineSettings(folder, backend=backend, dtype=dtype, **extra, **common)
 
 

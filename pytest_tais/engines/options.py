@@ -45,6 +45,7 @@ ENGINE_OPTIONS = (
     _Opt("tais-no-cache", "do not reuse or keep outputs across sessions (a session store still serves xdist workers)", "flag"),
     _Opt("tais-record", "write both arms' outputs to this replay file (JSONL)", "path", "PATH"),
     _Opt("tais-hf-acceptance", f"hf backend verifier: {' | '.join(HF_ACCEPTANCE)} (typical and synthetic are lossy: negative controls)", metavar="RULE"),
+    _Opt("tais-engine-log", "where engines print: file (default; one log per engine start under the cache folder, one terminal line each) or terminal (the raw stream)", metavar="file|terminal"),
     _Opt("tais-canary", "control: replace this share of each refusal task's speculative outputs with the draft's own (0-1)", "float", "RATE"),
     _Opt("tais-tensor-parallel-size", "vLLM tensor parallelism per engine (GPUs per model replica)", "int", "N"),
     _Opt("tais-pipeline-parallel-size", "vLLM pipeline parallelism per engine", "int", "N"),
@@ -242,6 +243,7 @@ def engine_settings_from_config(config: Any) -> EngineSettings | None:
         "record": get("tais-record", "path"),
         "hf_acceptance": get("tais-hf-acceptance"),
         "canary": get("tais-canary", "float"),
+        "engine_log": get("tais-engine-log"),
         "tensor_parallel_size": get("tais-tensor-parallel-size", "int"),
         "pipeline_parallel_size": get("tais-pipeline-parallel-size", "int"),
         "data_parallel_size": get("tais-data-parallel-size", "int"),
@@ -256,7 +258,7 @@ def engine_settings_from_config(config: Any) -> EngineSettings | None:
     }
     if backend == "openai":
         values["enforce_eager"] = None  # the servers' own setting
-    for key in ("spec_method", "dtype", "prompt_mode", "rejection_sample_method", "hf_acceptance", "distributed_executor_backend"):
+    for key in ("spec_method", "dtype", "prompt_mode", "rejection_sample_method", "hf_acceptance", "distributed_executor_backend", "engine_log"):
         if values[key] is not None:
             values[key] = values[key].strip()
     try:
@@ -295,7 +297,7 @@ def judge_engine_from_config(config: Any, base: EngineSettings | None, shared_di
 
     def make(model: str) -> Any:
         settings = judge_settings(model, base, rootdir=rootdir, cache_dir=cache_dir, no_cache=no_cache,
-                                  api_key_env=_text(get("tais-api-key-env")))
+                                  api_key_env=_text(get("tais-api-key-env")), engine_log=_text(get("tais-engine-log")))
         unset = _unset_key(settings, "for the judge's server")
         if unset:
             raise SettingsError(unset)
