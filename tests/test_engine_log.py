@@ -149,3 +149,14 @@ def test_terminal_mode_restores_the_raw_stream(pytester: pytest.Pytester) -> Non
     assert any(VLLM_LINE.search(line) for line in out)
     assert any("log: the terminal (--tais-engine-log=terminal)" in line for line in out)
     assert not (pytester.path / ".tais-cache" / "engine-logs").exists()
+
+
+def test_the_judge_engine_logs_as_the_arms_do(tmp_path: Path) -> None:
+    from pytest_tais.engines.judge_engine import judge_settings
+    from pytest_tais.engines.settings import EngineSettings
+
+    base = EngineSettings(MODELS / "target", draft=MODELS / "draft-canonical", backend="hf", engine_log="terminal")
+    kw = dict(rootdir=tmp_path, cache_dir=tmp_path / "c", no_cache=False)
+    assert judge_settings(str(MODELS / "target"), base, **kw).engine_log == "terminal"
+    assert judge_settings(str(MODELS / "target"), None, engine_log="terminal", **kw).engine_log == "terminal"
+    assert judge_settings(str(MODELS / "target"), None, **kw).engine_log == "file"
