@@ -15,7 +15,7 @@ from .options import OptionError, default
 
 TOST_METHODS = ("score", "exact")
 #: Engine options that a replay run still uses: the model judge's store and server key.
-_REPLAY_JUDGE_OPTIONS = ("tais_cache_dir", "tais_no_cache", "tais_api_key_env")
+_REPLAY_JUDGE_OPTIONS = ("tais_cache_dir", "tais_no_cache", "tais_api_key_env", "tais_engine_log")
 
 
 class ConfigError(OptionError):

@@ -103,6 +103,7 @@ OPTIONS: tuple[Option, ...] = (
     _engine("tais-no-cache", "do not reuse or keep outputs across sessions (a session store still serves xdist workers)", "flag"),
     _engine("tais-record", "write both arms' outputs to this replay file (JSONL)", "path"),
     _engine("tais-hf-acceptance", "hf backend verifier: exact, typical or synthetic (typical and synthetic are lossy: negative controls)", default="exact"),
+    _engine("tais-engine-log", "where engine (vLLM, torch) output goes: file (a log per engine start under the cache folder) or terminal (the raw stream)", default="file"),
     _engine("tais-canary", "control: replace this share of each refusal task's speculative outputs with the draft's own (0-1)", "float", 0.0),
     _engine("tais-tensor-parallel-size", "vLLM tensor parallelism per engine (GPUs per model replica)", "int"),
     _engine("tais-pipeline-parallel-size", "vLLM pipeline parallelism per engine", "int"),

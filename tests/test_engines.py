@@ -98,7 +98,7 @@ def test_command_line_beats_ini_beats_default(pytester: pytest.Pytester, fake_mo
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--tais-target=nowhere"], r"--tais-target='nowhere': no such folder .*never downloads"),
+        (["--tais-target=nowhere"], r"--tais-target='nowhere': no such folder .*or a hub id org/name"),
         (["--tais-target=m/target"], r"--tais-draft: missing; the draft_model method needs"),
         (["--tais-draft=m/draft", "--tais-temperature=0.7"], r"--tais-temperature: 0\.7 is not allowed; only 0 is.*greedy"),
         (["--tais-draft=m/draft", "--tais-engine-kwargs={bad"], r"--tais-engine-kwargs: not valid JSON"),

@@ -18,6 +18,7 @@ from ..battery.base import Prompt
 from ..records import SPECULATIVE, TARGET, ArmOutputs, Generation, write_generations
 from ..store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key
 from .base import DRAFT, ENGINE_STARTS, JUDGE, ArmSpec, Backend, EngineError, Progress, check_outputs
+from .enginelog import EngineLog
 from .fingerprint import HashMemo
 from .openai import PartialBatchError
 from .settings import DRAFT_FOLDER_METHODS, SPEC_METHOD_DRAFTS, STANDARD_REJECTION, VALIDATED_METHODS, EngineSettings
@@ -58,6 +59,11 @@ def store_dir(settings: EngineSettings, shared_dir: Path) -> Path:
     if settings.no_cache:
         return Path(shared_dir) / "tais-session-store"
     return Path(settings.cache_dir) / "generations"
+
+
+def engine_log_dir(store: GenerationStore) -> Path:
+    """Engine logs beside the store: the cache folder's engine-logs (this run's folder with --tais-no-cache)."""
+    return store.root.parent / "engine-logs"
 
 
 def canary_choice(
@@ -152,6 +158,7 @@ def fill_arm(
         raise EngineError(f"{ARM_LABELS[spec.arm]} arm: cannot read the model files: {exc}") from exc
     memo.save()
     shard = store.shard(fp)
+    backend.log = EngineLog.for_start(settings.engine_log, engine_log_dir(store), spec.arm, shard.key)
     stored, run = _fill(store, shard, backend, texts, settings, progress)
     return {"key": shard.key, **fp}, stored, run
 
@@ -259,6 +266,13 @@ def _remote_header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], 
     return lines
 
 
+def _model_label(folder: Any, identity: Mapping[str, Any]) -> str:
+    """A folder with its content hash; a hub snapshot as its id and commit first."""
+    if identity.get("repo_id"):
+        return f"{identity['repo_id']}@{identity['commit'][:12]} ({folder}, sha256 {identity['sha256'][:12]})"
+    return f"{folder} (sha256 {identity['sha256'][:12]})"
+
+
 def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: GenerationStore,
             metrics: Mapping[str, dict[str, Any]], n_canary: int) -> list[str]:
     if settings.backend == "openai" and len(fps) >= 2:
@@ -277,12 +291,12 @@ def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: 
         f"tais engines: {settings.backend} ({versions}), dtype {settings.dtype}, seed {settings.seed}, "
         f"temperature 0, max tokens {settings.max_tokens}{eager}"
         + "".join(f", {k.replace('_', ' ')} {v}" for k, v in settings.parallel.items()),
-        f"tais target: {settings.target} (sha256 {target_fp['model']['sha256'][:12]})",
+        f"tais target: {_model_label(settings.target, target_fp['model'])}",
     ]
     if SPECULATIVE in fps:
         spec = fps[SPECULATIVE]["speculation"]
         if spec.get("draft"):
-            how = f"draft {settings.draft} (sha256 {spec['draft']['sha256'][:12]})"
+            how = f"draft {_model_label(settings.draft, spec['draft'])}"
         else:
             how = _proposer(settings)
         verifier = settings.rejection_sample_method if settings.backend == "vllm" else f"{settings.hf_acceptance} acceptance"

@@ -90,6 +90,10 @@ class Backend(abc.ABC):
         self.spec = spec
         self.started = False
         self.startup_seconds: float | None = None
+        # Where the engine's own output goes (set per start by the arms stage; default: the terminal).
+        from .enginelog import EngineLog
+
+        self.log = EngineLog(None)
 
     @abc.abstractmethod
     def fingerprint(self) -> dict[str, Any]:

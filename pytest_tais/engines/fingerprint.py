@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..records import atomic_write_text, file_sha256
+from .hub import snapshot_identity
 
 # Files that do not decide outputs; everything else at the folder's top level is hashed.
 _SKIP_SUFFIXES = (".md", ".txt.lock", ".lock")
@@ -68,7 +69,11 @@ def model_identity(folder: Path, memo: HashMemo) -> dict[str, Any]:
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode("utf-8") + b"\0" + memo.sha256(f).encode("ascii") + b"\n")
-    return {"path": str(folder.resolve()), "sha256": h.hexdigest(), "files": len(files)}
+    out: dict[str, Any] = {"path": str(folder.resolve()), "sha256": h.hexdigest(), "files": len(files)}
+    hub = snapshot_identity(folder)
+    if hub is not None:  # a hub snapshot: the id and commit it was resolved to, beside the file hashes
+        out.update(hub)
+    return out
 
 
 def chat_template(folder: Path) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from .base import ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
+from .hub import describe
 
 _TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -55,23 +56,30 @@ class HFBackend(Backend):
         self._count_start()
         t0 = time.perf_counter()
         try:
-            import torch
-            from transformers import AutoTokenizer
-
-            torch.manual_seed(self.settings.seed)
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.model), trust_remote_code=self.settings.trust_remote_code)
-            self.model = self._load(self.spec.model)
-            if self.spec.method == "draft_model":
-                self.draft = self._load(self.spec.draft)
-                draft_cfg = self.draft.generation_config
-                # A fixed K, as vLLM does; the heuristic schedule would change K while generating.
-                draft_cfg.num_assistant_tokens = self.settings.num_speculative_tokens
-                draft_cfg.num_assistant_tokens_schedule = "constant"
-                draft_cfg.assistant_confidence_threshold = 0.0
+            with self.log.capture(fds=True):
+                self._load_all()
         except Exception as exc:
             self.close()
-            raise EngineError(f"{self.spec.arm} arm: transformers could not load {self.spec.model}: {type(exc).__name__}: {exc}") from exc
+            raise EngineError(
+                f"{self.spec.arm} arm: transformers could not load {self.spec.model}: {type(exc).__name__}: {exc}{self.log.tail()}"
+            ) from exc
         self.startup_seconds = time.perf_counter() - t0
+        self.log.announce(f"{self.spec.arm} arm (hf, {describe(self.spec.model)})", self.startup_seconds)
+
+    def _load_all(self) -> None:
+        import torch
+        from transformers import AutoTokenizer
+
+        torch.manual_seed(self.settings.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.model), trust_remote_code=self.settings.trust_remote_code)
+        self.model = self._load(self.spec.model)
+        if self.spec.method == "draft_model":
+            self.draft = self._load(self.spec.draft)
+            draft_cfg = self.draft.generation_config
+            # A fixed K, as vLLM does; the heuristic schedule would change K while generating.
+            draft_cfg.num_assistant_tokens = self.settings.num_speculative_tokens
+            draft_cfg.num_assistant_tokens_schedule = "constant"
+            draft_cfg.assistant_confidence_threshold = 0.0
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -190,17 +198,12 @@ class HFBackend(Backend):
         outputs: list[Output] = []
         t0 = time.perf_counter()
         try:
-            for text in texts:
-                ids = self._encode(text)
-                new = self._typical(ids, counters) if typical else self._greedy(ids)
-                reason = "stop" if new and new[-1] in eos else "length"
-                outputs.append(Output(text=self.tokenizer.decode(new, skip_special_tokens=True), token_ids=tuple(new), finish_reason=reason))
-                if bar is not None:
-                    bar.update(1)
+            with self.log.capture(fds=False):  # transformers' warnings to the log; the bar stays on the terminal
+                self._generate_all(texts, typical, counters, eos, outputs, bar)
         except EngineError:
             raise
         except Exception as exc:
-            raise EngineError(f"{self.spec.arm} arm: transformers generation failed: {type(exc).__name__}: {exc}") from exc
+            raise EngineError(f"{self.spec.arm} arm: transformers generation failed: {type(exc).__name__}: {exc}{self.log.tail()}") from exc
         finally:
             if bar is not None:
                 bar.close()
@@ -209,12 +212,24 @@ class HFBackend(Backend):
             metrics.update(counters)
         return BatchResult(outputs=outputs, metrics=metrics)
 
+    def _generate_all(self, texts: Sequence[str], typical: bool, counters: dict[str, int], eos: set[int],
+                      outputs: list[Output], bar: Any) -> None:
+        for text in texts:
+            ids = self._encode(text)
+            new = self._typical(ids, counters) if typical else self._greedy(ids)
+            reason = "stop" if new and new[-1] in eos else "length"
+            outputs.append(Output(text=self.tokenizer.decode(new, skip_special_tokens=True), token_ids=tuple(new), finish_reason=reason))
+            if bar is not None:
+                bar.update(1)
+
     def close(self) -> None:
         if self.model is None and self.draft is None:
             self._closed = self._closed or self.started
+            self.log.close()
             return
         self.model = self.draft = self.tokenizer = None
         self._closed = True
+        self.log.close()
         import gc
 
         gc.collect()

@@ -15,6 +15,7 @@ from ..store import GenerationStore, StoreError, prompt_key
 from .arms import fill_arm, store_dir
 from .base import JUDGE, ArmSpec, EngineError
 from .fingerprint import HashMemo, model_identity
+from .hub import HubError, resolve_model
 from .settings import EngineSettings, SettingsError
 
 #: Enough for "Yes." or "**No**, ..."; the verdict must open the answer (judges.parse_verdict).
@@ -26,7 +27,7 @@ def is_url(model: str) -> bool:
 
 
 def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, cache_dir: Path, no_cache: bool,
-                   api_key_env: str | None = None) -> EngineSettings:
+                   api_key_env: str | None = None, engine_log: str | None = None) -> EngineSettings:
     """Settings for the judge's engine; raises :class:`SettingsError` on bad input.
 
     A local judge takes the arms' backend when it is local (vllm or hf) and its dtype; otherwise
@@ -39,19 +40,22 @@ def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, ca
     if is_url(model):
         return EngineSettings(None, backend="openai", target_url=model, speculative_url=None, served_model=None,
                               api_key_env=api_key_env, **common)
-    folder = Path(model).expanduser()
-    if not folder.is_absolute():
-        folder = Path(rootdir) / folder
+    try:
+        folder = resolve_model("--tais-judge=model:", model, Path(rootdir)).folder
+    except HubError as exc:
+        raise SettingsError(str(exc)) from None
     if not (folder / "config.json").is_file():
         raise SettingsError(
-            f"{folder} is not a model folder (no config.json); give a local chat model's folder, "
-            "or model:http://HOST:PORT for a judge on a running server"
+            f"{folder} is not a model folder (no config.json); give a local chat model's folder or a hub id "
+            "org/name[@REVISION], or model:http://HOST:PORT for a judge on a running server"
         )
     backend, dtype = ("vllm", "float32") if base is None or base.remote else (base.backend, base.dtype)
     extra: dict[str, Any] = {}
     if base is not None and not base.remote:
         extra = dict(trust_remote_code=base.trust_remote_code, enforce_eager=base.enforce_eager,
-                     gpu_memory_utilization=base.gpu_memory_utilization)
+                     gpu_memory_utilization=base.gpu_memory_utilization, engine_log=base.engine_log)
+    if base is None and engine_log is not None:
+        extra["engine_log"] = engine_log
     return EngineSettings(folder, backend=backend, dtype=dtype, **extra, **common)
 
 

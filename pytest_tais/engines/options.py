@@ -20,13 +20,16 @@ from .settings import EngineSettings, SettingsError
 def _model_folder(option: str, value: str, rootdir: Path) -> Path:
     if "=" in value and "," in value:
         raise SettingsError(f"{option}={value!r}: the engines take one draft model folder; screen drafts one run at a time")
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = rootdir / path
+    from .hub import HubError, resolve_model
+
+    try:
+        path = resolve_model(option, value, rootdir).folder
+    except HubError as exc:
+        raise SettingsError(str(exc)) from None
     if not path.is_dir():
         raise SettingsError(
             f"{option}={value!r}: no such folder ({path}); pass the local folder of a Hugging Face-format model "
-            "(config.json, tokenizer files, weights). The screen never downloads models."
+            "(config.json, tokenizer files, weights) or a hub id org/name[@REVISION]"
         )
     if not (path / "config.json").is_file():
         raise SettingsError(f"{option}={value!r}: {path} holds no config.json; point it at the model folder itself")
@@ -60,7 +63,7 @@ def _text(value: Any) -> str | None:
 #: Engine options whose EngineSettings field is not the dest without its "tais_" prefix.
 _FIELDS = {"tais_engine_kwargs": "engine_kwargs_json", "tais_ngram_min": "prompt_lookup_min",
            "tais_ngram_max": "prompt_lookup_max", "tais_speculative_config": "speculative_config_json"}
-_STRIPPED = ("spec_method", "dtype", "prompt_mode", "rejection_sample_method", "hf_acceptance", "distributed_executor_backend",
+_STRIPPED = ("spec_method", "dtype", "prompt_mode", "rejection_sample_method", "hf_acceptance", "distributed_executor_backend", "engine_log",
              "speculative_url", "served_model", "api_key_env")
 
 
@@ -152,7 +155,7 @@ def judge_engine_factory(raw: Mapping[str, Any], base: EngineSettings | None, ro
 
     def make(model: str) -> Any:
         settings = judge_settings(model, base, rootdir=rootdir, cache_dir=cache_dir, no_cache=no_cache,
-                                  api_key_env=_text(values["api_key_env"]))
+                                  api_key_env=_text(values["api_key_env"]), engine_log=_text(values["engine_log"]))
         unset = _unset_key(settings, "for the judge's server")
         if unset:
             raise SettingsError(unset)

@@ -35,6 +35,8 @@ VALIDATED_METHODS = ("draft_model",)
 NGRAM_DEFAULTS = (2, 4)  # (prompt_lookup_min, prompt_lookup_max)
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 PROMPT_MODES = ("chat", "raw")
+#: file: each engine start's output in its own log under the cache folder; terminal: the raw stream.
+ENGINE_LOG_MODES = ("file", "terminal")
 HF_ACCEPTANCE = ("exact", "typical", "synthetic")
 #: The lossy rules: they let draft tokens through that the target would not have produced.
 LOSSY_ACCEPTANCE = ("typical", "synthetic")
@@ -160,6 +162,7 @@ class EngineSettings:
     request_timeout: float = default("tais_request_timeout")
     # "screen": both arms; "judge": one plain engine that runs a model judge (no draft, one server).
     role: str = "screen"
+    engine_log: str = default("tais_engine_log")
 
     def __post_init__(self) -> None:
         def bad(option: str, msg: str) -> SettingsError:
@@ -176,6 +179,8 @@ class EngineSettings:
         if self.spec_method not in SPEC_METHODS:
             raise bad("--tais-spec-method", f"unknown method {self.spec_method!r}; use one of {', '.join(SPEC_METHODS)} "
                       "(other speculative_config fields: --tais-speculative-config=JSON)")
+        if self.engine_log not in ENGINE_LOG_MODES:
+            raise bad("--tais-engine-log", f"unknown value {self.engine_log!r}; use file (a log per engine start) or terminal (the raw stream)")
         self._check_speculation(bad)
         if self.backend == "openai":
             self._check_remote(bad)
@@ -349,6 +354,8 @@ class EngineSettings:
         if isinstance(self.canary, (int, float)) and self.canary > 0:
             raise bad("--tais-canary", "needs a draft-only arm, which the openai backend does not have; run the canary with "
                       "local engines (--tais-backend=vllm)")
+        if self.engine_log != "file":
+            raise bad("--tais-engine-log", "applies to local engines; the openai backend starts none (the servers keep their own logs)")
         if self.engine_kwargs_json.strip() not in ("", "{}"):
             raise bad("--tais-engine-kwargs", "applies to local engines; with the openai backend the servers' own "
                       "arguments decide (set them where the servers start)")

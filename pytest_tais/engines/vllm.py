@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 from .base import ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
+from .hub import describe
+from .lifeline import engines_die_with_parent
 from .settings import DRAFT_FOLDER_METHODS
 
 # vLLM v1 counters (vllm/v1/spec_decode/metrics.py); summed over engine labels.
@@ -101,13 +103,20 @@ class VllmBackend(Backend):
         self._count_start()
         t0 = time.perf_counter()
         try:
-            from vllm import LLM
+            # The engine core inherits fds 1 and 2 here: its output goes to the log for its whole life.
+            with self.log.capture(fds=True):
+                from vllm import LLM
 
-            self._llm = LLM(**self.engine_kwargs())
+                with engines_die_with_parent():
+                    self._llm = LLM(**self.engine_kwargs())
         except Exception as exc:
             self.close()
-            raise EngineError(f"{self.spec.arm} arm: vLLM could not start an engine for {self.spec.model}: {type(exc).__name__}: {exc}") from exc
+            raise EngineError(
+                f"{self.spec.arm} arm: vLLM could not start an engine for {self.spec.model}: {type(exc).__name__}: {exc}"
+                f"{self.log.tail()}"
+            ) from exc
         self.startup_seconds = time.perf_counter() - t0
+        self.log.announce(f"{self.spec.arm} arm (vllm, {describe(self.spec.model)})", self.startup_seconds)
         return self._llm
 
     def _spec_counters(self) -> dict[str, int]:
@@ -133,15 +142,10 @@ class VllmBackend(Backend):
         before = self._spec_counters() if self.spec.speculative else {}
         t0 = time.perf_counter()
         try:
-            if self.mode == "chat":
-                system = [{"role": "system", "content": s.system_prompt}] if s.system_prompt else []
-                convs = [system + [{"role": "user", "content": t}] for t in texts]
-                results = llm.chat(convs, params, use_tqdm=_bar_factory(progress))
-            else:
-                prefix = f"{s.system_prompt}\n\n" if s.system_prompt else ""
-                results = llm.generate([prefix + t for t in texts], params, use_tqdm=_bar_factory(progress))
+            with self.log.capture(fds=False):  # not fds 1 and 2: the progress bar writes there
+                results = self._run(llm, texts, params, progress)
         except Exception as exc:
-            raise EngineError(f"{self.spec.arm} arm: vLLM generation failed: {type(exc).__name__}: {exc}") from exc
+            raise EngineError(f"{self.spec.arm} arm: vLLM generation failed: {type(exc).__name__}: {exc}{self.log.tail()}") from exc
         seconds = time.perf_counter() - t0
         outputs = []
         for r in results:
@@ -157,17 +161,31 @@ class VllmBackend(Backend):
                 metrics.update({k: after[k] - before.get(k, 0) for k in after})
         return BatchResult(outputs=outputs, metrics=metrics)
 
+    def _run(self, llm: Any, texts: Sequence[str], params: Any, progress: Progress | None) -> Any:
+        s = self.settings
+        if self.mode == "chat":
+            system = [{"role": "system", "content": s.system_prompt}] if s.system_prompt else []
+            convs = [system + [{"role": "user", "content": t}] for t in texts]
+            return llm.chat(convs, params, use_tqdm=_bar_factory(progress))
+        prefix = f"{s.system_prompt}\n\n" if s.system_prompt else ""
+        return llm.generate([prefix + t for t in texts], params, use_tqdm=_bar_factory(progress))
+
     def close(self) -> None:
         llm, self._llm = self._llm, None
         if llm is None:
+            self.log.close()
             return
         import multiprocessing
 
         try:
-            llm.llm_engine.engine_core.shutdown()
+            with self.log.capture(fds=True):  # shutdown messages belong in the log too
+                try:
+                    llm.llm_engine.engine_core.shutdown()
+                finally:
+                    del llm
+                    gc.collect()
         finally:
-            del llm
-            gc.collect()
+            self.log.close()
         # The engine core runs in its own process: it must be gone before the next arm starts.
         for child in multiprocessing.active_children():
             if child.pid in self._children_before:

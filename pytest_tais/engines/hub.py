@@ -1,0 +1,156 @@
+"""Models by Hugging Face hub id: ``org/name`` or ``org/name@REVISION`` to a local snapshot folder.
+
+Resolution goes through ``huggingface_hub.snapshot_download``, which honours ``HF_HUB_OFFLINE``,
+``HF_HUB_CACHE`` / ``HF_HOME`` and ``HF_TOKEN``; the token is read by huggingface_hub itself and
+never passes through this module. A local folder always wins over an id that looks the same.
+huggingface_hub is imported only when an id is resolved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+#: ``org/name`` with an optional ``@revision`` (a branch, tag or commit sha).
+_REPO_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^\s@]+))?\Z")
+_COMMIT = re.compile(r"[0-9a-f]{40}\Z")
+#: Files engines never read; skipping them keeps e.g. Llama's original/ checkpoint (16 GB) off disk.
+IGNORE_PATTERNS = ["original/*", "*.pth", "*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.tflite",
+                   "onnx/*", "openvino/*", "coreml/*"]
+
+
+class HubError(ValueError):
+    """An id that cannot be resolved; the message names the id and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedModel:
+    folder: Path
+    repo_id: str | None = None  # None: a local folder given as such
+    revision: str | None = None  # as asked (None: main)
+    commit: str | None = None  # the commit sha the snapshot is
+
+
+def looks_like_repo_id(value: str) -> bool:
+    return _REPO_ID.match(value.strip()) is not None and not value.strip().startswith((".", "~"))
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE), read now: tests and CI set it after import."""
+    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+
+
+def hub_cache() -> Path:
+    """The hub cache folder as huggingface_hub finds it, from the environment as it is now."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return Path(os.path.expandvars(os.environ[name])).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def snapshot_identity(folder: Path) -> dict[str, str] | None:
+    """{"repo_id", "commit"} when ``folder`` is a hub cache snapshot (``models--ORG--NAME/snapshots/SHA``)."""
+    folder = Path(folder)
+    repo_dir = folder.parent.parent
+    if folder.parent.name != "snapshots" or not repo_dir.name.startswith("models--") or not _COMMIT.match(folder.name):
+        return None
+    return {"repo_id": repo_dir.name[len("models--"):].replace("--", "/"), "commit": folder.name}
+
+
+def _cached_refs(repo_dir: Path) -> list[str]:
+    refs = repo_dir / "refs"
+    names = sorted(p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file()) if refs.is_dir() else []
+    snaps = sorted(p.name for p in (repo_dir / "snapshots").iterdir()) if (repo_dir / "snapshots").is_dir() else []
+    return names + [s[:12] for s in snaps]
+
+
+def _fetch_hint(repo_id: str, revision: str | None) -> str:
+    rev = f" --revision {revision}" if revision else ""
+    return f"hf download {repo_id}{rev} (huggingface-cli download {repo_id}{rev} with older huggingface_hub)"
+
+
+def resolve_repo(repo_id: str, revision: str | None, *, option: str) -> ResolvedModel:
+    """The local snapshot of ``repo_id`` at ``revision``, downloaded unless offline."""
+    try:
+        import huggingface_hub
+        from huggingface_hub import errors
+    except ImportError:
+        raise HubError(f"{option}={repo_id}: a hub id needs huggingface_hub (pip install huggingface_hub), "
+                       "or pass a local model folder") from None
+    cache = hub_cache()
+    is_offline = offline()
+    label = f"{repo_id}@{revision}" if revision else repo_id
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id, revision=revision, cache_dir=str(cache), local_files_only=is_offline, ignore_patterns=IGNORE_PATTERNS,
+        )
+    except errors.RevisionNotFoundError:
+        raise HubError(f"{option}={label}: the hub has no revision {revision!r} of {repo_id}; give a branch, tag "
+                       "or commit sha that exists") from None
+    except errors.GatedRepoError:
+        raise HubError(f"{option}={label}: {repo_id} is gated; accept its licence on the hub and export HF_TOKEN "
+                       "(a token with access) before running pytest") from None
+    except errors.RepositoryNotFoundError:
+        raise HubError(f"{option}={label}: the hub has no repository {repo_id}, or it is private; check the id, or "
+                       "export HF_TOKEN with access; a local folder of that name would win over the id") from None
+    except errors.LocalEntryNotFoundError:
+        if repo_dir.is_dir():
+            cached = ", ".join(_cached_refs(repo_dir)) or "none"
+            where = "HF_HUB_OFFLINE is set" if is_offline else "the hub cannot be reached"
+            raise HubError(f"{option}={label}: revision {revision or 'main'!r} of {repo_id} is not in the hub cache "
+                           f"{cache} and {where} (cached revisions: {cached}); fetch it with "
+                           f"`{_fetch_hint(repo_id, revision)}` or give a cached revision") from None
+        if is_offline:
+            raise HubError(f"{option}={label}: {repo_id} is not in the hub cache {cache} and HF_HUB_OFFLINE is set; "
+                           f"fetch it with `{_fetch_hint(repo_id, revision)}` (set HF_HUB_CACHE or HF_HOME if the "
+                           "cache lives elsewhere), or pass a local model folder") from None
+        raise HubError(f"{option}={label}: the hub cannot be reached and {repo_id} is not in the hub cache {cache}; "
+                       f"fetch it where the hub is reachable (`{_fetch_hint(repo_id, revision)}`) and run with "
+                       "HF_HUB_OFFLINE=1, or pass a local model folder") from None
+    except errors.HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        raise HubError(f"{option}={label}: the hub answered HTTP {status}; check the id and HF_TOKEN, or fetch it "
+                       f"(`{_fetch_hint(repo_id, revision)}`) and run with HF_HUB_OFFLINE=1") from None
+    except ValueError as exc:  # huggingface_hub's own validation of the id
+        raise HubError(f"{option}={label}: not a valid hub id ({exc}); give org/name or org/name@REVISION, "
+                       "or a local model folder") from None
+    path = Path(folder)
+    ident = snapshot_identity(path)
+    return ResolvedModel(path, repo_id, revision, ident["commit"] if ident else None)
+
+
+def resolve_model(option: str, value: str, rootdir: Path) -> ResolvedModel:
+    """A model given as a folder (absolute, or relative to rootdir) or as a hub id; the folder wins.
+
+    Raises :class:`HubError` for an id that cannot be resolved; returns the folder unchecked when
+    ``value`` is not an id, so the caller's folder checks give their own message.
+    """
+    raw = value.strip()
+    path = Path(raw).expanduser()
+    local = path if path.is_absolute() else Path(rootdir) / path
+    if local.exists() or not looks_like_repo_id(raw):
+        return ResolvedModel(local)
+    m = _REPO_ID.match(raw)
+    assert m is not None
+    try:
+        return resolve_repo(m.group("repo"), m.group("rev"), option=option)
+    except HubError as exc:
+        raise HubError(f"{exc} (read as a hub id: there is no folder {local})") from None
+
+
+def describe(resolved: Any) -> str:
+    """``org/name@sha12`` for a hub model, the folder otherwise (for terminal lines)."""
+    ident = snapshot_identity(Path(resolved))
+    return f"{ident['repo_id']}@{ident['commit'][:12]}" if ident else str(resolved)

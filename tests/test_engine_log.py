@@ -1,0 +1,162 @@
+"""A quiet terminal: each engine start's output goes to its own log; the terminal gets one line.
+
+The unit tests check the redirection itself (file descriptors, logging handlers, inherited by
+child processes); the ``vllm`` tests run the plugin cold on the bundled models in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_tais.engines.enginelog import EngineLog
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "fixtures" / "models"
+
+
+def test_a_start_sends_fds_handlers_and_child_processes_to_the_log(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    log = EngineLog.for_start("file", tmp_path / "logs", "target", "abc123" * 4)
+    assert log.path.parent == tmp_path / "logs" and log.path.name.startswith("target-abc123abc123abc1-")
+    logger = logging.getLogger("tais-test-engine")
+    handler = logging.StreamHandler(sys.stderr)
+    logger.addHandler(handler)
+    try:
+        with log.capture(fds=True):
+            os.write(2, b"raw fd 2 line\n")
+            print("printed line", flush=True)
+            logger.warning("a logged line")
+            subprocess.run([sys.executable, "-c", "import sys; print('child line'); print('child err', file=sys.stderr)"], check=True)
+        logger.warning("after the start")
+    finally:
+        logger.removeHandler(handler)
+    log.close()
+    text = log.path.read_text()
+    for line in ("raw fd 2 line", "printed line", "a logged line", "child line", "child err"):
+        assert line in text
+    assert "after the start" not in text
+    out, err = capfd.readouterr()
+    assert "after the start" in err and "child line" not in out + err and "a logged line" not in err
+
+
+def test_generation_moves_handlers_but_leaves_the_terminal_streams_alone(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    log = EngineLog.for_start("file", tmp_path, "speculative", "f" * 64)
+    logger = logging.getLogger("tais-test-engine-2")
+    handler = logging.StreamHandler(sys.stderr)
+    logger.addHandler(handler)
+    try:
+        with log.capture(fds=False):
+            logger.warning("a warning while generating")
+            sys.stderr.write("progress bar\n")
+            sys.stderr.flush()
+    finally:
+        logger.removeHandler(handler)
+    log.close()
+    assert "a warning while generating" in log.path.read_text()
+    _, err = capfd.readouterr()
+    assert "progress bar" in err and "a warning while generating" not in err
+
+
+def test_the_tail_is_the_last_40_lines_and_terminal_mode_redirects_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    log = EngineLog.for_start("file", tmp_path, "target", "0" * 64)
+    with log.capture(fds=True):
+        for i in range(100):
+            print(f"line {i}", flush=True)
+    tail = log.tail()
+    assert f"last 40 line(s) of the engine log {log.path}" in tail
+    assert "line 60\n" in tail and "line 99" in tail and "line 59\n" not in tail
+    terminal = EngineLog.for_start("terminal", tmp_path / "none", "target", "0" * 64)
+    with terminal.capture(fds=True):
+        print("straight through", flush=True)
+    assert terminal.path is None and terminal.tail() == "" and not (tmp_path / "none").exists()
+    assert "straight through" in capfd.readouterr().out
+
+
+def test_the_option_is_validated(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_gate="def test_gate(tais_task):\n    pass\n")
+    bad = pytester.runpytest("--tais-backend=hf", f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'draft-canonical'}",
+                             "--tais-battery=example", "--tais-engine-log=quiet")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--tais-engine-log: unknown value 'quiet'; use file*or terminal*"])
+    remote = pytester.runpytest("--tais-target-url=http://127.0.0.1:9", "--tais-speculative-url=http://127.0.0.1:10",
+                                "--tais-battery=example", "--tais-engine-log=terminal")
+    assert remote.ret == pytest.ExitCode.USAGE_ERROR
+    remote.stderr.fnmatch_lines(["*--tais-engine-log: applies to local engines*"])
+
+
+TEST_FILE = """
+def test_gate(tais_task):
+    assert tais_task.name == "harmful"
+"""
+# What vLLM's own logging looks like: "INFO 12-01 12:24:18 [core.py:93] ...", and lines its engine
+# process prefixes with "(EngineCore pid=...)".
+VLLM_LINE = re.compile(r"(^|\s)(DEBUG|INFO|WARNING|ERROR)\s+\d\d-\d\d \d\d:\d\d:\d\d|\(EngineCore|\bvllm\.|\[\w+\.py:\d+\]")
+
+
+def _run(pytester: pytest.Pytester, *extra: str):
+    return pytester.runpytest_subprocess(
+        f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'draft-canonical'}", "--tais-battery=example",
+        "--tais-tasks=harmful", "--tais-limit=3", "--tais-max-tokens=8", "-q", "-p", "no:cacheprovider", *extra, timeout=600,
+    )
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_cold_vllm_run_prints_no_vllm_line_and_a_failing_engine_shows_its_log_tail(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("vllm")
+    pytester.makepyfile(test_gate=TEST_FILE)
+    result = _run(pytester)
+    out = result.stdout.lines + result.stderr.lines
+    result.assert_outcomes(passed=1)
+    leaked = [line for line in out if VLLM_LINE.search(line)]
+    assert not leaked, "vLLM lines reached the terminal:\n" + "\n".join(leaked[:20])
+    starts = [re.match(r"tais engine: (\w+) arm \(vllm, .*\) started in [\d.]+ s; log: (.+\.log)$", line) for line in out]
+    starts = [m for m in starts if m]
+    assert sorted(m.group(1) for m in starts) == ["speculative", "target"]
+    assert any("tais target-only" in line for line in out), "the progress bar did not reach the terminal"
+    logs = {m.group(1): Path(m.group(2)) for m in starts}
+    assert all(p.parent == pytester.path / ".tais-cache" / "engine-logs" for p in logs.values())
+    for arm, path in logs.items():
+        text = path.read_text()
+        assert VLLM_LINE.search(text), f"{arm}: the log holds no vLLM line"
+        assert "(EngineCore" in text, f"{arm}: the engine-core process did not write to the log"
+
+    # An engine that cannot start: four layers asked of a two-layer checkpoint.
+    failing = _run(pytester, "--tais-cache-dir=cache2", '--tais-engine-kwargs={"hf_overrides": {"num_hidden_layers": 4}}', "-rE")
+    failing.assert_outcomes(errors=1)
+    text = "\n".join(failing.stdout.lines)
+    tail = re.search(r"--- last (\d+) line\(s\) of the engine log (\S+\.log) ---", text)
+    assert tail, text[-4000:]
+    assert int(tail.group(1)) == 40 and Path(tail.group(2)).is_file()
+    assert "EngineCore" in text.split(tail.group(0), 1)[1]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_terminal_mode_restores_the_raw_stream(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("vllm")
+    pytester.makepyfile(test_gate=TEST_FILE)
+    result = _run(pytester, "--tais-engine-log=terminal", "--tais-no-cache")
+    result.assert_outcomes(passed=1)
+    out = result.stdout.lines + result.stderr.lines
+    assert any(VLLM_LINE.search(line) for line in out)
+    assert any("log: the terminal (--tais-engine-log=terminal)" in line for line in out)
+    assert not (pytester.path / ".tais-cache" / "engine-logs").exists()
+
+
+def test_the_judge_engine_logs_as_the_arms_do(tmp_path: Path) -> None:
+    from pytest_tais.engines.judge_engine import judge_settings
+    from pytest_tais.engines.settings import EngineSettings
+
+    base = EngineSettings(MODELS / "target", draft=MODELS / "draft-canonical", backend="hf", engine_log="terminal")
+    kw = dict(rootdir=tmp_path, cache_dir=tmp_path / "c", no_cache=False)
+    assert judge_settings(str(MODELS / "target"), base, **kw).engine_log == "terminal"
+    assert judge_settings(str(MODELS / "target"), None, engine_log="terminal", **kw).engine_log == "terminal"
+    assert judge_settings(str(MODELS / "target"), None, **kw).engine_log == "file"
