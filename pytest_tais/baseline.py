@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from filelock import FileLock
 
 from .battery.base import Task
-from .records import ARMS, Generation, RecordError, read_generations
+from .records import ARMS, Generation, RecordError, read_generations, read_text
 
 BASELINE_SCHEMA = "pytest-tais/baseline"
 BASELINE_VERSION = 1
@@ -309,7 +309,7 @@ def save_baseline(
 # -- loading -------------------------------------------------------------------------------------------
 def _read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, BaselineError, f"baseline {path.parent.name!r} is corrupt: ", "save it again"))
     except FileNotFoundError:
         raise BaselineError(f"baseline {path.parent.name!r} is corrupt: {path.name} is missing ({what}); save it again") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

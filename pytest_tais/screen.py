@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 from . import judges
 from .battery import BatteryError, Prompt, Task, load_battery, select_tasks
 from .config import TaisConfig
-from .records import SPECULATIVE, TARGET, Generation, RecordError, read_generations
+from .records import SPECULATIVE, TARGET, Generation, RecordError, read_replay
 from .errors import TaskError
 from .verdict import PairRecord, Verdict, decide
 
@@ -80,7 +80,7 @@ class Screen:
         self.judge_name = judges.judge_name(self.judge)
         try:
             if cfg.replay is not None:
-                self._outputs = index_generations(read_generations(cfg.replay))
+                self._outputs = index_generations(read_replay(cfg.replay))
             tasks = load_battery(cfg.battery, cfg.rootdir) if cfg.battery else None
             if tasks is None:
                 if self._outputs is None:
