@@ -678,21 +678,10 @@ class _Reporter:
 
 
 def _engine_summary(state: _State) -> dict[str, Any]:
-    """Engine metrics summed over the processes that reported them."""
-    per_arm: dict[str, dict[str, Any]] = {}
-    extra: dict[str, Any] = {}
-    for worker, engine in sorted(state.engine_metrics.items()):
-        for arm, m in (engine.get("metrics") or {}).items():
-            agg = per_arm.setdefault(arm, {})
-            for k, v in m.items():
-                if k == "engine_starts" and isinstance(v, (int, float)):
-                    agg[k] = agg.get(k, 0) + v
-                else:
-                    agg.setdefault(k, v)
-        extra.setdefault("fingerprints", engine.get("fingerprints"))
-        extra.setdefault("out_of_scope", engine.get("out_of_scope"))
-        extra.setdefault("header_lines", engine.get("header_lines"))
-    return {"arms": per_arm, **{k: v for k, v in extra.items() if v}}
+    """Engine metrics of the run, merged over the processes that reported them."""
+    from .engines.arms import merge_engine_snapshots
+
+    return merge_engine_snapshots(state.engine_metrics)
 
 
 def _ordered_rows(state: _State) -> list[dict[str, Any]]:

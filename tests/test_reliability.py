@@ -136,3 +136,261 @@ def test_baseline_with_bad_bytes_is_a_usage_error_naming_file_and_line(pytester,
     _bad_bytes_at_line(path, path.read_text(encoding="utf-8"), line)
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, f"--tais-baseline=main: baseline 'main' is corrupt: {path}:{line}: not UTF-8 text*")
+
+
+# -- item 9: the store and the baseline keep their word --------------------------------------------
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+
+from pytest_tais.engines import arms as arms_mod  # noqa: E402
+from pytest_tais.engines.base import ArmSpec, Backend, BatchResult, Output  # noqa: E402
+from pytest_tais.store import GenerationStore, StoredOutput, StoreError, line_checksum, prompt_key  # noqa: E402
+
+FP = {"schema": 1, "model": {"sha256": "cd" * 32}, "dtype": "float32", "seed": 0}
+TEXTS = [f"prompt {i}" for i in range(6)]
+SETTINGS = types.SimpleNamespace(chunk_size=4, backend="fake")
+
+
+class FakeBackend(Backend):
+    """A backend without a model: answers "answer to PROMPT" with 3 tokens, 2 s per chunk."""
+
+    name = "fake"
+
+    def __init__(self, arm: str = "target", kill: bool = False) -> None:
+        super().__init__(SETTINGS, ArmSpec(arm, Path("model")))
+        self.kill = kill
+
+    def fingerprint(self) -> dict:
+        return FP
+
+    def generate(self, texts, *, progress=None) -> BatchResult:
+        if not self.started:
+            self._count_start()
+            self.startup_seconds = 0.5
+        if self.kill:
+            os.kill(os.getpid(), signal.SIGKILL)  # the run dies as under kill -9: no finally runs
+        outs = [Output(f"answer to {t}", (1, 2, 3), "stop") for t in texts]
+        return BatchResult(outs, {"seconds": 2.0, "generated_tokens": 3 * len(texts)})
+
+    def close(self) -> None:
+        pass
+
+
+def _fill(store: GenerationStore, texts=TEXTS, writable: bool = True, backend: Backend | None = None):
+    backend = backend or FakeBackend()
+    return arms_mod._fill(store, store.shard(FP), backend, list(texts), SETTINGS, False, writable)
+
+
+def _warm_store(root: Path) -> GenerationStore:
+    store = GenerationStore(root)
+    with store.writer() as writable:
+        assert writable
+        _fill(store)
+    return store
+
+
+def test_edited_store_text_is_an_error_naming_file_and_line(tmp_path):
+    store = _warm_store(tmp_path)
+    shard = store.shard(FP)
+    lines = shard.path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[2] = lines[2].replace("answer to prompt 2", "answer to prompt 2, edited")
+    shard.path.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(StoreError, match=rf"{shard.path}:3: this store line was edited or damaged.*delete {shard.path}"):
+        shard.read()
+    # Edited token ids are caught the same way.
+    obj = json.loads(lines[2])
+    obj["text"], obj["token_ids"] = "answer to prompt 2", [7]
+    lines[2] = json.dumps(obj) + "\n"
+    shard.path.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(StoreError, match=rf"{shard.path}:3: this store line was edited"):
+        shard.read()
+
+
+def test_store_line_without_a_checksum_is_damage(tmp_path):
+    store = _warm_store(tmp_path)
+    shard = store.shard(FP)
+    obj = json.loads(shard.path.read_text(encoding="utf-8").splitlines()[0])
+    del obj["sha256"]
+    shard.path.write_text(json.dumps(obj) + "\n", encoding="utf-8")
+    with pytest.raises(StoreError, match=rf"{shard.path}:1: damaged store line \(no checksum\)"):
+        shard.read()
+
+
+def test_store_line_checksum_covers_every_field():
+    line = json.loads(StoredOutput("p", "t", (1, 2), "stop").to_line())
+    assert line["sha256"] == line_checksum(line)
+    for key, value in (("prompt", "q"), ("text", "u"), ("token_ids", [1]), ("finish_reason", "length"), ("k", "0" * 64)):
+        assert line_checksum({**line, key: value}) != line["sha256"], key
+
+
+_RO_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_reliability_ro import check
+print(json.dumps(check({root!r})))
+"""
+
+
+def _drop_file_permission_override() -> None:
+    # Root writes anywhere through CAP_DAC_OVERRIDE (and reads through CAP_DAC_READ_SEARCH); without
+    # them in the bounding set the exec'd child obeys the permission bits like any user.
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed: root cannot make a folder read-only to itself")
+
+
+def _as_reader(root: Path, code: str) -> dict:
+    """Run ``code`` (defines check(root) -> dict) in a child that cannot write ``root``: after
+    chmod a-w, as this user, or as root without the capability that overrides permissions."""
+    helper = root.parent / "test_reliability_ro.py"
+    helper.write_text(code)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    preexec = _drop_file_permission_override if os.geteuid() == 0 else None
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _RO_SCRIPT.format(tests=str(root.parent), root=str(root))],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=root.parent, preexec_fn=preexec)
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+READ_ONLY_CHECK = '''
+import os
+from pathlib import Path
+import tests.test_reliability as t
+from pytest_tais.store import GenerationStore, StoreError
+
+def check(root):
+    store = GenerationStore(root)
+    out = {"writable_by_os": os.access(root, os.W_OK)}
+    with store.writer() as writable:
+        out["writable"] = writable
+        backend = t.FakeBackend()
+        have, run = t._fill(store, writable=writable, backend=backend)
+        out["served"] = sorted(v.text for v in have.values())
+        out["run"] = run
+        out["started"] = backend.started
+        try:
+            t._fill(store, texts=t.TEXTS + ["a new prompt"], writable=writable)
+        except StoreError as exc:
+            out["cold"] = str(exc)
+    try:
+        GenerationStore(Path(root) / "sub" / "store")
+    except StoreError as exc:
+        out["create"] = str(exc)
+    out["files"] = sorted(p.name for p in Path(root).iterdir())
+    return out
+'''
+
+
+def test_read_only_store_serves_a_warm_arm_and_names_the_folder_for_a_cold_one(tmp_path):
+    root = tmp_path / "store"
+    _warm_store(root)
+    before = sorted(p.name for p in root.iterdir())
+    out = _as_reader(root, READ_ONLY_CHECK)
+    assert out["writable_by_os"] is False
+    assert out["writable"] is False
+    assert out["served"] == sorted(f"answer to {t}" for t in TEXTS)
+    assert out["run"] is None and out["started"] is False  # nothing generated, no engine started
+    assert out["cold"] == (
+        f"generation store {root} is read-only (Permission denied): 1 of 7 target-only output(s) are not stored "
+        "and would have to be generated; make the folder writable, point --tais-cache-dir at a writable folder, "
+        "or pass --tais-no-cache"
+    )
+    assert out["create"].startswith(f"generation store {root}/sub/store: cannot create the folder (Permission denied); make")
+    assert out["files"] == before  # nothing was written: no lock file, no hash memo
+
+
+def test_killed_run_leaves_its_engine_start_in_the_log(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    proc = ctx.Process(target=_killed_fill, args=(str(tmp_path),))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+    log = GenerationStore(tmp_path).engine_starts()
+    assert len(log) == 1
+    entry = log[0]
+    assert (entry["arm"], entry["status"], entry["prompts"], entry["pid"]) == ("target", "running", len(TEXTS), proc.pid)
+    # The rerun generates everything (nothing was stored), and its own entry ends "ok".
+    store = GenerationStore(tmp_path)
+    with store.writer():
+        have, run = _fill(store)
+    assert run["status"] == "ok" and len(have) == len(TEXTS)
+    assert [e["status"] for e in store.engine_starts()] == ["running", "ok"]
+    assert store.engine_starts()[1]["ended"] >= store.engine_starts()[1]["time"]
+
+
+def _killed_fill(root: str) -> None:
+    store = GenerationStore(root)
+    with store.writer():
+        _fill(store, backend=FakeBackend(kill=True))
+
+
+def test_an_engine_that_never_started_leaves_no_entry(tmp_path):
+    class Failing(FakeBackend):
+        def generate(self, texts, *, progress=None):
+            raise RuntimeError("no engine")
+
+    store = GenerationStore(tmp_path)
+    with store.writer(), pytest.raises(RuntimeError, match="no engine"):
+        _fill(store, backend=Failing())
+    assert store.engine_starts() == []
+
+
+def test_token_counters_count_the_same_outputs(tmp_path):
+    store = GenerationStore(tmp_path)
+    with store.writer():
+        have, run = _fill(store, texts=TEXTS[:4])  # cold: 4 prompts, one chunk of 2 s
+        log = store.engine_starts()
+    cold = arms_mod._arm_metrics("target", TEXTS[:4], have, run, 1, log, store.shard(FP).key, False)
+    assert (cold["generated"], cold["reused"], cold["generated_tokens"], cold["seconds"]) == (4, 0, 12, 2.0)
+    assert cold["tokens_per_s"] == 6.0 and cold["output_tokens"] == 12
+    with store.writer():
+        have, run = _fill(store)  # 4 reused, 2 generated now
+        log = store.engine_starts()
+    warm = arms_mod._arm_metrics("target", TEXTS, have, run, 1, log, store.shard(FP).key, False)
+    assert (warm["generated"], warm["reused"]) == (2, 4)
+    # generated_tokens and tokens_per_s both describe the 2 prompts generated now ...
+    assert (warm["generated_tokens"], warm["seconds"], warm["tokens_per_s"]) == (6, 2.0, 3.0)
+    # ... output_tokens every output served, and logged_* the runs that made them.
+    assert warm["output_tokens"] == 18
+    assert (warm["logged_tokens"], warm["logged_seconds"], warm["logged_tokens_per_s"]) == (18, 4.0, 4.5)
+    with store.writer():
+        have, run = _fill(store)
+    reused = arms_mod._arm_metrics("target", TEXTS, have, run, 0, store.engine_starts(), store.shard(FP).key, False)
+    assert (reused["generated"], reused["generated_tokens"], reused["tokens_per_s"]) == (0, 0, None)
+    assert reused["logged_tokens_per_s"] == 4.5
+
+
+def _snapshot(generated: int, prompts: int = 90) -> dict:
+    tokens = 3 * generated
+    arm = {"engine_starts": 1 if generated else 0, "prompts": prompts, "generated": generated, "reused": prompts - generated,
+           "generated_tokens": tokens, "seconds": 2.0 if generated else 0.0, "tokens_per_s": tokens / 2.0 if generated else None,
+           "startup_seconds": 0.5 if generated else None, "output_tokens": 3 * prompts}
+    return {"metrics": {"target": dict(arm), "speculative": dict(arm)}, "fingerprints": {"target": {"key": "k"}},
+            "out_of_scope": [], "header_lines": ["tais engines: hf", f"tais store: /s ({2 * (prompts - generated)}/{2 * prompts} outputs reused)"]}
+
+
+def test_xdist_summary_of_a_cold_run_does_not_say_reused():
+    # gw0 found everything stored because gw1 generated it moments before: the run reused nothing.
+    merged = arms_mod.merge_engine_snapshots({"gw0": _snapshot(0), "gw1": _snapshot(90), "gw2": _snapshot(0)})
+    assert merged["header_lines"] == ["tais engines: hf", "tais store: /s (0/180 outputs reused)"]
+    t = merged["arms"]["target"]
+    assert (t["engine_starts"], t["generated"], t["reused"], t["generated_tokens"], t["seconds"]) == (1, 90, 0, 270, 2.0)
+    assert (t["tokens_per_s"], t["startup_seconds"], t["output_tokens"]) == (135.0, 0.5, 270)
+    warm = arms_mod.merge_engine_snapshots({"gw0": _snapshot(0), "gw1": _snapshot(0)})
+    assert warm["header_lines"][1] == "tais store: /s (180/180 outputs reused)"
+    assert warm["arms"]["target"]["tokens_per_s"] is None
+    part = arms_mod.merge_engine_snapshots({"gw0": _snapshot(30), "gw1": _snapshot(0)})
+    assert part["header_lines"][1] == "tais store: /s (120/180 outputs reused)"

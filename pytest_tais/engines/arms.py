@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -97,19 +98,27 @@ def canary_choice(
 
 
 def _fill(
-    store: GenerationStore, shard: Shard, backend: Backend, texts: list[str], settings: EngineSettings, progress: bool
+    store: GenerationStore, shard: Shard, backend: Backend, texts: list[str], settings: EngineSettings, progress: bool,
+    writable: bool = True,
 ) -> tuple[dict[str, StoredOutput], dict[str, Any] | None]:
-    """Generate the prompts the shard lacks (caller holds the lock); return the shard and this run."""
+    """Generate the prompts the shard lacks (caller holds the lock, or ``writable`` is False: a
+    read-only store, which can only serve); return the shard and this run."""
     arm = backend.spec.arm
     have = shard.read()
     missing = [t for t in texts if prompt_key(t) not in have]
     run: dict[str, Any] | None = None
+    if missing and not writable:
+        raise store.read_only_error(
+            f"{len(missing)} of {len(texts)} {ARM_LABELS[arm]} output(s) are not stored and would have to be generated"
+        )
     if missing:
         run = {"arm": arm, "fingerprint": shard.key, "backend": settings.backend, "prompts": len(missing),
                "generated_tokens": 0, "seconds": 0.0, "status": "failed"}
         counters: dict[str, int] = {}
         # A backend may judge its own outputs (the openai one accepts usage counts for absent token ids).
         check = getattr(backend, "check_outputs", check_outputs)
+        # Logged before the engine starts, so a run killed on the way stays in the log as "running".
+        entry_id = store.log_engine_start({**run, "status": "running"})
         try:
             for start in range(0, len(missing), settings.chunk_size):
                 chunk = missing[start:start + settings.chunk_size]
@@ -144,7 +153,7 @@ def _fill(
             finally:
                 if backend.started:
                     run["startup_seconds"] = backend.startup_seconds
-                    store.log_engine_start(run)
+                store.update_engine_start(entry_id, run if backend.started else None)
         have = shard.read()
     lacking = [t for t in texts if prompt_key(t) not in have]
     if lacking:
@@ -153,17 +162,20 @@ def _fill(
 
 
 def fill_arm(
-    store: GenerationStore, memo: HashMemo, settings: EngineSettings, spec: ArmSpec, texts: list[str], progress: bool
+    store: GenerationStore, memo: HashMemo, settings: EngineSettings, spec: ArmSpec, texts: list[str], progress: bool,
+    writable: bool = True,
 ) -> tuple[dict[str, Any], dict[str, StoredOutput], dict[str, Any] | None]:
-    """One arm's outputs for ``texts`` through the store (caller holds its lock): (fingerprint with key, shard, run)."""
+    """One arm's outputs for ``texts`` through the store (caller holds its lock, or the store is
+    read-only: ``writable`` False): (fingerprint with key, shard, run)."""
     backend = make_backend(settings, spec, memo)
     try:
         fp = backend.fingerprint()
     except OSError as exc:
         raise EngineError(f"{ARM_LABELS[spec.arm]} arm: cannot read the model files: {exc}") from exc
-    memo.save()
+    if writable:  # the hash memo is only a cache: a read-only store re-hashes next time
+        memo.save()
     shard = store.shard(fp)
-    stored, run = _fill(store, shard, backend, texts, settings, progress)
+    stored, run = _fill(store, shard, backend, texts, settings, progress, writable)
     return {"key": shard.key, **fp}, stored, run
 
 
@@ -171,22 +183,31 @@ def _arm_metrics(
     arm: str, texts: list[str], stored: Mapping[str, StoredOutput], run: Mapping[str, Any] | None,
     starts: int, log: list[dict[str, Any]], key: str, speculative: bool,
 ) -> dict[str, Any]:
-    """This process's numbers, plus throughput and acceptance over the logged runs that made the outputs."""
+    """This process's numbers, and the same over the logged runs that made the outputs.
+
+    ``generated_tokens``, ``seconds`` and ``tokens_per_s`` count what this process generated now
+    (0 and None when everything was reused); ``output_tokens`` counts every output served;
+    ``logged_*`` sum the store's log of the runs that made these outputs (this one included).
+    """
     runs = [r for r in log if r.get("fingerprint") == key and r.get("status") == "ok"]
-    tokens = sum(int(r.get("generated_tokens", 0)) for r in runs)
-    seconds = sum(float(r.get("seconds", 0.0)) for r in runs)
+    logged_tokens = sum(int(r.get("generated_tokens", 0)) for r in runs)
+    logged_seconds = sum(float(r.get("seconds", 0.0)) for r in runs)
     generated = int(run["prompts"]) if run else 0
+    tokens = int(run["generated_tokens"]) if run else 0
+    seconds = float(run["seconds"]) if run else 0.0
     m: dict[str, Any] = {
         "engine_starts": starts,
         "prompts": len(texts),
         "generated": generated,
         "reused": len(texts) - generated,
-        "generated_tokens": sum(len(stored[prompt_key(t)].token_ids) for t in texts),
-        "seconds": float(run["seconds"]) if run else 0.0,
-        "startup_seconds": run.get("startup_seconds") if run else None,
+        "generated_tokens": tokens,
+        "seconds": seconds,
         "tokens_per_s": tokens / seconds if seconds > 0 else None,
-        # The runs that made these outputs (this one included), as the store logged them.
-        "logged_seconds": seconds,
+        "startup_seconds": run.get("startup_seconds") if run else None,
+        "output_tokens": sum(len(stored[prompt_key(t)].token_ids) for t in texts),
+        "logged_tokens": logged_tokens,
+        "logged_seconds": logged_seconds,
+        "logged_tokens_per_s": logged_tokens / logged_seconds if logged_seconds > 0 else None,
         "logged_startup_seconds": sum(float(r["startup_seconds"]) for r in runs if r.get("startup_seconds") is not None),
     }
     if speculative:
@@ -326,17 +347,17 @@ def run_arms(
     if chosen:
         arm_texts[DRAFT] = list(dict.fromkeys(by_key[k].text for k in chosen))
 
-    store = GenerationStore(store_dir(settings, shared_dir))
     specs = arm_specs(settings)
     fps: dict[str, dict[str, Any]] = {}
     stored: dict[str, dict[str, StoredOutput]] = {}
     runs: dict[str, dict[str, Any] | None] = {}
     starts_before = dict(ENGINE_STARTS)
     try:
-        with store.lock():
+        store = GenerationStore(store_dir(settings, shared_dir))
+        with store.writer() as writable:
             memo = HashMemo(store.hash_memo_path)
             for arm, arm_text in arm_texts.items():
-                fps[arm], stored[arm], runs[arm] = fill_arm(store, memo, settings, specs[arm], arm_text, progress)
+                fps[arm], stored[arm], runs[arm] = fill_arm(store, memo, settings, specs[arm], arm_text, progress, writable)
             log = store.engine_starts()
     except StoreError as exc:
         raise EngineError(str(exc)) from exc
@@ -379,3 +400,59 @@ def run_arms(
         store_dir=store.root,
     )
 
+
+
+# -- one run's numbers from its processes ----------------------------------------------------------
+_STORE_LINE = re.compile(r"(?P<head>tais store: .*) \((?P<reused>\d+)/(?P<total>\d+) outputs reused\)(?P<suffix> \[.*\])?")
+_SUMMED = ("engine_starts", "generated", "generated_tokens", "seconds")
+
+
+def merge_engine_snapshots(snapshots: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A run's engine summary from its processes' snapshots (worker -> {"metrics", "fingerprints",
+    "out_of_scope", "header_lines"}; per-arm metric keys may carry a " [label]" suffix).
+
+    Every process serves the same prompts and each prompt is generated by one process only (under
+    the store's lock), so the run generated the sum of what its processes generated: engine
+    starts, ``generated``, ``generated_tokens``, ``seconds`` and ``startup_seconds`` add up,
+    ``reused`` is ``prompts - generated`` and ``tokens_per_s`` comes from the sums. The rest
+    (prompts, output tokens, the logged runs) is the same in every process. The header's store
+    line is rewritten with the run's reuse, not the first process's.
+    """
+    per_arm: dict[str, dict[str, Any]] = {}
+    extra: dict[str, Any] = {}
+    for _, snap in sorted(snapshots.items()):
+        for arm, m in (snap.get("metrics") or {}).items():
+            agg = per_arm.get(arm)
+            if agg is None:
+                per_arm[arm] = dict(m)
+                continue
+            for k in _SUMMED:
+                if isinstance(m.get(k), (int, float)):
+                    agg[k] = (agg.get(k) or 0) + m[k]
+            if m.get("startup_seconds") is not None:
+                agg["startup_seconds"] = (agg.get("startup_seconds") or 0.0) + float(m["startup_seconds"])
+        for key in ("fingerprints", "out_of_scope", "header_lines"):
+            if snap.get(key) and key not in extra:
+                extra[key] = snap[key]
+    for m in per_arm.values():
+        if isinstance(m.get("prompts"), int) and isinstance(m.get("generated"), int):
+            m["reused"] = max(0, m["prompts"] - m["generated"])
+        if "tokens_per_s" in m:
+            seconds = float(m.get("seconds") or 0.0)
+            m["tokens_per_s"] = float(m.get("generated_tokens") or 0) / seconds if seconds > 0 else None
+    if extra.get("header_lines"):
+        extra["header_lines"] = [_store_line(line, per_arm) for line in extra["header_lines"]]
+    return {"arms": per_arm, **extra}
+
+
+def _store_line(line: str, per_arm: Mapping[str, Mapping[str, Any]]) -> str:
+    match = _STORE_LINE.fullmatch(line)
+    if match is None:
+        return line
+    suffix = match.group("suffix") or ""
+    arms = [per_arm[a + suffix] for a in (TARGET, SPECULATIVE, DRAFT) if a + suffix in per_arm]
+    if not arms:
+        return line
+    reused = sum(int(m.get("reused", 0)) for m in arms)
+    total = sum(int(m.get("prompts", 0)) for m in arms)
+    return f"{match.group('head')} ({reused}/{total} outputs reused){suffix}"
