@@ -401,7 +401,6 @@ def run_arms(
     )
 
 
-
 # -- one run's numbers from its processes ----------------------------------------------------------
 _STORE_LINE = re.compile(r"(?P<head>tais store: .*) \((?P<reused>\d+)/(?P<total>\d+) outputs reused\)(?P<suffix> \[.*\])?")
 _SUMMED = ("engine_starts", "generated", "generated_tokens", "seconds")
