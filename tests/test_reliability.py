@@ -439,3 +439,70 @@ def test_baseline_with_an_extra_line_names_where(pytester, make_replay):
     path.write_text(path.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, f"*{path} has 201 lines, the save wrote 200 (lines were added or removed from line 201 on)*")
+
+
+# -- item 9 end to end: xdist counters and a read-only warm store, on the hf backend -------------------
+HF_TEST = """
+def test_gate(tais_task, tais_equivalent):
+    tais_equivalent(tais_task)
+"""
+# gw0 waits before its first test, so gw1 generates and gw0 finds everything stored: the summary
+# must still say that this run generated every output.
+HF_CONFTEST = """
+import os, time
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if os.environ.get("PYTEST_XDIST_WORKER") == "gw0" and not getattr(pytest, "_tais_waited", False):
+        pytest._tais_waited = True
+        time.sleep(8)
+"""
+
+
+@pytest.mark.hf
+@pytest.mark.slow
+def test_hf_xdist_counters_and_a_read_only_warm_store(pytester, tmp_path_factory):
+    pytest.importorskip("transformers")
+    pytest.importorskip("xdist")
+    from tests.engine_models import build_tiny_models
+
+    target, draft = build_tiny_models(tmp_path_factory.mktemp("ro-models"))
+    rows = [{"task": t, "prompt_id": f"{t}-{i}", "prompt": f"{t}: tell me about item {i}"} for t in ("t1", "t2") for i in range(90)]
+    write_jsonl(pytester.path / "battery.jsonl", rows)
+    pytester.makepyfile(test_gate=HF_TEST)
+    pytester.makeconftest(HF_CONFTEST)
+    args = ["--tais-backend=hf", f"--tais-target={target}", f"--tais-draft={draft}", "--tais-battery=battery.jsonl",
+            "--tais-max-tokens=6", "--tais-cache-dir=cache", "-p", "no:cacheprovider"]
+    cold = pytester.runpytest_subprocess(*args, "-n", "2", timeout=900)
+    cold.assert_outcomes(passed=2)
+    cold.stdout.fnmatch_lines(["*tais store: *cache/generations (0/360 outputs reused)*"])
+    for arm in ("speculative", "target"):
+        cold.stdout.fnmatch_lines([f"{arm}: engine_starts=1, prompts=180, generated=180, reused=0, generated_tokens=*"])
+    log = json.loads((pytester.path / "cache" / "generations" / "engine-starts.json").read_text())
+    assert sorted((e["arm"], e["status"]) for e in log) == [("speculative", "ok"), ("target", "ok")]
+
+    # The same run against the store made read-only: served without a single write.
+    store = pytester.path / "cache"
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+    preexec = _drop_file_permission_override if os.geteuid() == 0 else None
+    cmd = [sys.executable, "-m", "pytest", *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    for p in [store, *store.rglob("*")]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        warm = subprocess.run(cmd, cwd=pytester.path, capture_output=True, text=True, timeout=900, env=env, preexec_fn=preexec)
+        # Another max tokens is another fingerprint: nothing stored, and nothing can be.
+        cold_ro = subprocess.run([c if c != "--tais-max-tokens=6" else "--tais-max-tokens=7" for c in cmd],
+                                 cwd=pytester.path, capture_output=True, text=True, timeout=900, env=env, preexec_fn=preexec)
+    finally:
+        for p in [store, *store.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    assert warm.returncode == 0, warm.stdout[-3000:] + warm.stderr[-3000:]
+    assert "(360/360 outputs reused)" in warm.stdout
+    assert "2/2 task(s) equivalent" in warm.stdout
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
+    assert cold_ro.returncode == pytest.ExitCode.TESTS_FAILED, cold_ro.stdout[-3000:]
+    assert f"generation store {store}/generations is read-only (Permission denied): 180 of 180 target-only output(s)" in cold_ro.stdout
+    assert "make the folder writable, point --tais-cache-dir at a writable folder, or pass --tais-no-cache" in cold_ro.stdout
+    assert "2 error" in cold_ro.stdout and " passed" not in cold_ro.stdout.splitlines()[-1]
