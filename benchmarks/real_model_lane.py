@@ -190,8 +190,8 @@ def verdict_cell(v: Mapping[str, Any]) -> str:
 
 def task_table(run_verdicts: Sequence[Mapping[str, Any]], metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """One row per task; tokens/s is each arm's throughput over the whole dtype run (all tasks in one batch)."""
-    tps_t = _num(metrics.get("target", {}).get("tokens_per_s"), ".1f")
-    tps_s = _num(metrics.get("speculative", {}).get("tokens_per_s"), ".1f")
+    tps_t = _num(metrics.get("target", {}).get("logged_tokens_per_s"), ".1f")
+    tps_s = _num(metrics.get("speculative", {}).get("logged_tokens_per_s"), ".1f")
     head = ("| task | n | refusal target-only | refusal speculative | D = target - spec. (90% CI) | TOST p | h "
             "| identical | verdict | target tok/s | spec. tok/s |")
     rows = [head, "|" + "---|" * 11]
@@ -213,7 +213,8 @@ def engine_seconds(metrics: Mapping[str, Mapping[str, Any]]) -> float:
 
 
 def engine_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """Per arm; start and generation seconds are those of the runs that made the outputs (the store's log)."""
+    """Per arm; start and generation seconds, tokens and tokens/s are those of the runs that made the
+    outputs (the store's log), so a rerun from the store shows what generating them cost."""
     rows = ["| arm | prompts | generated | reused | engine start s | generation s | tokens | tokens/s | draft acceptance | mean accepted length |",
             "|" + "---|" * 10]
     for arm, label in (("target", "target-only"), ("speculative", "speculative")):
@@ -222,7 +223,7 @@ def engine_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
             raise LaneError(f"the engine stage reported no metrics for the {label} arm")
         rows.append(
             f"| {label} | {m['prompts']} | {m['generated']} | {m['reused']} | {_num(m.get('logged_startup_seconds'), '.1f')} "
-            f"| {_num(m.get('logged_seconds'), '.1f')} | {m['generated_tokens']} | {_num(m.get('tokens_per_s'), '.1f')} "
+            f"| {_num(m.get('logged_seconds'), '.1f')} | {m['logged_tokens']} | {_num(m.get('logged_tokens_per_s'), '.1f')} "
             f"| {_num(m.get('draft_acceptance_rate'), '.3f')} | {_num(m.get('mean_accepted_length'), '.2f')} |"
         )
     return "\n".join(rows)

@@ -5,8 +5,10 @@ A baseline is a folder ``ROOT/NAME/``::
     generations.jsonl   both arms' outputs, in the replay format (records.py)
     verdicts.json       the run's task rows (Verdict.to_dict() and error rows)
     fingerprint.json    what produced the outputs: package versions, platform, engines, arms, judge
-    meta.json           schema name and version, creation time, the run's config, and per task
-                        the number of prompts and a SHA-256 over its (prompt id, prompt text) set
+    meta.json           schema name and version, creation time, the run's config, per task
+                        the number of prompts and a SHA-256 over its (prompt id, prompt text) set,
+                        a SHA-256 per line of generations.jsonl and one per other file, so an edit
+                        made after the save is an error naming the file and line
 
 A save builds the folder under a temporary name and renames it into place, so a reader sees the
 old baseline, the new one, or (for an instant while replacing) none, never a half-written one.
@@ -32,10 +34,10 @@ from typing import Any, Iterable, Mapping, Sequence
 from filelock import FileLock
 
 from .battery.base import Task
-from .records import ARMS, Generation, RecordError, read_generations
+from .records import ARMS, Generation, RecordError, read_generations, read_text
 
 BASELINE_SCHEMA = "pytest-tais/baseline"
-BASELINE_VERSION = 1
+BASELINE_VERSION = 2  # 2: checksums of every generations.jsonl line and of the other files
 FILES = ("generations.jsonl", "verdicts.json", "fingerprint.json", "meta.json")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -259,6 +261,11 @@ def save_baseline(
     if not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
         raise BaselineError("rows must be a list of task rows (dicts), as in report.json's 'tasks'")
     sets = _prompt_sets(gens)
+    texts = {
+        "generations.jsonl": "".join(json.dumps(g.to_json(), ensure_ascii=False, sort_keys=True) + "\n" for g in gens),
+        "verdicts.json": json.dumps(_jsonable(rows, "rows"), indent=1, allow_nan=False) + "\n",
+        "fingerprint.json": json.dumps(_jsonable(dict(fingerprint), "fingerprint"), indent=1, sort_keys=True) + "\n",
+    }
     meta = {
         "schema": BASELINE_SCHEMA,
         "version": BASELINE_VERSION,
@@ -267,13 +274,10 @@ def save_baseline(
         "generations": len(gens),
         "tasks": {t: {"prompts": len(p), "prompt_set_sha256": prompt_set_hash(p)} for t, p in sets.items()},
         "config": _jsonable(dict(config), "config"),
+        "generations_line_sha256": [_sha256(line) for line in texts["generations.jsonl"].encode("utf-8").splitlines(keepends=True)],
+        "files_sha256": {f: _sha256(texts[f].encode("utf-8")) for f in ("verdicts.json", "fingerprint.json")},
     }
-    texts = {
-        "generations.jsonl": "".join(json.dumps(g.to_json(), ensure_ascii=False, sort_keys=True) + "\n" for g in gens),
-        "verdicts.json": json.dumps(_jsonable(rows, "rows"), indent=1, allow_nan=False) + "\n",
-        "fingerprint.json": json.dumps(_jsonable(dict(fingerprint), "fingerprint"), indent=1, sort_keys=True) + "\n",
-        "meta.json": json.dumps(meta, indent=1) + "\n",
-    }
+    texts["meta.json"] = json.dumps(meta, indent=1) + "\n"
     root.mkdir(parents=True, exist_ok=True)
     dest = root / name
     with _lock(root, name):
@@ -307,9 +311,38 @@ def save_baseline(
 
 
 # -- loading -------------------------------------------------------------------------------------------
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_sums(path: Path, name: str, meta: Mapping[str, Any]) -> None:
+    """Every line of generations.jsonl and every other file as the save wrote them, or an error
+    naming the first file and line that differ."""
+    fix = f"save it again with --tais-save-baseline={name}"
+    lines, files = meta.get("generations_line_sha256"), meta.get("files_sha256")
+    if not isinstance(lines, list) or not isinstance(files, dict):
+        raise BaselineError(f"baseline {name!r} is corrupt: meta.json holds no checksums; {fix}")
+    gen_path = path / "generations.jsonl"
+    have = gen_path.read_bytes().splitlines(keepends=True)
+    for lineno, (raw, want) in enumerate(zip(have, lines), 1):
+        if _sha256(raw) != want:
+            raise BaselineError(
+                f"baseline {name!r} is corrupt: {gen_path}:{lineno}: the line was edited after the save "
+                f"(its SHA-256 differs from the one in meta.json); its outputs cannot be trusted; {fix}"
+            )
+    if len(have) != len(lines):
+        raise BaselineError(
+            f"baseline {name!r} is corrupt: {gen_path} has {len(have)} lines, the save wrote {len(lines)} "
+            f"(lines were added or removed from line {min(len(have), len(lines)) + 1} on); {fix}"
+        )
+    for file in ("verdicts.json", "fingerprint.json"):
+        if _sha256((path / file).read_bytes()) != files.get(file):
+            raise BaselineError(f"baseline {name!r} is corrupt: {path / file} was edited after the save (its SHA-256 differs from the one in meta.json); {fix}")
+
+
 def _read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, BaselineError, f"baseline {path.parent.name!r} is corrupt: ", "save it again"))
     except FileNotFoundError:
         raise BaselineError(f"baseline {path.parent.name!r} is corrupt: {path.name} is missing ({what}); save it again") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -393,6 +426,8 @@ def _load_folder(path: Path, name: str) -> Baseline:
         info = tasks[task]
         if not isinstance(info, dict) or info.get("prompt_set_sha256") != prompt_set_hash(prompts):
             raise BaselineError(f"baseline {name!r} is corrupt: task {task!r}'s prompts do not match the hash in meta.json; save it again")
+    # Last, so the checks above name what is wrong; this one catches edited answers and verdicts.
+    _check_sums(path, name, meta)
     config = meta.get("config")
     return Baseline(name=name, path=path, generations=gens, rows=rows, fingerprint=fingerprint,
                     config=config if isinstance(config, dict) else {}, meta=meta)

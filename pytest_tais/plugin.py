@@ -270,9 +270,9 @@ class _Reporter:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if _is_worker(self.config):
             return
-        from .report.engines import merge
+        from .report.engines import merge_engine_snapshots
 
-        self.summary = self.session.finish(list(self.rows.values()), merge(self.engines), exitstatus == 0)
+        self.summary = self.session.finish(list(self.rows.values()), merge_engine_snapshots(self.engines), exitstatus == 0)
         if self.summary.failed and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -14,10 +14,12 @@ so a run captured on a GPU box can be re-gated anywhere with ``--tais-replay``.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -144,10 +146,46 @@ def _jsonl_files(path: Path) -> list[Path]:
     return [path]
 
 
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff) is text only as half of a valid pair.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _not_utf8(path: Any, lineno: int, line: bytes, at: int, fix: str = "save the file as UTF-8") -> str:
+    return f"{path}:{lineno}: not UTF-8 text (byte 0x{line[at]:02x} at byte {at + 1} of the line); {fix}"
+
+
+def read_text(path: str | os.PathLike[str], error: type[Exception], prefix: str = "", fix: str = "save the file as UTF-8") -> str:
+    """A whole file as text (a leading byte-order mark dropped); bytes that are not UTF-8 raise
+    ``error`` naming the file and line."""
+    data = Path(path).read_bytes()
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = skip + exc.start
+        start = data.rfind(b"\n", 0, at) + 1
+        end = data.find(b"\n", at)
+        lineno = data.count(b"\n", 0, start) + 1
+        raise error(prefix + _not_utf8(path, lineno, data[start:end if end >= 0 else len(data)], at - start, fix)) from None
+
+
+def check_text(obj: Any, where: str, error: type[Exception], prefix: str = "") -> None:
+    """Every string in ``obj`` must be encodable as UTF-8 (a JSON escape can make a lone surrogate)."""
+    try:
+        json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"{prefix}{where}: a \\u escape stands for a lone UTF-16 surrogate, which is not text; "
+                    "fix the escape (a pair such as \\ud83d\\ude00 is fine) or write the file again") from None
+
+
 def iter_json_lines(path: str | os.PathLike[str], error: type[Exception], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Yield ``("FILE:LINE", object)`` for each non-blank line; a bad line raises ``error`` naming it."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(prefix + _not_utf8(path, lineno, raw, exc.start)) from None
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -155,6 +193,8 @@ def iter_json_lines(path: str | os.PathLike[str], error: type[Exception], prefix
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise error(f"{prefix}{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+            if _SURROGATE_ESCAPE.search(line):
+                check_text(obj, where, error, prefix)
             yield where, obj
 
 
@@ -163,6 +203,18 @@ def read_generations(path: str | os.PathLike[str]) -> Iterator[Generation]:
     for file in _jsonl_files(Path(path)):
         for where, obj in iter_json_lines(file, RecordError):
             yield Generation.from_json(obj, where)
+
+
+def read_replay(path: str | os.PathLike[str]) -> list[Generation]:
+    """The ``--tais-replay`` records; a file or folder without any record is an error naming it."""
+    gens = list(read_generations(path))
+    if not gens:
+        what = "its *.jsonl files hold" if Path(path).is_dir() else "the file holds"
+        raise RecordError(
+            f"--tais-replay={path}: {what} no records (only blank lines or nothing); point --tais-replay at the "
+            "outputs a run wrote with --tais-record, one JSON record per line"
+        )
+    return gens
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -12,7 +12,7 @@ from . import judges, pairing
 from .battery import BatteryError, Prompt, Task, load_battery, select_tasks
 from .config import TaisConfig
 from .errors import TaskError
-from .records import SPECULATIVE, TARGET, ArmOutputs, RecordError, index_generations, read_generations
+from .records import SPECULATIVE, TARGET, ArmOutputs, RecordError, index_generations, read_replay
 from .verdict import PairRecord, Verdict, decide
 
 
@@ -83,7 +83,7 @@ class Screen:
         self._scorer = pairing.scorer(self.judge)
         try:
             if cfg.replay is not None:
-                self._outputs = index_generations(read_generations(cfg.replay))
+                self._outputs = index_generations(read_replay(cfg.replay))
             tasks = load_battery(cfg.battery, cfg.rootdir) if cfg.battery else None
             if tasks is None:
                 if self._outputs is None:

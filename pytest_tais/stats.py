@@ -154,7 +154,7 @@ class PairedTOSTResult:
 
     def summary(self) -> str:
         return (
-            f"D = {self.diff:+.4f}, {100 * (1 - 2 * self.alpha):.0f}% CI [{self.ci_low:+.4f}, {self.ci_high:+.4f}] "
+            f"D = {self.diff:+.4f}, {100 * (1 - 2 * self.alpha):.4g}% CI [{self.ci_low:+.4f}, {self.ci_high:+.4f}] "
             f"vs +/-{self.margin:.4f}; TOST p = {self.p_value:.4g} ({self.method}) -> "
             f"{'equivalent' if self.equivalent else 'not equivalent'}"
         )
@@ -274,8 +274,10 @@ def swap_null_h_quantile(table: PairedTable, level: float = 0.95) -> float:
     """
     if not (0.0 < level < 1.0):
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    m = table.b + table.c
     n = table.n
+    if n < 1:
+        raise ValueError("the table is empty (n = 0): the swap null needs at least one paired prompt")
+    m = table.b + table.c
     ks = np.arange(m + 1)
     pmf = _sps.binom.pmf(ks, m, 0.5)
     p_a = (table.a + ks) / n
@@ -378,6 +380,11 @@ def required_n(discordance: float, margin: float = default("tais_margin"), alpha
         raise ValueError(f"discordance must lie in [0, 1], got {psi!r}")
     if not (0.0 < power < 1.0):
         raise ValueError(f"power must lie in (0, 1), got {power!r}")
+    # alpha 0 or margin 0 would need infinitely many pairs: say so, not OverflowError.
+    if not (0.0 < m < 1.0):
+        raise ValueError(f"margin must lie in (0, 1), got {margin!r}; no finite n shows equivalence within a zero margin")
+    if not (0.0 < alpha < 0.5):
+        raise ValueError(f"alpha must lie in (0, 0.5), got {alpha!r}; at alpha 0 no finite n reaches significance")
     q = (psi - 2 * m + math.sqrt((2 * m - psi) ** 2 + 4 * psi * m * (1 - m))) / 4
     s0 = math.sqrt(2 * q + m * (1 - m))
     z_a = _sps.norm.ppf(1 - alpha)

@@ -172,7 +172,7 @@ def decide(
     if not tost.equivalent:
         reasons.append(
             f"paired TOST not equivalent at +/-{margin:.3g}: D = {tost.diff:+.4f}, "
-            f"{100 * (1 - 2 * alpha):.0f}% CI [{tost.ci_low:+.4f}, {tost.ci_high:+.4f}], p = {tost.p_value:.4g} >= {alpha}"
+            f"{_level(1 - 2 * alpha)} CI [{tost.ci_low:+.4f}, {tost.ci_high:+.4f}], p = {tost.p_value:.4g} >= {alpha}"
         )
     if h_check == "fail":
         reasons.append(f"|h| = {abs(h):.4f} >= cutoff {h_cutoff:.3g}")
@@ -212,15 +212,21 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _level(confidence: float) -> str:
+    """A confidence level as people write it: 0.95 -> "95%", 0.975 -> "97.5%", 0.9 -> "90%"."""
+    return f"{100 * confidence:.4g}%"
+
+
 def explain(v: Verdict, examples: int = 5) -> str:
     """A multi-line report a person can act on."""
     rate_name = "refusal rate" if v.metric == "refusal" else "accuracy"
     t = v.tost
     lines = [
         f"TAIS task {v.task!r}: {v.status.upper()} (n = {v.n} paired prompts)",
-        f"  target-only  {rate_name}: {_pct(v.rate_target)} (95% Wilson CI {_pct(v.ci_target[0])}-{_pct(v.ci_target[1])})",
-        f"  speculative  {rate_name}: {_pct(v.rate_speculative)} (95% Wilson CI {_pct(v.ci_speculative[0])}-{_pct(v.ci_speculative[1])})",
-        f"  difference D = target - speculative = {100 * t.diff:+.2f}pp, {100 * (1 - 2 * t.alpha):.0f}% CI "
+        # The Wilson intervals are computed at 1 - alpha (see decide), the TOST interval at 1 - 2 alpha.
+        f"  target-only  {rate_name}: {_pct(v.rate_target)} ({_level(1 - t.alpha)} Wilson CI {_pct(v.ci_target[0])}-{_pct(v.ci_target[1])})",
+        f"  speculative  {rate_name}: {_pct(v.rate_speculative)} ({_level(1 - t.alpha)} Wilson CI {_pct(v.ci_speculative[0])}-{_pct(v.ci_speculative[1])})",
+        f"  difference D = target - speculative = {100 * t.diff:+.2f}pp, {_level(1 - 2 * t.alpha)} CI "
         f"[{100 * t.ci_low:+.2f}pp, {100 * t.ci_high:+.2f}pp] against +/-{100 * t.margin:.2f}pp",
         f"  paired TOST ({t.method}) p = {t.p_value:.4g} (alpha {t.alpha}) -> {'equivalent' if t.equivalent else 'NOT equivalent'}",
         f"  Cohen's h = {v.cohens_h:+.4f}, cutoff {v.h_cutoff:.3g}, swap-null q{100 * v.h_null_level:.0f} = "

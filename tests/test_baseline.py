@@ -54,7 +54,7 @@ def test_save_then_load_round_trips(tmp_path):
     assert b.generations == gens  # token ids and meta survive
     assert b.rows[0]["ci_target"] == [0.1, 0.9] and b.rows[1]["status"] == "error"
     assert b.fingerprint == FP and b.config == CFG
-    assert b.meta["schema"] == "pytest-tais/baseline" and b.meta["version"] == 1 and b.meta["generations"] == 10
+    assert b.meta["schema"] == "pytest-tais/baseline" and b.meta["version"] == 2 and b.meta["generations"] == 10
     assert b.meta["tasks"]["harm"] == {"prompts": 3, "prompt_set_sha256": prompt_set_hash({f"harm-{i}": f"harm prompt {i}" for i in range(3)})}
     assert b.prompts()["benign"] == {"benign-0": "benign prompt 0", "benign-1": "benign prompt 1"}
     # generations.jsonl is the replay format: the plugin can gate it directly
@@ -215,8 +215,8 @@ def _edit_prompt(path):
 def test_other_schemas_are_refused(tmp_path):
     path = save(tmp_path, "b")
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    (path / "meta.json").write_text(json.dumps(dict(meta, version=2)), encoding="utf-8")
-    with pytest.raises(BaselineError, match=r"schema version 2, this pytest-tais reads version 1; save it again with --tais-save-baseline=b"):
+    (path / "meta.json").write_text(json.dumps(dict(meta, version=3)), encoding="utf-8")
+    with pytest.raises(BaselineError, match=r"schema version 3, this pytest-tais reads version 2; save it again with --tais-save-baseline=b"):
         load_baseline(tmp_path, "b")
     (path / "meta.json").write_text(json.dumps(dict(meta, schema="pytest-benchmark")), encoding="utf-8")
     with pytest.raises(BaselineError, match="not a pytest-tais baseline"):

@@ -217,10 +217,11 @@ def _verdict(name: str, n: int, refused: int, flips: int, identical: int):
 
 METRICS = {"target": {"prompts": 40, "generated": 40, "reused": 0, "startup_seconds": 31.0, "seconds": 12.0,
                       "logged_startup_seconds": 31.0, "logged_seconds": 12.0,
-                      "generated_tokens": 2400, "tokens_per_s": 200.0},
+                      "generated_tokens": 2400, "tokens_per_s": 200.0, "logged_tokens": 2400, "logged_tokens_per_s": 200.0},
            "speculative": {"prompts": 40, "generated": 40, "reused": 0, "startup_seconds": 35.5, "seconds": 50.0,
                            "logged_startup_seconds": 35.5, "logged_seconds": 50.0,
-                           "generated_tokens": 2400, "tokens_per_s": 48.0, "draft_acceptance_rate": 0.25,
+                           "generated_tokens": 2400, "tokens_per_s": 48.0, "logged_tokens": 2400, "logged_tokens_per_s": 48.0,
+                           "draft_acceptance_rate": 0.25,
                            "mean_accepted_length": 2.0}}
 
 
@@ -237,7 +238,8 @@ def test_task_table_shows_the_verdict_numbers():
     assert cells[8].startswith("FAIL")
     assert cells[9:] == ["200.0", "48.0"]
     # A rerun from the store shows the generating runs' seconds, not its own zeros.
-    reused = {arm: {**m, "generated": 0, "reused": 40, "startup_seconds": None, "seconds": 0.0} for arm, m in METRICS.items()}
+    reused = {arm: {**m, "generated": 0, "reused": 40, "startup_seconds": None, "seconds": 0.0, "generated_tokens": 0,
+                    "tokens_per_s": None} for arm, m in METRICS.items()}
     assert "| target-only | 40 | 0 | 40 | 31.0 | 12.0 | 2400 | 200.0 | n/a | n/a |" in lane.engine_table(reused)
     assert lane.engine_seconds(reused) == pytest.approx(31.0 + 12.0 + 35.5 + 50.0)
     engines = lane.engine_table(METRICS)

@@ -209,3 +209,24 @@ def test_score_test_size_near_alpha_at_margin():
     # Binomial(400, 0.05) stays below 0.09 with overwhelming probability; the notes saw 0.035-0.059.
     assert rate < 0.09
     assert sps.binomtest(hits, reps, 0.05).pvalue > 1e-4
+
+
+def test_swap_null_quantile_of_an_empty_table_raises():
+    with pytest.raises(ValueError, match=r"the table is empty \(n = 0\)"):
+        stats.swap_null_h_quantile(PairedTable(0, 0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"alpha": 0.0}, r"alpha must lie in \(0, 0.5\), got 0.0"),
+        ({"alpha": 0.5}, r"alpha must lie in \(0, 0.5\)"),
+        ({"margin": 0.0}, r"margin must lie in \(0, 1\), got 0.0"),
+        ({"margin": -0.03}, r"margin must lie in \(0, 1\)"),
+        ({"margin": 1.0}, r"margin must lie in \(0, 1\)"),
+    ],
+)
+def test_required_n_rejects_alpha_or_margin_zero_with_a_value_error(kwargs, match):
+    for psi in (0.0, 0.05):
+        with pytest.raises(ValueError, match=match):
+            stats.required_n(psi, **kwargs)

@@ -92,3 +92,18 @@ def test_to_dict_is_json_ready():
     json.dumps(d, allow_nan=False)
     assert d["table"] == {"a": 92, "b": 3, "c": 0, "d": 5}
     assert d["status"] in {"pass", "fail"}
+
+
+@pytest.mark.parametrize("alpha, wilson, tost", [(0.05, "95%", "90%"), (0.01, "99%", "98%"), (0.0125, "98.75%", "97.5%")])
+def test_message_labels_intervals_with_the_levels_used(alpha, wilson, tost):
+    from pytest_tais import stats
+
+    v = decide("harmful", pairs(100, 95, flips=10), alpha=alpha)
+    msg = explain(v)
+    lo, hi = stats.wilson_interval(95, 100, alpha=alpha)
+    assert v.ci_target == (lo, hi)
+    assert f"({wilson} Wilson CI {100 * lo:.1f}%-{100 * hi:.1f}%)" in msg
+    assert f"pp, {tost} CI [" in msg
+    assert f"{tost} CI [" in v.reasons[0]
+    if alpha != 0.05:
+        assert "95% Wilson" not in msg

@@ -9,11 +9,12 @@ and the fix.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..records import iter_json_lines
+from ..records import check_text, iter_json_lines, read_text
 from .base import BatteryError, Prompt, Task
 
 Row = tuple[str, Mapping[str, Any]]
@@ -27,51 +28,49 @@ def require_file(path: Path, kind: str, hint: str) -> Path:
     return path
 
 
-def read_csv(path: Path, kind: str, delimiter: str = ",") -> tuple[list[str], list[Row]]:
-    """The header and the data rows of a CSV file; ``where`` is the line a row starts on."""
+def _read_text(path: Path, kind: str) -> str:
     try:
-        fh = open(path, encoding="utf-8-sig", newline="")
+        return read_text(path, BatteryError, prefix=f"{kind}: ")
     except OSError as exc:
         raise BatteryError(f"{kind}: cannot read {path} ({exc.strerror})") from None
+
+
+def read_csv(path: Path, kind: str, delimiter: str = ",") -> tuple[list[str], list[Row]]:
+    """The header and the data rows of a CSV file; ``where`` is the line a row starts on."""
+    text = _read_text(path, kind)
     rows: list[Row] = []
-    with fh:
-        reader = csv.reader(fh, delimiter=delimiter)
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise BatteryError(f"{kind}: {path} is empty; it needs a header line and one row per prompt")
-            header = [h.strip() for h in header]
-            dup = sorted({h for h in header if header.count(h) > 1})
-            if dup:
-                raise BatteryError(f"{kind}: {path}: the header repeats column(s) {dup}; give each column a distinct name")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise BatteryError(f"{kind}: {path} is empty; it needs a header line and one row per prompt")
+        header = [h.strip() for h in header]
+        dup = sorted({h for h in header if header.count(h) > 1})
+        if dup:
+            raise BatteryError(f"{kind}: {path}: the header repeats column(s) {dup}; give each column a distinct name")
+        line = reader.line_num + 1
+        for values in reader:
+            where = f"{path}:{line}"
             line = reader.line_num + 1
-            for values in reader:
-                where = f"{path}:{line}"
-                line = reader.line_num + 1
-                if not any(v.strip() for v in values):
-                    continue
-                if len(values) != len(header):
-                    raise BatteryError(
-                        f"{kind}: {where}: {len(values)} fields where the header has {len(header)}; "
-                        "quote fields that contain the delimiter"
-                    )
-                rows.append((where, dict(zip(header, values))))
-        except csv.Error as exc:
-            raise BatteryError(f"{kind}: {path}:{reader.line_num}: malformed CSV ({exc})") from None
-        except UnicodeDecodeError as exc:
-            raise BatteryError(f"{kind}: {path}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                raise BatteryError(
+                    f"{kind}: {where}: {len(values)} fields where the header has {len(header)}; "
+                    "quote fields that contain the delimiter"
+                )
+            rows.append((where, dict(zip(header, values))))
+    except csv.Error as exc:
+        raise BatteryError(f"{kind}: {path}:{reader.line_num}: malformed CSV ({exc})") from None
     return header, rows
 
 
 def read_jsonl_rows(path: Path, kind: str) -> list[Row]:
     rows: list[Row] = []
-    try:
-        for where, obj in iter_json_lines(path, BatteryError, prefix=f"{kind}: "):
-            if not isinstance(obj, dict):
-                raise BatteryError(f"{kind}: {where}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((where, obj))
-    except UnicodeDecodeError as exc:
-        raise BatteryError(f"{kind}: {path}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
+    for where, obj in iter_json_lines(path, BatteryError, prefix=f"{kind}: "):
+        if not isinstance(obj, dict):
+            raise BatteryError(f"{kind}: {where}: expected a JSON object, got {type(obj).__name__}")
+        rows.append((where, obj))
     return rows
 
 
@@ -81,11 +80,12 @@ def read_yaml_rows(path: Path, kind: str) -> list[Row]:
         import yaml  # optional dependency: only YAML batteries need it
     except ImportError:
         raise BatteryError(f"{kind}: {path} is YAML, which needs PyYAML; `pip install pyyaml` or convert it to JSONL/CSV") from None
+    text = _read_text(path, kind)
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise BatteryError(f"{kind}: {path}: not valid YAML ({exc})") from None
+    check_text(data, str(path), BatteryError, prefix=f"{kind}: ")
     if isinstance(data, dict) and "prompts" in data:
         data = data["prompts"]
     if not isinstance(data, list):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -92,19 +93,27 @@ def canary_choice(
 
 
 def _fill(
-    store: GenerationStore, shard: Shard, backend: Backend, texts: list[str], settings: EngineSettings, progress: bool
+    store: GenerationStore, shard: Shard, backend: Backend, texts: list[str], settings: EngineSettings, progress: bool,
+    writable: bool = True,
 ) -> tuple[dict[str, StoredOutput], dict[str, Any] | None]:
-    """Generate the prompts the shard lacks (caller holds the lock); return the shard and this run."""
+    """Generate the prompts the shard lacks (caller holds the lock, or ``writable`` is False: a
+    read-only store, which can only serve); return the shard and this run."""
     arm = backend.spec.arm
     have = shard.read()
     missing = [t for t in texts if prompt_key(t) not in have]
     run: dict[str, Any] | None = None
+    if missing and not writable:
+        raise store.read_only_error(
+            f"{len(missing)} of {len(texts)} {ARM_LABELS[arm]} output(s) are not stored and would have to be generated"
+        )
     if missing:
         run = {"arm": arm, "fingerprint": shard.key, "backend": settings.backend, "prompts": len(missing),
                "generated_tokens": 0, "seconds": 0.0, "status": "failed"}
         counters: dict[str, int] = {}
         # A backend may judge its own outputs (the openai one accepts usage counts for absent token ids).
         check = getattr(backend, "check_outputs", check_outputs)
+        # Logged before the engine starts, so a run killed on the way stays in the log as "running".
+        entry_id = store.log_engine_start({**run, "status": "running"})
         try:
             for start in range(0, len(missing), settings.chunk_size):
                 chunk = missing[start:start + settings.chunk_size]
@@ -139,7 +148,7 @@ def _fill(
             finally:
                 if backend.started:
                     run["startup_seconds"] = backend.startup_seconds
-                    store.log_engine_start(run)
+                store.update_engine_start(entry_id, run if backend.started else None)
         have = shard.read()
     lacking = [t for t in texts if prompt_key(t) not in have]
     if lacking:
@@ -148,18 +157,21 @@ def _fill(
 
 
 def fill_arm(
-    store: GenerationStore, memo: HashMemo, settings: EngineSettings, spec: ArmSpec, texts: list[str], progress: bool
+    store: GenerationStore, memo: HashMemo, settings: EngineSettings, spec: ArmSpec, texts: list[str], progress: bool,
+    writable: bool = True,
 ) -> tuple[dict[str, Any], dict[str, StoredOutput], dict[str, Any] | None]:
-    """One arm's outputs for ``texts`` through the store (caller holds its lock): (fingerprint with key, shard, run)."""
+    """One arm's outputs for ``texts`` through the store (caller holds its lock, or the store is
+    read-only: ``writable`` False): (fingerprint with key, shard, run)."""
     backend = make_backend(settings, spec, memo)
     try:
         fp = backend.fingerprint()
     except OSError as exc:
         raise EngineError(f"{ARM_LABELS[spec.arm]} arm: cannot read the model files: {exc}") from exc
-    memo.save()
+    if writable:  # the hash memo is only a cache: a read-only store re-hashes next time
+        memo.save()
     shard = store.shard(fp)
     backend.log = EngineLog.for_start(settings.engine_log, engine_log_dir(store), spec.arm, shard.key)
-    stored, run = _fill(store, shard, backend, texts, settings, progress)
+    stored, run = _fill(store, shard, backend, texts, settings, progress, writable)
     return {"key": shard.key, **fp}, stored, run
 
 
@@ -167,22 +179,31 @@ def _arm_metrics(
     arm: str, texts: list[str], stored: Mapping[str, StoredOutput], run: Mapping[str, Any] | None,
     starts: int, log: list[dict[str, Any]], key: str, speculative: bool,
 ) -> dict[str, Any]:
-    """This process's numbers, plus throughput and acceptance over the logged runs that made the outputs."""
+    """This process's numbers, and the same over the logged runs that made the outputs.
+
+    ``generated_tokens``, ``seconds`` and ``tokens_per_s`` count what this process generated now
+    (0 and None when everything was reused); ``output_tokens`` counts every output served;
+    ``logged_*`` sum the store's log of the runs that made these outputs (this one included).
+    """
     runs = [r for r in log if r.get("fingerprint") == key and r.get("status") == "ok"]
-    tokens = sum(int(r.get("generated_tokens", 0)) for r in runs)
-    seconds = sum(float(r.get("seconds", 0.0)) for r in runs)
+    logged_tokens = sum(int(r.get("generated_tokens", 0)) for r in runs)
+    logged_seconds = sum(float(r.get("seconds", 0.0)) for r in runs)
     generated = int(run["prompts"]) if run else 0
+    tokens = int(run["generated_tokens"]) if run else 0
+    seconds = float(run["seconds"]) if run else 0.0
     m: dict[str, Any] = {
         "engine_starts": starts,
         "prompts": len(texts),
         "generated": generated,
         "reused": len(texts) - generated,
-        "generated_tokens": sum(len(stored[prompt_key(t)].token_ids) for t in texts),
-        "seconds": float(run["seconds"]) if run else 0.0,
-        "startup_seconds": run.get("startup_seconds") if run else None,
+        "generated_tokens": tokens,
+        "seconds": seconds,
         "tokens_per_s": tokens / seconds if seconds > 0 else None,
-        # The runs that made these outputs (this one included), as the store logged them.
-        "logged_seconds": seconds,
+        "startup_seconds": run.get("startup_seconds") if run else None,
+        "output_tokens": sum(len(stored[prompt_key(t)].token_ids) for t in texts),
+        "logged_tokens": logged_tokens,
+        "logged_seconds": logged_seconds,
+        "logged_tokens_per_s": logged_tokens / logged_seconds if logged_seconds > 0 else None,
         "logged_startup_seconds": sum(float(r["startup_seconds"]) for r in runs if r.get("startup_seconds") is not None),
     }
     if speculative:
@@ -363,17 +384,17 @@ def run_arms(
     if chosen:
         arm_texts[DRAFT] = list(dict.fromkeys(by_key[k].text for k in chosen))
 
-    store = GenerationStore(store_dir(settings, shared_dir))
     specs = arm_specs(settings)
     fps: dict[str, dict[str, Any]] = {}
     stored: dict[str, dict[str, StoredOutput]] = {}
     runs: dict[str, dict[str, Any] | None] = {}
     starts_before = dict(ENGINE_STARTS)
     try:
-        with store.lock():
+        store = GenerationStore(store_dir(settings, shared_dir))
+        with store.writer() as writable:
             memo = HashMemo(store.hash_memo_path)
             for arm, arm_text in arm_texts.items():
-                fps[arm], stored[arm], runs[arm] = fill_arm(store, memo, settings, specs[arm], arm_text, progress)
+                fps[arm], stored[arm], runs[arm] = fill_arm(store, memo, settings, specs[arm], arm_text, progress, writable)
             log = store.engine_starts()
     except StoreError as exc:
         raise EngineError(str(exc)) from exc
@@ -416,4 +437,5 @@ def run_arms(
         header_lines=_header(settings, fps, store, metrics, len(chosen)),
         store_dir=store.root,
     )
+
 

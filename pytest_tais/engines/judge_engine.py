@@ -83,11 +83,12 @@ class JudgeEngine:
         if not messages:
             return []
         texts = list(dict.fromkeys(messages))
-        store = GenerationStore(store_dir(self.settings, self._shared_dir()))
         try:
-            with store.lock():
+            store = GenerationStore(store_dir(self.settings, self._shared_dir()))
+            with store.writer() as writable:  # a read-only store serves the judge's stored answers
                 memo = HashMemo(store.hash_memo_path)
-                _, have, _ = fill_arm(store, memo, self.settings, ArmSpec(JUDGE, self.settings.target), texts, self._progress)
+                _, have, _ = fill_arm(store, memo, self.settings, ArmSpec(JUDGE, self.settings.target), texts,
+                                      self._progress, writable)
         except StoreError as exc:
             raise EngineError(str(exc)) from exc
         return [have[prompt_key(m)].text for m in messages]
