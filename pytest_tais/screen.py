@@ -232,6 +232,8 @@ class Screen:
                     target_flag=flag_a,
                     speculative_flag=flag_b,
                     meta={k: v for k, v in gb.meta.items() if k == "canary"},
+                    target_token_ids=ga.token_ids,
+                    speculative_token_ids=gb.token_ids,
                 )
             )
         self._pairs[key] = records

@@ -92,3 +92,18 @@ def test_to_dict_is_json_ready():
     json.dumps(d, allow_nan=False)
     assert d["table"] == {"a": 92, "b": 3, "c": 0, "d": 5}
     assert d["status"] in {"pass", "fail"}
+
+
+def test_explain_gives_the_first_divergence_in_tokens_when_recorded():
+    recs = pairs(100, 95, flips=3)
+    plain = explain(decide("harmful", recs))
+    assert "median first divergence at byte 0" in plain and "token" not in plain
+    with_ids = [
+        PairRecord(r.prompt_id, r.target_text, r.speculative_text, r.target_flag, r.speculative_flag,
+                   target_token_ids=tuple(map(ord, r.target_text)), speculative_token_ids=tuple(map(ord, r.speculative_text)))
+        for r in recs
+    ]
+    v = decide("harmful", with_ids)
+    assert v.identity.first_divergence_tokens == (0, 0, 0)
+    assert "median first divergence at byte 0, token 0" in explain(v)
+    assert v.to_dict()["first_divergence_tokens_median"] == 0
