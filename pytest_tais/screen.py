@@ -134,7 +134,16 @@ class Screen:
         """Scores of (prompt, answer, arm) items; a judge with ``batch`` gets one call per task."""
         batch = getattr(self.judge, "batch", None)
         if task.metric == "accuracy" or not callable(batch):
-            return [self._score(task, p, text, arm) for p, text, arm in items]
+            # Once per distinct (prompt, answer): what the judge reads (expected, for accuracy).
+            seen: dict[tuple[Any, str], bool] = {}
+            flags = []
+            for p, text, arm in items:
+                key = (p.expected if task.metric == "accuracy" else p.text, text)
+                flag = seen.get(key)
+                if flag is None:
+                    flag = seen[key] = self._score(task, p, text, arm)
+                flags.append(flag)
+            return flags
         self.prefetch_judge()
         if self._prefetch_error is not None:
             raise TaskError(self._prefetch_error)

@@ -1,0 +1,53 @@
+"""Reading replay files: the fast JSON parser and the stdlib one accept the same lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_tais import records
+from pytest_tais.records import Generation, RecordError, iter_json_lines, read_generations
+
+
+def _line(**kw) -> dict:
+    rec = {"task": "t", "prompt_id": "p1", "prompt": "q", "arm": "target", "text": "a"}
+    rec.update(kw)
+    return rec
+
+
+def test_lines_orjson_rejects_are_read_by_json(tmp_path):
+    path = tmp_path / "r.jsonl"
+    # NaN, an integer beyond 64 bits and a lone surrogate: json takes them, orjson does not.
+    path.write_text('{"x": NaN}\n\n{"x": 18446744073709551616}\n{"x": "\\ud800"}\n{"x": "caf\\u00e9 \\u6e29"}\n', encoding="utf-8")
+    got = [obj["x"] for _, obj in iter_json_lines(path, RecordError)]
+    assert got[0] != got[0] and got[1] == 2**64 and got[2] == "\ud800" and got[3] == "café 温"
+    assert [w for w, _ in iter_json_lines(path, RecordError)][-1].endswith("r.jsonl:5")
+
+
+def test_fast_parser_is_used_when_installed():
+    pytest.importorskip("orjson")
+    assert records._fast_loads is not None
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"task": \n', r"r\.jsonl:1: not valid JSON \(Expecting value\)"),
+    (b'\n{"text": "caf\xe9"}\n', r"r\.jsonl:2: not valid UTF-8 \(byte 13\); save the file as UTF-8"),
+])
+def test_bad_lines_name_file_line_and_fix(tmp_path, content, message):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(RecordError, match=message):
+        list(iter_json_lines(path, RecordError))
+
+
+def test_generations_share_the_strings_both_arms_repeat(tmp_path):
+    path = tmp_path / "r.jsonl"
+    lines = [_line(prompt="x" * 50), _line(prompt="x" * 50, arm="speculative", text="b", meta={"canary": True})]
+    path.write_text("".join(json.dumps(l) + "\n" for l in lines), encoding="utf-8")
+    a, b = read_generations(path)
+    assert a.prompt is b.prompt and a.prompt_id is b.prompt_id and a.task is b.task
+    assert dict(a.meta) == {} and b.meta == {"canary": True}
+    assert Generation.from_json(a.to_json()) == a and b.to_json()["meta"] == {"canary": True}
+    with pytest.raises(RecordError, match="'meta' must be an object"):
+        Generation.from_json(_line(meta=[1]))
