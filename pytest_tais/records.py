@@ -94,7 +94,7 @@ class Generation:
             prompt_id=share(str(prompt_id)),
             prompt=share(obj["prompt"]),
             arm=obj["arm"],
-            text=obj["text"],
+            text=share(obj["text"]),
             token_ids=token_ids,
             meta=meta,
         )
@@ -144,7 +144,8 @@ def iter_json_lines(path: str | os.PathLike[str], error: type[Exception], prefix
 def read_generations(path: str | os.PathLike[str]) -> Iterator[Generation]:
     """Yield every record of a JSONL file or of all ``*.jsonl`` files under a folder (sorted).
 
-    Both arms repeat each task name, prompt id and prompt: one copy of each is kept.
+    Both arms repeat each task name, prompt id and prompt, and often the answer: one copy of each
+    equal string is kept.
     """
     seen: dict[str, str] = {}
     share = lambda text: seen.setdefault(text, text)  # noqa: E731

@@ -22,7 +22,7 @@ from .errors import TaskError
 VERDICT_SCHEMA = 1
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class PairRecord:
     """One prompt answered by both arms, with each answer's binary score.
 

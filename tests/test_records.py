@@ -43,10 +43,12 @@ def test_bad_lines_name_file_line_and_fix(tmp_path, content, message):
 
 def test_generations_share_the_strings_both_arms_repeat(tmp_path):
     path = tmp_path / "r.jsonl"
-    lines = [_line(prompt="x" * 50), _line(prompt="x" * 50, arm="speculative", text="b", meta={"canary": True})]
+    lines = [_line(prompt="x" * 50, text="same answer"), _line(prompt="x" * 50, arm="speculative", text="b", meta={"canary": True}),
+             _line(prompt_id="p2", text="same answer")]
     path.write_text("".join(json.dumps(l) + "\n" for l in lines), encoding="utf-8")
-    a, b = read_generations(path)
-    assert a.prompt is b.prompt and a.prompt_id is b.prompt_id and a.task is b.task
+    a, b, c = read_generations(path)
+    assert a.prompt is b.prompt and a.prompt_id is b.prompt_id and a.task is b.task and a.text is c.text
+    assert next(read_generations(path)).prompt is not a.prompt  # shared within one read only
     assert dict(a.meta) == {} and b.meta == {"canary": True}
     assert Generation.from_json(a.to_json()) == a and b.to_json()["meta"] == {"canary": True}
     with pytest.raises(RecordError, match="'meta' must be an object"):
