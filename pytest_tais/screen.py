@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 from . import judges
 from .battery import BatteryError, Prompt, Task, load_battery, select_tasks
 from .config import TaisConfig
-from .records import SPECULATIVE, TARGET, Generation, RecordError, read_generations
+from .records import SPECULATIVE, TARGET, Generation, RecordError, gc_paused, read_generations
 from .errors import TaskError
 from .verdict import PairRecord, Verdict, decide
 
@@ -37,21 +37,24 @@ class ArmOutputs:
 def index_generations(gens: Iterable[Generation]) -> ArmOutputs:
     outputs: dict[str, dict[tuple[str, str], Generation]] = {TARGET: {}, SPECULATIVE: {}}
     duplicates: dict[str, list[str]] = {}
-    for g in gens:
-        key = (g.task, g.prompt_id)
-        if key in outputs[g.arm]:
-            duplicates.setdefault(g.task, []).append(f"{g.arm}:{g.prompt_id}")
-            continue
-        outputs[g.arm][key] = g
+    with gc_paused():
+        for g in gens:
+            key = (g.task, g.prompt_id)
+            if key in outputs[g.arm]:
+                duplicates.setdefault(g.task, []).append(f"{g.arm}:{g.prompt_id}")
+                continue
+            outputs[g.arm][key] = g
     return ArmOutputs(outputs=outputs, duplicates=duplicates)
 
 
 def tasks_from_outputs(arm_outputs: ArmOutputs) -> list[Task]:
     """Tasks of a replay run without a battery: every (task, prompt) seen in either arm, in file order."""
     prompts: dict[str, dict[str, Prompt]] = {}
-    for arm in (TARGET, SPECULATIVE):
-        for (task, pid), g in arm_outputs.outputs[arm].items():
-            prompts.setdefault(task, {}).setdefault(pid, Prompt(task=task, prompt_id=pid, prompt=g.prompt))
+    with gc_paused():
+        for arm in (TARGET, SPECULATIVE):
+            for (task, pid), g in arm_outputs.outputs[arm].items():
+                if pid not in prompts.setdefault(task, {}):
+                    prompts[task][pid] = Prompt(task=task, prompt_id=pid, prompt=g.prompt)
     return [Task(name=t, prompts=tuple(ps.values()), source="replay") for t, ps in prompts.items()]
 
 
@@ -231,20 +234,21 @@ class Screen:
         scores = iter(self._score_all(task, items))
         flags_a = [next(scores) for _ in matched]
         records = []
-        for (p, ga, gb), flag_a in zip(matched, flags_a):
-            flag_b = flag_a if gb.text == ga.text else next(scores)
-            records.append(
-                PairRecord(
-                    prompt_id=p.prompt_id,
-                    target_text=ga.text,
-                    speculative_text=gb.text,
-                    target_flag=flag_a,
-                    speculative_flag=flag_b,
-                    meta={k: v for k, v in gb.meta.items() if k == "canary"},
-                    target_token_ids=ga.token_ids,
-                    speculative_token_ids=gb.token_ids,
+        with gc_paused():  # a record per pair, none freed: collecting meanwhile is wasted
+            for (p, ga, gb), flag_a in zip(matched, flags_a):
+                flag_b = flag_a if gb.text == ga.text else next(scores)
+                records.append(
+                    PairRecord(
+                        prompt_id=p.prompt_id,
+                        target_text=ga.text,
+                        speculative_text=gb.text,
+                        target_flag=flag_a,
+                        speculative_flag=flag_b,
+                        meta={k: v for k, v in gb.meta.items() if k == "canary"},
+                        target_token_ids=ga.token_ids,
+                        speculative_token_ids=gb.token_ids,
+                    )
                 )
-            )
         self._pairs[key] = records
         return records
 

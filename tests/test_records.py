@@ -53,3 +53,21 @@ def test_generations_share_the_strings_both_arms_repeat(tmp_path):
     assert Generation.from_json(a.to_json()) == a and b.to_json()["meta"] == {"canary": True}
     with pytest.raises(RecordError, match="'meta' must be an object"):
         Generation.from_json(_line(meta=[1]))
+
+
+def test_gc_paused_restores_the_collector_even_on_error():
+    import gc
+
+    assert gc.isenabled()
+    with pytest.raises(RecordError):
+        with records.gc_paused():
+            assert not gc.isenabled()
+            raise RecordError("x")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with records.gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own setting is left as it was
+    finally:
+        gc.enable()
