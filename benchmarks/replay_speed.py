@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({100 * built['diverging'] / args.pairs:.1f}%), {built['flips']} refusal flips "
           f"({100 * built['flips'] / args.pairs:.2f}%); built in {build_s:.1f} s")
     print(f"plugin: screened {n} pairs in {len(report['tasks'])} tasks: {report['summary']}; pytest exit code {rc}")
-    print(f"plugin wall time (pytest --tais-replay --tais-report): {wall:.2f} s (target < 10 s); CPU {cpu:.2f} s")
+    target = "< 10 s" if args.pairs <= PAIRS else f"<= {args.pairs / PAIRS:.3g}x the {PAIRS:,}-pair time"
+    print(f"plugin wall time (pytest --tais-replay --tais-report): {wall:.2f} s (target {target}); CPU {cpu:.2f} s")
     print(f"bare script wall time (json, substring judge, TOST, Wilson, h, rapidfuzz LCS): {bare_wall:.2f} s "
           f"({mine['seconds_inside']:.2f} s after its imports); CPU {bare_cpu:.2f} s")
     print(f"ratio plugin / bare: {wall / bare_wall:.2f}x wall, {cpu / bare_cpu:.2f}x CPU (target <= 3x)")
