@@ -69,19 +69,15 @@ class Generation:
     @classmethod
     def from_json(cls, obj: Any, where: str = "record", intern: Callable[[str], str] | None = None) -> "Generation":
         """A record from one parsed line; ``intern`` shares the strings both arms repeat."""
-        if not isinstance(obj, dict):
-            raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        for key in ("task", "prompt_id", "prompt", "arm", "text"):
-            if key not in obj:
-                raise RecordError(f"{where}: missing key {key!r}; every line needs task, prompt_id, prompt, arm, text")
-        for key in ("task", "prompt", "arm", "text"):
-            if not isinstance(obj[key], str):
-                raise RecordError(f"{where}: {key!r} must be a string")
-        prompt_id = obj["prompt_id"]
-        if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)):
-            raise RecordError(f"{where}: 'prompt_id' must be a string")
-        if obj["arm"] not in ARMS:
-            raise RecordError(f"{where}: 'arm' is {obj['arm']!r}; use 'target' or 'speculative'")
+        try:
+            task, prompt_id, prompt, arm, text = obj["task"], obj["prompt_id"], obj["prompt"], obj["arm"], obj["text"]
+            plain = type(task) is str and type(prompt_id) is str and type(prompt) is str and type(text) is str
+        except (KeyError, TypeError, IndexError):
+            plain = False
+        # The checks below run in full only for a line the common shape does not fit.
+        if not (plain and (arm == TARGET or arm == SPECULATIVE)):
+            _check_record(obj, where)
+            task, prompt_id, prompt, arm, text = obj["task"], str(obj["prompt_id"]), obj["prompt"], obj["arm"], obj["text"]
         token_ids = obj.get("token_ids")
         if token_ids is not None:
             if not isinstance(token_ids, list) or not all(isinstance(t, int) for t in token_ids):
@@ -91,15 +87,24 @@ class Generation:
         if meta is not _NO_META and not isinstance(meta, dict):
             raise RecordError(f"{where}: 'meta' must be an object")
         share = intern or _same
-        return cls(
-            task=share(obj["task"]),
-            prompt_id=share(str(prompt_id)),
-            prompt=share(obj["prompt"]),
-            arm=obj["arm"],
-            text=share(obj["text"]),
-            token_ids=token_ids,
-            meta=meta,
-        )
+        return cls(task=share(task), prompt_id=share(prompt_id), prompt=share(prompt), arm=arm,
+                   text=share(text), token_ids=token_ids, meta=meta)
+
+
+def _check_record(obj: Any, where: str) -> None:
+    if not isinstance(obj, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for key in ("task", "prompt_id", "prompt", "arm", "text"):
+        if key not in obj:
+            raise RecordError(f"{where}: missing key {key!r}; every line needs task, prompt_id, prompt, arm, text")
+    for key in ("task", "prompt", "arm", "text"):
+        if not isinstance(obj[key], str):
+            raise RecordError(f"{where}: {key!r} must be a string")
+    prompt_id = obj["prompt_id"]
+    if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)):
+        raise RecordError(f"{where}: 'prompt_id' must be a string")
+    if obj["arm"] not in ARMS:
+        raise RecordError(f"{where}: 'arm' is {obj['arm']!r}; use 'target' or 'speculative'")
 
 
 @contextlib.contextmanager
@@ -137,17 +142,18 @@ def iter_json_lines(path: str | os.PathLike[str], error: type[Exception], prefix
     orjson parses where it is installed; a line it rejects is parsed again by ``json``, so both
     accept the same files (``json`` also takes NaN, huge integers and lone surrogates).
     """
+    name = os.fspath(path)
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
             if _fast_loads is not None:
                 try:
-                    yield f"{path}:{lineno}", _fast_loads(raw)
+                    yield f"{name}:{lineno}", _fast_loads(raw)
                     continue
                 except _FAST_ERROR:
                     pass
-            where = f"{path}:{lineno}"
+            where = f"{name}:{lineno}"
             try:
                 obj = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as exc:

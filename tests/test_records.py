@@ -71,3 +71,21 @@ def test_gc_paused_restores_the_collector_even_on_error():
         assert not gc.isenabled()  # a caller's own setting is left as it was
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("obj, message", [
+    ([1], "expected a JSON object, got list"),
+    ({"task": "t", "prompt_id": "p", "prompt": "q", "arm": "target"}, "missing key 'text'"),
+    (_line(text=3), "'text' must be a string"),
+    (_line(prompt_id=True), "'prompt_id' must be a string"),
+    (_line(arm="draft"), "'arm' is 'draft'; use 'target' or 'speculative'"),
+    (_line(token_ids=[1, "2"]), "'token_ids' must be a list of integers"),
+])
+def test_malformed_records_are_named(obj, message):
+    with pytest.raises(RecordError, match=f"x.jsonl:3: {message}"):
+        Generation.from_json(obj, "x.jsonl:3")
+
+
+def test_integer_prompt_ids_and_token_ids_are_read():
+    g = Generation.from_json(_line(prompt_id=7, token_ids=[5, 6]))
+    assert g.prompt_id == "7" and g.token_ids == (5, 6) and g.meta == {}
