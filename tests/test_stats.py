@@ -129,6 +129,10 @@ def test_changed_bytes_is_lcs_not_difflib_blocks():
     assert _ref_lcs(x.encode(), y.encode()) == 4
     bi = stats.byte_identity([x], [y])
     assert bi.changed_bytes_share == pytest.approx(1 - 4 / 10)
+    # The Indel form given in docs/statistics.md.
+    from rapidfuzz.distance import Indel
+
+    assert bi.changed_bytes_share == pytest.approx((Indel.distance(x.encode(), y.encode()) + 3) / (2 * 10))
 
 
 def _ref_lcs(x: bytes, y: bytes) -> int:
