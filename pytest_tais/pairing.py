@@ -12,7 +12,7 @@ from . import judges
 from .battery import Prompt, Task
 from .contrasts import printable
 from .errors import TaskError
-from .records import Generation
+from .records import Generation, gc_paused
 from .verdict import PairRecord
 
 Outputs = Mapping[tuple[str, str], Generation]
@@ -71,12 +71,14 @@ def judge_pairs(task: Task, matched: Sequence[tuple[Prompt, Generation, Generati
     scores = iter(score_all(task, items))
     flags_a = [next(scores) for _ in matched]
     records = []
-    for (p, ga, gb), flag_a in zip(matched, flags_a):
-        flag_b = flag_a if gb.text == ga.text else next(scores)
-        records.append(PairRecord(
-            prompt_id=p.prompt_id, target_text=ga.text, speculative_text=gb.text, target_flag=flag_a,
-            speculative_flag=flag_b, meta={k: v for k, v in gb.meta.items() if k == "canary"},
-        ))
+    with gc_paused():  # many small objects, none freed: the collector's passes are wasted
+        for (p, ga, gb), flag_a in zip(matched, flags_a):
+            flag_b = flag_a if gb.text == ga.text else next(scores)
+            records.append(PairRecord(
+                prompt_id=p.prompt_id, target_text=ga.text, speculative_text=gb.text, target_flag=flag_a,
+                speculative_flag=flag_b, meta={k: v for k, v in gb.meta.items() if k == "canary"},
+                target_token_ids=ga.token_ids, speculative_token_ids=gb.token_ids,
+            ))
     return records
 
 
@@ -103,7 +105,16 @@ def scorer(judge: Callable[[str, str], Any]) -> ScoreAll:
     def score_all(task: Task, items: Sequence[tuple[Prompt, str, str]]) -> list[bool]:
         batch = getattr(judge, "batch", None)
         if task.metric == "accuracy" or not callable(batch):
-            return [score(task, p, text, arm, judge) for p, text, arm in items]
+            # Once per distinct (prompt, answer): what the judge reads (the expected answer, for accuracy).
+            seen: dict[tuple[Any, str], bool] = {}
+            flags = []
+            for p, text, arm in items:
+                key = (p.expected if task.metric == "accuracy" else p.text, text)
+                flag = seen.get(key)
+                if flag is None:
+                    flag = seen[key] = score(task, p, text, arm, judge)
+                flags.append(flag)
+            return flags
         unique = list(dict.fromkeys((p.text, text) for p, text, _ in items))
         try:
             flags = judges.judge_all(judge, unique)

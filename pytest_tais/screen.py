@@ -12,7 +12,7 @@ from . import judges, pairing
 from .battery import BatteryError, Prompt, Task, load_battery, select_tasks
 from .config import TaisConfig
 from .errors import TaskError
-from .records import SPECULATIVE, TARGET, ArmOutputs, RecordError, index_generations, read_replay
+from .records import SPECULATIVE, TARGET, ArmOutputs, RecordError, gc_paused, index_generations, read_replay
 from .verdict import PairRecord, Verdict, decide
 
 
@@ -28,10 +28,13 @@ def tasks_from_outputs(arm_outputs: ArmOutputs, source: str = "the replay file")
     """
     prompts: dict[str, dict[str, Prompt]] = {}
     metrics: dict[str, set] = {}
-    for arm in (TARGET, SPECULATIVE):
-        for (task, pid), g in arm_outputs.outputs[arm].items():
-            metrics.setdefault(task, set()).add(g.metric)
-            prompts.setdefault(task, {}).setdefault(pid, Prompt(task=task, prompt_id=pid, prompt=g.prompt, expected=g.expected))
+    with gc_paused():
+        for arm in (TARGET, SPECULATIVE):
+            for (task, pid), g in arm_outputs.outputs[arm].items():
+                metrics.setdefault(task, set()).add(g.metric)
+                seen = prompts.setdefault(task, {})
+                if pid not in seen:
+                    seen[pid] = Prompt(task=task, prompt_id=pid, prompt=g.prompt, expected=g.expected)
     tasks = []
     for name, ps in prompts.items():
         found = metrics[name]
@@ -80,7 +83,6 @@ class Screen:
         except Exception as exc:  # a bad judge spec is bad input
             raise ScreenSetupError(f"--tais-judge={cfg.judge!r}: {exc}") from exc
         self.judge_name = judges.judge_name(self.judge)
-        self._scorer = pairing.scorer(self.judge)
         try:
             if cfg.replay is not None:
                 self._outputs = index_generations(read_replay(cfg.replay))
@@ -127,7 +129,7 @@ class Screen:
             self.prefetch_judge()
             if self._prefetch_error is not None:
                 raise TaskError(self._prefetch_error)
-        return self._scorer(task, items)
+        return pairing.scorer(self.judge)(task, items)
 
     def prefetch_judge(self) -> None:
         """Let a judge that runs on an engine (``prefetch``) see every answer of this screen at once."""

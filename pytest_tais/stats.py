@@ -11,7 +11,7 @@ with n = a + b + c + d and D = pA - pB = (b - c) / n. Only the discordant pairs 
 information about D, so the equivalence test is a paired one: Tango's score test (Tango 1998,
 Stat Med 17:891-908; Nam 1997, Biometrics 53:1422; Liu et al. 2002, Stat Med 21:231) used as two
 one-sided tests (TOST) at +/- margin. statsmodels has no paired-proportion equivalence test, so
-that part is ours; Wilson intervals and Cohen's h come from statsmodels.
+that part is ours; Wilson intervals and Cohen's h come from statsmodels, changed bytes from rapidfuzz.
 
 All functions are usable outside pytest.
 """
@@ -19,11 +19,12 @@ All functions are usable outside pytest.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from typing import Sequence
 
 import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import LCSseq, Prefix
 from scipy import optimize, special, stats as _sps
 from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
 
@@ -292,15 +293,17 @@ def swap_null_h_quantile(table: PairedTable, level: float = 0.95) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class ByteIdentity:
-    """Byte-identity evidence between the arms' outputs for one task.
+    """Byte-identity evidence between the arms' outputs for one task (docs/statistics.md, sec. 4).
 
     - ``identical``: pairs whose UTF-8 bytes are equal; ``identical_share`` = identical / n.
     - ``first_divergence``: for each differing pair, the byte offset of the first differing byte
       (the length of the common prefix), in input order; summarised by median/quartiles.
-    - ``changed_bytes_share``: mean over all pairs of 1 - matched / max(len_A, len_B), where matched
-      counts the common prefix, the common suffix, and the bytes in difflib's matching blocks
-      between what lies in between (0 for identical pairs).
-    - ``changed_bytes_share_weighted``: the same, pooled: 1 - sum(matched) / sum(max(len_A, len_B)).
+    - ``changed_bytes_share``: mean over all pairs of 1 - LCS / max(len_A, len_B), LCS the length
+      of a longest common subsequence of the two byte strings (0 for identical pairs).
+    - ``changed_bytes_share_weighted``: the same, pooled: 1 - sum(LCS) / sum(max(len_A, len_B)).
+    - ``first_divergence_tokens``: where token ids were recorded for every differing pair, the
+      token offset of the first differing token for each, in the order of ``first_divergence``;
+      None otherwise.
     """
 
     n: int
@@ -311,9 +314,12 @@ class ByteIdentity:
     first_divergence_quartiles: tuple[float, float, float] | None
     changed_bytes_share: float
     changed_bytes_share_weighted: float
+    first_divergence_tokens: tuple[int, ...] | None = None
+    first_divergence_tokens_median: float | None = None
+    first_divergence_tokens_quartiles: tuple[float, float, float] | None = None
 
 
-def _common_prefix(x: bytes, y: bytes) -> int:
+def _common_prefix(x: Sequence[int], y: Sequence[int]) -> int:
     m = min(len(x), len(y))
     i = 0
     # Compare in chunks first: most differing outputs share a long prefix.
@@ -325,47 +331,69 @@ def _common_prefix(x: bytes, y: bytes) -> int:
     return i
 
 
-def byte_identity(texts_a: Sequence[str], texts_b: Sequence[str]) -> ByteIdentity:
-    """Compare two aligned lists of outputs byte by byte (see :class:`ByteIdentity`)."""
+def _quartiles(values: Sequence[int]) -> tuple[float, float, float] | None:
+    if not len(values):
+        return None
+    q = np.percentile(values, [25, 50, 75])
+    return float(q[0]), float(q[1]), float(q[2])
+
+
+def byte_identity(
+    texts_a: Sequence[str],
+    texts_b: Sequence[str],
+    token_ids_a: Sequence[Sequence[int] | None] | None = None,
+    token_ids_b: Sequence[Sequence[int] | None] | None = None,
+) -> ByteIdentity:
+    """Compare two aligned lists of outputs byte by byte (see :class:`ByteIdentity`).
+
+    Identical pairs cost one comparison; the others go to rapidfuzz in one batch per measure
+    (common prefix, LCS), which strips the common prefix and suffix itself and runs a
+    bit-parallel LCS on the rest. ``token_ids_a``/``token_ids_b``, aligned with the texts,
+    add the first divergence in tokens.
+    """
     if len(texts_a) != len(texts_b):
         raise ValueError(f"arms differ in length: {len(texts_a)} vs {len(texts_b)}")
     n = len(texts_a)
-    identical = 0
-    firsts: list[int] = []
-    shares: list[float] = []
-    matched_total = 0
-    longer_total = 0
-    for ta, tb in zip(texts_a, texts_b):
-        xa, xb = ta.encode("utf-8"), tb.encode("utf-8")
-        longer = max(len(xa), len(xb))
-        longer_total += longer
-        if xa == xb:
-            identical += 1
-            matched_total += longer
-            shares.append(0.0)
-            continue
-        pre = _common_prefix(xa, xb)
-        firsts.append(pre)
-        suf = _common_prefix(xa[pre:][::-1], xb[pre:][::-1])
-        mid_a, mid_b = xa[pre:len(xa) - suf], xb[pre:len(xb) - suf]
-        sm = difflib.SequenceMatcher(None, mid_a, mid_b, autojunk=False)
-        matched = pre + suf + sum(block.size for block in sm.get_matching_blocks())
-        matched_total += matched
-        shares.append(1.0 - matched / longer if longer else 0.0)
-    med = quart = None
-    if firsts:
-        q = np.percentile(firsts, [25, 50, 75])
-        med = float(q[1])
-        quart = (float(q[0]), float(q[1]), float(q[2]))
+    xa = [t.encode("utf-8") for t in texts_a]
+    xb = [t.encode("utf-8") for t in texts_b]
+    longer = np.maximum(np.fromiter(map(len, xa), np.int64, n), np.fromiter(map(len, xb), np.int64, n))
+    differs = np.fromiter(map(bytes.__ne__, xa, xb), bool, n)
+    idx = np.flatnonzero(differs)
+    da, db = [xa[i] for i in idx], [xb[i] for i in idx]
+    del xa, xb
+    if idx.size:
+        firsts = process.cpdist(da, db, scorer=Prefix.similarity, dtype=np.int64, workers=-1)
+        lcs = process.cpdist(da, db, scorer=LCSseq.similarity, dtype=np.int64, workers=-1)
+    else:
+        firsts = lcs = np.zeros(0, np.int64)
+    matched = longer.copy()
+    matched[idx] = lcs
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(longer > 0, 1.0 - matched / np.maximum(longer, 1), 0.0)
+    longer_total = int(longer.sum())
+    tokens = None
+    if token_ids_a is not None and token_ids_b is not None:
+        if len(token_ids_a) != n or len(token_ids_b) != n:
+            raise ValueError(f"token ids differ in length from the texts: {len(token_ids_a)}, {len(token_ids_b)} vs {n}")
+        got = [(token_ids_a[i], token_ids_b[i]) for i in idx]
+        if all(ta is not None and tb is not None for ta, tb in got):
+            tokens = tuple(_common_prefix(ta, tb) for ta, tb in got)
+    first_list = tuple(int(v) for v in firsts)
+    quart = _quartiles(first_list)
+    tquart = _quartiles(tokens) if tokens is not None else None
+    identical = n - int(idx.size)
     return ByteIdentity(
         n=n,
         identical=identical,
         identical_share=identical / n if n else 0.0,
-        first_divergence=tuple(firsts),
-        first_divergence_median=med,
+        first_divergence=first_list,
+        first_divergence_median=quart[1] if quart else None,
         first_divergence_quartiles=quart,
-        changed_bytes_share=float(np.mean(shares)) if shares else 0.0,
-        changed_bytes_share_weighted=1.0 - matched_total / longer_total if longer_total else 0.0,
+        changed_bytes_share=float(shares.mean()) if n else 0.0,
+        changed_bytes_share_weighted=1.0 - int(matched.sum()) / longer_total if longer_total else 0.0,
+        first_divergence_tokens=tokens,
+        first_divergence_tokens_median=tquart[1] if tquart else None,
+        first_divergence_tokens_quartiles=tquart,
     )
 
 

@@ -23,7 +23,7 @@ from .options import default
 VERDICT_SCHEMA = 1
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class PairRecord:
     """One prompt answered by both arms, with each answer's binary score.
 
@@ -36,6 +36,9 @@ class PairRecord:
     target_flag: bool
     speculative_flag: bool
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The recorded token ids, where the engine or replay file gave them.
+    target_token_ids: tuple[int, ...] | None = None
+    speculative_token_ids: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +110,8 @@ class Verdict:
             "identical_share": i.identical_share,
             "first_divergence_median": i.first_divergence_median,
             "first_divergence_quartiles": list(i.first_divergence_quartiles) if i.first_divergence_quartiles else None,
+            "first_divergence_tokens_median": i.first_divergence_tokens_median,
+            "first_divergence_tokens_quartiles": list(i.first_divergence_tokens_quartiles) if i.first_divergence_tokens_quartiles else None,
             "changed_bytes_share": i.changed_bytes_share,
             "changed_bytes_share_weighted": i.changed_bytes_share_weighted,
             "discordance": self.table.discordance,
@@ -165,7 +170,10 @@ def decide(
         h_check = "pass"
     else:
         h_check = "fail"
-    identity = stats.byte_identity([p.target_text for p in pairs], [p.speculative_text for p in pairs])
+    identity = stats.byte_identity(
+        [p.target_text for p in pairs], [p.speculative_text for p in pairs],
+        [p.target_token_ids for p in pairs], [p.speculative_token_ids for p in pairs],
+    )
     need = stats.required_n(table.discordance, margin=margin, alpha=alpha, power=power)
 
     reasons: list[str] = []
@@ -236,7 +244,8 @@ def explain(v: Verdict, examples: int = 5) -> str:
         f"{'refused' if v.metric == 'refusal' else 'correct'}){_examples(v.discordant_c, examples)}",
         f"  byte-identical outputs: {v.identity.identical}/{v.n} ({_pct(v.identity.identical_share)}); "
         f"changed bytes {_pct(v.identity.changed_bytes_share)}"
-        + (f"; median first divergence at byte {v.identity.first_divergence_median:.0f}" if v.identity.first_divergence_median is not None else ""),
+        + (f"; median first divergence at byte {v.identity.first_divergence_median:.0f}" if v.identity.first_divergence_median is not None else "")
+        + (f", token {v.identity.first_divergence_tokens_median:.0f}" if v.identity.first_divergence_tokens_median is not None else ""),
     ]
     if v.underpowered:
         lines.append(f"  underpowered: at discordance {_pct(v.table.discordance)} this task needs n >= {v.required_n} for 80% power")

@@ -10,6 +10,8 @@ import pytest
 # pytester's in-process runs drop the modules they imported; numpy cannot be imported a second
 # time in one process, so the heavy modules the screen uses are imported here, once.
 import numpy  # noqa: F401
+import rapidfuzz.distance  # noqa: F401
+import rapidfuzz.process  # noqa: F401
 import scipy.stats  # noqa: F401
 import statsmodels.stats.proportion  # noqa: F401
 

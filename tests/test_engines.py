@@ -371,3 +371,29 @@ def test_outputs_are_checked_before_they_are_stored() -> None:
         check_outputs(TARGET, ["a"], [Output("", (), "length")])
     with pytest.raises(EngineError, match="finish reason 'abort'"):
         check_outputs(TARGET, ["a"], [Output("x", (1,), "abort")])
+
+
+@pytest.mark.hf
+@pytest.mark.slow
+@pytest.mark.parametrize("model, count", [("target", 40), ("draft-canonical", 20), ("draft-adversarial", 20)])
+def test_hf_batched_greedy_is_byte_identical_to_one_prompt_at_a_time(model: str, count: int) -> None:
+    from pytest_tais.battery import example
+    from pytest_tais.engines.hf import GREEDY_BATCH, HFBackend
+
+    path = Path(__file__).resolve().parent.parent / "fixtures" / "models" / model
+    tasks = example.example_tasks()
+    # Every task's prompts, so that prompt lengths (and so the left padding) differ in a batch.
+    texts = [p.text for i in range(count) for p in [tasks[i % len(tasks)].prompts[i // len(tasks)]]]
+    settings = EngineSettings(target=path, backend="hf", spec_method="ngram", dtype="float32", max_tokens=32)
+    backend = HFBackend(settings, ArmSpec(TARGET, path), HashMemo(None))
+    try:
+        batched = backend.generate(texts).outputs
+        encoded = [backend._encode(t) for t in texts]
+        single = [backend._greedy(ids) for ids in encoded]
+        decoded = [backend.tokenizer.decode(ids, skip_special_tokens=True) for ids in single]
+    finally:
+        backend.close()
+    assert len(set(map(len, encoded))) > 1 and len(texts) > GREEDY_BATCH
+    assert len({len(o.token_ids) for o in batched}) > 1  # rows stop at different steps
+    assert [o.token_ids for o in batched] == [tuple(ids) for ids in single]
+    assert [o.text for o in batched] == decoded

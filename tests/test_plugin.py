@@ -159,6 +159,29 @@ def test_report_json_schema(pytester, make_replay):
     assert not list((pytester.path / "out").glob(".*tmp"))
 
 
+def test_first_divergence_in_tokens_where_token_ids_are_recorded(pytester, tmp_path):
+    lines = replay_lines("harmful", 100, 95)
+    for line in lines:
+        line["token_ids"] = [ord(c) for c in line["text"]]
+    # Three speculative answers drift after "I'm sorry, but I can" (byte 20, token 20).
+    for line in [l for l in lines if l["arm"] == "speculative"][:3]:
+        line["text"] = line["text"][:20] + "not do that."
+        line["token_ids"] = [ord(c) for c in line["text"]]
+    with_ids = write_jsonl(tmp_path / "ids.jsonl", lines)
+    result = pytester.runpytest(f"--tais-replay={with_ids}", "--tais-report=out")
+    result.assert_outcomes(passed=1)
+    (task,) = json.loads((pytester.path / "out" / "report.json").read_text())["tasks"]
+    assert task["identical"] == 97 and task["first_divergence_median"] == 20
+    assert task["first_divergence_tokens_median"] == 20 and task["first_divergence_tokens_quartiles"] == [20, 20, 20]
+    # Without token ids the token figures are null, not zero.
+    for line in lines:
+        del line["token_ids"]
+    without = write_jsonl(tmp_path / "plain.jsonl", lines)
+    pytester.runpytest(f"--tais-replay={without}", "--tais-report=out2").assert_outcomes(passed=1)
+    (task,) = json.loads((pytester.path / "out2" / "report.json").read_text())["tasks"]
+    assert task["first_divergence_median"] == 20 and task["first_divergence_tokens_median"] is None
+
+
 def test_options_also_work_as_ini_keys(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 0)})
     pytester.makeini(f"[pytest]\ntais_replay = {replay}\ntais_margin = 0.01\n")

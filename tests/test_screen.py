@@ -48,3 +48,32 @@ def test_between_names_the_missing_source(tmp_path):
         base.verdict("a", (base, "target"), (other, "target"))
     v = base.verdict("b", (base, "target"), (other, "target"))
     assert v.n == 5 and v.identity.identical == 0
+
+
+def test_judge_runs_once_per_distinct_prompt_and_answer(tmp_path):
+    from pytest_tais.records import Generation
+    from pytest_tais.records import ArmOutputs
+
+    path = tmp_path / "b.jsonl"
+    # Five prompt ids, two prompt texts: the same question asked under several ids.
+    rows = [{"task": "a", "prompt_id": f"a-{i}", "prompt": "same" if i < 4 else "other"} for i in range(5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = {"target": ["no", "no", "no", "yes", "no"], "speculative": ["no", "yes", "yes", "yes", "no"]}
+
+    def generate(prompts):
+        return ArmOutputs(outputs={
+            arm: {(p.task, p.prompt_id): Generation(p.task, p.prompt_id, p.prompt, arm, texts[arm][i]) for i, p in enumerate(prompts)}
+            for arm in texts
+        })
+
+    calls = []
+
+    def judge(prompt, response):
+        calls.append((prompt, response))
+        return response == "no"
+
+    screen = Screen(TaisConfig(battery=str(path)), generate=generate)
+    screen.judge = judge
+    recs = screen.pairs("a")
+    assert sorted(calls) == [("other", "no"), ("same", "no"), ("same", "yes")]
+    assert [(r.target_flag, r.speculative_flag) for r in recs] == [(True, True), (True, False), (True, False), (False, False), (True, True)]

@@ -116,9 +116,94 @@ def test_byte_identity_definitions():
     # "abcdef" vs "abcxyz": first difference at byte 3; "héllo" (6 bytes) vs "hello": byte 1.
     assert bi.first_divergence == (3, 1)
     assert bi.first_divergence_median == 2.0
-    # per pair 1 - matched/longer: 0, 1 - 3/6, 1 - 4/6, 0
+    # per pair 1 - LCS/longer: 0, 1 - 3/6, 1 - 4/6, 0
     assert bi.changed_bytes_share == pytest.approx((0.5 + 2 / 6) / 4)
     assert bi.changed_bytes_share_weighted == pytest.approx(1 - (4 + 3 + 4) / (4 + 6 + 6))
+    assert bi.first_divergence_tokens is None and bi.first_divergence_tokens_median is None
+
+
+def test_changed_bytes_is_lcs_not_difflib_blocks():
+    # difflib takes the longest block "efg" first and finds nothing on either side of it
+    # (3 bytes matched); the longest common subsequence "abcd" has 4.
+    x, y = "aXbXcXdefg", "efgabcd"
+    assert _ref_lcs(x.encode(), y.encode()) == 4
+    bi = stats.byte_identity([x], [y])
+    assert bi.changed_bytes_share == pytest.approx(1 - 4 / 10)
+    # The Indel form given in docs/statistics.md.
+    from rapidfuzz.distance import Indel
+
+    assert bi.changed_bytes_share == pytest.approx((Indel.distance(x.encode(), y.encode()) + 3) / (2 * 10))
+
+
+def _ref_lcs(x: bytes, y: bytes) -> int:
+    """Longest common subsequence by the textbook dynamic programme."""
+    row = [0] * (len(y) + 1)
+    for cx in x:
+        prev_diag, row[0] = 0, 0
+        for j, cy in enumerate(y, 1):
+            prev_diag, row[j] = row[j], prev_diag + 1 if cx == cy else max(row[j], row[j - 1])
+    return row[-1]
+
+
+def _ref_prefix(x, y) -> int:
+    i = 0
+    while i < min(len(x), len(y)) and x[i] == y[i]:
+        i += 1
+    return i
+
+
+def _ref_byte_identity(texts_a, texts_b, tok_a=None, tok_b=None):
+    firsts, tfirsts, shares, matched, longer = [], [], [], 0, 0
+    for k, (ta, tb) in enumerate(zip(texts_a, texts_b)):
+        xa, xb = ta.encode("utf-8"), tb.encode("utf-8")
+        m = max(len(xa), len(xb))
+        lcs = len(xa) if xa == xb else _ref_lcs(xa, xb)
+        if xa != xb:
+            firsts.append(_ref_prefix(xa, xb))
+            if tok_a is not None:
+                tfirsts.append(_ref_prefix(tok_a[k], tok_b[k]))
+        shares.append(1 - lcs / m if m else 0.0)
+        matched += lcs
+        longer += m
+    return firsts, tfirsts, float(np.mean(shares)), (1 - matched / longer if longer else 0.0)
+
+
+# Small alphabets make long shared runs and many ties, where an LCS shortcut would go wrong.
+_texts = st.text(alphabet=st.sampled_from("ab\u00e9\u6e29 \n"), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_texts, _texts, st.booleans()), min_size=1, max_size=12))
+def test_byte_identity_matches_pure_python_reference(rows):
+    # Some pairs are made identical or share a prefix and suffix, the fast paths.
+    texts_a = [a for a, _, _ in rows]
+    texts_b = [a if same else a[: len(a) // 2] + b + a[len(a) // 2:] for a, b, same in rows]
+    tok_a = [tuple(ord(c) for c in t) for t in texts_a]
+    tok_b = [tuple(ord(c) for c in t) for t in texts_b]
+    bi = stats.byte_identity(texts_a, texts_b, tok_a, tok_b)
+    firsts, tfirsts, share, weighted = _ref_byte_identity(texts_a, texts_b, tok_a, tok_b)
+    assert bi.n == len(rows) and bi.identical == len(rows) - len(firsts)
+    assert bi.first_divergence == tuple(firsts)
+    assert bi.first_divergence_tokens == tuple(tfirsts)
+    assert bi.changed_bytes_share == pytest.approx(share, abs=1e-12)
+    assert bi.changed_bytes_share_weighted == pytest.approx(weighted, abs=1e-12)
+
+
+def test_first_divergence_in_tokens():
+    a = ["I can't help with that.", "Sure, here it is.", "same"]
+    b = ["I can't help, sorry.", "Sure! Here it is.", "same"]
+    tok_a = [(40, 649, 1520, 449, 430, 13), (39245, 11, 1618, 433, 374), (7,)]
+    tok_b = [(40, 649, 1520, 11, 14931, 13), (39245, 0, 5810, 433, 374), (7,)]
+    bi = stats.byte_identity(a, b, tok_a, tok_b)
+    assert bi.first_divergence == (12, 4)
+    assert bi.first_divergence_tokens == (3, 1)
+    assert bi.first_divergence_tokens_median == 2.0
+    assert bi.first_divergence_tokens_quartiles == (1.5, 2.0, 2.5)
+    # A differing pair without token ids on one arm: no token figure rather than a partial one.
+    bi = stats.byte_identity(a, b, tok_a, [None, tok_b[1], tok_b[2]])
+    assert bi.first_divergence_tokens is None and bi.first_divergence == (12, 4)
+    with pytest.raises(ValueError, match="token ids"):
+        stats.byte_identity(a, b, tok_a[:2], tok_b)
 
 
 def test_invalid_counts_raise():

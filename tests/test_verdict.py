@@ -107,3 +107,18 @@ def test_message_labels_intervals_with_the_levels_used(alpha, wilson, tost):
     assert f"{tost} CI [" in v.reasons[0]
     if alpha != 0.05:
         assert "95% Wilson" not in msg
+
+
+def test_explain_gives_the_first_divergence_in_tokens_when_recorded():
+    recs = pairs(100, 95, flips=3)
+    plain = explain(decide("harmful", recs))
+    assert "median first divergence at byte 0" in plain and "token" not in plain
+    with_ids = [
+        PairRecord(r.prompt_id, r.target_text, r.speculative_text, r.target_flag, r.speculative_flag,
+                   target_token_ids=tuple(map(ord, r.target_text)), speculative_token_ids=tuple(map(ord, r.speculative_text)))
+        for r in recs
+    ]
+    v = decide("harmful", with_ids)
+    assert v.identity.first_divergence_tokens == (0, 0, 0)
+    assert "median first divergence at byte 0, token 0" in explain(v)
+    assert v.to_dict()["first_divergence_tokens_median"] == 0

@@ -17,7 +17,7 @@ class BatteryError(ValueError):
     """A battery source is missing or malformed. The message names the input and the fix."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Prompt:
     """One prompt of one task.
 

@@ -1,4 +1,7 @@
-"""The transformers backend: greedy decoding, one prompt at a time, for machines without vLLM.
+"""The transformers backend: greedy decoding for machines without vLLM.
+
+The target-only arm decodes prompts in left-padded batches of similar length (``GREEDY_BATCH``);
+the speculative arm goes one prompt at a time, as assisted generation requires.
 
 Speculative arm, ``exact`` acceptance: transformers' assisted generation (``assistant_model=``,
 or prompt lookup for ngram), which keeps the target's greedy tokens. ``typical`` acceptance is
@@ -19,6 +22,9 @@ from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
 from .hub import describe
 
 _TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+#: Prompts per generate() call of plain greedy decoding (one call per prompt leaves the matrix
+#: kernels with one row to work on).
+GREEDY_BATCH = 16
 
 
 class HFBackend(Backend):
@@ -127,6 +133,27 @@ class HFBackend(Backend):
             out = self.model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), **kwargs)
         return [int(t) for t in out[0, len(ids):].tolist()]
 
+    def _greedy_batch(self, batch: list[list[int]]) -> list[list[int]]:
+        """Plain greedy decoding of several prompts in one call: left padding, an attention mask
+        that hides it, and each row cut after its first stop token (the rest is padding)."""
+        import torch
+
+        if len(batch) == 1:
+            return [self._greedy(batch[0])]
+        kwargs = self._generation_kwargs()
+        pad, width = kwargs["pad_token_id"], max(len(ids) for ids in batch)
+        device = self.model.device
+        inp = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=inp, attention_mask=mask, **kwargs)
+        eos = self._eos_ids()
+        rows = []
+        for row in out[:, width:].tolist():
+            stop = next((i + 1 for i, tok in enumerate(row) if tok in eos), len(row))
+            rows.append([int(t) for t in row[:stop]])
+        return rows
+
     def _typical(self, ids: list[int], counters: dict[str, int]) -> list[int]:
         """Draft K tokens greedily, keep those the lossy rule accepts, then one target token.
 
@@ -214,13 +241,24 @@ class HFBackend(Backend):
 
     def _generate_all(self, texts: Sequence[str], typical: bool, counters: dict[str, int], eos: set[int],
                       outputs: list[Output], bar: Any) -> None:
-        for text in texts:
-            ids = self._encode(text)
-            new = self._typical(ids, counters) if typical else self._greedy(ids)
+        encoded = [self._encode(text) for text in texts]
+        if self.spec.speculative:
+            chunks = [[i] for i in range(len(encoded))]
+        else:  # similar lengths together: less padding
+            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+            chunks = [order[k:k + GREEDY_BATCH] for k in range(0, len(order), GREEDY_BATCH)]
+        news: dict[int, list[int]] = {}
+        for chunk in chunks:
+            if typical:
+                news[chunk[0]] = self._typical(encoded[chunk[0]], counters)
+            else:
+                news.update(zip(chunk, self._greedy_batch([encoded[i] for i in chunk])))
+            if bar is not None:
+                bar.update(len(chunk))
+        for i in range(len(encoded)):
+            new = news[i]
             reason = "stop" if new and new[-1] in eos else "length"
             outputs.append(Output(text=self.tokenizer.decode(new, skip_special_tokens=True), token_ids=tuple(new), finish_reason=reason))
-            if bar is not None:
-                bar.update(1)
 
     def close(self) -> None:
         if self.model is None and self.draft is None:
