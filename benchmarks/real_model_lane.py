@@ -365,26 +365,35 @@ def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str,
     return "\n".join(lines).rstrip() + "\n"
 
 
-def splice(document: str | None, section: str, path: Path) -> str:
-    """``document`` with the lane section between the markers replaced; a new document if None."""
+def markers(pair: str = "smollm2") -> tuple[str, str]:
+    """The marker lines around a pair's results; smollm2 keeps the original unnamed pair."""
+    if pair == "smollm2":
+        return BEGIN, END
+    return (f"<!-- real-model-lane[{pair}]:begin (written by benchmarks/real_model_lane.py) -->",
+            f"<!-- real-model-lane[{pair}]:end -->")
+
+
+def splice(document: str | None, section: str, path: Path, pair: str = "smollm2") -> str:
+    """``document`` with the pair's section between its markers replaced; a new document if None."""
+    begin, end = markers(pair)
     if document is None:
-        return f"{BEGIN}\n{section}{END}\n"
-    if document.count(BEGIN) != 1 or document.count(END) != 1 or document.index(BEGIN) > document.index(END):
+        return f"{begin}\n{section}{end}\n"
+    if document.count(begin) != 1 or document.count(end) != 1 or document.index(begin) > document.index(end):
         raise LaneError(
-            f"--out={path}: the file exists but lacks one pair of marker lines {BEGIN!r} ... {END!r}; add them "
+            f"--out={path}: the file exists but lacks one pair of marker lines {begin!r} ... {end!r}; add them "
             "where the results belong, or pass another --out"
         )
-    head, rest = document.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    head, rest = document.split(begin, 1)
+    _, tail = rest.split(end, 1)
     # Only the text between the markers changes: a rewrite with the same section is byte-identical.
-    return f"{head}{BEGIN}\n{section}{END}{tail}"
+    return f"{head}{begin}\n{section}{end}{tail}"
 
 
-def write_out(path: Path, section: str) -> None:
+def write_out(path: Path, section: str, pair: str = "smollm2") -> None:
     from pytest_tais.records import atomic_write_text
 
     document = path.read_text(encoding="utf-8") if path.exists() else None
-    atomic_write_text(path, splice(document, section, path))
+    atomic_write_text(path, splice(document, section, path, pair))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(section)
         if args.out is not None:
-            write_out(args.out, section)
+            write_out(args.out, section, pair.name)
             print(f"tais lane: wrote {args.out}")
     except (LaneError, EngineError, SettingsError, TaskError) as exc:
         print(f"tais lane: error: {type(exc).__name__}: {exc}", file=sys.stderr)

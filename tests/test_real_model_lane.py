@@ -208,6 +208,12 @@ def test_splice_replaces_only_the_marked_section(tmp_path):
         lane.splice("# no markers\n", "x\n", path)
     with pytest.raises(lane.LaneError, match="marker"):
         lane.splice(f"{lane.END}\n{lane.BEGIN}\n", "x\n", path)
+    # Each pair has its own markers: writing the Qwen section leaves the smollm2 one alone.
+    qb, qe = lane.markers("qwen2.5-coder")
+    both = lane.splice(f"{doc}{qb}\nq old\n{qe}\n", "q new\n", path, "qwen2.5-coder")
+    assert both == f"{doc}{qb}\nq new\n{qe}\n"
+    with pytest.raises(lane.LaneError, match=r"real-model-lane\[qwen2.5-coder\]:begin"):
+        lane.splice(doc, "x\n", path, "qwen2.5-coder")
     path.write_text(doc)
     lane.write_out(path, "written\n")
     assert "written\n" in path.read_text() and "old" not in path.read_text()
