@@ -386,12 +386,13 @@ def prepare(spec: ModelSpec, out: Path, *, force: bool = False, wheels: Path | N
             shutil.move(str(gguf), str(keep_gguf))
         _finish(staged)
         check_free(out, force)  # another run may have finished meanwhile
-        old = None
+        old = work / "old"
         if out.exists():
-            old = work / "old"
             os.replace(out, old)
         os.replace(staged, out)
     finally:
+        if (work / "old").exists() and not out.exists():
+            os.replace(work / "old", out)  # interrupted between the two renames: keep the old folder
         shutil.rmtree(work, ignore_errors=True)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return {"weights_sha256": shas, "seconds": {"download": t_download, "assemble": t_assemble, "convert": t_convert},
