@@ -177,26 +177,14 @@ def load_tasks(benchmarks: Path, limit: int | None) -> list[Any]:
 
 def judged_pairs(task: Any, target: Mapping[tuple[str, str], Any], speculative: Mapping[tuple[str, str], Any],
                  judge: Any) -> list[Any]:
-    """The task's paired records, each answer scored by ``judge``; a missing answer is an error."""
-    from pytest_tais.verdict import PairRecord
+    """The task's paired records, formed and scored as the screen forms them (pytest_tais.pairing)."""
+    from pytest_tais import pairing
+    from pytest_tais.errors import TaskError
 
-    pairs = []
-    for p in task.prompts:
-        key = (task.name, p.prompt_id)
-        if key not in target or key not in speculative:
-            raise LaneError(f"task {task.name!r}, prompt {p.prompt_id!r}: an arm has no output; the engine stage must answer every prompt")
-        ta, tb = target[key].text, speculative[key].text
-        flags = []
-        for arm, text in (("target", ta), ("speculative", tb)):
-            if arm == "speculative" and tb == ta:
-                flags.append(flags[0])  # the judge scores (prompt, answer): identical answers score alike
-                continue
-            flag = judge(p.text, text)
-            if not isinstance(flag, bool):
-                raise LaneError(f"task {task.name!r}, prompt {p.prompt_id!r}, {arm} arm: the judge returned {flag!r}, not True/False")
-            flags.append(flag)
-        pairs.append(PairRecord(p.prompt_id, ta, tb, flags[0], flags[1]))
-    return pairs
+    try:
+        return pairing.judge_pairs(task, pairing.match(task, target, speculative), pairing.scorer(judge))
+    except TaskError as exc:
+        raise LaneError(str(exc)) from exc
 
 
 def screen_dtype(dtype: str, target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Path, *,
@@ -220,7 +208,7 @@ def screen_dtype(dtype: str, target: Path, draft: Path, tasks: Sequence[Any], ca
     seconds = time.perf_counter() - t0
     verdicts, by_task = [], {}
     for task in tasks:
-        pairs = judged_pairs(task, result.generations[TARGET], result.generations[SPECULATIVE], judges.default_judge)
+        pairs = judged_pairs(task, result.outputs[TARGET], result.outputs[SPECULATIVE], judges.default_judge)
         by_task[task.name] = pairs
         verdicts.append(decide(task.name, pairs, metric=task.metric, scope_notes=tuple(result.out_of_scope)))
     return DtypeRun(dtype, verdicts, result.metrics, result.header_lines, seconds, by_task)

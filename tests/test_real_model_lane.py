@@ -107,7 +107,7 @@ def test_judged_pairs_scores_each_distinct_answer_and_fails_closed():
                               _gens("t", ["No way", "No", "Sure"], "speculative"), judge)
     assert [(p.target_flag, p.speculative_flag) for p in pairs] == [(True, True), (False, True), (True, False)]
     assert calls.count("No way") == 1  # identical answers are judged once
-    with pytest.raises(lane.LaneError, match="prompt '2'"):
+    with pytest.raises(lane.LaneError, match=r"no speculative output \(e\.g\. 2\)"):
         lane.judged_pairs(task, _gens("t", ["a", "b", "c"], "target"), _gens("t", ["a", "b"], "speculative"), judge)
     with pytest.raises(lane.LaneError, match="not True/False"):
         lane.judged_pairs(task, _gens("t", ["a", "b", "c"], "target"), _gens("t", ["a", "b", "c"], "speculative"),
