@@ -104,7 +104,8 @@ def test_unresolvable_ids_are_usage_errors(pytester: pytest.Pytester, hub: Path,
 @pytest.mark.slow
 def test_a_run_on_hub_ids_passes_and_its_report_carries_the_commits(pytester: pytest.Pytester, hub: Path) -> None:
     pytester.makepyfile(test_gate=TEST_FILE)
-    result = pytester.runpytest(
+    # In a subprocess: torch cannot be imported twice in one process, and an in-process run drops its modules.
+    result = pytester.runpytest_subprocess(
         "--tais-backend=hf", "--tais-target=tiny-org/target", f"--tais-draft=tiny-org/draft@{DRAFT_SHA}",
         "--tais-battery=example", "--tais-tasks=harmful", "--tais-limit=90", "--tais-max-tokens=8",
         "--tais-report=out", "-p", "no:cacheprovider",
