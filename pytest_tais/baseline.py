@@ -278,6 +278,11 @@ def save_baseline(
         "files_sha256": {f: _sha256(texts[f].encode("utf-8")) for f in ("verdicts.json", "fingerprint.json")},
     }
     texts["meta.json"] = json.dumps(meta, indent=1) + "\n"
+    return _replace_folder(root, name, texts)
+
+
+def _replace_folder(root: Path, name: str, texts: Mapping[str, str]) -> Path:
+    """Write ``root/NAME/`` from ``texts`` (file -> text): readers see the old folder or the whole new one."""
     root.mkdir(parents=True, exist_ok=True)
     dest = root / name
     with _lock(root, name):

@@ -140,6 +140,30 @@ def check_pairs(task: str, pairs: Sequence[PairRecord]) -> None:
                 raise TaskError(f"task {task!r}, prompt {p.prompt_id!r}: the judge gave no decision for the {arm} arm ({flag!r})")
 
 
+def _h_check(h: float, h_null: float, h_cutoff: float) -> str:
+    """pass / fail against the cutoff, or inconclusive where the task's own noise floor exceeds it."""
+    if h_null > h_cutoff:
+        return "inconclusive"
+    return "pass" if abs(h) < h_cutoff else "fail"
+
+
+def _reasons(tost: stats.PairedTOSTResult, h: float, h_check: str, h_null: float, h_cutoff: float, h_null_level: float) -> list[str]:
+    reasons: list[str] = []
+    if not tost.equivalent:
+        reasons.append(
+            f"paired TOST not equivalent at +/-{tost.margin:.3g}: D = {tost.diff:+.4f}, "
+            f"{_level(1 - 2 * tost.alpha)} CI [{tost.ci_low:+.4f}, {tost.ci_high:+.4f}], p = {tost.p_value:.4g} >= {tost.alpha}"
+        )
+    if h_check == "fail":
+        reasons.append(f"|h| = {abs(h):.4f} >= cutoff {h_cutoff:.3g}")
+    elif h_check == "inconclusive":
+        reasons.append(
+            f"h check inconclusive: the swap-null q{100 * h_null_level:.0f} of |h| ({h_null:.4f}) exceeds the cutoff "
+            f"{h_cutoff:.3g}, so h cannot tell signal from noise here; the TOST decides"
+        )
+    return reasons
+
+
 def decide(
     task: str,
     pairs: Sequence[PairRecord],
@@ -164,31 +188,13 @@ def decide(
     tost = stats.paired_tost(table.b, table.c, n, margin=margin, alpha=alpha, method=tost_method)
     h = stats.cohens_h(table.p_a, table.p_b)
     h_null = stats.swap_null_h_quantile(table, h_null_level)
-    if h_null > h_cutoff:
-        h_check = "inconclusive"
-    elif abs(h) < h_cutoff:
-        h_check = "pass"
-    else:
-        h_check = "fail"
+    h_check = _h_check(h, h_null, h_cutoff)
     identity = stats.byte_identity(
         [p.target_text for p in pairs], [p.speculative_text for p in pairs],
         [p.target_token_ids for p in pairs], [p.speculative_token_ids for p in pairs],
     )
     need = stats.required_n(table.discordance, margin=margin, alpha=alpha, power=power)
-
-    reasons: list[str] = []
-    if not tost.equivalent:
-        reasons.append(
-            f"paired TOST not equivalent at +/-{margin:.3g}: D = {tost.diff:+.4f}, "
-            f"{_level(1 - 2 * alpha)} CI [{tost.ci_low:+.4f}, {tost.ci_high:+.4f}], p = {tost.p_value:.4g} >= {alpha}"
-        )
-    if h_check == "fail":
-        reasons.append(f"|h| = {abs(h):.4f} >= cutoff {h_cutoff:.3g}")
-    elif h_check == "inconclusive":
-        reasons.append(
-            f"h check inconclusive: the swap-null q{100 * h_null_level:.0f} of |h| ({h_null:.4f}) exceeds the cutoff "
-            f"{h_cutoff:.3g}, so h cannot tell signal from noise here; the TOST decides"
-        )
+    reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level)
     status = "pass" if tost.equivalent and h_check != "fail" else "fail"
     return Verdict(
         task=task,

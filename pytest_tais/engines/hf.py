@@ -27,6 +27,27 @@ _TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float
 GREEDY_BATCH = 16
 
 
+def _lossy_accept(proposal: list[int], probs: Any, rng: Any, eps: float, delta: float) -> list[int]:
+    """The accepted prefix of a greedy proposal: synthetic (``rng`` given) keeps each token at a fixed
+    rate whatever the target says; typical keeps a token the target finds typical (Medusa)."""
+    import torch
+
+    from .settings import SYNTHETIC_ACCEPTANCE_RATE
+
+    accepted: list[int] = []
+    for i, tok in enumerate(proposal):
+        if rng is not None:
+            if rng.random() >= SYNTHETIC_ACCEPTANCE_RATE:
+                break
+        else:
+            p = probs[i]
+            entropy = float(-(p * torch.log(p.clamp_min(1e-30))).sum())
+            if float(p[tok]) <= min(eps, delta * math.exp(-entropy)):
+                break
+        accepted.append(tok)
+    return accepted
+
+
 class HFBackend(Backend):
     name = "hf"
 
@@ -165,8 +186,6 @@ class HFBackend(Backend):
 
         import torch
 
-        from .settings import SYNTHETIC_ACCEPTANCE_RATE
-
         synthetic = self.settings.hf_acceptance == "synthetic"
         rng = random.Random(hashlib.sha256(f"{self.settings.seed}:{ids}".encode()).hexdigest())
         eps, delta = self.settings.typical_epsilon, self.settings.typical_delta
@@ -187,20 +206,7 @@ class HFBackend(Backend):
                         break
                 logits = self.model(torch.tensor([seq + proposal], device=device)).logits[0, len(seq) - 1:]
                 probs = torch.softmax(logits.float(), dim=-1)
-                accepted: list[int] = []
-                for i, tok in enumerate(proposal):
-                    if synthetic:
-                        if rng.random() < SYNTHETIC_ACCEPTANCE_RATE:
-                            accepted.append(tok)
-                            continue
-                        break
-                    p = probs[i]
-                    entropy = float(-(p * torch.log(p.clamp_min(1e-30))).sum())
-                    threshold = min(eps, delta * math.exp(-entropy))
-                    if float(p[tok]) > threshold:
-                        accepted.append(tok)
-                    else:
-                        break
+                accepted = _lossy_accept(proposal, probs, rng if synthetic else None, eps, delta)
                 counters["num_drafts"] += 1
                 counters["num_draft_tokens"] += len(proposal)
                 counters["num_accepted_tokens"] += len(accepted)

@@ -366,16 +366,20 @@ class OpenAIBackend(Backend):
             )
             raise PartialBatchError(message, {i: out for i, (out, _, _) in done.items()})
         outputs = [done[i][0] for i in range(len(texts))]
-        metrics: dict[str, Any] = {"seconds": seconds, "generated_tokens": sum(done[i][1] for i in range(len(texts)))}
-        spec = [done[i][2] for i in range(len(texts))]
-        if self.spec.speculative and texts and all(m is not None for m in spec):
+        metrics = self._metrics(seconds, [done[i][1] for i in range(len(texts))], [done[i][2] for i in range(len(texts))])
+        return BatchResult(outputs=outputs, metrics=metrics)
+
+    def _metrics(self, seconds: float, tokens: Sequence[int], spec: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+        """The batch's numbers; the speculative counters where every response reported them."""
+        metrics: dict[str, Any] = {"seconds": seconds, "generated_tokens": sum(tokens)}
+        if self.spec.speculative and spec and all(m is not None for m in spec):
             metrics["num_drafts"] = sum(int(m.get("num_spec_steps", 0)) for m in spec)  # type: ignore[union-attr]
             metrics["num_draft_tokens"] = sum(int(m.get("num_draft_tokens", 0)) for m in spec)  # type: ignore[union-attr]
             metrics["num_accepted_tokens"] = sum(int(m.get("num_accepted_draft_tokens", 0)) for m in spec)  # type: ignore[union-attr]
             ks = {m.get("num_spec_tokens") for m in spec}  # type: ignore[union-attr]
             if len(ks) == 1 and isinstance(next(iter(ks)), int):
                 metrics["observed_num_speculative_tokens"] = next(iter(ks))
-        return BatchResult(outputs=outputs, metrics=metrics)
+        return metrics
 
     def check_outputs(self, arm: str, texts: Sequence[str], outputs: Sequence[Output]) -> None:
         """As ``base.check_outputs``, but a server that returns no token ids may vouch by usage counts."""
