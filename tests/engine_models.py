@@ -103,3 +103,12 @@ def engine_settings_from_config(config):
         return engine_settings(options.read(config), Path(str(config.rootpath)))
     except SettingsError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def require(module: str) -> None:
+    """Skip unless ``module`` is installed, without importing it: a pytester test drops the modules it
+    imported when it ends, and torch (under vLLM) cannot be imported twice in one process."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine_models import require
+
 from pytest_tais.engines.enginelog import EngineLog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,7 +112,7 @@ def _run(pytester: pytest.Pytester, *extra: str):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_a_cold_vllm_run_prints_no_vllm_line_and_a_failing_engine_shows_its_log_tail(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("vllm")
+    require("vllm")
     pytester.makepyfile(test_gate=TEST_FILE)
     result = _run(pytester)
     out = result.stdout.lines + result.stderr.lines
@@ -141,7 +143,7 @@ def test_a_cold_vllm_run_prints_no_vllm_line_and_a_failing_engine_shows_its_log_
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_terminal_mode_restores_the_raw_stream(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("vllm")
+    require("vllm")
     pytester.makepyfile(test_gate=TEST_FILE)
     result = _run(pytester, "--tais-engine-log=terminal", "--tais-no-cache")
     result.assert_outcomes(passed=1)

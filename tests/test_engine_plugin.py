@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_models import build_tiny_models
+from tests.engine_models import build_tiny_models, require
 
 pytestmark = pytest.mark.vllm
 
@@ -26,7 +26,7 @@ def test_{name}(tais_task, tais_equivalent):
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    pytest.importorskip("vllm")
+    require("vllm")
     return build_tiny_models(tmp_path_factory.mktemp("plugin-models"))
 
 

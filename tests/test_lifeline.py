@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine_models import require
+
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "fixtures" / "models"
 
@@ -68,7 +70,7 @@ def _battery(path: Path, n: int) -> Path:
 @pytest.mark.slow
 def test_kill_9_during_generation_leaves_no_engine_process(tmp_path: Path) -> None:
     psutil = pytest.importorskip("psutil")
-    pytest.importorskip("vllm")
+    require("vllm")
     _battery(tmp_path / "battery.jsonl", 600)
     (tmp_path / "test_gate.py").write_text(TEST_FILE)
     proc = subprocess.Popen(

@@ -31,7 +31,7 @@ from pytest_tais.records import SPECULATIVE, TARGET, read_generations
 from pytest_tais.store import GenerationStore, prompt_key
 from pytest_tais.verdict import PairRecord, decide
 
-from tests.engine_models import build_tiny_models, engine_settings_from_config
+from tests.engine_models import build_tiny_models, engine_settings_from_config, require
 from tests.fake_openai_server import FakeOpenAIServer, answer
 
 KEY = "sk-tais-fake-0123456789abcdef"
@@ -424,7 +424,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     """Two real servers on loopback: target-only, and target + draft model (K=4)."""
-    pytest.importorskip("vllm")
+    require("vllm")
     root = tmp_path_factory.mktemp("fleet")
     target, draft = build_tiny_models(root / "models")
     procs: list[subprocess.Popen] = []

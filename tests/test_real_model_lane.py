@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine_models import require
+
 from pytest_tais.battery.base import Prompt, Task
 from pytest_tais.records import Generation
 from pytest_tais.verdict import PairRecord, decide
@@ -234,7 +236,7 @@ def prepared_models_dir() -> Path:
 @pytest.mark.slow
 def test_lane_screens_a_few_prompts_on_the_prepared_qwen_0_5b(tmp_path, monkeypatch):
     """screen_dtype on the Qwen2.5-Coder-0.5B (target and draft: the 1.5B is too slow for CI), float32."""
-    pytest.importorskip("vllm")
+    require("vllm")
     pair = lane.get_pair("qwen2.5-coder-0.5b")
     models = prepared_models_dir()
     try:

@@ -22,7 +22,7 @@ from pytest_tais.engines.settings import DRAFT_FOLDER_METHODS, SPEC_METHODS
 from pytest_tais.engines.vllm import VllmBackend
 from pytest_tais.records import SPECULATIVE, TARGET
 
-from tests.engine_models import engine_settings_from_config
+from tests.engine_models import engine_settings_from_config, require
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "fixtures" / "models"
@@ -221,7 +221,7 @@ def _method_settings(method: str, cache: Path) -> EngineSettings:
 @pytest.fixture(scope="module")
 def method_runs(tmp_path_factory: pytest.TempPathFactory):
     """Target-only once, then each method's speculative arm, through one store."""
-    pytest.importorskip("vllm")
+    require("vllm")
     base = tmp_path_factory.mktemp("spec-methods")
     prompts = _example_prompts()
     runs = {m: run_arms(_method_settings(m, base / "cache"), prompts, shared_dir=base, progress=False) for m in METHODS}
@@ -297,7 +297,7 @@ def test_vllm_plugin_screens_eagle3_from_the_store(method_runs, pytester: pytest
 @pytest.mark.vllm
 def test_vllm_mtp_on_a_model_without_mtp_layers_fails_closed(tmp_path: Path) -> None:
     """The bundled target is a plain Llama: vLLM finds no MTP layers, and the run errors (no engine starts)."""
-    pytest.importorskip("vllm")
+    require("vllm")
     s = EngineSettings(MODELS / "target", spec_method="mtp", num_speculative_tokens=1, backend="vllm",
                        cache_dir=tmp_path / "cache", max_tokens=8, enforce_eager=True)
     with pytest.raises(EngineError, match=r"speculative arm: vLLM could not start an engine .*Unsupported speculative method: 'mtp'"):
