@@ -118,12 +118,23 @@ class VllmBackend(Backend):
                 seen = True
         return out if seen else {}
 
-    def generate(self, texts: Sequence[str], *, progress: Progress | None = None) -> BatchResult:
+    def generate_sampled(self, texts: Sequence[str], seeds: Sequence[int], *, progress: Progress | None = None) -> BatchResult:
+        """One request per (text, seed): SamplingParams(temperature, top_p, top_k, seed) each."""
+        from vllm import SamplingParams
+
+        s = self.settings
+        extra = {"top_k": s.top_k} if s.top_k else {}
+        params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=int(seed), **extra)
+                  for seed in seeds]
+        return self.generate(texts, progress=progress, params=params)
+
+    def generate(self, texts: Sequence[str], *, progress: Progress | None = None, params: Any = None) -> BatchResult:
         llm = self._start()
         from vllm import SamplingParams
 
         s = self.settings
-        params = SamplingParams(temperature=0.0, max_tokens=s.max_tokens, seed=s.seed)
+        if params is None:
+            params = SamplingParams(temperature=0.0, max_tokens=s.max_tokens, seed=s.seed)
         before = self._spec_counters() if self.spec.speculative else {}
         t0 = time.perf_counter()
         try:
