@@ -375,14 +375,12 @@ def decide_sampled(
     """
     from . import sampled
 
-    unknown = set(ignored) - {"tost_method"}
-    if unknown:
-        raise TypeError(f"unknown verdict option(s) {sorted(unknown)}")
+    if set(ignored) - {"tost_method"}:
+        raise TypeError(f"unknown verdict option(s) {sorted(set(ignored) - {'tost_method'})}")
     k = check_sampled_pairs(task, pairs)
     if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
         raise ValueError(f"h cutoff must be a positive number, got {h_cutoff!r}")
-    x = [p.counts[0] for p in pairs]
-    y = [p.counts[1] for p in pairs]
+    x, y = [p.counts[0] for p in pairs], [p.counts[1] for p in pairs]
     try:
         tost = sampled.sampled_tost(x, y, k, margin=margin, alpha=alpha)
         h_null = sampled.swap_null_h_quantile(x, y, k, level=h_null_level)
@@ -400,25 +398,12 @@ def decide_sampled(
     identity = stats.byte_identity([t for p in pairs for t in p.target_texts], [t for p in pairs for t in p.speculative_texts])
     source = ("target-vs-target reruns (--tais-null-runs)" if spread is not None
               else "none: no null reruns, so any change of a prompt's share counts (pass --tais-null-runs to measure the spread)")
-    reasons: list[str] = []
-    if not tost.equivalent:
-        reasons.append(
-            f"sampled TOST not equivalent at +/-{margin:.3g}: D = {tost.diff:+.4f}, {100 * (1 - 2 * alpha):.0f}% CI "
-            f"[{tost.ci_low:+.4f}, {tost.ci_high:+.4f}], p = {tost.p_value:.4g} >= {alpha} ({len(pairs)} prompts x {k} samples)"
-        )
-    if h_check == "fail":
-        reasons.append(f"|h| = {abs(h):.4f} >= cutoff {h_cutoff:.3g}")
-    elif h_check == "inconclusive":
-        reasons.append(
-            f"h check inconclusive: the swap-null q{100 * h_null_level:.0f} of |h| ({h_null:.4f}) exceeds the cutoff "
-            f"{h_cutoff:.3g}, so h cannot tell signal from noise here; the TOST decides"
-        )
-    samplers = sorted({str(p.meta.get("sampler")) for p in pairs if p.meta.get("sampler")})
-    note = (f"sampled screen (K = {k} samples per prompt per arm; sampler: {', '.join(samplers) or 'not recorded'}): outside "
-            "the seed study's validated scope, whose claims are for greedy decoding only")
+    reasons = _sampled_reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k)
+    samplers = ", ".join(sorted({str(p.meta["sampler"]) for p in pairs if p.meta.get("sampler")})) or "not recorded"
     notes = list(scope_notes)
     if not any(n.startswith("sampled screen") for n in notes):
-        notes.insert(0, note)
+        notes.insert(0, f"sampled screen (K = {k} samples per prompt per arm; sampler: {samplers}): outside the seed "
+                        "study's validated scope, whose claims are for greedy decoding only")
     return SampledVerdict(
         task=task, metric=metric, n=len(pairs), k=k, counts_target=tuple(x), counts_speculative=tuple(y),
         rate_target=tost.p_target, rate_speculative=tost.p_speculative, tost=tost, cohens_h=h, h_cutoff=h_cutoff,
@@ -428,6 +413,23 @@ def decide_sampled(
         moved_up=tuple(p.prompt_id for p in pairs if p.counts[1] > p.counts[0]),
         status="pass" if tost.equivalent and h_check != "fail" else "fail", reasons=tuple(reasons), scope_notes=tuple(notes),
     )
+
+
+def _sampled_reasons(tost: Any, h: float, h_check: str, h_null: float, h_cutoff: float, h_null_level: float, k: int) -> list[str]:
+    reasons: list[str] = []
+    if not tost.equivalent:
+        reasons.append(
+            f"sampled TOST not equivalent at +/-{tost.margin:.3g}: D = {tost.diff:+.4f}, {100 * (1 - 2 * tost.alpha):.0f}% CI "
+            f"[{tost.ci_low:+.4f}, {tost.ci_high:+.4f}], p = {tost.p_value:.4g} >= {tost.alpha} ({tost.n} prompts x {k} samples)"
+        )
+    if h_check == "fail":
+        reasons.append(f"|h| = {abs(h):.4f} >= cutoff {h_cutoff:.3g}")
+    elif h_check == "inconclusive":
+        reasons.append(
+            f"h check inconclusive: the swap-null q{100 * h_null_level:.0f} of |h| ({h_null:.4f}) exceeds the cutoff "
+            f"{h_cutoff:.3g}, so h cannot tell signal from noise here; the TOST decides"
+        )
+    return reasons
 
 
 def explain_sampled(v: SampledVerdict, examples: int = 5) -> str:

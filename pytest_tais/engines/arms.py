@@ -84,10 +84,24 @@ def canary_choice(
     return chosen
 
 
-def _generate(backend: Backend, chunk: Sequence[sampling.Unit], progress: Progress | None) -> Any:
-    if chunk and chunk[0].sample is not None:  # a sampled screen: one seed per answer
-        return backend.generate_sampled([u.text for u in chunk], [u.seed for u in chunk], progress=progress)
-    return backend.generate([u.text for u in chunk], progress=progress)
+def _generate(backend: Backend, shard: Shard, chunk: Sequence[sampling.Unit], progress: Progress | None, check: Any) -> Any:
+    """One chunk generated, checked and appended to the shard."""
+    arm = backend.spec.arm
+    try:
+        if chunk and chunk[0].sample is not None:  # a sampled screen: one seed per answer
+            result = backend.generate_sampled([u.text for u in chunk], [u.seed for u in chunk], progress=progress)
+        else:
+            result = backend.generate([u.text for u in chunk], progress=progress)
+    except PartialBatchError as exc:
+        # Keep what came back, so a rerun asks only for the rest; then fail the run.
+        kept = sorted(exc.done)
+        check(arm, [chunk[i].text for i in kept], [exc.done[i] for i in kept])
+        shard.append(StoredOutput(chunk[i].text, exc.done[i].text, exc.done[i].token_ids, exc.done[i].finish_reason,
+                                  chunk[i].sample, chunk[i].seed) for i in kept)
+        raise
+    check(arm, [u.text for u in chunk], result.outputs)
+    shard.append(StoredOutput(u.text, o.text, o.token_ids, o.finish_reason, u.sample, u.seed) for u, o in zip(chunk, result.outputs))
+    return result
 
 
 def _fill(
@@ -99,7 +113,6 @@ def _fill(
     """
     arm = backend.spec.arm
     units = [sampling.as_unit(t) for t in texts]
-    texts = units
     have = shard.read()
     missing = [u for u in units if sample_key(*u) not in have]
     run: dict[str, Any] | None = None
@@ -115,21 +128,10 @@ def _fill(
                 prog = None
                 if progress:
                     prog = Progress(
-                        desc=f"tais {ARM_LABELS[arm]}", total=len(texts), done=len(texts) - len(missing) + start,
+                        desc=f"tais {ARM_LABELS[arm]}", total=len(units), done=len(units) - len(missing) + start,
                         last_chunk=start + len(chunk) >= len(missing),
                     )
-                try:
-                    result = _generate(backend, chunk, prog)
-                except PartialBatchError as exc:
-                    # Keep what came back, so a rerun asks only for the rest; then fail the run.
-                    kept = sorted(exc.done)
-                    check(arm, [chunk[i].text for i in kept], [exc.done[i] for i in kept])
-                    shard.append(StoredOutput(chunk[i].text, exc.done[i].text, exc.done[i].token_ids, exc.done[i].finish_reason,
-                                              chunk[i].sample, chunk[i].seed) for i in kept)
-                    raise
-                check(arm, [u.text for u in chunk], result.outputs)
-                shard.append(StoredOutput(u.text, o.text, o.token_ids, o.finish_reason, u.sample, u.seed)
-                             for u, o in zip(chunk, result.outputs))
+                result = _generate(backend, shard, chunk, prog, check)
                 run["generated_tokens"] += int(result.metrics.get("generated_tokens", 0))
                 run["seconds"] += float(result.metrics.get("seconds", 0.0))
                 for key in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):

@@ -90,6 +90,46 @@ def warp(logits: Any, temperature: float, top_p: float, top_k: int | None) -> An
     return torch.softmax(scores, dim=-1)
 
 
+def verify(rule: str, p: Any, q: Any, draft_argmax: int, tok: int, uniform: Any) -> tuple[bool, Any]:
+    """One drafted token under ``rule``: (accepted, the distribution to draw a correction from)."""
+    import torch
+
+    from .settings import SYNTHETIC_ACCEPTANCE_RATE, TYPICAL_DELTA, TYPICAL_EPSILON
+
+    if rule == "synthetic":
+        return uniform() < SYNTHETIC_ACCEPTANCE_RATE, p
+    if rule == "typical":
+        entropy = float(-(p * torch.log(p.clamp_min(1e-30))).sum())
+        return float(p[tok]) > min(TYPICAL_EPSILON, TYPICAL_DELTA * math.exp(-entropy)), p
+    if rule == "wrong-q":  # the bug: the draft's greedy (one-hot) q, not the tempered q it sampled from
+        q = torch.zeros_like(q)
+        q[draft_argmax] = 1.0
+    qx = float(q[tok])
+    if qx <= 0.0 or uniform() < min(1.0, float(p[tok]) / qx):
+        return True, None
+    residual = (p - q).clamp_min(0.0)
+    return False, residual / residual.sum() if float(residual.sum()) > 0 else p
+
+
+def _propose(draft: Any, seq: list[int], k: int, settings: Any, draw: Any, eos: set[int]) -> tuple[list[int], list[Any], list[int]]:
+    """Up to k draft tokens, each drawn from the draft's tempered q: (tokens, their q, the draft's argmax)."""
+    import torch
+
+    proposal: list[int] = []
+    qs: list[Any] = []
+    greedy: list[int] = []
+    for _ in range(k):
+        logits = draft(torch.tensor([seq + proposal], device=draft.device)).logits[0, -1]
+        q = warp(logits, float(settings.temperature), float(settings.top_p), settings.top_k)
+        tok = draw(q)
+        proposal.append(tok)
+        qs.append(q)
+        greedy.append(int(torch.argmax(logits)))
+        if tok in eos:
+            break
+    return proposal, qs, greedy
+
+
 def speculative_sample(model: Any, draft: Any, ids: Sequence[int], settings: Any, seed: int, rule: str,
                        eos: set[int], counters: dict[str, int]) -> list[int]:
     """One sampled answer: the draft proposes up to K tokens from its tempered q, the target verifies.
@@ -98,8 +138,6 @@ def speculative_sample(model: Any, draft: Any, ids: Sequence[int], settings: Any
     ``torch.Generator`` seeded with ``seed``.
     """
     import torch
-
-    from .settings import SYNTHETIC_ACCEPTANCE_RATE, TYPICAL_DELTA, TYPICAL_EPSILON
 
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     t, top_p, top_k = float(settings.temperature), float(settings.top_p), settings.top_k
@@ -117,49 +155,17 @@ def speculative_sample(model: Any, draft: Any, ids: Sequence[int], settings: Any
     with torch.inference_mode():
         while len(new) < max_new and not (new and new[-1] in eos):
             k = min(k_max, max_new - len(new))
-            proposal: list[int] = []
-            qs: list[Any] = []
-            greedy: list[int] = []
-            for _ in range(k):
-                logits = draft(torch.tensor([seq + proposal], device=device)).logits[0, -1]
-                q = warp(logits, t, top_p, top_k)
-                tok = draw(q)
-                proposal.append(tok)
-                qs.append(q)
-                greedy.append(int(torch.argmax(logits)))
-                if tok in eos:
-                    break
+            proposal, qs, greedy = _propose(draft, seq, k, settings, draw, eos)
             logits = model(torch.tensor([seq + proposal], device=device)).logits[0, len(seq) - 1:]
             ps = warp(logits, t, top_p, top_k)
             accepted: list[int] = []
             correction: Any = None
             for i, tok in enumerate(proposal):
-                p = ps[i]
-                if rule == "synthetic":
-                    if uniform() < SYNTHETIC_ACCEPTANCE_RATE:
-                        accepted.append(tok)
-                        continue
-                    correction = p
+                ok, correction = verify(rule, ps[i], qs[i], greedy[i], tok, uniform)
+                if not ok:
                     break
-                if rule == "typical":
-                    entropy = float(-(p * torch.log(p.clamp_min(1e-30))).sum())
-                    if float(p[tok]) > min(TYPICAL_EPSILON, TYPICAL_DELTA * math.exp(-entropy)):
-                        accepted.append(tok)
-                        continue
-                    correction = p
-                    break
-                if rule == "wrong-q":
-                    q = torch.zeros_like(qs[i])
-                    q[greedy[i]] = 1.0
-                else:  # exact
-                    q = qs[i]
-                qx = float(q[tok])
-                if qx <= 0.0 or uniform() < min(1.0, float(p[tok]) / qx):
-                    accepted.append(tok)
-                    continue
-                residual = (p - q).clamp_min(0.0)
-                correction = residual / residual.sum() if float(residual.sum()) > 0 else p
-                break
+                accepted.append(tok)
+                correction = None
             counters["num_drafts"] += 1
             counters["num_draft_tokens"] += len(proposal)
             counters["num_accepted_tokens"] += len(accepted)
