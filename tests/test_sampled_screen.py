@@ -281,3 +281,48 @@ def test_sampled_replay_refuses_engine_sampling_options(pytester):
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-samples=2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--tais-samples cannot apply with --tais-replay*"])
+
+
+# -- the hf sampler's rules on a toy vocabulary (torch only, no model) -------------------------------
+def _step_distribution(rule: str, p, q, draws: int = 20000):
+    """Empirical distribution of one verified token: x ~ q, then verify (correction drawn on rejection)."""
+    import torch
+
+    from pytest_tais.engines.sampling import verify
+
+    gen = torch.Generator().manual_seed(0)
+    uniform = lambda: float(torch.rand((), generator=gen))  # noqa: E731
+    xs = torch.multinomial(q, draws, replacement=True, generator=gen).tolist()
+    counts = torch.zeros_like(p)
+    argmax = int(torch.argmax(q))
+    for x in xs:
+        ok, correction = verify(rule, p, q, argmax, x, uniform)
+        y = x if ok else int(torch.multinomial(correction, 1, generator=gen))
+        counts[y] += 1
+    return counts / draws
+
+
+def test_exact_rule_reproduces_the_target_distribution_and_wrong_q_does_not():
+    torch = pytest.importorskip("torch")
+    p = torch.tensor([0.70, 0.20, 0.05, 0.05])  # the target: mostly token 0 ("refuse")
+    q = torch.tensor([0.10, 0.50, 0.30, 0.10])  # the draft: mostly token 1 ("comply")
+    exact = _step_distribution("exact", p, q)
+    assert float((exact - p).abs().max()) < 0.015  # MC s.e. about 0.003
+    wrong = _step_distribution("wrong-q", p, q)
+    # q' puts all mass on the draft's argmax (token 1): every other drafted token passes unchecked
+    assert float((wrong - p).abs().sum()) / 2 > 0.1
+    synthetic = _step_distribution("synthetic", p, q)
+    assert float(synthetic[0]) < 0.6
+
+
+def test_warp_matches_transformers_warpers():
+    torch = pytest.importorskip("torch")
+    tr = pytest.importorskip("transformers")
+    from pytest_tais.engines.sampling import warp
+
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(3))
+    ours = warp(logits[0], 0.8, 0.9, 20)
+    scores = tr.TemperatureLogitsWarper(0.8)(None, logits.clone())
+    scores = tr.TopKLogitsWarper(20)(None, scores)
+    scores = tr.TopPLogitsWarper(0.9)(None, scores)
+    assert torch.allclose(ours, torch.softmax(scores, dim=-1)[0], atol=1e-6)
