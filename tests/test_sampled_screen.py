@@ -326,3 +326,26 @@ def test_warp_matches_transformers_warpers():
     scores = tr.TopKLogitsWarper(20)(None, scores)
     scores = tr.TopPLogitsWarper(0.9)(None, scores)
     assert torch.allclose(ours, torch.softmax(scores, dim=-1)[0], atol=1e-6)
+
+
+def test_null_reruns_give_the_moved_share_its_spread(tmp_path):
+    """Target-vs-target reruns (here: a second sampled target arm) set the spread the moved share uses."""
+    from pytest_tais import contrasts as C
+    from pytest_tais.records import read_generations
+    from pytest_tais.session import TaisSession
+
+    same = [4] * 100 + [2] * 20
+    moved = [c - 1 if i >= 100 and i % 2 else c for i, c in enumerate(same)]  # 10 prompts move by 1/4
+    replay = write_jsonl(tmp_path / "s.jsonl", sampled_lines("harmful", same, moved, 4))
+    session = TaisSession({"tais_replay": str(replay)}, tmp_path, lambda: tmp_path)
+    rerun = [g for g in read_generations(write_jsonl(tmp_path / "r.jsonl", sampled_lines("harmful", moved, moved, 4, 7)))
+             if g.arm == "target"]
+    session.null_screens = [session.screen.derive(lambda prompts: index_generations(rerun))]
+    null = session.null_calibration("harmful")
+    assert null["rerun_spread"] == sampled.rerun_spread(same, moved, 4) and null["rerun_spreads"] == [null["rerun_spread"]]
+    rows = []
+    session.handle(C.Contrast("harmful"), rows.append).verdict()
+    row = rows[0]
+    assert row["rerun_spread"] == null["rerun_spread"] and row["spread_source"].startswith("target-vs-target reruns")
+    assert row["moved_prompts"] == sampled.moved_share(same, moved, 4, spread=null["rerun_spread"]).moved
+    assert row["null_runs"]["rerun_spread"] == null["rerun_spread"]
