@@ -228,6 +228,9 @@ class Screen:
         if not task.prompts:
             raise TaskError(f"task {task_name!r}: no prompts")
         out = self.outputs()
+        if out.sampled:
+            raise TaskError(f"task {task_name!r}: probe mode is not available for sampled outputs (records with \"sample\") yet; "
+                            "drop --tais-probe to gate both arms")
         arm = out.outputs.get(SPECULATIVE, {})
         missing = [p.prompt_id for p in task.prompts if (task_name, p.prompt_id) not in arm]
         if missing:

@@ -349,3 +349,10 @@ def test_null_reruns_give_the_moved_share_its_spread(tmp_path):
     assert row["rerun_spread"] == null["rerun_spread"] and row["spread_source"].startswith("target-vs-target reruns")
     assert row["moved_prompts"] == sampled.moved_share(same, moved, 4, spread=null["rerun_spread"]).moved
     assert row["null_runs"]["rerun_spread"] == null["rerun_spread"]
+
+
+def test_probe_of_a_sampled_replay_is_an_error_not_a_rate(pytester):
+    replay = write_jsonl(pytester.path / "s.jsonl", sampled_lines("harmful", [2] * 3, [2] * 3, 2))
+    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-probe")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*probe mode is not available for sampled outputs*"])
