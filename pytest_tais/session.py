@@ -343,6 +343,8 @@ class TaisSession:
             return False, f"tais: baseline {name!r} NOT saved: no verdict for task(s) {', '.join(missing)}"
         try:
             outputs = self.screen.outputs()  # replay: loaded; engines: read back from the store
+            if outputs.sampled:
+                return False, f"tais: baseline {name!r} NOT saved: baselines of sampled screens are not supported yet"
             wanted = {(t.name, p.prompt_id) for t in self.screen.tasks for p in t.prompts}
             generations = [g for arm in outputs.outputs.values() for key, g in arm.items() if key in wanted]
             path = save_baseline(self.cfg.baseline_dir, name, generations=generations, rows=rows,

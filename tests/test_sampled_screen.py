@@ -356,3 +356,12 @@ def test_probe_of_a_sampled_replay_is_an_error_not_a_rate(pytester):
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-probe")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*probe mode is not available for sampled outputs*"])
+
+
+def test_a_sampled_replay_is_not_saved_as_a_baseline(pytester):
+    same = [4] * 100
+    replay = write_jsonl(pytester.path / "s.jsonl", sampled_lines("harmful", same, same, 2))
+    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-save-baseline=b")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*baseline 'b' NOT saved: baselines of sampled screens are not supported yet*"])
+    assert not (pytester.path / ".tais" / "baselines" / "b").exists()
