@@ -302,6 +302,7 @@ def _step_distribution(rule: str, p, q, draws: int = 20000):
     return counts / draws
 
 
+@pytest.mark.hf
 def test_exact_rule_reproduces_the_target_distribution_and_wrong_q_does_not():
     torch = pytest.importorskip("torch")
     p = torch.tensor([0.70, 0.20, 0.05, 0.05])  # the target: mostly token 0 ("refuse")
@@ -315,6 +316,7 @@ def test_exact_rule_reproduces_the_target_distribution_and_wrong_q_does_not():
     assert float(synthetic[0]) < 0.6
 
 
+@pytest.mark.hf
 def test_warp_matches_transformers_warpers():
     torch = pytest.importorskip("torch")
     tr = pytest.importorskip("transformers")
