@@ -36,8 +36,8 @@ def test_hf_samples_are_seeded_stored_and_recorded(pytester: pytest.Pytester, tm
     from pytest_tais.engines.settings import EngineSettings
     from pytest_tais.records import read_generations
 
-    prompts = [p for t in load_battery("example", ROOT) if t.name == "harmful" for p in t.prompts[:3]]
-    s = EngineSettings(MODELS / "target", draft=MODELS / "draft-canonical", backend="hf", samples=3, temperature=1.0,
+    prompts = [p for t in load_battery("example", ROOT) if t.name == "benign" for p in t.prompts[:3]]
+    s = EngineSettings(MODELS / "target", draft=MODELS / "draft-canonical", backend="hf", samples=3, temperature=3.0,
                        max_tokens=8, cache_dir=tmp_path / "cache", record=tmp_path / "rec.jsonl")
     first = run_arms(s, prompts, shared_dir=tmp_path, progress=False)
     starts = dict(ENGINE_STARTS)
@@ -48,7 +48,7 @@ def test_hf_samples_are_seeded_stored_and_recorded(pytester: pytest.Pytester, tm
             assert sorted(per) == [0, 1, 2] and len({g.seed for g in per.values()}) == 3
             assert [g.text for g in per.values()] == [g.text for g in again.samples[arm][key].values()]
     texts = [g.text for per in first.samples["target"].values() for g in per.values()]
-    assert len(set(texts)) > 3, "temperature 1 must give different samples"
+    assert len(set(texts)) > 3, "temperature 3 must give different samples (the bundled target is peaked)"
     recorded = list(read_generations(tmp_path / "rec.jsonl"))
     assert len(recorded) == 2 * 3 * 3 and {g.sample for g in recorded} == {0, 1, 2}
     assert any("sampled screen" in n and "transformers assisted generation" in n for n in first.out_of_scope)
