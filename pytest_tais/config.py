@@ -144,6 +144,13 @@ def _check_mode(raw: Mapping[str, Any], v: Mapping[str, Any]) -> None:
         raise ConfigError("--tais-draft given without --tais-target; the speculative arm needs the target too")
     if v["tais_null_runs"] and not engines:
         raise ConfigError("--tais-null-runs reruns the target-only engine; it needs --tais-target (recorded outputs cannot be rerun)")
+    samples = raw.get("tais_samples")
+    if samples is not None and str(samples).strip() not in ("", "1"):
+        for flag, on in (("--tais-probe", v["tais_probe"]), ("--tais-baseline", v["tais_baseline"]),
+                         ("--tais-save-baseline", v["tais_save_baseline"])):
+            if on:
+                raise ConfigError(f"{flag} is not available for sampled screens (--tais-samples={samples}) yet; "
+                                  f"drop {flag}, or screen greedy (--tais-samples=1)")
     if v["tais_probe"] and (v["tais_baseline"] or v["tais_save_baseline"]):
         raise ConfigError("--tais-probe has no target-only arm to save or compare; drop --tais-baseline/--tais-save-baseline")
 

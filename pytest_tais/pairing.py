@@ -13,7 +13,7 @@ from .battery import Prompt, Task
 from .contrasts import printable
 from .errors import TaskError
 from .records import Generation, gc_paused
-from .verdict import PairRecord
+from .verdict import PairRecord, SampledPair
 
 Outputs = Mapping[tuple[str, str], Generation]
 #: (prompt, answer, arm name) -> score; one call per task so that a batch judge sees them all.
@@ -135,3 +135,95 @@ def pair_texts(task: Task, target_texts: Sequence[str], speculative_texts: Seque
     outs = [{(task.name, p.prompt_id): Generation(task.name, p.prompt_id, p.text, arm, t)
              for p, t in zip(task.prompts, texts)} for arm, texts in (("target", target_texts), ("speculative", speculative_texts))]
     return judge_pairs(task, match(task, *outs), scorer(judge))
+
+
+# -- sampled screens: K samples per prompt per arm -----------------------------------------------------
+SampleOutputs = Mapping[tuple[str, str], Mapping[int, Generation]]
+
+
+def match_samples(task: Task, a: SampleOutputs, b: SampleOutputs, names: tuple[str, str] = ("target", "speculative"),
+                  duplicates: Sequence[str] = (), mixed: Sequence[str] = ()) -> tuple[int, list[tuple[Prompt, list[Generation], list[Generation]]]]:
+    """Each prompt of ``task`` with both arms' K samples (in sample order): (K, matches).
+
+    Fails closed on a prompt without samples in an arm, one with fewer samples than another
+    (K is the most any prompt has, in either arm), sample indexes other than 0..K-1, a duplicate
+    sample index, greedy and sampled records mixed, and samples that answer another prompt text.
+    """
+    if not task.prompts:
+        raise TaskError(f"task {task.name!r}: no prompts; a task with zero prompts cannot pass")
+    if duplicates:
+        raise TaskError(f"task {task.name!r}: duplicate sample indexes in the outputs ({', '.join(sorted(duplicates)[:5])}); "
+                        "each sample of a prompt must be answered once per arm")
+    if mixed:
+        raise TaskError(f"task {task.name!r}: greedy records (no \"sample\") and sampled ones for the same prompts "
+                        f"({_ids(sorted(mixed))}); a task is screened greedy or sampled, not both")
+    k = max((len(src.get((task.name, p.prompt_id), {})) for src in (a, b) for p in task.prompts), default=0)
+    if k < 2:
+        raise TaskError(f"task {task.name!r}: a sampled screen needs K >= 2 samples per prompt per arm, found at most {k}; "
+                        "generate with --tais-samples=K (K >= 2)")
+    problems: list[str] = []
+    other: list[str] = []
+    matched = []
+    for p in task.prompts:
+        key = (task.name, p.prompt_id)
+        per_arm = []
+        for name, src in zip(names, (a, b)):
+            got = src.get(key, {})
+            if sorted(got) != list(range(k)):
+                lacking = [i for i in range(k) if i not in got]
+                extra = [i for i in got if not 0 <= i < k]
+                what = f"missing samples {lacking[:5]}" if lacking else f"sample indexes {sorted(extra)[:5]} outside 0..{k - 1}"
+                problems.append(f"{name} {printable(p.prompt_id)}: {len(got)} of {k} ({what})")
+                continue
+            gens = [got[i] for i in range(k)]
+            if any(g.prompt != p.text for g in gens):
+                other.append(f"{name} {printable(p.prompt_id)}")
+            per_arm.append(gens)
+        if len(per_arm) == 2:
+            matched.append((p, per_arm[0], per_arm[1]))
+    if problems:
+        more = f" (+{len(problems) - _SHOWN} more)" if len(problems) > _SHOWN else ""
+        raise TaskError(f"task {task.name!r}: {len(problems)} prompt(s) lack samples: {'; '.join(problems[:_SHOWN])}{more}; "
+                        f"every prompt needs samples 0..{k - 1} in both arms")
+    if other:
+        raise TaskError(f"task {task.name!r}: {len(other)} sample set(s) answer another prompt text than the battery's under "
+                        f"the same id ({_ids(other)}); check that the replay file and --tais-battery come from the same battery")
+    return k, matched
+
+
+def judge_samples(task: Task, matched: Sequence[tuple[Prompt, Sequence[Generation], Sequence[Generation]]],
+                  score_all: ScoreAll, names: tuple[str, str] = ("target", "speculative")) -> list[SampledPair]:
+    """Score every sample of both arms (one judge call per task; equal texts of a prompt judged once)."""
+    items: list[tuple[Prompt, str, str]] = []
+    index: dict[tuple[str, str], int] = {}
+    for p, ga, gb in matched:
+        for name, gens in zip(names, (ga, gb)):
+            for g in gens:
+                if (p.prompt_id, g.text) not in index:
+                    index[(p.prompt_id, g.text)] = len(items)
+                    items.append((p, g.text, name))
+    flags = score_all(task, items)
+    out = []
+    for p, ga, gb in matched:
+        out.append(SampledPair(
+            prompt_id=p.prompt_id,
+            target_texts=tuple(g.text for g in ga), speculative_texts=tuple(g.text for g in gb),
+            target_flags=tuple(flags[index[(p.prompt_id, g.text)]] for g in ga),
+            speculative_flags=tuple(flags[index[(p.prompt_id, g.text)]] for g in gb),
+            seeds=tuple(g.seed for g in ga),
+            meta={k: v for k, v in gb[0].meta.items() if k in ("canary", "sampler")},
+        ))
+    return out
+
+
+def pair_samples(task: Task, sources: Sequence[tuple[Any, str]], names: tuple[str, str], score_all: ScoreAll) -> list[SampledPair]:
+    """Sampled pairs of ``task`` from two (ArmOutputs, arm) sources; both must be sampled screens."""
+    (out_a, arm_a), (out_b, arm_b) = sources
+    if not (out_a.sampled and out_b.sampled):
+        greedy = names[0] if not out_a.sampled else names[1]
+        raise TaskError(f"task {task.name!r}: the {greedy} source is a greedy screen and the other a sampled one; "
+                        "compare greedy with greedy and sampled with sampled outputs")
+    dups = list(out_a.duplicates.get(task.name, [])) + (list(out_b.duplicates.get(task.name, [])) if out_b is not out_a else [])
+    mixed = list(out_a.mixed.get(task.name, [])) + (list(out_b.mixed.get(task.name, [])) if out_b is not out_a else [])
+    _, matched = match_samples(task, out_a.samples.get(arm_a, {}), out_b.samples.get(arm_b, {}), names, dups, mixed)
+    return judge_samples(task, matched, score_all, names)

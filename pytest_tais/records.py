@@ -4,10 +4,12 @@ This is the replay format and the format the engines record: one JSON object per
 
     {"task": str, "prompt_id": str, "prompt": str, "arm": "target" | "speculative", "text": str,
      "metric": "refusal" | "accuracy", "expected": str (accuracy tasks),
-     "token_ids": [int, ...] (optional), "meta": {...} (optional)}
+     "token_ids": [int, ...] (optional), "meta": {...} (optional),
+     "sample": int, "seed": int (sampled screens: the sample's index 0..K-1 and its seed)}
 
 ``metric`` may be left out when the replay run names the battery (``--tais-battery``), which then
-says how each task is scored.
+says how each task is scored. A file whose records carry ``sample`` is a sampled screen: every
+prompt needs samples 0..K-1 in both arms, each index once.
 
 so a run captured on a GPU box can be re-gated anywhere with ``--tais-replay``.
 """
@@ -62,6 +64,9 @@ class Generation:
     #: What scoring the task needs, so that a replay scores it as the live run did.
     metric: str | None = None
     expected: str | None = None
+    #: Sampled screens: which of the K samples this is, and the seed it was drawn with.
+    sample: int | None = None
+    seed: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -79,6 +84,10 @@ class Generation:
             out["metric"] = self.metric
         if self.expected is not None:
             out["expected"] = self.expected
+        if self.sample is not None:
+            out["sample"] = self.sample
+        if self.seed is not None:
+            out["seed"] = self.seed
         return out
 
     @classmethod
@@ -108,9 +117,15 @@ class Generation:
             raise RecordError(f"{where}: 'expected' must be a string")
         if metric == "accuracy" and expected is None:
             raise RecordError(f"{where}: an accuracy record needs its 'expected' answer to be scored")
+        sample, seed = obj.get("sample"), obj.get("seed")
+        for key, value in (("sample", sample), ("seed", seed)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise RecordError(f"{where}: {key!r} must be a whole number >= 0 (the sample's index 0..K-1, or its seed)")
+        if seed is not None and sample is None:
+            raise RecordError(f"{where}: 'seed' without 'sample'; a sampled record names its sample index 0..K-1 too")
         share = intern or _same
-        return cls(task=share(task), prompt_id=share(prompt_id), prompt=share(prompt), arm=arm,
-                   text=share(text), token_ids=token_ids, meta=meta, metric=metric, expected=expected)
+        return cls(task=share(task), prompt_id=share(prompt_id), prompt=share(prompt), arm=arm, text=share(text),
+                   token_ids=token_ids, meta=meta, metric=metric, expected=expected, sample=sample, seed=seed)
 
 
 @dataclasses.dataclass
@@ -124,19 +139,54 @@ class ArmOutputs:
     out_of_scope: list[str] = dataclasses.field(default_factory=list)
     header_lines: list[str] = dataclasses.field(default_factory=list)
     store_dir: Path | None = None
+    #: Sampled screens: arm -> (task, prompt_id) -> sample index -> Generation. ``outputs`` then
+    #: holds each prompt's first record, so that task discovery and metrics read it as before.
+    samples: dict[str, dict[tuple[str, str], dict[int, Generation]]] = dataclasses.field(default_factory=dict)
+    #: Tasks whose records mix greedy lines (no "sample") and sampled ones.
+    mixed: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def sampled(self) -> bool:
+        return any(self.samples.get(arm) for arm in ARMS)
 
 
 def index_generations(gens: Iterable[Generation]) -> ArmOutputs:
     outputs: dict[str, dict[tuple[str, str], Generation]] = {TARGET: {}, SPECULATIVE: {}}
     duplicates: dict[str, list[str]] = {}
+    samples: dict[str, dict[tuple[str, str], dict[int, Generation]]] = {TARGET: {}, SPECULATIVE: {}}
+    greedy: set[tuple[str, str, str]] = set()
+    mixed: dict[str, list[str]] = {}
     with gc_paused():
         for g in gens:
-            key = (g.task, g.prompt_id)
-            if key in outputs[g.arm]:
-                duplicates.setdefault(g.task, []).append(f"{g.arm}:{g.prompt_id}")
-                continue
-            outputs[g.arm][key] = g
-    return ArmOutputs(outputs=outputs, duplicates=duplicates)
+            _index_one(g, outputs, duplicates, samples, greedy, mixed)
+    for arm in ARMS:  # the first record shown for a sampled prompt is sample 0 where there is one
+        for key, per in samples[arm].items():
+            outputs[arm][key] = per[min(per)]
+    if not any(samples.values()):
+        samples = {}
+    return ArmOutputs(outputs=outputs, duplicates=duplicates, samples=samples, mixed=mixed)
+
+
+def _index_one(g: Generation, outputs: dict, duplicates: dict, samples: dict, greedy: set, mixed: dict) -> None:
+    key = (g.task, g.prompt_id)
+    if g.sample is not None:
+        per = samples[g.arm].setdefault(key, {})
+        if g.sample in per:
+            duplicates.setdefault(g.task, []).append(f"{g.arm}:{g.prompt_id}#sample {g.sample}")
+            return
+        per[g.sample] = g
+        if (g.arm, *key) in greedy:
+            mixed.setdefault(g.task, []).append(f"{g.arm}:{g.prompt_id}")
+        outputs[g.arm].setdefault(key, g)
+        return
+    greedy.add((g.arm, *key))
+    if key in samples[g.arm]:
+        mixed.setdefault(g.task, []).append(f"{g.arm}:{g.prompt_id}")
+        return
+    if key in outputs[g.arm]:
+        duplicates.setdefault(g.task, []).append(f"{g.arm}:{g.prompt_id}")
+        return
+    outputs[g.arm][key] = g
 
 
 def _check_record(obj: Any, where: str) -> None:

@@ -13,7 +13,7 @@ from .battery import BatteryError, Prompt, Task, load_battery, select_tasks
 from .config import TaisConfig
 from .errors import TaskError
 from .records import SPECULATIVE, TARGET, ArmOutputs, RecordError, gc_paused, index_generations, read_replay
-from .verdict import PairRecord, Verdict, decide
+from .verdict import PairRecord, SampledPair, Verdict, decide, decide_sampled
 
 
 class ScreenSetupError(ValueError):
@@ -191,13 +191,17 @@ class Screen:
                     raise TaskError(f"task {task_name!r}: no {arm!r} arm in the outputs")
                 sources.append(out.outputs[arm])
             names = (a[1], b[1]) if a[1] != b[1] else (f"{a[1]} (A)", f"{b[1]} (B)")
+            outs = [screen.outputs() for screen, _ in (a, b)]
+            if outs[0].sampled or outs[1].sampled:  # K samples per prompt: grouped per prompt, not paired one to one
+                self._pairs[key] = pairing.pair_samples(task, [(outs[0], a[1]), (outs[1], b[1])], names, self._score_all)
+                return self._pairs[key]
             matched = pairing.match(task, sources[0], sources[1], names, duplicates)
             self._pairs[key] = pairing.judge_pairs(task, matched, self._score_all, names)
         return self._pairs[key]
 
     def verdict(self, task_name: str, a: "ArmRef | None" = None, b: "ArmRef | None" = None, **overrides: Any) -> Verdict:
         """The task's verdict: arm A (default: target-only) against arm B (default: speculative)."""
-        allowed = {"margin", "alpha", "h_cutoff", "h_null_level", "tost_method"}
+        allowed = {"margin", "alpha", "h_cutoff", "h_null_level", "tost_method", "spread"}
         unknown = set(overrides) - allowed
         if unknown:
             raise TypeError(f"unknown verdict option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -211,6 +215,10 @@ class Screen:
         for src in (a, b):
             if src is not None and src[0] is not self:
                 notes.extend(n for n in src[0].outputs().out_of_scope if n not in notes)
+        if pairs and isinstance(pairs[0], SampledPair):
+            return decide_sampled(task_name, pairs, metric=self.by_name[task_name].metric, scope_notes=tuple(notes), **params)
+        if "spread" in params:
+            raise TypeError("spread (the rerun spread of the moved share) applies to sampled screens only")
         return decide(task_name, pairs, metric=self.by_name[task_name].metric, scope_notes=tuple(notes), **params)
 
 
@@ -222,6 +230,9 @@ class Screen:
         if not task.prompts:
             raise TaskError(f"task {task_name!r}: no prompts")
         out = self.outputs()
+        if out.sampled:
+            raise TaskError(f"task {task_name!r}: probe mode is not available for sampled outputs (records with \"sample\") yet; "
+                            "drop --tais-probe to gate both arms")
         arm = out.outputs.get(SPECULATIVE, {})
         missing = [p.prompt_id for p in task.prompts if (task_name, p.prompt_id) not in arm]
         if missing:

@@ -84,6 +84,8 @@ class TaskHandle:
         null = self._null() if self._null is not None else None
         if null is not None:
             overrides.setdefault("h_cutoff", max(self.screen.cfg.h_cutoff, null["abs_h_quantile"]))
+            if "rerun_spread" in null:  # sampled: the moved share counts moves beyond the stack's own
+                overrides.setdefault("spread", null["rerun_spread"])
         v = self.screen.verdict(self.name, self._a, self._b, **overrides)
         row = verdict_row(v, self.contrast.describe(), null)
         if expect == "fail":
@@ -267,14 +269,20 @@ class TaisSession:
         if task not in self._null_cache:
             import numpy as np
 
-            shares, hs = [], []
+            shares, hs, spreads = [], [], []
             for rerun in self.null_screens:
                 v = self.screen.verdict(task, (self.screen, TARGET), (rerun, TARGET))
                 shares.append(v.identity.identical_share)
                 hs.append(abs(v.cohens_h))
+                if getattr(v, "sampled", False):
+                    from .sampled import rerun_spread
+
+                    spreads.append(rerun_spread(v.counts_target, v.counts_speculative, v.k))
             level = self.cfg.h_null_level
             self._null_cache[task] = {"runs": len(hs), "identical_share": shares, "abs_h": hs,
                                       "abs_h_quantile": float(np.quantile(hs, level, method="inverted_cdf")), "level": level}
+            if spreads:
+                self._null_cache[task].update(rerun_spreads=spreads, rerun_spread=max(spreads))
         return self._null_cache[task]
 
     # -- after the tests ------------------------------------------------------------------------
@@ -335,6 +343,8 @@ class TaisSession:
             return False, f"tais: baseline {name!r} NOT saved: no verdict for task(s) {', '.join(missing)}"
         try:
             outputs = self.screen.outputs()  # replay: loaded; engines: read back from the store
+            if outputs.sampled:
+                return False, f"tais: baseline {name!r} NOT saved: baselines of sampled screens are not supported yet"
             wanted = {(t.name, p.prompt_id) for t in self.screen.tasks for p in t.prompts}
             generations = [g for arm in outputs.outputs.values() for key, g in arm.items() if key in wanted]
             path = save_baseline(self.cfg.baseline_dir, name, generations=generations, rows=rows,

@@ -55,6 +55,13 @@ def prompt_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def sample_key(text: str, sample: int | None, seed: int | None) -> str:
+    """A prompt's address, or for a sampled answer that of (prompt, sample index, seed); greedy keys are unchanged."""
+    if sample is None:
+        return prompt_key(text)
+    return hashlib.sha256(f"{sample}\0{seed}\0{text}".encode("utf-8")).hexdigest()
+
+
 def fingerprint_key(fingerprint: Mapping[str, Any]) -> str:
     """The address of a fingerprint: SHA-256 of its canonical JSON (first 32 hex digits)."""
     canon = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -75,15 +82,24 @@ class StoredOutput:
     text: str
     token_ids: tuple[int, ...]
     finish_reason: str
+    #: Sampled screens: the sample's index and seed (None for greedy answers).
+    sample: int | None = None
+    seed: int | None = None
+
+    @property
+    def key(self) -> str:
+        return sample_key(self.prompt, self.sample, self.seed)
 
     def to_line(self) -> bytes:
         obj = {
-            "k": prompt_key(self.prompt),
+            "k": self.key,
             "prompt": self.prompt,
             "text": self.text,
             "token_ids": list(self.token_ids),
             "finish_reason": self.finish_reason,
         }
+        if self.sample is not None:
+            obj.update(sample=self.sample, seed=self.seed)
         obj["sha256"] = line_checksum(obj)
         return (json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
 
@@ -116,8 +132,10 @@ class Shard:
                     text=obj["text"],
                     token_ids=tuple(int(t) for t in obj["token_ids"]),
                     finish_reason=str(obj["finish_reason"]),
+                    sample=obj.get("sample"),
+                    seed=obj.get("seed"),
                 )
-                if not isinstance(entry.prompt, str) or not isinstance(entry.text, str) or obj["k"] != prompt_key(entry.prompt):
+                if not isinstance(entry.prompt, str) or not isinstance(entry.text, str) or obj["k"] != entry.key:
                     raise ValueError("key does not match the prompt")
                 if "sha256" not in obj:
                     raise ValueError("no checksum")

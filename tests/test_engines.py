@@ -100,7 +100,7 @@ def test_command_line_beats_ini_beats_default(pytester: pytest.Pytester, fake_mo
     [
         (["--tais-target=nowhere"], r"--tais-target='nowhere': no such folder .*or a hub id org/name"),
         (["--tais-target=m/target"], r"--tais-draft: missing; the draft_model method needs"),
-        (["--tais-draft=m/draft", "--tais-temperature=0.7"], r"--tais-temperature: 0\.7 is not allowed; only 0 is.*greedy"),
+        (["--tais-draft=m/draft", "--tais-temperature=0.7"], r"--tais-temperature: 0\.7 needs --tais-samples=K with K >= 2"),
         (["--tais-draft=m/draft", "--tais-engine-kwargs={bad"], r"--tais-engine-kwargs: not valid JSON"),
         (["--tais-draft=m/draft", "--tais-engine-kwargs=[1]"], r"--tais-engine-kwargs: must be a JSON object"),
         (["--tais-draft=m/draft", '--tais-engine-kwargs={"dtype": "half"}'], r"'dtype' has its own option; use --tais-dtype"),

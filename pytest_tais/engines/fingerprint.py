@@ -141,7 +141,8 @@ def arm_fingerprint(settings: Any, spec: Any, memo: HashMemo) -> dict[str, Any]:
         "model": model_identity(spec.model, memo),
         "dtype": settings.dtype,
         "seed": settings.seed,
-        "sampling": {"temperature": 0.0, "max_tokens": settings.max_tokens},
+        "sampling": ({**settings.sampling, "max_tokens": settings.max_tokens} if getattr(settings, "sampled", False)
+                     else {"temperature": 0.0, "max_tokens": settings.max_tokens}),
         "prompt": {
             "mode": mode,
             "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest() if template else None,

@@ -222,17 +222,48 @@ class HFBackend(Backend):
                         break
         return new
 
-    def generate(self, texts: Sequence[str], *, progress: Progress | None = None) -> BatchResult:
+    def _sampled(self, ids: list[int], seed: int, counters: dict[str, int]) -> list[int]:
+        """One sample: transformers' generate with do_sample (assisted for exact speculative sampling),
+        seeded per sample; the lossy rules run our own loop (``sampling.speculative_sample``)."""
+        import torch
+
+        from .sampling import speculative_sample
+
+        s = self.settings
+        if self.spec.method == "draft_model" and s.hf_acceptance != "exact":
+            return speculative_sample(self.model, self.draft, ids, s, seed, s.hf_acceptance, self._eos_ids(), counters)
+        inp = torch.tensor([ids], device=self.model.device)
+        kwargs = self._generation_kwargs()
+        kwargs.update(do_sample=True, temperature=float(s.temperature), top_p=float(s.top_p), top_k=s.top_k or 0)
+        if self.spec.method == "draft_model":
+            kwargs["assistant_model"] = self.draft
+        elif self.spec.method == "ngram":
+            kwargs["prompt_lookup_num_tokens"] = s.num_speculative_tokens
+            kwargs["max_matching_ngram_size"] = s.prompt_lookup_max
+        torch.manual_seed(int(seed))
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), **kwargs)
+        return [int(t) for t in out[0, len(ids):].tolist()]
+
+    def generate_sampled(self, texts: Sequence[str], seeds: Sequence[int], *, progress: Progress | None = None) -> BatchResult:
+        if len(seeds) != len(texts):
+            raise EngineError(f"{self.spec.arm} arm: {len(texts)} prompts but {len(seeds)} seeds")
+        return self.generate(texts, progress=progress, seeds=seeds)
+
+    def generate(self, texts: Sequence[str], *, progress: Progress | None = None, seeds: Sequence[int] | None = None) -> BatchResult:
         self._start()
         bar = progress.bar() if progress is not None else None
-        typical = self.spec.method == "draft_model" and self.settings.hf_acceptance in ("typical", "synthetic")
+        typical = self.spec.method == "draft_model" and self.settings.hf_acceptance in ("typical", "synthetic", "wrong-q")
         counters = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0}
         eos = self._eos_ids()
         outputs: list[Output] = []
         t0 = time.perf_counter()
         try:
             with self.log.capture(fds=False):  # transformers' warnings to the log; the bar stays on the terminal
-                self._generate_all(texts, typical, counters, eos, outputs, bar)
+                if seeds is not None:
+                    self._sampled_all(texts, seeds, counters, eos, outputs, bar)
+                else:
+                    self._generate_all(texts, typical, counters, eos, outputs, bar)
         except EngineError:
             raise
         except Exception as exc:
@@ -244,6 +275,15 @@ class HFBackend(Backend):
         if typical:
             metrics.update(counters)
         return BatchResult(outputs=outputs, metrics=metrics)
+
+    def _sampled_all(self, texts: Sequence[str], seeds: Sequence[int], counters: dict[str, int], eos: set[int],
+                     outputs: list[Output], bar: Any) -> None:
+        for i, text in enumerate(texts):
+            new = self._sampled(self._encode(text), seeds[i], counters)
+            reason = "stop" if new and new[-1] in eos else "length"
+            outputs.append(Output(text=self.tokenizer.decode(new, skip_special_tokens=True), token_ids=tuple(new), finish_reason=reason))
+            if bar is not None:
+                bar.update(1)
 
     def _generate_all(self, texts: Sequence[str], typical: bool, counters: dict[str, int], eos: set[int],
                       outputs: list[Output], bar: Any) -> None:

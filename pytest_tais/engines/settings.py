@@ -37,9 +37,12 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 PROMPT_MODES = ("chat", "raw")
 #: file: each engine start's output in its own log under the cache folder; terminal: the raw stream.
 ENGINE_LOG_MODES = ("file", "terminal")
-HF_ACCEPTANCE = ("exact", "typical", "synthetic")
+HF_ACCEPTANCE = ("exact", "typical", "synthetic", "wrong-q")
 #: The lossy rules: they let draft tokens through that the target would not have produced.
-LOSSY_ACCEPTANCE = ("typical", "synthetic")
+LOSSY_ACCEPTANCE = ("typical", "synthetic", "wrong-q")
+#: Lossy rules that exist for sampled screens only (the rejection ratio needs a sampling distribution).
+SAMPLED_ONLY_ACCEPTANCE = ("wrong-q",)
+MAX_SAMPLES = 64
 # Synthetic acceptance (as vLLM's benchmarking rule): each draft token is kept with this
 # probability, whatever the target thinks of it; the draws are seeded per prompt.
 SYNTHETIC_ACCEPTANCE_RATE = 0.7
@@ -139,6 +142,9 @@ class EngineSettings:
     prompt_mode: str = default("tais_prompt_mode")
     trust_remote_code: bool = False
     temperature: float = default("tais_temperature")
+    samples: int = default("tais_samples")
+    top_p: float = default("tais_top_p")
+    top_k: int | None = None
     rejection_sample_method: str = default("tais_rejection_sample_method")
     cache_dir: Path = Path(".tais-cache")
     no_cache: bool = False
@@ -210,12 +216,7 @@ class EngineSettings:
             raise bad("--tais-prompt-mode", f"unknown mode {self.prompt_mode!r}; use chat (the tokenizer's chat template) or raw")
 
     def _check_decoding(self, bad: Any) -> None:
-        if not isinstance(self.temperature, (int, float)) or self.temperature != 0:
-            raise bad(
-                "--tais-temperature",
-                f"{self.temperature!r} is not allowed; only 0 is: the screen's claims (byte identity, paired "
-                "refusal rates) hold for greedy decoding, and sampled outputs differ between runs by chance",
-            )
+        self._check_sampling(bad)
 
     def _check_verifier(self, bad: Any) -> None:
         if not self.rejection_sample_method or not isinstance(self.rejection_sample_method, str):
@@ -303,6 +304,44 @@ class EngineSettings:
         if self.backend == "hf":
             return self.hf_acceptance == "exact"
         return self.rejection_sample_method == STANDARD_REJECTION
+
+    def _check_sampling(self, bad: Any) -> None:
+        """Greedy (K = 1, temperature 0) or sampled (K >= 2, temperature > 0); nothing in between."""
+        k, t = self.samples, self.temperature
+        if isinstance(k, bool) or not isinstance(k, int) or not (1 <= k <= MAX_SAMPLES):
+            raise bad("--tais-samples", f"{k!r} must be a whole number in 1..{MAX_SAMPLES} (1: greedy; K >= 2: sampled screen)")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise bad("--tais-temperature", f"{t!r} must be a number >= 0")
+        if k == 1 and t != 0:
+            raise bad("--tais-temperature", f"{t!r} needs --tais-samples=K with K >= 2: one sample per prompt at temperature > 0 "
+                      "differs between runs by chance; pass e.g. --tais-samples=8 for the sampled screen, or drop --tais-temperature")
+        if k >= 2 and t == 0:
+            raise bad("--tais-samples", f"{k} samples per prompt need --tais-temperature > 0 (e.g. 0.8): at temperature 0 every "
+                      "sample is the same greedy answer; drop --tais-samples for the greedy screen")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not (0.0 < self.top_p <= 1.0):
+            raise bad("--tais-top-p", f"{self.top_p!r} must lie in (0, 1], e.g. 0.95 (1: off)")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0):
+            raise bad("--tais-top-k", f"{self.top_k!r} must be a whole number >= 1 (0 or unset: off)")
+        if self.top_k == 0:
+            object.__setattr__(self, "top_k", None)
+        if k == 1 and (self.top_p != 1.0 or self.top_k is not None):
+            option = "--tais-top-p" if self.top_p != 1.0 else "--tais-top-k"
+            raise bad(option, "applies to sampled screens only; add --tais-samples=K (K >= 2) and --tais-temperature > 0, or drop it")
+        if k >= 2 and self.backend == "openai":
+            raise bad("--tais-samples", "the sampled screen runs on local engines (--tais-backend=vllm or hf); the openai backend is greedy only")
+        if k == 1 and self.hf_acceptance in SAMPLED_ONLY_ACCEPTANCE:
+            raise bad("--tais-hf-acceptance", f"{self.hf_acceptance} is a rejection sampler: it needs the sampled screen "
+                      "(--tais-samples=K with K >= 2 and --tais-temperature > 0)")
+
+    @property
+    def sampled(self) -> bool:
+        """K >= 2 samples per prompt per arm at temperature > 0."""
+        return self.samples >= 2
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The sampling parameters both arms use (what goes into a sampled fingerprint)."""
+        return {"temperature": float(self.temperature), "top_p": float(self.top_p), "top_k": self.top_k}
 
     def _check_local(self, bad: Any) -> None:
         if self.target is None:
@@ -416,6 +455,7 @@ class EngineSettings:
             "prompt_mode": self.prompt_mode,
             "system_prompt": self.system_prompt,
             "temperature": self.temperature,
+            **({"samples": self.samples, "top_p": self.top_p, "top_k": self.top_k} if self.sampled else {}),
             "rejection_sample_method": self.rejection_sample_method,
             "cache": "off" if self.no_cache else str(self.cache_dir),
             "record": str(self.record) if self.record else None,

