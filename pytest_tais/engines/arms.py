@@ -369,6 +369,22 @@ def _scoring(p: Prompt, task_metrics: Mapping[str, str] | None) -> dict[str, Any
     return {"metric": metric, "expected": p.expected if metric == "accuracy" else None}
 
 
+def _checked(prompts: Sequence[Prompt], arms: tuple[str, ...]) -> list[Prompt]:
+    if not arms or any(a not in (TARGET, SPECULATIVE) for a in arms):
+        raise EngineError(f"arms must be a non-empty subset of ({TARGET!r}, {SPECULATIVE!r}), got {arms!r}")
+    prompts = list(prompts)
+    if not prompts:
+        raise EngineError("no prompts to generate: the selected tasks are empty")
+    seen: set[tuple[str, str]] = set()
+    for p in prompts:
+        if not isinstance(p, Prompt):
+            raise EngineError(f"run_arms takes battery Prompt records, got {type(p).__name__}")
+        if (p.task, p.prompt_id) in seen:
+            raise EngineError(f"task {p.task!r}: prompt id {p.prompt_id!r} appears twice; prompt ids must be unique per task")
+        seen.add((p.task, p.prompt_id))
+    return prompts
+
+
 def run_arms(
     settings: EngineSettings,
     prompts: Sequence[Prompt],
@@ -386,18 +402,7 @@ def run_arms(
     target-only arm alone (null-calibration reruns).
     """
     arms = tuple(arms)
-    if not arms or any(a not in (TARGET, SPECULATIVE) for a in arms):
-        raise EngineError(f"arms must be a non-empty subset of ({TARGET!r}, {SPECULATIVE!r}), got {arms!r}")
-    prompts = list(prompts)
-    if not prompts:
-        raise EngineError("no prompts to generate: the selected tasks are empty")
-    seen: set[tuple[str, str]] = set()
-    for p in prompts:
-        if not isinstance(p, Prompt):
-            raise EngineError(f"run_arms takes battery Prompt records, got {type(p).__name__}")
-        if (p.task, p.prompt_id) in seen:
-            raise EngineError(f"task {p.task!r}: prompt id {p.prompt_id!r} appears twice; prompt ids must be unique per task")
-        seen.add((p.task, p.prompt_id))
+    prompts = _checked(prompts, arms)
     texts = list(dict.fromkeys(p.text for p in prompts))
     chosen = canary_choice(prompts, settings.seed, settings.canary, task_metrics) if settings.canary > 0 else []
     by_key = {(p.task, p.prompt_id): p for p in prompts}
@@ -425,6 +430,16 @@ def run_arms(
     if settings.sampled:
         return _sampled_outputs(settings, prompts, arms, chosen, stored, fps, runs, store, log, starts_before, specs,
                                 arm_texts, task_metrics)
+    return _greedy_outputs(settings, prompts, arms, chosen, stored, fps, runs, store, log, starts_before, specs,
+                           arm_texts, task_metrics)
+
+
+def _greedy_outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence[str], chosen: Sequence[tuple[str, str]],
+                    stored: Mapping[str, Mapping[str, StoredOutput]], fps: Mapping[str, dict[str, Any]], runs: Mapping[str, Any],
+                    store: GenerationStore, log: list, starts_before: Mapping[str, int], specs: Mapping[str, ArmSpec],
+                    arm_texts: Mapping[str, list], task_metrics: Mapping[str, str] | None) -> ArmOutputs:
+    """A greedy screen's outputs: one generation per prompt and arm (the canary's from the draft alone)."""
+    by_key = {(p.task, p.prompt_id): p for p in prompts}
     generations: dict[str, dict[tuple[str, str], Generation]] = {arm: {} for arm in arms}
     for arm in arms:
         for p in prompts:
@@ -463,7 +478,6 @@ def run_arms(
         header_lines=_header(settings, fps, store, metrics, len(chosen)),
         store_dir=store.root,
     )
-
 
 
 def _sampled_outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence[str], chosen: Sequence[tuple[str, str]],
