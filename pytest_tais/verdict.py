@@ -147,12 +147,13 @@ def _h_check(h: float, h_null: float, h_cutoff: float) -> str:
     return "pass" if abs(h) < h_cutoff else "fail"
 
 
-def _reasons(tost: stats.PairedTOSTResult, h: float, h_check: str, h_null: float, h_cutoff: float, h_null_level: float) -> list[str]:
+def _reasons(tost: Any, h: float, h_check: str, h_null: float, h_cutoff: float, h_null_level: float,
+             test: str = "paired", units: str = "") -> list[str]:
     reasons: list[str] = []
     if not tost.equivalent:
         reasons.append(
-            f"paired TOST not equivalent at +/-{tost.margin:.3g}: D = {tost.diff:+.4f}, "
-            f"{_level(1 - 2 * tost.alpha)} CI [{tost.ci_low:+.4f}, {tost.ci_high:+.4f}], p = {tost.p_value:.4g} >= {tost.alpha}"
+            f"{test} TOST not equivalent at +/-{tost.margin:.3g}: D = {tost.diff:+.4f}, "
+            f"{_level(1 - 2 * tost.alpha)} CI [{tost.ci_low:+.4f}, {tost.ci_high:+.4f}], p = {tost.p_value:.4g} >= {tost.alpha}{units}"
         )
     if h_check == "fail":
         reasons.append(f"|h| = {abs(h):.4f} >= cutoff {h_cutoff:.3g}")
@@ -437,20 +438,7 @@ def decide_sampled(
 
 
 def _sampled_reasons(tost: Any, h: float, h_check: str, h_null: float, h_cutoff: float, h_null_level: float, k: int) -> list[str]:
-    reasons: list[str] = []
-    if not tost.equivalent:
-        reasons.append(
-            f"sampled TOST not equivalent at +/-{tost.margin:.3g}: D = {tost.diff:+.4f}, {100 * (1 - 2 * tost.alpha):.0f}% CI "
-            f"[{tost.ci_low:+.4f}, {tost.ci_high:+.4f}], p = {tost.p_value:.4g} >= {tost.alpha} ({tost.n} prompts x {k} samples)"
-        )
-    if h_check == "fail":
-        reasons.append(f"|h| = {abs(h):.4f} >= cutoff {h_cutoff:.3g}")
-    elif h_check == "inconclusive":
-        reasons.append(
-            f"h check inconclusive: the swap-null q{100 * h_null_level:.0f} of |h| ({h_null:.4f}) exceeds the cutoff "
-            f"{h_cutoff:.3g}, so h cannot tell signal from noise here; the TOST decides"
-        )
-    return reasons
+    return _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, test="sampled", units=f" ({tost.n} prompts x {k} samples)")
 
 
 def explain_sampled(v: SampledVerdict, examples: int = 5) -> str:
