@@ -17,6 +17,8 @@ from typing import Any, Sequence
 DRAFT = "draft"
 #: The engine that runs a model judge (``--tais-judge=model:...``): one plain model, greedy.
 JUDGE = "judge"
+#: How the reports name each arm.
+ARM_LABELS = {"target": "target-only", "speculative": "speculative", DRAFT: "draft (canary)", JUDGE: "judge"}
 
 #: How a complete answer ends: a stop token, or the max-tokens limit. Anything else (an abort) is an error.
 FINISH_REASONS = ("stop", "length")
