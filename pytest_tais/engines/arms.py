@@ -331,6 +331,22 @@ def run_arms(
                            arm_texts, task_metrics)
 
 
+def _run_metrics(arm_texts: Mapping[str, list], stored: Mapping[str, Mapping[str, StoredOutput]], runs: Mapping[str, Any],
+                 starts_before: Mapping[str, int], log: list, fps: Mapping[str, dict[str, Any]],
+                 specs: Mapping[str, ArmSpec], n_canary: int) -> dict[str, dict[str, Any]]:
+    """Each arm's numbers for this run (engine starts since ``starts_before``)."""
+    metrics = {
+        arm: _arm_metrics(
+            arm, arm_texts[arm], stored[arm], runs[arm], ENGINE_STARTS.get(arm, 0) - starts_before.get(arm, 0),
+            log, fps[arm]["key"], specs[arm].speculative,
+        )
+        for arm in arm_texts
+    }
+    if n_canary:
+        metrics[SPECULATIVE]["canary_replaced"] = n_canary
+    return metrics
+
+
 def _greedy_outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence[str], chosen: Sequence[tuple[str, str]],
                     stored: Mapping[str, Mapping[str, StoredOutput]], fps: Mapping[str, dict[str, Any]], runs: Mapping[str, Any],
                     store: GenerationStore, log: list, starts_before: Mapping[str, int], specs: Mapping[str, ArmSpec],
@@ -354,15 +370,7 @@ def _greedy_outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: S
             **_scoring(p, task_metrics),
         )
 
-    metrics = {
-        arm: _arm_metrics(
-            arm, arm_texts[arm], stored[arm], runs[arm], ENGINE_STARTS.get(arm, 0) - starts_before.get(arm, 0),
-            log, fps[arm]["key"], specs[arm].speculative,
-        )
-        for arm in arm_texts
-    }
-    if chosen:
-        metrics[SPECULATIVE]["canary_replaced"] = len(chosen)
+    metrics = _run_metrics(arm_texts, stored, runs, starts_before, log, fps, specs, len(chosen))
 
     if settings.record is not None and len(arms) == 2:
         write_generations(settings.record, [generations[arm][(p.task, p.prompt_id)] for p in prompts for arm in (TARGET, SPECULATIVE)])
@@ -403,15 +411,7 @@ def _sampled_outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: 
                                        token_ids=s.token_ids, meta=meta, sample=u.sample, seed=u.seed,
                                        **_scoring(p, task_metrics)))
     out = index_generations(gens)
-    metrics = {
-        arm: _arm_metrics(
-            arm, arm_texts[arm], stored[arm], runs[arm], ENGINE_STARTS.get(arm, 0) - starts_before.get(arm, 0),
-            log, fps[arm]["key"], specs[arm].speculative,
-        )
-        for arm in arm_texts
-    }
-    if chosen:
-        metrics[SPECULATIVE]["canary_replaced"] = len(chosen)
+    metrics = _run_metrics(arm_texts, stored, runs, starts_before, log, fps, specs, len(chosen))
     if settings.record is not None and len(arms) == 2:
         write_generations(settings.record, gens)
     out.fingerprints, out.metrics, out.store_dir = dict(fps), metrics, store.root
