@@ -41,8 +41,20 @@ class PairRecord:
     speculative_token_ids: tuple[int, ...] | None = None
 
 
+class _Decided:
+    """What every verdict answers the same way: passed, and the difference D."""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"  # type: ignore[attr-defined]
+
+    @property
+    def diff(self) -> float:
+        return self.tost.diff  # type: ignore[attr-defined]
+
+
 @dataclasses.dataclass(frozen=True)
-class Verdict:
+class Verdict(_Decided):
     """Every number behind one task's decision. ``status`` is "pass" or "fail"."""
 
     task: str
@@ -67,14 +79,6 @@ class Verdict:
     status: str
     reasons: tuple[str, ...]
     scope_notes: tuple[str, ...] = ()
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "pass"
-
-    @property
-    def diff(self) -> float:
-        return self.tost.diff
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every number (the report schema's per-task entry)."""
@@ -292,7 +296,7 @@ class SampledPair:
 
 
 @dataclasses.dataclass(frozen=True)
-class SampledVerdict:
+class SampledVerdict(_Decided):
     """Every number behind one sampled task's decision (``status`` "pass" or "fail").
 
     ``tost`` is :func:`sampled.sampled_tost` on the per-prompt refused counts; |h| is on the pooled
@@ -326,14 +330,6 @@ class SampledVerdict:
     reasons: tuple[str, ...]
     scope_notes: tuple[str, ...] = ()
     sampled = True
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "pass"
-
-    @property
-    def diff(self) -> float:
-        return self.tost.diff
 
     def to_dict(self) -> dict[str, Any]:
         t = self.tost
