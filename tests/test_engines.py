@@ -397,3 +397,63 @@ def test_hf_batched_greedy_is_byte_identical_to_one_prompt_at_a_time(model: str,
     assert len({len(o.token_ids) for o in batched}) > 1  # rows stop at different steps
     assert [o.token_ids for o in batched] == [tuple(ids) for ids in single]
     assert [o.text for o in batched] == decoded
+
+
+def _uncached_lossy(backend, ids: list[int]) -> list[int]:
+    """The lossy loop without KV caches: every step re-reads the whole sequence (the reference)."""
+    import hashlib
+    import random
+
+    import torch
+
+    from pytest_tais.engines.hf import _lossy_accept
+
+    s = backend.settings
+    rng = random.Random(hashlib.sha256(f"{s.seed}:{ids}".encode()).hexdigest())
+    eos, seq, new = backend._eos_ids(), list(ids), []
+    with torch.inference_mode():
+        while len(new) < s.max_tokens and not (new and new[-1] in eos):
+            proposal: list[int] = []
+            for _ in range(min(s.num_speculative_tokens, s.max_tokens - len(new))):
+                tok = int(torch.argmax(backend.draft(torch.tensor([seq + proposal])).logits[0, -1]))
+                proposal.append(tok)
+                if tok in eos:
+                    break
+            probs = torch.softmax(backend.model(torch.tensor([seq + proposal])).logits[0, len(seq) - 1:].float(), dim=-1)
+            accepted = _lossy_accept(proposal, probs, rng if s.hf_acceptance == "synthetic" else None,
+                                     s.typical_epsilon, s.typical_delta)
+            if not (accepted and accepted[-1] in eos):
+                accepted.append(int(torch.argmax(probs[len(accepted)])))
+            for tok in accepted[: s.max_tokens - len(new)]:
+                new.append(tok)
+                seq.append(tok)
+                if tok in eos:
+                    break
+    return new
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("acceptance", ["synthetic", "typical"])
+def test_hf_lossy_loop_with_kv_caches_equals_the_uncached_loop(acceptance, tmp_path: Path) -> None:
+    """The cached loop keeps and cuts back two KV caches; its tokens must be the full recompute's."""
+    pytest.importorskip("transformers")
+    from pytest_tais.battery.example import example_tasks
+    from pytest_tais.engines.base import ArmSpec
+    from pytest_tais.engines.fingerprint import HashMemo
+    from pytest_tais.engines.hf import HFBackend
+
+    models = Path(__file__).resolve().parent.parent / "fixtures" / "models"
+    settings = EngineSettings(target=models / "target", draft=models / "draft-adversarial", backend="hf",
+                              cache_dir=tmp_path, max_tokens=24, hf_acceptance=acceptance, num_speculative_tokens=3)
+    backend = HFBackend(settings, ArmSpec(SPECULATIVE, models / "target", models / "draft-adversarial", "draft_model"), HashMemo(None))
+    backend._start()
+    try:
+        prompts = [p.text for t in example_tasks() for p in t.prompts[:3]]
+        counters = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0}
+        for text in prompts:
+            ids = backend._encode(text)
+            assert backend._typical(ids, counters) == _uncached_lossy(backend, ids), text
+        # Both outcomes of verification were exercised: some drafted tokens kept, some cut.
+        assert 0 < counters["num_accepted_tokens"] < counters["num_draft_tokens"]
+    finally:
+        backend.close()
