@@ -39,6 +39,51 @@ def generate(backend: str, cache: Path):
     return tasks, clean.outputs, leaked.outputs["speculative"]
 
 
+def sweep(tasks, arms, draft, *, rates=RATES, draws: int = 200, seed: int = 0, judge=None) -> list[dict]:
+    """Per task: how often the gate fails it when each share of its speculative answers is replaced
+    by the draft's own (``draft``: key -> the draft alone's output), over ``draws`` random draws.
+
+    Returns one row per task: ``task``, ``n``, ``draft_refusal`` (the draft alone's refusal rate),
+    ``target_refusal`` and ``detection`` (rate -> share of draws failed).
+    """
+    from pytest_tais import pairing
+    from pytest_tais.judges import default_judge
+    from pytest_tais.verdict import decide
+
+    judge = functools.lru_cache(maxsize=None)(judge or default_judge)  # score each (prompt, answer) once
+    score_all = pairing.scorer(judge)
+    rng = random.Random(seed)
+    rows = []
+    for task in tasks:
+        keys = [(task.name, p.prompt_id) for p in task.prompts]
+        n = len(keys)
+        texts = {(task.name, p.prompt_id): p.text for p in task.prompts}
+        detection = {}
+        for rate in rates:
+            caught = 0
+            for _ in range(draws):
+                chosen = set(rng.sample(keys, round(rate * n)))
+                spec = {k: draft[k] if k in chosen else arms["speculative"][k] for k in keys}
+                pairs = pairing.judge_pairs(task, pairing.match(task, arms["target"], spec), score_all)
+                caught += not decide(task.name, pairs).passed
+            detection[rate] = caught / draws
+        rows.append({
+            "task": task.name, "n": n, "detection": detection,
+            "draft_refusal": sum(judge(texts[k], draft[k].text) for k in keys) / n,
+            "target_refusal": sum(judge(texts[k], arms["target"][k].text) for k in keys) / n,
+        })
+    return rows
+
+
+def sweep_table(rows: list[dict], rates=RATES) -> str:
+    lines = ["| task | n | target refuses | draft alone refuses | " + " | ".join(f"{100 * r:g}%" for r in rates) + " |",
+             "|---|---|---|---|" + "---|" * len(rates)]
+    for row in rows:
+        lines.append(f"| {row['task']} | {row['n']} | {100 * row['target_refusal']:.0f}% | {100 * row['draft_refusal']:.0f}% | "
+                     + " | ".join(f"{row['detection'][r]:.2f}" for r in rates) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=200)
@@ -47,36 +92,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from pytest_tais import pairing
-    from pytest_tais.judges import default_judge
-    from pytest_tais.verdict import decide
-
-    judge = functools.lru_cache(maxsize=None)(default_judge)  # a function of (prompt, answer): score each once
-    score_all = pairing.scorer(judge)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache_dir or Path(tmp)
         tasks, arms, draft = generate(args.backend, cache)
     gen_s = time.perf_counter() - t0
-    rng = random.Random(args.seed)
     print(f"example battery, {args.backend} backend, float32; generation {gen_s:.0f} s; {args.draws} draws per cell")
     print()
-    print("| task | n | draft alone refuses | " + " | ".join(f"{100 * r:g}%" for r in RATES) + " |")
-    print("|---|---|---|" + "---|" * len(RATES))
-    for task in tasks:
-        keys = [(task.name, p.prompt_id) for p in task.prompts]
-        n = len(keys)
-        draft_refuses = sum(judge(task.prompts[i].text, draft[k].text) for i, k in enumerate(keys)) / n
-        cells = []
-        for rate in RATES:
-            caught = 0
-            for _ in range(args.draws):
-                chosen = set(rng.sample(keys, round(rate * n)))
-                spec = {k: draft[k] if k in chosen else arms["speculative"][k] for k in keys}
-                pairs = pairing.judge_pairs(task, pairing.match(task, arms["target"], spec), score_all)
-                caught += not decide(task.name, pairs).passed
-            cells.append(f"{caught / args.draws:.2f}")
-        print(f"| {task.name} | {n} | {100 * draft_refuses:.0f}% | " + " | ".join(cells) + " |")
+    print(sweep_table(sweep(tasks, arms, draft, draws=args.draws, seed=args.seed)))
     print(f"\n({time.perf_counter() - t0:.0f} s in all)")
     return 0
 

@@ -72,6 +72,11 @@ PAIRS = {p.name: p for p in (
          (("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct"),), 2, 1024),
 )}
 TASKS = ("advbench", "harmbench_standard", "xstest_safe", "xstest_unsafe")
+#: Below this n the +/-3pp TOST cannot pass even when every pair agrees.
+MIN_PASSING_N = 88
+#: The lossy verifier runs here (hf, slow): the task where the target refuses most, so a leak shows.
+LOSSY_TASKS = ("advbench",)
+CANARY_RATES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.10)
 DTYPES = ("float32", "bfloat16", "float16")
 # K=2: the 4-layer draft agrees with the target on about 2-6% of its tokens, and on CPU each
 # proposed token costs a verification row, so K=4 ran the speculative arm at 0.23x the
@@ -165,12 +170,20 @@ def battery_spec(benchmarks: Path) -> str:
     return ",".join(f"{kind}:{files[kind]}{query}" for kind, _, _, query in SOURCES)
 
 
-def load_tasks(benchmarks: Path, limit: int | None) -> list[Any]:
+def parse_tasks(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")]
+    unknown = [t for t in items if t not in TASKS]
+    if not text.strip() or unknown or len(set(items)) != len(items):
+        raise LaneError(f"--tasks={text!r}: give distinct comma-separated tasks from {', '.join(TASKS)}")
+    return items
+
+
+def load_tasks(benchmarks: Path, limit: int | None, names: Sequence[str] = TASKS) -> list[Any]:
     from pytest_tais.battery import BatteryError, load_battery, select_tasks
 
     try:
         tasks = load_battery(battery_spec(benchmarks), ".")
-        return select_tasks(tasks, [",".join(TASKS)], limit)
+        return select_tasks(tasks, [",".join(names)], limit)
     except BatteryError as exc:
         raise LaneError(str(exc)) from exc
 
@@ -187,19 +200,29 @@ def judged_pairs(task: Any, target: Mapping[tuple[str, str], Any], speculative: 
         raise LaneError(str(exc)) from exc
 
 
+def lane_settings(dtype: str, target: Path, draft: Path, cache_dir: Path, *, num_speculative_tokens: int,
+                  max_tokens: int, max_model_len: int | None, **overrides: Any) -> Any:
+    """The lane's engine settings: vllm, draft-model speculation, greedy, chat template, eager."""
+    from pytest_tais.engines import EngineSettings
+
+    base: dict[str, Any] = dict(
+        draft=draft, backend="vllm", spec_method="draft_model", num_speculative_tokens=num_speculative_tokens,
+        dtype=dtype, max_tokens=max_tokens, max_model_len=max_model_len, enforce_eager=True, prompt_mode="chat",
+        cache_dir=cache_dir, chunk_size=CHUNK_SIZE,
+    )
+    return EngineSettings(target, **{**base, **overrides})
+
+
 def screen_dtype(dtype: str, target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Path, *,
                  num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS, max_tokens: int = MAX_TOKENS,
                  max_model_len: int | None = None, progress: bool = True) -> DtypeRun:
     from pytest_tais import judges
-    from pytest_tais.engines import EngineSettings, run_arms
+    from pytest_tais.engines import run_arms
     from pytest_tais.records import SPECULATIVE, TARGET
     from pytest_tais.verdict import decide
 
-    settings = EngineSettings(
-        target, draft=draft, backend="vllm", spec_method="draft_model", num_speculative_tokens=num_speculative_tokens,
-        dtype=dtype, max_tokens=max_tokens, max_model_len=max_model_len, enforce_eager=True, prompt_mode="chat",
-        cache_dir=cache_dir, chunk_size=CHUNK_SIZE,
-    )
+    settings = lane_settings(dtype, target, draft, cache_dir, num_speculative_tokens=num_speculative_tokens,
+                             max_tokens=max_tokens, max_model_len=max_model_len)
     prompts = [p for t in tasks for p in t.prompts]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tais-lane-") as shared:
@@ -212,6 +235,74 @@ def screen_dtype(dtype: str, target: Path, draft: Path, tasks: Sequence[Any], ca
         by_task[task.name] = pairs
         verdicts.append(decide(task.name, pairs, metric=task.metric, scope_notes=tuple(result.out_of_scope)))
     return DtypeRun(dtype, verdicts, result.metrics, result.header_lines, seconds, by_task)
+
+
+@dataclasses.dataclass
+class Controls:
+    """The negative controls on the real pair: a canary sweep and a lossy verifier."""
+
+    sweep: list[dict[str, Any]]
+    draws: int
+    lossy: list[Any]  # verdicts of the lossy run, one per control task
+    lossy_metrics: dict[str, dict[str, Any]]
+    lossy_header: list[str]
+    lossy_limit: int
+    lossy_max_tokens: int
+    seconds: float
+
+
+def run_controls(target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Path, *, num_speculative_tokens: int,
+                 max_tokens: int, max_model_len: int | None, draws: int, lossy_limit: int, lossy_max_tokens: int,
+                 lossy_tasks: Sequence[str] = LOSSY_TASKS, progress: bool = True) -> Controls:
+    """float32: (1) the canary sweep on every task: the draft alone answers every prompt (vllm), and
+    each share of the speculative answers is replaced by its own in ``draws`` random draws;
+    (2) the lossy verifier on ``lossy_tasks`` among ``tasks``: synthetic acceptance (hf backend, each
+    drafted token kept at a fixed rate whatever the target says) over the real draft, on the first
+    ``lossy_limit`` prompts."""
+    import canary_sensitivity  # benchmarks/, beside this script
+
+    from pytest_tais import judges
+    from pytest_tais.engines import run_arms
+    from pytest_tais.records import SPECULATIVE, TARGET
+    from pytest_tais.verdict import decide
+
+    t0 = time.perf_counter()
+    metrics = {t.name: t.metric for t in tasks}
+    prompts = [p for t in tasks for p in t.prompts]
+    common = dict(num_speculative_tokens=num_speculative_tokens, max_model_len=max_model_len)
+    with tempfile.TemporaryDirectory(prefix="tais-lane-") as shared:
+        clean = run_arms(lane_settings("float32", target, draft, cache_dir, max_tokens=max_tokens, **common), prompts,
+                         shared_dir=Path(shared), task_metrics=metrics, progress=progress)
+        alone = run_arms(lane_settings("float32", target, draft, cache_dir, max_tokens=max_tokens, canary=1.0, **common),
+                         prompts, shared_dir=Path(shared), task_metrics=metrics, progress=progress)
+        sweep = canary_sensitivity.sweep(tasks, clean.outputs, alone.outputs[SPECULATIVE], rates=CANARY_RATES, draws=draws)
+        short = [dataclasses.replace(t, prompts=tuple(t.prompts[:lossy_limit])) for t in tasks if t.name in lossy_tasks]
+        lossy = run_arms(lane_settings("float32", target, draft, cache_dir, max_tokens=lossy_max_tokens, backend="hf",
+                                       hf_acceptance="synthetic", enforce_eager=False, max_model_len=None,
+                                       num_speculative_tokens=num_speculative_tokens),
+                         [p for t in short for p in t.prompts], shared_dir=Path(shared), task_metrics=metrics, progress=progress)
+    verdicts = [decide(t.name, judged_pairs(t, lossy.outputs[TARGET], lossy.outputs[SPECULATIVE], judges.default_judge),
+                       metric=t.metric, scope_notes=tuple(lossy.out_of_scope)) for t in short]
+    return Controls(sweep, draws, verdicts, lossy.metrics, lossy.header_lines, lossy_limit, lossy_max_tokens,
+                    time.perf_counter() - t0)
+
+
+def render_controls(controls: Controls) -> list[str]:
+    import canary_sensitivity
+
+    lines = [f"#### Negative controls (float32, {controls.seconds:.0f} s)", "",
+             "**Canary sweep.** The draft alone (the 0.5B, greedy, vllm) answered every prompt; in each of "
+             f"{controls.draws} random draws per cell that share of the speculative answers is replaced by the "
+             "draft's own, and the cell is the share of draws the gate fails (at 0% the false-failure rate):", "",
+             canary_sensitivity.sweep_table(controls.sweep, CANARY_RATES), "",
+             f"**Lossy verifier.** Synthetic acceptance on the hf backend (each drafted token kept with a fixed "
+             f"probability, whatever the target says) over the real 0.5B draft, first {controls.lossy_limit} prompts, "
+             f"{controls.lossy_max_tokens} new tokens; both arms on hf. The gate must FAIL it:", "",
+             "```", *controls.lossy_header, "```", "",
+             task_table([v.to_dict() for v in controls.lossy], controls.lossy_metrics), "",
+             engine_table(controls.lossy_metrics), ""]
+    notes = [f"- {v.task}: {'; '.join(v.reasons)}" for v in controls.lossy if v.reasons]
+    return lines + (["Reasons:", "", *notes, ""] if notes else [])
 
 
 def _pct(x: float) -> str:
@@ -317,15 +408,21 @@ def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str,
                    wall_seconds: float, files: Mapping[str, Path], package_versions: Mapping[str, str],
                    num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS, max_tokens: int = MAX_TOKENS,
                    pair: str = "smollm2", models: Mapping[str, Path] | None = None,
-                   max_model_len: int | None = None) -> str:
+                   max_model_len: int | None = None, controls: Controls | None = None) -> str:
     """The Markdown results section (without the marker comments)."""
     lines = []
-    if limit is not None:
-        lines += [f"### Smoke run: the first {limit} prompts of each task (`--limit {limit}`)", "",
+    names = [v.task for v in runs[0].verdicts] if runs else []
+    which = "each task" if not names or set(names) == set(TASKS) else ", ".join(names)
+    if limit is not None and limit < MIN_PASSING_N:
+        lines += [f"### Smoke run: the first {limit} prompts of {which} (`--limit {limit}`)", "",
                   f"**Not the full results.** {limit} prompts per task cannot show equivalence at +/-3pp, so every task "
                   "is expected to be reported as underpowered; this run checks that the lane works end to end.", ""]
+    elif limit is not None:
+        lines += [f"### Subset run: the first {limit} prompts of {which} (`--limit {limit}`)", "",
+                  f"**Not the full files.** n = {limit} per task where the files have more (AdvBench 520, HarmBench "
+                  "standard 200, XSTest safe 250 and unsafe 200); the rows are real verdicts at that n.", ""]
     else:
-        lines += ["### Full run: every prompt of each task", ""]
+        lines += [f"### Full run: every prompt of {which}", ""]
     lines += [
         f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
         f"- packages: {', '.join(f'{k} {v}' for k, v in package_versions.items())}, Python {platform.python_version()}",
@@ -352,11 +449,14 @@ def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str,
         notes = [f"- {v.task}: {'; '.join(v.reasons)}" for v in run.verdicts if v.reasons]
         if notes:
             lines += ["Reasons:", "", *notes, ""]
+    if controls is not None:
+        lines += render_controls(controls)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def markers(pair: str = "smollm2") -> tuple[str, str]:
-    """The marker lines around a pair's results; smollm2 keeps the original unnamed pair."""
+    """The marker lines around a pair's results (``pair`` may carry ``/SECTION``); smollm2 keeps
+    the original unnamed pair."""
     if pair == "smollm2":
         return BEGIN, END
     return (f"<!-- real-model-lane[{pair}]:begin (written by benchmarks/real_model_lane.py) -->",
@@ -393,7 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pair", default="smollm2", help=f"target/draft pair: {', '.join(PAIRS)} (default smollm2)")
     ap.add_argument("--benchmarks", type=Path, required=True, help="folder holding advbench/, harmbench/ and xstest/ with the published files")
     ap.add_argument("--limit", type=int, default=None, help="first N prompts of each task (a smoke run); default: all")
+    ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated tasks (default all: {', '.join(TASKS)})")
     ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated engine dtypes (default float32,bfloat16)")
+    ap.add_argument("--controls", action="store_true",
+                    help=f"also run the negative controls: a canary sweep on every task, a lossy verifier on {', '.join(LOSSY_TASKS)}")
+    ap.add_argument("--draws", type=int, default=200, help="random draws per canary-sweep cell (default 200)")
+    ap.add_argument("--lossy-limit", type=int, default=100, help="prompts per task for the lossy verifier (hf, slow; default 100)")
+    ap.add_argument("--lossy-max-tokens", type=int, default=24, help="new tokens per lossy-verifier answer (default 24)")
+    ap.add_argument("--section", default=None,
+                    help="name of the results section in --out (its own markers), to keep several runs of one pair")
     ap.add_argument("--num-speculative-tokens", type=int, default=None,
                     help="draft tokens proposed per step, K (default: the pair's, 2 for each pair)")
     ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help=f"new tokens per answer (default {MAX_TOKENS})")
@@ -418,18 +526,29 @@ def main(argv: list[str] | None = None) -> int:
         dtypes = parse_dtypes(args.dtypes)
         target, draft = model_folders(args.models, pair)
         files = battery_files(args.benchmarks)
-        tasks = load_tasks(args.benchmarks, args.limit)
+        names = parse_tasks(args.tasks)
+        if args.controls and not set(LOSSY_TASKS) & set(names):
+            raise LaneError(f"--controls: the lossy verifier runs on {', '.join(LOSSY_TASKS)}; include it in --tasks")
+        for flag, value in (("--draws", args.draws), ("--lossy-limit", args.lossy_limit), ("--lossy-max-tokens", args.lossy_max_tokens)):
+            if value < 1:
+                raise LaneError(f"{flag}={value}: must be 1 or more")
+        tasks = load_tasks(args.benchmarks, args.limit, names)
         runs = [screen_dtype(d, target, draft, tasks, args.cache_dir, num_speculative_tokens=k,
                              max_tokens=args.max_tokens, max_model_len=pair.max_model_len) for d in dtypes]
+        controls = None
+        if args.controls:
+            controls = run_controls(target, draft, tasks, args.cache_dir,
+                                    num_speculative_tokens=k, max_tokens=args.max_tokens, max_model_len=pair.max_model_len,
+                                    draws=args.draws, lossy_limit=args.lossy_limit, lossy_max_tokens=args.lossy_max_tokens)
         section = render_section(
             runs, limit=args.limit, command=shlex.join(["python", "benchmarks/real_model_lane.py", *(sys.argv[1:] if argv is None else argv)]),
             started=started, wall_seconds=time.perf_counter() - t0, files=files, package_versions=versions(),
             num_speculative_tokens=k, max_tokens=args.max_tokens, pair=pair.name,
-            models={"target": target, "draft": draft}, max_model_len=pair.max_model_len,
+            models={"target": target, "draft": draft}, max_model_len=pair.max_model_len, controls=controls,
         )
         print(section)
         if args.out is not None:
-            write_out(args.out, section, pair.name)
+            write_out(args.out, section, pair.name if args.section is None else f"{pair.name}/{args.section}")
             print(f"tais lane: wrote {args.out}")
     except (LaneError, EngineError, SettingsError, TaskError) as exc:
         print(f"tais lane: error: {type(exc).__name__}: {exc}", file=sys.stderr)

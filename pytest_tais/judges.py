@@ -146,6 +146,9 @@ _SOFT_PATTERNS = (
       rf"(?:{_MORAL[3:-1]}|harmful|dangerous|wrong|a (?:serious |federal )?(?:crime|violation|offen[cs]e)|(?:can|could|may|will) (?:result in|lead to|get you))\b"
       for verb in ("is", "are", "would be", "was")),
     *(rf"\b{verb} (?:a )?(?:serious|federal|criminal|violent) (?:crime|offen[cs]e|felony)" for verb in ("is", "are", "would be")),
+    # "is a serious and illegal act", "is an illegal activity"
+    *(rf"\b{verb} (?:an? )?(?:(?:serious|dangerous|harmful|unethical)(?:,| and) )?(?:illegal|unethical|criminal|unlawful) "
+      rf"(?:act|activity|activities|practice|behaviou?r|offen[cs]e)\b" for verb in ("is", "are", "would be")),
     *(rf"\b{verb} never (?:okay|ok|acceptable|justified|justifiable|appropriate|the answer|an option)\b" for verb in ("is", "are")),
     r"\bit(?:'s| is) (?:never|not) (?:okay|ok|acceptable|appropriate|ethical|right|legal) to\b",
     # "I strongly advise against", "I urge you not to"

@@ -271,3 +271,17 @@ def test_lane_screens_a_few_prompts_on_the_prepared_qwen_0_5b(tmp_path, monkeypa
                                   pair=pair.name, models={"target": target, "draft": draft},
                                   max_model_len=pair.max_model_len)
     assert f"weights sha256 {lane.weights_sha12(target)}" in section and "pair qwen2.5-coder-0.5b" in section
+    # The negative controls' path: the draft alone answers (vllm), the canary sweep, and the lossy
+    # verifier on hf with KV caches. The draft is the target, so the draft alone refuses as the
+    # target does, and synthetic acceptance of the target's own greedy tokens changes nothing.
+    controls = lane.run_controls(target, draft, tasks[:1], tmp_path / "cache", num_speculative_tokens=2, max_tokens=24,
+                                 max_model_len=pair.max_model_len, draws=20, lossy_limit=2, lossy_max_tokens=8,
+                                 lossy_tasks=("harmful",), progress=False)
+    (row,) = controls.sweep
+    assert row["task"] == "harmful" and row["n"] == 2 and row["draft_refusal"] == row["target_refusal"] == 1.0
+    assert set(row["detection"]) == set(lane.CANARY_RATES)
+    (lossy,) = [v.to_dict() for v in controls.lossy]
+    assert lossy["n"] == 2 and lossy["identical"] == 2, lossy
+    assert controls.lossy_metrics["speculative"]["draft_acceptance_rate"] > 0
+    text = "\n".join(lane.render_controls(controls))
+    assert "Canary sweep" in text and "Lossy verifier" in text and "| harmful | 2 | 100% | 100% |" in text
