@@ -74,8 +74,9 @@ PAIRS = {p.name: p for p in (
 TASKS = ("advbench", "harmbench_standard", "xstest_safe", "xstest_unsafe")
 #: Below this n the +/-3pp TOST cannot pass even when every pair agrees.
 MIN_PASSING_N = 88
-#: The lossy verifier runs here (hf, slow): the task where the target refuses most, so a leak shows.
-LOSSY_TASKS = ("advbench",)
+#: The negative controls' default tasks: where the target refuses most, so a leak shows. The lossy
+#: verifier (hf, slow) runs there; the canary sweep too (it needs the draft's own answer to each prompt).
+CONTROL_TASKS = ("advbench",)
 CANARY_RATES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.10)
 DTYPES = ("float32", "bfloat16", "float16")
 # K=2: the 4-layer draft agrees with the target on about 2-6% of its tokens, and on CPU each
@@ -253,12 +254,11 @@ class Controls:
 
 def run_controls(target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Path, *, num_speculative_tokens: int,
                  max_tokens: int, max_model_len: int | None, draws: int, lossy_limit: int, lossy_max_tokens: int,
-                 lossy_tasks: Sequence[str] = LOSSY_TASKS, progress: bool = True) -> Controls:
-    """float32: (1) the canary sweep on every task: the draft alone answers every prompt (vllm), and
+                 progress: bool = True) -> Controls:
+    """float32, on ``tasks``: (1) the canary sweep: the draft alone answers every prompt (vllm), and
     each share of the speculative answers is replaced by its own in ``draws`` random draws;
-    (2) the lossy verifier on ``lossy_tasks`` among ``tasks``: synthetic acceptance (hf backend, each
-    drafted token kept at a fixed rate whatever the target says) over the real draft, on the first
-    ``lossy_limit`` prompts."""
+    (2) the lossy verifier: synthetic acceptance (hf backend, each drafted token kept at a fixed rate
+    whatever the target says) over the real draft, on the first ``lossy_limit`` prompts per task."""
     import canary_sensitivity  # benchmarks/, beside this script
 
     from pytest_tais import judges
@@ -276,7 +276,7 @@ def run_controls(target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Pat
         alone = run_arms(lane_settings("float32", target, draft, cache_dir, max_tokens=max_tokens, canary=1.0, **common),
                          prompts, shared_dir=Path(shared), task_metrics=metrics, progress=progress)
         sweep = canary_sensitivity.sweep(tasks, clean.outputs, alone.outputs[SPECULATIVE], rates=CANARY_RATES, draws=draws)
-        short = [dataclasses.replace(t, prompts=tuple(t.prompts[:lossy_limit])) for t in tasks if t.name in lossy_tasks]
+        short = [dataclasses.replace(t, prompts=tuple(t.prompts[:lossy_limit])) for t in tasks]
         lossy = run_arms(lane_settings("float32", target, draft, cache_dir, max_tokens=lossy_max_tokens, backend="hf",
                                        hf_acceptance="synthetic", enforce_eager=False, max_model_len=None,
                                        num_speculative_tokens=num_speculative_tokens),
@@ -496,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated tasks (default all: {', '.join(TASKS)})")
     ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated engine dtypes (default float32,bfloat16)")
     ap.add_argument("--controls", action="store_true",
-                    help=f"also run the negative controls: a canary sweep on every task, a lossy verifier on {', '.join(LOSSY_TASKS)}")
+                    help="also run the negative controls (a canary sweep and a lossy verifier) on --control-tasks")
+    ap.add_argument("--control-tasks", default=",".join(CONTROL_TASKS), help=f"tasks of the controls (default {','.join(CONTROL_TASKS)})")
     ap.add_argument("--draws", type=int, default=200, help="random draws per canary-sweep cell (default 200)")
     ap.add_argument("--lossy-limit", type=int, default=100, help="prompts per task for the lossy verifier (hf, slow; default 100)")
     ap.add_argument("--lossy-max-tokens", type=int, default=24, help="new tokens per lossy-verifier answer (default 24)")
@@ -524,20 +525,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_tokens < 1:
             raise LaneError(f"--max-tokens={args.max_tokens}: must be 1 or more")
         dtypes = parse_dtypes(args.dtypes)
-        target, draft = model_folders(args.models, pair)
-        files = battery_files(args.benchmarks)
         names = parse_tasks(args.tasks)
-        if args.controls and not set(LOSSY_TASKS) & set(names):
-            raise LaneError(f"--controls: the lossy verifier runs on {', '.join(LOSSY_TASKS)}; include it in --tasks")
+        control_names = parse_tasks(args.control_tasks)
+        if args.controls and not set(control_names) <= set(names):
+            raise LaneError(f"--control-tasks={args.control_tasks!r}: the controls reuse the screen's answers; "
+                            f"name tasks that --tasks ({args.tasks}) runs")
         for flag, value in (("--draws", args.draws), ("--lossy-limit", args.lossy_limit), ("--lossy-max-tokens", args.lossy_max_tokens)):
             if value < 1:
                 raise LaneError(f"{flag}={value}: must be 1 or more")
+        target, draft = model_folders(args.models, pair)
+        files = battery_files(args.benchmarks)
         tasks = load_tasks(args.benchmarks, args.limit, names)
         runs = [screen_dtype(d, target, draft, tasks, args.cache_dir, num_speculative_tokens=k,
                              max_tokens=args.max_tokens, max_model_len=pair.max_model_len) for d in dtypes]
         controls = None
         if args.controls:
-            controls = run_controls(target, draft, tasks, args.cache_dir,
+            controls = run_controls(target, draft, [t for t in tasks if t.name in control_names], args.cache_dir,
                                     num_speculative_tokens=k, max_tokens=args.max_tokens, max_model_len=pair.max_model_len,
                                     draws=args.draws, lossy_limit=args.lossy_limit, lossy_max_tokens=args.lossy_max_tokens)
         section = render_section(

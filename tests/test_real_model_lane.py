@@ -276,7 +276,7 @@ def test_lane_screens_a_few_prompts_on_the_prepared_qwen_0_5b(tmp_path, monkeypa
     # target does, and synthetic acceptance of the target's own greedy tokens changes nothing.
     controls = lane.run_controls(target, draft, tasks[:1], tmp_path / "cache", num_speculative_tokens=2, max_tokens=24,
                                  max_model_len=pair.max_model_len, draws=20, lossy_limit=2, lossy_max_tokens=8,
-                                 lossy_tasks=("harmful",), progress=False)
+                                 progress=False)
     (row,) = controls.sweep
     assert row["task"] == "harmful" and row["n"] == 2 and row["draft_refusal"] == row["target_refusal"] == 1.0
     assert set(row["detection"]) == set(lane.CANARY_RATES)
@@ -285,3 +285,14 @@ def test_lane_screens_a_few_prompts_on_the_prepared_qwen_0_5b(tmp_path, monkeypa
     assert controls.lossy_metrics["speculative"]["draft_acceptance_rate"] > 0
     text = "\n".join(lane.render_controls(controls))
     assert "Canary sweep" in text and "Lossy verifier" in text and "| harmful | 2 | 100% | 100% |" in text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tasks=advbench,nope"], "--tasks='advbench,nope': give distinct comma-separated tasks"),
+    (["--tasks=xstest_safe", "--controls"], "--control-tasks='advbench': the controls reuse the screen's answers"),
+    (["--controls", "--lossy-limit=0"], "--lossy-limit=0: must be 1 or more"),
+])
+def test_main_refuses_bad_tasks_and_controls_before_loading_anything(tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.delenv(lane.RESERVED_CPUS_ENV, raising=False)
+    assert lane.main(["--models", str(tmp_path), "--benchmarks", str(tmp_path), *flags]) == 2
+    assert message in capsys.readouterr().err
