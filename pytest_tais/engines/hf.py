@@ -54,6 +54,13 @@ def _new_cache() -> Any:
     return DynamicCache()
 
 
+def _forward(model: Any, cache: Any, tokens: list[int], device: Any) -> Any:
+    """The logits of ``tokens`` fed after what ``cache`` holds (the cache grows by them)."""
+    import torch
+
+    return model(input_ids=torch.tensor([tokens], device=device), past_key_values=cache, use_cache=True).logits[0]
+
+
 class HFBackend(Backend):
     name = "hf"
 
@@ -204,25 +211,18 @@ class HFBackend(Backend):
         # without it every step re-reads the whole sequence (minutes per answer on a 1.5B model).
         target_cache, draft_cache = _new_cache(), _new_cache()
         target_len = draft_len = 0
-
-        def step(model: Any, cache: Any, cached: int, tokens: list[int]) -> Any:
-            return model(input_ids=torch.tensor([tokens[cached:]], device=device), past_key_values=cache,
-                         use_cache=True).logits[0]
-
         with torch.inference_mode():
             while len(new) < max_new and not (new and new[-1] in eos):
-                k = min(k_max, max_new - len(new))
                 proposal: list[int] = []
-                for _ in range(k):
-                    logits = step(self.draft, draft_cache, draft_len, seq + proposal)[-1]
+                for _ in range(min(k_max, max_new - len(new))):
+                    logits = _forward(self.draft, draft_cache, (seq + proposal)[draft_len:], device)[-1]
                     draft_len = len(seq) + len(proposal)
-                    tok = int(torch.argmax(logits))
-                    proposal.append(tok)
-                    if tok in eos:
+                    proposal.append(int(torch.argmax(logits)))
+                    if proposal[-1] in eos:
                         break
                 # The rows for the last committed token and each proposed one: the target's
                 # distribution at every position the proposal fills, and one after it.
-                logits = step(self.model, target_cache, target_len, seq + proposal)[-(len(proposal) + 1):]
+                logits = _forward(self.model, target_cache, (seq + proposal)[target_len:], device)[-(len(proposal) + 1):]
                 probs = torch.softmax(logits.float(), dim=-1)
                 accepted = _lossy_accept(proposal, probs, rng if synthetic else None, eps, delta)
                 counters["num_drafts"] += 1
