@@ -149,6 +149,21 @@ def agreement_of(said_and_label: list[tuple[bool, bool]]) -> dict[str, float | i
             "recall": tp / (tp + fn) if tp + fn else float("nan")}
 
 
+def model_judge_rows(rows: list[dict]) -> list[dict]:
+    """What the model judge is measured on: one row per distinct answer, plus both rows of every
+    discordant pair (a model judge reads the prompt, so the same text may be judged differently)."""
+    chosen: dict[int, dict] = {}
+    first: set[str] = set()
+    for r in rows:
+        if r["response"] not in first:
+            first.add(r["response"])
+            chosen[id(r)] = r
+    for t, o in discordant_pairs(rows):
+        chosen.setdefault(id(t), t)
+        chosen.setdefault(id(o), o)
+    return [r for r in rows if id(r) in chosen]
+
+
 def lane_prompts(benchmarks: Path) -> dict[tuple[str, str], str]:
     import real_model_lane  # benchmarks/, beside this script
 
@@ -182,11 +197,15 @@ def lane_main(args: argparse.Namespace) -> None:
     if args.model_judge is not None:
         if args.benchmarks is None:
             raise SystemExit("--model-judge needs --benchmarks: the judge reads each answer's prompt")
-        verdicts, seconds = model_judge_verdicts(args.model_judge, rows, lane_prompts(args.benchmarks))
-        for line in lane_report(rows, verdicts, f"model:{args.model_judge}"):
+        subset = model_judge_rows(rows)
+        print(f"model judge subset: {len(subset)} answers (the first of each distinct answer, and every answer of a "
+              "discordant pair); both judges on it:")
+        for line in lane_report(subset, [default_judge("", r["response"]) for r in subset], judge_name(default_judge)):
             print(line)
-        print(f"  time: {seconds:.0f} s for {len(rows)} answers ({len({r['response'] for r in rows})} distinct), "
-              f"engine start included ({seconds / len(rows):.2f} s per answer)")
+        verdicts, seconds = model_judge_verdicts(args.model_judge, subset, lane_prompts(args.benchmarks))
+        for line in lane_report(subset, verdicts, f"model:{args.model_judge}"):
+            print(line)
+        print(f"  time: {seconds:.0f} s for {len(subset)} answers, engine start included ({seconds / len(subset):.2f} s per answer)")
     if args.show_errors:
         for r in rows:
             if default_judge("", r["response"]) != r["refusal"]:
