@@ -118,7 +118,8 @@ def build(path: Path, pairs: int = PAIRS, tasks: int = TASKS, seed: int = 0, tok
                     diverging += 1
                 prompt = f"Prompt {i} of {task}: " + body(int(rng.integers(60, 240)))
                 for arm, text in (("target", target), ("speculative", spec)):
-                    rec = {"task": task, "prompt_id": f"{task}-{i:06d}", "prompt": prompt, "arm": arm, "text": text}
+                    rec = {"task": task, "prompt_id": f"{task}-{i:06d}", "prompt": prompt, "arm": arm, "text": text,
+                           "metric": "refusal"}  # as --tais-record writes it: a replay must say how it is scored
                     if token_ids:  # about 4 bytes a token, as a BPE tokenizer gives on English
                         rec["token_ids"] = [hash(text[j:j + 4]) % 50_000 for j in range(0, len(text), 4)]
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -26,8 +26,9 @@ import os
 import re
 import tempfile
 import types
+from array import array
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 try:  # the `fast` extra: about 3x faster on long answers; json stays the reference
     import orjson
@@ -52,6 +53,37 @@ class RecordError(ValueError):
 _NO_META: Mapping[str, Any] = types.MappingProxyType({})
 
 
+class TokenIds(array):
+    """Token ids held compactly: 4 (or 8) bytes a token where a tuple of ints takes about 36, so a
+    replay of long answers fits in a few times its file size. It equals, and hashes like, the
+    tuple of the same ids, so records read from a file compare equal to those built in memory."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, tuple):
+            return len(self) == len(other) and tuple(self) == other
+        return array.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(self))
+
+
+def _token_column(value: Any, where: str) -> Sequence[int]:
+    if isinstance(value, list) and not any(type(t) is bool for t in value):
+        for typecode in ("i", "q"):
+            try:
+                return TokenIds(typecode, value)
+            except OverflowError:
+                continue
+            except TypeError:
+                break
+    raise RecordError(f"{where}: 'token_ids' must be a list of integers")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Generation:
     task: str
@@ -59,7 +91,7 @@ class Generation:
     prompt: str
     arm: str
     text: str
-    token_ids: tuple[int, ...] | None = None
+    token_ids: Sequence[int] | None = None  # a tuple, or TokenIds read from a file
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: What scoring the task needs, so that a replay scores it as the live run did.
     metric: str | None = None
@@ -104,9 +136,7 @@ class Generation:
             task, prompt_id, prompt, arm, text = obj["task"], str(obj["prompt_id"]), obj["prompt"], obj["arm"], obj["text"]
         token_ids = obj.get("token_ids")
         if token_ids is not None:
-            if not isinstance(token_ids, list) or not all(isinstance(t, int) for t in token_ids):
-                raise RecordError(f"{where}: 'token_ids' must be a list of integers")
-            token_ids = tuple(token_ids)
+            token_ids = _token_column(token_ids, where)
         meta = obj.get("meta") or _NO_META
         if meta is not _NO_META and not isinstance(meta, dict):
             raise RecordError(f"{where}: 'meta' must be an object")

@@ -320,6 +320,8 @@ class ByteIdentity:
 
 
 def _common_prefix(x: Sequence[int], y: Sequence[int]) -> int:
+    if type(x) is not type(y):  # a tuple against an array: slices of the two never compare equal
+        x, y = tuple(x), tuple(y)
     m = min(len(x), len(y))
     i = 0
     # Compare in chunks first: most differing outputs share a long prefix.

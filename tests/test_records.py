@@ -93,3 +93,14 @@ def test_malformed_records_are_named(obj, message):
 def test_integer_prompt_ids_and_token_ids_are_read():
     g = Generation.from_json(_line(prompt_id=7, token_ids=[5, 6]))
     assert g.prompt_id == "7" and g.token_ids == (5, 6) and g.meta == {}
+    # Held compactly (4 bytes a token), yet equal to, hashed and sliced like the tuple it was.
+    assert g.token_ids.itemsize == 4 and hash(g.token_ids) == hash((5, 6)) and list(g.token_ids[:1]) == [5]
+    assert g == Generation(g.task, "7", g.prompt, g.arm, g.text, token_ids=(5, 6))
+    big = Generation.from_json(_line(token_ids=[2**40, 1]))
+    assert list(big.token_ids) == [2**40, 1]
+
+
+@pytest.mark.parametrize("bad", [[1.5], [True], ["3"], [2**70], "1,2", {"a": 1}])
+def test_token_ids_that_are_not_integers_are_refused(bad):
+    with pytest.raises(RecordError, match="'token_ids' must be a list of integers"):
+        Generation.from_json(_line(token_ids=bad))

@@ -315,3 +315,10 @@ def test_required_n_rejects_alpha_or_margin_zero_with_a_value_error(kwargs, matc
     for psi in (0.0, 0.05):
         with pytest.raises(ValueError, match=match):
             stats.required_n(psi, **kwargs)
+
+
+def test_first_divergence_in_tokens_across_tuple_and_compact_ids():
+    from pytest_tais.records import TokenIds
+
+    bi = stats.byte_identity(["abcd"], ["abXd"], [(1, 2, 3, 4)], [TokenIds("i", [1, 2, 9, 4])])
+    assert bi.first_divergence_tokens == (2,)
