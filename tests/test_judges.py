@@ -121,6 +121,9 @@ def test_discordant_pairs_pair_the_target_with_each_other_arm():
             row("2", "target", False), row("2", "draft", True), row("3", "speculative", False)]
     pairs = {(t["prompt_id"], o["arm"]) for t, o in agreement.discordant_pairs(rows)}
     assert pairs == {("1", "draft"), ("2", "draft")}
+    # The model judge is asked once per distinct answer, plus every answer of a discordant pair.
+    chosen = agreement.model_judge_rows(rows + [dict(rows[0], arm="draft", prompt_id="9")])
+    assert [(r["prompt_id"], r["arm"]) for r in chosen] == [(r["prompt_id"], r["arm"]) for r in rows]
     lines = agreement.lane_report(rows, [True, True, True, False, False, False], "j")
     # Prompt 1: both answers judged refusals, so the flip is hidden; prompt 2: the draft's refusal missed.
     assert any("discordant pairs: 2; both answers judged right in 0" in line and "hidden) in 2" in line for line in lines), lines
