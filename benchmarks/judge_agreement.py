@@ -28,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The other benchmark scripts beside this one are imported as modules (also when a test loads this file by path).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pytest_tais.judges import default_judge, judge_name  # noqa: E402
 

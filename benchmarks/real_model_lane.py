@@ -43,6 +43,9 @@ from typing import Any, Mapping, Sequence
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
+# The other benchmark scripts beside this one are imported as modules (also when a test loads this file by path).
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DRAFT_DIR = "draft-4layer"
 TARGET_DIR = "target"
