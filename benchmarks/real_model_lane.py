@@ -174,11 +174,11 @@ def battery_spec(benchmarks: Path) -> str:
     return ",".join(f"{kind}:{files[kind]}{query}" for kind, _, _, query in SOURCES)
 
 
-def parse_tasks(text: str) -> list[str]:
+def parse_tasks(text: str, flag: str = "--tasks") -> list[str]:
     items = [t.strip() for t in text.split(",")]
     unknown = [t for t in items if t not in TASKS]
     if not text.strip() or unknown or len(set(items)) != len(items):
-        raise LaneError(f"--tasks={text!r}: give distinct comma-separated tasks from {', '.join(TASKS)}")
+        raise LaneError(f"{flag}={text!r}: give distinct comma-separated tasks from {', '.join(TASKS)}")
     return items
 
 
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             raise LaneError(f"--max-tokens={args.max_tokens}: must be 1 or more")
         dtypes = parse_dtypes(args.dtypes)
         names = parse_tasks(args.tasks)
-        control_names = parse_tasks(args.control_tasks)
+        control_names = parse_tasks(args.control_tasks, "--control-tasks")
         if args.controls and not set(control_names) <= set(names):
             raise LaneError(f"--control-tasks={args.control_tasks!r}: the controls reuse the screen's answers; "
                             f"name tasks that --tasks ({args.tasks}) runs")

@@ -294,6 +294,7 @@ def test_lane_screens_a_few_prompts_on_the_prepared_qwen_0_5b(tmp_path, monkeypa
 
 @pytest.mark.parametrize("flags, message", [
     (["--tasks=advbench,nope"], "--tasks='advbench,nope': give distinct comma-separated tasks"),
+    (["--control-tasks=nope"], "--control-tasks='nope': give distinct comma-separated tasks"),
     (["--tasks=xstest_safe", "--controls"], "--control-tasks='advbench': the controls reuse the screen's answers"),
     (["--controls", "--lossy-limit=0"], "--lossy-limit=0: must be 1 or more"),
 ])
