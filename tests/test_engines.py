@@ -114,6 +114,11 @@ def test_command_line_beats_ini_beats_default(pytester: pytest.Pytester, fake_mo
         (["--tais-draft=m/draft", "--tais-num-speculative-tokens=0"], r"--tais-num-speculative-tokens: 0 must be a whole number >= 1"),
         (["--tais-draft=m/draft", "--tais-gpu-memory-utilization=1.5"], r"--tais-gpu-memory-utilization: 1\.5 must lie in"),
         (["--tais-draft=m/draft", "--tais-enforce-eager=maybe"], r"--tais-enforce-eager='maybe' is not a yes/no value"),
+        (["--tais-draft=m/draft", "--tais-kv-cache-memory=1GB"], r"--tais-kv-cache-memory='1GB' is not a size; .*KiB, MiB or GiB"),
+        (["--tais-draft=m/draft", "--tais-kv-cache-memory=0"], r"--tais-kv-cache-memory='0' is not a size"),
+        (["--tais-draft=m/draft", "--tais-kv-cache-memory=-1MiB"], r"--tais-kv-cache-memory='-1MiB' is not a size"),
+        (["--tais-draft=m/draft", "--tais-kv-cache-memory=1GiB", "--tais-backend=hf"], r"--tais-kv-cache-memory: sizes vLLM's KV cache; the hf backend"),
+        (["--tais-draft=m/draft", '--tais-engine-kwargs={"kv_cache_memory_bytes": 1}'], r"has its own option; use --tais-kv-cache-memory"),
         (["--tais-draft=m", "--tais-target=m/target"], r"--tais-draft='m': .*holds no config.json"),
     ],
 )
@@ -122,6 +127,30 @@ def test_bad_values_are_usage_errors_naming_the_option(pytester: pytest.Pytester
         args = ["--tais-target=m/target", *args]
     with pytest.raises(pytest.UsageError, match=message):
         engine_settings_from_config(pytester.parseconfig(*args))
+
+
+def test_kv_cache_memory_reaches_vllm_and_the_fingerprint(pytester: pytest.Pytester, fake_models, monkeypatch) -> None:
+    from pytest_tais.engines.vllm import VllmBackend
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    base = ["--tais-target=m/target", "--tais-draft=m/draft"]
+    unset = engine_settings_from_config(pytester.parseconfig(*base))
+    sizes = {text: engine_settings_from_config(pytester.parseconfig(*base, f"--tais-kv-cache-memory={text}")).kv_cache_memory
+             for text in ("1GiB", "512MiB", "0.5g", "4096", "64 KiB")}
+    assert sizes == {"1GiB": 2**30, "512MiB": 2**29, "0.5g": 2**29, "4096": 4096, "64 KiB": 2**16}
+    sized = engine_settings_from_config(pytester.parseconfig(*base, "--tais-kv-cache-memory=1GiB"))
+    spec = ArmSpec(SPECULATIVE, sized.target, sized.draft, "draft_model")
+    assert VllmBackend(sized, spec, HashMemo(None)).engine_kwargs()["kv_cache_memory_bytes"] == 2**30
+    assert "kv_cache_memory_bytes" not in VllmBackend(unset, spec, HashMemo(None)).engine_kwargs()
+    assert sized.describe()["kv_cache_memory_bytes"] == 2**30 and "kv_cache_memory_bytes" not in unset.describe()
+    memo = HashMemo(None)
+    fp_unset, fp_sized = (arm_fingerprint(s, spec, memo=memo) for s in (unset, sized))
+    assert "kv_cache_memory_bytes" not in fp_unset and fp_sized["kv_cache_memory_bytes"] == 2**30
+    # vllm-cpu lets its own variable win over the engine argument: both set is a usage error.
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+    with pytest.raises(pytest.UsageError, match=r"--tais-kv-cache-memory: VLLM_CPU_KVCACHE_SPACE=2 is also set"):
+        engine_settings_from_config(pytester.parseconfig(*base, "--tais-kv-cache-memory=1GiB"))
+    assert engine_settings_from_config(pytester.parseconfig(*base)).kv_cache_memory is None
 
 
 def test_ngram_needs_no_draft_and_other_rejection_methods_are_allowed(pytester: pytest.Pytester, fake_models) -> None:

@@ -53,7 +53,8 @@ def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, ca
     extra: dict[str, Any] = {}
     if base is not None and not base.remote:
         extra = dict(trust_remote_code=base.trust_remote_code, enforce_eager=base.enforce_eager,
-                     gpu_memory_utilization=base.gpu_memory_utilization, engine_log=base.engine_log)
+                     gpu_memory_utilization=base.gpu_memory_utilization, kv_cache_memory=base.kv_cache_memory,
+                     engine_log=base.engine_log)
     if base is None and engine_log is not None:
         extra["engine_log"] = engine_log
     return EngineSettings(folder, backend=backend, dtype=dtype, **extra, **common)

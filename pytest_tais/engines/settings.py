@@ -63,6 +63,7 @@ MANAGED_ENGINE_KWARGS = {
     "trust_remote_code": "--tais-trust-remote-code",
     "max_model_len": "--tais-max-model-len",
     "gpu_memory_utilization": "--tais-gpu-memory-utilization",
+    "kv_cache_memory_bytes": "--tais-kv-cache-memory",
     "disable_log_stats": "(kept on: it feeds the draft acceptance metrics)",
     "tensor_parallel_size": "--tais-tensor-parallel-size",
     "pipeline_parallel_size": "--tais-pipeline-parallel-size",
@@ -137,6 +138,7 @@ class EngineSettings:
     max_model_len: int | None = None
     enforce_eager: bool = True
     gpu_memory_utilization: float = default("tais_gpu_memory_utilization")
+    kv_cache_memory: int | None = None  # bytes; None: vLLM sizes it from gpu_memory_utilization
     engine_kwargs_json: str = "{}"
     system_prompt: str | None = None
     prompt_mode: str = default("tais_prompt_mode")
@@ -212,6 +214,12 @@ class EngineSettings:
             raise bad("--tais-dtype", f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)} (float32 for byte identity on CPU)")
         if not (0.0 < self.gpu_memory_utilization <= 1.0):
             raise bad("--tais-gpu-memory-utilization", f"{self.gpu_memory_utilization!r} must lie in (0, 1], e.g. 0.45 so two engines fit on one GPU")
+        if self.kv_cache_memory is not None:
+            if isinstance(self.kv_cache_memory, bool) or not isinstance(self.kv_cache_memory, int) or self.kv_cache_memory < 1:
+                raise bad("--tais-kv-cache-memory", f"{self.kv_cache_memory!r} must be a positive size, e.g. 1GiB")
+            if self.backend != "vllm":
+                raise bad("--tais-kv-cache-memory", f"sizes vLLM's KV cache; the {self.backend} backend has none to size "
+                          "(openai: set --kv-cache-memory-bytes where the servers start); drop it or use --tais-backend=vllm")
         if self.prompt_mode not in PROMPT_MODES:
             raise bad("--tais-prompt-mode", f"unknown mode {self.prompt_mode!r}; use chat (the tokenizer's chat template) or raw")
 
@@ -467,6 +475,8 @@ class EngineSettings:
             out["speculative_config"] = redact(self.speculative_config_extra)
         if self.backend == "vllm":
             out["gpu_memory_utilization"] = self.gpu_memory_utilization
+            if self.kv_cache_memory is not None:
+                out["kv_cache_memory_bytes"] = self.kv_cache_memory
         if self.backend == "hf":
             out["hf_acceptance"] = self.hf_acceptance
         if self.canary:
