@@ -199,14 +199,19 @@ class TaisSession:
     def variant(self, tasks: Sequence[str] | None = None, **changes: Any) -> Any:
         """The battery (or some tasks of it) on engines with changed settings; each built once."""
         from .engines import SettingsError
+        from .engines.settings import VLLM_ONLY_FIELDS
 
         if self.engine_settings is None:
             raise SessionError("tais_variant needs real engines: pass --tais-target (and --tais-draft)")
         key = (tuple(tasks or ()), tuple(sorted((k, str(v)) for k, v in changes.items())))
         if key not in self.variants:
             shown = ", ".join(f"{k}={v!r}" for k, v in changes.items())
+            carried = {}
+            if changes.get("backend", self.engine_settings.backend) != "vllm":
+                # The session's vLLM-only settings size its vLLM engines; a variant on another backend leaves them.
+                carried = {f: None for f in VLLM_ONLY_FIELDS if f not in changes}
             try:
-                settings = dataclasses.replace(self.engine_settings, **changes)
+                settings = dataclasses.replace(self.engine_settings, **carried, **changes)
             except (TypeError, SettingsError) as exc:
                 raise SessionError(f"tais_variant({shown}): {exc}") from None
             unknown = [t for t in tasks or () if t not in self.screen.by_name]

@@ -153,6 +153,24 @@ def test_kv_cache_memory_reaches_vllm_and_the_fingerprint(pytester: pytest.Pytes
     assert engine_settings_from_config(pytester.parseconfig(*base)).kv_cache_memory is None
 
 
+def test_a_variant_on_hf_leaves_the_sessions_vllm_only_settings(pytester: pytest.Pytester, fake_models, monkeypatch) -> None:
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    pytester.makeini("[pytest]\ntais_target = m/target\ntais_draft = m/draft\ntais_battery = example\n"
+                     "tais_kv_cache_memory = 1GiB\ntais_tensor_parallel_size = 2\n")
+    pytester.makepyfile(test_variants="""
+import pytest
+
+def test_hf_variant(tais_variant):
+    tais_variant(backend="hf")
+
+def test_named_on_hf_is_refused(tais_variant):
+    with pytest.raises(pytest.UsageError, match="--tais-kv-cache-memory: sizes vLLM's KV cache; the hf backend"):
+        tais_variant(backend="hf", kv_cache_memory=2**20)
+""")
+    # -k: the screen's own per-task items would start the (fake) engines
+    pytester.runpytest("-p", "no:cacheprovider", "-k", "variant or refused").assert_outcomes(passed=2)
+
+
 def test_ngram_needs_no_draft_and_other_rejection_methods_are_allowed(pytester: pytest.Pytester, fake_models) -> None:
     s = engine_settings_from_config(
         pytester.parseconfig("--tais-target=m/target", "--tais-spec-method=ngram", "--tais-rejection-sample-method=synthetic")

@@ -70,6 +70,9 @@ MANAGED_ENGINE_KWARGS = {
     "data_parallel_size": "--tais-data-parallel-size",
     "distributed_executor_backend": "--tais-distributed-executor-backend",
 }
+# Settings of vLLM engines alone (None: unset); a tais_variant on another backend does not inherit them.
+VLLM_ONLY_FIELDS = ("kv_cache_memory", "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
+                    "distributed_executor_backend")
 # speculative_config fields that have their own option (refused in --tais-speculative-config).
 MANAGED_SPEC_KEYS = {
     "method": "--tais-spec-method",
