@@ -132,10 +132,11 @@ def tais_screen(request: pytest.FixtureRequest):
 
 @pytest.fixture(scope="session")
 def tais_variant(request: pytest.FixtureRequest):
-    """``tais_variant(tasks=None, **changes) -> Screen``: the battery on engines with changed settings.
+    """``tais_variant(tasks=None, arms=None, **changes) -> Screen``: the battery on engines with changed settings.
 
     ``changes`` are engine settings (``draft``, ``dtype``, ``backend``, ``hf_acceptance``,
-    ``canary``, ``num_speculative_tokens``, ...); ``tasks`` limits it to some tasks. Each
+    ``canary``, ``num_speculative_tokens``, ...); ``tasks`` limits it to some tasks, ``arms`` to
+    some arms (``["target"]``: no speculative engine starts). Each
     configuration generates once per session; arms whose fingerprint is unchanged come from the
     generation store.
     """
@@ -143,9 +144,9 @@ def tais_variant(request: pytest.FixtureRequest):
 
     session = _session(request.config, "tais_variant")
 
-    def make(tasks: list[str] | None = None, **changes: Any):
+    def make(tasks: list[str] | None = None, arms: list[str] | None = None, **changes: Any):
         try:
-            return session.variant(tasks, **changes)
+            return session.variant(tasks, arms, **changes)
         except SessionError as exc:
             raise pytest.UsageError(str(exc)) from None
 

@@ -196,14 +196,21 @@ class TaisSession:
 
         return generate
 
-    def variant(self, tasks: Sequence[str] | None = None, **changes: Any) -> Any:
-        """The battery (or some tasks of it) on engines with changed settings; each built once."""
+    def variant(self, tasks: Sequence[str] | None = None, arms: Sequence[str] | None = None, **changes: Any) -> Any:
+        """The battery (or some tasks of it) on engines with changed settings; each built once.
+
+        ``arms`` generates only those arms (e.g. ``["target"]`` for a target-vs-target contrast).
+        """
         from .engines import SettingsError
         from .engines.settings import VLLM_ONLY_FIELDS
 
         if self.engine_settings is None:
             raise SessionError("tais_variant needs real engines: pass --tais-target (and --tais-draft)")
-        key = (tuple(tasks or ()), tuple(sorted((k, str(v)) for k, v in changes.items())))
+        if arms is not None:
+            arms = tuple(arms)
+            if not arms or not set(arms) <= {TARGET, SPECULATIVE}:
+                raise SessionError(f"tais_variant(arms={list(arms)!r}): give some of {TARGET!r} and {SPECULATIVE!r}, or leave it out for both")
+        key = (tuple(tasks or ()), arms, tuple(sorted((k, str(v)) for k, v in changes.items())))
         if key not in self.variants:
             shown = ", ".join(f"{k}={v!r}" for k, v in changes.items())
             carried = {}
@@ -218,7 +225,7 @@ class TaisSession:
             if unknown:
                 raise SessionError(f"tais_variant(tasks={list(tasks)!r}): unknown task(s) {unknown}; tasks are: {', '.join(self.screen.by_name)}")
             label = ",".join(f"{k}={Path(v).name if isinstance(v, Path) else v}" for k, v in changes.items())
-            self.variants[key] = self.screen.derive(self.generator(settings), label=label, tasks=tasks)
+            self.variants[key] = self.screen.derive(self.generator(settings, arms=arms), label=label, tasks=tasks)
         return self.variants[key]
 
     # -- the plan -------------------------------------------------------------------------------

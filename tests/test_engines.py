@@ -166,9 +166,16 @@ def test_hf_variant(tais_variant):
 def test_named_on_hf_is_refused(tais_variant):
     with pytest.raises(pytest.UsageError, match="--tais-kv-cache-memory: sizes vLLM's KV cache; the hf backend"):
         tais_variant(backend="hf", kv_cache_memory=2**20)
+
+def test_arms_are_refused_unless_target_or_speculative(tais_variant):
+    assert tais_variant(dtype="bfloat16", arms=["target"]) is tais_variant(dtype="bfloat16", arms=("target",))
+    assert tais_variant(dtype="bfloat16", arms=["target"]) is not tais_variant(dtype="bfloat16")
+    for arms in (["draft"], []):
+        with pytest.raises(pytest.UsageError, match="tais_variant.arms=.*give some of 'target' and 'speculative'"):
+            tais_variant(arms=arms)
 """)
     # -k: the screen's own per-task items would start the (fake) engines
-    pytester.runpytest("-p", "no:cacheprovider", "-k", "variant or refused").assert_outcomes(passed=2)
+    pytester.runpytest("-p", "no:cacheprovider", "-k", "variant or refused").assert_outcomes(passed=3)
 
 
 def test_ngram_needs_no_draft_and_other_rejection_methods_are_allowed(pytester: pytest.Pytester, fake_models) -> None:
