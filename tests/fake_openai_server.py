@@ -83,7 +83,16 @@ class FakeOpenAIServer:
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
+            def _leave(self) -> None:
+                # A request stops counting before its answer goes out: the client may send the next
+                # one the moment it has read this answer.
+                if getattr(self, "_counted", False):
+                    self._counted = False
+                    with server._lock:
+                        server.in_flight -= 1
+
             def _send(self, status: int, obj: Any) -> None:
+                self._leave()
                 data = json.dumps(obj).encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -110,11 +119,11 @@ class FakeOpenAIServer:
                     server.log.append({"path": self.path, "auth": self.headers.get("Authorization"), "prompt": prompt, "body": body})
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    self._counted = True
                 try:
                     self._act(server.plan(prompt, attempt), prompt, chat)
                 finally:
-                    with server._lock:
-                        server.in_flight -= 1
+                    self._leave()
 
             def _act(self, action: Any, prompt: str, chat: bool) -> None:
                 if isinstance(action, tuple) and action[0] == "sleep":

@@ -124,7 +124,8 @@ def test_an_answer_without_text_or_tokens_fails_the_run(tmp_path: Path) -> None:
 
 
 def test_concurrency_is_bounded(tmp_path: Path) -> None:
-    with FakeOpenAIServer(lambda p, a: ("sleep", 0.15)) as t, FakeOpenAIServer() as s:
+    # Each answer takes 0.6 s, so a loaded machine still gets all three requests in flight at once.
+    with FakeOpenAIServer(lambda p, a: ("sleep", 0.6)) as t, FakeOpenAIServer() as s:
         run_arms(remote(tmp_path, t, s, max_concurrency=3), prompts(2, 6), shared_dir=tmp_path, progress=False)
         assert t.max_in_flight == 3
 
