@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
 from pathlib import Path
 
@@ -176,6 +177,25 @@ def test_arms_are_refused_unless_target_or_speculative(tais_variant):
 """)
     # -k: the screen's own per-task items would start the (fake) engines
     pytester.runpytest("-p", "no:cacheprovider", "-k", "variant or refused").assert_outcomes(passed=3)
+
+
+def test_vllm_cpu_engines_get_every_core_unless_the_user_says_otherwise(monkeypatch) -> None:
+    from pytest_tais.engines import vllm
+
+    monkeypatch.setattr(vllm, "_cpu_build", lambda: True)
+    monkeypatch.delenv(vllm.RESERVED_CPUS_ENV, raising=False)
+    with vllm._model_gets_every_core():
+        assert os.environ[vllm.RESERVED_CPUS_ENV] == "0"  # what the spawned engine processes inherit
+    assert vllm.RESERVED_CPUS_ENV not in os.environ and vllm.reserved_cpus() == "0"
+    monkeypatch.setenv(vllm.RESERVED_CPUS_ENV, "1")
+    with vllm._model_gets_every_core():
+        assert os.environ[vllm.RESERVED_CPUS_ENV] == "1"
+    assert vllm.reserved_cpus() == "1"
+    monkeypatch.setattr(vllm, "_cpu_build", lambda: False)
+    monkeypatch.delenv(vllm.RESERVED_CPUS_ENV)
+    with vllm._model_gets_every_core():
+        assert vllm.RESERVED_CPUS_ENV not in os.environ
+    assert vllm.reserved_cpus() is None
 
 
 def test_ngram_needs_no_draft_and_other_rejection_methods_are_allowed(pytester: pytest.Pytester, fake_models) -> None:
