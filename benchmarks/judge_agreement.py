@@ -174,13 +174,11 @@ def lane_prompts(benchmarks: Path) -> dict[tuple[str, str], str]:
 
 
 def model_judge_verdicts(folder: Path, rows: list[dict], prompts: dict[tuple[str, str], str]) -> tuple[list[bool], float]:
-    import os
     import tempfile
 
     from pytest_tais.engines.judge_engine import JudgeEngine, judge_settings
     from pytest_tais.judges import ModelJudge, judge_all
 
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # as the lane does: both cores compute
     with tempfile.TemporaryDirectory(prefix="tais-judge-") as tmp:
         settings = judge_settings(str(folder), None, rootdir=ROOT, cache_dir=Path(tmp), no_cache=True)
         judge = ModelJudge(JudgeEngine(settings, lambda: Path(tmp)), model=str(folder))

