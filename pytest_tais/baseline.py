@@ -320,6 +320,14 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _read_bytes(path: Path, name: str, fix: str) -> bytes:
+    # A BaselineError, not an OSError: load_baseline retries a read that a concurrent save swapped.
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BaselineError(f"baseline {name!r} is corrupt: {path} is unreadable ({exc}); {fix}") from None
+
+
 def _check_sums(path: Path, name: str, meta: Mapping[str, Any]) -> None:
     """Every line of generations.jsonl and every other file as the save wrote them, or an error
     naming the first file and line that differ."""
@@ -328,7 +336,7 @@ def _check_sums(path: Path, name: str, meta: Mapping[str, Any]) -> None:
     if not isinstance(lines, list) or not isinstance(files, dict):
         raise BaselineError(f"baseline {name!r} is corrupt: meta.json holds no checksums; {fix}")
     gen_path = path / "generations.jsonl"
-    have = gen_path.read_bytes().splitlines(keepends=True)
+    have = _read_bytes(gen_path, name, fix).splitlines(keepends=True)
     for lineno, (raw, want) in enumerate(zip(have, lines), 1):
         if _sha256(raw) != want:
             raise BaselineError(
@@ -341,7 +349,7 @@ def _check_sums(path: Path, name: str, meta: Mapping[str, Any]) -> None:
             f"(lines were added or removed from line {min(len(have), len(lines)) + 1} on); {fix}"
         )
     for file in ("verdicts.json", "fingerprint.json"):
-        if _sha256((path / file).read_bytes()) != files.get(file):
+        if _sha256(_read_bytes(path / file, name, fix)) != files.get(file):
             raise BaselineError(f"baseline {name!r} is corrupt: {path / file} was edited after the save (its SHA-256 differs from the one in meta.json); {fix}")
 
 
@@ -410,6 +418,8 @@ def _load_folder(path: Path, name: str) -> Baseline:
         gens = list(read_generations(path / "generations.jsonl"))
     except RecordError as exc:
         raise BaselineError(f"baseline {name!r} is corrupt: {exc}") from None
+    except OSError as exc:  # missing or unreadable (a concurrent save may have swapped the folder)
+        raise BaselineError(f"baseline {name!r} is corrupt: {path / 'generations.jsonl'} is unreadable ({exc}); save it again") from None
     rows = _read_json(path / "verdicts.json", "task rows")
     fingerprint = _read_json(path / "fingerprint.json", "stack fingerprint")
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):

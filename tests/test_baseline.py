@@ -127,8 +127,8 @@ def test_readers_never_see_a_partial_baseline_while_it_is_replaced(tmp_path):
         while not stop.is_set():
             try:
                 seen.append(sorted(load_baseline(tmp_path, "b").prompts())[0])
-            except BaselineError as exc:
-                errors.append(str(exc))
+            except Exception as exc:  # anything, not only BaselineError: a thread's exception is otherwise lost
+                errors.append(f"{type(exc).__name__}: {exc}")
 
     t = threading.Thread(target=reader)
     t.start()
