@@ -119,20 +119,19 @@ def _run(pytester: pytest.Pytester, *extra: str):
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_a_failing_engine_shows_its_log_tail(pytester: pytest.Pytester, monkeypatch) -> None:
+def test_a_failing_engine_shows_its_log_tail(pytester: pytest.Pytester) -> None:
     """(A cold run's quiet terminal and its logs: tests/test_example_suite.py, over seven engines.)"""
     require("vllm")
     pytester.makepyfile(test_gate=TEST_FILE)
-    # An engine that cannot start (four layers asked of a two-layer checkpoint), with its engine core
-    # in processes of its own (the user's choice): that process's lines reach the log and its tail.
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    # An engine that cannot start: four layers asked of a two-layer checkpoint. (An engine core in
+    # processes of its own writes to the log too: tests/test_lifeline.py.)
     failing = _run(pytester, '--tais-engine-kwargs={"hf_overrides": {"num_hidden_layers": 4}}', "-rE")
     failing.assert_outcomes(errors=1)
     text = "\n".join(failing.stdout.lines)
     tail = re.search(r"--- last (\d+) line\(s\) of the engine log (\S+\.log) ---", text)
     assert tail, text[-4000:]
     assert int(tail.group(1)) == 40 and Path(tail.group(2)).is_file()
-    assert "(EngineCore" in text.split(tail.group(0), 1)[1]
+    assert VLLM_LINE.search(text.split(tail.group(0), 1)[1])
 
 
 @pytest.mark.vllm

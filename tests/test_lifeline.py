@@ -102,3 +102,6 @@ def test_kill_9_during_generation_leaves_no_engine_process(tmp_path: Path) -> No
         except psutil.NoSuchProcess:
             pass
     assert not survivors, f"engine processes outlived the killed pytest by 10 s: {survivors}"
+    # The engine core in its own process wrote to the target arm's log, which it inherited at the start.
+    (log,) = (tmp_path / "cache" / "engine-logs").glob("target-*.log")
+    assert "(EngineCore" in log.read_text(errors="replace"), "the engine-core process did not write to the log"
