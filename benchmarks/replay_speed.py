@@ -5,7 +5,9 @@ generated tokens look like), about half of the pairs diverging at a random byte 
 other text (bf16 or batch-shape drift), refusal flips in 1-2% of the pairs; 48,072 pairs over 27
 tasks by default (``--pairs N`` to scale). Then, in the same run, it times
 
-- the plugin: a real ``pytest --tais-replay FILE --tais-report DIR`` subprocess;
+- the plugin: a real ``pytest --tais-replay FILE --tais-report DIR`` subprocess with pytest-tais
+  as its only plugin (``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 -p pytest_tais.plugin``), and once more
+  with every pytest plugin installed here, printed beside it;
 - a bare script doing the same work: read the file with ``json``, pair the arms, judge with a
   substring test, the paired TOST, Wilson intervals and Cohen's h with the same formulas, and
   changed bytes with rapidfuzz,
@@ -165,6 +167,13 @@ def bare(path: str) -> dict:
 
 # --- timing --------------------------------------------------------------------------------
 
+def _plugins() -> list[str]:
+    """The pytest plugins installed in this environment (entry points of group pytest11)."""
+    from importlib.metadata import entry_points
+
+    return sorted({ep.dist.name if ep.dist else ep.name for ep in entry_points(group="pytest11")})
+
+
 def timed(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float, int, int, str]:
     """Wall time, CPU time (user + system), exit code, peak RSS (bytes) and output of one child."""
     log = cwd / f"out-{time.monotonic_ns()}.txt"
@@ -198,10 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         built = build(replay, args.pairs, args.tasks, args.seed, args.token_ids)
         build_s = time.perf_counter() - t0
         size = replay.stat().st_size
+        os.sync()  # the file's write-back would otherwise land in the first timed child
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--tais-replay={replay}", f"--tais-report={tmp / 'out'}"]
-        wall, cpu, rc, rss, log = timed(cmd, tmp, env)
+        # The plugin's cost is pytest with pytest-tais alone; the other plugins installed here (the
+        # test tools' hypothesis plugin imports hypothesis at every run's end) are timed beside it.
+        alone = [*cmd[:3], "-p", "pytest_tais.plugin", *cmd[3:]]
+        wall, cpu, rc, rss, log = timed(alone, tmp, {**env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+        all_wall, all_cpu, _, _, _ = timed(cmd, tmp, env)
         bare_wall, bare_cpu, bare_rc, bare_rss, bare_log = timed([sys.executable, str(Path(__file__).resolve()), "--bare", str(replay)], tmp, env)
         if bare_rc != 0:
             print(bare_log, file=sys.stderr)
@@ -228,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({100 * built['flips'] / args.pairs:.2f}%); built in {build_s:.1f} s")
     print(f"plugin: screened {n} pairs in {len(report['tasks'])} tasks: {report['summary']}; pytest exit code {rc}")
     target = "< 10 s" if args.pairs <= PAIRS else f"<= {args.pairs / PAIRS:.3g}x the {PAIRS:,}-pair time"
-    print(f"plugin wall time (pytest --tais-replay --tais-report): {wall:.2f} s (target {target}); CPU {cpu:.2f} s")
+    print(f"plugin wall time (pytest --tais-replay --tais-report, pytest-tais the only plugin): {wall:.2f} s (target {target}); CPU {cpu:.2f} s")
+    print(f"the same with every installed pytest plugin loaded ({', '.join(_plugins())}): {all_wall:.2f} s; CPU {all_cpu:.2f} s")
     print(f"bare script wall time (json, substring judge, TOST, Wilson, h, rapidfuzz LCS): {bare_wall:.2f} s "
           f"({mine['seconds_inside']:.2f} s after its imports); CPU {bare_cpu:.2f} s")
     print(f"ratio plugin / bare: {wall / bare_wall:.2f}x wall, {cpu / bare_cpu:.2f}x CPU (target <= 3x)")
