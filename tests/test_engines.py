@@ -203,6 +203,21 @@ def test_vllm_cpu_engine_defaults_apply_inside_the_start_unless_the_user_says_ot
     assert vllm.cpu_engine_env() is None
 
 
+def test_closing_an_in_process_engine_undoes_vllms_gc_freeze_and_env_cache(monkeypatch) -> None:
+    import gc
+    import sys
+    import types
+
+    from pytest_tais.engines import vllm
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "vllm.envs", types.SimpleNamespace(disable_envs_cache=lambda: calls.append("off")))
+    gc.freeze()  # what vLLM's engine core does once it is up
+    assert gc.get_freeze_count() > 0
+    vllm._forget_engine_process_state()
+    assert gc.get_freeze_count() == 0 and calls == ["off"]
+
+
 def test_an_engine_start_keeps_the_processs_global_random_state() -> None:
     import random
 
