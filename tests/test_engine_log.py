@@ -134,7 +134,8 @@ def test_a_failing_engine_shows_its_log_tail_and_the_next_one_starts(tmp_path: P
     text = str(failed.value)
     tail = re.search(r"--- last (\d+) line\(s\) of the engine log (\S+\.log) ---", text)
     assert tail, text[-4000:]
-    assert int(tail.group(1)) == 40 and Path(tail.group(2)).is_file()
+    # Up to 40 lines: vLLM, imported earlier in this process, may have written fewer for this start.
+    assert 1 <= int(tail.group(1)) <= 40 and Path(tail.group(2)).is_file()
     assert VLLM_LINE.search(text.split(tail.group(0), 1)[1])
     # What the failed start left in this process does not stop the next engine.
     good = run_arms(EngineSettings(**kw, cache_dir=tmp_path / "good"), prompts, shared_dir=tmp_path, progress=False)
