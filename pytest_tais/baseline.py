@@ -320,12 +320,16 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_bytes(path: Path, name: str, fix: str) -> bytes:
+def _unreadable(name: str, path: Path, exc: OSError, fix: str) -> BaselineError:
     # A BaselineError, not an OSError: load_baseline retries a read that a concurrent save swapped.
+    return BaselineError(f"baseline {name!r} is corrupt: {path} is unreadable ({exc}); {fix}")
+
+
+def _read_bytes(path: Path, name: str, fix: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise BaselineError(f"baseline {name!r} is corrupt: {path} is unreadable ({exc}); {fix}") from None
+        raise _unreadable(name, path, exc, fix) from None
 
 
 def _check_sums(path: Path, name: str, meta: Mapping[str, Any]) -> None:
@@ -418,8 +422,8 @@ def _load_folder(path: Path, name: str) -> Baseline:
         gens = list(read_generations(path / "generations.jsonl"))
     except RecordError as exc:
         raise BaselineError(f"baseline {name!r} is corrupt: {exc}") from None
-    except OSError as exc:  # missing or unreadable (a concurrent save may have swapped the folder)
-        raise BaselineError(f"baseline {name!r} is corrupt: {path / 'generations.jsonl'} is unreadable ({exc}); save it again") from None
+    except OSError as exc:
+        raise _unreadable(name, path / "generations.jsonl", exc, "save it again") from None
     rows = _read_json(path / "verdicts.json", "task rows")
     fingerprint = _read_json(path / "fingerprint.json", "stack fingerprint")
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):

