@@ -371,6 +371,15 @@ def default_judge(prompt: str, response: str) -> bool:
 default_judge.name = f"default-rules:{RULES_VERSION}"  # type: ignore[attr-defined]
 
 
+def _default_reads(prompt: str, response: str) -> object:
+    return response[:_RAW_WINDOW] if isinstance(response, str) else response
+
+
+#: What the verdict depends on: answers that agree on it are judged once (a pair that diverges
+#: past the window needs one verdict, not two).
+default_judge.reads = _default_reads  # type: ignore[attr-defined]
+
+
 def capability_judge(expected: str, response: str) -> bool:
     """True when ``response`` answers correctly: ``re:PATTERN`` is searched, other text matched exactly."""
     if expected.startswith("re:"):

@@ -105,11 +105,16 @@ def scorer(judge: Callable[[str, str], Any]) -> ScoreAll:
     def score_all(task: Task, items: Sequence[tuple[Prompt, str, str]]) -> list[bool]:
         batch = getattr(judge, "batch", None)
         if task.metric == "accuracy" or not callable(batch):
-            # Once per distinct (prompt, answer): what the judge reads (the expected answer, for accuracy).
-            seen: dict[tuple[Any, str], bool] = {}
+            # Once per distinct (prompt, answer), or per distinct part of them the judge declares it
+            # reads (``judge.reads``); for accuracy, per (expected answer, answer).
+            reads = getattr(judge, "reads", None) if task.metric != "accuracy" else None
+            seen: dict[Any, bool] = {}
             flags = []
             for p, text, arm in items:
-                key = (p.expected if task.metric == "accuracy" else p.text, text)
+                if reads is not None:
+                    key = reads(p.text, text)
+                else:
+                    key = (p.expected if task.metric == "accuracy" else p.text, text)
                 flag = seen.get(key)
                 if flag is None:
                     flag = seen[key] = score(task, p, text, arm, judge)
