@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,13 +60,6 @@ def main(target, draft, battery, max_tokens, k):
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
 '''
-
-
-def _plugins() -> list[str]:
-    """The pytest plugins installed in this environment (entry points of group pytest11)."""
-    from importlib.metadata import entry_points
-
-    return sorted({ep.dist.name if ep.dist else ep.name for ep in entry_points(group="pytest11")})
 
 
 def _timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
@@ -133,8 +127,9 @@ def main() -> int:
         bare_default = _timed(bare_cmd, tmp, defaults) if engine_env else None
         cold_all = _timed(pytest_cmd("cache-all"), tmp / "run")
 
-    ratios = sorted(cold / bare for bare, cold in rounds)
-    ratio = ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1:len(ratios) // 2 + 1]) / 2
+    from replay_speed import _plugins  # benchmarks/, beside this script
+
+    ratio = statistics.median(cold / bare for bare, cold in rounds)
     print(f"battery: {battery} ({n} prompts, {args.max_tokens} new tokens, K={args.num_speculative_tokens}); target {target}")
     for i, (bare, cold) in enumerate(rounds, 1):
         print(f"round {i}: bare vLLM script, both arms {bare:6.1f} s; pytest --tais-target, cold cache {cold:6.1f} s; "

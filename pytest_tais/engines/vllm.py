@@ -207,6 +207,9 @@ class VllmBackend(Backend):
         why = env and _unstartable_here(env)
         if why:
             raise EngineError(f"{self.spec.arm} arm: {why}")
+        where = ""  # decided before the start: an ngram start itself loads numba
+        if env and _must_spawn(method) and env[MULTIPROCESSING_ENV] == "1":
+            where = f", engine core in a spawned process: {'ngram loads numba' if method in NUMBA_METHODS else 'numba is loaded here'}"
         self._count_start()
         t0 = time.perf_counter()
         try:
@@ -223,9 +226,6 @@ class VllmBackend(Backend):
                 f"{self.log.tail()}"
             ) from exc
         self.startup_seconds = time.perf_counter() - t0
-        where = ""
-        if env and _must_spawn(method) and env[MULTIPROCESSING_ENV] == "1":
-            where = f", engine core in a spawned process: {'ngram loads numba' if method in NUMBA_METHODS else 'numba is loaded here'}"
         self.log.announce(f"{self.spec.arm} arm (vllm, {describe(self.spec.model)}{where})", self.startup_seconds)
         return self._llm
 
