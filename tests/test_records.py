@@ -16,7 +16,19 @@ def _line(**kw) -> dict:
     return rec
 
 
-def test_lines_orjson_rejects_are_read_by_json(tmp_path):
+@pytest.fixture(params=["orjson", "json"])
+def parser(request, monkeypatch):
+    """Each file-reading test runs on both paths: orjson (the `fast` extra, which scripts/setup.sh
+    installs) and the stdlib fallback that runs where orjson is not installed."""
+    if request.param == "orjson":
+        pytest.importorskip("orjson", reason="the `fast` extra is not installed: pip install -e '.[fast]'")
+        assert records._fast_loads is not None
+    else:
+        monkeypatch.setattr(records, "_fast_loads", None)
+    return request.param
+
+
+def test_lines_orjson_rejects_are_read_by_json(tmp_path, parser):
     path = tmp_path / "r.jsonl"
     # NaN and an integer beyond 64 bits: json takes them, orjson does not.
     path.write_text('{"x": NaN}\n\n{"x": 18446744073709551616}\n{"x": "caf\\u00e9 \\u6e29"}\n', encoding="utf-8")
@@ -29,23 +41,29 @@ def test_lines_orjson_rejects_are_read_by_json(tmp_path):
         list(iter_json_lines(path, RecordError))
 
 
-def test_fast_parser_is_used_when_installed():
-    pytest.importorskip("orjson")
-    assert records._fast_loads is not None
+def test_both_parsers_read_the_same_records(tmp_path, monkeypatch):
+    pytest.importorskip("orjson", reason="the `fast` extra is not installed: pip install -e '.[fast]'")
+    path = tmp_path / "r.jsonl"
+    lines = [_line(text="caf\u00e9 \u6e29 \U0001f600\n- item", token_ids=[1, 2**33]), _line(prompt_id=7, arm="speculative"),
+             _line(prompt_id="p2", meta={"canary": True, "x": [1.5, None]}, metric="accuracy", expected="42", sample=1, seed=9)]
+    path.write_text("".join(json.dumps(l, ensure_ascii=i % 2 == 0) + "\n" for i, l in enumerate(lines)) + "\n", encoding="utf-8")
+    fast = list(read_generations(path))
+    monkeypatch.setattr(records, "_fast_loads", None)
+    assert list(read_generations(path)) == fast and len(fast) == 3 and fast[0].text.endswith("\U0001f600\n- item")
 
 
 @pytest.mark.parametrize("content, message", [
     (b'{"task": \n', r"r\.jsonl:1: not valid JSON \(Expecting value\)"),
     (b'\n{"text": "caf\xe9"}\n', r"r\.jsonl:2: not UTF-8 text \(byte 0xe9 at byte 14 of the line\); save the file as UTF-8"),
 ])
-def test_bad_lines_name_file_line_and_fix(tmp_path, content, message):
+def test_bad_lines_name_file_line_and_fix(tmp_path, content, message, parser):
     path = tmp_path / "r.jsonl"
     path.write_bytes(content)
     with pytest.raises(RecordError, match=message):
         list(iter_json_lines(path, RecordError))
 
 
-def test_generations_share_the_strings_both_arms_repeat(tmp_path):
+def test_generations_share_the_strings_both_arms_repeat(tmp_path, parser):
     path = tmp_path / "r.jsonl"
     lines = [_line(prompt="x" * 50, text="same answer"), _line(prompt="x" * 50, arm="speculative", text="b", meta={"canary": True}),
              _line(prompt_id="p2", text="same answer")]
