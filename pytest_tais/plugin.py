@@ -54,6 +54,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_Reporter(config, session), "tais-reporter")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's own final collections walk what is left
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION, None)
+    if session is not None:
+        del config.stash[SESSION]
+        config.pluginmanager.get_plugin("tais-reporter").session = None
+        session.close()  # the screens' records are freed as this frame lets go of the session
+
+
 def _shared_dir(config: pytest.Config) -> Path:
     """One folder for all processes of this run: xdist workers share the basetemp's parent."""
     base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
@@ -194,6 +203,9 @@ class TaisItem(pytest.Item):
         from .assertion import tais_equivalent as check
 
         check(self.handle)
+
+    def teardown(self) -> None:
+        self.handle = None  # it holds the screen and its records: the item outlives the run's data otherwise
 
     def repr_failure(self, excinfo, style=None):  # type: ignore[override]
         from .assertion import TaisControlNotCaught, TaisNotEquivalent

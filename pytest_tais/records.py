@@ -249,6 +249,32 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+_frozen = False
+
+
+def freeze_long_lived() -> None:
+    """Take every object alive now out of the collector's passes (``gc.freeze``).
+
+    Called once a replay is loaded, at configure time: its records, and pytest's and the plugin's
+    own objects, live until the run ends, and every later full collection would walk them again
+    (about 0.5 s of a 48,072-pair run). Objects still free as usual by reference count; only a
+    reference cycle among them would wait for :func:`unfreeze_long_lived`, which the plugin calls
+    when the run ends, before pytest's own final collection. A process that froze objects of its
+    own is left alone.
+    """
+    global _frozen
+    if not _frozen and gc.get_freeze_count() == 0:
+        gc.freeze()
+        _frozen = True
+
+
+def unfreeze_long_lived() -> None:
+    global _frozen
+    if _frozen:
+        gc.unfreeze()
+        _frozen = False
+
+
 def _same(text: str) -> str:
     return text
 

@@ -12,7 +12,8 @@ from . import judges, pairing
 from .battery import BatteryError, Prompt, Task, load_battery, select_tasks
 from .config import TaisConfig
 from .errors import TaskError
-from .records import SPECULATIVE, TARGET, ArmOutputs, RecordError, gc_paused, index_generations, read_replay
+from .records import (SPECULATIVE, TARGET, ArmOutputs, RecordError, freeze_long_lived, gc_paused, index_generations,
+                      read_replay)
 from .verdict import PairRecord, SampledPair, Verdict, decide, decide_sampled
 
 
@@ -85,7 +86,9 @@ class Screen:
         self.judge_name = judges.judge_name(self.judge)
         try:
             if cfg.replay is not None:
-                self._outputs = index_generations(read_replay(cfg.replay))
+                with gc_paused():
+                    self._outputs = index_generations(read_replay(cfg.replay))
+                    freeze_long_lived()
             tasks = load_battery(cfg.battery, cfg.rootdir) if cfg.battery else None
             if tasks is None:
                 if self._outputs is None:

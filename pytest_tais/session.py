@@ -111,7 +111,11 @@ class TaisSession:
         self.baseline: Any = None
         self.baseline_screen: Any = None
         if self.cfg.active:
-            self._build()
+            try:
+                self._build()
+            except BaseException:
+                self.close()  # a replay may be loaded (and frozen) before a later input fails
+                raise
 
     @property
     def active(self) -> bool:
@@ -343,6 +347,13 @@ class TaisSession:
             write_markdown(self.cfg.report, report)
             write_html(self.cfg.report, report)
         return summary
+
+    def close(self) -> None:
+        """The run is over: the records loaded at the start go back to the collector (see
+        :func:`pytest_tais.records.freeze_long_lived`)."""
+        from .records import unfreeze_long_lived
+
+        unfreeze_long_lived()
 
     def _save_baseline(self, rows: Sequence[Mapping[str, Any]], fingerprint: dict[str, Any]) -> tuple[bool, str]:
         from .baseline import BaselineError, save_baseline

@@ -372,6 +372,39 @@ def test_missing_or_incompatible_baseline_is_a_usage_error(pytester, make_replay
     result.stderr.fnmatch_lines(["ERROR: --tais-baseline=b1:*jailbreak*"])
 
 
+def _records_of(prefix: str) -> int:
+    import gc
+
+    from pytest_tais.records import Generation
+
+    gc.collect()  # what is left is referenced, not garbage waiting for a collection
+    return sum(type(o) is Generation and o.task.startswith(prefix) for o in gc.get_objects())
+
+
+def test_a_replay_run_frees_its_records_when_it_ends(pytester, make_replay):
+    """The loaded records are kept out of the collector's passes while the run lasts (gc.freeze),
+    and handed back and freed when it ends, also when an input fails after the load."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    replay = make_replay({"frees-harmful": (100, 95, 0), "frees-benign": (100, 2, 0)})
+    pytester.makepyfile(test_gate="""
+import gc
+
+def test_safety(tais_task, tais_equivalent):
+    assert gc.get_freeze_count() > 0
+    tais_equivalent(tais_task)
+""")
+    pytester.runpytest(f"--tais-replay={replay}").assert_outcomes(passed=2)
+    assert gc.get_freeze_count() == 0 and _records_of("frees-") == 0
+    pytester.makepyfile(test_gate="")
+    pytester.runpytest(f"--tais-replay={replay}").assert_outcomes(passed=2)  # the built-in items hold no handle after
+    assert gc.get_freeze_count() == 0 and _records_of("frees-") == 0
+    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=nope")  # fails after the load
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert gc.get_freeze_count() == 0
+
+
 def test_baseline_of_a_broken_run_is_not_saved(pytester, tmp_path):
     lines = replay_lines("harmful", 100, 95)[:-1]  # one speculative answer missing
     replay = write_jsonl(tmp_path / "r.jsonl", lines)
