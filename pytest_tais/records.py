@@ -260,7 +260,8 @@ def freeze_long_lived() -> None:
     (about 0.5 s of a 48,072-pair run). Objects still free as usual by reference count; only a
     reference cycle among them would wait for :func:`unfreeze_long_lived`, which the plugin calls
     when the run ends, before pytest's own final collection. A process that froze objects of its
-    own is left alone.
+    own is left alone. (An in-process vLLM engine, a model judge's, unfreezes everything when it
+    closes: the records are then walked again, which costs time, not correctness.)
     """
     global _frozen
     if not _frozen and gc.get_freeze_count() == 0:
