@@ -257,7 +257,7 @@ def freeze_long_lived() -> None:
 
     Called once a replay is loaded, at configure time: its records, and pytest's and the plugin's
     own objects, live until the run ends, and every later full collection would walk them again
-    (about 0.5 s of a 48,072-pair run). Objects still free as usual by reference count; only a
+    (about 0.9 s of a 48,072-pair run). Objects still free as usual by reference count; only a
     reference cycle among them would wait for :func:`unfreeze_long_lived`, which the plugin calls
     when the run ends, before pytest's own final collection. A process that froze objects of its
     own is left alone. (An in-process vLLM engine, a model judge's, unfreezes everything when it
