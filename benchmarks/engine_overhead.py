@@ -64,21 +64,18 @@ if __name__ == "__main__":
 '''
 
 
-_CPU: list[float] = []  # each _timed child's CPU time (user + system, its children included), in call order
-
-
-def _timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
-    """Wall seconds of one child; its CPU seconds go to ``_CPU``."""
+def _timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, its children included) of one child."""
     before = os.times()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     seconds = time.perf_counter() - t0
     after = os.times()
-    _CPU.append(after.children_user + after.children_system - before.children_user - before.children_system)
+    cpu = after.children_user + after.children_system - before.children_user - before.children_system
     if proc.returncode not in (0, 1):  # pytest exits 1 when a task is not equivalent: still a full run
         sys.stderr.write(proc.stdout[-4000:])
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
-    return seconds
+    return seconds, cpu
 
 
 def main() -> int:
@@ -129,31 +126,29 @@ def main() -> int:
         alone_env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
         run_bare = lambda: _timed(bare_cmd, tmp, {**os.environ, **engine_env})  # noqa: E731
         run_cold = lambda cache: _timed(pytest_cmd(cache, "-p", "pytest_tais.plugin"), tmp / "run", alone_env)  # noqa: E731
-        warmups = [(run_bare(), run_cold(f"cache-warmup{i}")) for i in range(args.warmup)]  # not in the verdict:
-        # a fresh machine's first start reads vLLM and torch from disk
-        rounds, cpu = [], []
+        warmups = [(run_bare()[0], run_cold(f"cache-warmup{i}")[0]) for i in range(args.warmup)]  # not in the
+        # verdict: a fresh machine's first start reads vLLM and torch from disk
+        rounds = []  # ((bare wall, bare CPU), (pytest wall, pytest CPU))
         for i in range(args.rounds):  # the order turns each round, so drift in the machine's speed hits both alike
             if i % 2 == 0:
                 bare = run_bare()
                 cold = run_cold(f"cache{i}")
-                cpu.append((_CPU[-2], _CPU[-1]))
             else:
                 cold = run_cold(f"cache{i}")
                 bare = run_bare()
-                cpu.append((_CPU[-1], _CPU[-2]))
             rounds.append((bare, cold))
-        warm = _timed(pytest_cmd("cache0", "-p", "pytest_tais.plugin"), tmp / "run", alone_env)
+        warm, _ = _timed(pytest_cmd("cache0", "-p", "pytest_tais.plugin"), tmp / "run", alone_env)
         log = json.loads((tmp / "cache0" / "generations" / "engine-starts.json").read_text())
-        bare_default = _timed(bare_cmd, tmp, defaults) if engine_env else None
-        cold_all = _timed(pytest_cmd("cache-all"), tmp / "run")
+        bare_default = _timed(bare_cmd, tmp, defaults)[0] if engine_env else None
+        cold_all, _ = _timed(pytest_cmd("cache-all"), tmp / "run")
 
     from replay_speed import _plugins  # benchmarks/, beside this script
 
-    ratio = statistics.median(cold / bare for bare, cold in rounds)
+    ratio = statistics.median(cold / bare for (bare, _), (cold, _) in rounds)
     print(f"battery: {battery} ({n} prompts, {args.max_tokens} new tokens, K={args.num_speculative_tokens}); target {target}")
     for i, (bare, cold) in enumerate(warmups, 1):
         print(f"warm-up {i} (not in the verdict): bare {bare:6.1f} s; pytest, cold cache {cold:6.1f} s")
-    for i, ((bare, cold), (bare_cpu, cold_cpu)) in enumerate(zip(rounds, cpu), 1):
+    for i, ((bare, bare_cpu), (cold, cold_cpu)) in enumerate(rounds, 1):
         print(f"round {i} ({'bare' if i % 2 else 'pytest'} first): bare vLLM script, both arms {bare:6.1f} s (CPU {bare_cpu:6.1f} s); "
               f"pytest --tais-target, cold cache {cold:6.1f} s (CPU {cold_cpu:6.1f} s); ratio {cold / bare:.3f}")
     print(f"bare script environment:            {', '.join(f'{k}={v}' for k, v in engine_env.items()) or 'as set'}; "

@@ -305,5 +305,6 @@ def main(argv: list[str] | None = None) -> int:
     correct = n == args.pairs and not mismatches and rc in (0, 1)
     return 0 if correct and time_ok and ratio_ok and rss <= 3 * size else 1
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

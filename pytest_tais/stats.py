@@ -25,9 +25,9 @@ from typing import Sequence
 import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import LCSseq, Prefix
-from scipy import optimize, special, stats as _sps
-from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
 
+# scipy and statsmodels are imported where they are used: the screen is built at configure, and
+# loading them there costs about 1 s before an engine start that loads scipy anyway.
 from .config import check_levels
 from .options import default
 
@@ -166,6 +166,8 @@ def _score_ci(b: int, c: int, n: int, alpha: float) -> tuple[float, float]:
 
     Z is decreasing in d0, so each bound is one bracketed root.
     """
+    from scipy import optimize, stats as _sps
+
     z = _sps.norm.ppf(1.0 - alpha)
     diff = (b - c) / n
     lo_edge, hi_edge = -1.0 + _EDGE, 1.0 - _EDGE
@@ -187,6 +189,8 @@ def _exact_p_one_sided(b: int, c: int, n: int, d0: float, upper: bool, grid: int
     Under D = d0 the cell probabilities are p10 = q + d0 and p01 = q, q in [max(0, -d0), (1 - d0)/2].
     The rejection region orders tables by Tango's Z(d0) (Chan 1998-style score ordering).
     """
+    from scipy import optimize, special
+
     bs, cs = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
     ok = bs + cs <= n
     bs, cs = bs[ok], cs[ok]
@@ -239,6 +243,8 @@ def paired_tost(
     z_low = tango_z(b, c, n, -margin)
     z_high = tango_z(b, c, n, margin)
     if method == "score":
+        from scipy import stats as _sps
+
         p_low = float(_sps.norm.sf(z_low))
         p_high = float(_sps.norm.cdf(z_high))
     else:
@@ -258,12 +264,16 @@ def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval for one arm's rate (statsmodels ``proportion_confint``)."""
     if n < 1:
         raise ValueError("n must be at least 1")
+    from statsmodels.stats.proportion import proportion_confint
+
     lo, hi = proportion_confint(k, n, alpha=alpha, method="wilson")
     return max(0.0, float(lo)), min(1.0, float(hi))
 
 
 def cohens_h(p_a: float, p_b: float) -> float:
     """Cohen's h = 2 asin(sqrt(pA)) - 2 asin(sqrt(pB)) (statsmodels ``proportion_effectsize``)."""
+    from statsmodels.stats.proportion import proportion_effectsize
+
     return float(proportion_effectsize(p_a, p_b))
 
 
@@ -279,6 +289,8 @@ def swap_null_h_quantile(table: PairedTable, level: float = 0.95) -> float:
     if n < 1:
         raise ValueError("the table is empty (n = 0): the swap null needs at least one paired prompt")
     m = table.b + table.c
+    from scipy import stats as _sps
+
     ks = np.arange(m + 1)
     pmf = _sps.binom.pmf(ks, m, 0.5)
     p_a = (table.a + ks) / n
@@ -417,6 +429,8 @@ def required_n(discordance: float, margin: float = default("tais_margin"), alpha
         raise ValueError(f"alpha must lie in (0, 0.5), got {alpha!r}; at alpha 0 no finite n reaches significance")
     q = (psi - 2 * m + math.sqrt((2 * m - psi) ** 2 + 4 * psi * m * (1 - m))) / 4
     s0 = math.sqrt(2 * q + m * (1 - m))
+    from scipy import stats as _sps
+
     z_a = _sps.norm.ppf(1 - alpha)
     z_b = _sps.norm.ppf(1 - (1 - power) / 2)
     return int(math.ceil((z_a * s0 + z_b * math.sqrt(psi)) ** 2 / m ** 2))

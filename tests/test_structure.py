@@ -70,6 +70,21 @@ def test_help_in_a_project_without_the_screen_imports_no_engine_module(tmp_path)
     assert "IMPORTED []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
 
 
+def test_building_the_screen_loads_no_scipy_or_statsmodels():
+    # The screen is built at configure, before an engine start; scipy and statsmodels (about 1 s)
+    # load when the statistics are computed.
+    code = (
+        "import sys\n"
+        "import pytest_tais.session, pytest_tais.screen, pytest_tais.verdict, pytest_tais.stats\n"
+        "print('IMPORTED', sorted(m for m in ('scipy', 'statsmodels', 'pandas') if m in sys.modules))\n"
+        "from pytest_tais.stats import paired_tost, wilson_interval, cohens_h\n"
+        "print(paired_tost(1, 2, 100).equivalent, wilson_interval(5, 10), round(cohens_h(0.5, 0.4), 4))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "IMPORTED []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "False (0.2365" in out.stdout and "0.2014" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("args", [["--tais-margin=0.7"], ["--tais-alpha=0.5"]])
 def test_each_range_is_checked_in_one_place(args, tmp_path):
     from pytest_tais import config, stats
