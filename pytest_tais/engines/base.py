@@ -109,6 +109,10 @@ class Backend(abc.ABC):
         """Sampled screens: one answer per (text, seed), at the settings' temperature, top-p and top-k."""
         raise EngineError(f"the {self.name} backend has no sampled screen; use --tais-backend=vllm or hf")
 
+    def prompts_per_call(self) -> int:
+        """Prompts per ``generate`` call; the outputs are stored after each, so a rerun resumes."""
+        return self.settings.chunk_size
+
     @abc.abstractmethod
     def close(self) -> None:
         """Free the engine (idempotent)."""
