@@ -11,8 +11,9 @@ Layout of a store folder::
     file-hashes.json          memoised SHA-256 of model files
     .lock                     the writers' lock (filelock)
 
-Writers hold :meth:`GenerationStore.lock`; each line is appended with one ``write`` + flush +
-fsync, so readers without the lock see whole lines, or a half-written last line that they skip.
+Writers hold :meth:`GenerationStore.lock`; each line is appended with one ``write`` and each
+batch (an engine call's outputs) is fsynced once, so readers without the lock see whole lines, or
+a half-written last line that they skip.
 After an interrupted run the half-written tail is cut off before the next append: it is never
 duplicated, and only the prompts without a whole line are generated again. A changed fingerprint
 is a different file, so old outputs are never reused for it; so is a store of another line format
@@ -183,7 +184,10 @@ class Shard:
             os.fsync(fh.fileno())
 
     def append(self, entries: Iterable[StoredOutput]) -> int:
-        """Append entries, one fsynced write per line (caller holds the store lock). Returns the count."""
+        """Append entries, one ``write`` per line and one fsync for them all (caller holds the store
+        lock). Returns the count. A killed process loses no line it wrote (the kernel has it); the
+        fsync makes the batch outlive a crash of the machine, whose torn tail the next append cuts.
+        One fsync per line cost 0.24 ms a line here and several on network disks."""
         try:
             if not self.meta_path.exists():
                 atomic_write_text(self.meta_path, json.dumps(self.fingerprint, indent=2, sort_keys=True) + "\n")
@@ -199,8 +203,9 @@ class Shard:
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-                os.fsync(fd)
                 n += 1
+            if n:
+                os.fsync(fd)
         finally:
             os.close(fd)
         return n

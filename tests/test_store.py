@@ -31,6 +31,23 @@ def test_roundtrip_and_addresses(tmp_path: Path) -> None:
     assert fingerprint_key(dict(reversed(list(FP.items())))) == shard.key
 
 
+def test_an_append_fsyncs_once_for_its_lines(tmp_path: Path, monkeypatch) -> None:
+    from pytest_tais import store as store_mod
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(store_mod.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_size), real(fd))[1])
+    store = GenerationStore(tmp_path)
+    shard = store.shard(FP)
+    with store.lock():
+        shard.append([_out(0)])  # the first append also writes the fingerprint file, fsynced on its own
+        synced.clear()
+        assert shard.append(_out(i) for i in range(1, 300)) == 299
+        assert synced == [shard.path.stat().st_size]  # one fsync, after the last line
+        assert shard.append([]) == 0 and len(synced) == 1
+    assert len(shard.read()) == 300
+
+
 def test_changed_fingerprint_is_another_shard(tmp_path: Path) -> None:
     store = GenerationStore(tmp_path)
     with store.lock():
