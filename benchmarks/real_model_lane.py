@@ -89,9 +89,9 @@ NUM_SPECULATIVE_TOKENS = 2
 # vLLM keeps one core for its scheduler by default; on 2 cores that halves the engine's compute
 # (measured: 206 -> 305 tokens/s target-only float32 with none reserved). The plugin's engines
 # default it to 0; main() sets it so the lane's reports can state the value.
-from pytest_tais.engines.vllm import RESERVED_CPUS_ENV  # noqa: E402
+from pytest_tais.engines.vllm import CALL_WAVES, RESERVED_CPUS_ENV  # noqa: E402
 MAX_TOKENS = 64
-CHUNK_SIZE = 256  # prompts per engine call (EngineSettings.chunk_size): the store writes after each
+CHUNK_SIZE = 256  # the least prompts per engine call (EngineSettings.chunk_size): the store writes after each
 BEGIN = "<!-- real-model-lane:begin (written by benchmarks/real_model_lane.py) -->"
 END = "<!-- real-model-lane:end -->"
 # Published file names (docs/batteries.md), under their folders in --benchmarks.
@@ -435,8 +435,8 @@ def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str,
         f"- engine time of the runs that generated these outputs: {sum(engine_seconds(r.metrics) for r in runs):.0f} s "
         f"(engine starts plus generation, from the store's log; equal to the work of this run when nothing was reused)",
         f"- settings: pair {pair}, K={num_speculative_tokens}, max tokens {max_tokens}, max model length "
-        f"{max_model_len or 'the model default'}, batch: up to {CHUNK_SIZE} prompts per engine call (vLLM's default "
-        f"scheduler limits), threads: {threads_label()}",
+        f"{max_model_len or 'the model default'}, batch: engine calls of {CALL_WAVES} x vLLM's max_num_seqs "
+        f"prompts, at least {CHUNK_SIZE} (vLLM's default scheduler limits), threads: {threads_label()}",
         *([f"- models: " + ", ".join(f"{role} {path} (weights sha256 {weights_sha12(path)})" for role, path in models.items())]
           if models else []),
         f"- command: `{command}`",

@@ -188,7 +188,7 @@ def test_render_section_records_k_and_max_tokens(tmp_path):
                                num_speculative_tokens=3, max_tokens=48, pair="qwen2.5-coder", max_model_len=1024)
     assert "(K=3), greedy, 48 new tokens" in text and f"{lane.RESERVED_CPUS_ENV}=" in text
     settings = next(line for line in text.splitlines() if line.startswith("- settings:"))
-    assert "pair qwen2.5-coder, K=3, max tokens 48, max model length 1024, batch: up to 256 prompts" in settings
+    assert "pair qwen2.5-coder, K=3, max tokens 48, max model length 1024, batch: engine calls of 4 x vLLM's max_num_seqs prompts, at least 256" in settings
     assert "VLLM_CPU_OMP_THREADS_BIND=" in settings
 
 

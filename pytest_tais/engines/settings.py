@@ -156,7 +156,8 @@ class EngineSettings:
     record: Path | None = None
     hf_acceptance: str = default("tais_hf_acceptance")
     canary: float = default("tais_canary")
-    # Prompts per engine call: outputs are stored after each chunk, so an interrupted run resumes.
+    # Prompts per engine call (vLLM: at least this; Backend.prompts_per_call): outputs are stored
+    # after each call, so an interrupted run resumes.
     chunk_size: int = 256
     # vLLM parallelism (local engines); None leaves vLLM's default.
     tensor_parallel_size: int | None = None
