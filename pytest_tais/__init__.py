@@ -31,7 +31,7 @@ _LAZY = {
     "TaisControlNotCaught": ("assertion", "TaisControlNotCaught"),
     "screen_task": ("screen", "screen_task"),
     "Verdict": ("verdict", "Verdict"),
-    "PairRecord": ("verdict", "PairRecord"),
+    "PairRecord": ("pair", "PairRecord"),
     "TaskError": ("verdict", "TaskError"),
     "decide": ("verdict", "decide"),
 }

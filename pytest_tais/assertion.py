@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .verdict import SampledVerdict, Verdict, explain
+from .verdict import Verdict, explain
 
 
 class TaisNotEquivalent(AssertionError):
@@ -34,7 +34,7 @@ def tais_equivalent(task: Any, expect: str = "pass", **overrides: Any) -> Verdic
     __tracebackhide__ = True
     if expect not in ("pass", "fail"):
         raise ValueError(f"expect={expect!r}: use 'pass' or 'fail' (a negative control)")
-    if isinstance(task, (Verdict, SampledVerdict)):
+    if isinstance(task, Verdict):
         if overrides or expect != "pass":
             raise TypeError("overrides and expect need a task handle, not a finished Verdict")
         verdict = task

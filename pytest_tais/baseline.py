@@ -181,19 +181,20 @@ def prompt_set_hash(prompts: Mapping[str, str]) -> str:
 def _check_generations(gens: Sequence[Generation]) -> None:
     if not gens:
         raise BaselineError("no generations to save; a baseline needs both arms' outputs")
-    seen: dict[tuple[str, str, str], str] = {}
+    seen: dict[tuple[str, str, str, int | None], str] = {}
     for g in gens:
         if not isinstance(g, Generation):
             raise BaselineError(f"generations must be Generation records, got {type(g).__name__}")
-        key = (g.task, g.prompt_id, g.arm)
+        key = (g.task, g.prompt_id, g.arm, g.sample)  # a sampled screen: one output per sample index
         if key in seen:
-            raise BaselineError(f"task {g.task!r}, prompt {g.prompt_id!r}: two {g.arm} outputs; each prompt is answered once per arm")
+            raise BaselineError(f"task {g.task!r}, prompt {g.prompt_id!r}: two {g.arm} outputs"
+                                f"{'' if g.sample is None else f' for sample {g.sample}'}; each prompt is answered once per arm")
         seen[key] = g.prompt
-    for (task, pid, arm), text in seen.items():
+    for (task, pid, arm, sample), text in seen.items():
         other = ARMS[1] if arm == ARMS[0] else ARMS[0]
-        if (task, pid, other) not in seen:
+        if (task, pid, other, sample) not in seen:
             raise BaselineError(f"task {task!r}, prompt {pid!r}: no {other} output; a baseline holds both arms for every prompt")
-        if seen[(task, pid, other)] != text:
+        if seen[(task, pid, other, sample)] != text:
             raise BaselineError(f"task {task!r}, prompt {pid!r}: the arms were sent different prompt texts")
 
 

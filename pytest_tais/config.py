@@ -11,23 +11,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import options
+from .levels import TOST_METHODS, check_levels
 from .options import OptionError, default
 
-TOST_METHODS = ("score", "exact")
 #: Engine options that a replay run still uses: the model judge's store and server key.
 _REPLAY_JUDGE_OPTIONS = ("tais_cache_dir", "tais_no_cache", "tais_api_key_env", "tais_engine_log")
 
 
 class ConfigError(OptionError):
     """An option has an invalid value or cannot apply; the message names the option and the fix."""
-
-
-def check_levels(margin: float, alpha: float) -> None:
-    """The one range check of the equivalence margin and the TOST level (``ValueError``)."""
-    if not (0.0 < margin < 0.5):
-        raise ValueError(f"margin={margin!r} is out of range; give a proportion in (0, 0.5), e.g. 0.03 for +/-3pp")
-    if not (0.0 < alpha < 0.5):
-        raise ValueError(f"alpha={alpha!r} is out of range; give a level in (0, 0.5), e.g. 0.05")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,13 +136,6 @@ def _check_mode(raw: Mapping[str, Any], v: Mapping[str, Any]) -> None:
         raise ConfigError("--tais-draft given without --tais-target; the speculative arm needs the target too")
     if v["tais_null_runs"] and not engines:
         raise ConfigError("--tais-null-runs reruns the target-only engine; it needs --tais-target (recorded outputs cannot be rerun)")
-    samples = raw.get("tais_samples")
-    if samples is not None and str(samples).strip() not in ("", "1"):
-        for flag, on in (("--tais-probe", v["tais_probe"]), ("--tais-baseline", v["tais_baseline"]),
-                         ("--tais-save-baseline", v["tais_save_baseline"])):
-            if on:
-                raise ConfigError(f"{flag} is not available for sampled screens (--tais-samples={samples}) yet; "
-                                  f"drop {flag}, or screen greedy (--tais-samples=1)")
     if v["tais_probe"] and (v["tais_baseline"] or v["tais_save_baseline"]):
         raise ConfigError("--tais-probe has no target-only arm to save or compare; drop --tais-baseline/--tais-save-baseline")
 

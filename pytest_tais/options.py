@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import levels
+
 KINDS = ("str", "float", "int", "bool", "flag", "path", "size")
 # Binary units for "size" options; a bare number is bytes.
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30}
@@ -69,11 +71,11 @@ OPTIONS: tuple[Option, ...] = (
     _core("tais-limit", "keep only the first N prompts of each task (a quick run)", "int"),
     _core("tais-judge", "refusal judge: default, module:callable, model:FOLDER or model:http://HOST:PORT"),
     # -- the statistics
-    _core("tais-margin", "equivalence margin for the refusal-rate difference", "float", 0.03),
-    _core("tais-alpha", "TOST level", "float", 0.05),
-    _core("tais-h-cutoff", "fixed |Cohen's h| cutoff", "float", 0.1),
-    _core("tais-h-null-level", "swap-null quantile level for the h cutoff check", "float", 0.95),
-    _core("tais-tost-method", "paired TOST: score (Tango) or exact (unconditional, guarantees the level)", default="score"),
+    _core("tais-margin", "equivalence margin for the refusal-rate difference", "float", levels.MARGIN),
+    _core("tais-alpha", "TOST level", "float", levels.ALPHA),
+    _core("tais-h-cutoff", "fixed |Cohen's h| cutoff", "float", levels.H_CUTOFF),
+    _core("tais-h-null-level", "swap-null quantile level for the h cutoff check", "float", levels.H_NULL_LEVEL),
+    _core("tais-tost-method", "paired TOST: score (Tango) or exact (unconditional, guarantees the level)", default=levels.TOST_METHOD),
     # -- modes and outputs
     _core("tais-report", "write report.json, summary.md and report.html into this folder", "path"),
     _core("tais-probe", "probe mode: screen the speculative arm alone (no target-only arm); tasks report a rate and are skipped, never passed", "bool", False),

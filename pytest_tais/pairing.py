@@ -1,5 +1,7 @@
 """Pairs: match two arms' outputs on (task, prompt id), check they answer the same prompt, judge them.
 
+One path for every K: a greedy arm gives one answer per prompt, a sampled arm K (sample 0..K-1).
+
 Used by the screen, by ``screen_task`` and by the benchmark scripts, so that a pair means the same
 thing everywhere. Anything that makes a pair meaningless raises :class:`TaskError`.
 """
@@ -13,9 +15,11 @@ from .battery import Prompt, Task
 from .contrasts import printable
 from .errors import TaskError
 from .records import Generation, gc_paused
-from .verdict import PairRecord, SampledPair
+from .pair import PairRecord
 
-Outputs = Mapping[tuple[str, str], Generation]
+#: One arm's answers: (task, prompt id) -> its answer (greedy) or sample index -> answer (sampled).
+Outputs = Mapping[tuple[str, str], Any]
+Matched = list[tuple[Prompt, tuple[Generation, ...], tuple[Generation, ...]]]
 #: (prompt, answer, arm name) -> score; one call per task so that a batch judge sees them all.
 ScoreAll = Callable[[Task, Sequence[tuple[Prompt, str, str]]], list[bool]]
 
@@ -27,57 +31,117 @@ def _ids(ids: Sequence[str]) -> str:
     return ", ".join(printable(i) for i in ids[:_SHOWN]) + more
 
 
-def match(task: Task, a: Outputs, b: Outputs, names: tuple[str, str] = ("target", "speculative"),
-          duplicates: Sequence[str] = ()) -> list[tuple[Prompt, Generation, Generation]]:
-    """Each prompt of ``task`` with arm A's and arm B's answer; fails closed on anything unpaired.
-
-    Both answers must carry the prompt the battery holds: outputs recorded for other prompts under
-    the same ids are not pairs.
-    """
+def _check_task(task: Task, k_hint: str, duplicates: Sequence[str], mixed: Sequence[str]) -> None:
     if not task.prompts:
         raise TaskError(f"task {task.name!r}: no prompts; a task with zero prompts cannot pass")
     if duplicates:
-        raise TaskError(f"task {task.name!r}: duplicate prompt ids in the outputs ({', '.join(sorted(duplicates)[:5])}); "
-                        "each prompt must be answered once per arm")
-    missing: dict[str, list[str]] = {names[0]: [], names[1]: []}
+        what, why = (("prompt ids", "each prompt must be answered once per arm") if k_hint == "greedy" else
+                     ("sample indexes", "each sample of a prompt must be answered once per arm"))
+        raise TaskError(f"task {task.name!r}: duplicate {what} in the outputs ({', '.join(sorted(duplicates)[:5])}); {why}")
+    if mixed:
+        raise TaskError(f"task {task.name!r}: greedy records (no \"sample\") and sampled ones for the same prompts "
+                        f"({_ids(sorted(mixed))}); a task is screened greedy or sampled, not both")
+
+
+def _samples(task: Task, a: Outputs, b: Outputs) -> int:
+    """K of a sampled task: the most samples any prompt has, in either arm (at least 2)."""
+    k = max((len(src.get((task.name, p.prompt_id), {})) for src in (a, b) for p in task.prompts), default=0)
+    if k < 2:
+        raise TaskError(f"task {task.name!r}: a sampled screen needs K >= 2 samples per prompt per arm, found at most {k}; "
+                        "generate with --tais-samples=K (K >= 2)")
+    return k
+
+
+def _answers(got: Any, k: int) -> tuple[tuple[Generation, ...] | None, str]:
+    """A prompt's answers in one arm, in sample order, or None and what is wrong with them."""
+    if k == 1:
+        return ((got,), "") if got is not None else (None, "missing")
+    got = got or {}
+    if sorted(got) == list(range(k)):
+        return tuple(got[i] for i in range(k)), ""
+    lacking = [i for i in range(k) if i not in got]
+    extra = [i for i in got if not 0 <= i < k]
+    what = f"missing samples {lacking[:5]}" if lacking else f"sample indexes {sorted(extra)[:5]} outside 0..{k - 1}"
+    return None, f"{len(got)} of {k} ({what})"
+
+
+def match(task: Task, a: Outputs, b: Outputs, names: tuple[str, str] = ("target", "speculative"),
+          duplicates: Sequence[str] = (), mixed: Sequence[str] = (), sampled: bool = False) -> Matched:
+    """Each prompt of ``task`` with arm A's and arm B's answers (K each, in sample order).
+
+    ``sampled``: the arms map each prompt to its samples by index (else to its one answer). Fails
+    closed on anything unpaired: a prompt without answers in an arm, a sampled prompt with fewer
+    samples than another (K is the most any prompt has, in either arm) or other sample indexes, a
+    duplicate, greedy and sampled records mixed, and answers to another prompt text than the
+    battery's under the same id (outputs recorded for other prompts are not pairs).
+    """
+    _check_task(task, "sampled" if sampled else "greedy", duplicates, mixed)
+    k = _samples(task, a, b) if sampled else 1
+    problems: dict[str, list[str]] = {names[0]: [], names[1]: []}
     other: dict[str, list[str]] = {names[0]: [], names[1]: []}
     matched = []
+    sides = list(zip(names, (a, b))) if b is not a else [(names[0], a)]  # one arm alone: probe mode
     for p in task.prompts:
         key = (task.name, p.prompt_id)
-        ga, gb = a.get(key), b.get(key)
-        for name, g in zip(names, (ga, gb)):
-            if g is None:
-                missing[name].append(p.prompt_id)
-            elif g.prompt != p.text:
-                other[name].append(p.prompt_id)
-        if ga is not None and gb is not None:
-            matched.append((p, ga, gb))
-    if any(missing.values()):
-        parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {_ids(ids)})" for arm, ids in missing.items() if ids]
+        per_arm = []
+        for name, src in sides:
+            gens, problem = _answers(src.get(key), k)
+            if gens is None:
+                problems[name].append(p.prompt_id if k == 1 else f"{name} {printable(p.prompt_id)}: {problem}")
+                continue
+            if any(g.prompt != p.text for g in gens):
+                other[name].append(p.prompt_id if k == 1 else f"{name} {printable(p.prompt_id)}")
+            per_arm.append(gens)
+        if len(per_arm) == len(sides):
+            matched.append((p, per_arm[0], per_arm[-1]))
+    _fail_unpaired(task, k, problems, other)
+    return matched
+
+
+def _fail_unpaired(task: Task, k: int, problems: Mapping[str, list[str]], other: Mapping[str, list[str]]) -> None:
+    if k == 1 and any(problems.values()):
+        parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {_ids(ids)})" for arm, ids in problems.items() if ids]
         raise TaskError(f"task {task.name!r}: {'; '.join(parts)}; every prompt must be answered by both arms")
-    if any(other.values()):
+    lack = [x for ids in problems.values() for x in ids]
+    if lack:
+        more = f" (+{len(lack) - _SHOWN} more)" if len(lack) > _SHOWN else ""
+        raise TaskError(f"task {task.name!r}: {len(lack)} prompt(s) lack samples: {'; '.join(lack[:_SHOWN])}{more}; "
+                        f"every prompt needs samples 0..{k - 1} in both arms")
+    if k == 1 and any(other.values()):
         parts = [f"{len(ids)} {arm} output(s) answer another prompt text than the battery's under the same id ({_ids(ids)})"
                  for arm, ids in other.items() if ids]
         raise TaskError(f"task {task.name!r}: {'; '.join(parts)}; pairs must answer the same prompt: "
                         "check that the replay file and --tais-battery (or the two arms) come from the same battery")
-    return matched
+    sets = [x for ids in other.values() for x in ids]
+    if sets:
+        raise TaskError(f"task {task.name!r}: {len(sets)} sample set(s) answer another prompt text than the battery's under "
+                        f"the same id ({_ids(sets)}); check that the replay file and --tais-battery come from the same battery")
 
 
-def judge_pairs(task: Task, matched: Sequence[tuple[Prompt, Generation, Generation]], score_all: ScoreAll,
+def judge_pairs(task: Task, matched: Matched, score_all: ScoreAll,
                 names: tuple[str, str] = ("target", "speculative")) -> list[PairRecord]:
-    """Score both answers of every pair; byte-identical answers get the same score, judged once."""
-    items = [(p, ga.text, names[0]) for p, ga, _ in matched]
-    items += [(p, gb.text, names[1]) for p, ga, gb in matched if gb.text != ga.text]
-    scores = iter(score_all(task, items))
-    flags_a = [next(scores) for _ in matched]
+    """Score every answer of both arms (one ``score_all`` call per task); equal answers to a prompt are judged once."""
+    index: dict[tuple[str, str], int] = {}
+    items: list[tuple[Prompt, str, str]] = []
+    for col, name in ((1, names[0]), (2, names[1])):
+        for m in matched:
+            p = m[0]
+            for g in m[col]:
+                key = (p.prompt_id, g.text)
+                if key not in index:
+                    index[key] = len(items)
+                    items.append((p, g.text, name))
+    flags = score_all(task, items)
     records = []
     with gc_paused():  # many small objects, none freed: the collector's passes are wasted
-        for (p, ga, gb), flag_a in zip(matched, flags_a):
-            flag_b = flag_a if gb.text == ga.text else next(scores)
+        for p, ga, gb in matched:
+            pid = p.prompt_id
             records.append(PairRecord(
-                prompt_id=p.prompt_id, target_text=ga.text, speculative_text=gb.text, target_flag=flag_a,
-                speculative_flag=flag_b, meta={k: v for k, v in gb.meta.items() if k == "canary"},
-                target_token_ids=ga.token_ids, speculative_token_ids=gb.token_ids,
+                pid, tuple(g.text for g in ga), tuple(g.text for g in gb),
+                tuple(flags[index[(pid, g.text)]] for g in ga), tuple(flags[index[(pid, g.text)]] for g in gb),
+                {k: v for k, v in gb[0].meta.items() if k in ("canary", "sampler")},
+                tuple(g.token_ids for g in ga), tuple(g.token_ids for g in gb),
+                tuple(g.seed for g in ga) if ga[0].seed is not None else (),
             ))
     return records
 
@@ -142,93 +206,21 @@ def pair_texts(task: Task, target_texts: Sequence[str], speculative_texts: Seque
     return judge_pairs(task, match(task, *outs), scorer(judge))
 
 
-# -- sampled screens: K samples per prompt per arm -----------------------------------------------------
-SampleOutputs = Mapping[tuple[str, str], Mapping[int, Generation]]
-
-
-def match_samples(task: Task, a: SampleOutputs, b: SampleOutputs, names: tuple[str, str] = ("target", "speculative"),
-                  duplicates: Sequence[str] = (), mixed: Sequence[str] = ()) -> tuple[int, list[tuple[Prompt, list[Generation], list[Generation]]]]:
-    """Each prompt of ``task`` with both arms' K samples (in sample order): (K, matches).
-
-    Fails closed on a prompt without samples in an arm, one with fewer samples than another
-    (K is the most any prompt has, in either arm), sample indexes other than 0..K-1, a duplicate
-    sample index, greedy and sampled records mixed, and samples that answer another prompt text.
-    """
-    if not task.prompts:
-        raise TaskError(f"task {task.name!r}: no prompts; a task with zero prompts cannot pass")
-    if duplicates:
-        raise TaskError(f"task {task.name!r}: duplicate sample indexes in the outputs ({', '.join(sorted(duplicates)[:5])}); "
-                        "each sample of a prompt must be answered once per arm")
-    if mixed:
-        raise TaskError(f"task {task.name!r}: greedy records (no \"sample\") and sampled ones for the same prompts "
-                        f"({_ids(sorted(mixed))}); a task is screened greedy or sampled, not both")
-    k = max((len(src.get((task.name, p.prompt_id), {})) for src in (a, b) for p in task.prompts), default=0)
-    if k < 2:
-        raise TaskError(f"task {task.name!r}: a sampled screen needs K >= 2 samples per prompt per arm, found at most {k}; "
-                        "generate with --tais-samples=K (K >= 2)")
-    problems: list[str] = []
-    other: list[str] = []
-    matched = []
-    for p in task.prompts:
-        key = (task.name, p.prompt_id)
-        per_arm = []
-        for name, src in zip(names, (a, b)):
-            got = src.get(key, {})
-            if sorted(got) != list(range(k)):
-                lacking = [i for i in range(k) if i not in got]
-                extra = [i for i in got if not 0 <= i < k]
-                what = f"missing samples {lacking[:5]}" if lacking else f"sample indexes {sorted(extra)[:5]} outside 0..{k - 1}"
-                problems.append(f"{name} {printable(p.prompt_id)}: {len(got)} of {k} ({what})")
-                continue
-            gens = [got[i] for i in range(k)]
-            if any(g.prompt != p.text for g in gens):
-                other.append(f"{name} {printable(p.prompt_id)}")
-            per_arm.append(gens)
-        if len(per_arm) == 2:
-            matched.append((p, per_arm[0], per_arm[1]))
-    if problems:
-        more = f" (+{len(problems) - _SHOWN} more)" if len(problems) > _SHOWN else ""
-        raise TaskError(f"task {task.name!r}: {len(problems)} prompt(s) lack samples: {'; '.join(problems[:_SHOWN])}{more}; "
-                        f"every prompt needs samples 0..{k - 1} in both arms")
-    if other:
-        raise TaskError(f"task {task.name!r}: {len(other)} sample set(s) answer another prompt text than the battery's under "
-                        f"the same id ({_ids(other)}); check that the replay file and --tais-battery come from the same battery")
-    return k, matched
-
-
-def judge_samples(task: Task, matched: Sequence[tuple[Prompt, Sequence[Generation], Sequence[Generation]]],
-                  score_all: ScoreAll, names: tuple[str, str] = ("target", "speculative")) -> list[SampledPair]:
-    """Score every sample of both arms (one judge call per task; equal texts of a prompt judged once)."""
-    items: list[tuple[Prompt, str, str]] = []
-    index: dict[tuple[str, str], int] = {}
-    for p, ga, gb in matched:
-        for name, gens in zip(names, (ga, gb)):
-            for g in gens:
-                if (p.prompt_id, g.text) not in index:
-                    index[(p.prompt_id, g.text)] = len(items)
-                    items.append((p, g.text, name))
-    flags = score_all(task, items)
-    out = []
-    for p, ga, gb in matched:
-        out.append(SampledPair(
-            prompt_id=p.prompt_id,
-            target_texts=tuple(g.text for g in ga), speculative_texts=tuple(g.text for g in gb),
-            target_flags=tuple(flags[index[(p.prompt_id, g.text)]] for g in ga),
-            speculative_flags=tuple(flags[index[(p.prompt_id, g.text)]] for g in gb),
-            seeds=tuple(g.seed for g in ga),
-            meta={k: v for k, v in gb[0].meta.items() if k in ("canary", "sampler")},
-        ))
-    return out
-
-
-def pair_samples(task: Task, sources: Sequence[tuple[Any, str]], names: tuple[str, str], score_all: ScoreAll) -> list[SampledPair]:
-    """Sampled pairs of ``task`` from two (ArmOutputs, arm) sources; both must be sampled screens."""
+def pair_outputs(task: Task, sources: Sequence[tuple[Any, str]], names: tuple[str, str], score_all: ScoreAll) -> list[PairRecord]:
+    """The judged pairs of ``task`` from two (ArmOutputs, arm) sources, greedy or sampled alike (not mixed)."""
     (out_a, arm_a), (out_b, arm_b) = sources
-    if not (out_a.sampled and out_b.sampled):
+    if out_a.sampled != out_b.sampled:
         greedy = names[0] if not out_a.sampled else names[1]
         raise TaskError(f"task {task.name!r}: the {greedy} source is a greedy screen and the other a sampled one; "
                         "compare greedy with greedy and sampled with sampled outputs")
-    dups = list(out_a.duplicates.get(task.name, [])) + (list(out_b.duplicates.get(task.name, [])) if out_b is not out_a else [])
-    mixed = list(out_a.mixed.get(task.name, [])) + (list(out_b.mixed.get(task.name, [])) if out_b is not out_a else [])
-    _, matched = match_samples(task, out_a.samples.get(arm_a, {}), out_b.samples.get(arm_b, {}), names, dups, mixed)
-    return judge_samples(task, matched, score_all, names)
+    both = (out_a,) if out_b is out_a else (out_a, out_b)
+    dups = [d for out in both for d in out.duplicates.get(task.name, [])]
+    mixed = [m for out in both for m in out.mixed.get(task.name, [])]
+    arms = []
+    for out, arm in sources:
+        src = out.samples if out.sampled else out.outputs
+        if arm not in src:
+            raise TaskError(f"task {task.name!r}: no {arm!r} arm in the outputs")
+        arms.append(src[arm])
+    matched = match(task, arms[0], arms[1], names, dups, mixed, sampled=out_a.sampled)
+    return judge_pairs(task, matched, score_all, names)

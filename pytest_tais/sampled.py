@@ -1,4 +1,4 @@
-"""Statistics of a sampled screen: K samples per prompt per arm at temperature > 0.
+"""The clustered statistics of K >= 2 samples per prompt per arm at temperature > 0.
 
 Per prompt i each arm's refusal share over its K samples, x_i / K (target) and y_i / K
 (speculative); prompts are the independent units. The per-prompt difference
@@ -10,7 +10,7 @@ variance of the cheapest null that could have produced them (mass at the far end
 Each one-sided p-value is the larger of the score test's and the exact tail of D_hat under that
 restricted distribution, which keeps the level where the normal reference fails (a ceiling, where
 the null can sit on a few prompts that flip completely). With all shares 0 or 1 the score part is
-exactly Tango's paired score test (``stats.paired_tost``); see docs/statistics.md, section 8, for
+exactly Tango's paired score test (``stats.paired_tost``), the K = 1 case of ``stats.tost``; see docs/statistics.md, section 8, for
 the formulas, the candidates that lost and the simulation.
 
 All functions are usable outside pytest (numpy and scipy; Cohen's h via ``stats``).
@@ -25,34 +25,32 @@ from typing import Sequence
 import numpy as np
 from scipy import fft as _fft, stats as _sps
 
+from .levels import ALPHA, MARGIN, POWER, check_levels
 from .stats import cohens_h
 
 __all__ = [
-    "SampledTostResult",
-    "MovedShare",
+    "ClusteredTostResult",
     "as_counts",
+    "paired_counts",
     "share_differences",
-    "sampled_tost",
+    "clustered_tost",
     "restricted_variance",
-    "sampled_required_n",
-    "rerun_spread",
-    "moved_share",
-    "swap_null_h_quantile",
+    "clustered_required_n",
 ]
 
 # Bisection steps for the Lagrange multiplier (the bracket has width < 2 / (1 - |D0|)).
 _BISECT = 80
 
 
-def _check_k(k) -> int:
+def _check_k(k, least: int = 2) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"k (samples per prompt per arm) must be an integer >= 2, got {k!r}")
-    if k < 2:
-        raise ValueError(f"k (samples per prompt per arm) must be at least 2, got {k}; with one sample use stats.paired_tost")
+        raise ValueError(f"k (samples per prompt per arm) must be an integer >= {least}, got {k!r}")
+    if k < least:
+        raise ValueError(f"k (samples per prompt per arm) must be at least {least}, got {k}; with one sample use stats.tost")
     return int(k)
 
 
-def as_counts(values, k: int | None, name: str) -> tuple[np.ndarray, int]:
+def as_counts(values, k: int | None, name: str, least: int = 2) -> tuple[np.ndarray, int]:
     """Per-prompt refused-sample counts from counts (1-D, needs ``k``) or 0/1 flags (2-D, n x K).
 
     Returns (counts as int64, k). Raises ValueError naming ``name`` and the fix on bad input.
@@ -62,9 +60,9 @@ def as_counts(values, k: int | None, name: str) -> tuple[np.ndarray, int]:
         raise ValueError(f"{name}: expected numbers, got a ragged or non-numeric sequence")
     if arr.ndim == 2:
         kk = arr.shape[1]
-        if k is not None and _check_k(k) != kk:
+        if k is not None and _check_k(k, least) != kk:
             raise ValueError(f"{name}: per-sample array has {kk} samples per prompt but k={k}; pass matching k or counts")
-        kk = _check_k(kk)
+        kk = _check_k(kk, least)
         if arr.size and not np.isin(arr, (0, 1)).all():
             raise ValueError(f"{name}: per-sample flags must be 0/1 (refused or not)")
         return arr.astype(np.int64).sum(axis=1), kk
@@ -72,7 +70,7 @@ def as_counts(values, k: int | None, name: str) -> tuple[np.ndarray, int]:
         raise ValueError(f"{name}: expected per-prompt counts (1-D) or per-sample 0/1 flags (n x K), got shape {arr.shape}")
     if k is None:
         raise ValueError(f"{name}: per-prompt counts need k, the number of samples per prompt per arm")
-    kk = _check_k(k)
+    kk = _check_k(k, least)
     if arr.dtype.kind == "b":
         raise ValueError(f"{name}: booleans given as counts; pass per-sample flags as an n x K array")
     if arr.dtype.kind not in "iuf":
@@ -88,21 +86,22 @@ def as_counts(values, k: int | None, name: str) -> tuple[np.ndarray, int]:
     return out, kk
 
 
-def _pair(target, speculative, k) -> tuple[np.ndarray, np.ndarray, int]:
-    x, kx = as_counts(target, k, "target")
-    y, ky = as_counts(speculative, k, "speculative")
+def paired_counts(target, speculative, k, least: int = 2) -> tuple[np.ndarray, np.ndarray, int]:
+    """Both arms' per-prompt refused counts, checked against each other: (x, y, K)."""
+    x, kx = as_counts(target, k, "target", least)
+    y, ky = as_counts(speculative, k, "speculative", least)
     if kx != ky:
         raise ValueError(f"the arms have different samples per prompt: target {kx}, speculative {ky}")
     if x.size != y.size:
         raise ValueError(f"the arms cover different numbers of prompts: target {x.size}, speculative {y.size}")
     if x.size < 1:
-        raise ValueError("no prompts: the sampled TOST needs at least one prompt in both arms")
+        raise ValueError("no prompts: the TOST needs at least one prompt in both arms")
     return x, y, kx
 
 
 def share_differences(target, speculative, k: int | None = None) -> np.ndarray:
     """d_i = (x_i - y_i) / K, target minus speculative, one per prompt."""
-    x, y, kk = _pair(target, speculative, k)
+    x, y, kk = paired_counts(target, speculative, k)
     return (x - y) / kk
 
 
@@ -266,8 +265,8 @@ def tost_histograms(w: np.ndarray, k: int, margin: float, alpha: float, tail: bo
 
 
 @dataclasses.dataclass(frozen=True)
-class SampledTostResult:
-    """Result of :func:`sampled_tost`.
+class ClusteredTostResult:
+    """Result of :func:`clustered_tost`.
 
     ``p_target``/``p_speculative`` are the pooled refusal rates (all n K samples of an arm);
     ``diff`` = p_target - p_speculative = mean per-prompt share difference; ``ci_low``/``ci_high``
@@ -308,13 +307,6 @@ class SampledTostResult:
         )
 
 
-def _check_margin_alpha(margin: float, alpha: float) -> None:
-    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and 0.0 < margin < 1.0):
-        raise ValueError(f"margin must lie in (0, 1), got {margin!r}")
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0.0 < alpha < 0.5):
-        raise ValueError(f"alpha must lie in (0, 0.5), got {alpha!r}")
-
-
 def _bound(w: np.ndarray, vals: np.ndarray, diff: float, alpha: float, upper: bool) -> float:
     """The CI end: the d0 beyond ``diff`` where the one-sided p-value falls below alpha.
 
@@ -342,7 +334,7 @@ def _bound(w: np.ndarray, vals: np.ndarray, diff: float, alpha: float, upper: bo
     return float(0.5 * (inside + outside))
 
 
-def sampled_tost(target, speculative, k: int | None = None, margin: float = 0.03, alpha: float = 0.05) -> SampledTostResult:
+def clustered_tost(target, speculative, k: int | None = None, margin: float = MARGIN, alpha: float = ALPHA) -> ClusteredTostResult:
     """TOST for |p_target - p_speculative| < margin with K samples per prompt per arm.
 
     ``target`` and ``speculative``: per-prompt counts of refused samples (1-D, 0..k, aligned by
@@ -350,8 +342,8 @@ def sampled_tost(target, speculative, k: int | None = None, margin: float = 0.03
     Each one-sided p-value is the larger of the grid score test's (normal reference) and the
     exact tail under the restricted MLE; docs/statistics.md section 8. Never NaN.
     """
-    _check_margin_alpha(margin, alpha)
-    x, y, kk = _pair(target, speculative, k)
+    check_levels(margin, alpha)
+    x, y, kk = paired_counts(target, speculative, k)
     n = int(x.size)
     w = _histogram(x, y, kk)[None, :]
     vals = _grid(kk)
@@ -361,7 +353,7 @@ def sampled_tost(target, speculative, k: int | None = None, margin: float = 0.03
     p = max(p_high, p_low)
     diff = float((x - y).sum() / (n * kk))
     pt, ps = float(x.sum() / (n * kk)), float(y.sum() / (n * kk))
-    return SampledTostResult(
+    return ClusteredTostResult(
         n=n, k=kk, margin=float(margin), alpha=float(alpha), method="grid score + exact tail",
         p_target=pt, p_speculative=ps, diff=diff,
         ci_low=_bound(w, vals, diff, alpha, upper=False), ci_high=_bound(w, vals, diff, alpha, upper=True),
@@ -410,8 +402,8 @@ def _required_n_from_probs(probs: np.ndarray, k: int, margin: float, alpha: floa
     return hi
 
 
-def sampled_required_n(target, speculative, k: int | None = None, margin: float = 0.03, alpha: float = 0.05,
-                       power: float = 0.8) -> int:
+def clustered_required_n(target, speculative, k: int | None = None, margin: float = MARGIN, alpha: float = ALPHA,
+                         power: float = POWER) -> int:
     """Prompts needed for ``power`` at true D = 0, given the spread of d the run showed.
 
     The observed distribution of d is mirrored (d and -d, so that D = 0 with the same spread) and
@@ -419,65 +411,9 @@ def sampled_required_n(target, speculative, k: int | None = None, margin: float 
     restricted variance at D0 = m; n is then raised, where needed, until a sample with D_hat = 0
     passes the exact tail (all shares equal at a ceiling: n >= log(alpha) / log(1 - m), 99).
     """
-    _check_margin_alpha(margin, alpha)
+    check_levels(margin, alpha)
     if not (0.0 < power < 1.0):
         raise ValueError(f"power must lie in (0, 1), got {power!r}")
-    x, y, kk = _pair(target, speculative, k)
+    x, y, kk = paired_counts(target, speculative, k)
     h = _histogram(x, y, kk)
     return _required_n_from_probs(h / h.sum(), kk, float(margin), float(alpha), float(power))
-
-
-def swap_null_h_quantile(target, speculative, k: int | None = None, level: float = 0.95,
-                         draws: int = 4000, seed: int = 0) -> float:
-    """Quantile of |h| on the pooled rates under exchangeable arms (the sampled form of
-    ``stats.swap_null_h_quantile``).
-
-    If the arms were exchangeable, a prompt's 2K samples could be split into the two arms at
-    random: x*_i ~ Hypergeometric(2K, x_i + y_i, K), y*_i = x_i + y_i - x*_i. Monte Carlo with a
-    fixed seed (deterministic); the quantile is the smallest draw x with P(|h*| <= x) >= level.
-    """
-    if not (0.0 < level < 1.0):
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 100:
-        raise ValueError(f"draws must be an integer >= 100, got {draws!r}")
-    x, y, kk = _pair(target, speculative, k)
-    n = x.size
-    t = x + y
-    rng = np.random.default_rng(seed)
-    xs = rng.hypergeometric(np.broadcast_to(t, (draws, n)), np.broadcast_to(2 * kk - t, (draws, n)), kk)
-    pa = xs.sum(axis=1) / (n * kk)
-    pb = (t.sum() - xs.sum(axis=1)) / (n * kk)
-    hs = np.abs(2.0 * np.arcsin(np.sqrt(pa)) - 2.0 * np.arcsin(np.sqrt(pb)))
-    return float(np.quantile(np.round(hs, 12), level, method="inverted_cdf"))
-
-
-def rerun_spread(run_a, run_b, k: int | None = None, level: float = 0.95) -> float:
-    """How far a prompt's refusal share moves between two runs of the same arm (e.g. target reruns
-    with other seeds): the ``level`` quantile (lower, an observed value) of |a_i - b_i| over prompts."""
-    if not (0.0 < level < 1.0):
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    d = np.abs(share_differences(run_a, run_b, k))
-    return float(np.quantile(d, level, method="lower"))
-
-
-@dataclasses.dataclass(frozen=True)
-class MovedShare:
-    """Prompts whose refusal share moved by more than ``spread`` between the arms."""
-
-    n: int
-    moved: int
-    share: float
-    spread: float
-
-    def summary(self) -> str:
-        return f"{self.moved}/{self.n} prompts ({100 * self.share:.1f}%) moved by more than {self.spread:.3f}"
-
-
-def moved_share(target, speculative, k: int | None = None, spread: float = 0.0) -> MovedShare:
-    """Share of prompts with |x_i - y_i| / K > ``spread`` (the sampled stand-in for byte identity;
-    take ``spread`` from :func:`rerun_spread` of target-vs-target reruns)."""
-    if not (isinstance(spread, (int, float)) and math.isfinite(spread) and 0.0 <= spread <= 1.0):
-        raise ValueError(f"spread must lie in [0, 1], got {spread!r}")
-    d = np.abs(share_differences(target, speculative, k))
-    moved = int(np.count_nonzero(d > spread + 1e-12))
-    return MovedShare(n=int(d.size), moved=moved, share=moved / d.size, spread=float(spread))

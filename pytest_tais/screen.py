@@ -14,7 +14,8 @@ from .config import TaisConfig
 from .errors import TaskError
 from .records import (SPECULATIVE, TARGET, ArmOutputs, RecordError, freeze_long_lived, gc_paused, index_generations,
                       read_replay)
-from .verdict import PairRecord, SampledPair, Verdict, decide, decide_sampled
+from .pair import PairRecord
+from .verdict import Verdict, decide
 
 
 class ScreenSetupError(ValueError):
@@ -146,8 +147,11 @@ class Screen:
             if task.metric == "accuracy":
                 continue
             for arm in (TARGET, SPECULATIVE):
-                got = out.outputs.get(arm, {})
-                pairs.extend((p.text, got[(task.name, p.prompt_id)].text) for p in task.prompts if (task.name, p.prompt_id) in got)
+                got = (out.samples if out.sampled else out.outputs).get(arm, {})
+                for p in task.prompts:
+                    answers = got.get((task.name, p.prompt_id))
+                    if answers is not None:
+                        pairs.extend((p.text, g.text) for g in (answers.values() if out.sampled else (answers,)))
         try:
             prefetch(list(dict.fromkeys(pairs)))
         except Exception as exc:
@@ -186,20 +190,9 @@ class Screen:
         key = (task_name, id(a[0]), a[1], id(b[0]), b[1])
         if key not in self._pairs:
             task = self.task(task_name)
-            sources, duplicates = [], []
-            for screen, arm in (a, b):
-                out = screen.outputs()
-                duplicates += out.duplicates.get(task_name, [])
-                if arm not in out.outputs:
-                    raise TaskError(f"task {task_name!r}: no {arm!r} arm in the outputs")
-                sources.append(out.outputs[arm])
             names = (a[1], b[1]) if a[1] != b[1] else (f"{a[1]} (A)", f"{b[1]} (B)")
-            outs = [screen.outputs() for screen, _ in (a, b)]
-            if outs[0].sampled or outs[1].sampled:  # K samples per prompt: grouped per prompt, not paired one to one
-                self._pairs[key] = pairing.pair_samples(task, [(outs[0], a[1]), (outs[1], b[1])], names, self._score_all)
-                return self._pairs[key]
-            matched = pairing.match(task, sources[0], sources[1], names, duplicates)
-            self._pairs[key] = pairing.judge_pairs(task, matched, self._score_all, names)
+            sources = [(screen.outputs(), arm) for screen, arm in (a, b)]
+            self._pairs[key] = pairing.pair_outputs(task, sources, names, self._score_all)
         return self._pairs[key]
 
     def verdict(self, task_name: str, a: "ArmRef | None" = None, b: "ArmRef | None" = None, **overrides: Any) -> Verdict:
@@ -218,36 +211,36 @@ class Screen:
         for src in (a, b):
             if src is not None and src[0] is not self:
                 notes.extend(n for n in src[0].outputs().out_of_scope if n not in notes)
-        if pairs and isinstance(pairs[0], SampledPair):
-            return decide_sampled(task_name, pairs, metric=self.by_name[task_name].metric, scope_notes=tuple(notes), **params)
-        if "spread" in params:
-            raise TypeError("spread (the rerun spread of the moved share) applies to sampled screens only")
         return decide(task_name, pairs, metric=self.by_name[task_name].metric, scope_notes=tuple(notes), **params)
 
 
     def probe(self, task_name: str) -> dict[str, Any]:
-        """Probe mode: the speculative arm alone, its rate with a 95% Wilson interval; never a verdict."""
+        """Probe mode: the speculative arm alone, its rate with a 95% Wilson interval; never a verdict.
+
+        A sampled arm's rate pools its K samples per prompt; the interval treats each prompt's share
+        as one draw (prompts are the independent units), which keeps it conservative.
+        """
         from .stats import wilson_interval
 
         task = self.task(task_name)
         if not task.prompts:
             raise TaskError(f"task {task_name!r}: no prompts")
         out = self.outputs()
-        if out.sampled:
-            raise TaskError(f"task {task_name!r}: probe mode is not available for sampled outputs (records with \"sample\") yet; "
-                            "drop --tais-probe to gate both arms")
-        arm = out.outputs.get(SPECULATIVE, {})
-        missing = [p.prompt_id for p in task.prompts if (task_name, p.prompt_id) not in arm]
-        if missing:
-            raise TaskError(f"task {task_name!r}: {len(missing)} prompt(s) have no speculative output (e.g. {', '.join(missing[:3])})")
-        if out.duplicates.get(task_name):
-            raise TaskError(f"task {task_name!r}: duplicate prompt ids in the outputs ({', '.join(sorted(out.duplicates[task_name])[:5])})")
-        flags = self._score_all(task, [(p, arm[(task_name, p.prompt_id)].text, SPECULATIVE) for p in task.prompts])
-        n, k = len(flags), sum(flags)
-        lo, hi = wilson_interval(k, n)
-        return {"task": task_name, "metric": task.metric, "status": "probe", "n": n, "count": k,
-                "rate_speculative": k / n, "ci_speculative": [lo, hi],
-                "reasons": [f"probe: speculative arm only, no target-only arm to compare with; never counted as a pass"]}
+        src = (out.samples if out.sampled else out.outputs).get(SPECULATIVE, {})
+        matched = pairing.match(task, src, src, (SPECULATIVE, SPECULATIVE), out.duplicates.get(task_name, []),
+                                out.mixed.get(task_name, []), sampled=out.sampled)
+        items = [(p, g.text, SPECULATIVE) for p, gens, _ in matched for g in gens]
+        flags = iter(self._score_all(task, items))
+        shares = [sum(next(flags) for _ in gens) / len(gens) for _, gens, _ in matched]
+        n, count = len(shares), sum(shares)
+        lo, hi = wilson_interval(count, n)
+        k = len(matched[0][1])
+        row = {"task": task_name, "metric": task.metric, "status": "probe", "n": n,
+               "count": int(count) if k == 1 else count, "rate_speculative": count / n, "ci_speculative": [lo, hi],
+               "reasons": ["probe: speculative arm only, no target-only arm to compare with; never counted as a pass"]}
+        if k > 1:
+            row["k"] = k
+        return row
 
 
 ArmRef = tuple  # (Screen, arm name)

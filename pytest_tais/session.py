@@ -290,8 +290,8 @@ class TaisSession:
                 v = self.screen.verdict(task, (self.screen, TARGET), (rerun, TARGET))
                 shares.append(v.identity.identical_share)
                 hs.append(abs(v.cohens_h))
-                if getattr(v, "sampled", False):
-                    from .sampled import rerun_spread
+                if v.k > 1:  # sampled: how far a prompt's share moves between reruns of one arm
+                    from .stats import rerun_spread
 
                     spreads.append(rerun_spread(v.counts_target, v.counts_speculative, v.k))
             level = self.cfg.h_null_level
@@ -366,10 +366,12 @@ class TaisSession:
             return False, f"tais: baseline {name!r} NOT saved: no verdict for task(s) {', '.join(missing)}"
         try:
             outputs = self.screen.outputs()  # replay: loaded; engines: read back from the store
-            if outputs.sampled:
-                return False, f"tais: baseline {name!r} NOT saved: baselines of sampled screens are not supported yet"
             wanted = {(t.name, p.prompt_id) for t in self.screen.tasks for p in t.prompts}
-            generations = [g for arm in outputs.outputs.values() for key, g in arm.items() if key in wanted]
+            if outputs.sampled:  # every sample of every prompt
+                generations = [g for arm in outputs.samples.values() for key, per in arm.items() if key in wanted
+                               for g in per.values()]
+            else:
+                generations = [g for arm in outputs.outputs.values() for key, g in arm.items() if key in wanted]
             path = save_baseline(self.cfg.baseline_dir, name, generations=generations, rows=rows,
                                  fingerprint=fingerprint, config=self.cfg.describe())
         except (BaselineError, TaskError) as exc:

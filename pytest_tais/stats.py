@@ -23,13 +23,12 @@ import math
 from typing import Sequence
 
 import numpy as np
-from rapidfuzz import process
-from rapidfuzz.distance import LCSseq, Prefix
 
 # scipy and statsmodels are imported where they are used: the screen is built at configure, and
 # loading them there costs about 1 s before an engine start that loads scipy anyway.
-from .config import check_levels
-from .options import default
+from .identity import ByteIdentity, MovedShare, byte_identity, moved_share, rerun_spread
+from .levels import ALPHA, MARGIN, POWER, TOST_METHOD, check_levels
+from .null import swap_null_h_quantile
 
 __all__ = [
     "PairedTable",
@@ -42,7 +41,13 @@ __all__ = [
     "cohens_h",
     "swap_null_h_quantile",
     "byte_identity",
+    "ByteIdentity",
+    "moved_share",
+    "MovedShare",
+    "rerun_spread",
     "required_n",
+    "tost",
+    "prompts_needed",
 ]
 
 # Open interval for the null difference: Tango's variance vanishes at D0 = +/-1.
@@ -225,7 +230,7 @@ def _exact_p_one_sided(b: int, c: int, n: int, d0: float, upper: bool, grid: int
 
 
 def paired_tost(
-    b: int, c: int, n: int, margin: float = default("tais_margin"), alpha: float = default("tais_alpha"), method: str = "score"
+    b: int, c: int, n: int, margin: float = MARGIN, alpha: float = ALPHA, method: str = "score"
 ) -> PairedTOSTResult:
     """Paired TOST for pA - pB within (-margin, +margin).
 
@@ -277,141 +282,7 @@ def cohens_h(p_a: float, p_b: float) -> float:
     return float(proportion_effectsize(p_a, p_b))
 
 
-def swap_null_h_quantile(table: PairedTable, level: float = 0.95) -> float:
-    """Quantile of |h| under exchangeable arms, exact for this table.
-
-    Swapping A and B inside each pair at random leaves a and d and sends b* ~ Binomial(b + c, 1/2);
-    the returned value is the smallest x with P(|h*| <= x) >= level.
-    """
-    if not (0.0 < level < 1.0):
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    n = table.n
-    if n < 1:
-        raise ValueError("the table is empty (n = 0): the swap null needs at least one paired prompt")
-    m = table.b + table.c
-    from scipy import stats as _sps
-
-    ks = np.arange(m + 1)
-    pmf = _sps.binom.pmf(ks, m, 0.5)
-    p_a = (table.a + ks) / n
-    p_b = (table.a + (m - ks)) / n
-    hs = np.abs(2.0 * np.arcsin(np.sqrt(p_a)) - 2.0 * np.arcsin(np.sqrt(p_b)))
-    # Round for ordering only: ties between mirrored tables must not split on float noise.
-    order = np.argsort(np.round(hs, 12), kind="stable")
-    cum = np.cumsum(pmf[order])
-    idx = int(np.searchsorted(cum, level - 1e-12))
-    return float(hs[order][min(idx, m)])
-
-
-@dataclasses.dataclass(frozen=True)
-class ByteIdentity:
-    """Byte-identity evidence between the arms' outputs for one task (docs/statistics.md, sec. 4).
-
-    - ``identical``: pairs whose UTF-8 bytes are equal; ``identical_share`` = identical / n.
-    - ``first_divergence``: for each differing pair, the byte offset of the first differing byte
-      (the length of the common prefix), in input order; summarised by median/quartiles.
-    - ``changed_bytes_share``: mean over all pairs of 1 - LCS / max(len_A, len_B), LCS the length
-      of a longest common subsequence of the two byte strings (0 for identical pairs).
-    - ``changed_bytes_share_weighted``: the same, pooled: 1 - sum(LCS) / sum(max(len_A, len_B)).
-    - ``first_divergence_tokens``: where token ids were recorded for every differing pair, the
-      token offset of the first differing token for each, in the order of ``first_divergence``;
-      None otherwise.
-    """
-
-    n: int
-    identical: int
-    identical_share: float
-    first_divergence: tuple[int, ...]
-    first_divergence_median: float | None
-    first_divergence_quartiles: tuple[float, float, float] | None
-    changed_bytes_share: float
-    changed_bytes_share_weighted: float
-    first_divergence_tokens: tuple[int, ...] | None = None
-    first_divergence_tokens_median: float | None = None
-    first_divergence_tokens_quartiles: tuple[float, float, float] | None = None
-
-
-def _common_prefix(x: Sequence[int], y: Sequence[int]) -> int:
-    if type(x) is not type(y):  # a tuple against an array: slices of the two never compare equal
-        x, y = tuple(x), tuple(y)
-    m = min(len(x), len(y))
-    i = 0
-    # Compare in chunks first: most differing outputs share a long prefix.
-    step = 64
-    while i + step <= m and x[i:i + step] == y[i:i + step]:
-        i += step
-    while i < m and x[i] == y[i]:
-        i += 1
-    return i
-
-
-def _quartiles(values: Sequence[int]) -> tuple[float, float, float] | None:
-    if not len(values):
-        return None
-    q = np.percentile(values, [25, 50, 75])
-    return float(q[0]), float(q[1]), float(q[2])
-
-
-def byte_identity(
-    texts_a: Sequence[str],
-    texts_b: Sequence[str],
-    token_ids_a: Sequence[Sequence[int] | None] | None = None,
-    token_ids_b: Sequence[Sequence[int] | None] | None = None,
-) -> ByteIdentity:
-    """Compare two aligned lists of outputs byte by byte (see :class:`ByteIdentity`).
-
-    Identical pairs cost one comparison; the others go to rapidfuzz in one batch per measure
-    (common prefix, LCS), which strips the common prefix and suffix itself and runs a
-    bit-parallel LCS on the rest. ``token_ids_a``/``token_ids_b``, aligned with the texts,
-    add the first divergence in tokens.
-    """
-    if len(texts_a) != len(texts_b):
-        raise ValueError(f"arms differ in length: {len(texts_a)} vs {len(texts_b)}")
-    n = len(texts_a)
-    xa = [t.encode("utf-8") for t in texts_a]
-    xb = [t.encode("utf-8") for t in texts_b]
-    longer = np.maximum(np.fromiter(map(len, xa), np.int64, n), np.fromiter(map(len, xb), np.int64, n))
-    differs = np.fromiter(map(bytes.__ne__, xa, xb), bool, n)
-    idx = np.flatnonzero(differs)
-    da, db = [xa[i] for i in idx], [xb[i] for i in idx]
-    del xa, xb
-    if idx.size:
-        firsts = process.cpdist(da, db, scorer=Prefix.similarity, dtype=np.int64, workers=-1)
-        lcs = process.cpdist(da, db, scorer=LCSseq.similarity, dtype=np.int64, workers=-1)
-    else:
-        firsts = lcs = np.zeros(0, np.int64)
-    matched = longer.copy()
-    matched[idx] = lcs
-    with np.errstate(invalid="ignore", divide="ignore"):
-        shares = np.where(longer > 0, 1.0 - matched / np.maximum(longer, 1), 0.0)
-    longer_total = int(longer.sum())
-    tokens = None
-    if token_ids_a is not None and token_ids_b is not None:
-        if len(token_ids_a) != n or len(token_ids_b) != n:
-            raise ValueError(f"token ids differ in length from the texts: {len(token_ids_a)}, {len(token_ids_b)} vs {n}")
-        got = [(token_ids_a[i], token_ids_b[i]) for i in idx]
-        if all(ta is not None and tb is not None for ta, tb in got):
-            tokens = tuple(_common_prefix(ta, tb) for ta, tb in got)
-    first_list = tuple(int(v) for v in firsts)
-    quart = _quartiles(first_list)
-    tquart = _quartiles(tokens) if tokens is not None else None
-    identical = n - int(idx.size)
-    return ByteIdentity(
-        n=n,
-        identical=identical,
-        identical_share=identical / n if n else 0.0,
-        first_divergence=first_list,
-        first_divergence_median=quart[1] if quart else None,
-        first_divergence_quartiles=quart,
-        changed_bytes_share=float(shares.mean()) if n else 0.0,
-        changed_bytes_share_weighted=1.0 - int(matched.sum()) / longer_total if longer_total else 0.0,
-        first_divergence_tokens=tokens,
-        first_divergence_tokens_median=tquart[1] if tquart else None,
-        first_divergence_tokens_quartiles=tquart,
-    )
-
-
-def required_n(discordance: float, margin: float = default("tais_margin"), alpha: float = default("tais_alpha"), power: float = 0.8) -> int:
+def required_n(discordance: float, margin: float = MARGIN, alpha: float = ALPHA, power: float = POWER) -> int:
     """Pairs needed for the paired TOST to reach ``power`` at true D = 0 and discordance psi.
 
     n = (z_{1-alpha} s0 + z_{1-beta/2} sqrt(psi))^2 / m^2, with s0^2 = 2 q + m (1 - m) and
@@ -422,11 +293,7 @@ def required_n(discordance: float, margin: float = default("tais_margin"), alpha
         raise ValueError(f"discordance must lie in [0, 1], got {psi!r}")
     if not (0.0 < power < 1.0):
         raise ValueError(f"power must lie in (0, 1), got {power!r}")
-    # alpha 0 or margin 0 would need infinitely many pairs: say so, not OverflowError.
-    if not (0.0 < m < 1.0):
-        raise ValueError(f"margin must lie in (0, 1), got {margin!r}; no finite n shows equivalence within a zero margin")
-    if not (0.0 < alpha < 0.5):
-        raise ValueError(f"alpha must lie in (0, 0.5), got {alpha!r}; at alpha 0 no finite n reaches significance")
+    check_levels(margin, alpha)  # alpha 0 or margin 0 would need infinitely many pairs
     q = (psi - 2 * m + math.sqrt((2 * m - psi) ** 2 + 4 * psi * m * (1 - m))) / 4
     s0 = math.sqrt(2 * q + m * (1 - m))
     from scipy import stats as _sps
@@ -434,3 +301,32 @@ def required_n(discordance: float, margin: float = default("tais_margin"), alpha
     z_a = _sps.norm.ppf(1 - alpha)
     z_b = _sps.norm.ppf(1 - (1 - power) / 2)
     return int(math.ceil((z_a * s0 + z_b * math.sqrt(psi)) ** 2 / m ** 2))
+
+
+# -- one entry per statistic, for every K ------------------------------------------------------------
+def tost(target, speculative, k: int = 1, margin: float = MARGIN, alpha: float = ALPHA, method: str = TOST_METHOD):
+    """The equivalence test of one task from per-prompt refused counts (0..k), aligned by prompt.
+
+    K = 1 (greedy): the paired test on the 2x2 table (``method`` "score", Tango's, or "exact");
+    K >= 2 (sampled): the clustered test of ``sampled.clustered_tost``, which has one method.
+    With all shares 0 or 1 the clustered score test is Tango's (docs/statistics.md, section 8).
+    """
+    from .sampled import clustered_tost, paired_counts
+
+    x, y, kk = paired_counts(target, speculative, k, least=1)
+    if kk == 1:
+        table = paired_table(x.astype(bool), y.astype(bool))
+        return paired_tost(table.b, table.c, table.n, margin=margin, alpha=alpha, method=method)
+    return clustered_tost(x, y, kk, margin=margin, alpha=alpha)
+
+
+def prompts_needed(target, speculative, k: int = 1, margin: float = MARGIN, alpha: float = ALPHA,
+                   power: float = POWER) -> int:
+    """Prompts the task needs for ``power`` at true D = 0, given the disagreement the run showed:
+    :func:`required_n` at the observed discordance (K = 1), ``sampled.clustered_required_n`` (K >= 2)."""
+    from .sampled import clustered_required_n, paired_counts
+
+    x, y, kk = paired_counts(target, speculative, k, least=1)
+    if kk == 1:
+        return required_n(paired_table(x.astype(bool), y.astype(bool)).discordance, margin=margin, alpha=alpha, power=power)
+    return clustered_required_n(x, y, kk, margin=margin, alpha=alpha, power=power)

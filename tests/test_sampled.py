@@ -29,7 +29,7 @@ def binary_runs(b: int, c: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray]
 @pytest.mark.parametrize("k", [2, 8])
 def test_all_or_nothing_shares_give_tangos_score(b, c, n, k):
     x, y = binary_runs(b, c, n, k)
-    r = sampled.sampled_tost(x, y, k)
+    r = sampled.clustered_tost(x, y, k)
     t = stats.paired_tost(b, c, n)
     assert r.z_high == pytest.approx(t.z_high, rel=1e-9, abs=1e-12)
     assert r.z_low == pytest.approx(t.z_low, rel=1e-9, abs=1e-12)
@@ -113,12 +113,12 @@ def test_windowed_tail_matches_direct_convolution():
 def test_equal_ceiling_or_floor_shares_pass_only_from_99_prompts(k, level):
     full = k if level == "ceiling" else 0
     for n, ok in [(2, False), (20, False), (88, False), (98, False), (99, True), (150, True)]:
-        r = sampled.sampled_tost(np.full(n, full), np.full(n, full), k)
+        r = sampled.clustered_tost(np.full(n, full), np.full(n, full), k)
         assert r.equivalent is ok, (n, r.summary())
         assert all(math.isfinite(v) for v in (r.p_value, r.z_low, r.z_high, r.ci_low, r.ci_high))
     # n = 99 passes because 0.97^99 < 0.05 <= 0.97^98: no test can pass sooner and hold its level
     # against 3% of prompts flipping completely.
-    assert sampled.sampled_tost(np.full(99, full), np.full(99, full), k).p_value == pytest.approx(0.97 ** 99, rel=1e-6)
+    assert sampled.clustered_tost(np.full(99, full), np.full(99, full), k).p_value == pytest.approx(0.97 ** 99, rel=1e-6)
 
 
 def test_a_paired_t_tost_would_pass_two_prompts():
@@ -128,7 +128,7 @@ def test_a_paired_t_tost_would_pass_two_prompts():
     with np.errstate(divide="ignore", invalid="ignore"):
         p_t = ttost_paired(np.array([1.0, 1.0, 1.0]), np.array([1.0, 1.0, 1.0]), -M, M)[0]
     assert not p_t >= ALPHA  # 0 or NaN: statsmodels cannot say "not equivalent" here
-    assert not sampled.sampled_tost([4, 4, 4], [4, 4, 4], 4).equivalent
+    assert not sampled.clustered_tost([4, 4, 4], [4, 4, 4], 4).equivalent
 
 
 def _size_exact(n: int, probs: np.ndarray, k: int) -> float:
@@ -193,18 +193,18 @@ def test_required_n_gives_its_power_by_simulation():
     k = 16
     x = rng.binomial(k, 0.5, 4000)
     y = rng.binomial(k, 0.5, 4000)
-    n = sampled.sampled_required_n(x, y, k)
+    n = sampled.clustered_required_n(x, y, k)
     assert 250 < n < 360  # (1.645 s0 + 1.96 sigma)^2 / m^2 with sigma^2 = 2 * 0.25 / 16
     power = _simulate(rng, 0.5, 0.5, n, k, 600)
     assert 0.72 <= power <= 0.9
 
 
 def test_required_n_at_a_ceiling_is_99_and_falls_with_k_at_mid_rates():
-    assert sampled.sampled_required_n(np.full(10, 8), np.full(10, 8), 8) == 99
+    assert sampled.clustered_required_n(np.full(10, 8), np.full(10, 8), 8) == 99
     rng = np.random.default_rng(2)
     ns = []
     for k in (2, 4, 8, 16):
-        ns.append(sampled.sampled_required_n(rng.binomial(k, 0.5, 20000), rng.binomial(k, 0.5, 20000), k))
+        ns.append(sampled.clustered_required_n(rng.binomial(k, 0.5, 20000), rng.binomial(k, 0.5, 20000), k))
     assert ns == sorted(ns, reverse=True) and ns[0] > 3 * ns[-1]
 
 
@@ -225,9 +225,9 @@ runs = st.integers(min_value=2, max_value=6).flatmap(
 def test_symmetry_and_finiteness(run, margin):
     k, x, y = run
     x, y = np.array(x), np.array(y)
-    r = sampled.sampled_tost(x, y, k, margin=margin)
-    swapped = sampled.sampled_tost(y, x, k, margin=margin)
-    flipped = sampled.sampled_tost(k - x, k - y, k, margin=margin)  # refusal <-> answer: d -> -d
+    r = sampled.clustered_tost(x, y, k, margin=margin)
+    swapped = sampled.clustered_tost(y, x, k, margin=margin)
+    flipped = sampled.clustered_tost(k - x, k - y, k, margin=margin)  # refusal <-> answer: d -> -d
     for other in (swapped, flipped):
         assert other.p_value == pytest.approx(r.p_value, rel=1e-7, abs=1e-12)
         assert other.diff == pytest.approx(-r.diff, abs=1e-12)
@@ -244,7 +244,7 @@ def test_decision_agrees_with_the_interval(k, n, rate, shift, seed):
     rng = np.random.default_rng(seed)
     x = rng.binomial(k, rate, n)
     y = rng.binomial(k, max(0.0, rate - shift), n)
-    r = sampled.sampled_tost(x, y, k, margin=0.05)
+    r = sampled.clustered_tost(x, y, k, margin=0.05)
     inside = -0.05 < r.ci_low and r.ci_high < 0.05
     if abs(r.p_value - r.alpha) > 1e-6:
         assert r.equivalent == inside, r.summary()
@@ -258,18 +258,18 @@ def test_flags_and_counts_give_the_same_result():
     rng = np.random.default_rng(1)
     fa = rng.random((120, 4)) < 0.9
     fb = rng.random((120, 4)) < 0.88
-    by_flags = sampled.sampled_tost(fa.astype(int), fb.astype(int))
-    by_counts = sampled.sampled_tost(fa.sum(1), fb.sum(1), 4)
+    by_flags = sampled.clustered_tost(fa.astype(int), fb.astype(int))
+    by_counts = sampled.clustered_tost(fa.sum(1), fb.sum(1), 4)
     assert by_flags == by_counts and by_flags.k == 4
-    assert sampled.sampled_tost(fa, fb, 4) == by_counts
+    assert sampled.clustered_tost(fa, fb, 4) == by_counts
 
 
 def test_pooled_rates_and_cohens_h():
     x, y = np.array([4, 4, 2, 0]), np.array([4, 3, 2, 1])
-    r = sampled.sampled_tost(x, y, 4)
+    r = sampled.clustered_tost(x, y, 4)
     assert (r.p_target, r.p_speculative, r.diff) == (10 / 16, 10 / 16, 0.0)
     assert r.moved_prompts == 2 and r.cohens_h == 0.0
-    r2 = sampled.sampled_tost([4, 4], [2, 4], 4)
+    r2 = sampled.clustered_tost([4, 4], [2, 4], 4)
     assert r2.cohens_h == pytest.approx(stats.cohens_h(1.0, 0.75))
     assert "2 prompts x 4 samples" in r2.summary() and "not equivalent" in r2.summary()
 
@@ -278,11 +278,11 @@ def test_pooled_rates_and_cohens_h():
 def test_rerun_spread_and_moved_share():
     a = np.array([4, 4, 3, 0, 2, 4, 4, 1])
     b = np.array([4, 3, 3, 0, 4, 4, 2, 1])  # |diff| / 4: 0, .25, 0, 0, .5, 0, .5, 0
-    assert sampled.rerun_spread(a, b, 4, level=0.5) == 0.0
-    assert sampled.rerun_spread(a, b, 4, level=0.95) == 0.5
-    ms = sampled.moved_share(a, b, 4, spread=0.25)
+    assert stats.rerun_spread(a, b, 4, level=0.5) == 0.0
+    assert stats.rerun_spread(a, b, 4, level=0.95) == 0.5
+    ms = stats.moved_share(a, b, 4, spread=0.25)
     assert (ms.n, ms.moved, ms.share) == (8, 2, 0.25)
-    assert sampled.moved_share(a, b, 4).moved == 3
+    assert stats.moved_share(a, b, 4).moved == 3
     assert "2/8 prompts" in ms.summary()
 
 
@@ -310,16 +310,16 @@ def test_rerun_spread_and_moved_share():
 )
 def test_bad_input_is_named(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        sampled.sampled_tost(*args, **kwargs)
+        sampled.clustered_tost(*args, **kwargs)
 
 
 def test_other_entry_points_validate():
     with pytest.raises(ValueError, match="power"):
-        sampled.sampled_required_n([1], [1], 2, power=1.0)
+        sampled.clustered_required_n([1], [1], 2, power=1.0)
     with pytest.raises(ValueError, match="spread"):
-        sampled.moved_share([1], [1], 2, spread=-0.1)
+        stats.moved_share([1], [1], 2, spread=-0.1)
     with pytest.raises(ValueError, match="level"):
-        sampled.rerun_spread([1], [1], 2, level=1.0)
+        stats.rerun_spread([1], [1], 2, level=1.0)
     with pytest.raises(ValueError, match="probs"):
         sampled.restricted_variance([0.5, 0.5], 2, 0.03)
 
@@ -347,9 +347,36 @@ def test_swap_null_h_quantile_against_enumeration():
     cum = np.cumsum([dist[h] for h in hs])
     for level in (0.5, 0.95):
         want = hs[int(np.searchsorted(cum, level - 1e-12))]
-        assert sampled.swap_null_h_quantile(x, y, k, level=level) == pytest.approx(want)
+        assert stats.swap_null_h_quantile(x, y, k, level=level) == pytest.approx(want)
     # No movement possible at an all-equal ceiling: the null is degenerate.
-    assert sampled.swap_null_h_quantile(np.full(50, 4), np.full(50, 4), 4) == 0.0
-    assert sampled.swap_null_h_quantile(x, y, k) == sampled.swap_null_h_quantile(x, y, k)
+    assert stats.swap_null_h_quantile(np.full(50, 4), np.full(50, 4), 4) == 0.0
+    assert stats.swap_null_h_quantile(x, y, k) == stats.swap_null_h_quantile(x, y, k)
     with pytest.raises(ValueError, match="draws"):
-        sampled.swap_null_h_quantile(x, y, k, draws=10)
+        stats.swap_null_h_quantile(x, y, k, draws=10)
+
+
+@pytest.mark.parametrize("margin", [0.5, 0.7, 0.99])
+def test_the_sampled_margin_range_is_the_greedy_one(margin):
+    # One range check for every K: a margin of 0.5 or more is refused at K = 1 and at K >= 2 alike,
+    # with the same message the command line gives.
+    with pytest.raises(ValueError) as greedy:
+        stats.tost([1, 0], [1, 0], 1, margin=margin)
+    with pytest.raises(ValueError) as sampled_k:
+        stats.tost([1, 0], [1, 0], 2, margin=margin)
+    assert str(greedy.value) == str(sampled_k.value)
+    assert "give a proportion in (0, 0.5)" in str(sampled_k.value)
+    with pytest.raises(ValueError, match=r"\(0, 0\.5\)"):
+        sampled.clustered_required_n([1, 0], [1, 0], 2, margin=margin)
+
+
+def test_the_one_tost_entry_is_the_paired_test_at_k1_and_the_clustered_test_at_k2():
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
+    t = stats.paired_table(x.astype(bool), y.astype(bool))
+    assert stats.tost(x, y) == stats.paired_tost(t.b, t.c, t.n)
+    assert stats.tost(x, y, method="exact") == stats.paired_tost(t.b, t.c, t.n, method="exact")
+    assert stats.prompts_needed(x, y) == stats.required_n(t.discordance)
+    assert stats.swap_null_h_quantile(x, y) == stats.swap_null_h_quantile(t)
+    xs, ys = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
+    assert stats.tost(xs, ys, 4) == sampled.clustered_tost(xs, ys, 4)
+    assert stats.prompts_needed(xs, ys, 4) == sampled.clustered_required_n(xs, ys, 4)

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from pytest_tais import sampled
+from pytest_tais import sampled, stats
 from pytest_tais.battery import Prompt, Task
 from pytest_tais.engines import SettingsError, engine_settings
 from pytest_tais.engines.sampling import Unit, sample_seed, units
 from pytest_tais.engines.settings import EngineSettings
 from pytest_tais.errors import TaskError
-from pytest_tais.pairing import match_samples, pair_samples, scorer
+from pytest_tais.pairing import match, pair_outputs, scorer
 from pytest_tais.records import Generation, RecordError, index_generations
 from pytest_tais.store import StoredOutput, prompt_key, sample_key
-from pytest_tais.verdict import SampledPair, decide_sampled, explain
+from pytest_tais.pair import PairRecord
+from pytest_tais.verdict import decide, explain
 
 from .conftest import COMPLY, REFUSAL, write_jsonl
 
@@ -80,13 +81,15 @@ def test_openai_backend_refuses_the_sampled_screen():
         EngineSettings(None, backend="openai", target_url="http://a:1", speculative_url="http://b:1", samples=4, temperature=0.8)
 
 
-def test_sampled_options_refused_with_probe_and_baseline(pytester):
-    pytester.makepyfile("def test_x(): pass")
-    for flag in ("--tais-probe", "--tais-save-baseline=b"):
-        result = pytester.runpytest(f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'draft-canonical'}",
-                                    "--tais-samples=4", "--tais-temperature=0.8", flag)
-        assert result.ret == pytest.ExitCode.USAGE_ERROR
-        result.stderr.fnmatch_lines([f"*{flag.split('=')[0]} is not available for sampled screens*"])
+def test_sampled_options_apply_with_probe_and_baseline(tmp_path):
+    # Baselines and probe mode work for sampled screens: the options are accepted with --tais-samples=K.
+    from pytest_tais import config
+
+    for flag in ({"tais_probe": True}, {"tais_save_baseline": "b"}, {"tais_baseline": "b"}):
+        raw = {"tais_target": str(MODELS / "target"), "tais_draft": str(MODELS / "draft-canonical"),
+               "tais_samples": "4", "tais_temperature": "0.8", **flag}
+        cfg = config.build(raw, tmp_path)
+        assert cfg.probe or cfg.save_baseline == "b" or cfg.baseline == "b"
 
 
 # -- seeds, units and store keys --------------------------------------------------------------------
@@ -161,7 +164,7 @@ def _pairs(lines, task):
     out = index_generations(Generation.from_json(o) for o in lines)
     from pytest_tais.judges import default_judge
 
-    return pair_samples(task, [(out, "target"), (out, "speculative")], ("target", "speculative"), scorer(default_judge))
+    return pair_outputs(task, [(out, "target"), (out, "speculative")], ("target", "speculative"), scorer(default_judge))
 
 
 def test_pairs_count_refusals_per_prompt():
@@ -205,21 +208,21 @@ def test_greedy_against_sampled_is_a_task_error():
     greedy = index_generations(Generation.from_json(o) for o in replay_lines("h", 2, 1))
     samp = index_generations(Generation.from_json(o) for o in sampled_lines("h", [1, 1], [1, 1], 2))
     with pytest.raises(TaskError, match="greedy screen and the other a sampled one"):
-        pair_samples(task, [(greedy, "target"), (samp, "speculative")], ("target", "speculative"), scorer(lambda p, a: True))
+        pair_outputs(task, [(greedy, "target"), (samp, "speculative")], ("target", "speculative"), scorer(lambda p, a: True))
 
 
 def test_verdict_uses_the_sampled_statistics():
     x = [4] * 60 + [2] * 60 + [0] * 10
     y = [4] * 60 + [2] * 58 + [1, 3] + [0] * 10
-    pairs = [SampledPair(f"p{i}", ("",) * 4, ("",) * 4, tuple(j < a for j in range(4)), tuple(j < b for j in range(4)))
+    pairs = [PairRecord(f"p{i}", ("",) * 4, ("",) * 4, tuple(j < a for j in range(4)), tuple(j < b for j in range(4)))
              for i, (a, b) in enumerate(zip(x, y))]
-    v = decide_sampled("h", pairs)
-    ref = sampled.sampled_tost(x, y, 4)
+    v = decide("h", pairs)
+    ref = sampled.clustered_tost(x, y, 4)
     assert (v.tost.p_value, v.tost.ci_low, v.tost.ci_high) == (ref.p_value, ref.ci_low, ref.ci_high)
-    assert v.h_null_quantile == sampled.swap_null_h_quantile(x, y, 4)
+    assert v.h_null_quantile == stats.swap_null_h_quantile(x, y, 4)
     assert v.moved.moved == 2 and v.moved.spread == 0.0 and "no null reruns" in v.spread_source
-    assert decide_sampled("h", pairs, spread=0.25).moved.moved == 0
-    assert v.required_n == sampled.sampled_required_n(x, y, 4)
+    assert decide("h", pairs, spread=0.25).moved.moved == 0
+    assert v.required_n == sampled.clustered_required_n(x, y, 4)
     assert v.passed and v.k == 4 and v.n == 130
     assert v.scope_notes[0].startswith("sampled screen (K = 4") and "greedy decoding only" in v.scope_notes[0]
     row = v.to_dict()
@@ -230,8 +233,8 @@ def test_verdict_uses_the_sampled_statistics():
 
 def test_all_equal_ceiling_needs_99_prompts_as_the_statistics_say():
     def run(n):
-        pairs = [SampledPair(f"p{i}", ("",) * 2, ("",) * 2, (True, True), (True, True)) for i in range(n)]
-        return decide_sampled("h", pairs)
+        pairs = [PairRecord(f"p{i}", ("",) * 2, ("",) * 2, (True, True), (True, True)) for i in range(n)]
+        return decide("h", pairs)
     assert not run(98).passed and run(99).passed
 
 
@@ -344,29 +347,43 @@ def test_null_reruns_give_the_moved_share_its_spread(tmp_path):
              if g.arm == "target"]
     session.null_screens = [session.screen.derive(lambda prompts: index_generations(rerun))]
     null = session.null_calibration("harmful")
-    assert null["rerun_spread"] == sampled.rerun_spread(same, moved, 4) and null["rerun_spreads"] == [null["rerun_spread"]]
+    assert null["rerun_spread"] == stats.rerun_spread(same, moved, 4) and null["rerun_spreads"] == [null["rerun_spread"]]
     rows = []
     session.handle(C.Contrast("harmful"), rows.append).verdict()
     row = rows[0]
     assert row["rerun_spread"] == null["rerun_spread"] and row["spread_source"].startswith("target-vs-target reruns")
-    assert row["moved_prompts"] == sampled.moved_share(same, moved, 4, spread=null["rerun_spread"]).moved
+    assert row["moved_prompts"] == stats.moved_share(same, moved, 4, spread=null["rerun_spread"]).moved
     assert row["null_runs"]["rerun_spread"] == null["rerun_spread"]
 
 
-def test_probe_of_a_sampled_replay_is_an_error_not_a_rate(pytester):
-    replay = write_jsonl(pytester.path / "s.jsonl", sampled_lines("harmful", [2] * 3, [2] * 3, 2))
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-probe")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*probe mode is not available for sampled outputs*"])
+def test_probe_of_a_sampled_replay_reports_the_pooled_rate_never_a_pass(pytester):
+    replay = write_jsonl(pytester.path / "s.jsonl", sampled_lines("harmful", [2, 1, 0], [2, 1, 0], 2))
+    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-probe", "--tais-report=out")
+    result.assert_outcomes(skipped=1)
+    row = json.loads((pytester.path / "out" / "report.json").read_text())["probes"][0]
+    assert row["status"] == "probe" and row["k"] == 2 and row["n"] == 3
+    assert row["rate_speculative"] == pytest.approx(0.5)  # 3 of 6 samples refuse
+    lo, hi = row["ci_speculative"]
+    assert lo < 0.5 < hi
 
 
-def test_a_sampled_replay_is_not_saved_as_a_baseline(pytester):
+def test_a_sampled_replay_saves_and_compares_a_baseline(pytester):
     same = [4] * 100
-    replay = write_jsonl(pytester.path / "s.jsonl", sampled_lines("harmful", same, same, 2))
+    replay = write_jsonl(pytester.path / "s.jsonl", sampled_lines("harmful", same, same, 4))
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-save-baseline=b")
-    assert result.ret != 0
-    result.stdout.fnmatch_lines(["*baseline 'b' NOT saved: baselines of sampled screens are not supported yet*"])
-    assert not (pytester.path / ".tais" / "baselines" / "b").exists()
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*saved baseline 'b'*"])
+    saved = (pytester.path / ".tais" / "baselines" / "b" / "generations.jsonl").read_text().splitlines()
+    assert len(saved) == 100 * 2 * 4 and all('"sample"' in line for line in saved)
+    # The same outputs compare equal to the baseline; a speculative arm that stopped refusing does not.
+    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=b")
+    result.assert_outcomes(passed=3)
+    moved = write_jsonl(pytester.path / "m.jsonl", sampled_lines("harmful", same, [4] * 80 + [0] * 20, 4))
+    result = pytester.runpytest(f"--tais-replay={moved}", "--tais-baseline=b", "--tais-report=out")
+    result.assert_outcomes(passed=1, failed=2)
+    rows = {r["contrast"]: r for r in json.loads((pytester.path / "out" / "report.json").read_text())["tasks"]}
+    assert rows["baseline-target"]["status"] == "pass" and rows["baseline-target"]["k"] == 4
+    assert rows["baseline-speculative"]["status"] == "fail" and rows["baseline-speculative"]["moved_prompts"] == 20
 
 
 def test_vllm_cpu_sampled_engines_prefill_whole_prompts(monkeypatch):

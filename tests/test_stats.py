@@ -70,10 +70,10 @@ def test_paired_beats_independent_on_mixed_agreement():
 
 
 def test_swap_null_quantiles_match_notes():
-    assert stats.swap_null_h_quantile(PairedTable(79, 1, 1, 19), 0.95) == pytest.approx(0.050, abs=5e-4)
-    assert stats.swap_null_h_quantile(PairedTable(79, 1, 1, 19), 0.99) == pytest.approx(0.050, abs=5e-4)
-    assert stats.swap_null_h_quantile(PairedTable(395, 5, 5, 95), 0.95) == pytest.approx(0.030, abs=5e-4)
-    assert stats.swap_null_h_quantile(PairedTable(395, 5, 5, 95), 0.99) == pytest.approx(0.040, abs=5e-4)
+    assert stats.swap_null_h_quantile(PairedTable(79, 1, 1, 19), level=0.95) == pytest.approx(0.050, abs=5e-4)
+    assert stats.swap_null_h_quantile(PairedTable(79, 1, 1, 19), level=0.99) == pytest.approx(0.050, abs=5e-4)
+    assert stats.swap_null_h_quantile(PairedTable(395, 5, 5, 95), level=0.95) == pytest.approx(0.030, abs=5e-4)
+    assert stats.swap_null_h_quantile(PairedTable(395, 5, 5, 95), level=0.99) == pytest.approx(0.040, abs=5e-4)
     assert stats.swap_null_h_quantile(PairedTable(90, 0, 0, 10)) == 0.0
 
 
@@ -86,7 +86,7 @@ def test_swap_null_quantile_against_simulation():
         pa = (t.a + bstar) / t.n
         pb = (t.a + t.b + t.c - bstar) / t.n
         sims.append(abs(stats.cohens_h(pa, pb)))
-    assert stats.swap_null_h_quantile(t, 0.95) == pytest.approx(np.quantile(sims, 0.95, method="inverted_cdf"), abs=1e-9)
+    assert stats.swap_null_h_quantile(t, level=0.95) == pytest.approx(np.quantile(sims, 0.95, method="inverted_cdf"), abs=1e-9)
 
 
 def test_wilson_matches_notes():
@@ -273,11 +273,11 @@ def test_properties(tbl, margin, alpha):
 def test_h_null_quantile_properties(tbl):
     b, c, n = tbl
     t = PairedTable(0, b, c, n - b - c)
-    q95 = stats.swap_null_h_quantile(t, 0.95)
-    q99 = stats.swap_null_h_quantile(t, 0.99)
+    q95 = stats.swap_null_h_quantile(t, level=0.95)
+    q99 = stats.swap_null_h_quantile(t, level=0.99)
     assert math.isfinite(q95) and 0.0 <= q95 <= q99 <= math.pi
     mirrored = PairedTable(0, c, b, n - b - c)
-    assert stats.swap_null_h_quantile(mirrored, 0.95) == pytest.approx(q95)
+    assert stats.swap_null_h_quantile(mirrored, level=0.95) == pytest.approx(q95)
 
 
 def test_score_test_size_near_alpha_at_margin():
@@ -304,11 +304,11 @@ def test_swap_null_quantile_of_an_empty_table_raises():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"alpha": 0.0}, r"alpha must lie in \(0, 0.5\), got 0.0"),
-        ({"alpha": 0.5}, r"alpha must lie in \(0, 0.5\)"),
-        ({"margin": 0.0}, r"margin must lie in \(0, 1\), got 0.0"),
-        ({"margin": -0.03}, r"margin must lie in \(0, 1\)"),
-        ({"margin": 1.0}, r"margin must lie in \(0, 1\)"),
+        ({"alpha": 0.0}, r"alpha=0.0 is out of range; give a level in \(0, 0.5\)"),
+        ({"alpha": 0.5}, r"alpha=0.5 is out of range; give a level in \(0, 0.5\)"),
+        ({"margin": 0.0}, r"margin=0.0 is out of range; give a proportion in \(0, 0.5\)"),
+        ({"margin": -0.03}, r"margin=-0.03 is out of range; give a proportion in \(0, 0.5\)"),
+        ({"margin": 1.0}, r"margin=1.0 is out of range; give a proportion in \(0, 0.5\)"),
     ],
 )
 def test_required_n_rejects_alpha_or_margin_zero_with_a_value_error(kwargs, match):

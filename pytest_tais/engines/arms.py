@@ -325,11 +325,8 @@ def run_arms(
     except StoreError as exc:
         raise EngineError(str(exc)) from exc
 
-    if settings.sampled:
-        return _sampled_outputs(settings, prompts, arms, chosen, stored, fps, runs, store, log, starts_before, specs,
-                                arm_texts, task_metrics)
-    return _greedy_outputs(settings, prompts, arms, chosen, stored, fps, runs, store, log, starts_before, specs,
-                           arm_texts, task_metrics)
+    return _outputs(settings, prompts, arms, chosen, stored, fps, runs, store, log, starts_before, specs, arm_texts,
+                    task_metrics)
 
 
 def _run_metrics(arm_texts: Mapping[str, list], stored: Mapping[str, Mapping[str, StoredOutput]], runs: Mapping[str, Any],
@@ -348,70 +345,37 @@ def _run_metrics(arm_texts: Mapping[str, list], stored: Mapping[str, Mapping[str
     return metrics
 
 
-def _greedy_outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence[str], chosen: Sequence[tuple[str, str]],
-                    stored: Mapping[str, Mapping[str, StoredOutput]], fps: Mapping[str, dict[str, Any]], runs: Mapping[str, Any],
-                    store: GenerationStore, log: list, starts_before: Mapping[str, int], specs: Mapping[str, ArmSpec],
-                    arm_texts: Mapping[str, list], task_metrics: Mapping[str, str] | None) -> ArmOutputs:
-    """A greedy screen's outputs: one generation per prompt and arm (the canary's from the draft alone)."""
-    by_key = {(p.task, p.prompt_id): p for p in prompts}
-    generations: dict[str, dict[tuple[str, str], Generation]] = {arm: {} for arm in arms}
-    for arm in arms:
-        for p in prompts:
-            s = stored[arm][prompt_key(p.text)]
-            generations[arm][(p.task, p.prompt_id)] = Generation(
-                task=p.task, prompt_id=p.prompt_id, prompt=p.text, arm=arm, text=s.text, token_ids=s.token_ids,
-                meta={"fingerprint": fps[arm]["key"], "finish_reason": s.finish_reason}, **_scoring(p, task_metrics),
-            )
-    for key in chosen:
-        p = by_key[key]
-        s = stored[DRAFT][prompt_key(p.text)]
-        generations[SPECULATIVE][key] = Generation(
-            task=p.task, prompt_id=p.prompt_id, prompt=p.text, arm=SPECULATIVE, text=s.text, token_ids=s.token_ids,
-            meta={"fingerprint": fps[DRAFT]["key"], "finish_reason": s.finish_reason, "canary": True},
-            **_scoring(p, task_metrics),
-        )
+def _outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence[str], chosen: Sequence[tuple[str, str]],
+             stored: Mapping[str, Mapping[str, StoredOutput]], fps: Mapping[str, dict[str, Any]], runs: Mapping[str, Any],
+             store: GenerationStore, log: list, starts_before: Mapping[str, int], specs: Mapping[str, ArmSpec],
+             arm_texts: Mapping[str, list], task_metrics: Mapping[str, str] | None) -> ArmOutputs:
+    """The run's outputs: per prompt and arm one generation (greedy) or K, each with its sample index and seed.
 
-    metrics = _run_metrics(arm_texts, stored, runs, starts_before, log, fps, specs, len(chosen))
-
-    if settings.record is not None and len(arms) == 2:
-        write_generations(settings.record, [generations[arm][(p.task, p.prompt_id)] for p in prompts for arm in (TARGET, SPECULATIVE)])
-
-    return ArmOutputs(
-        outputs=generations,
-        fingerprints=fps,
-        metrics=metrics,
-        out_of_scope=_scope(settings),
-        header_lines=header_lines(settings, fps, store.root, metrics, len(chosen)),
-        store_dir=store.root,
-    )
-
-
-def _sampled_outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence[str], chosen: Sequence[tuple[str, str]],
-                     stored: Mapping[str, Mapping[str, StoredOutput]], fps: Mapping[str, dict[str, Any]], runs: Mapping[str, Any],
-                     store: GenerationStore, log: list, starts_before: Mapping[str, int], specs: Mapping[str, ArmSpec],
-                     arm_texts: Mapping[str, list], task_metrics: Mapping[str, str] | None) -> ArmOutputs:
-    """A sampled screen's outputs: K generations per prompt and arm, each with its sample index and seed.
-
-    The canary replaces all K speculative samples of its chosen prompts with the draft's own (drawn
+    The canary replaces the speculative answers of its chosen prompts with the draft's own (drawn
     with the same seeds).
     """
     from ..records import index_generations
 
     canary = set(chosen)
     gens: list[Generation] = []
-    for arm in arms:
-        for p in prompts:
+    for p in prompts:
+        for arm in arms:
             source = DRAFT if arm == SPECULATIVE and (p.task, p.prompt_id) in canary else arm
-            sampler = sampling.sampler_name(settings, specs[arm].speculative) if source != DRAFT else "draft alone (canary)"
+            meta: dict[str, Any] = {"fingerprint": fps[source]["key"]}
+            if settings.sampled:
+                meta["sampler"] = sampling.sampler_name(settings, specs[arm].speculative) if source != DRAFT else "draft alone (canary)"
+            if source == DRAFT:
+                meta["canary"] = True
             for u in sampling.units([p.text], settings):
                 s = stored[source][sample_key(*u)]
-                meta = {"fingerprint": fps[source]["key"], "finish_reason": s.finish_reason, "sampler": sampler}
-                if source == DRAFT:
-                    meta["canary"] = True
                 gens.append(Generation(task=p.task, prompt_id=p.prompt_id, prompt=p.text, arm=arm, text=s.text,
-                                       token_ids=s.token_ids, meta=meta, sample=u.sample, seed=u.seed,
-                                       **_scoring(p, task_metrics)))
+                                       token_ids=s.token_ids, meta={**meta, "finish_reason": s.finish_reason},
+                                       sample=u.sample, seed=u.seed, **_scoring(p, task_metrics)))
     out = index_generations(gens)
+    for arm in arms:  # an arm left out (null reruns, probe) is absent, not empty
+        out.outputs.setdefault(arm, {})
+    for arm in set(out.outputs) - set(arms):
+        del out.outputs[arm]
     metrics = _run_metrics(arm_texts, stored, runs, starts_before, log, fps, specs, len(chosen))
     if settings.record is not None and len(arms) == 2:
         write_generations(settings.record, gens)
