@@ -8,11 +8,11 @@ Printed, as Markdown tables for docs/statistics.md section 8:
    mid-rate and mixed scenarios, each with the difference spread over all prompts and concentrated
    on a few prompts that flip completely; K in {2, 4, 8, 16};
 2. the candidates that were rejected, on the cells where they fail;
-3. power at D = 0 and the required n per K (formula of sampled.sampled_required_n) with the pass
+3. power at D = 0 and the required n per K (formula of sampled.clustered_required_n) with the pass
    rate simulated at that n.
 
 Run: ``python benchmarks/simulate_sampled.py [--reps 4000]`` (one core, about two minutes at the
-default). Seeded: the same command prints the same tables. The last line times one sampled_tost
+default). Seeded: the same command prints the same tables. The last line times one clustered_tost
 call against the greedy screen's paired_tost.
 """
 
@@ -227,7 +227,7 @@ def main() -> None:
             cells = [rate(rng, power_probs[name, k], n, k, reps, m, alpha) for k in KS]
             print(f"| {name} | {n} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
 
-    print("\nRequired n for 80% power at D = 0 (the formula of sampled_required_n on the population), "
+    print("\nRequired n for 80% power at D = 0 (the formula of clustered_required_n on the population), "
           "and the pass rate simulated at that n\n")
     print("| scenario | " + " | ".join(f"K = {k}: n / pass" for k in KS) + " |")
     print("|---|" + "---|" * len(KS))
@@ -242,13 +242,13 @@ def main() -> None:
     x, y = rng.binomial(8, 0.9, 500), rng.binomial(8, 0.9, 500)
     t1 = time.perf_counter()
     for _ in range(5):
-        sampled.sampled_tost(x, y, 8)
+        sampled.clustered_tost(x, y, 8)
     t_sampled = (time.perf_counter() - t1) / 5
     t1 = time.perf_counter()
     for _ in range(5):
         stats.paired_tost(20, 18, 500)
     t_greedy = (time.perf_counter() - t1) / 5
-    print(f"\none sampled_tost call (500 prompts x 8 samples, with its interval): {1000 * t_sampled:.0f} ms; "
+    print(f"\none clustered_tost call (500 prompts x 8 samples, with its interval): {1000 * t_sampled:.0f} ms; "
           f"stats.paired_tost on 500 pairs: {1000 * t_greedy:.1f} ms")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 

@@ -29,7 +29,8 @@ from pytest_tais.engines.vllm import VllmBackend
 from pytest_tais.judges import default_judge
 from pytest_tais.records import SPECULATIVE, TARGET, read_generations
 from pytest_tais.store import GenerationStore, prompt_key
-from pytest_tais.verdict import PairRecord, decide
+from pytest_tais.pair import PairRecord
+from pytest_tais.verdict import decide
 
 from tests.engine_models import build_tiny_models, engine_settings_from_config, require
 from tests.fake_openai_server import FakeOpenAIServer, answer
