@@ -46,8 +46,8 @@ def sweep(tasks, arms, draft, *, rates=RATES, draws: int = 200, seed: int = 0, j
     Returns one row per task: ``task``, ``n``, ``draft_refusal`` (the draft alone's refusal rate),
     ``target_refusal`` and ``detection`` (rate -> share of draws failed).
     """
-    from pytest_tais import pairing
-    from pytest_tais.judges import default_judge
+    from pytest_tais.pairs import pairing
+    from pytest_tais.pairs.judges import default_judge
     from pytest_tais.verdict import decide
 
     judge = functools.lru_cache(maxsize=None)(judge or default_judge)  # score each (prompt, answer) once

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pytest_tais.judges import default_judge, judge_name  # noqa: E402
+from pytest_tais.pairs.judges import default_judge, judge_name  # noqa: E402
 
 
 # Published string rules, for comparison (re-typed from the papers' evaluation code).
@@ -177,7 +177,7 @@ def model_judge_verdicts(folder: Path, rows: list[dict], prompts: dict[tuple[str
     import tempfile
 
     from pytest_tais.engines.judge_engine import JudgeEngine, judge_settings
-    from pytest_tais.judges import ModelJudge, judge_all
+    from pytest_tais.pairs.judges import ModelJudge, judge_all
 
     with tempfile.TemporaryDirectory(prefix="tais-judge-") as tmp:
         settings = judge_settings(str(folder), None, rootdir=ROOT, cache_dir=Path(tmp), no_cache=True)

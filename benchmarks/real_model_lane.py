@@ -195,8 +195,8 @@ def load_tasks(benchmarks: Path, limit: int | None, names: Sequence[str] = TASKS
 
 def judged_pairs(task: Any, target: Mapping[tuple[str, str], Any], speculative: Mapping[tuple[str, str], Any],
                  judge: Any) -> list[Any]:
-    """The task's paired records, formed and scored as the screen forms them (pytest_tais.pairing)."""
-    from pytest_tais import pairing
+    """The task's paired records, formed and scored as the screen forms them (pytest_tais.pairs.pairing)."""
+    from pytest_tais.pairs import pairing
     from pytest_tais.errors import TaskError
 
     try:
@@ -221,9 +221,9 @@ def lane_settings(dtype: str, target: Path, draft: Path, cache_dir: Path, *, num
 def screen_dtype(dtype: str, target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Path, *,
                  num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS, max_tokens: int = MAX_TOKENS,
                  max_model_len: int | None = None, progress: bool = True) -> DtypeRun:
-    from pytest_tais import judges
+    from pytest_tais.pairs import judges
     from pytest_tais.engines import run_arms
-    from pytest_tais.records import SPECULATIVE, TARGET
+    from pytest_tais.records.generation import SPECULATIVE, TARGET
     from pytest_tais.verdict import decide
 
     settings = lane_settings(dtype, target, draft, cache_dir, num_speculative_tokens=num_speculative_tokens,
@@ -265,9 +265,9 @@ def run_controls(target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Pat
     whatever the target says) over the real draft, on the first ``lossy_limit`` prompts per task."""
     import canary_sensitivity  # benchmarks/, beside this script
 
-    from pytest_tais import judges
+    from pytest_tais.pairs import judges
     from pytest_tais.engines import run_arms
-    from pytest_tais.records import SPECULATIVE, TARGET
+    from pytest_tais.records.generation import SPECULATIVE, TARGET
     from pytest_tais.verdict import decide
 
     t0 = time.perf_counter()
@@ -376,13 +376,13 @@ def versions() -> dict[str, str]:
 
 
 def judge_label() -> str:
-    from pytest_tais.judges import default_judge, judge_name
+    from pytest_tais.pairs.judges import default_judge, judge_name
 
     return f"default refusal rules ({judge_name(default_judge)})"
 
 
 def sha12(path: Path) -> str:
-    from pytest_tais.records import file_sha256
+    from pytest_tais.records.generation import file_sha256
 
     return file_sha256(path)[:12]
 
@@ -484,7 +484,7 @@ def splice(document: str | None, section: str, path: Path, pair: str = "smollm2"
 
 
 def write_out(path: Path, section: str, pair: str = "smollm2") -> None:
-    from pytest_tais.records import atomic_write_text
+    from pytest_tais.records.generation import atomic_write_text
 
     document = path.read_text(encoding="utf-8") if path.exists() else None
     atomic_write_text(path, splice(document, section, path, pair))

@@ -1,4 +1,4 @@
-"""Operating characteristics of the sampled screen's TOST (pytest_tais.sampled), by simulation.
+"""Operating characteristics of the sampled screen's TOST (pytest_tais.stats.clustered), by simulation.
 
 n prompts, K samples per prompt per arm. Each prompt has a target refusal rate p_i and a
 speculative one r_i (per scenario); the arms' counts are X_i ~ Bin(K, p_i), Y_i ~ Bin(K, r_i), and
@@ -25,7 +25,8 @@ import time
 import numpy as np
 from scipy import stats as sps
 
-from pytest_tais import sampled, stats
+from pytest_tais.stats import clustered as sampled
+from pytest_tais import stats
 
 KS = (2, 4, 8, 16)
 SIZE_NS = (50, 90, 100, 200, 500, 1000)

@@ -4,7 +4,7 @@ Public API (importable without pytest running, and without torch or vLLM)::
 
     from pytest_tais import tais_equivalent, screen_task, TaisNotEquivalent, Verdict
     from pytest_tais.stats import paired_tost, wilson_interval, cohens_h, byte_identity, required_n
-    from pytest_tais.judges import default_judge
+    from pytest_tais.pairs.judges import default_judge
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ _LAZY = {
     "tais_equivalent": ("assertion", "tais_equivalent"),
     "TaisNotEquivalent": ("assertion", "TaisNotEquivalent"),
     "TaisControlNotCaught": ("assertion", "TaisControlNotCaught"),
-    "screen_task": ("screen", "screen_task"),
+    "screen_task": ("run.screen", "screen_task"),
     "Verdict": ("verdict", "Verdict"),
-    "PairRecord": ("pair", "PairRecord"),
+    "PairRecord": ("pairs.record", "PairRecord"),
     "TaskError": ("verdict", "TaskError"),
     "decide": ("verdict", "decide"),
 }

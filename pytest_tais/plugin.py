@@ -1,6 +1,6 @@
 """pytest wiring for the TAIS screen: hooks, fixtures, items, JUnit properties and the stash.
 
-The run itself is :class:`pytest_tais.session.TaisSession`; this module only connects it to
+The run itself is :class:`pytest_tais.run.session.TaisSession`; this module only connects it to
 pytest. Nothing heavy is imported here: runs that do not ask for the screen pay for the options
 table only.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from . import options
+from .setup import options
 from .errors import TaskError
 
 SESSION = pytest.StashKey[Any]()
@@ -43,8 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
     raw = options.read(config)
     if not raw:
         return  # the screen was not asked for: nothing else is imported
-    from .config import ConfigError
-    from .session import SessionError, TaisSession
+    from .setup.config import ConfigError
+    from .run.session import SessionError, TaisSession
 
     try:
         session = TaisSession(raw, Path(str(config.rootpath)), lambda: _shared_dir(config), lambda: _quiet(config))
@@ -135,7 +135,7 @@ def tais_equivalent():
 
 @pytest.fixture(scope="session")
 def tais_screen(request: pytest.FixtureRequest):
-    """The session's :class:`~pytest_tais.screen.Screen` (tasks, outputs, verdicts)."""
+    """The session's :class:`~pytest_tais.run.screen.Screen` (tasks, outputs, verdicts)."""
     return _session(request.config, "tais_screen").screen
 
 
@@ -149,7 +149,7 @@ def tais_variant(request: pytest.FixtureRequest):
     configuration generates once per session; arms whose fingerprint is unchanged come from the
     generation store.
     """
-    from .session import SessionError
+    from .run.session import SessionError
 
     session = _session(request.config, "tais_variant")
 

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 from . import stats
 from .errors import TaskError
-from .levels import ALPHA, H_CUTOFF, H_NULL_LEVEL, MARGIN, POWER, TOST_METHOD, check_levels
-from .pair import PairRecord
+from .stats.levels import ALPHA, H_CUTOFF, H_NULL_LEVEL, MARGIN, POWER, TOST_METHOD, check_levels
+from .pairs.record import PairRecord
 
 VERDICT_SCHEMA = 1
 #: Why the moved share counts what it counts (K >= 2).

@@ -97,7 +97,7 @@ def build_tiny_models(dir: str | Path) -> tuple[Path, Path]:
 
 def engine_settings_from_config(config):
     """As the plugin wires it: the options' raw values -> engine settings; bad input is a usage error."""
-    from pytest_tais import options
+    from pytest_tais.setup import options
     from pytest_tais.engines import SettingsError, engine_settings
 
     try:

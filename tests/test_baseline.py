@@ -10,12 +10,10 @@ import threading
 
 import pytest
 
-from pytest_tais import baseline as bl
-from pytest_tais.baseline import (
-    BaselineError, check_compatible, fingerprint_diff, load_baseline, prompt_set_hash, save_baseline, stack_fingerprint,
-)
+from pytest_tais.run import baseline as bl
+from pytest_tais.run.baseline import BaselineError, check_compatible, fingerprint_diff, load_baseline, prompt_set_hash, save_baseline, stack_fingerprint
 from pytest_tais.battery.base import Prompt, Task
-from pytest_tais.records import SPECULATIVE, TARGET, Generation
+from pytest_tais.records.generation import SPECULATIVE, TARGET, Generation
 
 
 def gens_for(task: str, n: int, *, refuse_spec: bool = True, context: str | None = None) -> list[Generation]:
@@ -326,7 +324,7 @@ def test_stack_fingerprint_reads_metadata_without_imports(monkeypatch):
 
 def test_stack_fingerprint_imports_no_engine_package():
     code = (
-        "import sys, pytest_tais.baseline as b\n"
+        "import sys, pytest_tais.run.baseline as b\n"
         "fp = b.stack_fingerprint({'dtype': 'float32'}, {}, 'default', None)\n"
         "heavy = {'vllm', 'torch', 'transformers'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"

@@ -17,7 +17,7 @@ import pytest
 
 from pytest_tais.battery import example
 from pytest_tais.battery.jsonl import load_jsonl
-from pytest_tais.judges import capability_judge, default_judge
+from pytest_tais.pairs.judges import capability_judge, default_judge
 
 pytestmark = pytest.mark.hf
 
@@ -259,7 +259,7 @@ def test_vllm_speculative_is_byte_identical_and_refuses(monkeypatch, tmp_path, t
     plain = _vllm_answers(prompts)
     from pytest_tais.battery.base import Prompt
     from pytest_tais.engines import EngineSettings, run_arms, vllm as tais_vllm
-    from pytest_tais.records import SPECULATIVE, TARGET as TARGET_ARM
+    from pytest_tais.records.generation import SPECULATIVE, TARGET as TARGET_ARM
 
     settings = EngineSettings(target=TARGET, draft=CANONICAL, backend="vllm", dtype="float32", cache_dir=tmp_path / "c",
                               max_tokens=MAX_NEW_TOKENS, num_speculative_tokens=4)

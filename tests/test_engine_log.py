@@ -157,7 +157,7 @@ def test_terminal_mode_restores_the_raw_stream(pytester: pytest.Pytester) -> Non
 
 def test_the_judge_engine_logs_as_the_arms_do(tmp_path: Path) -> None:
     from pytest_tais.engines.judge_engine import judge_settings
-    from pytest_tais.engines.settings import EngineSettings
+    from pytest_tais.setup.engine import EngineSettings
 
     base = EngineSettings(MODELS / "target", draft=MODELS / "draft-canonical", backend="hf", engine_log="terminal")
     kw = dict(rootdir=tmp_path, cache_dir=tmp_path / "c", no_cache=False)

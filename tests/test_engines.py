@@ -27,8 +27,8 @@ from pytest_tais.engines import (
 from pytest_tais.engines.arms import canary_choice
 from pytest_tais.engines.fingerprint import HashMemo, arm_fingerprint
 from pytest_tais.engines.base import ArmSpec
-from pytest_tais.records import SPECULATIVE, TARGET, read_generations
-from pytest_tais.store import GenerationStore, prompt_key
+from pytest_tais.records.generation import SPECULATIVE, TARGET, read_generations
+from pytest_tais.records.store import GenerationStore, prompt_key
 
 from tests.engine_models import build_tiny_models, engine_settings_from_config
 

@@ -142,7 +142,7 @@ def test_collect_only_counts_the_plugins_own_items(pytester, make_replay):
 
 
 def test_json_row_of_a_replay_carries_metric_and_expected(tmp_path):
-    from pytest_tais.records import Generation
+    from pytest_tais.records.generation import Generation
 
     g = Generation("c", "1", "2+2?", "target", "4", metric="accuracy", expected="4")
     assert Generation.from_json(json.loads(json.dumps(g.to_json()))) == g

@@ -119,7 +119,7 @@ def test_a_run_on_hub_ids_passes_and_its_report_carries_the_commits(pytester: py
 
 def test_a_judge_model_is_resolved_by_id_too(hub: Path, tmp_path: Path) -> None:
     from pytest_tais.engines.judge_engine import judge_settings
-    from pytest_tais.engines.settings import SettingsError
+    from pytest_tais.setup.engine import SettingsError
 
     s = judge_settings("tiny-org/target@v1", None, rootdir=tmp_path, cache_dir=tmp_path / "c", no_cache=True)
     assert s.target == hub / "models--tiny-org--target" / "snapshots" / TARGET_SHA

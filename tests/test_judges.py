@@ -9,20 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_tais.judges import (
-    LEAD_CHARS,
-    RULES_VERSION,
-    CallableJudge,
-    JudgeError,
-    ModelJudge,
-    capability_judge,
-    default_judge,
-    explain,
-    judge_all,
-    judge_name,
-    parse_verdict,
-    resolve_judge,
-)
+from pytest_tais.pairs.judges import LEAD_CHARS, RULES_VERSION, CallableJudge, JudgeError, ModelJudge, capability_judge, default_judge, explain, judge_all, judge_name, parse_verdict, resolve_judge
 
 LABELS = Path(__file__).parent / "data" / "judge_labels.jsonl"
 
@@ -225,10 +212,10 @@ def test_the_prompt_is_not_read():
 
 def test_the_rules_read_nothing_past_their_declared_window():
     """default_judge.reads is exact: text past it never changes a verdict, so answers that agree
-    on it are judged once (pytest_tais.pairing.scorer)."""
+    on it are judged once (pytest_tais.pairs.pairing.scorer)."""
     from hypothesis import given, settings, strategies as st
 
-    from pytest_tais import pairing
+    from pytest_tais.pairs import pairing
     from pytest_tais.battery.base import Prompt, Task
 
     width = len(default_judge.reads("q", "x" * 10_000))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_tais.engines.judge_engine import JUDGE_MAX_TOKENS, judge_settings
-from pytest_tais.engines.settings import SettingsError
+from pytest_tais.setup.engine import SettingsError
 from tests.conftest import COMPLY, REFUSAL
 from tests.fake_openai_server import FakeOpenAIServer
 

@@ -22,14 +22,14 @@ import pytest
 from pytest_tais.battery.base import Prompt
 from pytest_tais.engines import ENGINE_STARTS, EngineError, EngineSettings, SettingsError, run_arms
 from pytest_tais.engines import openai as openai_backend
-from pytest_tais.records import ArmOutputs
+from pytest_tais.records.generation import ArmOutputs
 from pytest_tais.engines.fingerprint import HashMemo, arm_fingerprint
 from pytest_tais.engines.base import ArmSpec
 from pytest_tais.engines.vllm import VllmBackend
-from pytest_tais.judges import default_judge
-from pytest_tais.records import SPECULATIVE, TARGET, read_generations
-from pytest_tais.store import GenerationStore, prompt_key
-from pytest_tais.pair import PairRecord
+from pytest_tais.pairs.judges import default_judge
+from pytest_tais.records.generation import SPECULATIVE, TARGET, read_generations
+from pytest_tais.records.store import GenerationStore, prompt_key
+from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide
 
 from tests.engine_models import build_tiny_models, engine_settings_from_config, require

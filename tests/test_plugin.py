@@ -257,8 +257,8 @@ import sys
 def test_plain():
     assert "torch" not in sys.modules and "vllm" not in sys.modules and "statsmodels" not in sys.modules
     # the option table and the statistics' defaults it reads (a module of constants) only
-    assert not any(m.startswith("pytest_tais.") and m not in ("pytest_tais.options", "pytest_tais.plugin",
-                   "pytest_tais.errors", "pytest_tais.levels") for m in sys.modules)
+    assert not any(m.startswith("pytest_tais.") and m not in ("pytest_tais.setup", "pytest_tais.setup.options",
+                   "pytest_tais.plugin", "pytest_tais.errors", "pytest_tais.stats", "pytest_tais.stats.levels") for m in sys.modules)
 """)
     result = pytester.runpytest_subprocess("-rs")
     result.assert_outcomes(passed=1)
@@ -376,7 +376,7 @@ def test_missing_or_incompatible_baseline_is_a_usage_error(pytester, make_replay
 def _records_of(prefix: str) -> int:
     import gc
 
-    from pytest_tais.records import Generation
+    from pytest_tais.records.generation import Generation
 
     gc.collect()  # what is left is referenced, not garbage waiting for a collection
     return sum(type(o) is Generation and o.task.startswith(prefix) for o in gc.get_objects())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_tais.records import file_sha256
+from pytest_tais.records.generation import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 

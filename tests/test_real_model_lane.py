@@ -15,8 +15,8 @@ import pytest
 from tests.engine_models import require
 
 from pytest_tais.battery.base import Prompt, Task
-from pytest_tais.records import Generation
-from pytest_tais.pair import PairRecord
+from pytest_tais.records.generation import Generation
+from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pytest_tais import records
-from pytest_tais.records import Generation, RecordError, iter_json_lines, read_generations
+from pytest_tais.records import generation as records
+from pytest_tais.records.generation import Generation, RecordError, iter_json_lines, read_generations
 
 
 def _line(**kw) -> dict:

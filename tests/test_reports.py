@@ -16,7 +16,7 @@ import pytest
 from pytest_tais.report import build_report
 from pytest_tais.report.html import PLOT_MISSING_NOTE, render_html, write_html
 from pytest_tais.report.markdown import ReportError, render_markdown, write_markdown
-from pytest_tais.pair import PairRecord
+from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide
 
 CHROMIUM = "/usr/bin/chromium"

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import optimize, special, stats as sps
 
-from pytest_tais import sampled, stats
+from pytest_tais.stats import clustered as sampled
+from pytest_tais import stats
 
 M, ALPHA = 0.03, 0.05
 

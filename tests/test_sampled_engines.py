@@ -26,8 +26,8 @@ def test_hf_samples_are_seeded_stored_and_recorded(tmp_path: Path) -> None:
     from pytest_tais.battery import load_battery
     from pytest_tais.engines import run_arms
     from pytest_tais.engines.base import ENGINE_STARTS
-    from pytest_tais.engines.settings import EngineSettings
-    from pytest_tais.records import read_generations
+    from pytest_tais.setup.engine import EngineSettings
+    from pytest_tais.records.generation import read_generations
 
     prompts = [p for t in load_battery("example", ROOT) if t.name == "benign" for p in t.prompts[:3]]
     s = EngineSettings(MODELS / "target", draft=MODELS / "draft-canonical", backend="hf", samples=3, temperature=3.0,

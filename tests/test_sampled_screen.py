@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from pytest_tais import sampled, stats
+from pytest_tais.stats import clustered as sampled
+from pytest_tais import stats
 from pytest_tais.battery import Prompt, Task
 from pytest_tais.engines import SettingsError, engine_settings
 from pytest_tais.engines.sampling import Unit, sample_seed, units
-from pytest_tais.engines.settings import EngineSettings
+from pytest_tais.setup.engine import EngineSettings
 from pytest_tais.errors import TaskError
-from pytest_tais.pairing import match, pair_outputs, scorer
-from pytest_tais.records import Generation, RecordError, index_generations
-from pytest_tais.store import StoredOutput, prompt_key, sample_key
-from pytest_tais.pair import PairRecord
+from pytest_tais.pairs.pairing import match, pair_outputs, scorer
+from pytest_tais.records.generation import Generation, RecordError, index_generations
+from pytest_tais.records.store import StoredOutput, prompt_key, sample_key
+from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide, explain
 
 from .conftest import COMPLY, REFUSAL, write_jsonl
@@ -83,7 +84,7 @@ def test_openai_backend_refuses_the_sampled_screen():
 
 def test_sampled_options_apply_with_probe_and_baseline(tmp_path):
     # Baselines and probe mode work for sampled screens: the options are accepted with --tais-samples=K.
-    from pytest_tais import config
+    from pytest_tais.setup import config
 
     for flag in ({"tais_probe": True}, {"tais_save_baseline": "b"}, {"tais_baseline": "b"}):
         raw = {"tais_target": str(MODELS / "target"), "tais_draft": str(MODELS / "draft-canonical"),
@@ -115,7 +116,7 @@ def test_greedy_store_keys_are_unchanged_and_sampled_keys_carry_index_and_seed()
 
 
 def test_sampled_store_lines_read_back(tmp_path):
-    from pytest_tais.store import GenerationStore
+    from pytest_tais.records.store import GenerationStore
 
     shard = GenerationStore(tmp_path).shard({"x": 1})
     shard.append([StoredOutput("p", "t0", (1,), "stop", 0, 11), StoredOutput("p", "t1", (2,), "length", 1, 12)])
@@ -162,7 +163,7 @@ def _task(n: int, name: str = "h") -> Task:
 
 def _pairs(lines, task):
     out = index_generations(Generation.from_json(o) for o in lines)
-    from pytest_tais.judges import default_judge
+    from pytest_tais.pairs.judges import default_judge
 
     return pair_outputs(task, [(out, "target"), (out, "speculative")], ("target", "speculative"), scorer(default_judge))
 
@@ -335,9 +336,9 @@ def test_warp_matches_transformers_warpers():
 
 def test_null_reruns_give_the_moved_share_its_spread(tmp_path):
     """Target-vs-target reruns (here: a second sampled target arm) set the spread the moved share uses."""
-    from pytest_tais import contrasts as C
-    from pytest_tais.records import read_generations
-    from pytest_tais.session import TaisSession
+    from pytest_tais.run import contrasts as C
+    from pytest_tais.records.generation import read_generations
+    from pytest_tais.run.session import TaisSession
 
     same = [4] * 100 + [2] * 20
     moved = [c - 1 if i >= 100 and i % 2 else c for i, c in enumerate(same)]  # 10 prompts move by 1/4

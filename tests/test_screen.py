@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pytest_tais.config import TaisConfig
+from pytest_tais.setup.config import TaisConfig
 from pytest_tais.errors import TaskError
-from pytest_tais.screen import Screen
+from pytest_tais.run.screen import Screen
 
 
 def _battery(tmp_path):
@@ -33,8 +33,8 @@ def test_engine_failure_errors_every_task_and_is_not_retried(tmp_path):
 
 
 def test_between_names_the_missing_source(tmp_path):
-    from pytest_tais.records import Generation
-    from pytest_tais.records import ArmOutputs
+    from pytest_tais.records.generation import Generation
+    from pytest_tais.records.generation import ArmOutputs
 
     def outputs(arm_texts):
         return lambda prompts: ArmOutputs(outputs={
@@ -51,8 +51,8 @@ def test_between_names_the_missing_source(tmp_path):
 
 
 def test_judge_runs_once_per_distinct_prompt_and_answer(tmp_path):
-    from pytest_tais.records import Generation
-    from pytest_tais.records import ArmOutputs
+    from pytest_tais.records.generation import Generation
+    from pytest_tais.records.generation import ArmOutputs
 
     path = tmp_path / "b.jsonl"
     # Five prompt ids, two prompt texts: the same question asked under several ids.

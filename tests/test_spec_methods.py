@@ -19,9 +19,9 @@ from pytest_tais.engines import EngineError, EngineSettings, run_arms
 from pytest_tais.engines.arms import _scope, arm_specs, scope_line
 from pytest_tais.engines.base import ArmSpec
 from pytest_tais.engines.fingerprint import HashMemo, arm_fingerprint
-from pytest_tais.engines.settings import DRAFT_FOLDER_METHODS, SPEC_METHODS
+from pytest_tais.setup.engine import DRAFT_FOLDER_METHODS, SPEC_METHODS
 from pytest_tais.engines.vllm import VllmBackend
-from pytest_tais.records import SPECULATIVE, TARGET
+from pytest_tais.records.generation import SPECULATIVE, TARGET
 
 from tests.engine_models import engine_settings_from_config, require
 

@@ -318,7 +318,7 @@ def test_required_n_rejects_alpha_or_margin_zero_with_a_value_error(kwargs, matc
 
 
 def test_first_divergence_in_tokens_across_tuple_and_compact_ids():
-    from pytest_tais.records import TokenIds
+    from pytest_tais.records.generation import TokenIds
 
     bi = stats.byte_identity(["abcd"], ["abXd"], [(1, 2, 3, 4)], [TokenIds("i", [1, 2, 9, 4])])
     assert bi.first_divergence_tokens == (2,)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_tais.store import GenerationStore, StoredOutput, StoreError, fingerprint_key, prompt_key
+from pytest_tais.records.store import GenerationStore, StoredOutput, StoreError, fingerprint_key, prompt_key
 
 FP = {"schema": 1, "model": {"sha256": "ab" * 32}, "dtype": "float32", "seed": 0}
 
@@ -32,7 +32,7 @@ def test_roundtrip_and_addresses(tmp_path: Path) -> None:
 
 
 def test_an_append_fsyncs_once_for_its_lines(tmp_path: Path, monkeypatch) -> None:
-    from pytest_tais import store as store_mod
+    from pytest_tais.records import store as store_mod
 
     synced = []
     real = os.fsync

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_tais import options
+from pytest_tais.setup import options
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pytest_tais"
 MAX_FUNCTION_LINES = 60
@@ -33,8 +33,8 @@ def test_every_option_is_declared_once_and_listed_by_help(pytester):
 
 
 def test_defaults_have_one_home():
-    from pytest_tais.config import TaisConfig
-    from pytest_tais.engines.settings import EngineSettings
+    from pytest_tais.setup.config import TaisConfig
+    from pytest_tais.setup.engine import EngineSettings
 
     cfg = TaisConfig()
     assert (cfg.margin, cfg.alpha, cfg.h_cutoff) == (options.default("tais_margin"), options.default("tais_alpha"),
@@ -75,7 +75,7 @@ def test_building_the_screen_loads_no_scipy_or_statsmodels():
     # load when the statistics are computed.
     code = (
         "import sys\n"
-        "import pytest_tais.session, pytest_tais.screen, pytest_tais.verdict, pytest_tais.stats\n"
+        "import pytest_tais.run.session, pytest_tais.run.screen, pytest_tais.verdict, pytest_tais.stats\n"
         "print('IMPORTED', sorted(m for m in ('scipy', 'statsmodels', 'pandas') if m in sys.modules))\n"
         "from pytest_tais.stats import paired_tost, wilson_interval, cohens_h\n"
         "print(paired_tost(1, 2, 100).equivalent, wilson_interval(5, 10), round(cohens_h(0.5, 0.4), 4))\n"
@@ -87,7 +87,8 @@ def test_building_the_screen_loads_no_scipy_or_statsmodels():
 
 @pytest.mark.parametrize("args", [["--tais-margin=0.7"], ["--tais-alpha=0.5"]])
 def test_each_range_is_checked_in_one_place(args, tmp_path):
-    from pytest_tais import config, stats
+    from pytest_tais.setup import config
+    from pytest_tais import stats
 
     raw = dict(a[2:].replace("-", "_").split("=") for a in args)
     raw["tais_replay"] = str(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_tais import TaisNotEquivalent, TaskError, screen_task, tais_equivalent
-from pytest_tais.pair import PairRecord
+from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide, explain
 
 from .conftest import COMPLY, REFUSAL

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any, Mapping
 
 #: A refusal task scores 1 when the answer refuses; a capability task scores 1 when it is correct.
-from ..records import METRICS  # noqa: F401  (one home: the record format)
+from ..records.generation import METRICS  # noqa: F401  (one home: the record format)
 
 
 class BatteryError(ValueError):

@@ -1,7 +1,7 @@
 """The engine stage: prompts in, both arms' generations out.
 
 ``run_arms`` answers every prompt with the target-only arm and the speculative arm (target +
-draft), through the generation store (``pytest_tais.store``), starting each arm's engine at most
+draft), through the generation store (``pytest_tais.records.store``), starting each arm's engine at most
 once per run. Backends: ``vllm`` (default) and ``hf`` (transformers). Importing this package
 imports no torch, vLLM or transformers: backends load them when an engine starts.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from .arms import run_arms
 from .base import DRAFT, ENGINE_STARTS, ArmSpec, Backend, BatchResult, EngineError, Output
 from .options import engine_settings, judge_engine_factory
-from .settings import EngineSettings, SettingsError
+from ..setup.engine import EngineSettings, SettingsError
 
 __all__ = [
     "DRAFT",

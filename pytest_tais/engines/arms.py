@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..battery.base import Prompt
-from ..records import SPECULATIVE, TARGET, ArmOutputs, Generation, write_generations
-from ..store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key, sample_key
+from ..records.generation import SPECULATIVE, TARGET, ArmOutputs, Generation, write_generations
+from ..records.store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key, sample_key
 from . import sampling
 from .base import ARM_LABELS, DRAFT, ENGINE_STARTS, ArmSpec, Backend, EngineError, Progress, check_outputs
 from .enginelog import EngineLog
 from .fingerprint import HashMemo
 from .openai import PartialBatchError
-from .settings import DRAFT_FOLDER_METHODS, SPEC_METHOD_DRAFTS, STANDARD_REJECTION, VALIDATED_METHODS, EngineSettings
-from ..report.engine_header import header_lines, scope_line  # noqa: F401  (scope_line: the reports read it)
+from ..setup.engine import DRAFT_FOLDER_METHODS, SPEC_METHOD_DRAFTS, STANDARD_REJECTION, VALIDATED_METHODS, EngineSettings
+from .header import header_lines, scope_line  # noqa: F401  (scope_line: the reports read it)
 
 
 
@@ -354,7 +354,7 @@ def _outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence
     The canary replaces the speculative answers of its chosen prompts with the draft's own (drawn
     with the same seeds).
     """
-    from ..records import index_generations
+    from ..records.generation import index_generations
 
     canary = set(chosen)
     gens: list[Generation] = []

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..records import atomic_write_text, file_sha256
+from ..records.generation import atomic_write_text, file_sha256
 from .hub import snapshot_identity
 
 # Files that do not decide outputs; everything else at the folder's top level is hashed.
@@ -131,7 +131,7 @@ def backend_versions(backend: str) -> dict[str, str]:
 
 def arm_fingerprint(settings: Any, spec: Any, memo: HashMemo) -> dict[str, Any]:
     """Everything that decides ``spec``'s outputs under ``settings``."""
-    from .settings import redact
+    from ..setup.engine import redact
 
     mode, template = effective_prompt_mode(settings, spec.model)
     fp: dict[str, Any] = {
@@ -178,7 +178,7 @@ def arm_fingerprint(settings: Any, spec: Any, memo: HashMemo) -> dict[str, Any]:
             if settings.hf_acceptance == "typical":
                 spec_fp["typical"] = [settings.typical_epsilon, settings.typical_delta]
             elif settings.hf_acceptance == "synthetic":
-                from .settings import SYNTHETIC_ACCEPTANCE_RATE
+                from ..setup.engine import SYNTHETIC_ACCEPTANCE_RATE
 
                 spec_fp["synthetic_rate"] = SYNTHETIC_ACCEPTANCE_RATE
         fp["speculation"] = spec_fp

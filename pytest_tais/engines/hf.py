@@ -32,7 +32,7 @@ def _lossy_accept(proposal: list[int], probs: Any, rng: Any, eps: float, delta: 
     rate whatever the target says; typical keeps a token the target finds typical (Medusa)."""
     import torch
 
-    from .settings import SYNTHETIC_ACCEPTANCE_RATE
+    from ..setup.engine import SYNTHETIC_ACCEPTANCE_RATE
 
     accepted: list[int] = []
     for i, tok in enumerate(proposal):

@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..store import GenerationStore, StoreError, prompt_key
+from ..records.store import GenerationStore, StoreError, prompt_key
 from .arms import fill_arm, store_dir
 from .base import JUDGE, ArmSpec, EngineError
 from .fingerprint import HashMemo, model_identity
 from .hub import HubError, resolve_model
-from .settings import EngineSettings, SettingsError
+from ..setup.engine import EngineSettings, SettingsError
 
 #: Enough for "Yes." or "**No**, ..."; the verdict must open the answer (judges.parse_verdict).
 JUDGE_MAX_TOKENS = 16
@@ -61,7 +61,7 @@ def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, ca
 
 
 class JudgeEngine:
-    """``generate(list[str]) -> list[str]`` for :class:`pytest_tais.judges.ModelJudge`.
+    """``generate(list[str]) -> list[str]`` for :class:`pytest_tais.pairs.judges.ModelJudge`.
 
     ``shared_dir`` is called on the first question (the run's shared folder, for ``--tais-no-cache``).
     """

@@ -24,10 +24,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..records import SPECULATIVE, TARGET
+from ..records.generation import SPECULATIVE, TARGET
 from .base import FINISH_REASONS, JUDGE, ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, model_identity
-from .settings import DRAFT_FOLDER_METHODS, redact
+from ..setup.engine import DRAFT_FOLDER_METHODS, redact
 
 #: First retry delay in seconds; doubled per retry, capped at BACKOFF_CAP.
 BACKOFF_SECONDS = 0.5

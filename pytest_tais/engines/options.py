@@ -1,4 +1,4 @@
-"""Engine settings from the engine options' raw values (declared in ``pytest_tais/options.py``).
+"""Engine settings from the engine options' raw values (declared in ``pytest_tais/setup/options.py``).
 
 Bad values raise :class:`SettingsError` naming the option and the fix; the plugin turns it into a
 usage error.
@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from .. import options
-from ..options import OptionError
-from .settings import EngineSettings, SettingsError
+from ..setup import options
+from ..setup.options import OptionError
+from ..setup.engine import EngineSettings, SettingsError
 
 
 def _model_folder(option: str, value: str, rootdir: Path) -> Path:

@@ -94,7 +94,7 @@ def verify(rule: str, p: Any, q: Any, draft_argmax: int, tok: int, uniform: Any)
     """One drafted token under ``rule``: (accepted, the distribution to draw a correction from)."""
     import torch
 
-    from .settings import SYNTHETIC_ACCEPTANCE_RATE, TYPICAL_DELTA, TYPICAL_EPSILON
+    from ..setup.engine import SYNTHETIC_ACCEPTANCE_RATE, TYPICAL_DELTA, TYPICAL_EPSILON
 
     if rule == "synthetic":
         return uniform() < SYNTHETIC_ACCEPTANCE_RATE, p

@@ -18,7 +18,7 @@ from .base import ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
 from .hub import describe
 from .lifeline import engines_die_with_parent
-from .settings import DRAFT_FOLDER_METHODS
+from ..setup.engine import DRAFT_FOLDER_METHODS
 
 # vLLM v1 counters (vllm/v1/spec_decode/metrics.py); summed over engine labels.
 _SPEC_COUNTERS = {

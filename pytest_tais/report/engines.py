@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..records import SPECULATIVE, TARGET
+from ..records.generation import SPECULATIVE, TARGET
 
 #: (column, metric key, format) of the per-arm table in the terminal summary.
 _COLUMNS = (

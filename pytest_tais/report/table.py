@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..contrasts import DEFAULT, printable
+from ..run.contrasts import DEFAULT, printable
 from .engines import format_arms
 
 _COLUMNS = ("task", "n", "target", "spec", "D [CI]", "TOST p", "h (cut)", "ident", "verdict")

@@ -15,10 +15,10 @@ import random
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
-from . import config as _config
+from ..setup import config as _config
 from . import contrasts as C
-from .errors import TaskError
-from .records import SPECULATIVE, TARGET, ArmOutputs
+from ..errors import TaskError
+from ..records.generation import SPECULATIVE, TARGET, ArmOutputs
 
 
 class SessionError(ValueError):
@@ -76,7 +76,7 @@ class TaskHandle:
         return self
 
     def verdict(self, expect: str = "pass", **overrides: Any):
-        from .report.rows import control_outcome, probe_row, verdict_row
+        from ..report.rows import control_outcome, probe_row, verdict_row
 
         if self.contrast.kind == C.PROBE:
             self._sink(probe_row(self.screen.probe(self.name), self.contrast.describe()))
@@ -147,8 +147,8 @@ class TaisSession:
 
     def _matrix(self) -> list[tuple[Any, Any]]:
         """The engine settings of every matrix cell (one cell when no option lists several values)."""
-        from . import matrix
-        from .engines import SettingsError, engine_settings
+        from ..setup import matrix
+        from ..engines import SettingsError, engine_settings
 
         try:
             axes = matrix.read_axes(self.raw, self.rootdir)
@@ -169,13 +169,13 @@ class TaisSession:
     def _judge_factory(self) -> Any:
         if not (self.cfg.judge and self.cfg.judge.strip().startswith("model:")):
             return None
-        from .engines import judge_engine_factory
+        from ..engines import judge_engine_factory
 
         return judge_engine_factory(self.raw, self.engine_settings, self.rootdir, self._shared_dir)
 
     def _load_baseline(self) -> None:
         from .baseline import BaselineError, check_compatible, load_baseline
-        from .records import index_generations
+        from ..records.generation import index_generations
 
         try:
             baseline = load_baseline(self.cfg.baseline_dir, self.cfg.baseline)
@@ -188,7 +188,7 @@ class TaisSession:
     def generator(self, settings: Any, arms: tuple[str, ...] | None = None, shuffle: int | None = None):
         """``generate(prompts) -> ArmOutputs`` on engines with ``settings`` (started on the first call)."""
         def generate(prompts):
-            from .engines import run_arms
+            from ..engines import run_arms
 
             if shuffle is not None:  # another batch order: part of what a null rerun varies
                 prompts = list(prompts)
@@ -205,8 +205,8 @@ class TaisSession:
 
         ``arms`` generates only those arms (e.g. ``["target"]`` for a target-vs-target contrast).
         """
-        from .engines import SettingsError
-        from .engines.settings import VLLM_ONLY_FIELDS
+        from ..engines import SettingsError
+        from ..setup.engine import VLLM_ONLY_FIELDS
 
         if self.engine_settings is None:
             raise SessionError("tais_variant needs real engines: pass --tais-target (and --tais-draft)")
@@ -291,7 +291,7 @@ class TaisSession:
                 shares.append(v.identity.identical_share)
                 hs.append(abs(v.cohens_h))
                 if v.k > 1:  # sampled: how far a prompt's share moves between reruns of one arm
-                    from .stats import rerun_spread
+                    from ..stats import rerun_spread
 
                     spreads.append(rerun_spread(v.counts_target, v.counts_speculative, v.k))
             level = self.cfg.h_null_level
@@ -339,7 +339,7 @@ class TaisSession:
                 summary.lines.append(line)
                 summary.failed = not saved
         if self.cfg.report is not None:
-            from .report import build_report, write_html, write_markdown, write_report
+            from ..report import build_report, write_html, write_markdown, write_report
 
             # The judge as resolved (its rules' version, or its model's hash), beside the option as given.
             report = build_report({**self.cfg.describe(), "judge_name": self.screen.judge_name}, rows, engines)
@@ -350,8 +350,8 @@ class TaisSession:
 
     def close(self) -> None:
         """The run is over: the records loaded at the start go back to the collector (see
-        :func:`pytest_tais.records.freeze_long_lived`)."""
-        from .records import unfreeze_long_lived
+        :func:`pytest_tais.records.generation.freeze_long_lived`)."""
+        from ..records.generation import unfreeze_long_lived
 
         unfreeze_long_lived()
 

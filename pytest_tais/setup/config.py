@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import options
-from .levels import TOST_METHODS, check_levels
+from ..stats.levels import TOST_METHODS, check_levels
 from .options import OptionError, default
 
 #: Engine options that a replay run still uses: the model judge's store and server key.

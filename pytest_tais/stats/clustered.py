@@ -26,7 +26,7 @@ import numpy as np
 from scipy import fft as _fft, stats as _sps
 
 from .levels import ALPHA, MARGIN, POWER, check_levels
-from .stats import cohens_h
+from .paired import cohens_h
 
 __all__ = [
     "ClusteredTostResult",

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 from . import judges
-from .battery import Prompt, Task
-from .contrasts import printable
-from .errors import TaskError
-from .records import Generation, gc_paused
-from .pair import PairRecord
+from ..battery import Prompt, Task
+from ..run.contrasts import printable
+from ..errors import TaskError
+from ..records.generation import Generation, gc_paused
+from .record import PairRecord
 
 #: One arm's answers: (task, prompt id) -> its answer (greedy) or sample index -> answer (sampled).
 Outputs = Mapping[tuple[str, str], Any]

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import levels
+from ..stats import levels
 
 KINDS = ("str", "float", "int", "bool", "flag", "path", "size")
 # Binary units for "size" options; a bare number is bytes.

@@ -22,13 +22,13 @@ def swap_null_h_quantile(target, speculative=None, k: int = 1, *, level: float =
     arm with ``speculative`` the speculative arm's and ``k`` the samples per prompt per arm (or
     per-sample 0/1 flags, n x K). The quantile is the smallest x with P(|h*| <= x) >= level.
     """
-    from .stats import PairedTable, paired_table
+    from .paired import PairedTable, paired_table
 
     if not (0.0 < level < 1.0):
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
     if isinstance(target, PairedTable):
         return _exact(target, level)
-    from .sampled import paired_counts
+    from .clustered import paired_counts
 
     x, y, kk = paired_counts(target, speculative, k, least=1)
     if kk == 1:

@@ -131,7 +131,7 @@ def rerun_spread(run_a, run_b, k: int | None = None, level: float = 0.95) -> flo
     with other seeds): the ``level`` quantile (lower, an observed value) of |a_i - b_i| over prompts."""
     if not (0.0 < level < 1.0):
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    from .sampled import share_differences
+    from .clustered import share_differences
 
     d = np.abs(share_differences(run_a, run_b, k))
     return float(np.quantile(d, level, method="lower"))
@@ -155,7 +155,7 @@ def moved_share(target, speculative, k: int | None = None, spread: float = 0.0) 
     take ``spread`` from :func:`rerun_spread` of target-vs-target reruns)."""
     if not (isinstance(spread, (int, float)) and math.isfinite(spread) and 0.0 <= spread <= 1.0):
         raise ValueError(f"spread must lie in [0, 1], got {spread!r}")
-    from .sampled import share_differences
+    from .clustered import share_differences
 
     d = np.abs(share_differences(target, speculative, k))
     moved = int(np.count_nonzero(d > spread + 1e-12))

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from . import judges, pairing
-from .battery import BatteryError, Prompt, Task, load_battery, select_tasks
-from .config import TaisConfig
-from .errors import TaskError
-from .records import (SPECULATIVE, TARGET, ArmOutputs, RecordError, freeze_long_lived, gc_paused, index_generations,
-                      read_replay)
-from .pair import PairRecord
-from .verdict import Verdict, decide
+from ..pairs import judges, pairing
+from ..battery import BatteryError, Prompt, Task, load_battery, select_tasks
+from ..setup.config import TaisConfig
+from ..errors import TaskError
+from ..records.generation import SPECULATIVE, TARGET, ArmOutputs, RecordError, freeze_long_lived, gc_paused, index_generations, read_replay
+from ..pairs.record import PairRecord
+from ..verdict import Verdict, decide
 
 
 class ScreenSetupError(ValueError):
@@ -220,7 +219,7 @@ class Screen:
         A sampled arm's rate pools its K samples per prompt; the interval treats each prompt's share
         as one draw (prompts are the independent units), which keeps it conservative.
         """
-        from .stats import wilson_interval
+        from ..stats import wilson_interval
 
         task = self.task(task_name)
         if not task.prompts:

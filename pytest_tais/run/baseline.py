@@ -33,8 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from filelock import FileLock
 
-from .battery.base import Task
-from .records import ARMS, Generation, RecordError, read_generations, read_text
+from ..battery.base import Task
+from ..records.generation import ARMS, Generation, RecordError, read_generations, read_text
 
 BASELINE_SCHEMA = "pytest-tais/baseline"
 BASELINE_VERSION = 2  # 2: checksums of every generations.jsonl line and of the other files

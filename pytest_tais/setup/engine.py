@@ -10,7 +10,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..options import default
+from .options import default
 
 BACKENDS = ("vllm", "hf", "openai")
 EXECUTOR_BACKENDS = ("mp", "ray", "uni")

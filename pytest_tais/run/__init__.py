@@ -1,0 +1,1 @@
+"""The run: the session (screens, contrasts, baseline) that takes a config to report rows."""
