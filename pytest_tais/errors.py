@@ -1,5 +1,12 @@
-"""Exceptions shared by the stages; importing this module is cheap."""
+"""Exceptions shared by the stages, and how names are shown in messages; importing this module is cheap."""
 
 
 class TaskError(RuntimeError):
     """A task's verdict could not be computed. The screen reports it as an error, never a pass."""
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (ANSI escapes, NUL, BEL, newlines) escaped, for terminals and ids."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)

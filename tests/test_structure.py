@@ -97,3 +97,57 @@ def test_each_range_is_checked_in_one_place(args, tmp_path):
     with pytest.raises(ValueError) as b:
         stats.paired_tost(0, 0, 100, margin=float(raw.get("tais_margin", 0.03)), alpha=float(raw.get("tais_alpha", 0.05)))
     assert str(b.value) in str(a.value)
+
+
+#: The stages in the order data flows through them; a module imports from its own stage or earlier
+#: ones only. ``errors`` and ``stats.levels`` (constants) import nothing of the package.
+FLOW = ("errors", "stats.levels", "setup", "records", "battery", "engines", "pairs", "stats", "verdict", "report", "run")
+#: Outside the flow: pytest wiring, the public API and its assertion, and the judges' old name.
+CONDUCTORS = ("plugin", "assertion", "__init__", "judges")
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")[1:]
+    if parts[:2] == ["stats", "levels"]:
+        return "stats.levels"
+    return parts[0] if parts else "__init__"
+
+
+def _imports(path: Path) -> set[str]:
+    """The package modules ``path`` imports (``from X import name`` counts X.name where that is a module)."""
+    rel = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    package = list(rel[:-1])
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            for a in node.names:
+                sub = f"{target}.{a.name}"
+                is_module = (PACKAGE.parent / Path(*sub.split("."))).with_suffix(".py").exists() or \
+                    (PACKAGE.parent / Path(*sub.split(".")) / "__init__.py").exists()
+                out.add(sub if is_module else target)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {m for m in out if m.startswith("pytest_tais")}
+
+
+def test_every_import_runs_with_the_flow():
+    against = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(rel[:-1] if rel[-1] == "__init__" else rel)
+        stage = _stage(module)
+        if stage in CONDUCTORS:
+            continue
+        assert stage in FLOW, f"{module}: a module outside the stages {FLOW}"
+        for target in _imports(path):
+            other = _stage(target)
+            if other == "__init__" or FLOW.index(other) > FLOW.index(stage):
+                against.append(f"{module} imports {target}")
+    assert not against, against
+
+
+def test_engines_import_nothing_from_the_reports():
+    for path in sorted((PACKAGE / "engines").rglob("*.py")):
+        assert not any(m.startswith(("pytest_tais.report", "pytest_tais.run")) for m in _imports(path)), path

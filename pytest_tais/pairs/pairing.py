@@ -12,8 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import judges
 from ..battery import Prompt, Task
-from ..run.contrasts import printable
-from ..errors import TaskError
+from ..errors import TaskError, printable
 from ..records.generation import Generation, gc_paused
 from .record import PairRecord
 

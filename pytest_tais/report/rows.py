@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+#: The contrast a row answers unless it says otherwise: the target-only arm against the speculative arm.
+DEFAULT_CONTRAST = "target-vs-speculative"
 #: (key, a number every pass/fail row carries, a JUnit property)
 SCHEMA: tuple[tuple[str, bool, bool], ...] = (
     ("n", True, True),

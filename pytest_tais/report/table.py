@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..run.contrasts import DEFAULT, printable
+from ..errors import printable
+from .rows import DEFAULT_CONTRAST as DEFAULT
 from .engines import format_arms
 
 _COLUMNS = ("task", "n", "target", "spec", "D [CI]", "TOST p", "h (cut)", "ident", "verdict")

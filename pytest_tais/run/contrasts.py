@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
-DEFAULT = "target-vs-speculative"
+from ..errors import printable
+from ..report.rows import DEFAULT_CONTRAST
+
+DEFAULT = DEFAULT_CONTRAST
 DRAFT_VS_DRAFT = "draft-vs-draft"
 PRECISION = "precision"
 PROBE = "probe"
@@ -17,13 +20,6 @@ PROBE = "probe"
 BASELINE = {"baseline-target": ("target", "target"), "baseline-speculative": ("speculative", "speculative")}
 #: Report order of the kinds.
 ORDER = (DEFAULT, DRAFT_VS_DRAFT, PRECISION, *BASELINE, PROBE)
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (ANSI escapes, NUL, BEL, newlines) escaped, for terminals and ids."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 @dataclasses.dataclass(frozen=True)
