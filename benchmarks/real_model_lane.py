@@ -437,7 +437,7 @@ def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str,
         f"- settings: pair {pair}, K={num_speculative_tokens}, max tokens {max_tokens}, max model length "
         f"{max_model_len or 'the model default'}, batch: engine calls of {CALL_WAVES} x vLLM's max_num_seqs "
         f"prompts, at least {CHUNK_SIZE} (vLLM's default scheduler limits), threads: {threads_label()}",
-        *([f"- models: " + ", ".join(f"{role} {path} (weights sha256 {weights_sha12(path)})" for role, path in models.items())]
+        *(["- models: " + ", ".join(f"{role} {path} (weights sha256 {weights_sha12(path)})" for role, path in models.items())]
           if models else []),
         f"- command: `{command}`",
         "- battery: " + ", ".join(f"{p.name} (sha256 {sha12(p)})" for p in files.values()),

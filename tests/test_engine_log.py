@@ -6,7 +6,6 @@ child processes); the ``vllm`` tests run the plugin cold on the bundled models i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re

@@ -28,7 +28,7 @@ from pytest_tais.engines.base import ArmSpec
 from pytest_tais.engines.vllm import VllmBackend
 from pytest_tais.pairs.judges import default_judge
 from pytest_tais.records.generation import SPECULATIVE, TARGET, read_generations
-from pytest_tais.records.store import GenerationStore, prompt_key
+from pytest_tais.records.store import GenerationStore
 from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide
 

@@ -151,7 +151,7 @@ import types  # noqa: E402
 from pytest_tais.engines import arms as arms_mod  # noqa: E402
 from pytest_tais.report import engines as engines_report  # noqa: E402
 from pytest_tais.engines.base import ArmSpec, Backend, BatchResult, Output  # noqa: E402
-from pytest_tais.records.store import GenerationStore, StoredOutput, StoreError, line_checksum, prompt_key  # noqa: E402
+from pytest_tais.records.store import GenerationStore, StoredOutput, StoreError, line_checksum  # noqa: E402
 
 FP = {"schema": 1, "model": {"sha256": "cd" * 32}, "dtype": "float32", "seed": 0}
 TEXTS = [f"prompt {i}" for i in range(6)]

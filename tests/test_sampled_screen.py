@@ -16,7 +16,7 @@ from pytest_tais.engines import SettingsError, engine_settings
 from pytest_tais.engines.sampling import Unit, sample_seed, units
 from pytest_tais.setup.engine import EngineSettings
 from pytest_tais.errors import TaskError
-from pytest_tais.pairs.pairing import match, pair_outputs, scorer
+from pytest_tais.pairs.pairing import pair_outputs, scorer
 from pytest_tais.records.generation import Generation, RecordError, index_generations
 from pytest_tais.records.store import StoredOutput, prompt_key, sample_key
 from pytest_tais.pairs.record import PairRecord

@@ -17,7 +17,6 @@ import pytest
 from pytest_tais.battery import example
 from pytest_tais.engines import EngineError, EngineSettings, run_arms
 from pytest_tais.engines.arms import _scope, arm_specs, scope_line
-from pytest_tais.engines.base import ArmSpec
 from pytest_tais.engines.fingerprint import HashMemo, arm_fingerprint
 from pytest_tais.setup.engine import DRAFT_FOLDER_METHODS, SPEC_METHODS
 from pytest_tais.engines.vllm import VllmBackend

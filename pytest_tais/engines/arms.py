@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from ..battery.base import Prompt
 from ..records.generation import SPECULATIVE, TARGET, ArmOutputs, Generation, write_generations
-from ..records.store import GenerationStore, Shard, StoredOutput, StoreError, prompt_key, sample_key
+from ..records.store import GenerationStore, Shard, StoredOutput, StoreError, sample_key
 from . import sampling
 from .base import ARM_LABELS, DRAFT, ENGINE_STARTS, ArmSpec, Backend, EngineError, Progress, check_outputs
 from .enginelog import EngineLog
