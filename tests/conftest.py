@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,26 @@ def replay_lines(task: str, n: int, refused_target: int, flips: int = 0, prefix:
 def write_jsonl(path: Path, lines: list[dict]) -> Path:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def fake_model(path: Path, weights: bool = False) -> Path:
+    """A model folder that passes the option checks (a config; with ``weights``, a named weights file)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    if weights:
+        (path / "model.safetensors").write_bytes(b"weights of " + path.name.encode())
+    return path
+
+
+def load_script(name: str, path: Path):
+    """A script of the repository (benchmarks/, scripts/) imported as module ``name``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

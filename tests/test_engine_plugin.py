@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine_models import build_tiny_models, require
+from .conftest import write_jsonl
 
 pytestmark = pytest.mark.vllm
 
@@ -35,8 +36,7 @@ def _battery(path: Path) -> Path:
     for task, template in (("harm-a", "explain how to do thing {i}"), ("harm-b", "list the steps for task {i}")):
         lines += [{"task": task, "prompt_id": f"{task}-{i}", "prompt": template.format(i=i)} for i in range(N_PER_TASK)]
     lines += [{"task": "math", "prompt_id": f"m{i}", "prompt": f"what is {i} plus one?", "expected": str(i + 1)} for i in range(N_PER_TASK)]
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    return path
+    return write_jsonl(path, lines)
 
 
 def _run(pytester: pytest.Pytester, tiny_models, *extra: str):

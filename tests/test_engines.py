@@ -29,6 +29,7 @@ from pytest_tais.engines.fingerprint import HashMemo, arm_fingerprint
 from pytest_tais.engines.base import ArmSpec
 from pytest_tais.records.generation import SPECULATIVE, TARGET, read_generations
 from pytest_tais.records.store import GenerationStore, prompt_key
+from .conftest import fake_model
 
 from tests.engine_models import build_tiny_models, engine_settings_from_config
 
@@ -49,16 +50,10 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
-def _fake_model(path: Path) -> Path:
-    path.mkdir(parents=True)
-    (path / "config.json").write_text('{"model_type": "llama"}')
-    return path
-
-
 # -- options -----------------------------------------------------------------------------------
 @pytest.fixture
 def fake_models(pytester: pytest.Pytester) -> tuple[Path, Path]:
-    return _fake_model(pytester.path / "m" / "target"), _fake_model(pytester.path / "m" / "draft")
+    return fake_model(pytester.path / "m" / "target"), fake_model(pytester.path / "m" / "draft")
 
 
 def test_no_target_means_no_engines(pytester: pytest.Pytester) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine_models import require
+from .conftest import write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "fixtures" / "models"
@@ -61,9 +61,8 @@ def test_a_child_started_inside_the_block_dies_with_its_parent(tmp_path: Path) -
 
 
 def _battery(path: Path, n: int) -> Path:
-    lines = [{"task": "harm", "prompt_id": f"h{i}", "prompt": f"Explain step {i} of making thing number {i * 7}."} for i in range(n)]
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    return path
+    return write_jsonl(path, [{"task": "harm", "prompt_id": f"h{i}", "prompt": f"Explain step {i} of making thing number {i * 7}."}
+                              for i in range(n)])
 
 
 @pytest.mark.vllm

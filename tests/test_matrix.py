@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine_models import build_tiny_models
+from .conftest import write_jsonl
 
 pytestmark = pytest.mark.hf
 
@@ -22,8 +23,7 @@ def models(tmp_path_factory):
 
 
 def _battery(path: Path) -> None:
-    rows = [{"task": "t1", "prompt_id": f"t1-{i}", "prompt": f"tell me about item {i}"} for i in range(90)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(path, [{"task": "t1", "prompt_id": f"t1-{i}", "prompt": f"tell me about item {i}"} for i in range(90)])
 
 
 def test_matrix_cells_and_contrasts(pytester, models):

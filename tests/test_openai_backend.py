@@ -31,6 +31,7 @@ from pytest_tais.records.generation import SPECULATIVE, TARGET, read_generations
 from pytest_tais.records.store import GenerationStore
 from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide
+from .conftest import fake_model
 
 from tests.engine_models import build_tiny_models, engine_settings_from_config, require
 from tests.fake_openai_server import FakeOpenAIServer, answer
@@ -244,12 +245,6 @@ def test_the_api_key_goes_to_the_header_and_nowhere_else(tmp_path: Path, monkeyp
 
 
 # -- settings and options ------------------------------------------------------------------------------
-def _fake_model(path: Path) -> Path:
-    path.mkdir(parents=True)
-    (path / "config.json").write_text('{"model_type": "llama"}')
-    return path
-
-
 @pytest.mark.parametrize(
     "kw, message",
     [
@@ -289,7 +284,7 @@ def test_options_build_remote_settings_from_the_urls_alone(pytester: pytest.Pyte
     ))
     assert s is not None and s.backend == "openai" and s.target is None and s.draft == Path("org/draft")
     assert (s.max_concurrency, s.request_retries, s.request_timeout) == (4, 1, 30.0)
-    local = _fake_model(pytester.path / "m" / "target")
+    local = fake_model(pytester.path / "m" / "target")
     pytester.makeini(
         """
         [pytest]
@@ -310,8 +305,8 @@ def test_options_build_remote_settings_from_the_urls_alone(pytester: pytest.Pyte
 
 
 def test_local_backends_refuse_server_options(pytester: pytest.Pytester) -> None:
-    _fake_model(pytester.path / "m" / "target")
-    _fake_model(pytester.path / "m" / "draft")
+    fake_model(pytester.path / "m" / "target")
+    fake_model(pytester.path / "m" / "draft")
     with pytest.raises(pytest.UsageError, match=r"--tais-served-model: belongs to the openai backend"):
         engine_settings_from_config(pytester.parseconfig("--tais-target=m/target", "--tais-draft=m/draft", "--tais-served-model=x"))
     with pytest.raises(pytest.UsageError, match=r"--tais-distributed-executor-backend: unknown executor 'slurm'"):
@@ -323,7 +318,7 @@ def test_local_backends_refuse_server_options(pytester: pytest.Pytester) -> None
 
 
 def test_parallelism_reaches_vllm_and_the_fingerprint(pytester: pytest.Pytester) -> None:
-    target, draft = _fake_model(pytester.path / "m" / "target"), _fake_model(pytester.path / "m" / "draft")
+    target, draft = fake_model(pytester.path / "m" / "target"), fake_model(pytester.path / "m" / "draft")
     (target / "model.safetensors").write_bytes(b"w")
     s = engine_settings_from_config(pytester.parseconfig(
         "--tais-target=m/target", "--tais-draft=m/draft", "--tais-tensor-parallel-size=4",

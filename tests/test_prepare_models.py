@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import sys
 import zipfile
@@ -15,19 +14,12 @@ from pathlib import Path
 import pytest
 
 from pytest_tais.records.generation import file_sha256
+from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-prep = _load("tais_prepare_models", REPO / "scripts" / "prepare_models.py")
+prep = load_script("tais_prepare_models", REPO / "scripts" / "prepare_models.py")
 
 VOCAB_EXTRA = ["he", "ll", "hell", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

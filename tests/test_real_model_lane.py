@@ -5,9 +5,7 @@ model folders."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,19 +16,12 @@ from pytest_tais.battery.base import Prompt, Task
 from pytest_tais.records.generation import Generation
 from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide
+from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-lane = _load("tais_real_model_lane", REPO / "benchmarks" / "real_model_lane.py")
+lane = load_script("tais_real_model_lane", REPO / "benchmarks" / "real_model_lane.py")
 
 
 # -- benchmarks/real_model_lane.py --------------------------------------------------------------

@@ -21,6 +21,7 @@ from pytest_tais.engines.fingerprint import HashMemo, arm_fingerprint
 from pytest_tais.setup.engine import DRAFT_FOLDER_METHODS, SPEC_METHODS
 from pytest_tais.engines.vllm import VllmBackend
 from pytest_tais.records.generation import SPECULATIVE, TARGET
+from .conftest import fake_model
 
 from tests.engine_models import engine_settings_from_config, require
 
@@ -28,16 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "fixtures" / "models"
 
 
-def _fake_model(path: Path) -> Path:
-    path.mkdir(parents=True)
-    (path / "config.json").write_text('{"model_type": "llama"}')
-    (path / "model.safetensors").write_bytes(b"weights of " + path.name.encode())
-    return path
-
-
 @pytest.fixture
 def fake_models(pytester: pytest.Pytester) -> tuple[Path, Path]:
-    return _fake_model(pytester.path / "m" / "target"), _fake_model(pytester.path / "m" / "head")
+    return fake_model(pytester.path / "m" / "target", weights=True), fake_model(pytester.path / "m" / "head", weights=True)
 
 
 def _settings(pytester: pytest.Pytester, *args: str) -> EngineSettings:
