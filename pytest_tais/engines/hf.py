@@ -21,7 +21,6 @@ from .base import ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
 from .hub import describe
 
-_TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 #: Prompts per generate() call of plain greedy decoding (one call per prompt leaves the matrix
 #: kernels with one row to work on).
 GREEDY_BATCH = 16
@@ -81,7 +80,7 @@ class HFBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM
 
-        dtype = getattr(torch, _TORCH_DTYPES[self.settings.dtype]) if self.settings.dtype != "auto" else "auto"
+        dtype = getattr(torch, self.settings.dtype) if self.settings.dtype != "auto" else "auto"
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=dtype, trust_remote_code=self.settings.trust_remote_code, **self.settings.engine_kwargs
         )

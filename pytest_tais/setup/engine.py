@@ -33,7 +33,8 @@ HF_SPEC_METHODS = ("draft_model", "ngram")
 #: The seed study's claims cover draft models with exact (standard) verification only.
 VALIDATED_METHODS = ("draft_model",)
 NGRAM_DEFAULTS = (2, 4)  # (prompt_lookup_min, prompt_lookup_max)
-DTYPES = ("float32", "bfloat16", "float16", "auto")
+#: The dtypes, each with its short label in matrix test ids: the one table of their names.
+DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "auto": "auto"}
 PROMPT_MODES = ("chat", "raw")
 #: file: each engine start's output in its own log under the cache folder; terminal: the raw stream.
 ENGINE_LOG_MODES = ("file", "terminal")

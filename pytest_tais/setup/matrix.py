@@ -13,6 +13,8 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping
 
+from .engine import DTYPES
+
 #: matrix axis -> (ini/option dest, EngineSettings field)
 AXES = {
     "dtype": ("tais_dtype", "dtype"),
@@ -20,7 +22,6 @@ AXES = {
     "draft": ("tais_draft", "draft"),
     "k": ("tais_num_speculative_tokens", "num_speculative_tokens"),
 }
-_DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "auto": "auto"}
 
 
 class MatrixError(ValueError):
@@ -72,7 +73,7 @@ def read_axes(options: Mapping[str, Any], rootdir: Path) -> dict[str, list[tuple
         axes["draft"] = drafts
     raw = _raw(options, "tais_dtype")
     if raw and "," in raw:
-        axes["dtype"] = [(_DTYPE_LABELS.get(v, v), v) for v in _split(raw)]
+        axes["dtype"] = [(DTYPES.get(v, v), v) for v in _split(raw)]
     for axis, dest, prefix in (("seed", "tais_seed", "seed"), ("k", "tais_num_speculative_tokens", "k")):
         raw = _raw(options, dest)
         if raw and "," in raw:
