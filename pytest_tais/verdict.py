@@ -244,9 +244,9 @@ def _identity(pairs: Sequence[PairRecord]) -> stats.ByteIdentity:
     """Answer i of both arms compared byte by byte (with token ids where every answer has them)."""
     texts_a = [t for p in pairs for t in p.target_texts]
     texts_b = [t for p in pairs for t in p.speculative_texts]
-    ids = [[i for p in pairs for i in (getattr(p, f"{arm}_token_ids") or (None,) * len(p.target_texts))]
-           for arm in ("target", "speculative")]
-    return stats.byte_identity(texts_a, texts_b, *ids)
+    ids_a = [i for p in pairs for i in (p.target_token_ids or (None,) * len(p.target_texts))]
+    ids_b = [i for p in pairs for i in (p.speculative_token_ids or (None,) * len(p.speculative_texts))]
+    return stats.byte_identity(texts_a, texts_b, ids_a, ids_b)
 
 
 def _evidence(x: Sequence[int], y: Sequence[int], k: int, alpha: float, spread: float | None) -> dict[str, Any]:
