@@ -382,7 +382,7 @@ def judge_label() -> str:
 
 
 def sha12(path: Path) -> str:
-    from pytest_tais.records.generation import file_sha256
+    from pytest_tais.records.files import file_sha256
 
     return file_sha256(path)[:12]
 
@@ -484,7 +484,7 @@ def splice(document: str | None, section: str, path: Path, pair: str = "smollm2"
 
 
 def write_out(path: Path, section: str, pair: str = "smollm2") -> None:
-    from pytest_tais.records.generation import atomic_write_text
+    from pytest_tais.records.files import atomic_write_text
 
     document = path.read_text(encoding="utf-8") if path.exists() else None
     atomic_write_text(path, splice(document, section, path, pair))

@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from pytest_tais.records.generation import file_sha256  # noqa: E402
+from pytest_tais.records.files import file_sha256  # noqa: E402
 
 WEIGHTS = "model.safetensors"
 PROVENANCE = "tais-prepared.json"

@@ -417,8 +417,8 @@ def _as_reader(root: Path, code: str) -> dict:
 READ_ONLY_CHECK = '''
 import os
 from pathlib import Path
-import tests.test_reliability as t
-from pytest_tais.store import GenerationStore, StoreError
+import tests.test_fail_closed as t
+from pytest_tais.records.store import GenerationStore, StoreError
 
 def check(root):
     store = GenerationStore(root)

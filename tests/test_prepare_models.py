@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_tais.records.generation import file_sha256
+from pytest_tais.records.files import file_sha256
 from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from pytest_tais.records import generation as records
-from pytest_tais.records.generation import Generation, RecordError, iter_json_lines, read_generations
+from pytest_tais.records import files as records
+from pytest_tais.records.generation import Generation, RecordError, read_generations
+from pytest_tais.records.files import iter_json_lines
 
 
 def _line(**kw) -> dict:

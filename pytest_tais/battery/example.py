@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..records.generation import atomic_write_text
+from ..records.files import atomic_write_text
 from .base import Task
 from .jsonl import load_jsonl
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..records.generation import iter_json_lines
+from ..records.files import iter_json_lines
 from .base import BatteryError, Prompt, Task
 from .table import check_task_name
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..records.generation import check_text, iter_json_lines, read_text
+from ..records.files import check_text, iter_json_lines, read_text
 from .base import BatteryError, Prompt, Task
 
 Row = tuple[str, Mapping[str, Any]]

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..records.generation import atomic_write_text, file_sha256
+from ..records.files import atomic_write_text, file_sha256
 from .hub import snapshot_identity
 
 # Files that do not decide outputs; everything else at the folder's top level is hashed.

@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping, Sequence
 from . import judges
 from ..battery import Prompt, Task
 from ..errors import TaskError, printable
-from ..records.generation import Generation, gc_paused
+from ..records.generation import Generation
+from ..records.files import gc_paused
 from .record import PairRecord
 
 #: One arm's answers: (task, prompt id) -> its answer (greedy) or sample index -> answer (sampled).

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from .generation import atomic_write_text
+from .files import atomic_write_text
 
 _MAX_START_LOG = 1000
 #: The line format; version 2 added the per-line checksum. Older shards live at other addresses.

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..records.generation import atomic_write_text
+from ..records.files import atomic_write_text
 from .table import label
 from .markdown import (
     check_probes, check_report, config_lines, diff_cell, engine_lines, fmt_p, h_cell, headline, judge_sentence, pct,

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..records.generation import atomic_write_text
+from ..records.files import atomic_write_text
 
 REPORT_SCHEMA = "pytest-tais/report"
 REPORT_VERSION = 1

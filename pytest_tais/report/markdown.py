@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..records.generation import atomic_write_text
+from ..records.files import atomic_write_text
 from .json_report import REPORT_SCHEMA, REPORT_VERSION
 from .rows import NUMERIC_KEYS
 from .table import label

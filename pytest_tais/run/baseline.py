@@ -34,7 +34,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from filelock import FileLock
 
 from ..battery.base import Task
-from ..records.generation import ARMS, Generation, RecordError, read_generations, read_text
+from ..records.generation import ARMS, Generation, RecordError, read_generations
+from ..records.files import read_text
 
 BASELINE_SCHEMA = "pytest-tais/baseline"
 BASELINE_VERSION = 2  # 2: checksums of every generations.jsonl line and of the other files

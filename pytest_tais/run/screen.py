@@ -12,7 +12,8 @@ from ..pairs import judges, pairing
 from ..battery import BatteryError, Prompt, Task, load_battery, select_tasks
 from ..setup.config import TaisConfig
 from ..errors import TaskError
-from ..records.generation import SPECULATIVE, TARGET, ArmOutputs, RecordError, freeze_long_lived, gc_paused, index_generations, read_replay
+from ..records.generation import SPECULATIVE, TARGET, ArmOutputs, RecordError, index_generations, read_replay
+from ..records.files import freeze_long_lived, gc_paused
 from ..pairs.record import PairRecord
 from ..verdict import Verdict, decide
 

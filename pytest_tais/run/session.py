@@ -351,7 +351,7 @@ class TaisSession:
     def close(self) -> None:
         """The run is over: the records loaded at the start go back to the collector (see
         :func:`pytest_tais.records.generation.freeze_long_lived`)."""
-        from ..records.generation import unfreeze_long_lived
+        from ..records.files import unfreeze_long_lived
 
         unfreeze_long_lived()
 
