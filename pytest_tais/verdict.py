@@ -216,14 +216,7 @@ def decide(
     check_levels(margin, alpha)
     x = [sum(p.target_flags) for p in pairs]
     y = [sum(p.speculative_flags) for p in pairs]
-    try:
-        tost = stats.tost(x, y, k, margin=margin, alpha=alpha, method=tost_method)
-        h_null = stats.swap_null_h_quantile(x, y, k, level=h_null_level)
-        need = stats.prompts_needed(x, y, k, margin=margin, alpha=alpha, power=power)
-    except ValueError as exc:
-        if k == 1:
-            raise
-        raise TaskError(f"task {task!r}: the sampled statistics cannot be computed: {exc}") from exc
+    tost, h_null, need = _statistics(task, x, y, k, margin, alpha, tost_method, h_null_level, power)
     n = len(pairs)
     h = stats.cohens_h(sum(x) / (n * k), sum(y) / (n * k))
     h_check = _h_check(h, h_null, h_cutoff)
@@ -238,6 +231,19 @@ def decide(
         reasons=tuple(_reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k)),
         scope_notes=tuple(_scope_notes(pairs, k, scope_notes)), **_evidence(x, y, k, alpha, spread),
     )
+
+
+def _statistics(task: str, x: list[int], y: list[int], k: int, margin: float, alpha: float, tost_method: str,
+                h_null_level: float, power: float) -> tuple[Any, float, int]:
+    """The TOST, the swap-null quantile of |h| and the prompts needed, for any K."""
+    try:
+        return (stats.tost(x, y, k, margin=margin, alpha=alpha, method=tost_method),
+                stats.swap_null_h_quantile(x, y, k, level=h_null_level),
+                stats.prompts_needed(x, y, k, margin=margin, alpha=alpha, power=power))
+    except ValueError as exc:
+        if k == 1:
+            raise
+        raise TaskError(f"task {task!r}: the sampled statistics cannot be computed: {exc}") from exc
 
 
 def _identity(pairs: Sequence[PairRecord]) -> stats.ByteIdentity:

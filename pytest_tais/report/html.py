@@ -173,16 +173,17 @@ def _task_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 pct(r["identical_share"]), str(r["required_n"]),
                 f"<td class='{'pass' if r.get('control') == 'caught' else r['status']}'>{_esc(verdict_label(r))}</td>", reason_html,
             ]
-        tds = []
-        for i, c in enumerate(cells):
-            if c.startswith("<td"):
-                tds.append(c)
-            else:
-                cls = "num" if i in (2, 3, 4, 6, 8, 9) else "nowrap" if i == 5 and c else ""
-                tds.append(f"<td class='{cls}'>{c}</td>" if cls else f"<td>{c}</td>")
-        out.append("<tr>" + "".join(tds) + "</tr>")
+        out.append("<tr>" + "".join(_td(i, c) for i, c in enumerate(cells)) + "</tr>")
     out.append("</table>")
     return out
+
+
+def _td(i: int, cell: str) -> str:
+    """A task table cell: numbers right-aligned, the interval unbroken; a cell given whole as is."""
+    if cell.startswith("<td"):
+        return cell
+    cls = "num" if i in (2, 3, 4, 6, 8, 9) else "nowrap" if i == 5 and cell else ""
+    return f"<td class='{cls}'>{cell}</td>" if cls else f"<td>{cell}</td>"
 
 
 def render_html(report: Mapping[str, Any]) -> str:

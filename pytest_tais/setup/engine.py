@@ -263,21 +263,8 @@ class EngineSettings:
                 raise bad("--tais-engine-kwargs", f"{key!r} has its own option; use {MANAGED_ENGINE_KWARGS[key]}")
         object.__setattr__(self, "engine_kwargs_json", json.dumps(kwargs, sort_keys=True))
 
-    def _check_speculation(self, bad: Any) -> None:
-        method = self.spec_method
-        lookup = (("--tais-ngram-min", self.prompt_lookup_min), ("--tais-ngram-max", self.prompt_lookup_max))
-        if method == "ngram":
-            for (option, value), default in zip(lookup, NGRAM_DEFAULTS):
-                if value is None:
-                    object.__setattr__(self, "prompt_lookup_" + option[-3:], default)
-                elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise bad(option, f"{value!r} must be a whole number >= 1")
-            if self.prompt_lookup_max < self.prompt_lookup_min:
-                raise bad("--tais-ngram-max", f"{self.prompt_lookup_max} must be >= --tais-ngram-min ({self.prompt_lookup_min})")
-        else:
-            for option, value in lookup:
-                if value is not None:
-                    raise bad(option, f"n-gram lookup sizes apply to --tais-spec-method=ngram only, not {method}; drop {option}")
+    def _check_speculative_config(self, bad: Any, method: str) -> dict[str, Any]:
+        """--tais-speculative-config: a JSON object of fields no other option sets; stored canonical."""
         try:
             extra = json.loads(self.speculative_config_json)
         except json.JSONDecodeError as exc:
@@ -294,6 +281,24 @@ class EngineSettings:
                 raise bad("--tais-speculative-config", f"{key!r} configures suffix decoding, but --tais-spec-method={method}; "
                           "add --tais-spec-method=suffix or drop it")
         object.__setattr__(self, "speculative_config_json", json.dumps(extra, sort_keys=True))
+        return extra
+
+    def _check_speculation(self, bad: Any) -> None:
+        method = self.spec_method
+        lookup = (("--tais-ngram-min", self.prompt_lookup_min), ("--tais-ngram-max", self.prompt_lookup_max))
+        if method == "ngram":
+            for (option, value), default in zip(lookup, NGRAM_DEFAULTS):
+                if value is None:
+                    object.__setattr__(self, "prompt_lookup_" + option[-3:], default)
+                elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise bad(option, f"{value!r} must be a whole number >= 1")
+            if self.prompt_lookup_max < self.prompt_lookup_min:
+                raise bad("--tais-ngram-max", f"{self.prompt_lookup_max} must be >= --tais-ngram-min ({self.prompt_lookup_min})")
+        else:
+            for option, value in lookup:
+                if value is not None:
+                    raise bad(option, f"n-gram lookup sizes apply to --tais-spec-method=ngram only, not {method}; drop {option}")
+        extra = self._check_speculative_config(bad, method)
         if self.role != "screen":
             return
         if self.backend == "hf" and method not in HF_SPEC_METHODS:
@@ -377,15 +382,7 @@ class EngineSettings:
             raise bad(next(iter(self.parallel_options)), "parallelism is passed to vLLM engines only; add --tais-backend=vllm or drop it")
 
     def _check_remote(self, bad: Any) -> None:
-        if not self.target_url:
-            raise bad("--tais-target-url", "missing; the openai backend needs the target-only server's URL, e.g. http://10.0.0.5:8000")
-        if not self.speculative_url and self.role == "screen":
-            raise bad("--tais-speculative-url", "missing; the openai backend needs the speculative server's URL, e.g. http://10.0.0.6:8000")
-        object.__setattr__(self, "target_url", server_url("--tais-target-url", self.target_url))
-        if self.speculative_url:
-            object.__setattr__(self, "speculative_url", server_url("--tais-speculative-url", self.speculative_url))
-        if self.target_url == self.speculative_url:
-            raise bad("--tais-speculative-url", "is the same server as --tais-target-url; each arm needs its own server")
+        self._check_remote_urls(bad)
         if self.api_key_env is not None:
             if not isinstance(self.api_key_env, str) or not _ENV_NAME.match(self.api_key_env):
                 # Never echo the value: it may be the key itself, given by mistake.
@@ -400,6 +397,21 @@ class EngineSettings:
         if isinstance(self.request_timeout, bool) or not isinstance(self.request_timeout, (int, float)) \
                 or not math.isfinite(self.request_timeout) or self.request_timeout <= 0:
             raise bad("--tais-request-timeout", f"{self.request_timeout!r} must be a positive number of seconds")
+        self._check_no_local_engine_options(bad)
+
+    def _check_remote_urls(self, bad: Any) -> None:
+        if not self.target_url:
+            raise bad("--tais-target-url", "missing; the openai backend needs the target-only server's URL, e.g. http://10.0.0.5:8000")
+        if not self.speculative_url and self.role == "screen":
+            raise bad("--tais-speculative-url", "missing; the openai backend needs the speculative server's URL, e.g. http://10.0.0.6:8000")
+        object.__setattr__(self, "target_url", server_url("--tais-target-url", self.target_url))
+        if self.speculative_url:
+            object.__setattr__(self, "speculative_url", server_url("--tais-speculative-url", self.speculative_url))
+        if self.target_url == self.speculative_url:
+            raise bad("--tais-speculative-url", "is the same server as --tais-target-url; each arm needs its own server")
+
+    def _check_no_local_engine_options(self, bad: Any) -> None:
+        """Options that size or watch local engines: the openai backend starts none."""
         if self.parallel:
             raise bad(next(iter(self.parallel_options)), "the openai backend screens running servers: set parallelism where "
                       "they are started (vllm serve --tensor-parallel-size ...), not here")
