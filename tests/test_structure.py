@@ -151,3 +151,21 @@ def test_every_import_runs_with_the_flow():
 def test_engines_import_nothing_from_the_reports():
     for path in sorted((PACKAGE / "engines").rglob("*.py")):
         assert not any(m.startswith(("pytest_tais.report", "pytest_tais.run")) for m in _imports(path)), path
+
+
+#: The sampled copies of the greedy pipeline that issue 25 merged: none may come back.
+TWINS = ("sampled_tost", "sampled_required_n", "SampledPair", "SampledVerdict", "decide_sampled", "explain_sampled",
+         "check_sampled_pairs", "_sampled_reasons", "match_samples", "judge_samples", "pair_samples",
+         "_greedy_outputs", "_sampled_outputs", "_check_margin_alpha")
+
+
+def test_one_pipeline_for_every_k():
+    defined: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defined.setdefault(node.name, []).append(str(path.relative_to(PACKAGE)))
+    assert not [name for name in TWINS if name in defined], {name: defined[name] for name in TWINS if name in defined}
+    # one swap null, one decide, one explain, one Verdict, one pair type
+    for name in ("swap_null_h_quantile", "decide", "explain", "Verdict", "PairRecord", "match", "judge_pairs"):
+        assert len(defined.get(name, [])) == 1, (name, defined.get(name))
