@@ -166,6 +166,7 @@ def test_one_pipeline_for_every_k():
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 defined.setdefault(node.name, []).append(str(path.relative_to(PACKAGE)))
     assert not [name for name in TWINS if name in defined], {name: defined[name] for name in TWINS if name in defined}
-    # one swap null, one decide, one explain, one Verdict, one pair type
-    for name in ("swap_null_h_quantile", "decide", "explain", "Verdict", "PairRecord", "match", "judge_pairs"):
+    # one swap null, one decide, one Verdict, one pair type, one match and judge step, one verdict explanation
+    for name in ("swap_null_h_quantile", "decide", "Verdict", "PairRecord", "match", "judge_pairs"):
         assert len(defined.get(name, [])) == 1, (name, defined.get(name))
+    assert defined["explain"].count("verdict.py") == 1  # (judges.explain explains a judge's decision)
