@@ -1,8 +1,7 @@
 """pytest wiring for the TAIS screen: hooks, fixtures, items, JUnit properties and the stash.
 
-The run itself is :class:`pytest_tais.run.session.TaisSession`; this module only connects it to
-pytest. Nothing heavy is imported here: runs that do not ask for the screen pay for the options
-table only.
+The run itself is :class:`pytest_tais.run.session.TaisSession`; this module only connects it to pytest.
+Nothing heavy is imported here: runs that do not ask for the screen pay for the options table only.
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ _ROW = pytest.StashKey[dict]()
 _CONTRAST = pytest.StashKey[Any]()
 #: The fixtures that need a configured screen: requesting one without it is a usage error.
 SCREEN_FIXTURES = ("tais_task", "tais_equivalent", "tais_screen", "tais_variant")
-_NOTHING_TO_SCREEN = ("{what} needs the TAIS screen, but nothing is configured to screen: pass --tais-target=MODEL "
-                      "(with --tais-draft), --tais-target-url=URL (running servers) or --tais-replay=PATH (recorded outputs)")
+_NOTHING_TO_SCREEN = "{what} needs the TAIS screen, but nothing is configured to screen: pass --tais-target=MODEL (with --tais-draft), --tais-target-url=URL (running servers) or --tais-replay=PATH (recorded outputs)"
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -179,8 +177,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         names = [t.name for t in session.screen.tasks]
         unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
         if unknown:
-            pytest.fail(f"@pytest.mark.tais(tasks={patterns!r}): {unknown} match no selected task; tasks are: {', '.join(names)}",
-                        pytrace=False)
+            why = f"@pytest.mark.tais(tasks={patterns!r}): {unknown} match no selected task; tasks are: {', '.join(names)}"
+            pytest.fail(why, pytrace=False)
         plan = [c for c in plan if any(fnmatch.fnmatchcase(c.task, p) for p in patterns)]
     metafunc.parametrize("tais_task", plan, ids=[c.test_id for c in plan], indirect=True)
     metafunc.definition.add_marker(pytest.mark.tais)
@@ -224,8 +222,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     tais = config.stash.get(SESSION, None)
     if tais is None:
         if wanting:
-            raise pytest.UsageError(_NOTHING_TO_SCREEN.format(what=f"{wanting[0].nodeid} (and {len(wanting) - 1} more)"
-                                                              if len(wanting) > 1 else wanting[0].nodeid))
+            what = f"{wanting[0].nodeid} (and {len(wanting) - 1} more)" if len(wanting) > 1 else wanting[0].nodeid
+            raise pytest.UsageError(_NOTHING_TO_SCREEN.format(what=what))
         return
     if any("tais_task" in getattr(item, "fixturenames", ()) for item in items):
         return
@@ -285,7 +283,8 @@ class _Reporter:
             return
         from .report.engines import merge_engine_snapshots
 
-        self.summary = self.session.finish(list(self.rows.values()), merge_engine_snapshots(self.engines), exitstatus == 0)
+        rows, engines = list(self.rows.values()), merge_engine_snapshots(self.engines)
+        self.summary = self.session.finish(rows, engines, exitstatus == 0)
         if self.summary.failed and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
