@@ -162,7 +162,9 @@ def _check_replay(raw: Mapping[str, Any], v: Mapping[str, Any]) -> None:
     if v["tais_target"] or v["tais_target_url"]:
         raise ConfigError("--tais-replay and --tais-target/--tais-target-url both given: replay gates recorded outputs without engines; pass one of them")
     judge = (v["tais_judge"] or "").strip()
-    allowed = _REPLAY_JUDGE_OPTIONS if judge.startswith("model:") else ()
+    from .safety_judges import needs_engine
+
+    allowed = _REPLAY_JUDGE_OPTIONS if needs_engine(judge) else ()
     extra = [o.flag for o in options.given(raw, "engine") if o.dest not in allowed]
     if v["tais_draft"]:
         extra.insert(0, "--tais-draft")
