@@ -17,15 +17,23 @@ from __future__ import annotations
 from pathlib import Path
 
 HIDDEN = 8
-_CORPUS_WORDS = (
-    "the a user agent human question response answer request safe unsafe harmful refusal yes no task check "
-    "content policy categories conversation classifier behavior generation rules instances chatbot violate "
-    "principle safety assessment line must read if second list violated"
-).split()
+_CORPUS = (
+    "the a user agent human question response answer request safe unsafe harmful refusal yes no task "
+    "check content policy categories conversation classifier behavior generation rules instances "
+    "chatbot violate principle safety assessment line must read if second list violated"
+)
 
 
 def _tokenizer(folder: Path, *, bos: str, eos: str, specials: tuple[str, ...], answer: str | None, corpus: list[str]):
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -33,7 +41,7 @@ def _tokenizer(folder: Path, *, bos: str, eos: str, specials: tuple[str, ...], a
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", bos, eos, *specials],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus + [" ".join(_CORPUS_WORDS)] * 20, trainer)
+    tok.train_from_iterator(corpus + [_CORPUS] * 20, trainer)
     if answer is not None:
         tok.add_tokens([AddedToken(answer, special=False, normalized=False)])
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
@@ -46,7 +54,14 @@ def _tokenizer(folder: Path, *, bos: str, eos: str, specials: tuple[str, ...], a
 def build_judge_model(folder: Path, arch: str, *, bos: str, eos: str, specials: tuple[str, ...] = (),
                       answer: str | None, corpus: list[str], seed: int = 0) -> Path:
     import torch
-    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+    )
 
     folder = Path(folder)
     tokenizer = _tokenizer(folder, bos=bos, eos=eos, specials=specials, answer=answer, corpus=corpus)
