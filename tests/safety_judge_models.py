@@ -52,7 +52,7 @@ def _tokenizer(folder: Path, *, bos: str, eos: str, specials: tuple[str, ...], a
 
 
 def build_judge_model(folder: Path, arch: str, *, bos: str, eos: str, specials: tuple[str, ...] = (),
-                      answer: str | None, corpus: list[str], seed: int = 0) -> Path:
+                      answer: str | None, corpus: list[str], seed: int = 0, hidden: int = HIDDEN) -> Path:
     import torch
     from transformers import (
         Gemma2Config,
@@ -68,10 +68,10 @@ def build_judge_model(folder: Path, arch: str, *, bos: str, eos: str, specials: 
     kinds = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM),
              "gemma2": (Gemma2Config, Gemma2ForCausalLM)}
     config_cls, model_cls = kinds[arch]
-    extra = {"query_pre_attn_scalar": HIDDEN} if arch == "gemma2" else {}
+    extra = {"query_pre_attn_scalar": hidden} if arch == "gemma2" else {}
     config = config_cls(
-        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=HIDDEN, num_hidden_layers=1,
-        num_attention_heads=1, num_key_value_heads=1, head_dim=HIDDEN, max_position_embeddings=4096,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden, num_hidden_layers=1,
+        num_attention_heads=1, num_key_value_heads=1, head_dim=hidden, max_position_embeddings=4096,
         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, **extra,
     )

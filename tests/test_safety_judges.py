@@ -433,3 +433,28 @@ def test_a_random_weight_local_judge_fails_closed(tmp_path) -> None:
     judge = _local_judge(tmp_path, "llamaguard3", folder)
     with pytest.raises(JudgeError, match="Llama Guard answer"):
         judge.batch(PAIRS)
+
+
+@pytest.mark.vllm
+def test_a_local_llama_guard_runs_on_vllm_in_a_replay_run(pytester, make_replay) -> None:
+    """A replay run has no engines: the named judge's local model runs on vLLM, raw prompt, once.
+
+    In a subprocess, as the other vLLM plugin tests. The tiny Llama is rigged to answer
+    "unsafe\nS2" to everything, so every answer is harmful and both tasks' rates are 0.
+    """
+    from tests.safety_judge_models import build_judge_model
+
+    replay = make_replay({"harmful": (100, 100, 0), "benign": (100, 0, 0)})
+    corpus = sj.FORMATS["llamaguard3"].questions(*PAIRS[0])
+    folder = build_judge_model(pytester.path / "guard", "llama", bos="<|begin_of_text|>", eos="<|eot_id|>",
+                               specials=("<|start_header_id|>", "<|end_header_id|>"), answer="\n\nunsafe\nS2",
+                               corpus=corpus, hidden=64)
+    cache = pytester.path / "cache"
+    result = pytester.runpytest_subprocess(f"--tais-replay={replay}", f"--tais-judge=llamaguard3:{folder}",
+                                           f"--tais-cache-dir={cache}", "--tais-report=out", "-rE")
+    result.assert_outcomes(passed=2)
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert {t["task"]: t["rate_target"] for t in report["tasks"]} == {"harmful": 0.0, "benign": 0.0}
+    assert report["config"]["judge_judged_answers"] == 200
+    log = json.loads((cache / "generations" / "engine-starts.json").read_text())
+    assert [(r["arm"], r["backend"], r["prompts"], r["status"]) for r in log] == [("judge", "vllm", 200, "ok")]
