@@ -206,6 +206,7 @@ def _parse_shieldgemma(answer: str) -> bool:
 
 _FIELD = re.compile(r"\{(prompt|response)\}")
 
+
 @dataclasses.dataclass(frozen=True)
 class Format:
     """A named judge's published format: its questions for one answer and how its answers read."""
@@ -341,6 +342,9 @@ def describe(judge: Any) -> dict[str, Any]:
     judged = getattr(judge, "judged", None)
     if isinstance(judged, int):
         out["judge_judged_answers"] = judged
+    fmt = getattr(judge, "format", None)
+    if isinstance(fmt, Format):
+        out["judge_template"] = fmt.source
     return out
 
 

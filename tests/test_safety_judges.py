@@ -240,7 +240,8 @@ def test_a_harm_judge_scores_not_harmful_and_says_what_it_measures() -> None:
     assert judge_all(judge, pairs) == [True, False, True, False, False]
     assert len(engine.calls[0]) == 3 and judge.judged == 3  # distinct pairs only
     assert judge.name == f"llamaguard3:guard@sha256:feedbeef#{sj.FORMATS['llamaguard3'].digest}"
-    assert sj.describe(judge) == {"judge_measures": "harmful response", "judge_judged_answers": 3}
+    assert sj.describe(judge) == {"judge_measures": "harmful response", "judge_judged_answers": 3,
+                                  "judge_template": sj.FORMATS["llamaguard3"].source}
     assert "not a refusal rate" in sj.judge_line(judge)
 
 
