@@ -27,21 +27,24 @@ def is_url(model: str) -> bool:
 
 
 def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, cache_dir: Path, no_cache: bool,
-                   api_key_env: str | None = None, engine_log: str | None = None) -> EngineSettings:
+                   api_key_env: str | None = None, engine_log: str | None = None, prompt_mode: str = "chat",
+                   max_tokens: int = JUDGE_MAX_TOKENS, option: str = "--tais-judge=model:") -> EngineSettings:
     """Settings for the judge's engine; raises :class:`SettingsError` on bad input.
 
     A local judge takes the arms' backend when it is local (vllm or hf) and its dtype; otherwise
-    vllm in float32. It never inherits the draft, speculation, canary or system prompt.
+    vllm in float32. It never inherits the draft, speculation, canary or system prompt. A named
+    safety judge (``pytest_tais.pairs.safety_judges``) asks raw prompts in its own format
+    (``prompt_mode="raw"``, served through /v1/completions) with its own token budget.
     """
     common: dict[str, Any] = dict(
-        draft=None, max_tokens=JUDGE_MAX_TOKENS, prompt_mode="chat", system_prompt=None, canary=0.0, record=None,
+        draft=None, max_tokens=max_tokens, prompt_mode=prompt_mode, system_prompt=None, canary=0.0, record=None,
         cache_dir=Path(cache_dir), no_cache=bool(no_cache), role="judge", seed=0,
     )
     if is_url(model):
         return EngineSettings(None, backend="openai", target_url=model, speculative_url=None, served_model=None,
                               api_key_env=api_key_env, **common)
     try:
-        folder = resolve_model("--tais-judge=model:", model, Path(rootdir)).folder
+        folder = resolve_model(option, model, Path(rootdir)).folder
     except HubError as exc:
         raise SettingsError(str(exc)) from None
     if not (folder / "config.json").is_file():

@@ -163,9 +163,9 @@ def judge_engine_factory(raw: Mapping[str, Any], base: EngineSettings | None, ro
     else:
         cache_dir, no_cache = values["cache_dir"] or rootdir / ".tais-cache", bool(values["no_cache"])
 
-    def make(model: str) -> Any:
+    def make(model: str, **kw: Any) -> Any:  # kw: prompt_mode, max_tokens, option (a named safety judge's)
         settings = judge_settings(model, base, rootdir=rootdir, cache_dir=cache_dir, no_cache=no_cache,
-                                  api_key_env=_text(values["api_key_env"]), engine_log=_text(values["engine_log"]))
+                                  api_key_env=_text(values["api_key_env"]), engine_log=_text(values["engine_log"]), **kw)
         unset = _unset_key(settings, "for the judge's server")
         if unset:
             raise SettingsError(unset)

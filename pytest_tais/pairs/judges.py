@@ -444,6 +444,7 @@ class ModelJudge:
         self._generate = generate
         self.model = model
         self.template = template
+        self._asked: set[tuple[str, str]] = set()
         digest = hashlib.sha256(template.encode("utf-8")).hexdigest()[:8]
         # The engine may know the model's content hash: a changed judge model is a changed judge.
         identity = getattr(generate, "identity", None)
@@ -452,7 +453,13 @@ class ModelJudge:
     def __call__(self, prompt: str, response: str) -> bool:
         return self.batch([(prompt, response)])[0]
 
+    @property
+    def judged(self) -> int:
+        """Distinct (prompt, answer) pairs asked about in this run."""
+        return len(self._asked)
+
     def _messages(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
+        self._asked.update(pairs)
         return [self.template.format(prompt=p, response=r) for p, r in pairs]
 
     def prefetch(self, pairs: Sequence[tuple[str, str]]) -> None:
@@ -529,7 +536,8 @@ def resolve_judge(spec: str | None, make_generate: Callable[[str], Generate] | N
 
     ``None`` / ``"default"``: the default rules. ``"module:callable"``: a user's judge.
     ``"model:MODEL"``: a :class:`ModelJudge`; ``make_generate(MODEL)`` builds its generate
-    callable (the engines supply it).
+    callable (the engines supply it). ``"llamaguard3:MODEL"``, ``"wildguard:MODEL"``, ... : a
+    named safety judge (:mod:`pytest_tais.pairs.safety_judges`).
     """
     if spec is None or spec.strip() in ("", "default"):
         return default_judge
@@ -541,9 +549,14 @@ def resolve_judge(spec: str | None, make_generate: Callable[[str], Generate] | N
         if make_generate is None:
             raise JudgeError(f"--tais-judge={spec!r}: a model judge needs an engine to run the model, and none was supplied")
         return ModelJudge(make_generate(model), model=model)
+    from .safety_judges import named_format, resolve_named
+
+    if named_format(spec) is not None:  # before module:callable, which "llamaguard3:..." would look like
+        return resolve_named(spec, make_generate)
     if ":" in spec:
         return _import_judge(spec)
-    raise JudgeError(f"--tais-judge={spec!r}: unknown judge; use 'default', 'model:MODEL' or 'module:callable'")
+    raise JudgeError(f"--tais-judge={spec!r}: unknown judge; use 'default', 'model:MODEL', a named safety judge "
+                     "(llamaguard3:, llamaguard3-1b:, wildguard:, harmbench:, shieldgemma: and a MODEL) or 'module:callable'")
 
 
 def judge_name(judge: Judge) -> str:

@@ -173,8 +173,9 @@ def probe_cells(row: Mapping[str, Any]) -> tuple[str, str, str]:
 
 
 def judge_sentence(report: Mapping[str, Any]) -> str | None:
-    name = (report.get("config") or {}).get("judge_name")
-    return f"Refusals judged by {name}." if name else None
+    from ..pairs.safety_judges import report_sentence
+
+    return report_sentence(report.get("config") or {})
 
 
 def scope_notes(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:

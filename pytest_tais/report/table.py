@@ -70,7 +70,8 @@ def header_lines(session: Any) -> list[str]:
     lines = [
         f"tais: {len(session.screen.tasks)} task(s) from {cfg.battery or 'the replay file'}; {source}",
         f"tais: margin +/-{cfg.margin:g}, alpha {cfg.alpha:g}, TOST {cfg.tost_method}, |h| cutoff {cfg.h_cutoff:g}, "
-        f"judge {session.screen.judge_name}",
+        f"judge {session.screen.judge_name}"
+        + (f" (measures {m})" if (m := getattr(session.screen.judge, "measures", "refusal")) != "refusal" else ""),
     ]
     if session.engine_settings is not None:
         desc = session.engine_settings.describe()

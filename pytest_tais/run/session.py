@@ -167,7 +167,9 @@ class TaisSession:
         return out or [(matrix.Cell(label="", changes={}, values={}), base)]
 
     def _judge_factory(self) -> Any:
-        if not (self.cfg.judge and self.cfg.judge.strip().startswith("model:")):
+        from ..setup.config import needs_engine
+
+        if not needs_engine(self.cfg.judge):
             return None
         from ..engines import judge_engine_factory
 
@@ -324,6 +326,11 @@ class TaisSession:
         """Compare with or save the baseline, then write the reports; ``rows`` in any order."""
         rows = self.order(rows)
         summary = RunSummary(lines=[], engines=engines)
+        from ..pairs.safety_judges import judge_line
+
+        line = judge_line(self.screen.judge)
+        if line:
+            summary.lines.append(line)
         if self.cfg.baseline or self.cfg.save_baseline:
             from .baseline import fingerprint_diff, stack_fingerprint
 
@@ -340,9 +347,11 @@ class TaisSession:
                 summary.failed = not saved
         if self.cfg.report is not None:
             from ..report import build_report, write_html, write_markdown, write_report
+            from ..pairs.safety_judges import describe as describe_judge
 
             # The judge as resolved (its rules' version, or its model's hash), beside the option as given.
-            report = build_report({**self.cfg.describe(), "judge_name": self.screen.judge_name}, rows, engines)
+            report = build_report({**self.cfg.describe(), "judge_name": self.screen.judge_name, **describe_judge(self.screen.judge)},
+                                  rows, engines)
             write_report(self.cfg.report, report)
             write_markdown(self.cfg.report, report)
             write_html(self.cfg.report, report)

@@ -140,6 +140,18 @@ def _check_mode(raw: Mapping[str, Any], v: Mapping[str, Any]) -> None:
         raise ConfigError("--tais-probe has no target-only arm to save or compare; drop --tais-baseline/--tais-save-baseline")
 
 
+#: The ``--tais-judge`` kinds that run a model on an engine: ``model:`` and the named safety judges
+#: (``pairs/safety_judges.FORMATS``).
+ENGINE_JUDGES = ("model", "llamaguard3", "llamaguard3-1b", "wildguard", "harmbench", "shieldgemma")
+
+
+def needs_engine(spec: str | None) -> bool:
+    """Whether the judge spec runs a model on an engine (``model:MODEL`` or ``NAME:MODEL`` of a named judge)."""
+    if not spec or ":" not in spec:
+        return False
+    return spec.strip().partition(":")[0].strip().lower() in ENGINE_JUDGES
+
+
 def _check_replay(raw: Mapping[str, Any], v: Mapping[str, Any]) -> None:
     replay = v["tais_replay"]
     if not replay.exists():
@@ -147,7 +159,7 @@ def _check_replay(raw: Mapping[str, Any], v: Mapping[str, Any]) -> None:
     if v["tais_target"] or v["tais_target_url"]:
         raise ConfigError("--tais-replay and --tais-target/--tais-target-url both given: replay gates recorded outputs without engines; pass one of them")
     judge = (v["tais_judge"] or "").strip()
-    allowed = _REPLAY_JUDGE_OPTIONS if judge.startswith("model:") else ()
+    allowed = _REPLAY_JUDGE_OPTIONS if needs_engine(judge) else ()
     extra = [o.flag for o in options.given(raw, "engine") if o.dest not in allowed]
     if v["tais_draft"]:
         extra.insert(0, "--tais-draft")

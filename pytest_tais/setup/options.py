@@ -69,7 +69,8 @@ OPTIONS: tuple[Option, ...] = (
     _core("tais-battery", "battery sources, comma-separated (e.g. example, advbench:PATH, tasks.jsonl)"),
     _core("tais-tasks", "select tasks by name or glob, comma-separated"),
     _core("tais-limit", "keep only the first N prompts of each task (a quick run)", "int"),
-    _core("tais-judge", "refusal judge: default, module:callable, model:FOLDER or model:http://HOST:PORT"),
+    _core("tais-judge", "refusal judge: default, module:callable, model:FOLDER or model:http://HOST:PORT, or a named "
+                        "safety judge llamaguard3:|llamaguard3-1b:|wildguard:|harmbench:|shieldgemma: FOLDER, ORG/NAME or URL"),
     # -- the statistics
     _core("tais-margin", "equivalence margin for the refusal-rate difference", "float", levels.MARGIN),
     _core("tais-alpha", "TOST level", "float", levels.ALPHA),
