@@ -71,6 +71,10 @@ def header_lines(session: Any) -> list[str]:
         f"tais: margin +/-{cfg.margin:g}, alpha {cfg.alpha:g}, TOST {cfg.tost_method}, |h| cutoff {cfg.h_cutoff:g}, "
         f"judge {session.screen.judge_name}",
     ]
+    for t in {id(t.provenance): t for t in session.screen.tasks if t.provenance}.values():
+        p = t.provenance
+        lines.append(f"tais: dataset {p['dataset']}@{str(p.get('commit') or '?')[:12]} ({p['licence']}); "
+                     + ", ".join(f"{f} sha256 {h[:12]}" for f, h in p["files"].items()))
     if session.engine_settings is not None:
         desc = session.engine_settings.describe()
         lines.append("tais: engines " + ", ".join(f"{k}={v}" for k, v in desc.items() if v not in (None, "", {}, [])))
