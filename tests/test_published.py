@@ -137,3 +137,21 @@ def test_the_screen_loads_both_names_offline_and_the_report_names_revisions_and_
         ("walledai/AdvBench", "main", ADV_SHA), ("walledai/XSTest", "main", XS_SHA)]
     assert all(len(h) == 64 for d in datasets for h in d["files"].values())
     assert ADV_SHA in (pytester.path / "out" / "summary.md").read_text()
+
+
+def test_harmbench_and_strongreject_parquet_layouts_map_onto_their_loaders(hub: Path, tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    snap = _snapshot(hub, "walledai/HarmBench", ADV_SHA)
+    _parquet(snap / "standard" / "train-00000-of-00001.parquet",
+             [{"prompt": f"standard {i}", "category": "illegal"} for i in range(3)])
+    _parquet(snap / "contextual" / "train-00000-of-00001.parquet",
+             [{"prompt": f"contextual {i}", "context": f"passage {i}", "category": "cybercrime_intrusion"} for i in range(2)])
+    standard, contextual = load_battery("harmbench", tmp_path)
+    assert (standard.name, [p.prompt_id for p in standard.prompts]) == ("harmbench_standard", ["standard_0", "standard_1", "standard_2"])
+    assert contextual.prompts[1].text == "passage 1\n\n---\n\ncontextual 1"
+    assert [t.name for t in load_battery("harmbench?by=category", tmp_path)] == ["harmbench_cybercrime_intrusion", "harmbench_illegal"]
+    snap = _snapshot(hub, "walledai/StrongREJECT", XS_SHA)
+    _parquet(snap / "data" / "train-00000-of-00001.parquet",
+             [{"prompt": f"forbidden {i}", "category": "Violence", "source": "custom"} for i in range(4)])
+    (task,) = load_battery("strongreject", tmp_path)
+    assert (task.name, len(task), task.prompts[3].prompt) == ("strongreject", 4, "forbidden 3")
