@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..contrasts import DEFAULT, printable
@@ -46,15 +47,90 @@ def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
     )
 
 
-def format_table(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
-    rows = [_COLUMNS] + [_row(t) for t in tasks]
+def format_table(tasks: Sequence[Mapping[str, Any]], grouped: bool = False) -> list[str]:
+    """The per-task table. ``grouped``: rows under one heading per contrast (what a variant changed,
+    said once), each row named by its task alone, so the table keeps to a terminal's width."""
+    if not grouped:
+        return _aligned([_COLUMNS] + [_row(t) for t in tasks], {})
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for t in tasks:
+        groups.setdefault(contrast_heading(t), []).append(t)
+    table: list[tuple[str, ...]] = [_COLUMNS]
+    headings: dict[int, str] = {}
+    for heading, members in groups.items():
+        if heading:
+            headings[len(table)] = f"{heading}:"
+        table += [(printable(str(t.get("task", "?"))), *_row(t)[1:]) for t in members]
+    return _aligned(table, headings)
+
+
+def contrast_heading(t: Mapping[str, Any]) -> str:
+    """What a row's contrast adds to its task name ("" for the base target-vs-speculative one)."""
+    full = label(t)
+    name = printable(str(t.get("task", "?")))
+    return full[len(name) + 2:-1] if full != name else ""
+
+
+def _aligned(rows: Sequence[tuple[str, ...]], headings: Mapping[int, str]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
     lines = []
     for j, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if j in headings:
+            lines.append(headings[j])
+        indent = "  " if headings and j > 0 else ""
+        lines.append(indent + "  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
         if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
+            lines.append(indent + "  ".join("-" * w for w in widths))
+    if headings:
+        lines[0], lines[1] = "  " + lines[0].lstrip(), "  " + lines[1].lstrip()
     return lines
+
+
+#: The terminal summary's width; longer lines are cut there (the reports and -v keep them whole).
+WIDTH = 120
+_SUFFIX = re.compile(r"(?P<body>.*) \[(?P<label>[^\[\]]+)\]")
+
+
+def _fit(line: str, verbose: bool) -> str:
+    return line if verbose or len(line) <= WIDTH else line[: WIDTH - 1] + "…"
+
+
+def engine_blocks(header: Sequence[str], labels: Sequence[str] = ()) -> list[str]:
+    """The engines' header lines, one block per distinct engine configuration.
+
+    The base run's block comes whole; a variant's lines carry " [label]" and only those that differ
+    from the base block are kept (the store line too, with the variant's reuse), and variants whose
+    differences are the same share one block.
+    """
+    known = sorted(set(labels), key=len, reverse=True)
+    base: list[str] = []
+    variants: dict[str, list[str]] = {}
+    for line in header:
+        label_ = next((x for x in known if line.endswith(f" [{x}]")), None)
+        if label_ is None:
+            m = _SUFFIX.fullmatch(line)
+            label_ = m.group("label") if m and m.group("body").startswith("tais ") else None
+        if label_ is None:
+            base.append(line)
+        else:
+            variants.setdefault(label_, []).append(line[: -len(label_) - 3])
+    blocks: dict[tuple[str, ...], list[str]] = {}
+    for name, lines in variants.items():
+        changed = tuple(x for x in lines if x not in base and not x.startswith("tais store:"))
+        blocks.setdefault(changed, []).append(name)
+    out = list(base)
+    for changed, names in blocks.items():
+        out.append(f"tais engines of {'; '.join(names)}:" if changed else f"tais engines of {'; '.join(names)}: as the base run")
+        out += [f"  {x}" for x in changed]
+    return out
+
+
+def summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any,
+                  verbose: bool = False) -> Iterator[tuple[str, str | None]]:
+    """The terminal summary's ``tais`` section, as (line, colour) pairs. Without ``verbose``, lines
+    keep to ``WIDTH`` columns: engine blocks per configuration, the table grouped by contrast."""
+    for line, colour in _summary_lines(session, rows, summary, verbose):
+        yield _fit(line, verbose), colour
 
 
 def header_lines(session: Any) -> list[str]:
@@ -90,16 +166,18 @@ def probe_reason(row: Mapping[str, Any]) -> str:
             "no target-only arm, so no verdict and never a pass")
 
 
-def summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any) -> Iterator[tuple[str, str | None]]:
-    """The terminal summary's ``tais`` section, as (line, colour) pairs."""
+def _summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any, verbose: bool) -> Iterator[tuple[str, str | None]]:
     rows = session.order(rows)
     if not rows:
         yield "tais: no task was screened", "red"
         return
     engines = summary.engines if summary is not None else {}
-    for line in engines.get("header_lines") or []:
-        yield printable(line), None
-    for line in format_table(rows):
+    header = [printable(line) for line in engines.get("header_lines") or []]
+    if not verbose:
+        header = engine_blocks(header, [printable(str(r["contrast"])) for r in rows if r.get("contrast")])
+    for line in header:
+        yield line, None
+    for line in format_table(rows, grouped=True):
         yield line, None
     for line in format_arms(engines.get("arms") or {}):
         yield line, None
