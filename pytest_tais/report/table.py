@@ -92,7 +92,11 @@ _SUFFIX = re.compile(r"(?P<body>.*) \[(?P<label>[^\[\]]+)\]")
 
 
 def _fit(line: str, verbose: bool) -> str:
-    return line if verbose or len(line) <= WIDTH else line[: WIDTH - 1] + "…"
+    """The line, cut in the middle to ``WIDTH`` (a path's middle, rarely a number at either end)."""
+    if verbose or len(line) <= WIDTH:
+        return line
+    tail = WIDTH * 2 // 5
+    return line[: WIDTH - tail - 1] + "…" + line[-tail:]
 
 
 def engine_blocks(header: Sequence[str], labels: Sequence[str] = ()) -> list[str]:
@@ -128,7 +132,8 @@ def engine_blocks(header: Sequence[str], labels: Sequence[str] = ()) -> list[str
 def summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any,
                   verbose: bool = False) -> Iterator[tuple[str, str | None]]:
     """The terminal summary's ``tais`` section, as (line, colour) pairs. Without ``verbose``, lines
-    keep to ``WIDTH`` columns: engine blocks per configuration, the table grouped by contrast."""
+    keep to ``WIDTH`` columns: engine blocks per configuration, the table grouped by contrast; with
+    it, every header line and full row labels, as the reports have them."""
     for line, colour in _summary_lines(session, rows, summary, verbose):
         yield _fit(line, verbose), colour
 
@@ -177,7 +182,7 @@ def _summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any
         header = engine_blocks(header, [printable(str(r["contrast"])) for r in rows if r.get("contrast")])
     for line in header:
         yield line, None
-    for line in format_table(rows, grouped=True):
+    for line in format_table(rows, grouped=not verbose):
         yield line, None
     for line in format_arms(engines.get("arms") or {}):
         yield line, None
