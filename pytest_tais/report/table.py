@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..contrasts import DEFAULT, printable
@@ -91,12 +92,24 @@ WIDTH = 120
 _SUFFIX = re.compile(r"(?P<body>.*) \[(?P<label>[^\[\]]+)\]")
 
 
-def _fit(line: str, verbose: bool) -> str:
-    """The line, cut in the middle to ``WIDTH`` (a path's middle, rarely a number at either end)."""
+def _fit(line: str, verbose: bool) -> list[str]:
+    """The line within ``WIDTH``: long paths lose their middles first (the part that says least),
+    then the line wraps at spaces, continuation lines indented."""
     if verbose or len(line) <= WIDTH:
-        return line
-    tail = WIDTH * 2 // 5
-    return line[: WIDTH - tail - 1] + "…" + line[-tail:]
+        return [line]
+    tokens = line.split(" ")
+    for i in sorted(range(len(tokens)), key=lambda i: -len(tokens[i])):
+        over = len(" ".join(tokens)) - WIDTH
+        t = tokens[i]
+        if over <= 0 or "/" not in t or len(t) <= 24:
+            continue
+        keep = max(24, len(t) - over - 1)
+        head = keep // 3
+        tokens[i] = t[:head] + "…" + t[len(t) - (keep - head):]
+    line = " ".join(tokens)
+    if len(line) <= WIDTH:
+        return [line]
+    return textwrap.wrap(line, WIDTH, subsequent_indent="    ", break_on_hyphens=False) or [line]
 
 
 def engine_blocks(header: Sequence[str], labels: Sequence[str] = ()) -> list[str]:
@@ -135,7 +148,8 @@ def summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any,
     keep to ``WIDTH`` columns: engine blocks per configuration, the table grouped by contrast; with
     it, every header line and full row labels, as the reports have them."""
     for line, colour in _summary_lines(session, rows, summary, verbose):
-        yield _fit(line, verbose), colour
+        for part in _fit(line, verbose):
+            yield part, colour
 
 
 def header_lines(session: Any) -> list[str]:
