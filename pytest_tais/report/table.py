@@ -21,6 +21,17 @@ def label(t: Mapping[str, Any]) -> str:
     return f"{name} [{' '.join(tags)}]" if tags else name
 
 
+#: Short verdict flags of the grouped table (a key line under it says what they mean).
+SHORT_FLAGS = (("(h inconcl.)", "h?"), ("underpowered", "low-n"), ("OUT-OF-SCOPE", "scope"))
+FLAG_KEY = "verdict flags: h? = h check inconclusive, low-n = underpowered, scope = out of scope (notes below); -v: full labels"
+
+
+def _short(verdict: str) -> str:
+    for long, short in SHORT_FLAGS:
+        verdict = verdict.replace(long, short)
+    return verdict
+
+
 def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
     if t.get("status") == "probe":
         lo, hi = t["ci_speculative"]
@@ -61,8 +72,11 @@ def format_table(tasks: Sequence[Mapping[str, Any]], grouped: bool = False) -> l
     for heading, members in groups.items():
         if heading:
             headings[len(table)] = f"{heading}:"
-        table += [(printable(str(t.get("task", "?"))), *_row(t)[1:]) for t in members]
-    return _aligned(table, headings)
+        table += [(printable(str(t.get("task", "?"))), *_row(t)[1:-1], _short(_row(t)[-1])) for t in members]
+    lines = _aligned(table, headings)
+    if any(short in r[-1].split() for r in table[1:] for _, short in SHORT_FLAGS):
+        lines.append(FLAG_KEY)
+    return lines
 
 
 def contrast_heading(t: Mapping[str, Any]) -> str:
@@ -198,7 +212,7 @@ def _summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any
         yield line, None
     for line in format_table(rows, grouped=not verbose):
         yield line, None
-    for line in format_arms(engines.get("arms") or {}):
+    for line in format_arms(engines.get("arms") or {}, grouped=not verbose):
         yield line, None
     for note in engines.get("out_of_scope") or []:
         yield f"OUT OF SCOPE: {printable(note)}", "yellow"
