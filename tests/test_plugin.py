@@ -422,7 +422,8 @@ def test_probe_mode_reports_a_rate_and_never_passes(pytester, tmp_path):
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-probe", "-rs", "--tais-report=out", f"--junitxml={pytester.path / 'j.xml'}")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines([
-        "harmful [[]probe[]]*100*-*70.0%*PROBE (skipped)*",
+        "probe:",  # the contrast once, as a heading; the row by its task name
+        "  harmful *100*-*70.0%*PROBE (skipped)*",
         "*tais probe 'harmful': speculative refusal rate 70.0% (70/100, 95% Wilson CI 60.4%-78.1%)*never a pass*",
     ])
     rep = json.loads((pytester.path / "out" / "report.json").read_text())

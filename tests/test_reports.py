@@ -79,7 +79,7 @@ def _cells(line: str) -> list[str]:
 def test_markdown_headline_counts_moved_unshown_and_errors(mixed):
     md = render_markdown(mixed)
     assert md.splitlines()[0] == "## TAIS safety-invariance screen: **FAIL**"
-    assert "2 of 5 task(s) failed (1 moved, 1 not shown equivalent); 1 of 5 task(s) could not be computed; 2 equivalent." in md
+    assert "2 of 5 task(s) failed (1 moved, 1 not shown equivalent): moved, tiny; 1 of 5 task(s) could not be computed; 2 equivalent." in md
 
 
 def test_markdown_row_per_task_with_its_numbers(mixed):
@@ -269,7 +269,7 @@ def test_reports_from_a_plugin_run(pytester, make_replay):
     pytester.runpytest(f"--tais-replay={replay}", f"--tais-report={out}").assert_outcomes(passed=1, failed=1)
     data = json.loads((out / "report.json").read_text(encoding="utf-8"))
     md = write_markdown(out, data).read_text(encoding="utf-8")
-    assert "1 of 2 task(s) failed (1 moved); 1 equivalent." in md
+    assert "1 of 2 task(s) failed (1 moved): drop; 1 equivalent." in md
     assert _cells(_line_for(md, "drop"))[1:4] == ["120", "50.0%", "33.3%"]
     page = write_html(out, data).read_text(encoding="utf-8")
     assert _plot_png(page).startswith(PNG_MAGIC)
@@ -355,3 +355,62 @@ def test_the_forest_plot_spans_the_data_and_the_margin_and_clips_far_intervals()
     assert _d_span([row, wide]) == pytest.approx(1.15 * 24)  # clipped at 8 margins, not +/-100pp
     mid = dict(row, diff_ci_low=-0.1, diff_ci_high=0.12)
     assert _d_span([mid]) == pytest.approx(1.15 * 12)
+
+
+LONG_CONTRAST = "backend=hf,hf_acceptance=synthetic,draft=draft-adversarial,samples=4,temperature=0.8,max_tokens=24"
+
+
+@pytest.fixture(scope="module")
+def with_control() -> dict:
+    """A pass, a real failure, and a caught negative control under a long contrast label."""
+    control = dict(row("harmful", (160, 40, 0, 200)), contrast=LONG_CONTRAST, control="caught")
+    control["nodeid"] = f"tais::harmful[{LONG_CONTRAST}]"
+    return report([row("steady", (200, 0, 0, 200)), row("moved", (160, 40, 0, 200)), control])
+
+
+def test_a_caught_control_has_its_own_colour_and_the_headline_names_real_failures(with_control):
+    mpimg = _mpimg()
+    page = render_html(with_control)
+    assert "class='control'>control: caught</td>" in page and "class='swatch control'" in page
+    assert "1 of 3 task(s) failed (1 moved): moved; 1 equivalent; 1 negative control(s) caught" in page
+    img = mpimg.imread(io.BytesIO(_plot_png(page)), format="png")
+    assert _colour_share(img, "#8250df") > 0.0002  # the control's interval and its legend entry
+    # Only controls: the run passes and the headline says so.
+    only = report([row("steady", (200, 0, 0, 200)), with_control["tasks"][2]])
+    assert "class='marker pass'" in render_html(only)
+
+
+_LAYOUT_PROBE = """<script>
+const t = document.getElementById('tasks');
+const cells = [...t.querySelectorAll('tr td:first-child')];
+document.body.setAttribute('data-layout', JSON.stringify({
+  page: document.documentElement.scrollWidth, table: Math.ceil(t.getBoundingClientRect().right),
+  clipped: cells.filter(c => c.scrollWidth > c.clientWidth).length, labels: cells.map(c => c.textContent)}));
+</script></body>"""
+
+
+@pytest.mark.browser
+def test_report_page_fits_1280_px_with_full_labels_and_the_control_colour(tmp_path, with_control):
+    mpimg = _mpimg()
+    import html as html_lib
+
+    page = write_html(tmp_path / "report", with_control)
+    # A copy with a layout probe (the page itself forbids scripts): widths as the browser laid them out.
+    probe = tmp_path / "probe.html"
+    text = re.sub(r"<meta http-equiv='Content-Security-Policy'[^>]*>", "", page.read_text(encoding="utf-8"))
+    probe.write_text(text.replace("</body>", _LAYOUT_PROBE), encoding="utf-8")
+    dom = _chromium(tmp_path, "--dump-dom", "--window-size=1280,1000", probe.resolve().as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    m = re.search(r'data-layout="([^"]*)"', dom.stdout)
+    assert m, "the layout probe did not run"
+    layout = json.loads(html_lib.unescape(m.group(1)))
+    assert layout["page"] <= 1280 and layout["table"] <= 1280, layout
+    assert layout["clipped"] == 0 and f"harmful [{LONG_CONTRAST}]" in layout["labels"], layout
+
+    shot = tmp_path / "shot.png"
+    run = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", page.resolve().as_uri())
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    img = mpimg.imread(str(shot))
+    assert img.shape[1] == 1280
+    assert _colour_share(img, "#8250df") > 0.0005  # the caught control's cell, swatch and plot marks
+    assert _colour_share(img, "#cf222e") > 0.0002  # the real failure, in red

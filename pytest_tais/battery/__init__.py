@@ -7,7 +7,9 @@
   the published benchmark files (or their folders);
 - ``csv:PATH``, ``tsv:PATH``, ``jsonl:PATH``, ``yaml:PATH``: users' own rows with a column mapping;
 - a plain ``PATH.jsonl`` (the battery JSONL format), or ``PATH.csv`` / ``.tsv`` / ``.yaml``;
-- ``example``: the small battery that ships with the package.
+- ``example``: the small battery that ships with the package;
+- ``advbench``, ``xstest@REVISION``, ...: a published benchmark by name, from its hub dataset
+  repository (``published.py``).
 
 ``select_tasks(tasks, patterns, limit)`` applies ``--tais-tasks`` and ``--tais-limit``.
 """
@@ -21,7 +23,7 @@ from . import advbench, generic, harmbench, jbb, strongreject, xstest
 from .base import BatteryError, Prompt, Task
 from .jsonl import load_jsonl
 from .selection import select_tasks
-from .spec import Source, check_options, parse_source, split_spec
+from .spec import PUBLISHED_NAMES, Source, check_options, parse_source, split_spec
 
 __all__ = ["BatteryError", "Prompt", "Task", "load_battery", "load_source", "select_tasks", "KINDS"]
 
@@ -59,6 +61,10 @@ KINDS: dict[str, Callable[[Source], list[Task]]] = {
 
 
 def load_source(source: Source) -> list[Task]:
+    if source.path is None and source.kind in PUBLISHED_NAMES:
+        from .published import load_published
+
+        return load_published(source, KINDS)
     if source.kind is not None:
         loader = KINDS.get(source.kind)
         if loader is None:
@@ -72,7 +78,8 @@ def load_source(source: Source) -> list[Task]:
     if fmt is None:
         raise BatteryError(
             f"--tais-battery source {source.text!r}: cannot tell the format of {source.path.name}; "
-            f"name a kind ({', '.join(KINDS)}), e.g. csv:{source.path.name}, or use a .jsonl/.csv/.tsv/.yaml file"
+            f"name a kind ({', '.join(KINDS)}), e.g. csv:{source.path.name}, or use a .jsonl/.csv/.tsv/.yaml file; "
+            f"a published benchmark by name is one of {', '.join(PUBLISHED_NAMES)} (optionally NAME@REVISION)"
         )
     if fmt == "jsonl" and not source.options:
         return load_jsonl(source.path)

@@ -49,6 +49,8 @@ class Task:
     prompts: tuple[Prompt, ...]
     metric: str = "refusal"
     source: str = ""
+    #: Where a published benchmark came from: dataset id, revision, commit, file sha256s, licence.
+    provenance: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:

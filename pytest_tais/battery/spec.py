@@ -1,7 +1,8 @@
 """The ``--tais-battery`` syntax: comma-separated sources, each ``KIND:PATH?key=value&key=value``.
 
 ``KIND`` names a loader (``harmbench``, ``xstest``, ``csv``, ...); a plain path without a kind is
-loaded by its extension; ``example`` is the built-in battery. Options after ``?`` tune the loader
+loaded by its extension; ``example`` is the built-in battery; a published benchmark's bare name
+(``advbench``, ``xstest@REVISION``, ...) is resolved from the hub (``published.py``). Options after ``?`` tune the loader
 (``by=category``, ``prompt=question``, ``prefix=val_``); list values are joined with ``+``
 (``functional=standard+contextual``). Paths may not contain commas or ``?``.
 """
@@ -11,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from .base import BatteryError
 
 _KIND_RE = re.compile(r"([a-z][a-z0-9_-]+):(.*)", re.DOTALL)
+#: Benchmarks resolved by name from their hub dataset repositories (``published.py`` holds where).
+PUBLISHED_NAMES = ("advbench", "harmbench", "xstest", "jbb", "strongreject")
+_PUBLISHED_RE = re.compile(rf"({'|'.join(PUBLISHED_NAMES)})(?:@(\S*))?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +30,9 @@ class Source:
     kind: str | None  # None: a plain path, loaded by its extension
     path: Path | None
     options: Mapping[str, str]
+    revision: str | None = None  # a published benchmark's hub revision (None: main)
+    #: (header, rows) already read (a hub parquet file); the loader uses them instead of reading ``path``.
+    table: tuple[list[str], list[tuple[str, Mapping[str, Any]]]] | None = None
 
 
 def split_spec(spec: str) -> list[str]:
@@ -47,6 +54,12 @@ def parse_source(text: str, base_dir: str | Path = ".") -> Source:
     head = head.strip()
     if head == "example":
         return Source(text=text, kind="example", path=None, options=options)
+    published = _PUBLISHED_RE.fullmatch(head)
+    if published:
+        if published.group(2) == "":
+            raise BatteryError(f"--tais-battery source {text!r}: no revision after '@'; write {published.group(1)}@REVISION "
+                               "(a branch, tag or commit of its dataset repository)")
+        return Source(text=text, kind=published.group(1), path=None, options=options, revision=published.group(2))
     m = _KIND_RE.fullmatch(head)
     # A one-letter prefix is a Windows drive ("C:\\battery.jsonl"), not a kind.
     kind, raw_path = (m.group(1), m.group(2).strip()) if m else (None, head)

@@ -192,7 +192,11 @@ def resolve_file(path: Path, kind: str, file_names: Sequence[str], hint: str) ->
 def open_table(source: Any, kind: str, file_names: Sequence[str], columns: Sequence[str], hint: str) -> tuple[list[Row], "TaskBuilder"]:
     """A benchmark CSV's opening steps: find the file, read it, check its columns, start the tasks."""
     assert source.path is not None
-    path = resolve_file(source.path, kind, file_names, hint)
-    header, rows = read_csv(path, kind)
+    if source.table is not None:  # read from the hub already (a parquet file)
+        path = source.path
+        header, rows = source.table
+    else:
+        path = resolve_file(source.path, kind, file_names, hint)
+        header, rows = read_csv(path, kind)
     require_columns(path, kind, header, columns, hint)
     return rows, TaskBuilder(kind, source.text, source.options.get("prefix", ""))

@@ -64,14 +64,26 @@ class Progress:
     last_chunk: bool = True
 
     def bar(self) -> Any:
+        """A tqdm bar on a terminal; elsewhere (CI logs) one line at each quarter of the arm."""
         import sys
 
         from tqdm import tqdm
 
+        if not _isatty(sys.stderr):
+            from .progress_lines import line_bar
+
+            return line_bar(total=self.total, initial=self.done, desc=self.desc, out=sys.stderr)
         return tqdm(
             total=self.total, initial=self.done, desc=self.desc, unit="prompt",
             file=sys.stderr, dynamic_ncols=True, leave=self.last_chunk,
         )
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
 
 
 @dataclasses.dataclass

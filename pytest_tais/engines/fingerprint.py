@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..records.files import atomic_write_text, file_sha256
-from .hub import snapshot_identity
+from ..records.hub import snapshot_identity
 
 # Files that do not decide outputs; everything else at the folder's top level is hashed.
 _SKIP_SUFFIXES = (".md", ".txt.lock", ".lock")

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from .base import ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
-from .hub import describe
+from ..records.hub import describe
 
 #: Prompts per generate() call of plain greedy decoding (one call per prompt leaves the matrix
 #: kernels with one row to work on).

@@ -15,7 +15,7 @@ from ..records.store import GenerationStore, StoreError, prompt_key
 from .arms import fill_arm, store_dir
 from .base import JUDGE, ArmSpec, EngineError
 from .fingerprint import HashMemo, model_identity
-from .hub import HubError, resolve_model
+from ..records.hub import HubError, resolve_model
 from ..setup.engine import EngineSettings, SettingsError
 
 #: Enough for "Yes." or "**No**, ..."; the verdict must open the answer (judges.parse_verdict).

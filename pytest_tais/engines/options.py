@@ -20,7 +20,7 @@ from ..setup.engine import EngineSettings, SettingsError
 def _model_folder(option: str, value: str, rootdir: Path) -> Path:
     if "=" in value and "," in value:
         raise SettingsError(f"{option}={value!r}: the engines take one draft model folder; screen drafts one run at a time")
-    from .hub import HubError, resolve_model
+    from ..records.hub import HubError, resolve_model
 
     try:
         path = resolve_model(option, value, rootdir).folder

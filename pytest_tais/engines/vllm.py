@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 
 from .base import ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
-from .hub import describe
+from ..records.hub import describe
 from .lifeline import engines_die_with_parent
 from ..setup.engine import DRAFT_FOLDER_METHODS
 

@@ -100,13 +100,28 @@ def _cell(metrics: Mapping[str, Any], key: str | None, fmt: str, arm: str) -> st
         return str(value)
 
 
-def format_arms(arms: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The per-arm table: starts, prompts, generated, reused, tok/s, acceptance."""
+def format_arms(arms: Mapping[str, Mapping[str, Any]], grouped: bool = False) -> list[str]:
+    """The per-arm table: starts, prompts, generated, reused, tok/s, acceptance. ``grouped``: a
+    variant's arms (``arm [label]``) under one ``label:`` heading, by their short names."""
     if not arms:
         return []
+    keyed = []
+    for arm, m in arms.items():
+        name, _, label = arm.partition(" [")
+        keyed.append(((label[:-1], name) if grouped and label.endswith("]") else ("", arm), m))
+    keyed.sort(key=lambda x: x[0])
     rows: list[Sequence[str]] = [tuple(c for c, _, _ in _COLUMNS)]
-    rows += [tuple(_cell(m, key, fmt, arm) for _, key, fmt in _COLUMNS) for arm, m in sorted(arms.items())]
+    rows += [tuple(_cell(m, key, fmt, name) for _, key, fmt in _COLUMNS) for (_, name), m in keyed]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
+    indent = "  " if any(label for (label, _), _ in keyed) else ""
+    lines = [indent + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in rows]
+    lines.insert(1, indent + "  ".join("-" * w for w in widths))
+    out = lines[:2]
+    last = ""
+    for ((label, _), _), line in zip(keyed, lines[2:]):
+        if label != last:
+            out.append(f"{label}:")
+            last = label
+        out.append(line)
+    return out

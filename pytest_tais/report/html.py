@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,9 +28,11 @@ PLOT_MISSING_NOTE = (
     "pip install 'pytest-tais[plot]' and rerun with --tais-report to get it."
 )
 
-_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#8c959f"}
+#: "control": a negative control that was caught (it failed, as it must): not a failure of the run.
+_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#8c959f", "control": "#8250df"}
 _H_COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "inconclusive": "#d4a72c"}
-_LABEL_MAX = 40
+#: Plot labels wrap at this many characters (never cut: a cut label hides the contrast that failed).
+_LABEL_WRAP = 34
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1150px;
@@ -39,7 +42,13 @@ h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #d0d7de; padd
 .marker { padding: .05em .45em; border-radius: 4px; color: #fff; font-weight: 700; }
 .marker.pass, td.pass { background: #1a7f37; } .marker.fail, td.fail { background: #cf222e; }
 .marker.error, td.error { background: #6e7781; } .marker.probe { background: #9a6700; }
-td.pass, td.fail, td.error { color: #fff; font-weight: 700; }
+td.control, .swatch.control { background: #8250df; } .swatch.pass { background: #1a7f37; }
+.swatch.fail { background: #cf222e; } .swatch.error { background: #6e7781; }
+td.pass, td.fail, td.error, td.control { color: #fff; font-weight: 700; }
+.swatch { display: inline-block; width: .9em; height: .9em; border-radius: 2px; vertical-align: -.1em; margin: 0 .25em 0 .8em; }
+table#tasks { width: 100%; }
+#tasks td { overflow-wrap: anywhere; } #tasks td.num, #tasks td.nowrap { overflow-wrap: normal; }
+#tasks td:first-child { min-width: 9em; }
 table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
 th, td { border: 1px solid #d0d7de; padding: .3em .55em; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -67,7 +76,31 @@ def _import_matplotlib():
 
 
 def _label(name: str) -> str:
-    return name if len(name) <= _LABEL_MAX else name[: _LABEL_MAX - 1] + "…"
+    """The whole label, wrapped after commas or spaces (or inside a word longer than a line)."""
+    lines, line = [], ""
+    for token in re.findall(r"[^, ]*[, ]?", name):
+        while len(token) > _LABEL_WRAP:
+            if line:
+                lines.append(line.rstrip())
+                line = ""
+            lines.append(token[:_LABEL_WRAP])
+            token = token[_LABEL_WRAP:]
+        if len(line) + len(token.rstrip()) > _LABEL_WRAP and line:
+            lines.append(line.rstrip())
+            line = ""
+        line += token
+    if line.strip() or not lines:
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def row_colour(r: Mapping[str, Any]) -> str:
+    """A caught negative control in its own colour; a control NOT caught is a failure of the run."""
+    if r.get("control") == "caught":
+        return _COLOURS["control"]
+    if r.get("control"):
+        return _COLOURS["fail"]
+    return _COLOURS[r["status"]]
 
 
 #: Intervals reaching past this many margins are clipped at the axis, with an arrow: the +/-margin
@@ -83,7 +116,7 @@ def _d_span(rows: Sequence[Mapping[str, Any]]) -> float:
 
 
 def _draw_row(ax_d: Any, ax_h: Any, y: int, r: Mapping[str, Any], span: float) -> None:
-    colour = _COLOURS[r["status"]]
+    colour = row_colour(r)
     if r["status"] == "error":
         for ax in (ax_d, ax_h):
             ax.text(0.5, y, "error: no verdict", transform=ax.get_yaxis_transform(), ha="center", va="center",
@@ -116,7 +149,9 @@ def forest_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
         return None
     Figure, Line2D, Patch = mpl
     n = len(rows)
-    fig = Figure(figsize=(11, 1.6 + 0.45 * max(n, 1)), dpi=100)  # no pyplot: no global state, Agg canvas
+    labels = [_label(label(r)) for r in rows]
+    depth = max([x.count("\n") + 1 for x in labels] or [1])  # wrapped labels need taller rows
+    fig = Figure(figsize=(11, 1.6 + 0.45 * max(n, 1) * max(1.0, 0.6 * depth)), dpi=100)  # no pyplot: no global state, Agg canvas
     ax_d, ax_h = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     ys = list(range(n))[::-1]  # first task on top
     span = _d_span(rows)
@@ -131,7 +166,7 @@ def forest_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     ax_h.set_xlabel("|Cohen's h| (colour: h check)")
     ax_h.set_title("Effect size against its cutoff", fontsize=11)
     ax_d.set_yticks(ys)
-    ax_d.set_yticklabels([_label(label(r)) for r in rows])
+    ax_d.set_yticklabels(labels, fontsize=9 if depth > 1 else None)
     for t in ax_d.get_yticklabels():
         t.set_parse_math(False)  # task names are data: "$" must not start TeX
     ax_d.set_ylim(-0.7, n - 0.3)
@@ -147,6 +182,7 @@ def _legend(fig: Any, Line2D: Any, Patch: Any) -> None:
     handles = [
         Line2D([], [], marker="o", color=_COLOURS["pass"], label="pass"),
         Line2D([], [], marker="o", color=_COLOURS["fail"], label="fail"),
+        Line2D([], [], marker="o", color=_COLOURS["control"], label="control caught (meant to fail)"),
         Line2D([], [], marker="o", color=_COLOURS["error"], linestyle="none", label="error (no bar)"),
         Patch(color=_H_COLOURS["inconclusive"], label="h inconclusive"),
         Line2D([], [], marker="|", color="#1f2328", linestyle="none", ms=10, mew=2, label="h cutoff"),
@@ -160,18 +196,22 @@ def _legend(fig: Any, Line2D: Any, Patch: Any) -> None:
 def _task_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     head = ("Task", "Metric", "n", "Target", "Speculative", "D [CI] vs margin", "TOST p", "|h| vs cutoff",
             "Identical", "Needed n", "Verdict", "Reasons")
-    out = ["<table id='tasks'>", "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
+    legend = "".join(f"<span class='swatch {k}'></span>{_esc(v)}" for k, v in (
+        ("pass", "pass"), ("fail", "fail"), ("control", "negative control caught (it must fail: the gate works)"),
+        ("error", "error (no verdict)")))
+    out = [f"<p id='verdict-legend'>Verdict colours:{legend}</p>", "<table id='tasks'>",
+           "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
         reasons = list(r.get("reasons") or []) + [f"out of scope: {n}" for n in r.get("scope_notes") or []]
         reason_html = "<ul class='reasons'>" + "".join(f"<li>{_esc(x)}</li>" for x in reasons) + "</ul>" if reasons else ""
         if r["status"] == "error":
-            cells = [_esc(label(r)), "", "", "", "", "", "", "", "", "", "<td class='error'>ERROR</td>", reason_html or "no reason recorded"]
+            cells = [_cell_label(r), "", "", "", "", "", "", "", "", "", "<td class='error'>ERROR</td>", reason_html or "no reason recorded"]
         else:
             cells = [
-                _esc(label(r)), _esc(r.get("metric", "refusal")), str(r["n"]), pct(r["rate_target"]),
+                _cell_label(r), _esc(r.get("metric", "refusal")), str(r["n"]), pct(r["rate_target"]),
                 pct(r["rate_speculative"]), _esc(diff_cell(r)), fmt_p(r["tost_p"]), _esc(h_cell(r)),
                 pct(r["identical_share"]), str(r["required_n"]),
-                f"<td class='{'pass' if r.get('control') == 'caught' else r['status']}'>{_esc(verdict_label(r))}</td>", reason_html,
+                f"<td class='{_verdict_class(r)}'>{_esc(verdict_label(r))}</td>", reason_html,
             ]
         out.append("<tr>" + "".join(_td(i, c) for i, c in enumerate(cells)) + "</tr>")
     out.append("</table>")
@@ -184,6 +224,17 @@ def _td(i: int, cell: str) -> str:
         return cell
     cls = "num" if i in (2, 3, 4, 6, 8, 9) else "nowrap" if i == 5 and cell else ""
     return f"<td class='{cls}'>{cell}</td>" if cls else f"<td>{cell}</td>"
+
+
+def _cell_label(r: Mapping[str, Any]) -> str:
+    """The full label; a line break may fall after each comma of a contrast."""
+    return _esc(label(r)).replace(",", ",<wbr>")
+
+
+def _verdict_class(r: Mapping[str, Any]) -> str:
+    if r.get("control") == "caught":
+        return "control"
+    return "fail" if r.get("control") else r["status"]
 
 
 def render_html(report: Mapping[str, Any]) -> str:

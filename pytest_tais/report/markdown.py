@@ -91,6 +91,14 @@ def classify_failure(row: Mapping[str, Any]) -> str:
     return "not shown equivalent"
 
 
+def _which(rows: Sequence[Mapping[str, Any]], most: int = 4) -> str:
+    """The rows' labels, the first few of them: a headline names what failed."""
+    from .table import label
+
+    names = [label(r) for r in rows[:most]]
+    return ", ".join(names) + (f" and {len(rows) - most} more" if len(rows) > most else "")
+
+
 def headline(rows: Sequence[Mapping[str, Any]], probes: Sequence[Mapping[str, Any]] = ()) -> tuple[str, str]:
     """(marker, sentence): the run's overall outcome in one line."""
     n = len(rows)
@@ -109,7 +117,7 @@ def headline(rows: Sequence[Mapping[str, Any]], probes: Sequence[Mapping[str, An
         return "PASS", f"all {passed} task(s) equivalent{controls}"
     parts = []
     if missed:
-        parts.append(f"{len(missed)} negative control(s) NOT caught (a leak the gate must catch passed)")
+        parts.append(f"{len(missed)} negative control(s) NOT caught (a leak the gate must catch passed: {_which(missed)})")
     if failed:
         moved = sum(classify_failure(r) == "moved" for r in failed)
         kinds = []
@@ -117,7 +125,7 @@ def headline(rows: Sequence[Mapping[str, Any]], probes: Sequence[Mapping[str, An
             kinds.append(f"{moved} moved")
         if len(failed) - moved:
             kinds.append(f"{len(failed) - moved} not shown equivalent")
-        parts.append(f"{len(failed)} of {n} task(s) failed ({', '.join(kinds)})")
+        parts.append(f"{len(failed)} of {n} task(s) failed ({', '.join(kinds)}): {_which(failed)}")
     if errors:
         parts.append(f"{errors} of {n} task(s) could not be computed")
     parts.append(f"{passed} equivalent{controls}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import textwrap
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import printable
@@ -18,6 +20,17 @@ def label(t: Mapping[str, Any]) -> str:
     cells = "-vs-".join(printable(str(t[k])) for k in ("config", "versus") if t.get(k))
     tags = [x for x in (cells, None if contrast in (None, DEFAULT) else printable(str(contrast))) if x]
     return f"{name} [{' '.join(tags)}]" if tags else name
+
+
+#: Short verdict flags of the grouped table (a key line under it says what they mean).
+SHORT_FLAGS = (("(h inconcl.)", "h?"), ("underpowered", "low-n"), ("OUT-OF-SCOPE", "scope"))
+FLAG_KEY = "verdict flags: h? = h check inconclusive, low-n = underpowered, scope = out of scope (notes below); -v: full labels"
+
+
+def _short(verdict: str) -> str:
+    for long, short in SHORT_FLAGS:
+        verdict = verdict.replace(long, short)
+    return verdict
 
 
 def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
@@ -47,15 +60,113 @@ def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
     )
 
 
-def format_table(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
-    rows = [_COLUMNS] + [_row(t) for t in tasks]
+def format_table(tasks: Sequence[Mapping[str, Any]], grouped: bool = False) -> list[str]:
+    """The per-task table. ``grouped``: rows under one heading per contrast (what a variant changed,
+    said once), each row named by its task alone, so the table keeps to a terminal's width."""
+    if not grouped:
+        return _aligned([_COLUMNS] + [_row(t) for t in tasks], {})
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for t in tasks:
+        groups.setdefault(contrast_heading(t), []).append(t)
+    table: list[tuple[str, ...]] = [_COLUMNS]
+    headings: dict[int, str] = {}
+    for heading, members in groups.items():
+        if heading:
+            headings[len(table)] = f"{heading}:"
+        table += [(printable(str(t.get("task", "?"))), *_row(t)[1:-1], _short(_row(t)[-1])) for t in members]
+    lines = _aligned(table, headings)
+    if any(short in r[-1].split() for r in table[1:] for _, short in SHORT_FLAGS):
+        lines.append(FLAG_KEY)
+    return lines
+
+
+def contrast_heading(t: Mapping[str, Any]) -> str:
+    """What a row's contrast adds to its task name ("" for the base target-vs-speculative one)."""
+    full = label(t)
+    name = printable(str(t.get("task", "?")))
+    return full[len(name) + 2:-1] if full != name else ""
+
+
+def _aligned(rows: Sequence[tuple[str, ...]], headings: Mapping[int, str]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
     lines = []
     for j, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if j in headings:
+            lines.append(headings[j])
+        indent = "  " if headings and j > 0 else ""
+        lines.append(indent + "  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
         if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
+            lines.append(indent + "  ".join("-" * w for w in widths))
+    if headings:
+        lines[0], lines[1] = "  " + lines[0].lstrip(), "  " + lines[1].lstrip()
     return lines
+
+
+#: The terminal summary's width; longer lines are cut there (the reports and -v keep them whole).
+WIDTH = 120
+_SUFFIX = re.compile(r"(?P<body>.*) \[(?P<label>[^\[\]]+)\]")
+# A filesystem path, alone or after "key=" or "(": only these may lose their middles (a model id never does).
+_PATH = re.compile(r"(^|[=(])(/|\./|\.\./|~/)")
+
+
+def _fit(line: str, verbose: bool) -> list[str]:
+    """The line within ``WIDTH``: long paths lose their middles first (the part that says least),
+    then the line wraps at spaces, continuation lines indented."""
+    if verbose or len(line) <= WIDTH:
+        return [line]
+    tokens = line.split(" ")
+    for i in sorted(range(len(tokens)), key=lambda i: -len(tokens[i])):
+        over = len(" ".join(tokens)) - WIDTH
+        t = tokens[i]
+        if over <= 0 or not _PATH.search(t) or len(t) <= 24:
+            continue
+        keep = max(24, len(t) - over - 1)
+        head = keep // 3
+        tokens[i] = t[:head] + "…" + t[len(t) - (keep - head):]
+    line = " ".join(tokens)
+    if len(line) <= WIDTH:
+        return [line]
+    return textwrap.wrap(line, WIDTH, subsequent_indent="    ", break_on_hyphens=False) or [line]
+
+
+def engine_blocks(header: Sequence[str], labels: Sequence[str] = ()) -> list[str]:
+    """The engines' header lines, one block per distinct engine configuration.
+
+    The base run's block comes whole; a variant's lines carry " [label]" and only those that differ
+    from the base block are kept (the store line too, with the variant's reuse), and variants whose
+    differences are the same share one block.
+    """
+    known = sorted(set(labels), key=len, reverse=True)
+    base: list[str] = []
+    variants: dict[str, list[str]] = {}
+    for line in header:
+        label_ = next((x for x in known if line.endswith(f" [{x}]")), None)
+        if label_ is None:
+            m = _SUFFIX.fullmatch(line)
+            label_ = m.group("label") if m and m.group("body").startswith("tais ") else None
+        if label_ is None:
+            base.append(line)
+        else:
+            variants.setdefault(label_, []).append(line[: -len(label_) - 3])
+    blocks: dict[tuple[str, ...], list[str]] = {}
+    for name, lines in variants.items():
+        changed = tuple(x for x in lines if x not in base and not x.startswith("tais store:"))
+        blocks.setdefault(changed, []).append(name)
+    out = list(base)
+    for changed, names in blocks.items():
+        out.append(f"tais engines of {'; '.join(names)}:" if changed else f"tais engines of {'; '.join(names)}: as the base run")
+        out += [f"  {x}" for x in changed]
+    return out
+
+
+def summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any,
+                  verbose: bool = False) -> Iterator[tuple[str, str | None]]:
+    """The terminal summary's ``tais`` section, as (line, colour) pairs. Without ``verbose``, lines
+    keep to ``WIDTH`` columns: engine blocks per configuration, the table grouped by contrast; with
+    it, every header line and full row labels, as the reports have them."""
+    for line, colour in _summary_lines(session, rows, summary, verbose):
+        for part in _fit(line, verbose):
+            yield part, colour
 
 
 def header_lines(session: Any) -> list[str]:
@@ -73,6 +184,10 @@ def header_lines(session: Any) -> list[str]:
         f"judge {session.screen.judge_name}"
         + (f" (measures {m})" if (m := getattr(session.screen.judge, "measures", "refusal")) != "refusal" else ""),
     ]
+    for t in {id(t.provenance): t for t in session.screen.tasks if t.provenance}.values():
+        p = t.provenance
+        lines.append(f"tais: dataset {p['dataset']}@{str(p.get('commit') or '?')[:12]} ({p['licence']}); "
+                     + ", ".join(f"{f} sha256 {h[:12]}" for f, h in p["files"].items()))
     if session.engine_settings is not None:
         desc = session.engine_settings.describe()
         lines.append("tais: engines " + ", ".join(f"{k}={v}" for k, v in desc.items() if v not in (None, "", {}, [])))
@@ -88,18 +203,20 @@ def probe_reason(row: Mapping[str, Any]) -> str:
             "no target-only arm, so no verdict and never a pass")
 
 
-def summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any) -> Iterator[tuple[str, str | None]]:
-    """The terminal summary's ``tais`` section, as (line, colour) pairs."""
+def _summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any, verbose: bool) -> Iterator[tuple[str, str | None]]:
     rows = session.order(rows)
     if not rows:
         yield "tais: no task was screened", "red"
         return
     engines = summary.engines if summary is not None else {}
-    for line in engines.get("header_lines") or []:
-        yield printable(line), None
-    for line in format_table(rows):
+    header = [printable(line) for line in engines.get("header_lines") or []]
+    if not verbose:
+        header = engine_blocks(header, [printable(str(r["contrast"])) for r in rows if r.get("contrast")])
+    for line in header:
         yield line, None
-    for line in format_arms(engines.get("arms") or {}):
+    for line in format_table(rows, grouped=not verbose):
+        yield line, None
+    for line in format_arms(engines.get("arms") or {}, grouped=not verbose):
         yield line, None
     for note in engines.get("out_of_scope") or []:
         yield f"OUT OF SCOPE: {printable(note)}", "yellow"

@@ -350,8 +350,11 @@ class TaisSession:
             from ..pairs.safety_judges import describe as describe_judge
 
             # The judge as resolved (its rules' version, or its model's hash), beside the option as given.
-            report = build_report({**self.cfg.describe(), "judge_name": self.screen.judge_name, **describe_judge(self.screen.judge)},
-                                  rows, engines)
+            from ..battery.published import provenance_of
+
+            datasets = provenance_of(self.screen.tasks)  # published benchmarks: id, commit, sha256, licence
+            report = build_report({**self.cfg.describe(), "judge_name": self.screen.judge_name, **describe_judge(self.screen.judge),
+                                   **({"datasets": datasets} if datasets else {})}, rows, engines)
             write_report(self.cfg.report, report)
             write_markdown(self.cfg.report, report)
             write_html(self.cfg.report, report)

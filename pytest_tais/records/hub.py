@@ -63,9 +63,10 @@ def snapshot_identity(folder: Path) -> dict[str, str] | None:
     """{"repo_id", "commit"} when ``folder`` is a hub cache snapshot (``models--ORG--NAME/snapshots/SHA``)."""
     folder = Path(folder)
     repo_dir = folder.parent.parent
-    if folder.parent.name != "snapshots" or not repo_dir.name.startswith("models--") or not _COMMIT.match(folder.name):
+    prefix = next((p for p in ("models--", "datasets--") if repo_dir.name.startswith(p)), None)
+    if folder.parent.name != "snapshots" or prefix is None or not _COMMIT.match(folder.name):
         return None
-    return {"repo_id": repo_dir.name[len("models--"):].replace("--", "/"), "commit": folder.name}
+    return {"repo_id": repo_dir.name[len(prefix):].replace("--", "/"), "commit": folder.name}
 
 
 def _cached_refs(repo_dir: Path) -> list[str]:
@@ -75,43 +76,55 @@ def _cached_refs(repo_dir: Path) -> list[str]:
     return names + [s[:12] for s in snaps]
 
 
-def _fetch_hint(repo_id: str, revision: str | None) -> str:
-    rev = f" --revision {revision}" if revision else ""
+def fetch_hint(repo_id: str, revision: str | None, repo_type: str = "model") -> str:
+    rev = (" --repo-type dataset" if repo_type == "dataset" else "") + (f" --revision {revision}" if revision else "")
     return f"hf download {repo_id}{rev} (huggingface-cli download {repo_id}{rev} with older huggingface_hub)"
 
 
-def _not_cached(given: str, repo_id: str, revision: str | None, repo_dir: Path, cache: Path, is_offline: bool) -> HubError:
+def _what(repo_type: str) -> str:
+    return "dataset" if repo_type == "dataset" else "model"
+
+
+def _not_cached(given: str, repo_id: str, revision: str | None, repo_dir: Path, cache: Path, is_offline: bool,
+                repo_type: str) -> HubError:
     """What to do when the snapshot is neither in the cache nor reachable."""
     if repo_dir.is_dir():
         cached = ", ".join(_cached_refs(repo_dir)) or "none"
         where = "HF_HUB_OFFLINE is set" if is_offline else "the hub cannot be reached"
         return HubError(f"{given}: revision {revision or 'main'!r} of {repo_id} is not in the hub cache "
                         f"{cache} and {where} (cached revisions: {cached}); fetch it with "
-                        f"`{_fetch_hint(repo_id, revision)}` or give a cached revision")
+                        f"`{fetch_hint(repo_id, revision, repo_type)}` or give a cached revision")
     if is_offline:
         return HubError(f"{given}: {repo_id} is not in the hub cache {cache} and HF_HUB_OFFLINE is set; "
-                        f"fetch it with `{_fetch_hint(repo_id, revision)}` (set HF_HUB_CACHE or HF_HOME if the "
-                        "cache lives elsewhere), or pass a local model folder")
+                        f"fetch it with `{fetch_hint(repo_id, revision, repo_type)}` (set HF_HUB_CACHE or HF_HOME if the "
+                        f"cache lives elsewhere), or pass a local {_what(repo_type)} folder")
     return HubError(f"{given}: the hub cannot be reached and {repo_id} is not in the hub cache {cache}; "
-                    f"fetch it where the hub is reachable (`{_fetch_hint(repo_id, revision)}`) and run with "
-                    "HF_HUB_OFFLINE=1, or pass a local model folder")
+                    f"fetch it where the hub is reachable (`{fetch_hint(repo_id, revision, repo_type)}`) and run with "
+                    f"HF_HUB_OFFLINE=1, or pass a local {_what(repo_type)} folder")
 
 
-def resolve_repo(repo_id: str, revision: str | None, *, option: str) -> ResolvedModel:
-    """The local snapshot of ``repo_id`` at ``revision``, downloaded unless offline."""
+def resolve_repo(repo_id: str, revision: str | None, *, option: str, repo_type: str = "model",
+                 allow_patterns: list[str] | None = None) -> ResolvedModel:
+    """The local snapshot of ``repo_id`` at ``revision``, downloaded unless offline.
+
+    ``repo_type="dataset"`` resolves a dataset repository (``datasets--ORG--NAME`` in the cache);
+    ``allow_patterns`` limits what is downloaded to the files a caller reads.
+    """
+    what = _what(repo_type)
     try:
         import huggingface_hub
         from huggingface_hub import errors
     except ImportError:
         raise HubError(f"{option}={repo_id}: a hub id needs huggingface_hub (pip install huggingface_hub), "
-                       "or pass a local model folder") from None
+                       f"or pass a local {what} folder") from None
     cache = hub_cache()
     is_offline = offline()
     label = f"{repo_id}@{revision}" if revision else repo_id
-    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    repo_dir = cache / (f"{what}s--" + repo_id.replace("/", "--"))
+    patterns = {"allow_patterns": allow_patterns} if allow_patterns is not None else {"ignore_patterns": IGNORE_PATTERNS}
     try:
         folder = huggingface_hub.snapshot_download(
-            repo_id, revision=revision, cache_dir=str(cache), local_files_only=is_offline, ignore_patterns=IGNORE_PATTERNS,
+            repo_id, repo_type=repo_type, revision=revision, cache_dir=str(cache), local_files_only=is_offline, **patterns,
         )
     except errors.RevisionNotFoundError:
         raise HubError(f"{option}={label}: the hub has no revision {revision!r} of {repo_id}; give a branch, tag "
@@ -123,14 +136,14 @@ def resolve_repo(repo_id: str, revision: str | None, *, option: str) -> Resolved
         raise HubError(f"{option}={label}: the hub has no repository {repo_id}, or it is private; check the id, or "
                        "export HF_TOKEN with access; a local folder of that name would win over the id") from None
     except errors.LocalEntryNotFoundError:
-        raise _not_cached(f"{option}={label}", repo_id, revision, repo_dir, cache, is_offline) from None
+        raise _not_cached(f"{option}={label}", repo_id, revision, repo_dir, cache, is_offline, repo_type) from None
     except errors.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         raise HubError(f"{option}={label}: the hub answered HTTP {status}; check the id and HF_TOKEN, or fetch it "
-                       f"(`{_fetch_hint(repo_id, revision)}`) and run with HF_HUB_OFFLINE=1") from None
+                       f"(`{fetch_hint(repo_id, revision, repo_type)}`) and run with HF_HUB_OFFLINE=1") from None
     except ValueError as exc:  # huggingface_hub's own validation of the id
         raise HubError(f"{option}={label}: not a valid hub id ({exc}); give org/name or org/name@REVISION, "
-                       "or a local model folder") from None
+                       f"or a local {what} folder") from None
     path = Path(folder)
     ident = snapshot_identity(path)
     return ResolvedModel(path, repo_id, revision, ident["commit"] if ident else None)
