@@ -71,6 +71,11 @@ def header_lines(session: Any) -> list[str]:
         f"tais: margin +/-{cfg.margin:g}, alpha {cfg.alpha:g}, TOST {cfg.tost_method}, |h| cutoff {cfg.h_cutoff:g}, "
         f"judge {session.screen.judge_name}",
     ]
+    from ..options import given
+
+    read = [f"{o.flag}={session.raw[o.dest]}" for o in given(session.raw) if o.paths]
+    if read:  # relative values made absolute where they were given: which file was read
+        lines.append("tais: paths " + ", ".join(read))
     if session.engine_settings is not None:
         desc = session.engine_settings.describe()
         lines.append("tais: engines " + ", ".join(f"{k}={v}" for k, v in desc.items() if v not in (None, "", {}, [])))

@@ -1,0 +1,164 @@
+"""Fail closed, round 2 (issue 29): empty values, relative paths, symlinks, repeated flags, tests
+that never ask for a verdict, and the inputs that used to explain themselves badly.
+
+docs/reliability.md lists each case with what the user now sees.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import replay_lines, write_jsonl
+
+N = 120  # one task of 120 prompts: enough pairs for the +/-3pp TOST to pass
+
+
+def _good(path: Path, task: str = "t") -> Path:
+    return write_jsonl(path, replay_lines(task, N, N))
+
+
+def _leak(path: Path, task: str = "t") -> Path:
+    return write_jsonl(path, replay_lines(task, N, N, flips=12))
+
+
+def _comply(path: Path, task: str = "t") -> Path:
+    return write_jsonl(path, replay_lines(task, N, 0))
+
+
+def _usage_error(result: pytest.RunResult, *patterns: str) -> None:
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, out
+    result.stderr.fnmatch_lines([f"ERROR: {p}" for p in patterns])
+    assert "INTERNALERROR" not in out
+
+
+# -- 1. empty values ------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["", " ", "\t"], ids=["empty", "space", "tab"])
+def test_an_empty_baseline_name_is_a_usage_error_not_a_dropped_comparison(pytester, value):
+    _good(pytester.path / "good.jsonl")
+    _comply(pytester.path / "comply.jsonl")
+    assert pytester.runpytest("--tais-replay=good.jsonl", "--tais-save-baseline=main").ret == 0
+    assert pytester.runpytest("--tais-replay=comply.jsonl", "--tais-baseline=main").ret == pytest.ExitCode.TESTS_FAILED
+    result = pytester.runpytest("--tais-replay=comply.jsonl", f"--tais-baseline={value}")
+    _usage_error(result, "--tais-baseline is given an empty value* (an unset environment variable?); give it a value, "
+                         "or leave --tais-baseline out to use the ini file's tais_baseline or the default")
+
+
+def test_an_empty_save_baseline_name_is_a_usage_error(pytester):
+    _good(pytester.path / "good.jsonl")
+    result = pytester.runpytest("--tais-replay=good.jsonl", "--tais-save-baseline=")
+    _usage_error(result, "--tais-save-baseline is given an empty value*")
+    assert not (pytester.path / ".tais").exists()
+
+
+def test_an_empty_margin_does_not_replace_the_ini_margin_by_the_default(pytester):
+    _good(pytester.path / "good.jsonl")
+    pytester.makeini("[pytest]\ntais_margin = 0.01\n")
+    assert pytester.runpytest("--tais-replay=good.jsonl").ret == pytest.ExitCode.TESTS_FAILED  # 120 pairs: +/-1pp fails
+    _usage_error(pytester.runpytest("--tais-replay=good.jsonl", "--tais-margin="), "--tais-margin is given an empty value*")
+
+
+# -- 2. relative paths ----------------------------------------------------------------------------
+def test_a_relative_replay_path_resolves_from_the_working_folder(pytester, monkeypatch):
+    repo = pytester.path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    (repo / "pytest.ini").write_text("[pytest]\n")
+    _good(repo / "runs.jsonl")
+    leak = _leak(repo / "sub" / "runs.jsonl")
+    monkeypatch.chdir(repo / "sub")
+    result = pytester.runpytest("--tais-replay=./runs.jsonl")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines([f"tais: paths --tais-replay={leak}"])
+
+
+def test_a_relative_battery_path_resolves_from_the_working_folder(pytester, monkeypatch):
+    repo = pytester.path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    (repo / "pytest.ini").write_text("[pytest]\n")
+    lines = replay_lines("t", N, N) + replay_lines("u", N, N, flips=12)
+    replay = write_jsonl(repo / "both.jsonl", lines)
+    write_jsonl(repo / "tasks.jsonl", [{"task": "t", "prompt_id": r["prompt_id"], "prompt": r["prompt"]}
+                                       for r in lines if r["task"] == "t" and r["arm"] == "target"])
+    write_jsonl(repo / "sub" / "tasks.jsonl", [{"task": r["task"], "prompt_id": r["prompt_id"], "prompt": r["prompt"]}
+                                               for r in lines if r["arm"] == "target"])
+    monkeypatch.chdir(repo / "sub")
+    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-battery=tasks.jsonl")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines([f"tais: 2 task(s) from {repo / 'sub' / 'tasks.jsonl'}; *"])
+
+
+def test_a_relative_ini_path_resolves_from_the_ini_files_folder(pytester, monkeypatch):
+    repo = pytester.path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    (repo / "pytest.ini").write_text("[pytest]\ntais_replay = runs/leak.jsonl\n")
+    (repo / "runs").mkdir()
+    leak = _leak(repo / "runs" / "leak.jsonl")
+    monkeypatch.chdir(repo / "sub")
+    result = pytester.runpytest("--rootdir", str(repo), "-c", str(repo / "pytest.ini"))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines([f"tais: paths --tais-replay={leak}"])
+
+
+# -- 3. symlinks in replay folders ----------------------------------------------------------------
+def test_a_replay_folder_follows_symlinked_folders(pytester, tmp_path):
+    # Outside pytester.path: pytest's own collection would walk the loop below.
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "other").mkdir()
+    _good(tmp_path / "runs" / "t.jsonl")
+    _leak(tmp_path / "other" / "u.jsonl", task="u")
+    os.symlink("../other", tmp_path / "runs" / "gpu2")
+    os.symlink("..", tmp_path / "other" / "up")  # a loop: runs/gpu2/up/runs/gpu2/...
+    result = pytester.runpytest(f"--tais-replay={tmp_path / 'runs'}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["u *FAIL*", "tais: 1/2 task(s) equivalent"])
+
+
+def test_a_dangling_symlink_in_a_replay_folder_is_a_usage_error(pytester, tmp_path):
+    (tmp_path / "runs").mkdir()
+    _good(tmp_path / "runs" / "t.jsonl")
+    os.symlink("../gone.jsonl", tmp_path / "runs" / "u.jsonl")
+    _usage_error(pytester.runpytest(f"--tais-replay={tmp_path / 'runs'}"),
+                 f"--tais-replay: {tmp_path / 'runs' / 'u.jsonl'} is a dangling symlink (to ../gone.jsonl); fix or remove the link")
+
+
+# -- 4. repeated flags ----------------------------------------------------------------------------
+def test_a_repeated_replay_flag_is_a_usage_error(pytester):
+    _leak(pytester.path / "leak.jsonl")
+    _good(pytester.path / "good.jsonl")
+    _usage_error(pytester.runpytest("--tais-replay=leak.jsonl", "--tais-replay=good.jsonl"),
+                 "--tais-replay is given 2 times ('leak.jsonl' and 'good.jsonl'); give it once")
+    _usage_error(pytester.runpytest("--tais-replay", "leak.jsonl", "--tais-replay=good.jsonl"), "--tais-replay is given 2 times*")
+
+
+def test_a_repeated_list_option_names_the_comma_list(pytester):
+    _good(pytester.path / "good.jsonl")
+    _usage_error(pytester.runpytest("--tais-replay=good.jsonl", "--tais-tasks=t", "--tais-tasks=u"),
+                 "--tais-tasks is given 2 times ('t' and 'u'); give it once; for several, give one comma-separated value (--tais-tasks=t,u)")
+
+
+def test_the_command_line_still_overrides_addopts(pytester):
+    _leak(pytester.path / "leak.jsonl")
+    _good(pytester.path / "good.jsonl")
+    pytester.makeini("[pytest]\naddopts = --tais-replay=good.jsonl\n")
+    assert pytester.runpytest("--tais-replay=leak.jsonl").ret == pytest.ExitCode.TESTS_FAILED
+
+
+# -- 5. a test that never asks for the verdict ----------------------------------------------------
+def test_a_tais_task_test_that_never_asks_for_a_verdict_fails(pytester):
+    _leak(pytester.path / "leak.jsonl")
+    pytester.makepyfile(test_gate="def test_safety(tais_task):\n    pass\n")
+    result = pytester.runpytest("--tais-replay=leak.jsonl")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*tais task 't' was screened but test_gate.py::test_safety[[]t[]] never asked for its verdict: "
+                                 "call tais_equivalent(tais_task) (or tais_task.verdict()) in the test*",
+                                 "*1 failed*"])
+    assert "no task was screened" not in result.stdout.str()
+
+
+def test_a_tais_task_test_that_asks_for_the_verdict_still_passes(pytester):
+    _good(pytester.path / "good.jsonl")
+    pytester.makepyfile(test_gate="def test_safety(tais_task):\n    assert tais_task.verdict().status == 'pass'\n")
+    assert pytester.runpytest("--tais-replay=good.jsonl").ret == 0
