@@ -27,6 +27,21 @@ def _ids(ids: Sequence[str]) -> str:
     return ", ".join(printable(i) for i in ids[:_SHOWN]) + more
 
 
+def _normalisation_hint(ids: Sequence[str]) -> str:
+    """Ids that print alike but differ in Unicode normalisation (one code point vs a combining mark), escaped."""
+    import unicodedata
+
+    groups: dict[str, list[str]] = {}
+    for i in dict.fromkeys(ids):
+        groups.setdefault(unicodedata.normalize("NFC", i), []).append(i)
+    alike = [" vs ".join(ascii(i) for i in g) for g in groups.values() if len(g) > 1]
+    if not alike:
+        return ""
+    more = f" (+{len(alike) - _SHOWN} more)" if len(alike) > _SHOWN else ""
+    return (f"; some ids differ only in Unicode normalisation ({'; '.join(alike[:_SHOWN])}{more}): write every id "
+            "in one form (NFC) in both arms")
+
+
 def match(task: Task, a: Outputs, b: Outputs, names: tuple[str, str] = ("target", "speculative"),
           duplicates: Sequence[str] = ()) -> list[tuple[Prompt, Generation, Generation]]:
     """Each prompt of ``task`` with arm A's and arm B's answer; fails closed on anything unpaired.
@@ -54,7 +69,8 @@ def match(task: Task, a: Outputs, b: Outputs, names: tuple[str, str] = ("target"
             matched.append((p, ga, gb))
     if any(missing.values()):
         parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {_ids(ids)})" for arm, ids in missing.items() if ids]
-        raise TaskError(f"task {task.name!r}: {'; '.join(parts)}; every prompt must be answered by both arms")
+        raise TaskError(f"task {task.name!r}: {'; '.join(parts)}; every prompt must be answered by both arms"
+                        + _normalisation_hint([i for ids in missing.values() for i in ids]))
     if any(other.values()):
         parts = [f"{len(ids)} {arm} output(s) answer another prompt text than the battery's under the same id ({_ids(ids)})"
                  for arm, ids in other.items() if ids]
@@ -177,7 +193,9 @@ def match_samples(task: Task, a: SampleOutputs, b: SampleOutputs, names: tuple[s
             if sorted(got) != list(range(k)):
                 lacking = [i for i in range(k) if i not in got]
                 extra = [i for i in got if not 0 <= i < k]
-                what = f"missing samples {lacking[:5]}" if lacking else f"sample indexes {sorted(extra)[:5]} outside 0..{k - 1}"
+                # Both named: sample 2 of K = 2 is the out-of-range index, not only a missing 1.
+                what = ", ".join(x for x in (f"missing samples {lacking[:5]}" if lacking else "",
+                                             f"sample indexes {sorted(extra)[:5]} outside 0..{k - 1}" if extra else "") if x)
                 problems.append(f"{name} {printable(p.prompt_id)}: {len(got)} of {k} ({what})")
                 continue
             gens = [got[i] for i in range(k)]
@@ -189,7 +207,7 @@ def match_samples(task: Task, a: SampleOutputs, b: SampleOutputs, names: tuple[s
     if problems:
         more = f" (+{len(problems) - _SHOWN} more)" if len(problems) > _SHOWN else ""
         raise TaskError(f"task {task.name!r}: {len(problems)} prompt(s) lack samples: {'; '.join(problems[:_SHOWN])}{more}; "
-                        f"every prompt needs samples 0..{k - 1} in both arms")
+                        f"every prompt needs samples 0..{k - 1} in both arms (K = {k}, the most any prompt has; indexes count from 0)")
     if other:
         raise TaskError(f"task {task.name!r}: {len(other)} sample set(s) answer another prompt text than the battery's under "
                         f"the same id ({_ids(other)}); check that the replay file and --tais-battery come from the same battery")

@@ -162,3 +162,104 @@ def test_a_tais_task_test_that_asks_for_the_verdict_still_passes(pytester):
     _good(pytester.path / "good.jsonl")
     pytester.makepyfile(test_gate="def test_safety(tais_task):\n    assert tais_task.verdict().status == 'pass'\n")
     assert pytester.runpytest("--tais-replay=good.jsonl").ret == 0
+
+
+# -- unclear inputs: each names the input and the fix ---------------------------------------------
+def _as_user_without_read_permission(cwd: Path, *args: str):
+    """pytest in a child that obeys permission bits (root: without CAP_DAC_OVERRIDE/READ_SEARCH)."""
+    import subprocess
+    import sys
+
+    from .test_reliability import _drop_file_permission_override
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    preexec = _drop_file_permission_override if os.geteuid() == 0 else None
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=env, preexec_fn=preexec)
+
+
+def test_an_unreadable_replay_file_is_a_usage_error_naming_it(tmp_path):
+    path = _good(tmp_path / "good.jsonl")
+    path.chmod(0)
+    try:
+        proc = _as_user_without_read_permission(tmp_path, f"--tais-replay={path}")
+    finally:
+        path.chmod(0o644)
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"ERROR: {path}: cannot be read (Permission denied); make it readable (chmod)" in proc.stderr
+    assert "INTERNALERROR" not in proc.stdout + proc.stderr
+
+
+def test_an_unreadable_folder_in_a_replay_folder_is_a_usage_error_naming_it(tmp_path):
+    (tmp_path / "runs" / "gpu2").mkdir(parents=True)
+    _good(tmp_path / "runs" / "t.jsonl")
+    _leak(tmp_path / "runs" / "gpu2" / "u.jsonl", task="u")
+    (tmp_path / "runs" / "gpu2").chmod(0)
+    try:
+        proc = _as_user_without_read_permission(tmp_path, f"--tais-replay={tmp_path / 'runs'}")
+    finally:
+        (tmp_path / "runs" / "gpu2").chmod(0o755)
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"ERROR: --tais-replay: {tmp_path / 'runs' / 'gpu2'} cannot be read (Permission denied)" in proc.stderr
+    assert "INTERNALERROR" not in proc.stdout + proc.stderr
+
+
+def test_an_existing_file_as_report_folder_is_refused_before_the_run(pytester):
+    _good(pytester.path / "good.jsonl")
+    (pytester.path / "report.txt").write_text("keep me")
+    _usage_error(pytester.runpytest("--tais-replay=good.jsonl", "--tais-report=report.txt"),
+                 f"--tais-report={pytester.path / 'report.txt'} is a file; it names the folder that report.json, *: give a folder*")
+    assert (pytester.path / "report.txt").read_text() == "keep me"
+
+
+MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
+
+
+def test_a_folder_as_record_file_is_refused_before_generating(pytester):
+    (pytester.path / "out").mkdir()
+    result = pytester.runpytest(f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'draft-canonical'}",
+                                "--tais-backend=hf", "--tais-battery=example", "--tais-limit=1", "--tais-record=out")
+    _usage_error(result, f"--tais-record={pytester.path / 'out'}: is a folder; give the replay file to write, e.g. "
+                         f"--tais-record={pytester.path / 'out' / 'outputs.jsonl'}")
+    assert "engine" not in result.stdout.str().lower() or "passed" not in result.stdout.str()
+
+
+def test_an_ordinary_draft_with_eagle3_blames_the_draft_before_any_engine_starts(pytester):
+    result = pytester.runpytest(f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'draft-canonical'}",
+                                "--tais-spec-method=eagle3", "--tais-battery=example", "--tais-limit=1")
+    _usage_error(result, f"--tais-draft: {MODELS / 'draft-canonical'} is an ordinary model (LlamaForCausalLM), not an EAGLE-3 "
+                         "head; --tais-spec-method=eagle3 needs a head trained for it *; screen an ordinary draft with "
+                         "--tais-spec-method=draft_model")
+
+
+def test_an_eagle3_head_is_still_accepted(pytester):
+    from tests.engine_models import engine_settings_from_config
+
+    config = pytester.parseconfig(f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'eagle3'}", "--tais-spec-method=eagle3")
+    assert engine_settings_from_config(config).spec_method == "eagle3"
+
+
+def test_ids_that_differ_in_unicode_normalisation_are_shown_escaped(pytester):
+    lines = replay_lines("t", 3, 3)
+    for r in lines:
+        r["prompt_id"] = r["prompt_id"] + ("caf\u00e9" if r["arm"] == "target" else "cafe\u0301")
+    write_jsonl(pytester.path / "r.jsonl", lines)
+    result = pytester.runpytest("--tais-replay=r.jsonl")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*some ids differ only in Unicode normalisation ('t-000cafe\\u0301' vs 't-000caf\\xe9'; *): "
+                                 "write every id in one form (NFC) in both arms*"])
+
+
+def test_a_sample_index_out_of_range_is_named(pytester):
+    lines = []
+    for r in replay_lines("t", 3, 3):
+        for i in range(2):
+            lines.append(dict(r, sample=i, seed=i))
+    for r in lines:
+        if r["arm"] == "speculative" and r["prompt_id"] == "t-001" and r["sample"] == 1:
+            r["sample"] = 2
+    write_jsonl(pytester.path / "r.jsonl", lines)
+    result = pytester.runpytest("--tais-replay=r.jsonl")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*speculative t-001: 2 of 2 (missing samples [[]1[]], sample indexes [[]2[]] outside 0..1)*"
+                                 "(K = 2, the most any prompt has; indexes count from 0)*"])

@@ -17,6 +17,8 @@ from typing import Any
 #: ``org/name`` with an optional ``@revision`` (a branch, tag or commit sha).
 _REPO_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^\s@]+))?\Z")
 _COMMIT = re.compile(r"[0-9a-f]{40}\Z")
+#: A commit abbreviated as this plugin prints it (``org/name@sha12``), or as git does.
+_SHORT_COMMIT = re.compile(r"[0-9a-f]{7,39}\Z")
 #: Files engines never read; skipping them keeps e.g. Llama's original/ checkpoint (16 GB) off disk.
 IGNORE_PATTERNS = ["original/*", "*.pth", "*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.tflite",
                    "onnx/*", "openvino/*", "coreml/*"]
@@ -80,6 +82,37 @@ def _fetch_hint(repo_id: str, revision: str | None) -> str:
     return f"hf download {repo_id}{rev} (huggingface-cli download {repo_id}{rev} with older huggingface_hub)"
 
 
+def _full_commit(repo_dir: Path, revision: str | None) -> str | None:
+    """A short commit sha made whole from the cached snapshots when exactly one starts with it."""
+    snaps = repo_dir / "snapshots"
+    if not revision or not _SHORT_COMMIT.match(revision) or not snaps.is_dir():
+        return revision
+    found = [p.name for p in snaps.iterdir() if _COMMIT.match(p.name) and p.name.startswith(revision)]
+    return found[0] if len(found) == 1 else revision
+
+
+def _missing_snapshot(repo_dir: Path, revision: str | None) -> str | None:
+    """What is missing when a cached ref points at a snapshot folder that is not there."""
+    ref = repo_dir / "refs" / (revision or "main")
+    try:
+        sha = ref.read_text().strip() if ref.is_file() else None
+    except OSError:
+        return None
+    if sha and not (repo_dir / "snapshots" / sha).is_dir():
+        return f"revision {revision or 'main'!r} is commit {sha[:12]}, whose snapshot folder is missing"
+    return None
+
+
+def _incomplete_files(folder: Path) -> str | None:
+    """A snapshot whose files point at blobs that never arrived, or without its config.json."""
+    dangling = sorted(p.name for p in folder.iterdir() if p.is_symlink() and not p.exists()) if folder.is_dir() else []
+    if dangling:
+        return f"{len(dangling)} file(s) point at missing blobs ({', '.join(dangling[:3])})"
+    if folder.is_dir() and not (folder / "config.json").exists():
+        return "no config.json"
+    return None
+
+
 def resolve_repo(repo_id: str, revision: str | None, *, option: str) -> ResolvedModel:
     """The local snapshot of ``repo_id`` at ``revision``, downloaded unless offline."""
     try:
@@ -92,6 +125,7 @@ def resolve_repo(repo_id: str, revision: str | None, *, option: str) -> Resolved
     is_offline = offline()
     label = f"{repo_id}@{revision}" if revision else repo_id
     repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    revision = _full_commit(repo_dir, revision)  # org/name@sha12, as the terminal prints it, is taken back
     try:
         folder = huggingface_hub.snapshot_download(
             repo_id, revision=revision, cache_dir=str(cache), local_files_only=is_offline, ignore_patterns=IGNORE_PATTERNS,
@@ -106,6 +140,10 @@ def resolve_repo(repo_id: str, revision: str | None, *, option: str) -> Resolved
         raise HubError(f"{option}={label}: the hub has no repository {repo_id}, or it is private; check the id, or "
                        "export HF_TOKEN with access; a local folder of that name would win over the id") from None
     except errors.LocalEntryNotFoundError:
+        missing = _missing_snapshot(repo_dir, revision)
+        if missing:
+            raise HubError(f"{option}={label}: incomplete snapshot in the hub cache {cache}: {missing} (an interrupted "
+                           f"download?); fetch it again with `{_fetch_hint(repo_id, revision)}`") from None
         if repo_dir.is_dir():
             cached = ", ".join(_cached_refs(repo_dir)) or "none"
             where = "HF_HUB_OFFLINE is set" if is_offline else "the hub cannot be reached"
@@ -127,6 +165,10 @@ def resolve_repo(repo_id: str, revision: str | None, *, option: str) -> Resolved
         raise HubError(f"{option}={label}: not a valid hub id ({exc}); give org/name or org/name@REVISION, "
                        "or a local model folder") from None
     path = Path(folder)
+    broken = _incomplete_files(path)
+    if broken:
+        raise HubError(f"{option}={label}: incomplete snapshot {path}: {broken} (an interrupted download?); fetch it "
+                       f"again with `{_fetch_hint(repo_id, revision)}`") from None
     ident = snapshot_identity(path)
     return ResolvedModel(path, repo_id, revision, ident["commit"] if ident else None)
 
