@@ -263,3 +263,38 @@ def test_a_sample_index_out_of_range_is_named(pytester):
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
     result.stdout.fnmatch_lines(["*speculative t-001: 2 of 2 (missing samples [[]1[]], sample indexes [[]2[]] outside 0..1)*"
                                  "(K = 2, the most any prompt has; indexes count from 0)*"])
+
+
+# -- the hf backend stores its answers call by call -----------------------------------------------
+@pytest.mark.hf
+def test_an_interrupted_hf_run_keeps_all_but_the_last_few_answers(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from pytest_tais.engines import EngineSettings, run_arms
+    from pytest_tais.engines import hf
+    from pytest_tais.records import SPECULATIVE
+
+    from .test_engines import battery
+    from tests.engine_models import build_tiny_models
+
+    target, draft = build_tiny_models(tmp_path / "models")
+    settings = EngineSettings(target=target, draft=draft, backend="hf", cache_dir=tmp_path / "c", max_tokens=8)
+    prompts = battery()[:20]
+    calls: list[tuple[str, int]] = []
+    generate = hf.HFBackend.generate
+
+    def interrupted(self, texts, **kw):
+        if self.spec.arm == SPECULATIVE and sum(a == SPECULATIVE for a, _ in calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the fourth speculative call
+        calls.append((self.spec.arm, len(texts)))
+        return generate(self, texts, **kw)
+
+    monkeypatch.setattr(hf.HFBackend, "generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_arms(settings, prompts, shared_dir=tmp_path, progress=False)
+    assert [n for a, n in calls if a == SPECULATIVE] == [hf.SPECULATIVE_PER_CALL] * 3
+    assert [n for a, n in calls if a != SPECULATIVE] == [hf.GREEDY_BATCH, 20 - hf.GREEDY_BATCH]
+    monkeypatch.setattr(hf.HFBackend, "generate", generate)
+    again = run_arms(settings, prompts, shared_dir=tmp_path, progress=False)
+    # Only what the interrupted call had in hand is generated again.
+    assert again.metrics[SPECULATIVE]["generated"] == 20 - 3 * hf.SPECULATIVE_PER_CALL
+    assert again.metrics["target"]["generated"] == 0
