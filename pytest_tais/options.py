@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -210,13 +211,18 @@ def check_repeats(args: Any) -> None:
             raise OptionError(f"{flag} is given {len(given_values)} times ({listing}); give it once{hint}")
 
 
+#: A hub id (org/name[@REVISION]) or a served model's name: kept as given when no such folder exists.
+_ID_OR_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?(?:@[^\s@]+)?\Z")
+
+
 def _absolute(text: str, base: Path, *, only_existing: bool = False) -> str:
-    """``text`` as an absolute path under ``base``; with ``only_existing`` a relative value that
-    names nothing there is left as given (a hub id such as org/name, a served model's name)."""
-    p = Path(text.strip()).expanduser()
+    """``text`` as an absolute path under ``base``; with ``only_existing`` a value that names no
+    folder there and reads as a hub id or a served model's name is left as given."""
+    stripped = text.strip()
+    p = Path(stripped).expanduser()
     if p.is_absolute():
         return str(p)
-    if only_existing and not (base / p).exists():
+    if only_existing and not (base / p).exists() and _ID_OR_NAME.match(stripped):
         return text
     return str(base / p)
 
