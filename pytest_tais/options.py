@@ -157,14 +157,21 @@ def register(parser: Any) -> None:
         parser.addini(opt.dest, help=opt.help, default="")
 
 
-def read(config: Any) -> dict[str, Any]:
+def read(config: Any, error: type[Exception] = OptionError) -> dict[str, Any]:
     """The raw value of every option that is set (command line, else ini), keyed by dest.
 
     Relative paths are made absolute where they were given, as pytest does for its own paths: a
     command-line value from the folder pytest was started in, an ini value from the ini file's
-    folder. A command-line value that is empty or blank is a usage error (:class:`OptionError`):
-    ``--tais-baseline=$UNSET`` must not drop the comparison, nor ``--tais-margin=`` the ini's margin.
+    folder. A command-line value that is empty or blank is an ``error`` (the plugin's: a usage
+    error): ``--tais-baseline=$UNSET`` must not drop the comparison, nor ``--tais-margin=`` the ini's margin.
     """
+    try:
+        return _read(config)
+    except OptionError as exc:
+        raise exc if error is OptionError else error(str(exc)) from None
+
+
+def _read(config: Any) -> dict[str, Any]:
     check_repeats(config.invocation_params.args)
     cwd = Path(config.invocation_params.dir)
     inipath = getattr(config, "inipath", None)
@@ -244,7 +251,7 @@ def resolve_paths(opt: Option, value: Any, base: Path) -> Any:
         return ",".join(parts)
     if opt.paths == "judge":
         kind, sep, rest = value.strip().partition(":")
-        if kind == "model" and sep and not rest.strip().startswith(("http://", "https://")):
+        if kind == "model" and rest.strip() and not rest.strip().startswith(("http://", "https://")):
             return f"model:{_absolute(rest, base, only_existing=True)}"
         return value
     if opt.paths == "battery":
