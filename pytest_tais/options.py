@@ -208,7 +208,7 @@ def check_repeats(args: Any) -> None:
             break
         flag, eq, value = token.partition("=")
         if flag in flags:
-            shown = value if eq else (tokens[i + 1] if i + 1 < len(tokens) else "")
+            shown = value if eq else "(no value)" if flags[flag].kind == "bool" else tokens[i + 1] if i + 1 < len(tokens) else ""
             seen.setdefault(flag, []).append(shown)
     for flag, given_values in seen.items():
         if len(given_values) > 1:
