@@ -342,6 +342,8 @@ def read_text(path: str | os.PathLike[str], error: type[Exception], prefix: str 
     ``error`` naming the file and line."""
     try:
         data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise  # the callers name a missing file in their own words
     except OSError as exc:
         raise error(prefix + _unreadable(path, exc)) from None
     skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
@@ -373,6 +375,8 @@ def iter_json_lines(path: str | os.PathLike[str], error: type[Exception], prefix
     name = os.fspath(path)
     try:
         fh = open(path, "rb")
+    except FileNotFoundError:
+        raise  # the callers name a missing file in their own words
     except OSError as exc:
         raise error(prefix + _unreadable(path, exc)) from None
     with fh:
