@@ -10,3 +10,8 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+#: A test that took a screened task (``tais_task``) and returned without asking for its verdict.
+NEVER_ASKED = ("tais task {task!r} was screened but {nodeid} never asked for its verdict: call tais_equivalent(tais_task) "
+               "(or tais_task.verdict()) in the test, or drop the tais_task fixture")

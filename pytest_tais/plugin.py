@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from .setup import options
-from .errors import TaskError
+from .errors import NEVER_ASKED, TaskError
 
 SESSION = pytest.StashKey[Any]()
 _ROW = pytest.StashKey[dict]()
@@ -38,7 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "tais(tasks=None): a TAIS screen task test; tasks=[names or globs] limits which tasks parametrize tais_task",
     )
-    raw = options.read(config)
+    raw = options.read(config, error=pytest.UsageError)
     if not raw:
         return  # the screen was not asked for: nothing else is imported
     from .setup.config import ConfigError
@@ -242,19 +242,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if contrast is None:
         return rep
     row = item.stash.get(_ROW, None)
+    if rep.when == "call" and rep.passed and row is None:  # a screened task must not pass unchecked
+        rep.outcome, rep.longrepr = "failed", NEVER_ASKED.format(task=contrast.test_id, nodeid=item.nodeid)
     if rep.when == "call" and row is not None:
         rep.tais = dict(row, nodeid=item.nodeid)
     elif rep.failed and (rep.when == "setup" or row is None) and rep.when != "teardown":
         from .report.rows import error_row, junit_properties
 
-        message = str(call.excinfo.value) if call.excinfo else "task could not be computed"
+        message = str(call.excinfo.value) if call.excinfo else str(rep.longrepr or "task could not be computed")
         rep.tais = dict(error_row(contrast.task, contrast.describe(), message), nodeid=item.nodeid)
         rep.user_properties.extend(junit_properties(rep.tais))
     if getattr(rep, "tais", None) is not None:
         from .report.engines import snapshot
 
-        session = item.config.stash[SESSION]
-        rep.tais_engine = snapshot(os.environ.get("PYTEST_XDIST_WORKER", "main"), session.generated_outputs())
+        rep.tais_engine = snapshot(os.environ.get("PYTEST_XDIST_WORKER", "main"), item.config.stash[SESSION].generated_outputs())
     return rep
 
 

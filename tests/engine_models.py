@@ -102,7 +102,7 @@ def engine_settings_from_config(config):
 
     try:
         return engine_settings(options.read(config), Path(str(config.rootpath)))
-    except SettingsError as exc:
+    except (SettingsError, options.OptionError) as exc:
         raise pytest.UsageError(str(exc)) from None
 
 

@@ -106,6 +106,7 @@ def test_the_option_is_validated(pytester: pytest.Pytester) -> None:
 TEST_FILE = """
 def test_gate(tais_task):
     assert tais_task.name == "harmful"
+    tais_task.verdict()  # a screened task must ask for its verdict; 3 prompts cannot pass, so no assert
 """
 
 

@@ -125,3 +125,28 @@ def test_a_judge_model_is_resolved_by_id_too(hub: Path, tmp_path: Path) -> None:
     assert s.target == hub / "models--tiny-org--target" / "snapshots" / TARGET_SHA
     with pytest.raises(SettingsError, match="revision 'nope'"):
         judge_settings("tiny-org/target@nope", None, rootdir=tmp_path, cache_dir=tmp_path / "c", no_cache=True)
+
+
+# -- issue 29: what the terminal prints is taken back; incomplete snapshots say so ------------------
+def test_a_printed_short_commit_is_taken_back(hub: Path, tmp_path: Path) -> None:
+    printed = f"tiny-org/target@{TARGET_SHA[:12]}"  # as describe() prints it
+    resolved = resolve_model("--tais-target", printed, tmp_path)
+    assert resolved.commit == TARGET_SHA
+    from pytest_tais.engines.hub import describe
+
+    assert describe(resolved.folder) == printed
+
+
+def test_an_incomplete_snapshot_is_named_as_such(hub: Path, tmp_path: Path) -> None:
+    repo_dir = hub / "models--tiny-org--half"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text("4" * 40)  # the ref arrived, the snapshot folder did not
+    with pytest.raises(HubError, match=r"tiny-org/half: incomplete snapshot in the hub cache .*: revision 'main' is commit "
+                                       r"444444444444, whose snapshot folder is missing \(an interrupted download\?\); fetch it again "
+                                       r"with `hf download tiny-org/half"):
+        resolve_model("--tais-target", "tiny-org/half", tmp_path)
+    snap = _snapshot(hub, "tiny-org/broken", "5" * 40, MODELS / "target")
+    (snap / "model.safetensors").unlink()
+    (snap / "model.safetensors").symlink_to(hub / "blobs-never-arrived")
+    with pytest.raises(HubError, match=r"tiny-org/broken: incomplete snapshot .*1 file\(s\) point at missing blobs \(model.safetensors\)"):
+        resolve_model("--tais-target", "tiny-org/broken", tmp_path)

@@ -89,7 +89,7 @@ def test_the_judge_key_comes_from_the_environment(pytester, make_replay, monkeyp
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("model:no/such/folder", "*--tais-judge='model:no/such/folder'*is not a model folder (no config.json)*"),
+        ("model:no/such/folder", "*--tais-judge='model:*/no/such/folder'*is not a model folder (no config.json)*"),
         ("model:", "*--tais-judge='model:'*name the judge model*"),
     ],
 )

@@ -300,8 +300,10 @@ def test_options_build_remote_settings_from_the_urls_alone(pytester: pytest.Pyte
     monkeypatch.setenv("TAIS_FLEET_KEY", KEY)
     s = engine_settings_from_config(pytester.parseconfig())
     assert s.target == local and s.api_key_env == "TAIS_FLEET_KEY" and KEY not in json.dumps(s.describe())
+    # An empty --tais-target= no longer unsets the ini's target (it is a usage error): an ini without one.
+    pytester.makeini("[pytest]\ntais_target_url = http://10.0.0.5:8000\n")
     with pytest.raises(pytest.UsageError, match=r"--tais-target-url is set but --tais-backend=vllm"):
-        engine_settings_from_config(pytester.parseconfig("--tais-backend=vllm", "--tais-target="))
+        engine_settings_from_config(pytester.parseconfig("--tais-backend=vllm"))
 
 
 def test_local_backends_refuse_server_options(pytester: pytest.Pytester) -> None:

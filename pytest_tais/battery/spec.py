@@ -71,6 +71,23 @@ def parse_source(text: str, base_dir: str | Path = ".") -> Source:
     return Source(text=text, kind=kind, path=path, options=options)
 
 
+def absolute_spec(spec: str, base_dir: str | Path) -> str:
+    """``spec`` with each source's relative path made absolute under ``base_dir`` (where it was given)."""
+    out = []
+    for part in split_spec(spec):
+        head, sep, query = part.partition("?")
+        head = head.strip()
+        m = _KIND_RE.fullmatch(head)
+        kind, raw_path = (m.group(1), m.group(2).strip()) if m else (None, head)
+        if head == "example" or not raw_path:
+            out.append(part)  # parse_source names what is wrong with an empty path
+            continue
+        path = Path(raw_path).expanduser()
+        path = path if path.is_absolute() else Path(base_dir) / path
+        out.append(f"{kind + ':' if kind else ''}{path}{sep}{query}")
+    return ",".join(out)
+
+
 def check_options(source: Source, allowed: Mapping[str, tuple[str, ...] | None], multi: tuple[str, ...] = ()) -> None:
     """Unknown option names are errors. ``allowed[name]`` lists a choice option's values (None:
     free text); an option named in ``multi`` takes several values joined with ``+``."""

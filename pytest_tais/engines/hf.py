@@ -24,6 +24,9 @@ from ..records.hub import describe
 #: Prompts per generate() call of plain greedy decoding (one call per prompt leaves the matrix
 #: kernels with one row to work on).
 GREEDY_BATCH = 16
+#: Speculative prompts per generate() call: they run one at a time, and the store keeps each
+#: call's answers, so an interrupt loses a few prompts' work (not a chunk_size of 256).
+SPECULATIVE_PER_CALL = 4
 
 
 def _lossy_accept(proposal: list[int], probs: Any, rng: Any, eps: float, delta: float) -> list[int]:
@@ -328,6 +331,9 @@ class HFBackend(Backend):
             new = news[i]
             reason = "stop" if new and new[-1] in eos else "length"
             outputs.append(Output(text=self.tokenizer.decode(new, skip_special_tokens=True), token_ids=tuple(new), finish_reason=reason))
+
+    def prompts_per_call(self) -> int:
+        return min(self.settings.chunk_size, SPECULATIVE_PER_CALL if self.spec.speculative else GREEDY_BATCH)
 
     def close(self) -> None:
         if self.model is None and self.draft is None:

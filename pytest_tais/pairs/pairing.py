@@ -61,8 +61,25 @@ def _answers(got: Any, k: int) -> tuple[tuple[Generation, ...] | None, str]:
         return tuple(got[i] for i in range(k)), ""
     lacking = [i for i in range(k) if i not in got]
     extra = [i for i in got if not 0 <= i < k]
-    what = f"missing samples {lacking[:5]}" if lacking else f"sample indexes {sorted(extra)[:5]} outside 0..{k - 1}"
+    # Both named: sample 2 of K = 2 is the out-of-range index, not only a missing 1.
+    what = ", ".join(x for x in (f"missing samples {lacking[:5]}" if lacking else "",
+                                 f"sample indexes {sorted(extra)[:5]} outside 0..{k - 1}" if extra else "") if x)
     return None, f"{len(got)} of {k} ({what})"
+
+
+def _normalisation_hint(ids: Sequence[str]) -> str:
+    """Ids that print alike but differ in Unicode normalisation (one code point vs a combining mark), escaped."""
+    import unicodedata
+
+    groups: dict[str, list[str]] = {}
+    for i in dict.fromkeys(ids):
+        groups.setdefault(unicodedata.normalize("NFC", i), []).append(i)
+    alike = [" vs ".join(ascii(i) for i in g) for g in groups.values() if len(g) > 1]
+    if not alike:
+        return ""
+    more = f" (+{len(alike) - _SHOWN} more)" if len(alike) > _SHOWN else ""
+    return (f"; some ids differ only in Unicode normalisation ({'; '.join(alike[:_SHOWN])}{more}): write every id "
+            "in one form (NFC) in both arms")
 
 
 def match(task: Task, a: Outputs, b: Outputs, names: tuple[str, str] = ("target", "speculative"),
@@ -101,12 +118,14 @@ def match(task: Task, a: Outputs, b: Outputs, names: tuple[str, str] = ("target"
 def _fail_unpaired(task: Task, k: int, problems: Mapping[str, list[str]], other: Mapping[str, list[str]]) -> None:
     if k == 1 and any(problems.values()):
         parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {_ids(ids)})" for arm, ids in problems.items() if ids]
-        raise TaskError(f"task {task.name!r}: {'; '.join(parts)}; every prompt must be answered by both arms")
+        raise TaskError(f"task {task.name!r}: {'; '.join(parts)}; every prompt must be answered by both arms"
+                        + _normalisation_hint([i for ids in problems.values() for i in ids]))
     lack = [x for ids in problems.values() for x in ids]
     if lack:
         more = f" (+{len(lack) - _SHOWN} more)" if len(lack) > _SHOWN else ""
         raise TaskError(f"task {task.name!r}: {len(lack)} prompt(s) lack samples: {'; '.join(lack[:_SHOWN])}{more}; "
-                        f"every prompt needs samples 0..{k - 1} in both arms")
+                        f"every prompt needs samples 0..{k - 1} in both arms (K = {k}, the most any prompt has; "
+                        "indexes count from 0)")
     if k == 1 and any(other.values()):
         parts = [f"{len(ids)} {arm} output(s) answer another prompt text than the battery's under the same id ({_ids(ids)})"
                  for arm, ids in other.items() if ids]

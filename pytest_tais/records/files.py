@@ -72,10 +72,22 @@ def _not_utf8(path: Any, lineno: int, line: bytes, at: int, fix: str = "save the
     return f"{path}:{lineno}: not UTF-8 text (byte 0x{line[at]:02x} at byte {at + 1} of the line); {fix}"
 
 
+def _unreadable(path: Any, exc: OSError) -> str:
+    """A file that cannot be opened: no read permission, or a folder where a file was expected."""
+    if isinstance(exc, IsADirectoryError):
+        return f"{os.fspath(path)}: is a folder, not a file; point the option at a file"
+    return f"{os.fspath(path)}: cannot be read ({exc.strerror or exc}); make it readable (chmod) or point the option at another file"
+
+
 def read_text(path: str | os.PathLike[str], error: type[Exception], prefix: str = "", fix: str = "save the file as UTF-8") -> str:
     """A whole file as text (a leading byte-order mark dropped); bytes that are not UTF-8 raise
     ``error`` naming the file and line."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise  # the callers name a missing file in their own words
+    except OSError as exc:
+        raise error(prefix + _unreadable(path, exc)) from None
     skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         return data[skip:].decode("utf-8")
@@ -103,7 +115,13 @@ def iter_json_lines(path: str | os.PathLike[str], error: type[Exception], prefix
     huge integers) is parsed again by ``json``, so both accept the same files and fail the same way.
     """
     name = os.fspath(path)
-    with open(path, "rb") as fh:
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise  # the callers name a missing file in their own words
+    except OSError as exc:
+        raise error(prefix + _unreadable(path, exc)) from None
+    with fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue

@@ -230,7 +230,7 @@ def _same(text: str) -> str:
 
 def _jsonl_files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.jsonl") if p.is_file())
+        files = _walk_jsonl(path)
         if not files:
             raise RecordError(f"{path}: folder holds no *.jsonl files; point --tais-replay at a JSONL file or a folder of them")
         return files
@@ -239,6 +239,35 @@ def _jsonl_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _walk_jsonl(root: Path) -> list[Path]:
+    """Every ``*.jsonl`` under ``root``, sorted, following symlinked folders (each real folder once:
+    a link back up is no loop); a dangling link or an unreadable folder is an error naming it."""
+    files: list[Path] = []
+    seen: set[str] = set()
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    def unreadable(where: Any, exc: OSError) -> RecordError:
+        return RecordError(f"--tais-replay: {where} cannot be read ({exc.strerror or exc}); make it readable "
+                           "(chmod) or move it out of the replay folder")
+
+    try:
+        for folder, dirs, names in os.walk(root, onerror=fail, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:
+                dirs[:] = []  # a symlink loop, or a second link to a folder already read
+                continue
+            seen.add(real)
+            for name in dirs + names:
+                entry = Path(folder) / name
+                if entry.is_symlink() and not entry.exists():
+                    raise RecordError(f"--tais-replay: {entry} is a dangling symlink (to {os.readlink(entry)}); "
+                                      "fix or remove the link")
+            files.extend(Path(folder) / n for n in names if n.endswith(".jsonl") and (Path(folder) / n).is_file())
+    except OSError as exc:
+        raise unreadable(exc.filename or root, exc) from None
+    return sorted(files)
 def read_generations(path: str | os.PathLike[str]) -> Iterator[Generation]:
     """Yield every record of a JSONL file or of all ``*.jsonl`` files under a folder (sorted).
 

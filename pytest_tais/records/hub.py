@@ -17,6 +17,8 @@ from typing import Any
 #: ``org/name`` with an optional ``@revision`` (a branch, tag or commit sha).
 _REPO_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^\s@]+))?\Z")
 _COMMIT = re.compile(r"[0-9a-f]{40}\Z")
+#: A commit abbreviated as this plugin prints it (``org/name@sha12``), or as git does.
+_SHORT_COMMIT = re.compile(r"[0-9a-f]{7,39}\Z")
 #: Files engines never read; skipping them keeps e.g. Llama's original/ checkpoint (16 GB) off disk.
 IGNORE_PATTERNS = ["original/*", "*.pth", "*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.tflite",
                    "onnx/*", "openvino/*", "coreml/*"]
@@ -81,6 +83,37 @@ def fetch_hint(repo_id: str, revision: str | None, repo_type: str = "model") -> 
     return f"hf download {repo_id}{rev} (huggingface-cli download {repo_id}{rev} with older huggingface_hub)"
 
 
+def _full_commit(repo_dir: Path, revision: str | None) -> str | None:
+    """A short commit sha made whole from the cached snapshots when exactly one starts with it."""
+    snaps = repo_dir / "snapshots"
+    if not revision or not _SHORT_COMMIT.match(revision) or not snaps.is_dir():
+        return revision
+    found = [p.name for p in snaps.iterdir() if _COMMIT.match(p.name) and p.name.startswith(revision)]
+    return found[0] if len(found) == 1 else revision
+
+
+def _missing_snapshot(repo_dir: Path, revision: str | None) -> str | None:
+    """What is missing when a cached ref points at a snapshot folder that is not there."""
+    ref = repo_dir / "refs" / (revision or "main")
+    try:
+        sha = ref.read_text().strip() if ref.is_file() else None
+    except OSError:
+        return None
+    if sha and not (repo_dir / "snapshots" / sha).is_dir():
+        return f"revision {revision or 'main'!r} is commit {sha[:12]}, whose snapshot folder is missing"
+    return None
+
+
+def _incomplete_files(folder: Path, repo_type: str) -> str | None:
+    """A snapshot whose files point at blobs that never arrived, or a model's without its config.json."""
+    dangling = sorted(p.name for p in folder.iterdir() if p.is_symlink() and not p.exists()) if folder.is_dir() else []
+    if dangling:
+        return f"{len(dangling)} file(s) point at missing blobs ({', '.join(dangling[:3])})"
+    if repo_type == "model" and folder.is_dir() and not (folder / "config.json").exists():
+        return "no config.json"
+    return None
+
+
 def _what(repo_type: str) -> str:
     return "dataset" if repo_type == "dataset" else "model"
 
@@ -121,6 +154,7 @@ def resolve_repo(repo_id: str, revision: str | None, *, option: str, repo_type: 
     is_offline = offline()
     label = f"{repo_id}@{revision}" if revision else repo_id
     repo_dir = cache / (f"{what}s--" + repo_id.replace("/", "--"))
+    revision = _full_commit(repo_dir, revision)  # org/name@sha12, as the terminal prints it, is taken back
     patterns = {"allow_patterns": allow_patterns} if allow_patterns is not None else {"ignore_patterns": IGNORE_PATTERNS}
     try:
         folder = huggingface_hub.snapshot_download(
@@ -136,6 +170,10 @@ def resolve_repo(repo_id: str, revision: str | None, *, option: str, repo_type: 
         raise HubError(f"{option}={label}: the hub has no repository {repo_id}, or it is private; check the id, or "
                        "export HF_TOKEN with access; a local folder of that name would win over the id") from None
     except errors.LocalEntryNotFoundError:
+        missing = _missing_snapshot(repo_dir, revision)
+        if missing:
+            raise HubError(f"{option}={label}: incomplete snapshot in the hub cache {cache}: {missing} (an interrupted "
+                           f"download?); fetch it again with `{fetch_hint(repo_id, revision, repo_type)}`") from None
         raise _not_cached(f"{option}={label}", repo_id, revision, repo_dir, cache, is_offline, repo_type) from None
     except errors.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -145,6 +183,10 @@ def resolve_repo(repo_id: str, revision: str | None, *, option: str, repo_type: 
         raise HubError(f"{option}={label}: not a valid hub id ({exc}); give org/name or org/name@REVISION, "
                        f"or a local {what} folder") from None
     path = Path(folder)
+    broken = _incomplete_files(path, repo_type)
+    if broken:
+        raise HubError(f"{option}={label}: incomplete snapshot {path}: {broken} (an interrupted download?); fetch it "
+                       f"again with `{fetch_hint(repo_id, revision, repo_type)}`") from None
     ident = snapshot_identity(path)
     return ResolvedModel(path, repo_id, revision, ident["commit"] if ident else None)
 

@@ -188,6 +188,11 @@ def header_lines(session: Any) -> list[str]:
         p = t.provenance
         lines.append(f"tais: dataset {p['dataset']}@{str(p.get('commit') or '?')[:12]} ({p['licence']}); "
                      + ", ".join(f"{f} sha256 {h[:12]}" for f, h in p["files"].items()))
+    from ..setup.options import given
+
+    read = [f"{o.flag}={session.raw[o.dest]}" for o in given(session.raw) if o.paths]
+    if read:  # relative values made absolute where they were given: which file was read
+        lines.append("tais: paths " + ", ".join(read))
     if session.engine_settings is not None:
         desc = session.engine_settings.describe()
         lines.append("tais: engines " + ", ".join(f"{k}={v}" for k, v in desc.items() if v not in (None, "", {}, [])))

@@ -109,6 +109,10 @@ def _check_statistics(v: Mapping[str, Any]) -> None:
         raise ConfigError(f"--tais-h-null-level={v['tais_h_null_level']!r} must lie in [0.5, 1), e.g. 0.95")
     if v["tais_tost_method"] not in TOST_METHODS:
         raise ConfigError(f"--tais-tost-method={v['tais_tost_method']!r} is unknown; use one of {', '.join(TOST_METHODS)}")
+    report = v["tais_report"]
+    if report is not None and report.exists() and not report.is_dir():  # found now, not after the run
+        raise ConfigError(f"--tais-report={report} is a file; it names the folder that report.json, summary.md and "
+                          f"report.html are written into: give a folder, e.g. --tais-report={report.parent / 'tais-report'}")
     if v["tais_limit"] is not None and v["tais_limit"] < 1:
         raise ConfigError(f"--tais-limit={v['tais_limit']} must be at least 1")
     if not (0 <= v["tais_null_runs"] <= 20):

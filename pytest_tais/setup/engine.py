@@ -187,6 +187,9 @@ class EngineSettings:
             object.__setattr__(self, "draft", Path(self.draft))
         if self.role not in ("screen", "judge"):
             raise bad("role", f"unknown role {self.role!r}; use screen or judge")
+        if self.record is not None and Path(self.record).is_dir():  # found now, not after generating everything
+            raise bad(f"--tais-record={self.record}", "is a folder; give the replay file to write, e.g. "
+                      f"--tais-record={Path(self.record) / 'outputs.jsonl'}")
         if self.backend not in BACKENDS:
             raise bad("--tais-backend", f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)} (recorded outputs: --tais-replay)")
         if self.spec_method not in SPEC_METHODS:
@@ -367,6 +370,12 @@ class EngineSettings:
         if self.spec_method in DRAFT_FOLDER_METHODS and self.draft is None and self.role == "screen":
             raise bad("--tais-draft", f"missing; the {self.spec_method} method needs a draft folder ({SPEC_METHOD_DRAFTS[self.spec_method]}); "
                       "ngram, suffix and mtp need none")
+        if self.spec_method == "eagle3" and self.draft is not None and self.role == "screen":
+            ordinary = _ordinary_architectures(self.draft)
+            if ordinary:  # vLLM would fail inside the engine start, naming the target
+                raise bad("--tais-draft", f"{self.draft} is an ordinary model ({', '.join(ordinary)}), not an EAGLE-3 head; "
+                          "--tais-spec-method=eagle3 needs a head trained for it (architectures such as LlamaForCausalLMEagle3); "
+                          "screen an ordinary draft with --tais-spec-method=draft_model")
         for option, value in (("--tais-target-url", self.target_url), ("--tais-speculative-url", self.speculative_url),
                               ("--tais-served-model", self.served_model), ("--tais-api-key-env", self.api_key_env)):
             if value is not None:
@@ -533,3 +542,17 @@ class EngineSettings:
             "record": str(self.record) if self.record else None,
         }
         return out
+
+
+def _ordinary_architectures(folder: Path) -> list[str]:
+    """The architectures ``folder/config.json`` states when none of them is an EAGLE-3 head; [] otherwise
+    (a head, or a config that states none: the engine then judges)."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    archs = cfg.get("architectures") if isinstance(cfg, dict) else None
+    if not isinstance(archs, list) or not archs or "draft_vocab_size" in cfg or cfg.get("speculators_model_type"):
+        return []
+    names = [str(a) for a in archs]
+    return [] if any("eagle" in a.lower() for a in names) else names

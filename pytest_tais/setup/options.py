@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,6 +38,14 @@ class Option:
     stage: str = "core"
     #: The matrix axis this option expands along when it lists several values (``--tais-dtype=a,b``).
     axis: str | None = None
+    #: What in the value is a path, resolved where it was given (see :func:`resolve_paths`):
+    #: "path" (the whole value; every "path" kind), "model" (a folder or a hub id), "models"
+    #: (NAME=PATH,...), "battery" (the --tais-battery sources) or "judge" (model:FOLDER).
+    paths: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "path" and self.paths is None:
+            object.__setattr__(self, "paths", "path")
 
     @property
     def dest(self) -> str:
@@ -62,15 +71,17 @@ def _engine(name: str, help: str, kind: str = "str", default: Any = None, **kw: 
 
 OPTIONS: tuple[Option, ...] = (
     # -- what to screen
-    _core("tais-target", "target model (a local folder) for both arms; starts real engines"),
-    _core("tais-draft", "draft model for the speculative arm (or name=PATH,name=PATH: one configuration each)", axis="draft"),
+    _core("tais-target", "target model (a local folder) for both arms; starts real engines", paths="model"),
+    _core("tais-draft", "draft model for the speculative arm (or name=PATH,name=PATH: one configuration each)", axis="draft",
+          paths="models"),
     _core("tais-target-url", "openai backend: base URL of the target-only server (vllm serve), e.g. http://10.0.0.5:8000"),
     _core("tais-replay", "gate recorded outputs: a JSONL file or a folder of them; starts no engine", "path"),
-    _core("tais-battery", "battery sources, comma-separated (e.g. example, advbench:PATH, tasks.jsonl)"),
+    _core("tais-battery", "battery sources, comma-separated (e.g. example, advbench:PATH, tasks.jsonl)", paths="battery"),
     _core("tais-tasks", "select tasks by name or glob, comma-separated"),
     _core("tais-limit", "keep only the first N prompts of each task (a quick run)", "int"),
     _core("tais-judge", "refusal judge: default, module:callable, model:FOLDER or model:http://HOST:PORT, or a named "
-                        "safety judge llamaguard3:|llamaguard3-1b:|wildguard:|harmbench:|shieldgemma: FOLDER, ORG/NAME or URL"),
+                        "safety judge llamaguard3:|llamaguard3-1b:|wildguard:|harmbench:|shieldgemma: FOLDER, ORG/NAME or URL",
+          paths="judge"),
     # -- the statistics
     _core("tais-margin", "equivalence margin for the refusal-rate difference", "float", levels.MARGIN),
     _core("tais-alpha", "TOST level", "float", levels.ALPHA),
@@ -150,19 +161,108 @@ def register(parser: Any) -> None:
         parser.addini(opt.dest, help=opt.help, default="")
 
 
-def read(config: Any) -> dict[str, Any]:
-    """The raw value of every option that is set (command line, else ini), keyed by dest."""
+def read(config: Any, error: type[Exception] = OptionError) -> dict[str, Any]:
+    """The raw value of every option that is set (command line, else ini), keyed by dest.
+
+    Relative paths are made absolute where they were given, as pytest does for its own paths: a
+    command-line value from the folder pytest was started in, an ini value from the ini file's
+    folder. A command-line value that is empty or blank is an ``error`` (the plugin's: a usage
+    error): ``--tais-baseline=$UNSET`` must not drop the comparison, nor ``--tais-margin=`` the ini's margin.
+    """
+    try:
+        return _read(config)
+    except OptionError as exc:
+        raise exc if error is OptionError else error(str(exc)) from None
+
+
+def _read(config: Any) -> dict[str, Any]:
+    check_repeats(config.invocation_params.args)
+    cwd = Path(config.invocation_params.dir)
+    inipath = getattr(config, "inipath", None)
+    inidir = Path(inipath).parent if inipath else Path(str(config.rootpath))
     out: dict[str, Any] = {}
     for opt in OPTIONS:
-        value = config.getoption(opt.dest, default=None)
+        value, base = config.getoption(opt.dest, default=None), cwd
+        if isinstance(value, str) and value.strip() == "":
+            raise OptionError(
+                f"{opt.flag} is given an empty value{' ' + repr(value) if value else ''} (an unset environment variable?); "
+                f"give it a value, or leave {opt.flag} out to use the ini file's {opt.dest} or the default"
+            )
         if value is None:
-            value = config.getini(opt.dest)
+            value, base = config.getini(opt.dest), inidir
             if isinstance(value, list):  # a bare ini list: take it as one text
                 value = " ".join(value)
         if value is None or (isinstance(value, str) and value.strip() == ""):
-            continue
-        out[opt.dest] = value
+            continue  # an empty ini line is "unset", as for pytest's own ini keys
+        out[opt.dest] = resolve_paths(opt, value, base)
     return out
+
+
+def check_repeats(args: Any) -> None:
+    """A value-taking option typed twice on the command line is a usage error, not "the last one wins".
+
+    Only the command line as typed counts: ``addopts`` and ``PYTEST_ADDOPTS`` values are
+    overridden by it, as pytest does.
+    """
+    seen: dict[str, list[str]] = {}
+    flags = {o.flag: o for o in OPTIONS if o.kind != "flag"}
+    tokens = [str(a) for a in args or ()]
+    for i, token in enumerate(tokens):
+        if token == "--":
+            break
+        flag, eq, value = token.partition("=")
+        if flag in flags:
+            shown = value if eq else "(no value)" if flags[flag].kind == "bool" else tokens[i + 1] if i + 1 < len(tokens) else ""
+            seen.setdefault(flag, []).append(shown)
+    for flag, given_values in seen.items():
+        if len(given_values) > 1:
+            listing = " and ".join(repr(v) for v in given_values)
+            hint = (f"; for several, give one comma-separated value ({flag}={','.join(given_values)})"
+                    if flags[flag].axis or flags[flag].paths == "battery" or flag == "--tais-tasks" else "")
+            raise OptionError(f"{flag} is given {len(given_values)} times ({listing}); give it once{hint}")
+
+
+#: A hub id (org/name[@REVISION]) or a served model's name: kept as given when no such folder exists.
+_ID_OR_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?(?:@[^\s@]+)?\Z")
+
+
+def _absolute(text: str, base: Path, *, only_existing: bool = False) -> str:
+    """``text`` as an absolute path under ``base``; with ``only_existing`` a value that names no
+    folder there and reads as a hub id or a served model's name is left as given."""
+    stripped = text.strip()
+    p = Path(stripped).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if only_existing and not (base / p).exists() and _ID_OR_NAME.match(stripped):
+        return text
+    return str(base / p)
+
+
+def resolve_paths(opt: Option, value: Any, base: Path) -> Any:
+    """``value`` with its relative paths made absolute under ``base`` (see :attr:`Option.paths`)."""
+    if not isinstance(value, str) or opt.paths is None:
+        return value
+    if opt.paths == "path":
+        return _absolute(value, base)
+    if opt.paths == "model":
+        return _absolute(value, base, only_existing=True)
+    if opt.paths == "models":
+        parts = []
+        for part in value.split(","):
+            name, sep, path = part.partition("=")
+            parts.append(f"{name}={_absolute(path, base, only_existing=True)}" if sep
+                         else _absolute(part, base, only_existing=True) if part.strip() else part)
+        return ",".join(parts)
+    if opt.paths == "judge":
+        kind, sep, rest = value.strip().partition(":")
+        if kind == "model" and rest.strip() and not rest.strip().startswith(("http://", "https://")):
+            return f"model:{_absolute(rest, base, only_existing=True)}"
+        return value
+    if opt.paths == "battery":
+        from .battery.spec import absolute_spec
+
+        return absolute_spec(value, base)
+    raise AssertionError(opt.paths)
 
 
 def convert(opt: Option, raw: Any, rootdir: Path) -> Any:
