@@ -627,3 +627,37 @@ def test_hf_lossy_loop_with_kv_caches_equals_the_uncached_loop(acceptance, tmp_p
         assert 0 < counters["num_accepted_tokens"] < counters["num_draft_tokens"]
     finally:
         backend.close()
+
+
+# -- the hf backend stores its answers call by call -----------------------------------------------
+@pytest.mark.hf
+def test_an_interrupted_hf_run_keeps_all_but_the_last_few_answers(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from pytest_tais.engines import EngineSettings, run_arms
+    from pytest_tais.engines import hf
+    from pytest_tais.records.generation import SPECULATIVE
+
+    from tests.engine_models import build_tiny_models
+
+    target, draft = build_tiny_models(tmp_path / "models")
+    settings = EngineSettings(target=target, draft=draft, backend="hf", cache_dir=tmp_path / "c", max_tokens=8)
+    prompts = battery()[:20]
+    calls: list[tuple[str, int]] = []
+    generate = hf.HFBackend.generate
+
+    def interrupted(self, texts, **kw):
+        if self.spec.arm == SPECULATIVE and sum(a == SPECULATIVE for a, _ in calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the fourth speculative call
+        calls.append((self.spec.arm, len(texts)))
+        return generate(self, texts, **kw)
+
+    monkeypatch.setattr(hf.HFBackend, "generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_arms(settings, prompts, shared_dir=tmp_path, progress=False)
+    assert [n for a, n in calls if a == SPECULATIVE] == [hf.SPECULATIVE_PER_CALL] * 3
+    assert [n for a, n in calls if a != SPECULATIVE] == [hf.GREEDY_BATCH, 20 - hf.GREEDY_BATCH]
+    monkeypatch.setattr(hf.HFBackend, "generate", generate)
+    again = run_arms(settings, prompts, shared_dir=tmp_path, progress=False)
+    # Only what the interrupted call had in hand is generated again.
+    assert again.metrics[SPECULATIVE]["generated"] == 20 - 3 * hf.SPECULATIVE_PER_CALL
+    assert again.metrics["target"]["generated"] == 0

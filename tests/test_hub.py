@@ -132,7 +132,7 @@ def test_a_printed_short_commit_is_taken_back(hub: Path, tmp_path: Path) -> None
     printed = f"tiny-org/target@{TARGET_SHA[:12]}"  # as describe() prints it
     resolved = resolve_model("--tais-target", printed, tmp_path)
     assert resolved.commit == TARGET_SHA
-    from pytest_tais.engines.hub import describe
+    from pytest_tais.records.hub import describe
 
     assert describe(resolved.folder) == printed
 

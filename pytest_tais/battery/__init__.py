@@ -23,7 +23,7 @@ from . import advbench, generic, harmbench, jbb, strongreject, xstest
 from .base import BatteryError, Prompt, Task
 from .jsonl import load_jsonl
 from .selection import select_tasks
-from .spec import PUBLISHED_NAMES, Source, check_options, parse_source, split_spec
+from ..setup.battery_spec import PUBLISHED_NAMES, Source, check_options, parse_source, split_spec
 
 __all__ = ["BatteryError", "Prompt", "Task", "load_battery", "load_source", "select_tasks", "KINDS"]
 

@@ -6,7 +6,7 @@ One task, ``advbench``; prompt ids are the 0-based data-row numbers (the file ha
 from __future__ import annotations
 
 from .base import Task
-from .spec import Source, check_options
+from ..setup.battery_spec import Source, check_options
 from .table import open_table, text_value
 
 KIND = "advbench"

@@ -13,8 +13,7 @@ from typing import Any, Mapping
 from ..records.generation import METRICS  # noqa: F401  (one home: the record format)
 
 
-class BatteryError(ValueError):
-    """A battery source is missing or malformed. The message names the input and the fix."""
+from ..errors import BatteryError  # noqa: F401  (its home is errors: the option's syntax raises it too)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import METRICS, BatteryError, Task
-from .spec import Source, check_options
+from ..setup.battery_spec import Source, check_options
 from .table import Row, TaskBuilder, read_csv, read_jsonl_rows, read_yaml_rows, require_file, slug, text_value
 
 FORMATS = ("csv", "tsv", "jsonl", "yaml")

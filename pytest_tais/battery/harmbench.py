@@ -12,7 +12,7 @@ the answer against reference texts, not by refusal. Options: ``by=functional`` (
 from __future__ import annotations
 
 from .base import BatteryError, Task
-from .spec import Source, check_options, option_list
+from ..setup.battery_spec import Source, check_options, option_list
 from .table import open_table, slug, text_value
 
 KIND = "harmbench"

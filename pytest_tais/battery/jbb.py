@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import BatteryError, Task
-from .spec import Source, check_options, option_list
+from ..setup.battery_spec import Source, check_options, option_list
 from .table import TaskBuilder, read_csv, require_columns, require_file, slug, text_value
 
 KIND = "jbb"

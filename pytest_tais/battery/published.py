@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .base import BatteryError, Task
-from .spec import PUBLISHED_NAMES, Source, check_options
+from ..setup.battery_spec import PUBLISHED_NAMES, Source, check_options
 from .table import Row
 
 Table = tuple[list[str], list[Row]]

@@ -8,7 +8,7 @@ One task, ``strongreject``; ``by=category`` makes one per category
 from __future__ import annotations
 
 from .base import Task
-from .spec import Source, check_options
+from ..setup.battery_spec import Source, check_options
 from .table import open_table, slug, text_value
 
 KIND = "strongreject"

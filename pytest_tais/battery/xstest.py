@@ -11,7 +11,7 @@ is meant to go.
 from __future__ import annotations
 
 from .base import BatteryError, Task
-from .spec import Source, check_options
+from ..setup.battery_spec import Source, check_options
 from .table import open_table, slug, text_value
 
 KIND = "xstest"

@@ -259,7 +259,7 @@ def resolve_paths(opt: Option, value: Any, base: Path) -> Any:
             return f"model:{_absolute(rest, base, only_existing=True)}"
         return value
     if opt.paths == "battery":
-        from .battery.spec import absolute_spec
+        from .battery_spec import absolute_spec
 
         return absolute_spec(value, base)
     raise AssertionError(opt.paths)

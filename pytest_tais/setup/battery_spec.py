@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from .base import BatteryError
+from ..errors import BatteryError
 
 _KIND_RE = re.compile(r"([a-z][a-z0-9_-]+):(.*)", re.DOTALL)
 #: Benchmarks resolved by name from their hub dataset repositories (``published.py`` holds where).
@@ -79,8 +79,8 @@ def absolute_spec(spec: str, base_dir: str | Path) -> str:
         head = head.strip()
         m = _KIND_RE.fullmatch(head)
         kind, raw_path = (m.group(1), m.group(2).strip()) if m else (None, head)
-        if head == "example" or not raw_path:
-            out.append(part)  # parse_source names what is wrong with an empty path
+        if head == "example" or _PUBLISHED_RE.fullmatch(head) or not raw_path:
+            out.append(part)  # a name, not a path; parse_source names what is wrong with an empty path
             continue
         path = Path(raw_path).expanduser()
         path = path if path.is_absolute() else Path(base_dir) / path
