@@ -403,3 +403,11 @@ def test_duplicate_task_names_across_sources(tmp_path):
     assert counts(load_battery(f"strongreject:{path},strongreject:{tmp_path}?prefix=again_")) == {
         "strongreject": 1, "again_strongreject": 1,
     }
+
+
+def test_the_option_reader_resolves_paths_but_keeps_published_names(tmp_path):
+    from pytest_tais.setup.battery_spec import absolute_spec
+
+    spec = absolute_spec("advbench,xstest@v2,example,tasks.jsonl,harmbench:hb.csv?functional=standard", tmp_path)
+    assert spec.split(",") == ["advbench", "xstest@v2", "example", str(tmp_path / "tasks.jsonl"),
+                               f"harmbench:{tmp_path / 'hb.csv'}?functional=standard"]
