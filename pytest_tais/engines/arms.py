@@ -138,6 +138,7 @@ def _fill(
         # Logged before the engine starts, so a run killed on the way stays in the log as "running".
         entry_id = store.log_engine_start({**run, "status": "running"})
         try:
+            backend.plan([u.text for u in missing])
             size = backend.prompts_per_call()
             for start in range(0, len(missing), size):
                 chunk = missing[start:start + size]
