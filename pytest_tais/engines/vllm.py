@@ -151,16 +151,13 @@ def _model_limit(folder: Any) -> int | None:
     return limit if isinstance(limit, int) and limit > 0 else None
 
 
-def needed_model_len(settings: Any, spec: ArmSpec, mode: str, texts: Sequence[str]) -> int | None:
-    """The longest prompt as the engine sees it (chat template applied), plus --tais-max-tokens and
-    the speculative lookahead, rounded up to :data:`MODEL_LEN_STEP`; None where that is not below
-    the model's own limit (vLLM's default then stands) or the tokenizer cannot be read."""
-    try:
-        from transformers import AutoTokenizer
+_LONGEST: dict[tuple, int] = {}
 
-        tok = AutoTokenizer.from_pretrained(str(spec.model), trust_remote_code=settings.trust_remote_code)
-    except Exception:  # vLLM reads the tokenizer itself and reports what is wrong with it
-        return None
+
+def _longest_prompt(settings: Any, spec: ArmSpec, mode: str, texts: Sequence[str]) -> int:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(spec.model), trust_remote_code=settings.trust_remote_code)
     system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
     prefix = f"{settings.system_prompt}\n\n" if settings.system_prompt else ""
     longest = 0
@@ -171,6 +168,22 @@ def needed_model_len(settings: Any, spec: ArmSpec, mode: str, texts: Sequence[st
         else:
             ids = tok(prefix + text)["input_ids"]
         longest = max(longest, len(ids))
+    return longest
+
+
+def needed_model_len(settings: Any, spec: ArmSpec, mode: str, texts: Sequence[str]) -> int | None:
+    """The longest prompt as the engine sees it (chat template applied), plus --tais-max-tokens and
+    the speculative lookahead, rounded up to :data:`MODEL_LEN_STEP`; None where that is not below
+    the model's own limit (vLLM's default then stands) or the tokenizer cannot be read."""
+    import hashlib
+
+    key = (str(spec.model), mode, settings.system_prompt, hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest())
+    if key not in _LONGEST:  # the target-only and speculative arms share the target's count
+        try:
+            _LONGEST[key] = _longest_prompt(settings, spec, mode, texts)
+        except Exception:  # vLLM reads the tokenizer itself and reports what is wrong with it
+            return None
+    longest = _LONGEST[key]
     lookahead = settings.num_speculative_tokens if spec.method is not None else 0
     need = longest + settings.max_tokens + lookahead + 1
     need = -(-need // MODEL_LEN_STEP) * MODEL_LEN_STEP
