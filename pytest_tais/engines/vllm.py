@@ -275,6 +275,8 @@ class VllmBackend(Backend):
             where = f", engine core in a spawned process: {'ngram loads numba' if method in NUMBA_METHODS else 'numba is loaded here'}"
         if not env:
             self._free_before = device.free_memory()
+        if self._needed_len is not None and self.settings.max_model_len is None:
+            where += f", context {self._needed_len} tokens (what the prompts need)"
         if getattr(self.settings, "batch_invariant", False):
             env = {**(env or {}), device.BATCH_INVARIANT_ENV: "1"}
         self._count_start()
