@@ -33,8 +33,10 @@ def test_the_lifeline_target_wrapper_pickles_and_runs_the_target() -> None:
     assert wrapped.target is os.path.join and wrapped.parent_pid == os.getppid()
 
 
-def test_a_child_started_inside_the_block_dies_with_its_parent(tmp_path: Path) -> None:
-    """A parent that starts a spawn child in the block, then is killed: the child goes too."""
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
+def test_a_child_started_inside_the_block_dies_with_its_parent(tmp_path: Path, method: str) -> None:
+    """A parent that starts a child in the block (each start method), then is killed: the child
+    runs until then, and goes too. A fork server's child has the server, not the starter, as parent."""
     psutil = pytest.importorskip("psutil")
     script = tmp_path / "parent.py"
     script.write_text(
@@ -42,7 +44,7 @@ def test_a_child_started_inside_the_block_dies_with_its_parent(tmp_path: Path) -
         "from pytest_tais.engines.lifeline import engines_die_with_parent\n"
         "if __name__ == '__main__':\n"
         "    with engines_die_with_parent():\n"
-        "        p = mp.get_context('spawn').Process(target=time.sleep, args=(120,))\n"
+        f"        p = mp.get_context({method!r}).Process(target=time.sleep, args=(120,))\n"
         "        p.start()\n"
         "    print(p.pid, flush=True)\n"
         "    time.sleep(120)\n"
@@ -50,7 +52,8 @@ def test_a_child_started_inside_the_block_dies_with_its_parent(tmp_path: Path) -
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     child = psutil.Process(int(proc.stdout.readline()))
-    time.sleep(1.0)  # let the child arm its signal
+    time.sleep(1.5)  # let the child arm its signal
+    assert child.is_running() and child.status() != psutil.STATUS_ZOMBIE, f"the {method} child exited at its start"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     try:

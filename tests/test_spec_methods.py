@@ -55,7 +55,7 @@ def test_the_methods_are_vllms() -> None:
     assert set(SPEC_METHODS) <= offered
 
 
-@pytest.mark.parametrize("method", ["draft_model", "eagle", "eagle3", "medusa", "mlp_speculator"])
+@pytest.mark.parametrize("method", ["draft_model", "eagle", "eagle3", "medusa"])
 def test_methods_with_a_draft_folder_pass_it_as_the_model(pytester, fake_models, method) -> None:
     _, head = fake_models
     s = _settings(pytester, "--tais-draft=m/head", f"--tais-spec-method={method}", "--tais-num-speculative-tokens=3")

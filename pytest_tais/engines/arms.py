@@ -118,6 +118,7 @@ def _generate_missing(backend: Backend, shard: Shard, units: Sequence[Any], miss
     counters: dict[str, int] = {}
     # A backend may judge its own outputs (the openai one accepts usage counts for absent token ids).
     check = getattr(backend, "check_outputs", check_outputs)
+    backend.plan([u.text for u in missing])
     size = backend.prompts_per_call()
     for start in range(0, len(missing), size):
         chunk = missing[start:start + size]

@@ -125,6 +125,9 @@ class Backend(abc.ABC):
         """Prompts per ``generate`` call; the outputs are stored after each, so a rerun resumes."""
         return self.settings.chunk_size
 
+    def plan(self, texts: Sequence[str]) -> None:
+        """Told, before the engine starts, every prompt this engine will answer (vLLM sizes its context by them)."""
+
     @abc.abstractmethod
     def close(self) -> None:
         """Free the engine (idempotent)."""

