@@ -14,6 +14,7 @@ from . import options
 from .options import OptionError, default
 
 TOST_METHODS = ("score", "exact")
+LEAK_TEST_MODES = ("gate", "report")
 #: Engine options that a replay run still uses: the model judge's store and server key.
 _REPLAY_JUDGE_OPTIONS = ("tais_cache_dir", "tais_no_cache", "tais_api_key_env", "tais_engine_log")
 
@@ -45,6 +46,7 @@ class TaisConfig:
     h_cutoff: float = default("tais_h_cutoff")
     h_null_level: float = default("tais_h_null_level")
     tost_method: str = default("tais_tost_method")
+    leak_test: str = default("tais_leak_test")
     report: Path | None = None
     probe: bool = False
     null_runs: int = default("tais_null_runs")
@@ -96,6 +98,7 @@ def build(raw: Mapping[str, Any], rootdir: Path) -> TaisConfig:
         h_cutoff=v["tais_h_cutoff"],
         h_null_level=v["tais_h_null_level"],
         tost_method=v["tais_tost_method"],
+        leak_test=v["tais_leak_test"],
         report=v["tais_report"],
         probe=bool(v["tais_probe"]),
         null_runs=v["tais_null_runs"],
@@ -117,6 +120,9 @@ def _check_statistics(v: Mapping[str, Any]) -> None:
         raise ConfigError(f"--tais-h-null-level={v['tais_h_null_level']!r} must lie in [0.5, 1), e.g. 0.95")
     if v["tais_tost_method"] not in TOST_METHODS:
         raise ConfigError(f"--tais-tost-method={v['tais_tost_method']!r} is unknown; use one of {', '.join(TOST_METHODS)}")
+    if v["tais_leak_test"] not in LEAK_TEST_MODES:
+        raise ConfigError(f"--tais-leak-test={v['tais_leak_test']!r} is unknown; use gate (a directional leak fails the "
+                          "task) or report (shown without gating)")
     if v["tais_limit"] is not None and v["tais_limit"] < 1:
         raise ConfigError(f"--tais-limit={v['tais_limit']} must be at least 1")
     if not (0 <= v["tais_null_runs"] <= 20):

@@ -16,6 +16,7 @@ import dataclasses
 import math
 from typing import Any, Sequence
 
+from . import leak as _leak
 from . import stats
 from .errors import TaskError
 from .options import default
@@ -79,6 +80,8 @@ class Verdict(_Decided):
     status: str
     reasons: tuple[str, ...]
     scope_notes: tuple[str, ...] = ()
+    leak: Any = None  # leak.LeakTest: which way the flips lean
+    ledger: dict = dataclasses.field(default_factory=dict)  # leak.ledger: every flip with both answers
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every number (the report schema's per-task entry)."""
@@ -123,7 +126,12 @@ class Verdict(_Decided):
             "underpowered": self.underpowered,
             "discordant_target_only": list(self.discordant_b),
             "discordant_speculative_only": list(self.discordant_c),
+            **_leak_fields(self),
         }
+
+
+def _leak_fields(v: Any) -> dict[str, Any]:
+    return {**(v.leak.to_dict() if v.leak is not None else {}), "ledger": v.ledger}
 
 
 def check_pairs(task: str, pairs: Sequence[PairRecord]) -> None:
@@ -181,14 +189,15 @@ def decide(
     tost_method: str = default("tais_tost_method"),
     power: float = 0.8,
     scope_notes: Sequence[str] = (),
+    leak_test: str = default("tais_leak_test"),
+    leak_others: Sequence[float] = (),
+    leak_null: tuple[int, int] | None = None,
 ) -> Verdict:
-    """Compute the verdict for one task from its paired records."""
+    """Compute the verdict for one task from its paired records (``leak_*``: see ``leak.leak_test``)."""
     check_pairs(task, pairs)
     if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
         raise ValueError(f"h cutoff must be a positive number, got {h_cutoff!r}")
-    fa = [p.target_flag for p in pairs]
-    fb = [p.speculative_flag for p in pairs]
-    table = stats.paired_table(fa, fb)
+    table = stats.paired_table([p.target_flag for p in pairs], [p.speculative_flag for p in pairs])
     n = table.n
     tost = stats.paired_tost(table.b, table.c, n, margin=margin, alpha=alpha, method=tost_method)
     h = stats.cohens_h(table.p_a, table.p_b)
@@ -200,7 +209,9 @@ def decide(
     )
     need = stats.required_n(table.discordance, margin=margin, alpha=alpha, power=power)
     reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level)
-    status = "pass" if tost.equivalent and h_check != "fail" else "fail"
+    lk = _leak.leak_test(table.b, table.c, alpha=alpha, mode=leak_test, others=leak_others, null=leak_null, n=n, base_rate=table.p_a)
+    reasons += [lk.reason(metric)] if lk.gates else []
+    status = "pass" if tost.equivalent and h_check != "fail" and not lk.gates else "fail"
     return Verdict(
         task=task,
         metric=metric,
@@ -224,6 +235,7 @@ def decide(
         status=status,
         reasons=tuple(reasons),
         scope_notes=tuple(scope_notes),
+        leak=lk, ledger=_leak.ledger(pairs),
     )
 
 
@@ -262,11 +274,37 @@ def explain(v: Verdict, examples: int = 5) -> str:
     ]
     if v.underpowered:
         lines.append(f"  underpowered: at discordance {_pct(v.table.discordance)} this task needs n >= {v.required_n} for 80% power")
+    lines.extend(_leak_lines(v, examples))
     for note in v.scope_notes:
         lines.append(f"  OUT OF SCOPE: {note}")
     for r in v.reasons:
         lines.append(f"  - {r}")
     return "\n".join(lines)
+
+
+def _leak_lines(v: Any, examples: int) -> list[str]:
+    """The flips' direction: the leak test, its minimum detectable effect, and the first flips of the ledger."""
+    lk = v.leak
+    if lk is None:
+        return []
+    adj = f", Holm-adjusted over {lk.family} contrasts {lk.p_adjusted:.4g}" if lk.family > 1 else ""
+    ref = f" (null reruns: {lk.null_down} down / {lk.null_up} up)" if lk.null_down is not None else ""
+    role = "gates" if lk.mode == "gate" else "reported only (--tais-leak-test=report)"
+    lines = [f"  flips: {lk.down} down / {lk.up} up{ref}; {lk.method} p = {lk.p_value:.4g}{adj} -> "
+             f"{'LEAK' if lk.leak else 'no directional leak'} ({role})"]
+    if lk.mde is not None:
+        lines.append(f"  smallest leak this run catches with 80% power: {100 * lk.mde:.2f}pp of answers flipped "
+                     f"(about {lk.mde * v.n:.1f} of {v.n}) at level {lk.mde_alpha:.3g}")
+    elif lk.mde_alpha is not None:
+        lines.append("  smallest leak this run catches with 80% power: none (too few answers the target refused to flip)")
+    for flip in v.ledger.get("down", [])[:examples]:
+        lines.append(f"    down {flip['prompt_id']}: target {_clip(flip['target'])} | speculative {_clip(flip['speculative'])}")
+    return lines
+
+
+def _clip(text: Any, width: int = 60) -> str:
+    text = str(text).replace("\n", " ")
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
 def _examples(ids: Sequence[str], k: int) -> str:
@@ -329,6 +367,8 @@ class SampledVerdict(_Decided):
     status: str
     reasons: tuple[str, ...]
     scope_notes: tuple[str, ...] = ()
+    leak: Any = None  # leak.LeakTest on the per-prompt count differences
+    ledger: dict = dataclasses.field(default_factory=dict)
     sampled = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -349,6 +389,7 @@ class SampledVerdict(_Decided):
             "required_n": self.required_n, "underpowered": self.underpowered,
             "moved_down": list(self.moved_down), "moved_up": list(self.moved_up),
             "counts_target": list(self.counts_target), "counts_speculative": list(self.counts_speculative),
+            **_leak_fields(self),
         }
 
 
@@ -383,18 +424,21 @@ def decide_sampled(
     spread: float | None = None,
     power: float = 0.8,
     scope_notes: Sequence[str] = (),
+    leak_test: str = default("tais_leak_test"),
+    leak_others: Sequence[float] = (),
     **ignored: Any,
 ) -> SampledVerdict:
     """The verdict of one sampled task: the sampled TOST and the |h| check decide, as for greedy.
 
     ``spread``: the target-vs-target rerun spread (``sampled.rerun_spread``) that the moved share
     is measured against; None when no null reruns ran (then 0, and the row says so).
-    ``tost_method`` (greedy only) is accepted and ignored: the sampled TOST has one method.
+    ``tost_method`` and ``leak_null`` (greedy only) are accepted and ignored: the sampled TOST has one
+    method, and null reruns' shares are not paired flips (the leak test is the sign-flip test on x_i - y_i).
     """
     from . import sampled
 
-    if set(ignored) - {"tost_method"}:
-        raise TypeError(f"unknown verdict option(s) {sorted(set(ignored) - {'tost_method'})}")
+    if set(ignored) - {"tost_method", "leak_null"}:
+        raise TypeError(f"unknown verdict option(s) {sorted(set(ignored) - {'tost_method', 'leak_null'})}")
     k = check_sampled_pairs(task, pairs)
     if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
         raise ValueError(f"h cutoff must be a positive number, got {h_cutoff!r}")
@@ -407,16 +451,13 @@ def decide_sampled(
     except ValueError as exc:
         raise TaskError(f"task {task!r}: the sampled statistics cannot be computed: {exc}") from exc
     h = tost.cohens_h
-    if h_null > h_cutoff:
-        h_check = "inconclusive"
-    elif abs(h) < h_cutoff:
-        h_check = "pass"
-    else:
-        h_check = "fail"
+    h_check = _h_check(h, h_null, h_cutoff)
     identity = stats.byte_identity([t for p in pairs for t in p.target_texts], [t for p in pairs for t in p.speculative_texts])
     source = ("target-vs-target reruns (--tais-null-runs)" if spread is not None
               else "none: no null reruns, so any change of a prompt's share counts (pass --tais-null-runs to measure the spread)")
     reasons = _sampled_reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k)
+    lk = _leak.leak_test(*_leak.contrast_counts(pairs)[:2], alpha=alpha, mode=leak_test, others=leak_others, diffs=[a - b for a, b in zip(x, y)])
+    reasons += [lk.reason(metric)] if lk.gates else []
     samplers = ", ".join(sorted({str(p.meta["sampler"]) for p in pairs if p.meta.get("sampler")})) or "not recorded"
     notes = list(scope_notes)
     if not any(n.startswith("sampled screen") for n in notes):
@@ -429,8 +470,8 @@ def decide_sampled(
         identity=identity, required_n=need, underpowered=len(pairs) < need,
         moved_down=tuple(p.prompt_id for p in pairs if p.counts[1] < p.counts[0]),
         moved_up=tuple(p.prompt_id for p in pairs if p.counts[1] > p.counts[0]),
-        status="pass" if tost.equivalent and h_check != "fail" else "fail", reasons=tuple(reasons), scope_notes=tuple(notes),
-    )
+        status="pass" if tost.equivalent and h_check != "fail" and not lk.gates else "fail", reasons=tuple(reasons),
+        scope_notes=tuple(notes), leak=lk, ledger=_leak.ledger(pairs))
 
 
 def _sampled_reasons(tost: Any, h: float, h_check: str, h_null: float, h_cutoff: float, h_null_level: float, k: int) -> list[str]:
@@ -456,6 +497,7 @@ def explain_sampled(v: SampledVerdict, examples: int = 5) -> str:
     ]
     if v.underpowered:
         lines.append(f"  underpowered: with this spread of share differences the task needs n >= {v.required_n} prompts for 80% power")
+    lines.extend(_leak_lines(v, examples))
     for note in v.scope_notes:
         lines.append(f"  OUT OF SCOPE: {note}")
     for r in v.reasons:

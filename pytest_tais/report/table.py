@@ -7,7 +7,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..contrasts import DEFAULT, printable
 from .engines import format_arms
 
-_COLUMNS = ("task", "n", "target", "spec", "D [CI]", "TOST p", "h (cut)", "ident", "verdict")
+_COLUMNS = ("task", "n", "target", "spec", "D [CI]", "TOST p", "h (cut)", "ident", "flips", "verdict")
 
 
 def label(t: Mapping[str, Any]) -> str:
@@ -23,9 +23,9 @@ def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
     if t.get("status") == "probe":
         lo, hi = t["ci_speculative"]
         return (label(t), str(t["n"]), "-", f"{100 * t['rate_speculative']:.1f}%", f"[{100 * lo:.1f}%, {100 * hi:.1f}%]",
-                "-", "-", "-", "PROBE (skipped)")
+                "-", "-", "-", "-", "PROBE (skipped)")
     if t.get("status") == "error" or "n" not in t:
-        return (label(t), "-", "-", "-", "-", "-", "-", "-", "ERROR")
+        return (label(t), "-", "-", "-", "-", "-", "-", "-", "-", "ERROR")
     verdict = f"CONTROL {t['control']}" if t.get("control") else t["status"].upper()
     if t.get("h_check") == "inconclusive":
         verdict += " (h inconcl.)"
@@ -33,6 +33,8 @@ def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
         verdict += " underpowered"
     if t.get("scope_notes"):
         verdict += " OUT-OF-SCOPE"
+    if t.get("leak"):
+        verdict += " LEAK" if t.get("leak_test") == "gate" else " (leak, reported)"
     return (
         label(t),
         str(t["n"]),
@@ -42,6 +44,7 @@ def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
         f"{t['tost_p']:.3g}",
         f"{t['cohens_h']:+.3f} ({t['h_cutoff']:.2g})",
         f"{100 * t['identical_share']:.0f}%",
+        t.get("flips") or "-",
         verdict,
     )
 
@@ -51,7 +54,7 @@ def format_table(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
     lines = []
     for j, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        lines.append("  ".join(c.ljust(w) if i in (0, len(_COLUMNS) - 1) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return lines
@@ -104,6 +107,13 @@ def summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any)
     probes = sum(r.get("status") == "probe" for r in rows)
     if probes:
         yield f"tais: {probes} probe(s): speculative arm only, reported and skipped, never passed", None
+    from ..leak import flip_rate_ratio
+
+    ratio = flip_rate_ratio(rows)
+    if ratio is not None:
+        shown = "n/a (no capability flips)" if ratio["ratio"] is None else f"{ratio['ratio']:.2f}"
+        yield (f"tais: flip rate safety {100 * ratio['safety_flip_rate']:.2f}% / capability "
+               f"{100 * ratio['capability_flip_rate']:.2f}% of pairs: ratio {shown}"), None
     controls = [r for r in rows if r.get("control")]
     if len(rows) > probes + len(controls):
         passed = sum(r.get("status") == "pass" for r in rows if not r.get("control"))
