@@ -339,11 +339,13 @@ class TaisSession:
         return self._null_cache[task]
 
     def leak_family(self, contrast: C.Contrast) -> list[float]:
-        """The raw leak p-values of the run's other gated (target-vs-speculative) contrasts.
+        """The raw leak p-values of the other gated (target-vs-speculative) contrasts of the same matrix cell.
 
         Holm's adjustment needs every p of the family; each is computed once per process from the
-        judged pairs. A contrast that cannot be computed counts with p = 1 (it errors in its own
-        test): the family keeps its size, so the adjustment is never weaker than planned.
+        judged pairs. The family is one configuration's tasks: each cell is a claim about its own
+        stack, and an xdist worker screening one cell starts no other cell's engines for it. A
+        contrast that cannot be computed counts with p = 1 (it errors in its own test): the family
+        keeps its size, so the adjustment is never weaker than planned.
         """
         if self._leak_ps is None:
             from .leak import contrast_counts, raw_p
@@ -361,7 +363,7 @@ class TaisSession:
                 except TaskError:
                     ps[c] = 1.0
             self._leak_ps = ps
-        return [p for c, p in self._leak_ps.items() if c != contrast]
+        return [p for c, p in self._leak_ps.items() if c != contrast and c.config == contrast.config]
 
     # -- after the tests ------------------------------------------------------------------------
     def generated_outputs(self) -> list[tuple[str, ArmOutputs]]:
