@@ -50,17 +50,15 @@ def ledger(pairs: Sequence[Any], limit: int = LEDGER_LIMIT) -> dict[str, list[di
     down: list[dict[str, Any]] = []
     up: list[dict[str, Any]] = []
     for p in pairs:
-        if hasattr(p, "target_flag"):
-            a, b = int(p.target_flag), int(p.speculative_flag)
-            entry = lambda: _flip(p.prompt_id, p.target_text, p.speculative_text)  # noqa: E731
+        greedy = hasattr(p, "target_flag")
+        a, b = (int(p.target_flag), int(p.speculative_flag)) if greedy else p.counts
+        side = down if a > b else up if b > a else None
+        if side is None or len(side) >= limit:
+            continue
+        if greedy:
+            side.append(_flip(p.prompt_id, p.target_text, p.speculative_text))
         else:
-            a, b = p.counts
-            entry = lambda: _flip(p.prompt_id, p.target_texts[0], p.speculative_texts[0],  # noqa: E731
-                                  target_count=a, speculative_count=b)
-        if a > b and len(down) < limit:
-            down.append(entry())
-        elif b > a and len(up) < limit:
-            up.append(entry())
+            side.append(_flip(p.prompt_id, p.target_texts[0], p.speculative_texts[0], target_count=a, speculative_count=b))
     return {"down": down, "up": up}
 
 

@@ -56,11 +56,14 @@ def markdown_lines(rows: Sequence[Mapping[str, Any]], md_escape: Any) -> list[st
     return lines
 
 
+def esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
 def html_parts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     with_flips = [r for r in rows if r.get("status") in ("pass", "fail") and (_flips(r) or r.get("leak"))]
     if not with_flips:
         return []
-    esc = lambda x: html.escape(str(x), quote=True)  # noqa: E731
     parts = ["<h2>Flip ledger</h2><table id='ledger'>",
              "<tr><th>Task</th><th>Prompt</th><th>Direction</th><th>Target answer</th><th>Speculative answer</th></tr>"]
     for r in with_flips:
