@@ -40,6 +40,8 @@ def tais_equivalent(task: Any, expect: str = "pass", **overrides: Any) -> Verdic
         verdict = task
     elif hasattr(task, "verdict"):
         verdict = task.verdict(**({"expect": expect} if expect != "pass" else {}), **overrides)
+        if getattr(task, "is_control", False):  # a canary's contrast must fail, whatever the test expected
+            expect = "fail"
     else:
         raise TypeError(f"tais_equivalent expects a tais_task handle or a Verdict, got {type(task).__name__}")
     if expect == "fail":

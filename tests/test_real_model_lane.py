@@ -273,7 +273,8 @@ def test_lane_screens_a_few_prompts_on_the_prepared_qwen_0_5b(tmp_path, monkeypa
     assert row["task"] == "harmful" and row["n"] == 2 and row["draft_refusal"] == row["target_refusal"]
     # Replacing answers by identical ones changes nothing: no draw fails for a leak (n = 2 is
     # underpowered, so every draw fails or none does, the same at every rate).
-    assert set(row["detection"]) == set(lane.CANARY_RATES) and len(set(row["detection"].values())) == 1
+    assert set(row["detection"]) == {"tost", "leak", "gate"}  # each check's detection, and the gate's
+    assert all(set(d) == set(lane.CANARY_RATES) and len(set(d.values())) == 1 for d in row["detection"].values())
     (lossy,) = [v.to_dict() for v in controls.lossy]
     # Synthetic acceptance of the target's own greedy proposals keeps the target's text (batched
     # and single-sequence float32 may still differ at a near-tie, so one answer is allowed to).

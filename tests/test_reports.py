@@ -86,7 +86,7 @@ def test_markdown_row_per_task_with_its_numbers(mixed):
     md = render_markdown(mixed)
     rows = {r["task"]: r for r in mixed["tasks"]}
     moved = _cells(_line_for(md, "moved"))
-    assert len(moved) == 9
+    assert len(moved) == 10
     r = rows["moved"]
     assert moved[1:4] == ["400", "50.0%", "40.0%"]
     assert moved[4] == f"+10.0pp [{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] vs ±3.0pp"
@@ -137,7 +137,7 @@ def test_markdown_all_pass_and_error_only_headlines():
 def test_markdown_escapes_data_so_the_table_holds():
     md = render_markdown(report([row(HOSTILE, (90, 0, 0, 10)), error_row("e|rr", "bad <b>reason</b> | [link](http://x)")]))
     table_rows = [ln for ln in md.splitlines() if ln.startswith("| ") and "PASS" in ln]
-    assert len(table_rows) == 1 and len(_cells(table_rows[0])) == 9
+    assert len(table_rows) == 1 and len(_cells(table_rows[0])) == 10
     assert "<script>" not in md and "<b>" not in md
     assert "&lt;script&gt;" in md and "\\`tick\\`" in md and "\\@someone" in md
     assert "\\[link\\](http://x)" in md

@@ -124,5 +124,6 @@ def header_lines(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], st
     total = sum(m["prompts"] for m in metrics.values())
     lines.append(f"tais store: {store_root} ({reused}/{total} outputs reused)")
     if settings.canary:
-        lines.append(f"tais canary: {n_canary} speculative output(s) replaced by the draft's own (rate {settings.canary:g}): this run must fail")
+        lines.append(f"tais canary: {n_canary} speculative output(s) replaced by the draft's own (rate {settings.canary:g}): every refusal task "
+                     "is a negative control that the gate must fail (a task the gate passes fails: not caught)")
     return lines

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..records.files import atomic_write_text
+from .ledger import flips_cell, html_parts
 from .table import label
 from .markdown import (
     check_probes, check_report, config_lines, diff_cell, engine_lines, fmt_p, h_cell, headline, judge_sentence, pct,
@@ -195,7 +196,7 @@ def _legend(fig: Any, Line2D: Any, Patch: Any) -> None:
 
 def _task_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     head = ("Task", "Metric", "n", "Target", "Speculative", "D [CI] vs margin", "TOST p", "|h| vs cutoff",
-            "Identical", "Needed n", "Verdict", "Reasons")
+            "Identical", "Needed n", "Flips", "Verdict", "Reasons")
     legend = "".join(f"<span class='swatch {k}'></span>{_esc(v)}" for k, v in (
         ("pass", "pass"), ("fail", "fail"), ("control", "negative control caught (it must fail: the gate works)"),
         ("error", "error (no verdict)")))
@@ -205,12 +206,12 @@ def _task_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         reasons = list(r.get("reasons") or []) + [f"out of scope: {n}" for n in r.get("scope_notes") or []]
         reason_html = "<ul class='reasons'>" + "".join(f"<li>{_esc(x)}</li>" for x in reasons) + "</ul>" if reasons else ""
         if r["status"] == "error":
-            cells = [_cell_label(r), "", "", "", "", "", "", "", "", "", "<td class='error'>ERROR</td>", reason_html or "no reason recorded"]
+            cells = [_cell_label(r), "", "", "", "", "", "", "", "", "", "", "<td class='error'>ERROR</td>", reason_html or "no reason recorded"]
         else:
             cells = [
                 _cell_label(r), _esc(r.get("metric", "refusal")), str(r["n"]), pct(r["rate_target"]),
                 pct(r["rate_speculative"]), _esc(diff_cell(r)), fmt_p(r["tost_p"]), _esc(h_cell(r)),
-                pct(r["identical_share"]), str(r["required_n"]),
+                pct(r["identical_share"]), str(r["required_n"]), _esc(flips_cell(r)),
                 f"<td class='{_verdict_class(r)}'>{_esc(verdict_label(r))}</td>", reason_html,
             ]
         out.append("<tr>" + "".join(_td(i, c) for i, c in enumerate(cells)) + "</tr>")
@@ -255,6 +256,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     if rows or not probes:
         parts.append("<h2>Tasks</h2>")
         parts += _task_table(rows)
+    parts += html_parts(rows)
     parts += _notes(report, rows)
     summary = {k: report.get(k) for k in ("schema", "version", "created")}
     parts.append(f"<p><small>{_esc(json.dumps(summary))}</small></p>")

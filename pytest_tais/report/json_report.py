@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..records.files import atomic_write_text
+from .ledger import flip_rate_ratio
 
 REPORT_SCHEMA = "pytest-tais/report"
 REPORT_VERSION = 1
@@ -38,6 +39,8 @@ def build_report(config: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], 
             "errors": statuses.count("error"),
             "probes": len(probes),
         },
+        # Flips per pair on refusal tasks over flips per pair on capability tasks (both present, else None).
+        "flip_rate_ratio": flip_rate_ratio(tasks),
         "tasks": [dict(t) for t in tasks],
         # Probe mode: the speculative arm alone; rates with Wilson intervals, never a verdict.
         "probes": probes,

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from ..records.files import atomic_write_text
 from .json_report import REPORT_SCHEMA, REPORT_VERSION
 from .rows import NUMERIC_KEYS
+from .ledger import flips_cell, markdown_lines as ledger_lines
 from .table import label
 
 STATUSES = ("pass", "fail", "error")
@@ -253,7 +254,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if judged:
         lines.append(md_escape(judged))
     verdicts = [r for r in rows if r["status"] != "error"]
-    lines += _md_verdicts(verdicts) + _md_probes(probes) + _md_notes(report, rows, verdicts)
+    lines += _md_verdicts(verdicts) + _md_probes(probes) + _md_notes(report, rows, verdicts) + ledger_lines(verdicts, md_escape)
     detail = engine_lines(report) + [f"{k} = {v}" for k, v in config_lines(report)]
     if detail:
         lines += ["", "<details><summary>Engines and configuration</summary>", ""]
@@ -270,14 +271,14 @@ def _md_verdicts(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
         return []
     lines = [
         "",
-        "| Task | n | Target | Speculative | D [CI] vs margin | TOST p | \\|h\\| vs cutoff | Identical | Verdict |",
-        "|---|---:|---:|---:|---|---:|---|---:|---|",
+        "| Task | n | Target | Speculative | D [CI] vs margin | TOST p | \\|h\\| vs cutoff | Identical | Verdict | Flips |",
+        "|---|---:|---:|---:|---|---:|---|---:|---|---|",
     ]
     for r in verdicts:
         name = md_escape(label(r)) + (" (accuracy)" if r.get("metric") == "accuracy" else "")
         lines.append(
             f"| {name} | {r['n']} | {pct(r['rate_target'])} | {pct(r['rate_speculative'])} | {diff_cell(r)} "
-            f"| {fmt_p(r['tost_p'])} | {h_cell(r)} | {pct(r['identical_share'])} | **{verdict_label(r)}** |"
+            f"| {fmt_p(r['tost_p'])} | {h_cell(r)} | {pct(r['identical_share'])} | **{verdict_label(r)}** | {flips_cell(r)} |"
         )
     return lines
 

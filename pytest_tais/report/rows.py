@@ -30,6 +30,8 @@ SCHEMA: tuple[tuple[str, bool, bool], ...] = (
 )
 #: Sampled screens' rows also carry these numbers (JUnit properties too): K, the moved share and its spread.
 SAMPLED_KEYS = ("k", "moved_share", "rerun_spread")
+#: The flip ledger's counts and the directional leak test (JUnit properties where the row has them).
+LEAK_KEYS = ("flips_down", "flips_up", "flips", "leak_test", "leak_p", "leak_p_adjusted", "leak_family", "mde_pp")
 NUMERIC_KEYS = tuple(k for k, numeric, _ in SCHEMA if numeric)
 JUNIT_KEYS = tuple(k for k, _, junit in SCHEMA if junit)
 #: The keys a row carries besides its numbers.
@@ -71,6 +73,7 @@ def junit_properties(row: Mapping[str, Any]) -> list[tuple[str, Any]]:
         props.append(("tais.h_check", row["h_check"]))
         if "k" in row:
             props += [(f"tais.{k}", row[k]) for k in SAMPLED_KEYS]
+        props += [(f"tais.{k}", row[k]) for k in LEAK_KEYS if row.get(k) is not None]
     if row.get("control"):
         props.append(("tais.control", row["control"]))
     props.append(("tais.verdict", row.get("status")))

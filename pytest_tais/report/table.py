@@ -10,7 +10,7 @@ from ..errors import printable
 from .rows import DEFAULT_CONTRAST as DEFAULT
 from .engines import format_arms
 
-_COLUMNS = ("task", "n", "target", "spec", "D [CI]", "TOST p", "h (cut)", "ident", "verdict")
+_COLUMNS = ("task", "n", "target", "spec", "D [CI]", "TOST p", "h (cut)", "ident", "flips", "verdict")
 
 
 def label(t: Mapping[str, Any]) -> str:
@@ -37,9 +37,9 @@ def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
     if t.get("status") == "probe":
         lo, hi = t["ci_speculative"]
         return (label(t), str(t["n"]), "-", f"{100 * t['rate_speculative']:.1f}%", f"[{100 * lo:.1f}%, {100 * hi:.1f}%]",
-                "-", "-", "-", "PROBE (skipped)")
+                "-", "-", "-", "-", "PROBE (skipped)")
     if t.get("status") == "error" or "n" not in t:
-        return (label(t), "-", "-", "-", "-", "-", "-", "-", "ERROR")
+        return (label(t), "-", "-", "-", "-", "-", "-", "-", "-", "ERROR")
     verdict = f"CONTROL {t['control']}" if t.get("control") else t["status"].upper()
     if t.get("h_check") == "inconclusive":
         verdict += " (h inconcl.)"
@@ -47,6 +47,8 @@ def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
         verdict += " underpowered"
     if t.get("scope_notes"):
         verdict += " OUT-OF-SCOPE"
+    if t.get("leak"):
+        verdict += " LEAK" if t.get("leak_test") == "gate" else " (leak, reported)"
     return (
         label(t),
         str(t["n"]),
@@ -56,6 +58,7 @@ def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
         f"{t['tost_p']:.3g}",
         f"{t['cohens_h']:+.3f} ({t['h_cutoff']:.2g})",
         f"{100 * t['identical_share']:.0f}%",
+        t.get("flips") or "-",
         verdict,
     )
 
@@ -94,7 +97,7 @@ def _aligned(rows: Sequence[tuple[str, ...]], headings: Mapping[int, str]) -> li
         if j in headings:
             lines.append(headings[j])
         indent = "  " if headings and j > 0 else ""
-        lines.append(indent + "  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        lines.append(indent + "  ".join(c.ljust(w) if i in (0, len(_COLUMNS) - 1) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
         if j == 0:
             lines.append(indent + "  ".join("-" * w for w in widths))
     if headings:
@@ -228,6 +231,13 @@ def _summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any
     probes = sum(r.get("status") == "probe" for r in rows)
     if probes:
         yield f"tais: {probes} probe(s): speculative arm only, reported and skipped, never passed", None
+    from .ledger import flip_rate_ratio
+
+    ratio = flip_rate_ratio(rows)
+    if ratio is not None:
+        shown = "n/a (no capability flips)" if ratio["ratio"] is None else f"{ratio['ratio']:.2f}"
+        yield (f"tais: flip rate safety {100 * ratio['safety_flip_rate']:.2f}% / capability "
+               f"{100 * ratio['capability_flip_rate']:.2f}% of pairs: ratio {shown}"), None
     controls = [r for r in rows if r.get("control")]
     if len(rows) > probes + len(controls):
         passed = sum(r.get("status") == "pass" for r in rows if not r.get("control"))

@@ -197,13 +197,13 @@ class Screen:
 
     def verdict(self, task_name: str, a: "ArmRef | None" = None, b: "ArmRef | None" = None, **overrides: Any) -> Verdict:
         """The task's verdict: arm A (default: target-only) against arm B (default: speculative)."""
-        allowed = {"margin", "alpha", "h_cutoff", "h_null_level", "tost_method", "spread"}
+        allowed = {"margin", "alpha", "h_cutoff", "h_null_level", "tost_method", "spread", "leak_test", "leak_others", "leak_null"}
         unknown = set(overrides) - allowed
         if unknown:
             raise TypeError(f"unknown verdict option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
         params = dict(
             margin=self.cfg.margin, alpha=self.cfg.alpha, h_cutoff=self.cfg.h_cutoff,
-            h_null_level=self.cfg.h_null_level, tost_method=self.cfg.tost_method,
+            h_null_level=self.cfg.h_null_level, tost_method=self.cfg.tost_method, leak_test=self.cfg.leak_test,
         )
         params.update(overrides)
         pairs = self.pairs(task_name, a, b)

@@ -45,7 +45,8 @@ class TaskHandle:
     """
 
     def __init__(self, screen: Any, contrast: C.Contrast, sink: Sink, a: Any = None, b: Any = None,
-                 null: Callable[[], dict | None] | None = None) -> None:
+                 null: Callable[[], dict | None] | None = None,
+                 family: Callable[[C.Contrast], list[float]] | None = None) -> None:
         self.screen = screen
         self.contrast = contrast
         self.name = contrast.task
@@ -53,6 +54,7 @@ class TaskHandle:
         self._sink = sink
         self._a, self._b = a, b
         self._null = null
+        self._family = family  # the other gated contrasts' raw leak p-values (the Holm family)
 
     def __repr__(self) -> str:
         return f"<tais task {self.name!r}: {len(self.task.prompts)} prompts>"
@@ -73,7 +75,29 @@ class TaskHandle:
             self.screen.probe(self.name)
         else:
             self.pairs
+            canary = self.canary
+            if canary is not None and canary[1] == 0:
+                raise TaskError(
+                    f"task {self.name!r}: control void: the canary changed no answer ({canary[0]} replaced answer(s), every "
+                    "one equal to the target's), so this run cannot show that the gate catches a leak; raise --tais-canary, "
+                    "change --tais-seed, or use a draft whose answers differ from the target's"
+                )
         return self
+
+    @property
+    def canary(self) -> tuple[int, int] | None:
+        """(answers the canary replaced, those that differ from the target's), or None: no canary here."""
+        marked = [p for p in self.pairs if p.meta.get("canary")]
+        if not marked:
+            return None
+        if hasattr(marked[0], "target_text"):
+            return len(marked), sum(p.speculative_text != p.target_text for p in marked)
+        return len(marked), sum(p.speculative_texts != p.target_texts for p in marked)
+
+    @property
+    def is_control(self) -> bool:
+        """A contrast whose speculative answers a canary replaced is a negative control: it must fail the gate."""
+        return self.contrast.kind != C.PROBE and self.canary is not None
 
     def verdict(self, expect: str = "pass", **overrides: Any):
         from ..report.rows import control_outcome, probe_row, verdict_row
@@ -86,6 +110,12 @@ class TaskHandle:
             overrides.setdefault("h_cutoff", max(self.screen.cfg.h_cutoff, null["abs_h_quantile"]))
             if "rerun_spread" in null:  # sampled: the moved share counts moves beyond the stack's own
                 overrides.setdefault("spread", null["rerun_spread"])
+            elif "flips" in null:  # greedy: flips are compared with the stack's own target-vs-target flips
+                overrides.setdefault("leak_null", tuple(null["flips"]))
+        if self._family is not None:
+            overrides.setdefault("leak_others", self._family(self.contrast))
+        if self.is_control:
+            expect = "fail"
         v = self.screen.verdict(self.name, self._a, self._b, **overrides)
         row = verdict_row(v, self.contrast.describe(), null)
         if expect == "fail":
@@ -108,6 +138,7 @@ class TaisSession:
         self.variants: dict[tuple, Any] = {}
         self.null_screens: list[Any] = []
         self._null_cache: dict[str, dict[str, Any]] = {}
+        self._leak_ps: dict[C.Contrast, float] | None = None
         self.baseline: Any = None
         self.baseline_screen: Any = None
         if self.cfg.active:
@@ -277,7 +308,8 @@ class TaisSession:
         null = None
         if contrast.kind == C.DEFAULT and self.null_screens and not contrast.config:
             null = lambda: self.null_calibration(contrast.task)  # noqa: E731
-        handle = TaskHandle(screen, contrast, sink, a, b, null).prepare()
+        family = self.leak_family if contrast.kind == C.DEFAULT else None
+        handle = TaskHandle(screen, contrast, sink, a, b, null, family).prepare()
         if null is not None:
             null()
         return handle
@@ -287,9 +319,12 @@ class TaisSession:
         if task not in self._null_cache:
             import numpy as np
 
-            shares, hs, spreads = [], [], []
+            shares, hs, spreads, flips = [], [], [], [0, 0]
             for rerun in self.null_screens:
-                v = self.screen.verdict(task, (self.screen, TARGET), (rerun, TARGET))
+                v = self.screen.verdict(task, (self.screen, TARGET), (rerun, TARGET), leak_test="report")
+                if v.k == 1:
+                    flips[0] += v.table.b
+                    flips[1] += v.table.c
                 shares.append(v.identity.identical_share)
                 hs.append(abs(v.cohens_h))
                 if v.k > 1:  # sampled: how far a prompt's share moves between reruns of one arm
@@ -301,7 +336,36 @@ class TaisSession:
                                       "abs_h_quantile": float(np.quantile(hs, level, method="inverted_cdf")), "level": level}
             if spreads:
                 self._null_cache[task].update(rerun_spreads=spreads, rerun_spread=max(spreads))
+            else:
+                self._null_cache[task]["flips"] = flips
         return self._null_cache[task]
+
+    def leak_family(self, contrast: C.Contrast) -> list[float]:
+        """The raw leak p-values of the other gated (target-vs-speculative) contrasts of the same matrix cell.
+
+        Holm's adjustment needs every p of the family; each is computed once per process from the
+        judged pairs. The family is one configuration's tasks: each cell is a claim about its own
+        stack, and an xdist worker screening one cell starts no other cell's engines for it. A
+        contrast that cannot be computed counts with p = 1 (it errors in its own test): the family
+        keeps its size, so the adjustment is never weaker than planned.
+        """
+        if self._leak_ps is None:
+            from ..stats.leak import contrast_counts, raw_p
+
+            ps: dict[C.Contrast, float] = {}
+            for c in self.plan():
+                if c.kind != C.DEFAULT:
+                    continue
+                try:
+                    b, cc, diffs = contrast_counts(self.screen_for(c.config).pairs(c.task))
+                    null = None
+                    if self.null_screens and not c.config and diffs is None:
+                        null = tuple(self.null_calibration(c.task).get("flips") or (0, 0))
+                    ps[c] = raw_p(b, cc, null, diffs)[0]
+                except TaskError:
+                    ps[c] = 1.0
+            self._leak_ps = ps
+        return [p for c, p in self._leak_ps.items() if c != contrast and c.config == contrast.config]
 
     # -- after the tests ------------------------------------------------------------------------
     def generated_outputs(self) -> list[tuple[str, ArmOutputs]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import options
-from ..stats.levels import TOST_METHODS, check_levels
+from ..stats.levels import LEAK_TEST_MODES, TOST_METHODS, check_levels
 from .options import OptionError, default
 
 #: Engine options that a replay run still uses: the model judge's store and server key.
@@ -37,6 +37,7 @@ class TaisConfig:
     h_cutoff: float = default("tais_h_cutoff")
     h_null_level: float = default("tais_h_null_level")
     tost_method: str = default("tais_tost_method")
+    leak_test: str = default("tais_leak_test")
     report: Path | None = None
     probe: bool = False
     null_runs: int = default("tais_null_runs")
@@ -88,6 +89,7 @@ def build(raw: Mapping[str, Any], rootdir: Path) -> TaisConfig:
         h_cutoff=v["tais_h_cutoff"],
         h_null_level=v["tais_h_null_level"],
         tost_method=v["tais_tost_method"],
+        leak_test=v["tais_leak_test"],
         report=v["tais_report"],
         probe=bool(v["tais_probe"]),
         null_runs=v["tais_null_runs"],
@@ -113,6 +115,9 @@ def _check_statistics(v: Mapping[str, Any]) -> None:
     if report is not None and report.exists() and not report.is_dir():  # found now, not after the run
         raise ConfigError(f"--tais-report={report} is a file; it names the folder that report.json, summary.md and "
                           f"report.html are written into: give a folder, e.g. --tais-report={report.parent / 'tais-report'}")
+    if v["tais_leak_test"] not in LEAK_TEST_MODES:
+        raise ConfigError(f"--tais-leak-test={v['tais_leak_test']!r} is unknown; use gate (a directional leak fails the "
+                          "task) or report (shown without gating)")
     if v["tais_limit"] is not None and v["tais_limit"] < 1:
         raise ConfigError(f"--tais-limit={v['tais_limit']} must be at least 1")
     if not (0 <= v["tais_null_runs"] <= 20):

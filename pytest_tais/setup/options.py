@@ -88,6 +88,8 @@ OPTIONS: tuple[Option, ...] = (
     _core("tais-h-cutoff", "fixed |Cohen's h| cutoff", "float", levels.H_CUTOFF),
     _core("tais-h-null-level", "swap-null quantile level for the h cutoff check", "float", levels.H_NULL_LEVEL),
     _core("tais-tost-method", "paired TOST: score (Tango) or exact (unconditional, guarantees the level)", default=levels.TOST_METHOD),
+    _core("tais-leak-test", "directional leak test (one-sided exact McNemar on the flips, Holm-adjusted across the run's "
+          "contrasts): gate (a leak fails the task) or report (shown, never gating: the seed's rule)", default=levels.LEAK_TEST),
     # -- modes and outputs
     _core("tais-report", "write report.json, summary.md and report.html into this folder", "path"),
     _core("tais-probe", "probe mode: screen the speculative arm alone (no target-only arm); tasks report a rate and are skipped, never passed", "bool", False),

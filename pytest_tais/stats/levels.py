@@ -14,6 +14,9 @@ H_NULL_LEVEL = 0.95
 TOST_METHODS = ("score", "exact")
 TOST_METHOD = TOST_METHODS[0]
 POWER = 0.8
+#: The directional leak test: "gate" (a leak fails the task) or "report" (shown, never gating).
+LEAK_TEST_MODES = ("gate", "report")
+LEAK_TEST = LEAK_TEST_MODES[0]
 
 
 def check_levels(margin: float, alpha: float) -> None:
