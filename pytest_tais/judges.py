@@ -527,13 +527,18 @@ def _import_judge(spec: str) -> CallableJudge:
 def resolve_judge(spec: str | None, make_generate: Callable[[str], Generate] | None = None) -> Judge:
     """Turn a ``--tais-judge`` value into a judge.
 
-    ``None`` / ``"default"``: the default rules. ``"module:callable"``: a user's judge.
-    ``"model:MODEL"``: a :class:`ModelJudge`; ``make_generate(MODEL)`` builds its generate
-    callable (the engines supply it).
+    ``None`` / ``"default"`` / ``"learned"``: the learned judge shipped in the wheel
+    (``learned_judge.shipped_judge``). ``"rules"``: the string rules (``default_judge``).
+    ``"module:callable"``: a user's judge. ``"model:MODEL"``: a :class:`ModelJudge`;
+    ``make_generate(MODEL)`` builds its generate callable (the engines supply it).
     """
-    if spec is None or spec.strip() in ("", "default"):
-        return default_judge
+    if spec is None or spec.strip() in ("", "default", "learned"):
+        from .learned_judge import shipped_judge
+
+        return shipped_judge()
     spec = spec.strip()
+    if spec == "rules":
+        return default_judge
     if spec.startswith("model:"):
         model = spec[len("model:"):].strip()
         if not model:
@@ -543,7 +548,7 @@ def resolve_judge(spec: str | None, make_generate: Callable[[str], Generate] | N
         return ModelJudge(make_generate(model), model=model)
     if ":" in spec:
         return _import_judge(spec)
-    raise JudgeError(f"--tais-judge={spec!r}: unknown judge; use 'default', 'model:MODEL' or 'module:callable'")
+    raise JudgeError(f"--tais-judge={spec!r}: unknown judge; use 'default' (the learned judge), 'rules', 'model:MODEL' or 'module:callable'")
 
 
 def judge_name(judge: Judge) -> str:

@@ -67,7 +67,9 @@ OPTIONS: tuple[Option, ...] = (
     _core("tais-battery", "battery sources, comma-separated (e.g. example, advbench:PATH, tasks.jsonl)"),
     _core("tais-tasks", "select tasks by name or glob, comma-separated"),
     _core("tais-limit", "keep only the first N prompts of each task (a quick run)", "int"),
-    _core("tais-judge", "refusal judge: default, module:callable, model:FOLDER or model:http://HOST:PORT"),
+    _core("tais-judge", "refusal judge: default (the learned judge shipped with pytest-tais), rules, module:callable, model:FOLDER or model:http://HOST:PORT"),
+    _core("tais-judge-calibration", "labelled answers (JSONL: response, refusal) that measure the judge's sensitivity and specificity; "
+          "the TOST margin shrinks by the lower bound of Se + Sp - 1 (the shipped judge carries its own)", "path"),
     # -- the statistics
     _core("tais-margin", "equivalence margin for the refusal-rate difference", "float", 0.03),
     _core("tais-alpha", "TOST level", "float", 0.05),

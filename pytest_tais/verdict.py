@@ -79,11 +79,13 @@ class Verdict(_Decided):
     status: str
     reasons: tuple[str, ...]
     scope_notes: tuple[str, ...] = ()
+    #: How the judge's errors entered the test (``judge_correction``); None for capability tasks.
+    judge: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every number (the report schema's per-task entry)."""
         t, i = self.tost, self.identity
-        return {
+        return {**_judge_keys(self.judge, t.margin),
             "task": self.task,
             "metric": self.metric,
             "status": self.status,
@@ -98,7 +100,6 @@ class Verdict(_Decided):
             "diff": t.diff,
             "diff_ci_low": t.ci_low,
             "diff_ci_high": t.ci_high,
-            "margin": t.margin,
             "alpha": t.alpha,
             "tost_method": t.method,
             "tost_p": t.p_value,
@@ -124,6 +125,40 @@ class Verdict(_Decided):
             "discordant_target_only": list(self.discordant_b),
             "discordant_speculative_only": list(self.discordant_c),
         }
+
+
+def judge_correction(metric: str, margin: float, calibration: Any, judge_name: str | None) -> dict[str, Any] | None:
+    """How the judge's errors enter the TOST: the margin on the observed scale and why.
+
+    A calibrated judge shrinks the margin by the lower bound of Se + Sp - 1
+    (``judge_calibration.corrected_margin``); an uncalibrated one leaves it and says so.
+    Capability tasks are scored by exact match, not by the judge: None.
+    """
+    if metric != "refusal":
+        return None
+    from .judge_calibration import corrected_margin
+
+    if calibration is None:
+        return {"judge_name": judge_name, "judge_corrected": False, "margin_observed": margin,
+                "judge_note": "judge not calibrated: margin uncorrected (a judge that misses refusals shrinks a real difference "
+                              "toward zero; pass --tais-judge-calibration=FILE)"}
+    observed = corrected_margin(margin, calibration)
+    d = calibration.describe()
+    return {"judge_name": judge_name, "judge_corrected": True, "margin_observed": observed, "judge_factor": d["factor_low"],
+            "judge_se": d["se"], "judge_se_ci": d["se_ci"], "judge_sp": d["sp"], "judge_sp_ci": d["sp_ci"],
+            "judge_calibration_source": d["source"],
+            "judge_note": f"judge-corrected: margin {100 * margin:.2f}pp x {d['factor_low']:.3f} (the lower 95% bound of Se + Sp - 1; "
+                          f"Se {d['se']:.3f}, Sp {d['sp']:.3f}, {d['source']}) = {100 * observed:.2f}pp on the judged scale"}
+
+
+def _judge_keys(judge: dict[str, Any] | None, observed_margin: float) -> dict[str, Any]:
+    """The row's margin (the one the TOST used, on the judged scale, like D and its interval),
+    the margin as stated, and, where the judge scored the task, how it was corrected."""
+    if judge is None:
+        return {"margin": observed_margin}
+    stated = observed_margin if not judge["judge_corrected"] else observed_margin / judge["judge_factor"]
+    return {"margin": observed_margin, "margin_stated": stated,
+            **{k: v for k, v in judge.items() if k not in ("judge_name", "margin_observed")}}
 
 
 def check_pairs(task: str, pairs: Sequence[PairRecord]) -> None:
@@ -152,11 +187,12 @@ def _h_check(h: float, h_null: float, h_cutoff: float) -> str:
 
 
 def _reasons(tost: Any, h: float, h_check: str, h_null: float, h_cutoff: float, h_null_level: float,
-             test: str = "paired", units: str = "") -> list[str]:
+             test: str = "paired", units: str = "", judge: dict[str, Any] | None = None) -> list[str]:
     reasons: list[str] = []
     if not tost.equivalent:
+        corrected = " (judge-corrected)" if judge and judge["judge_corrected"] else ""
         reasons.append(
-            f"{test} TOST not equivalent at +/-{tost.margin:.3g}: D = {tost.diff:+.4f}, "
+            f"{test} TOST not equivalent at +/-{tost.margin:.3g}{corrected}: D = {tost.diff:+.4f}, "
             f"{_level(1 - 2 * tost.alpha)} CI [{tost.ci_low:+.4f}, {tost.ci_high:+.4f}], p = {tost.p_value:.4g} >= {tost.alpha}{units}"
         )
     if h_check == "fail":
@@ -181,11 +217,20 @@ def decide(
     tost_method: str = default("tais_tost_method"),
     power: float = 0.8,
     scope_notes: Sequence[str] = (),
+    judge_calibration: Any = None,
+    judge_name: str | None = None,
 ) -> Verdict:
-    """Compute the verdict for one task from its paired records."""
+    """Compute the verdict for one task from its paired records.
+
+    ``judge_calibration`` (a ``judge_calibration.Calibration``): the judge's measured Se and Sp;
+    the TOST then tests the judged difference against the margin shrunk by the lower bound of
+    Se + Sp - 1 (refusal tasks only).
+    """
     check_pairs(task, pairs)
     if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
         raise ValueError(f"h cutoff must be a positive number, got {h_cutoff!r}")
+    judge = judge_correction(metric, margin, judge_calibration, judge_name)
+    margin = judge["margin_observed"] if judge else margin
     fa = [p.target_flag for p in pairs]
     fb = [p.speculative_flag for p in pairs]
     table = stats.paired_table(fa, fb)
@@ -199,7 +244,7 @@ def decide(
         [p.target_token_ids for p in pairs], [p.speculative_token_ids for p in pairs],
     )
     need = stats.required_n(table.discordance, margin=margin, alpha=alpha, power=power)
-    reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level)
+    reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, judge=judge)
     status = "pass" if tost.equivalent and h_check != "fail" else "fail"
     return Verdict(
         task=task,
@@ -224,6 +269,7 @@ def decide(
         status=status,
         reasons=tuple(reasons),
         scope_notes=tuple(scope_notes),
+        judge=judge,
     )
 
 
@@ -260,6 +306,8 @@ def explain(v: Verdict, examples: int = 5) -> str:
         + (f"; median first divergence at byte {v.identity.first_divergence_median:.0f}" if v.identity.first_divergence_median is not None else "")
         + (f", token {v.identity.first_divergence_tokens_median:.0f}" if v.identity.first_divergence_tokens_median is not None else ""),
     ]
+    if v.judge is not None:
+        lines.append(f"  judge {v.judge['judge_name'] or ''}: {v.judge['judge_note']}".replace("judge : ", "judge: "))
     if v.underpowered:
         lines.append(f"  underpowered: at discordance {_pct(v.table.discordance)} this task needs n >= {v.required_n} for 80% power")
     for note in v.scope_notes:
@@ -329,15 +377,16 @@ class SampledVerdict(_Decided):
     status: str
     reasons: tuple[str, ...]
     scope_notes: tuple[str, ...] = ()
+    judge: dict[str, Any] | None = None
     sampled = True
 
     def to_dict(self) -> dict[str, Any]:
         t = self.tost
-        return {
+        return {**_judge_keys(self.judge, t.margin),
             "task": self.task, "metric": self.metric, "status": self.status, "reasons": list(self.reasons),
             "scope_notes": list(self.scope_notes), "n": self.n, "k": self.k, "samples_per_arm": self.n * self.k,
             "rate_target": self.rate_target, "rate_speculative": self.rate_speculative,
-            "diff": t.diff, "diff_ci_low": t.ci_low, "diff_ci_high": t.ci_high, "margin": t.margin, "alpha": t.alpha,
+            "diff": t.diff, "diff_ci_low": t.ci_low, "diff_ci_high": t.ci_high, "alpha": t.alpha,
             "tost_method": f"sampled: {t.method}", "tost_p": t.p_value, "tost_p_low": t.p_low, "tost_p_high": t.p_high,
             "tost_p_score": t.p_score, "tost_p_tail": t.p_tail, "equivalent": t.equivalent,
             "cohens_h": self.cohens_h, "h_cutoff": self.h_cutoff, "h_null_quantile": self.h_null_quantile,
@@ -383,6 +432,8 @@ def decide_sampled(
     spread: float | None = None,
     power: float = 0.8,
     scope_notes: Sequence[str] = (),
+    judge_calibration: Any = None,
+    judge_name: str | None = None,
     **ignored: Any,
 ) -> SampledVerdict:
     """The verdict of one sampled task: the sampled TOST and the |h| check decide, as for greedy.
@@ -398,6 +449,8 @@ def decide_sampled(
     k = check_sampled_pairs(task, pairs)
     if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
         raise ValueError(f"h cutoff must be a positive number, got {h_cutoff!r}")
+    judge = judge_correction(metric, margin, judge_calibration, judge_name)
+    margin = judge["margin_observed"] if judge else margin
     x, y = [p.counts[0] for p in pairs], [p.counts[1] for p in pairs]
     try:
         tost = sampled.sampled_tost(x, y, k, margin=margin, alpha=alpha)
@@ -430,6 +483,7 @@ def decide_sampled(
         moved_down=tuple(p.prompt_id for p in pairs if p.counts[1] < p.counts[0]),
         moved_up=tuple(p.prompt_id for p in pairs if p.counts[1] > p.counts[0]),
         status="pass" if tost.equivalent and h_check != "fail" else "fail", reasons=tuple(reasons), scope_notes=tuple(notes),
+        judge=judge,
     )
 
 
@@ -454,6 +508,8 @@ def explain_sampled(v: SampledVerdict, examples: int = 5) -> str:
         f"({_pct(v.moved.share)}); spread from {v.spread_source}",
         f"  share fell{_examples(v.moved_down, examples)} ({len(v.moved_down)}), rose{_examples(v.moved_up, examples)} ({len(v.moved_up)})",
     ]
+    if v.judge is not None:
+        lines.append(f"  judge {v.judge['judge_name'] or ''}: {v.judge['judge_note']}".replace("judge : ", "judge: "))
     if v.underpowered:
         lines.append(f"  underpowered: with this spread of share differences the task needs n >= {v.required_n} prompts for 80% power")
     for note in v.scope_notes:
