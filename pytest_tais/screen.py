@@ -212,6 +212,8 @@ class Screen:
         """
         a = a or (self, TARGET)
         b = b or (self, SPECULATIVE)
+        if self.task(task_name).metric == "refusal":
+            self.judge_calibration()  # a judge too close to chance to gate errors the task at setup
         key = (task_name, id(a[0]), a[1], id(b[0]), b[1])
         if key not in self._pairs:
             task = self.task(task_name)
