@@ -115,7 +115,7 @@ def test_damaged_weights_are_refused():
 def test_shipped_judge_carries_its_cross_validated_calibration():
     cal = resolve_judge(None).calibration
     assert cal is not None and "leave-one-model-out" in cal.source
-    assert cal.n_pos > 500 and cal.n_neg > 500
+    assert cal.n_pos + cal.n_neg >= 900  # the two XSTest models at least
     assert 0.5 < cal.factor_low < cal.factor < 1
 
 
