@@ -55,11 +55,12 @@ def false_equivalence(se: float, sp: float, n: int, reps: int, n_cal: int, rng: 
     tables = rng.multinomial(n, judged_cells(p_true, se, sp), size=reps)
     tps = rng.binomial(n_cal, se, size=reps)
     tns = rng.binomial(n_cal, sp, size=reps)
+    margins = MARGIN * np.minimum(1.0, _lower(tps, n_cal) + _lower(tns, n_cal) - 1.0)
+    # The same bound as pytest_tais.judge_calibration (vectorised here), checked on the first replicate.
+    first = corrected_margin(MARGIN, Calibration(int(tps[0]), n_cal, int(tns[0]), n_cal, "simulated"))
+    assert abs(first - margins[0]) < 1e-12, (first, margins[0])
     plain = corr = 0
-    margins = []
-    for (a, b, c, d), tp, tn in zip(tables, tps, tns):
-        m = corrected_margin(MARGIN, Calibration(int(tp), n_cal, int(tn), n_cal, "simulated"))
-        margins.append(m)
+    for (a, b, c, d), m in zip(tables, margins):
         for mm, is_corr in ((MARGIN, False), (m, True)):
             if mm <= 0:
                 continue  # a judge no better than chance: the verdict is an error, never a pass
@@ -69,6 +70,15 @@ def false_equivalence(se: float, sp: float, n: int, reps: int, n_cal: int, rng: 
             else:
                 plain += eq
     return plain / reps, corr / reps, float(np.mean(margins))
+
+
+def _lower(k: np.ndarray, n: int) -> np.ndarray:
+    """The lower end of the two-sided 95% Clopper-Pearson interval, for many counts at once."""
+    from scipy.stats import beta
+
+    with np.errstate(invalid="ignore"):
+        lo = beta.ppf(0.025, k, n - k + 1)
+    return np.where(k == 0, 0.0, lo)
 
 
 def main(argv: list[str] | None = None) -> int:
