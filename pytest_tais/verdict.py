@@ -151,6 +151,11 @@ def judge_correction(metric: str, margin: float, calibration: Any, judge_name: s
                           f"Se {d['se']:.3f}, Sp {d['sp']:.3f}, {d['source']}) = {100 * observed:.2f}pp on the judged scale"}
 
 
+def _corrected(metric: str, margin: float, calibration: Any, judge_name: str | None) -> tuple[dict[str, Any] | None, float]:
+    judge = judge_correction(metric, margin, calibration, judge_name)
+    return judge, (judge["margin_observed"] if judge else margin)
+
+
 def _judge_keys(judge: dict[str, Any] | None, observed_margin: float) -> dict[str, Any]:
     """The row's margin (the one the TOST used, on the judged scale, like D and its interval),
     the margin as stated, and, where the judge scored the task, how it was corrected."""
@@ -220,17 +225,11 @@ def decide(
     judge_calibration: Any = None,
     judge_name: str | None = None,
 ) -> Verdict:
-    """Compute the verdict for one task from its paired records.
-
-    ``judge_calibration`` (a ``judge_calibration.Calibration``): the judge's measured Se and Sp;
-    the TOST then tests the judged difference against the margin shrunk by the lower bound of
-    Se + Sp - 1 (refusal tasks only).
-    """
+    """The verdict of one task from its paired records; ``judge_calibration`` shrinks the margin (``judge_correction``)."""
     check_pairs(task, pairs)
     if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
         raise ValueError(f"h cutoff must be a positive number, got {h_cutoff!r}")
-    judge = judge_correction(metric, margin, judge_calibration, judge_name)
-    margin = judge["margin_observed"] if judge else margin
+    judge, margin = _corrected(metric, margin, judge_calibration, judge_name)
     fa = [p.target_flag for p in pairs]
     fb = [p.speculative_flag for p in pairs]
     table = stats.paired_table(fa, fb)
@@ -449,8 +448,7 @@ def decide_sampled(
     k = check_sampled_pairs(task, pairs)
     if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
         raise ValueError(f"h cutoff must be a positive number, got {h_cutoff!r}")
-    judge = judge_correction(metric, margin, judge_calibration, judge_name)
-    margin = judge["margin_observed"] if judge else margin
+    judge, margin = _corrected(metric, margin, judge_calibration, judge_name)
     x, y = [p.counts[0] for p in pairs], [p.counts[1] for p in pairs]
     try:
         tost = sampled.sampled_tost(x, y, k, margin=margin, alpha=alpha)
@@ -460,12 +458,7 @@ def decide_sampled(
     except ValueError as exc:
         raise TaskError(f"task {task!r}: the sampled statistics cannot be computed: {exc}") from exc
     h = tost.cohens_h
-    if h_null > h_cutoff:
-        h_check = "inconclusive"
-    elif abs(h) < h_cutoff:
-        h_check = "pass"
-    else:
-        h_check = "fail"
+    h_check = _h_check(h, h_null, h_cutoff)
     identity = stats.byte_identity([t for p in pairs for t in p.target_texts], [t for p in pairs for t in p.speculative_texts])
     source = ("target-vs-target reruns (--tais-null-runs)" if spread is not None
               else "none: no null reruns, so any change of a prompt's share counts (pass --tais-null-runs to measure the spread)")

@@ -32,7 +32,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# One BLAS thread: a threaded dot product sums in another order on another machine load, and the
+# optimiser's last bits, so the int16 weights, would differ from run to run.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

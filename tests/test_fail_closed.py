@@ -8,7 +8,7 @@ import pytest
 
 from pytest_tais.battery import load_battery
 
-from .conftest import replay_lines, write_jsonl
+from .conftest import RULES, replay_lines, write_jsonl
 
 USER_TEST = """
 def test_safety(tais_task, tais_equivalent):
@@ -125,7 +125,7 @@ def test_task_names_with_separators_and_control_characters(pytester, tmp_path):
     lines = replay_lines("a|b|c", 100, 95) + replay_lines("evil\x1b[31mred\x07\nname", 100, 95, prefix="e")
     replay = write_jsonl(tmp_path / "r.jsonl", lines)
     pytester.makepyfile(test_gate=USER_TEST)
-    result = pytester.runpytest(f"--tais-replay={replay}", "-v", "--junitxml=j.xml")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "-v", "--junitxml=j.xml")
     result.assert_outcomes(passed=2)
     out = result.stdout.str()
     assert "\x1b[31m" not in out and "\x07" not in out

@@ -12,7 +12,7 @@ import pytest
 
 from tests.engine_models import require
 
-from .conftest import replay_lines, write_jsonl
+from .conftest import RULES, replay_lines, write_jsonl
 
 LATIN1 = "caf\xe9".encode("latin-1")  # a byte sequence that is not UTF-8
 
@@ -39,7 +39,7 @@ def test_replay_with_bad_bytes_is_a_usage_error_naming_file_and_line(pytester, t
     # Inside a JSON string: json would accept the line if it were decoded loosely.
     raw = text.encode("utf-8").replace(b"prompt number 1", b"prompt number " + LATIN1, 1)
     path.write_bytes(raw)
-    result = pytester.runpytest(f"--tais-replay={path}")
+    result = pytester.runpytest(RULES, f"--tais-replay={path}")
     _usage_error(result, f"{path}:3: not UTF-8 text (byte 0xe9 at byte *); save the file as UTF-8")
 
 
@@ -49,7 +49,7 @@ def test_replay_folder_with_a_bad_file_names_that_file(pytester, tmp_path):
     lines = replay_lines("harmful", 3, 3)
     write_jsonl(folder / "a.jsonl", [r for r in lines if r["arm"] == "target"])
     bad = _bad_bytes_at_line(folder / "b.jsonl", "".join(json.dumps(r) + "\n" for r in lines if r["arm"] == "speculative"), 2)
-    result = pytester.runpytest(f"--tais-replay={folder}")
+    result = pytester.runpytest(RULES, f"--tais-replay={folder}")
     _usage_error(result, f"{bad}:2: not UTF-8 text*")
 
 
@@ -58,7 +58,7 @@ def test_replay_with_a_lone_surrogate_escape_is_a_usage_error(pytester, tmp_path
     text = "".join(json.dumps(r) + "\n" for r in rec).replace("prompt number 0", "prompt \\ud800 number 0")
     path = tmp_path / "r.jsonl"
     path.write_text(text, encoding="ascii")
-    result = pytester.runpytest(f"--tais-replay={path}")
+    result = pytester.runpytest(RULES, f"--tais-replay={path}")
     _usage_error(result, f"{path}:1: a \\u escape stands for a lone UTF-16 surrogate*")
 
 
@@ -66,7 +66,7 @@ def test_replay_with_a_lone_surrogate_escape_is_a_usage_error(pytester, tmp_path
 def test_empty_replay_file_names_the_file_and_the_option(pytester, tmp_path, content):
     path = tmp_path / "r.jsonl"
     path.write_text(content)
-    result = pytester.runpytest(f"--tais-replay={path}")
+    result = pytester.runpytest(RULES, f"--tais-replay={path}")
     _usage_error(result, f"--tais-replay={path}: the file holds no records*--tais-record*")
     assert "--tais-tasks" not in result.stderr.str()
 
@@ -75,14 +75,14 @@ def test_replay_folder_without_records_names_the_folder(pytester, tmp_path):
     folder = tmp_path / "runs"
     folder.mkdir()
     (folder / "a.jsonl").write_text("")
-    result = pytester.runpytest(f"--tais-replay={folder}")
+    result = pytester.runpytest(RULES, f"--tais-replay={folder}")
     _usage_error(result, f"--tais-replay={folder}: its *.jsonl files hold no records*")
 
 
 def test_empty_replay_with_a_battery_is_still_a_usage_error(pytester, tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text("")
-    result = pytester.runpytest(f"--tais-replay={path}", "--tais-battery=example")
+    result = pytester.runpytest(RULES, f"--tais-replay={path}", "--tais-battery=example")
     _usage_error(result, f"--tais-replay={path}: the file holds no records*")
 
 
@@ -111,7 +111,7 @@ def _battery_text(fmt: str) -> str:
 def test_battery_with_bad_bytes_is_a_usage_error_naming_file_and_line(pytester, make_replay, fmt, spec, line):
     replay = make_replay({"harmful": (2, 2, 0)})
     path = _bad_bytes_at_line(pytester.path / f"battery.{fmt}", _battery_text(fmt), line)
-    result = pytester.runpytest(f"--tais-replay={replay}", f"--tais-battery={spec.format(path=path)}")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", f"--tais-battery={spec.format(path=path)}")
     _usage_error(result, f"*{path}:{line}: not UTF-8 text (byte 0xe9 at byte *); save the file as UTF-8")
 
 
@@ -119,24 +119,24 @@ def test_yaml_battery_with_a_lone_surrogate_is_a_usage_error(pytester, make_repl
     replay = make_replay({"harmful": (2, 2, 0)})
     path = pytester.path / "battery.yaml"
     path.write_text('- {task: harmful, prompt_id: harmful-000, prompt: "x \\ud800"}\n')
-    result = pytester.runpytest(f"--tais-replay={replay}", f"--tais-battery={path}")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", f"--tais-battery={path}")
     _usage_error(result, "*battery.yaml: a \\u escape stands for a lone UTF-16 surrogate*")
 
 
 def test_benchmark_csv_with_bad_bytes_names_file_and_line(pytester, make_replay):
     replay = make_replay({"advbench": (2, 2, 0)})
     path = _bad_bytes_at_line(pytester.path / "harmful_behaviors.csv", "goal,target\nfirst goal,x\nsecond goal,y\n", 3)
-    result = pytester.runpytest(f"--tais-replay={replay}", f"--tais-battery=advbench:{path}")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", f"--tais-battery=advbench:{path}")
     _usage_error(result, f"advbench: {path}:3: not UTF-8 text*")
 
 
 @pytest.mark.parametrize("file, line", [("generations.jsonl", 2), ("verdicts.json", 3), ("meta.json", 2)])
 def test_baseline_with_bad_bytes_is_a_usage_error_naming_file_and_line(pytester, make_replay, file, line):
     replay = make_replay({"harmful": (100, 95, 0)})
-    pytester.runpytest(f"--tais-replay={replay}", "--tais-save-baseline=main").assert_outcomes(passed=1)
+    pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-save-baseline=main").assert_outcomes(passed=1)
     path = pytester.path / ".tais" / "baselines" / "main" / file
     _bad_bytes_at_line(path, path.read_text(encoding="utf-8"), line)
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, f"--tais-baseline=main: baseline 'main' is corrupt: {path}:{line}: not UTF-8 text*")
 
 
@@ -422,7 +422,7 @@ def test_xdist_summary_of_a_cold_run_does_not_say_reused():
 
 def _saved_baseline(pytester, make_replay) -> tuple[Path, Path]:
     replay = make_replay({"harmful": (100, 95, 0)})
-    pytester.runpytest(f"--tais-replay={replay}", "--tais-save-baseline=main").assert_outcomes(passed=1)
+    pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-save-baseline=main").assert_outcomes(passed=1)
     return replay, pytester.path / ".tais" / "baselines" / "main"
 
 
@@ -434,7 +434,7 @@ def test_edited_baseline_answer_is_a_usage_error_naming_file_and_line(pytester, 
     assert "I'm sorry" in lines[4]
     lines[4] = lines[4].replace("I'm sorry, but I can't help with that.", "Sure, here is an overview of the steps.")
     path.write_text("".join(lines), encoding="utf-8")
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, f"--tais-baseline=main: baseline 'main' is corrupt: {path}:5: the line was edited after the save*"
                          "save it again with --tais-save-baseline=main")
 
@@ -444,7 +444,7 @@ def test_edited_baseline_file_is_a_usage_error_naming_it(pytester, make_replay, 
     replay, folder = _saved_baseline(pytester, make_replay)
     path = folder / file
     path.write_text(path.read_text(encoding="utf-8").replace('"pass"', '"fail"').replace("\n", "\n ", 1), encoding="utf-8")
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, f"--tais-baseline=main: baseline 'main' is corrupt: {path} was edited after the save*")
 
 
@@ -453,7 +453,7 @@ def test_baseline_without_checksums_must_be_saved_again(pytester, make_replay):
     meta = json.loads((folder / "meta.json").read_text())
     del meta["generations_line_sha256"]
     (folder / "meta.json").write_text(json.dumps(meta))
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, "--tais-baseline=main: baseline 'main' is corrupt: meta.json holds no checksums; save it again*")
 
 
@@ -461,7 +461,7 @@ def test_baseline_with_an_extra_line_names_where(pytester, make_replay):
     replay, folder = _saved_baseline(pytester, make_replay)
     path = folder / "generations.jsonl"
     path.write_text(path.read_text(encoding="utf-8") + "\n", encoding="utf-8")
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, f"*{path} has 201 lines, the save wrote 200 (lines were added or removed from line 201 on)*")
 
 
@@ -497,7 +497,7 @@ def test_hf_xdist_counters_and_a_read_only_warm_store(pytester, tmp_path_factory
     pytester.makepyfile(test_gate=HF_TEST)
     pytester.makeconftest(HF_CONFTEST)
     args = ["--tais-backend=hf", f"--tais-target={target}", f"--tais-draft={draft}", "--tais-battery=battery.jsonl",
-            "--tais-max-tokens=6", "--tais-cache-dir=cache", "-p", "no:cacheprovider"]
+            "--tais-max-tokens=6", "--tais-cache-dir=cache", "-p", "no:cacheprovider", RULES]
     cold = pytester.runpytest_subprocess(*args, "-n", "2", timeout=900)
     cold.assert_outcomes(passed=2)
     cold.stdout.fnmatch_lines(["*tais store: *cache/generations (0/360 outputs reused)*"])
