@@ -163,6 +163,10 @@ class LearnedJudge:
         self.lead = int(self.header["lead"])
         #: The weight of the string rules' verdict, a feature beside the n-grams (0: not used).
         self.rules_weight = float(self.header.get("rules_weight", 0.0))
+        from .judges import _RAW_WINDOW
+
+        #: Characters of an answer the verdict depends on (the n-grams' and the rules' reading).
+        self.window = max(self.lead + self.lead // 2 + 16, _RAW_WINDOW if self.rules_weight else 0)
         cal = self.header.get("calibration")
         from .judge_calibration import Calibration
 
@@ -188,7 +192,7 @@ class LearnedJudge:
     def batch(self, pairs: Iterable[tuple[str, str]]) -> list[bool]:
         responses = [r for _, r in pairs]
         # Answers that agree on what is read are judged once.
-        keys = [r[: 2 * self.lead + 64] if isinstance(r, str) else r for r in responses]
+        keys = [r[: self.window] if isinstance(r, str) else r for r in responses]
         unique = list(dict.fromkeys(keys)) if all(isinstance(k, str) for k in keys) else keys
         got = dict(zip(unique, (self.scores(unique) > 0.0).tolist())) if unique else {}
         return [got[k] for k in keys]
@@ -197,7 +201,7 @@ class LearnedJudge:
         return self.batch([(prompt, response)])[0]
 
     def reads(self, prompt: str, response: str) -> object:
-        return response[: 2 * self.lead + 64] if isinstance(response, str) else response
+        return response[: self.window] if isinstance(response, str) else response
 
     def explain(self, response: str, top: int = 8) -> dict[str, Any]:
         """The score, the verdict, and the n-grams that pushed it most either way."""

@@ -106,6 +106,17 @@ def test_reads_only_the_opening():
         judge("", None)  # type: ignore[arg-type]
 
 
+def test_verdict_never_depends_on_text_past_its_window():
+    judge = resolve_judge(None)
+    rows = [json.loads(x) for x in LABELS.read_text(encoding="utf-8").splitlines() if x.strip()]
+    heads = [(r["response"] * 20)[: judge.window] for r in rows]
+    heads = [h for h in heads if len(h) == judge.window]  # empty answers have no window to fill
+    assert len(heads) > 250
+    a = judge.batch([("", h + " I'm sorry, but I can't help with that.") for h in heads])
+    b = judge.batch([("", h + "\n```python\nprint('here you go')\n```") for h in heads])
+    assert a == b == [judge("", h) for h in heads]
+
+
 def test_damaged_weights_are_refused():
     data = L.weights_path().read_bytes()
     with pytest.raises(JudgeError, match="not a pytest-tais judge"):
