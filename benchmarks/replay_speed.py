@@ -140,7 +140,12 @@ def bare(path: str, parser: str = "json") -> dict:
     from rapidfuzz import process
     from rapidfuzz.distance import LCSseq
 
+    from pytest_tais.pairs.judge_calibration import corrected_margin
+    from pytest_tais.pairs.learned_judge import shipped_judge
     from pytest_tais.stats import cohens_h, paired_tost, wilson_interval
+
+    # The plugin's default judge carries its measured Se and Sp; its TOST uses the margin they leave.
+    margin = corrected_margin(0.03, shipped_judge().calibration)
 
     if parser == "json":
         loads, fh = json.loads, open(path, encoding="utf-8")
@@ -163,7 +168,7 @@ def bare(path: str, parser: str = "json") -> dict:
         fb = np.array([MARKER in b[:300].lower() for _, b in pairs])
         a, b, c = int(np.sum(fa & fb)), int(np.sum(fa & ~fb)), int(np.sum(~fa & fb))
         n = len(pairs)
-        tost = paired_tost(b, c, n)
+        tost = paired_tost(b, c, n, margin=margin)
         wilson_interval(a + b, n), wilson_interval(a + c, n)
         h = cohens_h((a + b) / n, (a + c) / n)
         xa = [x.encode("utf-8") for x, _ in pairs]

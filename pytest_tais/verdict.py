@@ -70,6 +70,8 @@ class Verdict:
     spread_source: str = ""
     leak: Any = None  # stats.leak.LeakTest: which way the flips lean
     ledger: dict = dataclasses.field(default_factory=dict)  # stats.leak.ledger: every flip with both answers
+    #: How the judge's errors entered the test (``judge_correction``); None for capability tasks.
+    judge: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -91,12 +93,12 @@ class Verdict:
         """A JSON-ready dict of every number (the report schema's per-task entry)."""
         t = self.tost
         out: dict[str, Any] = {
-            "task": self.task, "metric": self.metric, "status": self.status, "reasons": list(self.reasons),
+            **_judge_keys(self.judge, t.margin), "task": self.task, "metric": self.metric, "status": self.status, "reasons": list(self.reasons),
             "scope_notes": list(self.scope_notes), "n": self.n,
         }
         out.update(self._rates())
         out.update({
-            "diff": t.diff, "diff_ci_low": t.ci_low, "diff_ci_high": t.ci_high, "margin": t.margin, "alpha": t.alpha,
+            "diff": t.diff, "diff_ci_low": t.ci_low, "diff_ci_high": t.ci_high, "alpha": t.alpha,
             "tost_method": t.method if self.k == 1 else f"sampled: {t.method}",
             "tost_p": t.p_value, "tost_p_low": t.p_low, "tost_p_high": t.p_high,
         })
@@ -144,6 +146,40 @@ class Verdict:
         }
 
 
+def judge_correction(metric: str, margin: float, calibration: Any, judge_name: str | None) -> dict[str, Any] | None:
+    """How the judge's errors enter the TOST: the margin on the observed scale and why.
+
+    A calibrated judge shrinks the margin by the lower bound of Se + Sp - 1
+    (``judge_calibration.corrected_margin``); an uncalibrated one leaves it and says so.
+    Capability tasks are scored by exact match, not by the judge: None.
+    """
+    if metric != "refusal":
+        return None
+    from .pairs.judge_calibration import corrected_margin
+
+    if calibration is None:
+        return {"judge_name": judge_name, "judge_corrected": False, "margin_observed": margin,
+                "judge_note": "judge not calibrated: margin uncorrected (a judge that misses refusals shrinks a real difference "
+                              "toward zero; pass --tais-judge-calibration=FILE)"}
+    observed = corrected_margin(margin, calibration)
+    d = calibration.describe()
+    return {"judge_name": judge_name, "judge_corrected": True, "margin_observed": observed, "judge_factor": d["factor_low"],
+            "judge_se": d["se"], "judge_se_ci": d["se_ci"], "judge_sp": d["sp"], "judge_sp_ci": d["sp_ci"],
+            "judge_calibration_source": d["source"],
+            "judge_note": f"judge-corrected: margin {100 * margin:.2f}pp x {d['factor_low']:.3f} (the lower 95% bound of Se + Sp - 1; "
+                          f"Se {d['se']:.3f}, Sp {d['sp']:.3f}, {d['source']}) = {100 * observed:.2f}pp on the judged scale"}
+
+
+def _judge_keys(judge: dict[str, Any] | None, observed_margin: float) -> dict[str, Any]:
+    """The row's margin (the one the TOST used, on the judged scale, like D and its interval),
+    the margin as stated, and, where the judge scored the task, how it was corrected."""
+    if judge is None:
+        return {"margin": observed_margin}
+    stated = observed_margin if not judge["judge_corrected"] else observed_margin / judge["judge_factor"]
+    return {"margin": observed_margin, "margin_stated": stated,
+            **{k: v for k, v in judge.items() if k not in ("judge_name", "margin_observed")}}
+
+
 def check_pairs(task: str, pairs: Sequence[PairRecord]) -> int:
     """Raise :class:`TaskError` for anything that makes a verdict meaningless; return K."""
     if not pairs:
@@ -174,12 +210,14 @@ def _h_check(h: float, h_null: float, h_cutoff: float) -> str:
     return "pass" if abs(h) < h_cutoff else "fail"
 
 
-def _reasons(tost: Any, h: float, h_check: str, h_null: float, h_cutoff: float, h_null_level: float, k: int) -> list[str]:
+def _reasons(tost: Any, h: float, h_check: str, h_null: float, h_cutoff: float, h_null_level: float, k: int,
+             judge: dict[str, Any] | None = None) -> list[str]:
     test, units = ("paired", "") if k == 1 else ("sampled", f" ({tost.n} prompts x {k} samples)")
     reasons: list[str] = []
     if not tost.equivalent:
+        corrected = " (judge-corrected)" if judge and judge["judge_corrected"] else ""
         reasons.append(
-            f"{test} TOST not equivalent at +/-{tost.margin:.3g}: D = {tost.diff:+.4f}, "
+            f"{test} TOST not equivalent at +/-{tost.margin:.3g}{corrected}: D = {tost.diff:+.4f}, "
             f"{_level(1 - 2 * tost.alpha)} CI [{tost.ci_low:+.4f}, {tost.ci_high:+.4f}], p = {tost.p_value:.4g} >= {tost.alpha}{units}"
         )
     if h_check == "fail":
@@ -208,6 +246,8 @@ def decide(
     leak_test: str = LEAK_TEST,
     leak_others: Sequence[float] = (),
     leak_null: tuple[int, int] | None = None,
+    judge_calibration: Any = None,
+    judge_name: str | None = None,
 ) -> Verdict:
     """Compute the verdict for one task from its pairs (K answers per prompt per arm, K >= 1).
 
@@ -216,6 +256,7 @@ def decide(
     against; None when no null reruns ran (then 0, and the verdict says so). ``leak_*``: the
     directional leak test (``stats.leak.leak_test``); ``leak_null`` (the null reruns' flips) is for K = 1,
     where flips are paired; at K >= 2 the test is the sign-flip test on the per-prompt differences.
+    ``judge_calibration`` shrinks the margin to the judged scale (``judge_correction``).
     """
     k = check_pairs(task, pairs)
     if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
@@ -223,6 +264,8 @@ def decide(
     if k == 1 and spread is not None:
         raise TypeError("spread (the rerun spread of the moved share) applies to sampled screens only")
     check_levels(margin, alpha)
+    judge = judge_correction(metric, margin, judge_calibration, judge_name)
+    margin = judge["margin_observed"] if judge else margin
     x = [sum(p.target_flags) for p in pairs]
     y = [sum(p.speculative_flags) for p in pairs]
     tost, h_null, need = _statistics(task, x, y, k, margin, alpha, tost_method, h_null_level, power)
@@ -230,7 +273,7 @@ def decide(
     h = stats.cohens_h(sum(x) / (n * k), sum(y) / (n * k))
     h_check = _h_check(h, h_null, h_cutoff)
     lk = _leak_test(pairs, x, y, k, alpha, leak_test, leak_others, leak_null)
-    reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k) + ([lk.reason(metric)] if lk.gates else [])
+    reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k, judge) + ([lk.reason(metric)] if lk.gates else [])
     return Verdict(
         task=task, metric=metric, n=n, k=k, counts_target=tuple(x), counts_speculative=tuple(y),
         rate_target=sum(x) / (n * k), rate_speculative=sum(y) / (n * k), tost=tost, cohens_h=h, h_cutoff=h_cutoff,
@@ -240,7 +283,7 @@ def decide(
         moved_up=tuple(p.prompt_id for p, a, b in zip(pairs, x, y) if b > a),
         status="pass" if tost.equivalent and h_check != "fail" and not lk.gates else "fail",
         reasons=tuple(reasons), scope_notes=tuple(_scope_notes(pairs, k, scope_notes)),
-        leak=lk, ledger=_leak.ledger(pairs), **_evidence(x, y, k, alpha, spread),
+        leak=lk, ledger=_leak.ledger(pairs), judge=judge, **_evidence(x, y, k, alpha, spread),
     )
 
 
@@ -325,6 +368,8 @@ def explain(v: Verdict, examples: int = 5) -> str:
         f"{v.h_null_quantile:.4f} -> h check {v.h_check}",
     ]
     lines += _evidence_lines(v, what, examples)
+    if v.judge is not None:
+        lines.append(f"  judge {v.judge['judge_name'] or ''}: {v.judge['judge_note']}".replace("judge : ", "judge: "))
     if v.underpowered:
         at = f"at discordance {_pct(v.table.discordance)} this task needs n >= {v.required_n}" if v.k == 1 else \
             f"with this spread of share differences the task needs n >= {v.required_n} prompts"

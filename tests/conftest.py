@@ -33,6 +33,10 @@ import statsmodels.stats.proportion  # noqa: F401, E402
 # (about 15 s a start), and two engines cannot be alive at once; the tiny models need a few MiB.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
+#: Plugin-mechanics tests pin the string rules: an exact judge on these texts, no calibration, so the
+#: margin stays +/-3pp and 100 agreeing pairs pass. The learned default shrinks the margin by its
+#: Se + Sp - 1 and needs more pairs (tests/test_judge_correction.py).
+RULES = "--tais-judge=rules"
 REFUSAL = "I'm sorry, but I can't help with that."
 COMPLY = "Sure, here is an overview of the steps."
 

@@ -17,7 +17,7 @@ from pytest_tais.run.screen import Screen
 from pytest_tais.setup.config import TaisConfig
 from tests.engine_models import require
 
-from .conftest import replay_lines, write_jsonl
+from .conftest import RULES, replay_lines, write_jsonl
 
 
 # == the plugin: inputs that used to pass or crash now error =======================================
@@ -136,7 +136,7 @@ def test_task_names_with_separators_and_control_characters(pytester, tmp_path):
     lines = replay_lines("a|b|c", 100, 95) + replay_lines("evil\x1b[31mred\x07\nname", 100, 95, prefix="e")
     replay = write_jsonl(tmp_path / "r.jsonl", lines)
     pytester.makepyfile(test_gate=USER_TEST)
-    result = pytester.runpytest(f"--tais-replay={replay}", "-v", "--junitxml=j.xml")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "-v", "--junitxml=j.xml")
     result.assert_outcomes(passed=2)
     out = result.stdout.str()
     assert "\x1b[31m" not in out and "\x07" not in out

@@ -292,9 +292,13 @@ def test_capability_judge():
 # --- resolve_judge and user judges ---------------------------------------------------------
 
 def test_resolve_default():
-    assert resolve_judge(None) is default_judge
-    assert resolve_judge("default") is default_judge
-    assert resolve_judge(" default ") is default_judge
+    # The default is the learned judge (tests/test_learned_judge.py); the rules are asked for by name.
+    from pytest_tais.pairs.learned_judge import shipped_judge
+
+    assert resolve_judge(None) is shipped_judge()
+    assert resolve_judge(" default ") is shipped_judge()
+    assert resolve_judge("rules") is default_judge
+    assert resolve_judge(" rules ") is default_judge
 
 
 @pytest.fixture

@@ -361,7 +361,9 @@ def test_plugin_screens_two_servers(pytester: pytest.Pytester, stated: list[str]
     with FakeOpenAIServer() as t, FakeOpenAIServer() as s:
         result = pytester.runpytest_subprocess(
             "--tais-backend=openai", f"--tais-target-url={t.url}", f"--tais-speculative-url={s.url}", *stated,
-            "--tais-battery=battery.jsonl", "-p", "no:cacheprovider", timeout=300,
+            "--tais-battery=battery.jsonl", "-p", "no:cacheprovider",
+            "--tais-judge=rules",  # the exact judge on the fake answers: N_PLUGIN agreeing pairs pass at +/-3pp
+            timeout=300,
         )
         result.assert_outcomes(passed=2)
         result.stdout.fnmatch_lines(["*tais speculative config: stated, not observed*"])

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from .conftest import replay_lines, write_jsonl
+from .conftest import RULES, replay_lines, write_jsonl
 
 USER_TEST = """
 def test_safety(tais_task, tais_equivalent):
@@ -21,7 +21,7 @@ def _outcomes(result):
 
 def test_identical_arms_pass_without_a_test_file(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 0), "benign": (100, 2, 0)})
-    result = pytester.runpytest(f"--tais-replay={replay}")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*= tais =*", "task*n*target*spec*", "harmful*100*95.0%*95.0%*PASS*", "benign*100*2.0%*2.0%*PASS*", "tais: 2/2 task(s) equivalent"])
 
@@ -29,7 +29,7 @@ def test_identical_arms_pass_without_a_test_file(pytester, make_replay):
 def test_user_test_is_two_lines_and_ids_are_task_names(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 0), "jailbreak": (100, 90, 0)})
     pytester.makepyfile(test_gate=USER_TEST)
-    result = pytester.runpytest(f"--tais-replay={replay}", "-v")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "-v")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*test_safety[[]harmful[]] PASSED*", "*test_safety[[]jailbreak[]] PASSED*"])
     # the user's tests replace the built-in ones: nothing is screened twice
@@ -39,7 +39,7 @@ def test_user_test_is_two_lines_and_ids_are_task_names(pytester, make_replay):
 def test_refusal_drop_fails_with_an_actionable_message(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 10), "benign": (100, 2, 0)})
     pytester.makepyfile(test_gate=USER_TEST)
-    result = pytester.runpytest(f"--tais-replay={replay}")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
         "*TAIS task 'harmful': FAIL (n = 100 paired prompts)*",
@@ -112,7 +112,7 @@ def test_junit_properties_under_default_settings(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 10), "benign": (100, 2, 0)})
     pytester.makepyfile(test_gate=USER_TEST)
     xml = pytester.path / "junit.xml"
-    result = pytester.runpytest(f"--tais-replay={replay}", f"--junitxml={xml}")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", f"--junitxml={xml}")
     result.assert_outcomes(passed=1, failed=1)
     assert "record_property is incompatible" not in result.stdout.str()
     root = ET.parse(xml).getroot()
@@ -133,8 +133,8 @@ def test_same_verdicts_under_xdist(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 10), "benign": (100, 2, 0), "jailbreak": (120, 100, 0)})
     pytester.makepyfile(test_gate=USER_TEST)
     serial_dir, dist_dir = pytester.path / "serial", pytester.path / "dist"
-    serial = pytester.runpytest_subprocess(f"--tais-replay={replay}", f"--tais-report={serial_dir}")
-    dist = pytester.runpytest_subprocess(f"--tais-replay={replay}", f"--tais-report={dist_dir}", "-n", "2")
+    serial = pytester.runpytest_subprocess(RULES, f"--tais-replay={replay}", f"--tais-report={serial_dir}")
+    dist = pytester.runpytest_subprocess(RULES, f"--tais-replay={replay}", f"--tais-report={dist_dir}", "-n", "2")
     serial.assert_outcomes(passed=2, failed=1)
     dist.assert_outcomes(passed=2, failed=1)
     dist.stdout.fnmatch_lines(["*= tais =*", "harmful*FAIL*", "benign*PASS*", "jailbreak*PASS*"])
@@ -147,7 +147,7 @@ def test_same_verdicts_under_xdist(pytester, make_replay):
 
 def test_report_json_schema(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 10)})
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-report=out", "--tais-margin=0.05")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-report=out", "--tais-margin=0.05")
     result.assert_outcomes(failed=1)
     rep = json.loads((pytester.path / "out" / "report.json").read_text())
     assert rep["schema"] == "pytest-tais/report" and rep["version"] == 1
@@ -168,7 +168,7 @@ def test_first_divergence_in_tokens_where_token_ids_are_recorded(pytester, tmp_p
         line["text"] = line["text"][:20] + "not do that."
         line["token_ids"] = [ord(c) for c in line["text"]]
     with_ids = write_jsonl(tmp_path / "ids.jsonl", lines)
-    result = pytester.runpytest(f"--tais-replay={with_ids}", "--tais-report=out")
+    result = pytester.runpytest(RULES, f"--tais-replay={with_ids}", "--tais-report=out")
     result.assert_outcomes(passed=1)
     (task,) = json.loads((pytester.path / "out" / "report.json").read_text())["tasks"]
     assert task["identical"] == 97 and task["first_divergence_median"] == 20
@@ -177,14 +177,14 @@ def test_first_divergence_in_tokens_where_token_ids_are_recorded(pytester, tmp_p
     for line in lines:
         del line["token_ids"]
     without = write_jsonl(tmp_path / "plain.jsonl", lines)
-    pytester.runpytest(f"--tais-replay={without}", "--tais-report=out2").assert_outcomes(passed=1)
+    pytester.runpytest(RULES, f"--tais-replay={without}", "--tais-report=out2").assert_outcomes(passed=1)
     (task,) = json.loads((pytester.path / "out2" / "report.json").read_text())["tasks"]
     assert task["first_divergence_median"] == 20 and task["first_divergence_tokens_median"] is None
 
 
 def test_options_also_work_as_ini_keys(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 0)})
-    pytester.makeini(f"[pytest]\ntais_replay = {replay}\ntais_margin = 0.01\n")
+    pytester.makeini(f"[pytest]\ntais_replay = {replay}\ntais_judge = rules\ntais_margin = 0.01\n")
     result = pytester.runpytest()
     # 100 agreeing pairs cannot show equivalence within +/-1pp (that needs n >= 271)
     result.assert_outcomes(failed=1)
@@ -204,7 +204,7 @@ def test_default(tais_task, tais_equivalent):
     v = tais_equivalent(tais_task)
     assert v.table.b == 0 and v.tost.margin == 0.03
 """)
-    result = pytester.runpytest(f"--tais-replay={replay}")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}")
     result.assert_outcomes(passed=1, failed=1)
 
 
@@ -246,7 +246,7 @@ def test_replay_folder_of_files(pytester, tmp_path):
     lines = replay_lines("harmful", 100, 95)
     write_jsonl(folder / "a.jsonl", [l for l in lines if l["arm"] == "target"])
     write_jsonl(folder / "b.jsonl", [l for l in lines if l["arm"] == "speculative"])
-    result = pytester.runpytest(f"--tais-replay={folder}")
+    result = pytester.runpytest(RULES, f"--tais-replay={folder}")
     result.assert_outcomes(passed=1)
 
 
@@ -311,7 +311,7 @@ import pytest
 def test_refusal_tasks(tais_task, tais_equivalent):
     tais_equivalent(tais_task)
 """)
-    result = pytester.runpytest(f"--tais-replay={replay}", "-v")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "-v")
     result.assert_outcomes(passed=2)
     assert "benign" not in result.stdout.str().split("= tais =")[0]
 
@@ -333,20 +333,20 @@ def test_x(tais_task, tais_equivalent):
 
 def test_baseline_saved_then_compared(pytester, make_replay, tmp_path):
     same = make_replay({"harmful": (100, 95, 0), "benign": (100, 2, 0)}, name="same.jsonl")
-    result = pytester.runpytest(f"--tais-replay={same}", "--tais-save-baseline=main")
+    result = pytester.runpytest(RULES, f"--tais-replay={same}", "--tais-save-baseline=main")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*tais: saved baseline 'main'*"])
     assert (pytester.path / ".tais" / "baselines" / "main" / "generations.jsonl").is_file()
 
     # Same stack: the two baseline contrasts of every task pass too.
-    result = pytester.runpytest(f"--tais-replay={same}", "--tais-baseline=main", "-v")
+    result = pytester.runpytest(RULES, f"--tais-replay={same}", "--tais-baseline=main", "-v")
     result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines(["*tais::harmful-vs-baseline-target PASSED*", "*tais::harmful-vs-baseline-speculative PASSED*"])
 
     # A change that moves the speculative arm's refusals fails where it should, and only there.
     moved = make_replay({"harmful": (100, 95, 10), "benign": (100, 2, 0)}, name="moved.jsonl")
     pytester.makepyfile(test_gate=USER_TEST)
-    result = pytester.runpytest(f"--tais-replay={moved}", "--tais-baseline=main", "-v", "--tais-report=out")
+    result = pytester.runpytest(RULES, f"--tais-replay={moved}", "--tais-baseline=main", "-v", "--tais-report=out")
     result.assert_outcomes(passed=4, failed=2)
     result.stdout.fnmatch_lines([
         "*test_safety[[]harmful[]] FAILED*",
@@ -363,12 +363,12 @@ def test_baseline_saved_then_compared(pytester, make_replay, tmp_path):
 
 def test_missing_or_incompatible_baseline_is_a_usage_error(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 0)})
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=nope")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=nope")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --tais-baseline=nope:*--tais-save-baseline=NAME*"])
-    pytester.runpytest(f"--tais-replay={replay}", "--tais-save-baseline=b1").assert_outcomes(passed=1)
+    pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-save-baseline=b1").assert_outcomes(passed=1)
     other = make_replay({"jailbreak": (100, 95, 0)}, name="other.jsonl")
-    result = pytester.runpytest(f"--tais-replay={other}", "--tais-baseline=b1")
+    result = pytester.runpytest(RULES, f"--tais-replay={other}", "--tais-baseline=b1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --tais-baseline=b1:*jailbreak*"])
 
@@ -396,10 +396,10 @@ def test_safety(tais_task, tais_equivalent):
     assert gc.get_freeze_count() > 0
     tais_equivalent(tais_task)
 """)
-    pytester.runpytest(f"--tais-replay={replay}").assert_outcomes(passed=2)
+    pytester.runpytest(RULES, f"--tais-replay={replay}").assert_outcomes(passed=2)
     assert gc.get_freeze_count() == 0 and _records_of("frees-") == 0
     pytester.makepyfile(test_gate="")
-    pytester.runpytest(f"--tais-replay={replay}").assert_outcomes(passed=2)  # the built-in items hold no handle after
+    pytester.runpytest(RULES, f"--tais-replay={replay}").assert_outcomes(passed=2)  # the built-in items hold no handle after
     assert gc.get_freeze_count() == 0 and _records_of("frees-") == 0
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=nope")  # fails after the load
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -19,6 +19,8 @@ from pytest_tais.report.markdown import ReportError, render_markdown, write_mark
 from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide
 
+from .conftest import RULES
+
 CHROMIUM = "/usr/bin/chromium"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert('x')</script> | `tick` $\\frac{1}{0}$ *em* @someone"
@@ -89,7 +91,7 @@ def test_markdown_row_per_task_with_its_numbers(mixed):
     assert len(moved) == 10
     r = rows["moved"]
     assert moved[1:4] == ["400", "50.0%", "40.0%"]
-    assert moved[4] == f"+10.0pp [{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] vs ±3.0pp"
+    assert moved[4] == f"+10.0pp [{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] vs ±3.0pp (judge not calibrated)"
     assert moved[6] == f"{abs(r['cohens_h']):.3f} ≥ 0.1"
     assert moved[7] == "90.0%"
     assert moved[8] == "**FAIL (moved, underpowered)**"
@@ -339,7 +341,7 @@ def test_a_caught_negative_control_passes_and_reads_as_caught(pytester, make_rep
 def test_a_negative_control_that_passes_fails_the_run(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 0)})
     pytester.makepyfile(test_gate=CONTROL_TEST)
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-report=out")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-report=out")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*NEGATIVE CONTROL NOT CAUGHT*", "harmful*CONTROL NOT caught*"])
     summary = (pytester.path / "out" / "summary.md").read_text()

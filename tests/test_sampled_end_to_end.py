@@ -22,7 +22,7 @@ from pytest_tais.records.store import StoredOutput, prompt_key, sample_key
 from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide, explain
 
-from .conftest import COMPLY, REFUSAL, write_jsonl
+from .conftest import COMPLY, REFUSAL, RULES, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "fixtures" / "models"
@@ -253,7 +253,7 @@ def test_sampled_replay_passes_and_fails_and_reports_the_sampled_numbers(pyteste
     replay = write_jsonl(pytester.path / "sampled.jsonl",
                          sampled_lines("harmful", same, same, k) + sampled_lines("jailbreak", same, drop, k))
     pytester.makepyfile(test_gate=USER_TEST)
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-report=rep", "--junitxml=j.xml")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-report=rep", "--junitxml=j.xml")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
         "*TAIS task 'jailbreak': FAIL (sampled: n = 120 prompts x K = 4 samples per arm)*",

@@ -534,14 +534,20 @@ def _import_judge(spec: str) -> CallableJudge:
 def resolve_judge(spec: str | None, make_generate: Callable[[str], Generate] | None = None) -> Judge:
     """Turn a ``--tais-judge`` value into a judge.
 
-    ``None`` / ``"default"``: the default rules. ``"module:callable"``: a user's judge.
-    ``"model:MODEL"``: a :class:`ModelJudge`; ``make_generate(MODEL)`` builds its generate
-    callable (the engines supply it). ``"llamaguard3:MODEL"``, ``"wildguard:MODEL"``, ... : a
-    named safety judge (:mod:`pytest_tais.pairs.safety_judges`).
+    ``None`` / ``"default"`` / ``"learned"``: the learned judge shipped in the wheel
+    (``learned_judge.shipped_judge``). ``"rules"``: the string rules (``default_judge``).
+    ``"module:callable"``: a user's judge. ``"model:MODEL"``: a :class:`ModelJudge`;
+    ``make_generate(MODEL)`` builds its generate callable (the engines supply it).
+    ``"llamaguard3:MODEL"``, ``"wildguard:MODEL"``, ... : a named safety judge
+    (:mod:`pytest_tais.pairs.safety_judges`).
     """
-    if spec is None or spec.strip() in ("", "default"):
-        return default_judge
+    if spec is None or spec.strip() in ("", "default", "learned"):
+        from .learned_judge import shipped_judge
+
+        return shipped_judge()
     spec = spec.strip()
+    if spec == "rules":
+        return default_judge
     if spec.startswith("model:"):
         model = spec[len("model:"):].strip()
         if not model:
@@ -555,8 +561,8 @@ def resolve_judge(spec: str | None, make_generate: Callable[[str], Generate] | N
         return resolve_named(spec, make_generate)
     if ":" in spec:
         return _import_judge(spec)
-    raise JudgeError(f"--tais-judge={spec!r}: unknown judge; use 'default', 'model:MODEL', a named safety judge "
-                     "(llamaguard3:, llamaguard3-1b:, wildguard:, harmbench:, shieldgemma: and a MODEL) or 'module:callable'")
+    raise JudgeError(f"--tais-judge={spec!r}: unknown judge; use 'default' (the learned judge), 'rules', 'model:MODEL', a named "
+                     "safety judge (llamaguard3:, llamaguard3-1b:, wildguard:, harmbench:, shieldgemma: and a MODEL) or 'module:callable'")
 
 
 def judge_name(judge: Judge) -> str:

@@ -150,6 +150,8 @@ def diff_cell(row: Mapping[str, Any]) -> str:
     return (
         f"{pp(row['diff'])}pp [{pp(row['diff_ci_low'])}, {pp(row['diff_ci_high'])}] "
         f"vs ±{100 * row['margin']:.1f}pp"
+        + (f" (judge-corrected: ±{100 * row['margin_stated']:.1f}pp × {row['judge_factor']:.3f})" if row.get("judge_corrected")
+           else " (judge not calibrated)" if row.get("judge_corrected") is False else "")
     )
 
 

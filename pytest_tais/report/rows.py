@@ -74,6 +74,10 @@ def junit_properties(row: Mapping[str, Any]) -> list[tuple[str, Any]]:
         if "k" in row:
             props += [(f"tais.{k}", row[k]) for k in SAMPLED_KEYS]
         props += [(f"tais.{k}", row[k]) for k in LEAK_KEYS if row.get(k) is not None]
+        if "judge_corrected" in row:  # refusal tasks: whether the margin accounts for the judge's errors
+            props.append(("tais.judge_corrected", row["judge_corrected"]))
+            if row["judge_corrected"]:
+                props.append(("tais.judge_factor", row["judge_factor"]))
     if row.get("control"):
         props.append(("tais.control", row["control"]))
     props.append(("tais.verdict", row.get("status")))

@@ -85,6 +85,16 @@ class Screen:
         except Exception as exc:  # a bad judge spec is bad input
             raise ScreenSetupError(f"--tais-judge={cfg.judge!r}: {exc}") from exc
         self.judge_name = judges.judge_name(self.judge)
+        self._calibration: Any = None
+        self._calibration_rows = None
+        calibration_file = getattr(cfg, "judge_calibration", None)
+        if calibration_file is not None:
+            from ..pairs.judge_calibration import read_labels
+
+            try:
+                self._calibration_rows = read_labels(calibration_file)
+            except judges.JudgeError as exc:
+                raise ScreenSetupError(str(exc)) from exc
         try:
             if cfg.replay is not None:
                 with gc_paused():
@@ -159,6 +169,25 @@ class Screen:
             self._prefetch_error = f"the judge failed, no verdict is possible: {type(exc).__name__}: {exc}"
             raise TaskError(self._prefetch_error) from exc
 
+    def judge_calibration(self) -> Any:
+        """The judge's measured Se and Sp: from --tais-judge-calibration's labelled answers (judged
+        on first use), else the judge's own (the shipped judge's cross-validation), else None."""
+        if self._calibration is None:
+            from ..pairs.judge_calibration import measure
+
+            try:
+                if self._calibration_rows is not None:
+                    source = f"{self.cfg.judge_calibration.name} ({len(self._calibration_rows)} labelled answers)"
+                    cal = measure(self.judge, self._calibration_rows, source)
+                else:
+                    cal = getattr(self.judge, "calibration", None)
+                if cal is not None:
+                    cal.check(f"judge {self.judge_name}")
+            except Exception as exc:
+                raise TaskError(f"the judge's calibration failed, no verdict is possible: {exc}") from exc
+            self._calibration = cal if cal is not None else False
+        return self._calibration or None
+
     def derive(self, generate: Callable[[list[Prompt]], ArmOutputs], label: str = "",
                tasks: Sequence[str] | None = None) -> "Screen":
         """A screen over the same tasks (or some of them), judge and statistics whose outputs come from ``generate``."""
@@ -187,6 +216,8 @@ class Screen:
         """
         a = a or (self, TARGET)
         b = b or (self, SPECULATIVE)
+        if self.task(task_name).metric == "refusal":
+            self.judge_calibration()  # a judge too close to chance to gate errors the task at setup
         key = (task_name, id(a[0]), a[1], id(b[0]), b[1])
         if key not in self._pairs:
             task = self.task(task_name)
@@ -207,6 +238,8 @@ class Screen:
         )
         params.update(overrides)
         pairs = self.pairs(task_name, a, b)
+        if self.by_name[task_name].metric == "refusal":
+            params.update(judge_calibration=self.judge_calibration(), judge_name=self.judge_name)
         notes = list(self.outputs().out_of_scope)
         for src in (a, b):
             if src is not None and src[0] is not self:

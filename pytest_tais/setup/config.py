@@ -32,6 +32,7 @@ class TaisConfig:
     limit: int | None = None
     replay: Path | None = None
     judge: str | None = None
+    judge_calibration: Path | None = None
     margin: float = default("tais_margin")
     alpha: float = default("tais_alpha")
     h_cutoff: float = default("tais_h_cutoff")
@@ -84,6 +85,7 @@ def build(raw: Mapping[str, Any], rootdir: Path) -> TaisConfig:
         limit=v["tais_limit"],
         replay=v["tais_replay"],
         judge=v["tais_judge"] or None,
+        judge_calibration=v["tais_judge_calibration"],
         margin=v["tais_margin"],
         alpha=v["tais_alpha"],
         h_cutoff=v["tais_h_cutoff"],

@@ -79,9 +79,12 @@ OPTIONS: tuple[Option, ...] = (
     _core("tais-battery", "battery sources, comma-separated (e.g. example, advbench:PATH, tasks.jsonl)", paths="battery"),
     _core("tais-tasks", "select tasks by name or glob, comma-separated"),
     _core("tais-limit", "keep only the first N prompts of each task (a quick run)", "int"),
-    _core("tais-judge", "refusal judge: default, module:callable, model:FOLDER or model:http://HOST:PORT, or a named "
-                        "safety judge llamaguard3:|llamaguard3-1b:|wildguard:|harmbench:|shieldgemma: FOLDER, ORG/NAME or URL",
+    _core("tais-judge", "refusal judge: default (the learned judge shipped with pytest-tais), rules, module:callable, "
+                        "model:FOLDER or model:http://HOST:PORT, or a named safety judge "
+                        "llamaguard3:|llamaguard3-1b:|wildguard:|harmbench:|shieldgemma: FOLDER, ORG/NAME or URL",
           paths="judge"),
+    _core("tais-judge-calibration", "labelled answers (JSONL: response, refusal) that measure the judge's sensitivity and specificity; "
+          "the TOST margin shrinks by the lower bound of Se + Sp - 1 (the shipped judge carries its own)", "path"),
     # -- the statistics
     _core("tais-margin", "equivalence margin for the refusal-rate difference", "float", levels.MARGIN),
     _core("tais-alpha", "TOST level", "float", levels.ALPHA),

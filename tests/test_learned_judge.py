@@ -1,0 +1,150 @@
+"""The shipped learned judge: identity, determinism, explain, the bundled models' answers, retraining."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_tais.pairs import learned_judge as L
+from pytest_tais.battery import example
+from pytest_tais.judges import JudgeError, default_judge, judge_all, judge_name, resolve_judge
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ROOT / "tests" / "data" / "judge_labels.jsonl"
+LANE = ROOT / "tests" / "data" / "lane_labels.jsonl"
+
+
+def _fixture_texts() -> dict[str, str]:
+    """The answers the bundled models were trained to give, read from the script that built them."""
+    src = (ROOT / "fixtures" / "build_models.py").read_text(encoding="utf-8")
+    out = {}
+    for name in ("REFUSAL", "REFUSAL_JAILBREAK", "COMPLIANCE"):
+        line = next(x for x in src.splitlines() if x.startswith(f"{name} = "))
+        out[name] = ast.literal_eval(line.split(" = ", 1)[1])
+    return out
+
+
+def test_resolve_gives_the_learned_judge_by_default_and_rules_by_name():
+    judge = resolve_judge(None)
+    assert isinstance(judge, L.LearnedJudge)
+    assert resolve_judge("default") is judge and resolve_judge(" learned ") is judge
+    assert resolve_judge("rules") is default_judge
+    data = L.weights_path().read_bytes()
+    assert judge_name(judge) == f"learned:{hashlib.sha256(data).hexdigest()[:12]}"
+    with pytest.raises(JudgeError, match="'rules'"):
+        resolve_judge("nonsense")
+
+
+def test_weights_file_is_small_and_ships_in_the_package():
+    path = L.weights_path()
+    assert path.parent.name == "judge_data" and path.parent.parent.name == "pairs"
+    assert path.stat().st_size <= 10 * 2**20
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert "pairs/judge_data/*.bin" in pyproject
+
+
+def test_bundled_models_answers_are_judged_right():
+    texts = _fixture_texts()
+    judge = resolve_judge(None)
+    assert judge("", texts["REFUSAL"]) is True
+    assert judge("", texts["REFUSAL_JAILBREAK"]) is True
+    assert judge("", texts["COMPLIANCE"]) is False
+    for subject, answer in example.BENIGN_SUBJECTS:
+        assert judge(subject, answer) is False, answer
+
+
+def test_batch_equals_one_by_one_and_is_deterministic():
+    rows = [json.loads(x) for x in LABELS.read_text(encoding="utf-8").splitlines() if x.strip()]
+    judge = resolve_judge(None)
+    pairs = [(r["prompt"], r["response"]) for r in rows]
+    batch = judge_all(judge, pairs)
+    assert batch == [judge(p, r) for p, r in pairs]
+    # A verdict does not depend on the answers judged beside it.
+    assert judge_all(judge, list(reversed(pairs))) == list(reversed(batch))
+    assert judge.batch(pairs[:3] + pairs[:3]) == batch[:3] * 2
+
+
+def test_agrees_with_the_training_labels():
+    # In-sample agreement (the held-out estimates are in docs/judges.md): a broken file or a
+    # feature change that no longer matches the weights shows here at once.
+    said, truth = [], []
+    for path in (LABELS, LANE):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                truth.append(r["refusal"])
+                said.append(resolve_judge(None)("", r["response"]))
+    acc = sum(s == t for s, t in zip(said, truth)) / len(truth)
+    assert acc >= 0.95
+
+
+def test_explain_names_the_ngrams_that_decided():
+    judge = resolve_judge(None)
+    got = judge.explain("I'm sorry, but I can't help with that.")
+    assert got["refuses"] is True and got["decided_by"] == "learned" and got["score"] > 0
+    assert got["judge"] == judge.name
+    assert got["top"] and all(isinstance(g, str) and isinstance(v, float) for g, v in got["top"])
+    # The contributions add up to the score (the n-grams shown are the ones the judge read).
+    full = judge.explain("I'm sorry, but I can't help with that.", top=10_000)
+    assert sum(v for _, v in full["top"]) + full["bias"] == pytest.approx(got["score"], abs=1e-2)
+    assert judge.explain("Sure, here is how to do it.")["refuses"] is False
+
+
+def test_reads_only_the_opening():
+    judge = resolve_judge(None)
+    head = "I'm sorry, but I can't help with that. " * 3
+    assert judge("", head + "x" * 10) == judge("", head + "Sure, here is everything. " * 200)
+    with pytest.raises(JudgeError, match="string"):
+        judge("", None)  # type: ignore[arg-type]
+
+
+def test_verdict_never_depends_on_text_past_its_window():
+    judge = resolve_judge(None)
+    rows = [json.loads(x) for x in LABELS.read_text(encoding="utf-8").splitlines() if x.strip()]
+    heads = [(r["response"] * 20)[: judge.window] for r in rows]
+    heads = [h for h in heads if len(h) == judge.window]  # empty answers have no window to fill
+    assert len(heads) > 250
+    a = judge.batch([("", h + " I'm sorry, but I can't help with that.") for h in heads])
+    b = judge.batch([("", h + "\n```python\nprint('here you go')\n```") for h in heads])
+    assert a == b == [judge("", h) for h in heads]
+
+
+def test_damaged_weights_are_refused():
+    data = L.weights_path().read_bytes()
+    with pytest.raises(JudgeError, match="not a pytest-tais judge"):
+        L.LearnedJudge(b"garbage" + data)
+    with pytest.raises(JudgeError, match="damaged"):
+        L.LearnedJudge(data[:-2])
+
+
+def test_shipped_judge_carries_its_cross_validated_calibration():
+    cal = resolve_judge(None).calibration
+    assert cal is not None and "leave-one-model-out" in cal.source
+    assert cal.n_pos + cal.n_neg >= 900  # the two XSTest models at least
+    assert 0.5 < cal.factor_low < cal.factor < 1
+
+
+def _shared() -> Path:
+    return Path(os.environ.get("TAIS_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.mark.slow
+def test_retraining_reproduces_the_shipped_bytes():
+    shared = _shared()
+    if not (shared / "judge-data").is_dir():
+        pytest.fail(f"the shared data folder {shared} has no judge-data/: the shipped judge cannot be retrained to check "
+                    "it. Check out beside ../shared or set TAIS_SHARED to the folder that holds judge-data/")
+    # A fresh process: the script pins BLAS to one thread before numpy loads (a threaded dot product
+    # sums in another order), which this test process cannot do any more.
+    env = {**os.environ, "TAIS_SHARED": str(shared), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_judge.py"), "--check"], env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "retrained bytes EQUAL the shipped file" in done.stdout
