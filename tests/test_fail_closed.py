@@ -279,10 +279,10 @@ def test_benchmark_csv_with_bad_bytes_names_file_and_line(pytester, make_replay)
 @pytest.mark.parametrize("file, line", [("generations.jsonl", 2), ("verdicts.json", 3), ("meta.json", 2)])
 def test_baseline_with_bad_bytes_is_a_usage_error_naming_file_and_line(pytester, make_replay, file, line):
     replay = make_replay({"harmful": (100, 95, 0)})
-    pytester.runpytest(f"--tais-replay={replay}", "--tais-save-baseline=main").assert_outcomes(passed=1)
+    pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-save-baseline=main").assert_outcomes(passed=1)
     path = pytester.path / ".tais" / "baselines" / "main" / file
     _bad_bytes_at_line(path, path.read_text(encoding="utf-8"), line)
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, f"--tais-baseline=main: baseline 'main' is corrupt: {path}:{line}: not UTF-8 text*")
 
 
@@ -568,7 +568,7 @@ def test_xdist_summary_of_a_cold_run_does_not_say_reused():
 
 def _saved_baseline(pytester, make_replay) -> tuple[Path, Path]:
     replay = make_replay({"harmful": (100, 95, 0)})
-    pytester.runpytest(f"--tais-replay={replay}", "--tais-save-baseline=main").assert_outcomes(passed=1)
+    pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-save-baseline=main").assert_outcomes(passed=1)
     return replay, pytester.path / ".tais" / "baselines" / "main"
 
 
@@ -580,7 +580,7 @@ def test_edited_baseline_answer_is_a_usage_error_naming_file_and_line(pytester, 
     assert "I'm sorry" in lines[4]
     lines[4] = lines[4].replace("I'm sorry, but I can't help with that.", "Sure, here is an overview of the steps.")
     path.write_text("".join(lines), encoding="utf-8")
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, f"--tais-baseline=main: baseline 'main' is corrupt: {path}:5: the line was edited after the save*"
                          "save it again with --tais-save-baseline=main")
 
@@ -590,7 +590,7 @@ def test_edited_baseline_file_is_a_usage_error_naming_it(pytester, make_replay, 
     replay, folder = _saved_baseline(pytester, make_replay)
     path = folder / file
     path.write_text(path.read_text(encoding="utf-8").replace('"pass"', '"fail"').replace("\n", "\n ", 1), encoding="utf-8")
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, f"--tais-baseline=main: baseline 'main' is corrupt: {path} was edited after the save*")
 
 
@@ -599,7 +599,7 @@ def test_baseline_without_checksums_must_be_saved_again(pytester, make_replay):
     meta = json.loads((folder / "meta.json").read_text())
     del meta["generations_line_sha256"]
     (folder / "meta.json").write_text(json.dumps(meta))
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, "--tais-baseline=main: baseline 'main' is corrupt: meta.json holds no checksums; save it again*")
 
 
@@ -607,7 +607,7 @@ def test_baseline_with_an_extra_line_names_where(pytester, make_replay):
     replay, folder = _saved_baseline(pytester, make_replay)
     path = folder / "generations.jsonl"
     path.write_text(path.read_text(encoding="utf-8") + "\n", encoding="utf-8")
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=main")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, f"*{path} has 201 lines, the save wrote 200 (lines were added or removed from line 201 on)*")
 
 

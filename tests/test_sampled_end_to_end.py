@@ -371,16 +371,16 @@ def test_probe_of_a_sampled_replay_reports_the_pooled_rate_never_a_pass(pytester
 def test_a_sampled_replay_saves_and_compares_a_baseline(pytester):
     same = [4] * 100
     replay = write_jsonl(pytester.path / "s.jsonl", sampled_lines("harmful", same, same, 4))
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-save-baseline=b")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-save-baseline=b")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["*saved baseline 'b'*"])
     saved = (pytester.path / ".tais" / "baselines" / "b" / "generations.jsonl").read_text().splitlines()
     assert len(saved) == 100 * 2 * 4 and all('"sample"' in line for line in saved)
     # The same outputs compare equal to the baseline; a speculative arm that stopped refusing does not.
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=b")
+    result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=b")
     result.assert_outcomes(passed=3)
     moved = write_jsonl(pytester.path / "m.jsonl", sampled_lines("harmful", same, [4] * 80 + [0] * 20, 4))
-    result = pytester.runpytest(f"--tais-replay={moved}", "--tais-baseline=b", "--tais-report=out")
+    result = pytester.runpytest(RULES, f"--tais-replay={moved}", "--tais-baseline=b", "--tais-report=out")
     result.assert_outcomes(passed=1, failed=2)
     rows = {r["contrast"]: r for r in json.loads((pytester.path / "out" / "report.json").read_text())["tasks"]}
     assert rows["baseline-target"]["status"] == "pass" and rows["baseline-target"]["k"] == 4
