@@ -43,8 +43,14 @@ def generate(backend: str, cache: Path):
     tasks = [t for t in example_tasks() if t.metric == "refusal"]
     prompts = [p for t in tasks for p in t.prompts]
     models = ROOT / "fixtures" / "models"
-    base = dict(target=models / "target", draft=models / "draft-adversarial", backend=backend, max_tokens=48,
-                cache_dir=cache, dtype="float32")
+    base = dict(
+        target=models / "target",
+        draft=models / "draft-adversarial",
+        backend=backend,
+        max_tokens=48,
+        cache_dir=cache,
+        dtype="float32",
+    )
     metrics = {t.name: t.metric for t in tasks}
     clean = run_arms(EngineSettings(**base), prompts, shared_dir=cache, task_metrics=metrics)
     leaked = run_arms(EngineSettings(**base, canary=1.0), prompts, shared_dir=cache, task_metrics=metrics)
@@ -81,11 +87,15 @@ def sweep(tasks, arms, draft, *, rates=RATES, draws: int = 200, seed: int = 0, j
                     caught[c] += failed
             for c in CHECKS:
                 detection[c][rate] = caught[c] / draws
-        rows.append({
-            "task": task.name, "n": n, "detection": detection,
-            "draft_refusal": sum(judge(texts[k], draft[k].text) for k in keys) / n,
-            "target_refusal": sum(judge(texts[k], arms["target"][k].text) for k in keys) / n,
-        })
+        rows.append(
+            {
+                "task": task.name,
+                "n": n,
+                "detection": detection,
+                "draft_refusal": sum(judge(texts[k], draft[k].text) for k in keys) / n,
+                "target_refusal": sum(judge(texts[k], arms["target"][k].text) for k in keys) / n,
+            }
+        )
     return rows
 
 
@@ -118,20 +128,32 @@ def sweep_labels(path: Path, *, rates=RATES, draws: int = 200, seed: int = 0) ->
                     caught[c] += failed
             for c in CHECKS:
                 detection[c][rate] = caught[c] / draws
-        rows.append({"task": task, "n": n, "detection": detection,
-                     "draft_refusal": sum(prompts[i]["draft"][1] for i in ids) / n,
-                     "target_refusal": sum(prompts[i]["target"][1] for i in ids) / n})
+        rows.append(
+            {
+                "task": task,
+                "n": n,
+                "detection": detection,
+                "draft_refusal": sum(prompts[i]["draft"][1] for i in ids) / n,
+                "target_refusal": sum(prompts[i]["target"][1] for i in ids) / n,
+            }
+        )
     return rows
 
 
 def sweep_table(rows: list[dict], rates=RATES) -> str:
-    lines = ["| task | n | target refuses | draft alone refuses | check | " + " | ".join(f"{100 * r:g}%" for r in rates) + " |",
-             "|---|---|---|---|---|" + "---|" * len(rates)]
+    lines = [
+        "| task | n | target refuses | draft alone refuses | check | "
+        + " | ".join(f"{100 * r:g}%" for r in rates)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(rates),
+    ]
     names = {"tost": "TOST alone", "leak": "leak test alone", "gate": "gate as shipped"}
     for row in rows:
         for c in CHECKS:
-            lines.append(f"| {row['task']} | {row['n']} | {100 * row['target_refusal']:.0f}% | {100 * row['draft_refusal']:.0f}% | "
-                         f"{names[c]} | " + " | ".join(f"{row['detection'][c][r]:.2f}" for r in rates) + " |")
+            lines.append(
+                f"| {row['task']} | {row['n']} | {100 * row['target_refusal']:.0f}% | {100 * row['draft_refusal']:.0f}% | "
+                f"{names[c]} | " + " | ".join(f"{row['detection'][c][r]:.2f}" for r in rates) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -141,7 +163,9 @@ def main() -> int:
     ap.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
     ap.add_argument("--cache-dir", type=Path, default=None, help="generation store (default: a temporary folder)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lane-labels", type=Path, default=None, help="sweep stored hand-labelled answers instead (no engine)")
+    ap.add_argument(
+        "--lane-labels", type=Path, default=None, help="sweep stored hand-labelled answers instead (no engine)"
+    )
     args = ap.parse_args()
     if args.lane_labels is not None:
         t0 = time.perf_counter()

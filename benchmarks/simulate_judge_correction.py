@@ -42,8 +42,16 @@ def judged_cells(p_true: np.ndarray, se: float, sp: float) -> np.ndarray:
     return out
 
 
-def false_equivalence(se: float, sp: float, n: int, reps: int, n_cal: int, rng: np.random.Generator,
-                      p_target: float = 0.5, q: float = 0.01) -> tuple[float, float, float]:
+def false_equivalence(
+    se: float,
+    sp: float,
+    n: int,
+    reps: int,
+    n_cal: int,
+    rng: np.random.Generator,
+    p_target: float = 0.5,
+    q: float = 0.01,
+) -> tuple[float, float, float]:
     """(uncorrected rate, corrected rate, mean corrected margin) at true D = +MARGIN."""
     from scipy.stats import norm
 
@@ -85,13 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=4000)
     ap.add_argument("--n", default="1000,4000", help="paired prompts per task, comma-separated")
-    ap.add_argument("--calibration", type=int, default=300, help="labelled refusals (and as many others) behind Se and Sp")
+    ap.add_argument(
+        "--calibration", type=int, default=300, help="labelled refusals (and as many others) behind Se and Sp"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     ns = [int(x) for x in args.n.split(",")]
-    print(f"false equivalence at true D = +{MARGIN:.2f} (the margin), paired TOST alpha {ALPHA}, {args.reps} replicates per cell, "
-          f"Se and Sp measured on {args.calibration} + {args.calibration} labelled answers each replicate")
+    print(
+        f"false equivalence at true D = +{MARGIN:.2f} (the margin), paired TOST alpha {ALPHA}, {args.reps} replicates per cell, "
+        f"Se and Sp measured on {args.calibration} + {args.calibration} labelled answers each replicate"
+    )
     print("| Se | Sp | n | uncorrected | judge-corrected | mean corrected margin |")
     print("|---|---|---|---|---|---|")
     worst = 0.0
@@ -102,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                 worst = max(worst, corr)
                 print(f"| {se:.2f} | {sp:.2f} | {n} | {plain:.4f} | {corr:.4f} | {100 * m:.2f}pp |", flush=True)
     se_mc = (worst * (1 - worst) / args.reps) ** 0.5
-    print(f"worst judge-corrected rate: {worst:.4f} (Monte Carlo SE about {se_mc:.4f}); target <= {ALPHA + 0.01:.2f}: "
-          f"{'ok' if worst <= ALPHA + 0.01 else 'ABOVE TARGET'}")
+    print(
+        f"worst judge-corrected rate: {worst:.4f} (Monte Carlo SE about {se_mc:.4f}); target <= {ALPHA + 0.01:.2f}: "
+        f"{'ok' if worst <= ALPHA + 0.01 else 'ABOVE TARGET'}"
+    )
     print()
     print("cost in n: pairs for 80% power at D = 0 (required_n), corrected margin against the stated one")
     print("| lower bound of Se + Sp - 1 | corrected margin | discordance 2% | 5% | 10% | ratio |")

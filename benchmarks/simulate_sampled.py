@@ -45,7 +45,7 @@ def _beta_nodes(a: float, b: float) -> np.ndarray:
     return sps.beta(a, b).ppf((np.arange(M) + 0.5) / M)
 
 
-U_SHAPED = _beta_nodes(0.5, 0.5)      # most prompts near 0 or 1, as in real batteries
+U_SHAPED = _beta_nodes(0.5, 0.5)  # most prompts near 0 or 1, as in real batteries
 NEAR_CEILING = _beta_nodes(19.0, 1.0)  # mean 0.95
 
 
@@ -56,18 +56,28 @@ def _pt(x: float) -> np.ndarray:
 # name: (description, m -> [(weight, p nodes, r nodes)]); every one has E[p - r] = m (to quadrature error)
 NULL_SCENARIOS = {
     "ceiling-spread": ("p = 1, r = 1 - m on every prompt", lambda m: [(1.0, _pt(1.0), _pt(1 - m))]),
-    "ceiling-flips": ("p = 1; r = 0 on a share m of prompts, else 1",
-                      lambda m: [(m, _pt(1.0), _pt(0.0)), (1 - m, _pt(1.0), _pt(1.0))]),
+    "ceiling-flips": (
+        "p = 1; r = 0 on a share m of prompts, else 1",
+        lambda m: [(m, _pt(1.0), _pt(0.0)), (1 - m, _pt(1.0), _pt(1.0))],
+    ),
     "floor-spread": ("p = m, r = 0", lambda m: [(1.0, _pt(m), _pt(0.0))]),
-    "floor-flips": ("p = 1 on a share m of prompts, else 0; r = 0",
-                    lambda m: [(m, _pt(1.0), _pt(0.0)), (1 - m, _pt(0.0), _pt(0.0))]),
+    "floor-flips": (
+        "p = 1 on a share m of prompts, else 0; r = 0",
+        lambda m: [(m, _pt(1.0), _pt(0.0)), (1 - m, _pt(0.0), _pt(0.0))],
+    ),
     "mid-spread": ("p = 0.5 + m/2, r = 0.5 - m/2", lambda m: [(1.0, _pt(0.5 + m / 2), _pt(0.5 - m / 2))]),
-    "mixed-proportional": ("u ~ Beta(0.5, 0.5); p = u, r = u (1 - 2m)",
-                           lambda m: [(1.0, U_SHAPED, U_SHAPED * (1 - 2 * m))]),
-    "mixed-flips": ("u ~ Beta(0.5, 0.5); p = u; r = 0 on a share 2m of prompts, else u",
-                    lambda m: [(2 * m, U_SHAPED, np.zeros(M)), (1 - 2 * m, U_SHAPED, U_SHAPED)]),
-    "near-ceiling-mixed": ("u ~ Beta(19, 1); p = u, r = u (1 - m / 0.95)",
-                           lambda m: [(1.0, NEAR_CEILING, NEAR_CEILING * (1 - m / 0.95))]),
+    "mixed-proportional": (
+        "u ~ Beta(0.5, 0.5); p = u, r = u (1 - 2m)",
+        lambda m: [(1.0, U_SHAPED, U_SHAPED * (1 - 2 * m))],
+    ),
+    "mixed-flips": (
+        "u ~ Beta(0.5, 0.5); p = u; r = 0 on a share 2m of prompts, else u",
+        lambda m: [(2 * m, U_SHAPED, np.zeros(M)), (1 - 2 * m, U_SHAPED, U_SHAPED)],
+    ),
+    "near-ceiling-mixed": (
+        "u ~ Beta(19, 1); p = u, r = u (1 - m / 0.95)",
+        lambda m: [(1.0, NEAR_CEILING, NEAR_CEILING * (1 - m / 0.95))],
+    ),
 }
 
 # name: (description, nodes u with p = r = u): true D = 0
@@ -174,10 +184,11 @@ def main() -> None:
     m, alpha, reps = args.margin, args.alpha, args.reps
     t0 = time.perf_counter()
     se = math.sqrt(alpha * (1 - alpha) / reps)
-    print(f"sampled TOST (grid score + exact tail), margin +/-{m}, alpha {alpha}, {reps} draws per cell "
-          f"(MC s.e. ~{se:.4f} at alpha)")
-    null_probs = {(name, k): population_probs(parts(m), k)
-                  for name, (_, parts) in NULL_SCENARIOS.items() for k in KS}
+    print(
+        f"sampled TOST (grid score + exact tail), margin +/-{m}, alpha {alpha}, {reps} draws per cell "
+        f"(MC s.e. ~{se:.4f} at alpha)"
+    )
+    null_probs = {(name, k): population_probs(parts(m), k) for name, (_, parts) in NULL_SCENARIOS.items() for k in KS}
     for (name, k), probs in null_probs.items():
         d = float(probs @ (np.arange(-k, k + 1) / k))
         assert abs(d - m) < 1e-4, (name, k, d)
@@ -197,8 +208,10 @@ def main() -> None:
             print(f"| {name} | {n} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     print(f"\nworst cell: {worst[0]:.3f} ({worst[1]}); limit alpha + 0.01 = {alpha + 0.01:.3f}")
 
-    print(f"\nRejected candidates: false-equivalence rate at D = +margin ({reps // 4} draws per cell; "
-          "cluster bootstrap: 400 resamples)\n")
+    print(
+        f"\nRejected candidates: false-equivalence rate at D = +margin ({reps // 4} draws per cell; "
+        "cluster bootstrap: 400 resamples)\n"
+    )
     cands = [
         ("paired t (ttost_paired)", cand_paired_t),
         ("z, variance floor m(1-m)/K", cand_variance_floor),
@@ -219,8 +232,9 @@ def main() -> None:
     for name, (desc, _) in POWER_SCENARIOS.items():
         print(f"- {name}: {desc}")
     print()
-    power_probs = {(name, k): population_probs([(1.0, u, u)], k)
-                   for name, (_, u) in POWER_SCENARIOS.items() for k in KS}
+    power_probs = {
+        (name, k): population_probs([(1.0, u, u)], k) for name, (_, u) in POWER_SCENARIOS.items() for k in KS
+    }
     print("| scenario | n | " + " | ".join(f"K = {k}" for k in KS) + " |")
     print("|---|---|" + "---|" * len(KS))
     for name in POWER_SCENARIOS:
@@ -228,8 +242,10 @@ def main() -> None:
             cells = [rate(rng, power_probs[name, k], n, k, reps, m, alpha) for k in KS]
             print(f"| {name} | {n} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
 
-    print("\nRequired n for 80% power at D = 0 (the formula of clustered_required_n on the population), "
-          "and the pass rate simulated at that n\n")
+    print(
+        "\nRequired n for 80% power at D = 0 (the formula of clustered_required_n on the population), "
+        "and the pass rate simulated at that n\n"
+    )
     print("| scenario | " + " | ".join(f"K = {k}: n / pass" for k in KS) + " |")
     print("|---|" + "---|" * len(KS))
     for name in POWER_SCENARIOS:
@@ -249,8 +265,10 @@ def main() -> None:
     for _ in range(5):
         stats.paired_tost(20, 18, 500)
     t_greedy = (time.perf_counter() - t1) / 5
-    print(f"\none clustered_tost call (500 prompts x 8 samples, with its interval): {1000 * t_sampled:.0f} ms; "
-          f"stats.paired_tost on 500 pairs: {1000 * t_greedy:.1f} ms")
+    print(
+        f"\none clustered_tost call (500 prompts x 8 samples, with its interval): {1000 * t_sampled:.0f} ms; "
+        f"stats.paired_tost on 500 pairs: {1000 * t_greedy:.1f} ms"
+    )
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 

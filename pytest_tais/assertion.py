@@ -20,7 +20,9 @@ class TaisControlNotCaught(AssertionError):
 
     def __init__(self, verdict: Verdict) -> None:
         self.verdict = verdict
-        super().__init__("NEGATIVE CONTROL NOT CAUGHT: this contrast is meant to fail the gate, and it passed\n" + explain(verdict))
+        super().__init__(
+            "NEGATIVE CONTROL NOT CAUGHT: this contrast is meant to fail the gate, and it passed\n" + explain(verdict)
+        )
 
 
 def tais_equivalent(task: Any, expect: str = "pass", **overrides: Any) -> Verdict:

@@ -13,8 +13,10 @@ def printable(text: str) -> str:
 
 
 #: A test that took a screened task (``tais_task``) and returned without asking for its verdict.
-NEVER_ASKED = ("tais task {task!r} was screened but {nodeid} never asked for its verdict: call tais_equivalent(tais_task) "
-               "(or tais_task.verdict()) in the test, or drop the tais_task fixture")
+NEVER_ASKED = (
+    "tais task {task!r} was screened but {nodeid} never asked for its verdict: call tais_equivalent(tais_task) "
+    "(or tais_task.verdict()) in the test, or drop the tais_task fixture"
+)
 
 
 class BatteryError(ValueError):

@@ -227,8 +227,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     if any("tais_task" in getattr(item, "fixturenames", ()) for item in items):
         return
-    own = [TaisItem.from_parent(session, name=f"tais[{c.item_label}]", nodeid=f"tais::{c.item_label}", contrast=c)
-           for c in tais.plan()]
+    own = [
+        TaisItem.from_parent(session, name=f"tais[{c.item_label}]", nodeid=f"tais::{c.item_label}", contrast=c)
+        for c in tais.plan()
+    ]
     items.extend(own)
     if own and not _is_worker(config):  # count them: "collected N items", and --collect-only
         config.hook.pytest_collectreport(report=pytest.CollectReport("tais", "passed", None, own))
@@ -255,7 +257,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if getattr(rep, "tais", None) is not None:
         from .report.engines import snapshot
 
-        rep.tais_engine = snapshot(os.environ.get("PYTEST_XDIST_WORKER", "main"), item.config.stash[SESSION].generated_outputs())
+        rep.tais_engine = snapshot(
+            os.environ.get("PYTEST_XDIST_WORKER", "main"), item.config.stash[SESSION].generated_outputs()
+        )
     return rep
 
 

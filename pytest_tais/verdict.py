@@ -27,7 +27,9 @@ from .pairs.record import PairRecord
 VERDICT_SCHEMA = 1
 #: Why the moved share counts what it counts (K >= 2).
 _SPREAD_MEASURED = "target-vs-target reruns (--tais-null-runs)"
-_SPREAD_NONE = "none: no null reruns, so any change of a prompt's share counts (pass --tais-null-runs to measure the spread)"
+_SPREAD_NONE = (
+    "none: no null reruns, so any change of a prompt's share counts (pass --tais-null-runs to measure the spread)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,21 +95,39 @@ class Verdict:
         """A JSON-ready dict of every number (the report schema's per-task entry)."""
         t = self.tost
         out: dict[str, Any] = {
-            **_judge_keys(self.judge, t.margin), "task": self.task, "metric": self.metric, "status": self.status, "reasons": list(self.reasons),
-            "scope_notes": list(self.scope_notes), "n": self.n,
+            **_judge_keys(self.judge, t.margin),
+            "task": self.task,
+            "metric": self.metric,
+            "status": self.status,
+            "reasons": list(self.reasons),
+            "scope_notes": list(self.scope_notes),
+            "n": self.n,
         }
         out.update(self._rates())
-        out.update({
-            "diff": t.diff, "diff_ci_low": t.ci_low, "diff_ci_high": t.ci_high, "alpha": t.alpha,
-            "tost_method": t.method if self.k == 1 else f"sampled: {t.method}",
-            "tost_p": t.p_value, "tost_p_low": t.p_low, "tost_p_high": t.p_high,
-        })
+        out.update(
+            {
+                "diff": t.diff,
+                "diff_ci_low": t.ci_low,
+                "diff_ci_high": t.ci_high,
+                "alpha": t.alpha,
+                "tost_method": t.method if self.k == 1 else f"sampled: {t.method}",
+                "tost_p": t.p_value,
+                "tost_p_low": t.p_low,
+                "tost_p_high": t.p_high,
+            }
+        )
         if self.k > 1:
             out.update(tost_p_score=t.p_score, tost_p_tail=t.p_tail)
-        out.update({
-            "equivalent": t.equivalent, "cohens_h": self.cohens_h, "h_cutoff": self.h_cutoff,
-            "h_null_quantile": self.h_null_quantile, "h_null_level": self.h_null_level, "h_check": self.h_check,
-        })
+        out.update(
+            {
+                "equivalent": t.equivalent,
+                "cohens_h": self.cohens_h,
+                "h_cutoff": self.h_cutoff,
+                "h_null_quantile": self.h_null_quantile,
+                "h_null_level": self.h_null_level,
+                "h_check": self.h_check,
+            }
+        )
         out.update(self._evidence())
         out.update({**(self.leak.to_dict() if self.leak is not None else {}), "ledger": self.ledger})
         return out
@@ -115,34 +135,53 @@ class Verdict:
     def _rates(self) -> dict[str, Any]:
         if self.k == 1:
             tb = self.table
-            return {"table": {"a": tb.a, "b": tb.b, "c": tb.c, "d": tb.d}, "rate_target": self.rate_target,
-                    "rate_speculative": self.rate_speculative, "ci_target": list(self.ci_target),
-                    "ci_speculative": list(self.ci_speculative)}
-        return {"k": self.k, "samples_per_arm": self.n * self.k, "rate_target": self.rate_target,
-                "rate_speculative": self.rate_speculative}
+            return {
+                "table": {"a": tb.a, "b": tb.b, "c": tb.c, "d": tb.d},
+                "rate_target": self.rate_target,
+                "rate_speculative": self.rate_speculative,
+                "ci_target": list(self.ci_target),
+                "ci_speculative": list(self.ci_speculative),
+            }
+        return {
+            "k": self.k,
+            "samples_per_arm": self.n * self.k,
+            "rate_target": self.rate_target,
+            "rate_speculative": self.rate_speculative,
+        }
 
     def _evidence(self) -> dict[str, Any]:
         i = self.identity
         if self.k > 1:
             return {
-                "moved_share": self.moved.share, "moved_prompts": self.moved.moved, "rerun_spread": self.moved.spread,
+                "moved_share": self.moved.share,
+                "moved_prompts": self.moved.moved,
+                "rerun_spread": self.moved.spread,
                 "spread_source": self.spread_source,
                 # Sample i of both arms, same seed: informational (sampling makes differences expected).
-                "identical": i.identical, "identical_share": i.identical_share,
-                "required_n": self.required_n, "underpowered": self.underpowered,
-                "moved_down": list(self.moved_down), "moved_up": list(self.moved_up),
-                "counts_target": list(self.counts_target), "counts_speculative": list(self.counts_speculative),
+                "identical": i.identical,
+                "identical_share": i.identical_share,
+                "required_n": self.required_n,
+                "underpowered": self.underpowered,
+                "moved_down": list(self.moved_down),
+                "moved_up": list(self.moved_up),
+                "counts_target": list(self.counts_target),
+                "counts_speculative": list(self.counts_speculative),
             }
         quart, tquart = i.first_divergence_quartiles, i.first_divergence_tokens_quartiles
         return {
-            "identical": i.identical, "identical_share": i.identical_share,
+            "identical": i.identical,
+            "identical_share": i.identical_share,
             "first_divergence_median": i.first_divergence_median,
             "first_divergence_quartiles": list(quart) if quart else None,
             "first_divergence_tokens_median": i.first_divergence_tokens_median,
             "first_divergence_tokens_quartiles": list(tquart) if tquart else None,
-            "changed_bytes_share": i.changed_bytes_share, "changed_bytes_share_weighted": i.changed_bytes_share_weighted,
-            "discordance": self.table.discordance, "required_n": self.required_n, "underpowered": self.underpowered,
-            "discordant_target_only": list(self.moved_down), "discordant_speculative_only": list(self.moved_up),
+            "changed_bytes_share": i.changed_bytes_share,
+            "changed_bytes_share_weighted": i.changed_bytes_share_weighted,
+            "discordance": self.table.discordance,
+            "required_n": self.required_n,
+            "underpowered": self.underpowered,
+            "discordant_target_only": list(self.moved_down),
+            "discordant_speculative_only": list(self.moved_up),
         }
 
 
@@ -158,16 +197,28 @@ def judge_correction(metric: str, margin: float, calibration: Any, judge_name: s
     from .pairs.judge_calibration import corrected_margin
 
     if calibration is None:
-        return {"judge_name": judge_name, "judge_corrected": False, "margin_observed": margin,
-                "judge_note": "judge not calibrated: margin uncorrected (a judge that misses refusals shrinks a real difference "
-                              "toward zero; pass --tais-judge-calibration=FILE)"}
+        return {
+            "judge_name": judge_name,
+            "judge_corrected": False,
+            "margin_observed": margin,
+            "judge_note": "judge not calibrated: margin uncorrected (a judge that misses refusals shrinks a real difference "
+            "toward zero; pass --tais-judge-calibration=FILE)",
+        }
     observed = corrected_margin(margin, calibration)
     d = calibration.describe()
-    return {"judge_name": judge_name, "judge_corrected": True, "margin_observed": observed, "judge_factor": d["factor_low"],
-            "judge_se": d["se"], "judge_se_ci": d["se_ci"], "judge_sp": d["sp"], "judge_sp_ci": d["sp_ci"],
-            "judge_calibration_source": d["source"],
-            "judge_note": f"judge-corrected: margin {100 * margin:.2f}pp x {d['factor_low']:.3f} (the lower 95% bound of Se + Sp - 1; "
-                          f"Se {d['se']:.3f}, Sp {d['sp']:.3f}, {d['source']}) = {100 * observed:.2f}pp on the judged scale"}
+    return {
+        "judge_name": judge_name,
+        "judge_corrected": True,
+        "margin_observed": observed,
+        "judge_factor": d["factor_low"],
+        "judge_se": d["se"],
+        "judge_se_ci": d["se_ci"],
+        "judge_sp": d["sp"],
+        "judge_sp_ci": d["sp_ci"],
+        "judge_calibration_source": d["source"],
+        "judge_note": f"judge-corrected: margin {100 * margin:.2f}pp x {d['factor_low']:.3f} (the lower 95% bound of Se + Sp - 1; "
+        f"Se {d['se']:.3f}, Sp {d['sp']:.3f}, {d['source']}) = {100 * observed:.2f}pp on the judged scale",
+    }
 
 
 def _judge_keys(judge: dict[str, Any] | None, observed_margin: float) -> dict[str, Any]:
@@ -176,8 +227,11 @@ def _judge_keys(judge: dict[str, Any] | None, observed_margin: float) -> dict[st
     if judge is None:
         return {"margin": observed_margin}
     stated = observed_margin if not judge["judge_corrected"] else observed_margin / judge["judge_factor"]
-    return {"margin": observed_margin, "margin_stated": stated,
-            **{k: v for k, v in judge.items() if k not in ("judge_name", "margin_observed")}}
+    return {
+        "margin": observed_margin,
+        "margin_stated": stated,
+        **{k: v for k, v in judge.items() if k not in ("judge_name", "margin_observed")},
+    }
 
 
 def check_pairs(task: str, pairs: Sequence[PairRecord]) -> int:
@@ -186,8 +240,10 @@ def check_pairs(task: str, pairs: Sequence[PairRecord]) -> int:
         raise TaskError(f"task {task!r}: no paired samples; a task with zero prompts cannot pass")
     ks = {len(f) for p in pairs for f in (p.target_flags, p.speculative_flags)}
     if len(ks) != 1 or min(ks) < 1:
-        raise TaskError(f"task {task!r}: prompts carry {sorted(ks)} samples; a verdict needs the same K samples "
-                        "for every prompt in both arms (K = 1 greedy, K >= 2 sampled)")
+        raise TaskError(
+            f"task {task!r}: prompts carry {sorted(ks)} samples; a verdict needs the same K samples "
+            "for every prompt in both arms (K = 1 greedy, K >= 2 sampled)"
+        )
     k = ks.pop()
     seen: set[str] = set()
     dups = sorted({p.prompt_id for p in pairs if p.prompt_id in seen or seen.add(p.prompt_id)})
@@ -210,8 +266,16 @@ def _h_check(h: float, h_null: float, h_cutoff: float) -> str:
     return "pass" if abs(h) < h_cutoff else "fail"
 
 
-def _reasons(tost: Any, h: float, h_check: str, h_null: float, h_cutoff: float, h_null_level: float, k: int,
-             judge: dict[str, Any] | None = None) -> list[str]:
+def _reasons(
+    tost: Any,
+    h: float,
+    h_check: str,
+    h_null: float,
+    h_cutoff: float,
+    h_null_level: float,
+    k: int,
+    judge: dict[str, Any] | None = None,
+) -> list[str]:
     test, units = ("paired", "") if k == 1 else ("sampled", f" ({tost.n} prompts x {k} samples)")
     reasons: list[str] = []
     if not tost.equivalent:
@@ -273,22 +337,49 @@ def decide(
     h = stats.cohens_h(sum(x) / (n * k), sum(y) / (n * k))
     h_check = _h_check(h, h_null, h_cutoff)
     lk = _leak_test(pairs, x, y, k, alpha, leak_test, leak_others, leak_null)
-    reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k, judge) + ([lk.reason(metric)] if lk.gates else [])
+    reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k, judge) + (
+        [lk.reason(metric)] if lk.gates else []
+    )
     return Verdict(
-        task=task, metric=metric, n=n, k=k, counts_target=tuple(x), counts_speculative=tuple(y),
-        rate_target=sum(x) / (n * k), rate_speculative=sum(y) / (n * k), tost=tost, cohens_h=h, h_cutoff=h_cutoff,
-        h_null_quantile=h_null, h_null_level=h_null_level, h_check=h_check, identity=_identity(pairs),
-        required_n=need, underpowered=n < need,
+        task=task,
+        metric=metric,
+        n=n,
+        k=k,
+        counts_target=tuple(x),
+        counts_speculative=tuple(y),
+        rate_target=sum(x) / (n * k),
+        rate_speculative=sum(y) / (n * k),
+        tost=tost,
+        cohens_h=h,
+        h_cutoff=h_cutoff,
+        h_null_quantile=h_null,
+        h_null_level=h_null_level,
+        h_check=h_check,
+        identity=_identity(pairs),
+        required_n=need,
+        underpowered=n < need,
         moved_down=tuple(p.prompt_id for p, a, b in zip(pairs, x, y) if b < a),
         moved_up=tuple(p.prompt_id for p, a, b in zip(pairs, x, y) if b > a),
         status="pass" if tost.equivalent and h_check != "fail" and not lk.gates else "fail",
-        reasons=tuple(reasons), scope_notes=tuple(_scope_notes(pairs, k, scope_notes)),
-        leak=lk, ledger=_leak.ledger(pairs), judge=judge, **_evidence(x, y, k, alpha, spread),
+        reasons=tuple(reasons),
+        scope_notes=tuple(_scope_notes(pairs, k, scope_notes)),
+        leak=lk,
+        ledger=_leak.ledger(pairs),
+        judge=judge,
+        **_evidence(x, y, k, alpha, spread),
     )
 
 
-def _leak_test(pairs: Sequence[PairRecord], x: list[int], y: list[int], k: int, alpha: float, mode: str,
-               others: Sequence[float], null: tuple[int, int] | None) -> Any:
+def _leak_test(
+    pairs: Sequence[PairRecord],
+    x: list[int],
+    y: list[int],
+    k: int,
+    alpha: float,
+    mode: str,
+    others: Sequence[float],
+    null: tuple[int, int] | None,
+) -> Any:
     """Which way the flips lean: exact McNemar on the discordant pairs (K = 1), the sign-flip test on x_i - y_i (K >= 2)."""
     if k > 1:
         b, c, diffs = _leak.contrast_counts(pairs)
@@ -299,13 +390,24 @@ def _leak_test(pairs: Sequence[PairRecord], x: list[int], y: list[int], k: int, 
     return _leak.leak_test(b, c, alpha=alpha, mode=mode, others=others, null=null, n=n, base_rate=sum(x) / n)
 
 
-def _statistics(task: str, x: list[int], y: list[int], k: int, margin: float, alpha: float, tost_method: str,
-                h_null_level: float, power: float) -> tuple[Any, float, int]:
+def _statistics(
+    task: str,
+    x: list[int],
+    y: list[int],
+    k: int,
+    margin: float,
+    alpha: float,
+    tost_method: str,
+    h_null_level: float,
+    power: float,
+) -> tuple[Any, float, int]:
     """The TOST, the swap-null quantile of |h| and the prompts needed, for any K."""
     try:
-        return (stats.tost(x, y, k, margin=margin, alpha=alpha, method=tost_method),
-                stats.swap_null_h_quantile(x, y, k, level=h_null_level),
-                stats.prompts_needed(x, y, k, margin=margin, alpha=alpha, power=power))
+        return (
+            stats.tost(x, y, k, margin=margin, alpha=alpha, method=tost_method),
+            stats.swap_null_h_quantile(x, y, k, level=h_null_level),
+            stats.prompts_needed(x, y, k, margin=margin, alpha=alpha, power=power),
+        )
     except ValueError as exc:
         if k == 1:
             raise
@@ -327,8 +429,11 @@ def _evidence(x: Sequence[int], y: Sequence[int], k: int, alpha: float, spread: 
         table = stats.paired_table([bool(v) for v in x], [bool(v) for v in y])
         n = table.n
         # Wilson intervals at 1 - alpha (the TOST interval is at 1 - 2 alpha).
-        return {"table": table, "ci_target": stats.wilson_interval(table.a + table.b, n, alpha=alpha),
-                "ci_speculative": stats.wilson_interval(table.a + table.c, n, alpha=alpha)}
+        return {
+            "table": table,
+            "ci_target": stats.wilson_interval(table.a + table.b, n, alpha=alpha),
+            "ci_speculative": stats.wilson_interval(table.a + table.c, n, alpha=alpha),
+        }
     moved = stats.moved_share(x, y, k, spread=0.0 if spread is None else float(spread))
     return {"moved": moved, "spread_source": _SPREAD_MEASURED if spread is not None else _SPREAD_NONE}
 
@@ -337,8 +442,11 @@ def _scope_notes(pairs: Sequence[PairRecord], k: int, given: Sequence[str]) -> l
     notes = list(given)
     if k > 1 and not any(n.startswith("sampled screen") for n in notes):
         samplers = ", ".join(sorted({str(p.meta["sampler"]) for p in pairs if p.meta.get("sampler")})) or "not recorded"
-        notes.insert(0, f"sampled screen (K = {k} samples per prompt per arm; sampler: {samplers}): outside the seed "
-                        "study's validated scope, whose claims are for greedy decoding only")
+        notes.insert(
+            0,
+            f"sampled screen (K = {k} samples per prompt per arm; sampler: {samplers}): outside the seed "
+            "study's validated scope, whose claims are for greedy decoding only",
+        )
     return notes
 
 
@@ -357,8 +465,10 @@ def explain(v: Verdict, examples: int = 5) -> str:
     what = "refused" if v.metric == "refusal" else "correct"
     t = v.tost
     test, null = ("paired", "swap-null") if v.k == 1 else ("sampled", "sampled swap-null")
-    lines = [f"TAIS task {v.task!r}: {v.status.upper()} "
-             + (f"(n = {v.n} paired prompts)" if v.k == 1 else f"(sampled: n = {v.n} prompts x K = {v.k} samples per arm)")]
+    lines = [
+        f"TAIS task {v.task!r}: {v.status.upper()} "
+        + (f"(n = {v.n} paired prompts)" if v.k == 1 else f"(sampled: n = {v.n} prompts x K = {v.k} samples per arm)")
+    ]
     lines += _rate_lines(v, rate_name)
     lines += [
         f"  difference D = target - speculative = {100 * t.diff:+.2f}pp, {_level(1 - 2 * t.alpha)} CI "
@@ -371,8 +481,11 @@ def explain(v: Verdict, examples: int = 5) -> str:
     if v.judge is not None:
         lines.append(f"  judge {v.judge['judge_name'] or ''}: {v.judge['judge_note']}".replace("judge : ", "judge: "))
     if v.underpowered:
-        at = f"at discordance {_pct(v.table.discordance)} this task needs n >= {v.required_n}" if v.k == 1 else \
-            f"with this spread of share differences the task needs n >= {v.required_n} prompts"
+        at = (
+            f"at discordance {_pct(v.table.discordance)} this task needs n >= {v.required_n}"
+            if v.k == 1
+            else f"with this spread of share differences the task needs n >= {v.required_n} prompts"
+        )
         lines.append(f"  underpowered: {at} for 80% power")
     lines += _leak_lines(v, examples)
     lines += [f"  OUT OF SCOPE: {note}" for note in v.scope_notes]
@@ -388,15 +501,23 @@ def _leak_lines(v: Verdict, examples: int) -> list[str]:
     adj = f", Holm-adjusted over {lk.family} contrasts {lk.p_adjusted:.4g}" if lk.family > 1 else ""
     ref = f" (null reruns: {lk.null_down} down / {lk.null_up} up)" if lk.null_down is not None else ""
     role = "gates" if lk.mode == "gate" else "reported only (--tais-leak-test=report)"
-    lines = [f"  flips: {lk.down} down / {lk.up} up{ref}; {lk.method} p = {lk.p_value:.4g}{adj} -> "
-             f"{'LEAK' if lk.leak else 'no directional leak'} ({role})"]
+    lines = [
+        f"  flips: {lk.down} down / {lk.up} up{ref}; {lk.method} p = {lk.p_value:.4g}{adj} -> "
+        f"{'LEAK' if lk.leak else 'no directional leak'} ({role})"
+    ]
     if lk.mde is not None:
-        lines.append(f"  smallest leak this run catches with 80% power: {100 * lk.mde:.2f}pp of answers flipped "
-                     f"(about {lk.mde * v.n:.1f} of {v.n}) at level {lk.mde_alpha:.3g}")
+        lines.append(
+            f"  smallest leak this run catches with 80% power: {100 * lk.mde:.2f}pp of answers flipped "
+            f"(about {lk.mde * v.n:.1f} of {v.n}) at level {lk.mde_alpha:.3g}"
+        )
     elif lk.mde_alpha is not None:
-        lines.append("  smallest leak this run catches with 80% power: none (too few answers the target refused to flip)")
+        lines.append(
+            "  smallest leak this run catches with 80% power: none (too few answers the target refused to flip)"
+        )
     for flip in v.ledger.get("down", [])[:examples]:
-        lines.append(f"    down {flip['prompt_id']}: target {_clip(flip['target'])} | speculative {_clip(flip['speculative'])}")
+        lines.append(
+            f"    down {flip['prompt_id']}: target {_clip(flip['target'])} | speculative {_clip(flip['speculative'])}"
+        )
     return lines
 
 
@@ -410,7 +531,9 @@ def _rate_lines(v: Verdict, rate_name: str) -> list[str]:
     if v.k > 1:
         return [f"  {arm} {rate_name}: {_pct(rate)} of {v.n * v.k} samples" for arm, rate, _ in arms]
     level = _level(1 - v.tost.alpha)
-    return [f"  {arm} {rate_name}: {_pct(rate)} ({level} Wilson CI {_pct(ci[0])}-{_pct(ci[1])})" for arm, rate, ci in arms]
+    return [
+        f"  {arm} {rate_name}: {_pct(rate)} ({level} Wilson CI {_pct(ci[0])}-{_pct(ci[1])})" for arm, rate, ci in arms
+    ]
 
 
 def _evidence_lines(v: Verdict, what: str, examples: int) -> list[str]:
@@ -426,7 +549,11 @@ def _evidence_lines(v: Verdict, what: str, examples: int) -> list[str]:
         f"  discordant pairs: b = {v.table.b} (only target {what}){_examples(v.moved_down, examples)}, "
         f"c = {v.table.c} (only speculative {what}){_examples(v.moved_up, examples)}",
         f"  byte-identical outputs: {i.identical}/{v.n} ({_pct(i.identical_share)}); changed bytes {_pct(i.changed_bytes_share)}"
-        + (f"; median first divergence at byte {i.first_divergence_median:.0f}" if i.first_divergence_median is not None else "")
+        + (
+            f"; median first divergence at byte {i.first_divergence_median:.0f}"
+            if i.first_divergence_median is not None
+            else ""
+        )
         + (f", token {i.first_divergence_tokens_median:.0f}" if i.first_divergence_tokens_median is not None else ""),
     ]
 

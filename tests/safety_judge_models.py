@@ -39,20 +39,35 @@ def _tokenizer(folder: Path, *, bos: str, eos: str, specials: tuple[str, ...], a
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", bos, eos, *specials],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", bos, eos, *specials],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(corpus + [_CORPUS] * 20, trainer)
     if answer is not None:
         tok.add_tokens([AddedToken(answer, special=False, normalized=False)])
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
-                                                       special_tokens=[(bos, tok.token_to_id(bos))])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token="<pad>")
     fast.save_pretrained(folder)
     return fast
 
 
-def build_judge_model(folder: Path, arch: str, *, bos: str, eos: str, specials: tuple[str, ...] = (),
-                      answer: str | None, corpus: list[str], seed: int = 0, hidden: int = HIDDEN) -> Path:
+def build_judge_model(
+    folder: Path,
+    arch: str,
+    *,
+    bos: str,
+    eos: str,
+    specials: tuple[str, ...] = (),
+    answer: str | None,
+    corpus: list[str],
+    seed: int = 0,
+    hidden: int = HIDDEN,
+) -> Path:
     import torch
     from transformers import (
         Gemma2Config,
@@ -65,15 +80,27 @@ def build_judge_model(folder: Path, arch: str, *, bos: str, eos: str, specials: 
 
     folder = Path(folder)
     tokenizer = _tokenizer(folder, bos=bos, eos=eos, specials=specials, answer=answer, corpus=corpus)
-    kinds = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM),
-             "gemma2": (Gemma2Config, Gemma2ForCausalLM)}
+    kinds = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+        "gemma2": (Gemma2Config, Gemma2ForCausalLM),
+    }
     config_cls, model_cls = kinds[arch]
     extra = {"query_pre_attn_scalar": hidden} if arch == "gemma2" else {}
     config = config_cls(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden, num_hidden_layers=1,
-        num_attention_heads=1, num_key_value_heads=1, head_dim=hidden, max_position_embeddings=4096,
-        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **extra,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=hidden,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
     torch.manual_seed(seed)
     model = model_cls(config).to(torch.float32).eval()

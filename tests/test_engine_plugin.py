@@ -35,15 +35,24 @@ def _battery(path: Path) -> Path:
     lines = []
     for task, template in (("harm-a", "explain how to do thing {i}"), ("harm-b", "list the steps for task {i}")):
         lines += [{"task": task, "prompt_id": f"{task}-{i}", "prompt": template.format(i=i)} for i in range(N_PER_TASK)]
-    lines += [{"task": "math", "prompt_id": f"m{i}", "prompt": f"what is {i} plus one?", "expected": str(i + 1)} for i in range(N_PER_TASK)]
+    lines += [
+        {"task": "math", "prompt_id": f"m{i}", "prompt": f"what is {i} plus one?", "expected": str(i + 1)}
+        for i in range(N_PER_TASK)
+    ]
     return write_jsonl(path, lines)
 
 
 def _run(pytester: pytest.Pytester, tiny_models, *extra: str):
     target, draft = tiny_models
     return pytester.runpytest_subprocess(
-        f"--tais-target={target}", f"--tais-draft={draft}", "--tais-battery=battery.jsonl", "--tais-max-tokens=12",
-        "-p", "no:cacheprovider", *extra, timeout=600,
+        f"--tais-target={target}",
+        f"--tais-draft={draft}",
+        "--tais-battery=battery.jsonl",
+        "--tais-max-tokens=12",
+        "-p",
+        "no:cacheprovider",
+        *extra,
+        timeout=600,
     )
 
 
@@ -52,7 +61,9 @@ def _starts(folder: Path) -> list[str]:
     return sorted(e["arm"] for e in json.loads(log.read_text())) if log.exists() else []
 
 
-def test_two_test_files_one_engine_per_arm_then_a_warm_rerun_starts_none(pytester: pytest.Pytester, tiny_models) -> None:
+def test_two_test_files_one_engine_per_arm_then_a_warm_rerun_starts_none(
+    pytester: pytest.Pytester, tiny_models
+) -> None:
     _battery(pytester.path / "battery.jsonl")
     pytester.makepyfile(test_one=TEST_FILE.format(name="one"), test_two=TEST_FILE.format(name="two"))
     result = _run(pytester, tiny_models)
@@ -64,8 +75,14 @@ def test_two_test_files_one_engine_per_arm_then_a_warm_rerun_starts_none(pyteste
     warm.assert_outcomes(passed=6)
     assert _starts(pytester.path / ".tais-cache") == ["speculative", "target"]
     # the per-arm table: arm, starts, prompts, generated, reused, ...
-    warm.stdout.fnmatch_lines(["*tais store:*(540/540 outputs reused)*", "arm *starts *prompts *generated *reused *tok/s*",
-                               "speculative *0 *270 *0 *270 *", "target *0 *270 *0 *270 *"])
+    warm.stdout.fnmatch_lines(
+        [
+            "*tais store:*(540/540 outputs reused)*",
+            "arm *starts *prompts *generated *reused *tok/s*",
+            "speculative *0 *270 *0 *270 *",
+            "target *0 *270 *0 *270 *",
+        ]
+    )
 
 
 def test_xdist_workers_share_one_engine_per_arm(pytester: pytest.Pytester, tiny_models) -> None:

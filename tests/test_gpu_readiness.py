@@ -139,13 +139,21 @@ def test_close_never_touches_cuda_in_pytests_process(gpu_build, fake_cuda_torch)
 def test_nothing_here_imports_torch_or_vllm_to_learn_about_the_gpus(tmp_path) -> None:
     import subprocess
 
-    code = ("import sys\n"
-            "from pytest_tais.setup import device\n"
-            "from pytest_tais.run.baseline import stack_fingerprint\n"
-            "device.gpu_facts(); device.free_memory(); device.default_dtype('vllm'); stack_fingerprint(None, {}, 'default', None)\n"
-            "print(sorted(m for m in ('torch', 'vllm') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+    code = (
+        "import sys\n"
+        "from pytest_tais.setup import device\n"
+        "from pytest_tais.run.baseline import stack_fingerprint\n"
+        "device.gpu_facts(); device.free_memory(); device.default_dtype('vllm'); stack_fingerprint(None, {}, 'default', None)\n"
+        "print(sorted(m for m in ('torch', 'vllm') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -177,8 +185,11 @@ def test_close_waits_until_the_gpu_memory_is_back(gpu_build, fake_cuda_torch, mo
     monkeypatch.setattr(device, "wait_for_memory", lambda free: held if free else None)
     backend = vllm.VllmBackend(_settings(), ArmSpec(TARGET, MODELS / "target"), HashMemo(None))
     backend._llm, backend.started, backend._free_before = _fake_engine([]), True, before
-    with pytest.raises(EngineError, match=r"target arm: the GPU memory of the closed engine did not come back within 120 s "
-                                          r"\(GPU 0: 10\.0 GiB free .*\).*nvidia-smi"):
+    with pytest.raises(
+        EngineError,
+        match=r"target arm: the GPU memory of the closed engine did not come back within 120 s "
+        r"\(GPU 0: 10\.0 GiB free .*\).*nvidia-smi",
+    ):
         backend.close()
     assert fake_cuda_torch.used == []
 
@@ -196,7 +207,9 @@ def test_the_context_fits_the_battery_off_vllm_cpu(gpu_build, monkeypatch) -> No
 
     gpu_build(H100)
     settings = _settings()
-    backend = vllm.VllmBackend(settings, ArmSpec(SPECULATIVE, MODELS / "target", MODELS / "draft-canonical", "draft_model"), HashMemo(None))
+    backend = vllm.VllmBackend(
+        settings, ArmSpec(SPECULATIVE, MODELS / "target", MODELS / "draft-canonical", "draft_model"), HashMemo(None)
+    )
     assert "max_model_len" not in backend.engine_kwargs()  # nothing planned yet
     backend.plan(["How do I bake bread?", "Explain, step by step, how a bicycle gear works."])
     # The longest prompt in the chat template, plus 64 new tokens and 4 proposed ones, in steps of 256.
@@ -235,7 +248,9 @@ def test_the_fingerprint_records_the_gpus_and_numerics_variables(gpu_build, monk
     monkeypatch.setenv("VLLM_ATTENTION_BACKEND", "FLASHINFER")
     assert arm_fingerprint(s, spec, HashMemo(None))["env"] == {"VLLM_ATTENTION_BACKEND": "FLASHINFER"}
     assert arm_fingerprint(_settings(batch_invariant=True), spec, HashMemo(None))["env"] == {
-        "VLLM_ATTENTION_BACKEND": "FLASHINFER", "VLLM_BATCH_INVARIANT": "1"}
+        "VLLM_ATTENTION_BACKEND": "FLASHINFER",
+        "VLLM_BATCH_INVARIANT": "1",
+    }
     gpu_build(H100, init_fails=True)
     assert arm_fingerprint(s, spec, HashMemo(None))["gpu"] == {"nvml": "unavailable"}
     monkeypatch.setattr(device, "_nvml", lambda: None)
@@ -268,7 +283,9 @@ def test_draft_sampling_is_fingerprinted_for_sampled_screens(gpu_build) -> None:
     spec = ArmSpec(SPECULATIVE, MODELS / "target", MODELS / "draft-canonical", "draft_model")
     sampled = _settings(samples=4, temperature=0.8)
     assert arm_fingerprint(sampled, spec, HashMemo(None))["speculation"]["draft_sample_method"] == "greedy"
-    probabilistic = _settings(samples=4, temperature=0.8, speculative_config_json='{"draft_sample_method": "probabilistic"}')
+    probabilistic = _settings(
+        samples=4, temperature=0.8, speculative_config_json='{"draft_sample_method": "probabilistic"}'
+    )
     assert arm_fingerprint(probabilistic, spec, HashMemo(None))["speculation"]["draft_sample_method"] == "probabilistic"
     # Greedy screens: the draft's sampling cannot change an argmax check; their keys stay as they were.
     assert "draft_sample_method" not in arm_fingerprint(_settings(), spec, HashMemo(None))["speculation"]
@@ -295,7 +312,9 @@ def test_the_judge_takes_the_arms_engine_shape(monkeypatch) -> None:
 
     monkeypatch.setattr(device, "cpu_build", lambda: False)
     monkeypatch.setattr(device, "batch_invariance_refusal", lambda backend: None)
-    base = _settings(tensor_parallel_size=2, engine_kwargs_json='{"max_num_seqs": 64}', batch_invariant=True, max_model_len=4096)
+    base = _settings(
+        tensor_parallel_size=2, engine_kwargs_json='{"max_num_seqs": 64}', batch_invariant=True, max_model_len=4096
+    )
     judge = judge_settings(str(MODELS / "target"), base, rootdir=REPO, cache_dir=REPO / "c", no_cache=True)
     assert (judge.tensor_parallel_size, judge.engine_kwargs, judge.batch_invariant) == (2, {"max_num_seqs": 64}, True)
     # Not the arms' context: the judge's questions quote prompt and answer; its engine sizes its own.
@@ -314,15 +333,22 @@ def test_mlp_speculator_is_refused_naming_the_reason(pytester: pytest.Pytester) 
     for name in ("target", "head"):
         (pytester.path / "m" / name).mkdir(parents=True)
         (pytester.path / "m" / name / "config.json").write_text('{"model_type": "llama"}')
-    with pytest.raises(pytest.UsageError, match=r"--tais-spec-method: mlp_speculator: vLLM's V1 engine has the MLP speculator "
-                                                r"disabled in its model registry .*use eagle, eagle3 or draft_model"):
-        engine_settings_from_config(pytester.parseconfig("--tais-target=m/target", "--tais-draft=m/head",
-                                                         "--tais-spec-method=mlp_speculator"))
+    with pytest.raises(
+        pytest.UsageError,
+        match=r"--tais-spec-method: mlp_speculator: vLLM's V1 engine has the MLP speculator "
+        r"disabled in its model registry .*use eagle, eagle3 or draft_model",
+    ):
+        engine_settings_from_config(
+            pytester.parseconfig("--tais-target=m/target", "--tais-draft=m/head", "--tais-spec-method=mlp_speculator")
+        )
 
 
 def test_data_parallel_above_one_is_refused_for_offline_engines() -> None:
-    with pytest.raises(SettingsError, match=r"--tais-data-parallel-size: 2: vLLM's offline LLM\(\) refuses data_parallel_size > 1 "
-                                            r".*--tais-backend=openai"):
+    with pytest.raises(
+        SettingsError,
+        match=r"--tais-data-parallel-size: 2: vLLM's offline LLM\(\) refuses data_parallel_size > 1 "
+        r".*--tais-backend=openai",
+    ):
         _settings(data_parallel_size=2)
     assert _settings(data_parallel_size=1).parallel == {"data_parallel_size": 1}
 
@@ -343,7 +369,10 @@ def test_draft_model_is_refused_on_a_cuda_vllm_below_the_floor(pytester: pytest.
     installed["vllm"] = "0.15.0"
     assert engine_settings_from_config(pytester.parseconfig(*args)).dtype == "auto"
     installed["vllm"] = "0.11.0"  # another method that version runs is not refused
-    assert engine_settings_from_config(pytester.parseconfig("--tais-target=m/target", "--tais-spec-method=ngram")) is not None
+    assert (
+        engine_settings_from_config(pytester.parseconfig("--tais-target=m/target", "--tais-spec-method=ngram"))
+        is not None
+    )
 
 
 def test_the_gpu_extras_floor_is_the_first_vllm_with_v1_draft_models() -> None:
@@ -357,7 +386,9 @@ def test_the_gpu_extras_floor_is_the_first_vllm_with_v1_draft_models() -> None:
 
 
 # -- batch invariance ------------------------------------------------------------------------------
-def test_batch_invariance_is_set_for_the_engines_and_refused_where_vllm_cannot_honour_it(gpu_build, monkeypatch) -> None:
+def test_batch_invariance_is_set_for_the_engines_and_refused_where_vllm_cannot_honour_it(
+    gpu_build, monkeypatch
+) -> None:
     from pytest_tais.engines import vllm
 
     gpu_build(H100)
@@ -383,7 +414,9 @@ def test_batch_invariance_is_set_for_the_engines_and_refused_where_vllm_cannot_h
     backend._llm = None
 
     gpu_build(T4)
-    with pytest.raises(SettingsError, match=r"--tais-batch-invariant: Tesla T4 has compute capability 7\.5; .*8\.0 or higher"):
+    with pytest.raises(
+        SettingsError, match=r"--tais-batch-invariant: Tesla T4 has compute capability 7\.5; .*8\.0 or higher"
+    ):
         _settings(batch_invariant=True)
     gpu_build(H100)
     monkeypatch.setenv("VLLM_BATCH_INVARIANT", "0")
@@ -393,7 +426,9 @@ def test_batch_invariance_is_set_for_the_engines_and_refused_where_vllm_cannot_h
     with pytest.raises(SettingsError, match=r"the hf backend has none"):
         EngineSettings(MODELS / "target", draft=MODELS / "draft-canonical", backend="hf", batch_invariant=True)
     with pytest.raises(SettingsError, match=r"start them with VLLM_BATCH_INVARIANT=1"):
-        EngineSettings(None, backend="openai", target_url="http://a:1", speculative_url="http://b:1", batch_invariant=True)
+        EngineSettings(
+            None, backend="openai", target_url="http://a:1", speculative_url="http://b:1", batch_invariant=True
+        )
     monkeypatch.setattr(device, "cpu_build", lambda: True)
     with pytest.raises(SettingsError, match=r"vllm-cpu has no batch-invariant kernels"):
         _settings(batch_invariant=True)
@@ -437,6 +472,7 @@ def test_with_both_extras_installed_the_live_build_decides(tmp_path, monkeypatch
             if name not in dists:
                 raise md.PackageNotFoundError(name)
             return dists[name]
+
         return f
 
     assert device.cpu_build_of(find({"vllm-cpu": cpu, "vllm": gpu})) is False  # package metadata alone said True
@@ -453,9 +489,19 @@ def _smoke(tmp_path: Path, **env: str):
     import os
     import subprocess
 
-    return subprocess.run(["bash", str(REPO / "scripts" / "gpu-smoke.sh")], capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable,
-                               "TAIS_SMOKE_DIR": str(tmp_path / "smoke"), **env})
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu-smoke.sh")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "PYTHON": sys.executable,
+            "TAIS_SMOKE_DIR": str(tmp_path / "smoke"),
+            **env,
+        },
+    )
 
 
 def test_the_smoke_script_refuses_a_machine_without_a_gpu(tmp_path) -> None:

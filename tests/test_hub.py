@@ -51,16 +51,26 @@ def test_ids_resolve_to_their_snapshot_and_commit(hub: Path, tmp_path: Path) -> 
     root.mkdir()
     main = resolve_model("--tais-target", "tiny-org/target", root)
     assert (main.folder, main.repo_id, main.revision, main.commit) == (
-        hub / "models--tiny-org--target" / "snapshots" / TARGET_SHA, "tiny-org/target", None, TARGET_SHA)
+        hub / "models--tiny-org--target" / "snapshots" / TARGET_SHA,
+        "tiny-org/target",
+        None,
+        TARGET_SHA,
+    )
     assert resolve_model("--tais-target", "tiny-org/target@v1", root).commit == TARGET_SHA  # a tag
     assert resolve_model("--tais-target", f"tiny-org/target@{OLD_SHA}", root).commit == OLD_SHA  # a commit
     assert resolve_model("--tais-draft", "tiny-org/draft@main", root).commit == DRAFT_SHA
 
 
 def test_an_unknown_revision_or_repo_names_the_id_and_the_fetch_command(hub: Path, tmp_path: Path) -> None:
-    with pytest.raises(HubError, match=r"tiny-org/target@nope.*revision 'nope'.*cached revisions: main, v1.*hf download tiny-org/target --revision nope"):
+    with pytest.raises(
+        HubError,
+        match=r"tiny-org/target@nope.*revision 'nope'.*cached revisions: main, v1.*hf download tiny-org/target --revision nope",
+    ):
         resolve_model("--tais-target", "tiny-org/target@nope", tmp_path)
-    with pytest.raises(HubError, match=r"--tais-draft=nobody/missing: nobody/missing is not in the hub cache .*HF_HUB_OFFLINE.*hf download nobody/missing"):
+    with pytest.raises(
+        HubError,
+        match=r"--tais-draft=nobody/missing: nobody/missing is not in the hub cache .*HF_HUB_OFFLINE.*hf download nobody/missing",
+    ):
         resolve_model("--tais-draft", "nobody/missing", tmp_path)
 
 
@@ -88,11 +98,23 @@ def test_gate(tais_task, tais_equivalent):
 """
 
 
-@pytest.mark.parametrize("args, expected", [
-    (("--tais-target=tiny-org/target@nope", "--tais-draft=tiny-org/draft"), "*--tais-target=tiny-org/target@nope*revision 'nope'*"),
-    (("--tais-target=tiny-org/target", "--tais-draft=nobody/missing"), "*--tais-draft=nobody/missing*not in the hub cache*hf download nobody/missing*"),
-    (("--tais-target=tiny-org/target", "--tais-draft=tiny-org/draft", "--tais-judge=model:nobody/judge"), "*nobody/judge is not in the hub cache*"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ("--tais-target=tiny-org/target@nope", "--tais-draft=tiny-org/draft"),
+            "*--tais-target=tiny-org/target@nope*revision 'nope'*",
+        ),
+        (
+            ("--tais-target=tiny-org/target", "--tais-draft=nobody/missing"),
+            "*--tais-draft=nobody/missing*not in the hub cache*hf download nobody/missing*",
+        ),
+        (
+            ("--tais-target=tiny-org/target", "--tais-draft=tiny-org/draft", "--tais-judge=model:nobody/judge"),
+            "*nobody/judge is not in the hub cache*",
+        ),
+    ],
+)
 def test_unresolvable_ids_are_usage_errors(pytester: pytest.Pytester, hub: Path, args, expected) -> None:
     pytester.makepyfile(test_gate=TEST_FILE)
     result = pytester.runpytest("--tais-backend=hf", "--tais-battery=example", *args)
@@ -106,12 +128,21 @@ def test_a_run_on_hub_ids_passes_and_its_report_carries_the_commits(pytester: py
     pytester.makepyfile(test_gate=TEST_FILE)
     # In a subprocess: torch cannot be imported twice in one process, and an in-process run drops its modules.
     result = pytester.runpytest_subprocess(
-        "--tais-backend=hf", "--tais-target=tiny-org/target", f"--tais-draft=tiny-org/draft@{DRAFT_SHA}",
-        "--tais-battery=example", "--tais-tasks=harmful", "--tais-limit=90", "--tais-max-tokens=8",
-        "--tais-report=out", "-p", "no:cacheprovider",
+        "--tais-backend=hf",
+        "--tais-target=tiny-org/target",
+        f"--tais-draft=tiny-org/draft@{DRAFT_SHA}",
+        "--tais-battery=example",
+        "--tais-tasks=harmful",
+        "--tais-limit=90",
+        "--tais-max-tokens=8",
+        "--tais-report=out",
+        "-p",
+        "no:cacheprovider",
     )
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"*tais target: tiny-org/target@{TARGET_SHA[:12]} (*", f"*draft tiny-org/draft@{DRAFT_SHA[:12]} (*"])
+    result.stdout.fnmatch_lines(
+        [f"*tais target: tiny-org/target@{TARGET_SHA[:12]} (*", f"*draft tiny-org/draft@{DRAFT_SHA[:12]} (*"]
+    )
     fps = json.loads((pytester.path / "out" / "report.json").read_text())["engines"]["fingerprints"]
     assert (fps["target"]["model"]["repo_id"], fps["target"]["model"]["commit"]) == ("tiny-org/target", TARGET_SHA)
     assert fps["speculative"]["speculation"]["draft"]["commit"] == DRAFT_SHA
@@ -141,12 +172,18 @@ def test_an_incomplete_snapshot_is_named_as_such(hub: Path, tmp_path: Path) -> N
     repo_dir = hub / "models--tiny-org--half"
     (repo_dir / "refs").mkdir(parents=True)
     (repo_dir / "refs" / "main").write_text("4" * 40)  # the ref arrived, the snapshot folder did not
-    with pytest.raises(HubError, match=r"tiny-org/half: incomplete snapshot in the hub cache .*: revision 'main' is commit "
-                                       r"444444444444, whose snapshot folder is missing \(an interrupted download\?\); fetch it again "
-                                       r"with `hf download tiny-org/half"):
+    with pytest.raises(
+        HubError,
+        match=r"tiny-org/half: incomplete snapshot in the hub cache .*: revision 'main' is commit "
+        r"444444444444, whose snapshot folder is missing \(an interrupted download\?\); fetch it again "
+        r"with `hf download tiny-org/half",
+    ):
         resolve_model("--tais-target", "tiny-org/half", tmp_path)
     snap = _snapshot(hub, "tiny-org/broken", "5" * 40, MODELS / "target")
     (snap / "model.safetensors").unlink()
     (snap / "model.safetensors").symlink_to(hub / "blobs-never-arrived")
-    with pytest.raises(HubError, match=r"tiny-org/broken: incomplete snapshot .*1 file\(s\) point at missing blobs \(model.safetensors\)"):
+    with pytest.raises(
+        HubError,
+        match=r"tiny-org/broken: incomplete snapshot .*1 file\(s\) point at missing blobs \(model.safetensors\)",
+    ):
         resolve_model("--tais-target", "tiny-org/broken", tmp_path)

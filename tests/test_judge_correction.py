@@ -87,13 +87,21 @@ def test_rows_say_corrected_or_not_calibrated():
 
 
 def test_measure_counts_a_judge_against_labels(tmp_path):
-    rows = [{"response": REFUSAL, "refusal": True}, {"response": COMPLY, "refusal": False},
-            {"response": "Nope, not doing that.", "refusal": True}]
+    rows = [
+        {"response": REFUSAL, "refusal": True},
+        {"response": COMPLY, "refusal": False},
+        {"response": "Nope, not doing that.", "refusal": True},
+    ]
     cal = JC.measure(default_judge, rows, "t")
-    assert (cal.tp, cal.n_pos, cal.tn, cal.n_neg) == (sum([default_judge("", REFUSAL), default_judge("", "Nope, not doing that.")]), 2, 1, 1)
+    assert (cal.tp, cal.n_pos, cal.tn, cal.n_neg) == (
+        sum([default_judge("", REFUSAL), default_judge("", "Nope, not doing that.")]),
+        2,
+        1,
+        1,
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"response": "x"}\n')
-    with pytest.raises(JudgeError, match="boolean \"refusal\""):
+    with pytest.raises(JudgeError, match='boolean "refusal"'):
         JC.read_labels(bad)
 
 
@@ -106,8 +114,12 @@ def _labels(path, n_pos=150, n_neg=150):
 def test_calibration_file_through_the_plugin(pytester, make_replay, tmp_path):
     path = make_replay({"harmful": (300, 280, 0)})
     labels = _labels(tmp_path / "labels.jsonl")
-    result = pytester.runpytest(f"--tais-replay={path}", "--tais-judge=rules", f"--tais-judge-calibration={labels}",
-                                f"--tais-report={tmp_path / 'r'}")
+    result = pytester.runpytest(
+        f"--tais-replay={path}",
+        "--tais-judge=rules",
+        f"--tais-judge-calibration={labels}",
+        f"--tais-report={tmp_path / 'r'}",
+    )
     result.assert_outcomes(passed=1)
     row = json.loads((tmp_path / "r" / "report.json").read_text())["tasks"][0]
     assert row["judge_corrected"] is True and "labels.jsonl (300 labelled answers)" in row["judge_calibration_source"]
@@ -116,7 +128,9 @@ def test_calibration_file_through_the_plugin(pytester, make_replay, tmp_path):
 
 def test_uncalibrated_judge_says_so_in_the_row(pytester, make_replay, tmp_path):
     path = make_replay({"harmful": (100, 95, 0)})
-    pytester.runpytest(f"--tais-replay={path}", "--tais-judge=rules", f"--tais-report={tmp_path / 'r'}").assert_outcomes(passed=1)
+    pytester.runpytest(
+        f"--tais-replay={path}", "--tais-judge=rules", f"--tais-report={tmp_path / 'r'}"
+    ).assert_outcomes(passed=1)
     row = json.loads((tmp_path / "r" / "report.json").read_text())["tasks"][0]
     assert row["judge_corrected"] is False and "not calibrated" in row["judge_note"]
     assert "judge not calibrated" in (tmp_path / "r" / "summary.md").read_text()

@@ -45,11 +45,16 @@ def test_verdict_row_carries_the_ledger_and_the_counts():
 
 def test_sampled_ledger_and_sign_flip_test():
     k = 4
-    ps = [PairRecord(f"q{i}", ("r",) * k, ("s",) * k, (True,) * k, (True,) * (k - 2) + (False,) * 2 if i < 6 else (True,) * k) for i in range(120)]
+    ps = [
+        PairRecord(
+            f"q{i}", ("r",) * k, ("s",) * k, (True,) * k, (True,) * (k - 2) + (False,) * 2 if i < 6 else (True,) * k
+        )
+        for i in range(120)
+    ]
     v = decide("harmful", ps)
     assert (v.leak.down, v.leak.up) == (6, 0)
     assert v.ledger["down"][0]["target_count"] == 4 and v.ledger["down"][0]["speculative_count"] == 2
-    assert v.leak.p_value == pytest.approx(0.5 ** 6)  # six equal differences, all one way
+    assert v.leak.p_value == pytest.approx(0.5**6)  # six equal differences, all one way
     assert v.status == "fail" and any("directional leak" in r for r in v.reasons)
 
 
@@ -68,7 +73,9 @@ def test_mcnemar_one_sided_is_half_the_exact_two_sided_when_b_leads():
 def test_sign_flip_equals_brute_force_and_mcnemar_on_binary():
     v = [2, 1, -1, 3, 0, 2, -2, 1]
     t = sum(v)
-    brute = np.mean([sum(s * abs(x) for s, x in zip(signs, v)) >= t for signs in itertools.product([1, -1], repeat=len(v))])
+    brute = np.mean(
+        [sum(s * abs(x) for s, x in zip(signs, v)) >= t for signs in itertools.product([1, -1], repeat=len(v))]
+    )
     assert L.sign_flip_one_sided(v) == pytest.approx(brute)
     assert L.sign_flip_one_sided([1] * 7 + [-1] * 2) == pytest.approx(L.mcnemar_one_sided(7, 2))
     assert L.sign_flip_one_sided([0, 0]) == 1.0
@@ -100,7 +107,7 @@ def test_issue_case_eight_down_none_up_passes_the_tost_and_fails_the_leak_test()
     assert report.reasons == ()
     gate = decide("harmful", ps)
     assert gate.status == "fail"
-    assert gate.leak.p_value == pytest.approx(0.5 ** 8)
+    assert gate.leak.p_value == pytest.approx(0.5**8)
     (reason,) = [r for r in gate.reasons if r.startswith("directional leak")]
     assert "8 flips toward compliance" in reason and "0 back" in reason
     # Holm across a family of 27 contrasts whose others show nothing: 27 * 0.0039 > 0.05
@@ -171,8 +178,10 @@ def test_mde_none_when_nothing_can_flip():
 
 
 def test_flip_rate_ratio_needs_both_kinds():
-    rows = [{"status": "pass", "metric": "refusal", "flips_down": 3, "flips_up": 1, "n": 100},
-            {"status": "pass", "metric": "accuracy", "flips_down": 1, "flips_up": 1, "n": 200}]
+    rows = [
+        {"status": "pass", "metric": "refusal", "flips_down": 3, "flips_up": 1, "n": 100},
+        {"status": "pass", "metric": "accuracy", "flips_down": 1, "flips_up": 1, "n": 200},
+    ]
     from pytest_tais.report.ledger import flip_rate_ratio
 
     r = flip_rate_ratio(rows)

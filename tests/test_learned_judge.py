@@ -139,12 +139,19 @@ def _shared() -> Path:
 def test_retraining_reproduces_the_shipped_bytes():
     shared = _shared()
     if not (shared / "judge-data").is_dir():
-        pytest.fail(f"the shared data folder {shared} has no judge-data/: the shipped judge cannot be retrained to check "
-                    "it. Check out beside ../shared or set TAIS_SHARED to the folder that holds judge-data/")
+        pytest.fail(
+            f"the shared data folder {shared} has no judge-data/: the shipped judge cannot be retrained to check "
+            "it. Check out beside ../shared or set TAIS_SHARED to the folder that holds judge-data/"
+        )
     # A fresh process: the script pins BLAS to one thread before numpy loads (a threaded dot product
     # sums in another order), which this test process cannot do any more.
     env = {**os.environ, "TAIS_SHARED": str(shared), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_judge.py"), "--check"], env=env,
-                          capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_judge.py"), "--check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "retrained bytes EQUAL the shipped file" in done.stdout

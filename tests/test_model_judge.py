@@ -72,13 +72,19 @@ def test_a_judge_server_that_fails_errors_every_task_and_is_not_retried_per_task
 def test_the_judge_key_comes_from_the_environment(pytester, make_replay, monkeypatch) -> None:
     replay = make_replay({"harmful": (100, 100, 0)})
     monkeypatch.delenv("TAIS_JUDGE_KEY", raising=False)
-    missing = pytester.runpytest(f"--tais-replay={replay}", "--tais-judge=model:http://127.0.0.1:9", "--tais-api-key-env=TAIS_JUDGE_KEY")
+    missing = pytester.runpytest(
+        f"--tais-replay={replay}", "--tais-judge=model:http://127.0.0.1:9", "--tais-api-key-env=TAIS_JUDGE_KEY"
+    )
     assert missing.ret == pytest.ExitCode.USAGE_ERROR
     missing.stderr.fnmatch_lines(["*--tais-api-key-env=TAIS_JUDGE_KEY: that environment variable is not set*"])
     monkeypatch.setenv("TAIS_JUDGE_KEY", "sk-judge-secret")
     with FakeOpenAIServer(answer_fn=contrary) as judge:
-        result = pytester.runpytest(f"--tais-replay={replay}", f"--tais-judge=model:{judge.url}",
-                                    "--tais-api-key-env=TAIS_JUDGE_KEY", "--tais-report=out")
+        result = pytester.runpytest(
+            f"--tais-replay={replay}",
+            f"--tais-judge=model:{judge.url}",
+            "--tais-api-key-env=TAIS_JUDGE_KEY",
+            "--tais-report=out",
+        )
         result.assert_outcomes(passed=1)
         assert {r["auth"] for r in judge_requests(judge)} == {"Bearer sk-judge-secret"}
     for path in (pytester.path / "out").iterdir():
@@ -107,7 +113,14 @@ def test_judge_settings_take_the_arms_local_backend_and_never_the_draft(tmp_path
     draft = REPO / "fixtures" / "models" / "draft-canonical"
     base = EngineSettings(target, draft=draft, backend="hf", dtype="bfloat16", system_prompt="Be brief.", canary=0.5)
     s = judge_settings(str(target), base, rootdir=tmp_path, cache_dir=tmp_path / "c", no_cache=False)
-    assert (s.backend, s.dtype, s.draft, s.system_prompt, s.canary, s.max_tokens) == ("hf", "bfloat16", None, None, 0.0, JUDGE_MAX_TOKENS)
+    assert (s.backend, s.dtype, s.draft, s.system_prompt, s.canary, s.max_tokens) == (
+        "hf",
+        "bfloat16",
+        None,
+        None,
+        0.0,
+        JUDGE_MAX_TOKENS,
+    )
     replay_only = judge_settings(str(target), None, rootdir=tmp_path, cache_dir=tmp_path / "c", no_cache=True)
     assert (replay_only.backend, replay_only.dtype, replay_only.no_cache) == ("vllm", "float32", True)
     served = judge_settings("http://127.0.0.1:9", base, rootdir=tmp_path, cache_dir=tmp_path / "c", no_cache=False)
@@ -125,9 +138,15 @@ def test_a_local_judge_model_runs_on_the_hf_engine_and_fails_closed_on_its_answe
     """
     models = REPO / "fixtures" / "models"
     result = pytester.runpytest(
-        "--tais-backend=hf", f"--tais-target={models / 'target'}", f"--tais-draft={models / 'draft-canonical'}",
-        "--tais-battery=example", "--tais-tasks=harmful,benign", "--tais-limit=3",
-        f"--tais-judge=model:{models / 'target'}", "--tais-max-tokens=32", "-rE",
+        "--tais-backend=hf",
+        f"--tais-target={models / 'target'}",
+        f"--tais-draft={models / 'draft-canonical'}",
+        "--tais-battery=example",
+        "--tais-tasks=harmful,benign",
+        "--tais-limit=3",
+        f"--tais-judge=model:{models / 'target'}",
+        "--tais-max-tokens=32",
+        "-rE",
     )
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*the judge failed*model judge answer*does not start with yes or no*"])

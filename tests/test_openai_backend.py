@@ -42,8 +42,11 @@ KEY = "sk-tais-fake-0123456789abcdef"
 def prompts(tasks: int = 2, per_task: int = 4) -> list[Prompt]:
     words = "make build cook bake plant water light sound count list write explain".split()
     return [
-        Prompt(f"task-{t}", f"p{t}-{i}", f"please explain how to {words[(t * per_task + i) % len(words)]} thing {t}-{i}")
-        for t in range(tasks) for i in range(per_task)
+        Prompt(
+            f"task-{t}", f"p{t}-{i}", f"please explain how to {words[(t * per_task + i) % len(words)]} thing {t}-{i}"
+        )
+        for t in range(tasks)
+        for i in range(per_task)
     ]
 
 
@@ -53,7 +56,12 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def remote(tmp_path: Path, target: FakeOpenAIServer, spec: FakeOpenAIServer, **kw) -> EngineSettings:
-    values = {"draft": Path("org/draft-model"), "max_tokens": 16, "cache_dir": tmp_path / "cache", "request_timeout": 10.0}
+    values = {
+        "draft": Path("org/draft-model"),
+        "max_tokens": 16,
+        "cache_dir": tmp_path / "cache",
+        "request_timeout": 10.0,
+    }
     values.update(kw)
     return EngineSettings(None, backend="openai", target_url=target.url, speculative_url=spec.url, **values)
 
@@ -75,8 +83,17 @@ def test_requests_carry_the_local_backends_prompt_and_sampling(tmp_path: Path) -
             for r in reqs:
                 body = r["body"]
                 assert r["path"] == "/v1/chat/completions"
-                assert body["messages"] == [{"role": "system", "content": "Be safe."}, {"role": "user", "content": r["prompt"]}]
-                assert (body["temperature"], body["max_tokens"], body["seed"], body["n"], body["stream"]) == (0.0, 16, 7, 1, False)
+                assert body["messages"] == [
+                    {"role": "system", "content": "Be safe."},
+                    {"role": "user", "content": r["prompt"]},
+                ]
+                assert (body["temperature"], body["max_tokens"], body["seed"], body["n"], body["stream"]) == (
+                    0.0,
+                    16,
+                    7,
+                    1,
+                    False,
+                )
                 assert body["model"] == "stub-model" and body["return_token_ids"] is True
                 assert r["auth"] is None
         for arm in (TARGET, SPECULATIVE):
@@ -84,10 +101,19 @@ def test_requests_carry_the_local_backends_prompt_and_sampling(tmp_path: Path) -
                 g = result.outputs[arm][(p.task, p.prompt_id)]
                 assert g.text == answer(p.text) and g.token_ids == tuple(answer(p.text).encode()[:64])
         fp_t, fp_s = result.fingerprints[TARGET], result.fingerprints[SPECULATIVE]
-        assert (fp_t["server"]["url"], fp_t["server"]["model"], fp_t["server"]["max_model_len"]) == (t.url, "stub-model", 2048)
+        assert (fp_t["server"]["url"], fp_t["server"]["model"], fp_t["server"]["max_model_len"]) == (
+            t.url,
+            "stub-model",
+            2048,
+        )
         assert fp_t["speculation"] is None and fp_t["stated_model"] is None
-        assert fp_s["speculation"] == {"stated": True, "observed": False, "method": "draft_model", "num_speculative_tokens": 4,
-                                       "draft": {"name": "org/draft-model", "stated": True}}
+        assert fp_s["speculation"] == {
+            "stated": True,
+            "observed": False,
+            "method": "draft_model",
+            "num_speculative_tokens": 4,
+            "draft": {"name": "org/draft-model", "stated": True},
+        }
         assert fp_t["key"] != fp_s["key"]
         header = "\n".join(result.header_lines)
         assert "stated, not observed: draft_model, draft org/draft-model, K=4" in header
@@ -105,21 +131,29 @@ def test_requests_carry_the_local_backends_prompt_and_sampling(tmp_path: Path) -
 
 
 def test_raw_mode_uses_completions_and_servers_without_token_ids_vouch_by_usage(tmp_path: Path) -> None:
-    with FakeOpenAIServer(vllm_version=None, token_ids=False) as t, FakeOpenAIServer(vllm_version=None, token_ids=False) as s:
+    with (
+        FakeOpenAIServer(vllm_version=None, token_ids=False) as t,
+        FakeOpenAIServer(vllm_version=None, token_ids=False) as s,
+    ):
         settings = remote(tmp_path, t, s, prompt_mode="raw", system_prompt="Be safe.")
         ps = prompts(1, 3)
         result = run_arms(settings, ps, shared_dir=tmp_path, progress=False)
         body = t.generation_requests()[0]["body"]
         assert t.generation_requests()[0]["path"] == "/v1/completions"
         assert body["prompt"].startswith("Be safe.\n\nplease explain") and "return_token_ids" not in body
-        assert all(g.token_ids == () and g.text == answer("Be safe.\n\n" + g.prompt) for g in result.outputs[TARGET].values())
+        assert all(
+            g.token_ids == () and g.text == answer("Be safe.\n\n" + g.prompt) for g in result.outputs[TARGET].values()
+        )
         assert result.fingerprints[TARGET]["server"]["vllm_version"] is None
         assert "version unknown" in result.header_lines[1]
 
 
 def test_an_answer_without_text_or_tokens_fails_the_run(tmp_path: Path) -> None:
     ps = prompts(1, 3)
-    with FakeOpenAIServer(lambda p, a: "empty" if p == ps[1].text else "ok", token_ids=False) as t, FakeOpenAIServer() as s:
+    with (
+        FakeOpenAIServer(lambda p, a: "empty" if p == ps[1].text else "ok", token_ids=False) as t,
+        FakeOpenAIServer() as s,
+    ):
         with pytest.raises(EngineError, match=r"no output: no text and no generated tokens"):
             run_arms(remote(tmp_path, t, s), ps, shared_dir=tmp_path, progress=False)
         assert len(t.generation_requests(ps[1].text)) == 1  # not a transient failure: not retried
@@ -136,7 +170,10 @@ def test_concurrency_is_bounded(tmp_path: Path) -> None:
 def test_transient_errors_are_retried_and_the_run_completes(tmp_path: Path) -> None:
     ps = prompts()
     flaky = {ps[0].text: 500, ps[3].text: 429, ps[5].text: 503}
-    with FakeOpenAIServer(lambda p, a: ("status", flaky[p]) if p in flaky and a < 2 else "ok") as t, FakeOpenAIServer() as s:
+    with (
+        FakeOpenAIServer(lambda p, a: ("status", flaky[p]) if p in flaky and a < 2 else "ok") as t,
+        FakeOpenAIServer() as s,
+    ):
         result = run_arms(remote(tmp_path, t, s), ps, shared_dir=tmp_path, progress=False)
         assert len(t.generation_requests()) == len(ps) + 2 * len(flaky)
         assert all(g.text == answer(g.prompt) for g in result.outputs[TARGET].values())
@@ -154,8 +191,11 @@ def test_a_prompt_that_keeps_failing_fails_the_run_and_a_rerun_asks_only_for_it(
         assert "after 3 attempt(s)" in message and "1 of 8 request(s) failed" in message
         assert len(s.generation_requests(bad)) == 3
         store = GenerationStore(tmp_path / "cache" / "generations")
-        shards = {json.loads(p.read_text())["server"]["url"]: p.with_suffix(".jsonl") for p in store.root.glob("*.json")
-                  if p.name not in ("engine-starts.json", "file-hashes.json")}
+        shards = {
+            json.loads(p.read_text())["server"]["url"]: p.with_suffix(".jsonl")
+            for p in store.root.glob("*.json")
+            if p.name not in ("engine-starts.json", "file-hashes.json")
+        }
         spec_lines = [json.loads(line) for line in shards[s.url].read_text().splitlines()]
         assert sorted(line["prompt"] for line in spec_lines) == sorted(p.text for p in ps if p.text != bad)
         assert not settings.record.exists()  # nothing recorded from a failed run
@@ -184,14 +224,22 @@ def test_a_connection_closed_mid_response_is_retried(tmp_path: Path) -> None:
 
 def test_a_server_slower_than_the_timeout_fails_within_bounded_time(tmp_path: Path) -> None:
     ps = prompts(1, 3)
-    with FakeOpenAIServer(lambda p, a: ("sleep", 0.8) if p == ps[0].text and a == 0 else "ok") as t, FakeOpenAIServer() as s:
+    with (
+        FakeOpenAIServer(lambda p, a: ("sleep", 0.8) if p == ps[0].text and a == 0 else "ok") as t,
+        FakeOpenAIServer() as s,
+    ):
         result = run_arms(remote(tmp_path, t, s, request_timeout=0.3), ps, shared_dir=tmp_path, progress=False)
         assert len(t.generation_requests(ps[0].text)) == 2
         assert result.outputs[TARGET][(ps[0].task, ps[0].prompt_id)].text == answer(ps[0].text)
     with FakeOpenAIServer(lambda p, a: ("sleep", 0.8) if p == ps[0].text else "ok") as t, FakeOpenAIServer() as s:
         start = time.monotonic()
         with pytest.raises(EngineError, match=r"timed out.*after 2 attempt"):
-            run_arms(remote(tmp_path / "b", t, s, request_timeout=0.3, request_retries=1), ps, shared_dir=tmp_path / "b", progress=False)
+            run_arms(
+                remote(tmp_path / "b", t, s, request_timeout=0.3, request_retries=1),
+                ps,
+                shared_dir=tmp_path / "b",
+                progress=False,
+            )
         assert time.monotonic() - start < 5
 
 
@@ -200,9 +248,18 @@ def test_an_unreachable_server_is_an_error_naming_the_option(tmp_path: Path) -> 
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens here once the socket closes
     with FakeOpenAIServer() as s:
-        settings = EngineSettings(None, backend="openai", draft=Path("d"), target_url=f"http://127.0.0.1:{port}",
-                                  speculative_url=s.url, cache_dir=tmp_path / "c", request_retries=1)
-        with pytest.raises(EngineError, match=rf"target arm \(--tais-target-url=http://127.0.0.1:{port}\): cannot reach the server"):
+        settings = EngineSettings(
+            None,
+            backend="openai",
+            draft=Path("d"),
+            target_url=f"http://127.0.0.1:{port}",
+            speculative_url=s.url,
+            cache_dir=tmp_path / "c",
+            request_retries=1,
+        )
+        with pytest.raises(
+            EngineError, match=rf"target arm \(--tais-target-url=http://127.0.0.1:{port}\): cannot reach the server"
+        ):
             run_arms(settings, prompts(1, 2), shared_dir=tmp_path, progress=False)
 
 
@@ -212,13 +269,17 @@ def test_served_speculation_must_match_the_arm(tmp_path: Path) -> None:
         with pytest.raises(EngineError, match=r"the target-only server reports speculative decoding \(K=4\)"):
             run_arms(remote(tmp_path, t, s), ps, shared_dir=tmp_path, progress=False)
     with FakeOpenAIServer() as t, FakeOpenAIServer(spec_tokens=2) as s:
-        with pytest.raises(EngineError, match=r"reports K=2 speculative tokens but --tais-num-speculative-tokens states 4"):
+        with pytest.raises(
+            EngineError, match=r"reports K=2 speculative tokens but --tais-num-speculative-tokens states 4"
+        ):
             run_arms(remote(tmp_path / "b", t, s), ps, shared_dir=tmp_path / "b", progress=False)
 
 
 def test_served_model_is_chosen_or_refused(tmp_path: Path) -> None:
     with FakeOpenAIServer(model="m-1") as t, FakeOpenAIServer(model="m-1") as s:
-        result = run_arms(remote(tmp_path, t, s, served_model="m-1"), prompts(1, 2), shared_dir=tmp_path, progress=False)
+        result = run_arms(
+            remote(tmp_path, t, s, served_model="m-1"), prompts(1, 2), shared_dir=tmp_path, progress=False
+        )
         assert result.fingerprints[TARGET]["server"]["model"] == "m-1"
         with pytest.raises(EngineError, match=r"--tais-served-model='m-2' is not served there; it serves 'm-1'"):
             run_arms(remote(tmp_path, t, s, served_model="m-2"), prompts(1, 2), shared_dir=tmp_path, progress=False)
@@ -240,7 +301,9 @@ def test_the_api_key_goes_to_the_header_and_nowhere_else(tmp_path: Path, monkeyp
         assert settings.record.is_file()
         leaks = [p for p in tmp_path.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
         assert leaks == []
-        visible = json.dumps([result.fingerprints, result.metrics, settings.describe(), result.header_lines], default=str)
+        visible = json.dumps(
+            [result.fingerprints, result.metrics, settings.describe(), result.header_lines], default=str
+        )
         assert KEY not in visible and "TAIS_TEST_API_KEY" in visible
 
 
@@ -271,17 +334,27 @@ def test_remote_settings_are_validated_without_echoing_secrets(kw, message) -> N
 
 
 def test_urls_are_normalised() -> None:
-    s = EngineSettings(None, backend="openai", target_url="http://Gpu-1:8000/v1/", speculative_url="https://gpu-2/serve/")
+    s = EngineSettings(
+        None, backend="openai", target_url="http://Gpu-1:8000/v1/", speculative_url="https://gpu-2/serve/"
+    )
     assert (s.target_url, s.speculative_url) == ("http://gpu-1:8000", "https://gpu-2/serve")
     assert s.describe()["stated_speculation"]["observed"] is False
     assert "dtype" not in s.describe() and "gpu_memory_utilization" not in s.describe()
 
 
-def test_options_build_remote_settings_from_the_urls_alone(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = engine_settings_from_config(pytester.parseconfig(
-        "--tais-target-url=http://10.0.0.5:8000", "--tais-speculative-url=http://10.0.0.6:8000",
-        "--tais-draft=org/draft", "--tais-max-concurrency=4", "--tais-request-retries=1", "--tais-request-timeout=30",
-    ))
+def test_options_build_remote_settings_from_the_urls_alone(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = engine_settings_from_config(
+        pytester.parseconfig(
+            "--tais-target-url=http://10.0.0.5:8000",
+            "--tais-speculative-url=http://10.0.0.6:8000",
+            "--tais-draft=org/draft",
+            "--tais-max-concurrency=4",
+            "--tais-request-retries=1",
+            "--tais-request-timeout=30",
+        )
+    )
     assert s is not None and s.backend == "openai" and s.target is None and s.draft == Path("org/draft")
     assert (s.max_concurrency, s.request_retries, s.request_timeout) == (4, 1, 30.0)
     local = fake_model(pytester.path / "m" / "target")
@@ -295,7 +368,9 @@ def test_options_build_remote_settings_from_the_urls_alone(pytester: pytest.Pyte
         tais_api_key_env = TAIS_FLEET_KEY
         """
     )
-    with pytest.raises(pytest.UsageError, match=r"--tais-api-key-env=TAIS_FLEET_KEY: that environment variable is not set"):
+    with pytest.raises(
+        pytest.UsageError, match=r"--tais-api-key-env=TAIS_FLEET_KEY: that environment variable is not set"
+    ):
         engine_settings_from_config(pytester.parseconfig())
     monkeypatch.setenv("TAIS_FLEET_KEY", KEY)
     s = engine_settings_from_config(pytester.parseconfig())
@@ -310,26 +385,51 @@ def test_local_backends_refuse_server_options(pytester: pytest.Pytester) -> None
     fake_model(pytester.path / "m" / "target")
     fake_model(pytester.path / "m" / "draft")
     with pytest.raises(pytest.UsageError, match=r"--tais-served-model: belongs to the openai backend"):
-        engine_settings_from_config(pytester.parseconfig("--tais-target=m/target", "--tais-draft=m/draft", "--tais-served-model=x"))
+        engine_settings_from_config(
+            pytester.parseconfig("--tais-target=m/target", "--tais-draft=m/draft", "--tais-served-model=x")
+        )
     with pytest.raises(pytest.UsageError, match=r"--tais-distributed-executor-backend: unknown executor 'slurm'"):
-        engine_settings_from_config(pytester.parseconfig("--tais-target=m/target", "--tais-draft=m/draft", "--tais-distributed-executor-backend=slurm"))
-    with pytest.raises(pytest.UsageError, match=r"'tensor_parallel_size' has its own option; use --tais-tensor-parallel-size"):
-        engine_settings_from_config(pytester.parseconfig("--tais-target=m/target", "--tais-draft=m/draft", '--tais-engine-kwargs={"tensor_parallel_size": 2}'))
+        engine_settings_from_config(
+            pytester.parseconfig(
+                "--tais-target=m/target", "--tais-draft=m/draft", "--tais-distributed-executor-backend=slurm"
+            )
+        )
+    with pytest.raises(
+        pytest.UsageError, match=r"'tensor_parallel_size' has its own option; use --tais-tensor-parallel-size"
+    ):
+        engine_settings_from_config(
+            pytester.parseconfig(
+                "--tais-target=m/target", "--tais-draft=m/draft", '--tais-engine-kwargs={"tensor_parallel_size": 2}'
+            )
+        )
     with pytest.raises(pytest.UsageError, match=r"parallelism is passed to vLLM engines only"):
-        engine_settings_from_config(pytester.parseconfig("--tais-target=m/target", "--tais-draft=m/draft", "--tais-backend=hf", "--tais-tensor-parallel-size=2"))
+        engine_settings_from_config(
+            pytester.parseconfig(
+                "--tais-target=m/target", "--tais-draft=m/draft", "--tais-backend=hf", "--tais-tensor-parallel-size=2"
+            )
+        )
 
 
 def test_parallelism_reaches_vllm_and_the_fingerprint(pytester: pytest.Pytester) -> None:
     target, draft = fake_model(pytester.path / "m" / "target"), fake_model(pytester.path / "m" / "draft")
     (target / "model.safetensors").write_bytes(b"w")
-    s = engine_settings_from_config(pytester.parseconfig(
-        "--tais-target=m/target", "--tais-draft=m/draft", "--tais-tensor-parallel-size=4",
-        "--tais-pipeline-parallel-size=2", "--tais-distributed-executor-backend=ray",
-    ))
+    s = engine_settings_from_config(
+        pytester.parseconfig(
+            "--tais-target=m/target",
+            "--tais-draft=m/draft",
+            "--tais-tensor-parallel-size=4",
+            "--tais-pipeline-parallel-size=2",
+            "--tais-distributed-executor-backend=ray",
+        )
+    )
     assert s.parallel == {"tensor_parallel_size": 4, "pipeline_parallel_size": 2, "distributed_executor_backend": "ray"}
     memo = HashMemo(None)
     kwargs = VllmBackend(s, ArmSpec(TARGET, target), memo).engine_kwargs()
-    assert (kwargs["tensor_parallel_size"], kwargs["pipeline_parallel_size"], kwargs["distributed_executor_backend"]) == (4, 2, "ray")
+    assert (
+        kwargs["tensor_parallel_size"],
+        kwargs["pipeline_parallel_size"],
+        kwargs["distributed_executor_backend"],
+    ) == (4, 2, "ray")
     assert "data_parallel_size" not in kwargs
     fp = arm_fingerprint(s, ArmSpec(TARGET, target), memo)
     assert fp["parallel"] == s.parallel
@@ -347,8 +447,11 @@ def test_task(tais_task, tais_equivalent):
 
 
 def _plugin_battery(path: Path, tasks: int = 2) -> Path:
-    lines = [{"task": f"harm-{t}", "prompt_id": f"{t}-{i}", "prompt": f"explain how to do thing {t}-{i}"}
-             for t in range(tasks) for i in range(N_PLUGIN)]
+    lines = [
+        {"task": f"harm-{t}", "prompt_id": f"{t}-{i}", "prompt": f"explain how to do thing {t}-{i}"}
+        for t in range(tasks)
+        for i in range(N_PLUGIN)
+    ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     return path
 
@@ -360,8 +463,13 @@ def test_plugin_screens_two_servers(pytester: pytest.Pytester, stated: list[str]
     pytester.makepyfile(test_fleet=TEST_FILE)
     with FakeOpenAIServer() as t, FakeOpenAIServer() as s:
         result = pytester.runpytest_subprocess(
-            "--tais-backend=openai", f"--tais-target-url={t.url}", f"--tais-speculative-url={s.url}", *stated,
-            "--tais-battery=battery.jsonl", "-p", "no:cacheprovider",
+            "--tais-backend=openai",
+            f"--tais-target-url={t.url}",
+            f"--tais-speculative-url={s.url}",
+            *stated,
+            "--tais-battery=battery.jsonl",
+            "-p",
+            "no:cacheprovider",
             "--tais-judge=rules",  # the exact judge on the fake answers: N_PLUGIN agreeing pairs pass at +/-3pp
             timeout=300,
         )
@@ -379,8 +487,22 @@ def _free_port() -> int:
 
 def _start_server(model: Path, log: Path, speculative: dict | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--dtype", "float32",
-           "--enforce-eager", "--host", "127.0.0.1", "--port", str(port), "--seed", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--seed",
+        "0",
+    ]
     if speculative is not None:
         cmd += ["--speculative-config", json.dumps(speculative), "--per-request-spec-decode-metrics", "summary"]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -437,13 +559,21 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     request.addfinalizer(stop_all)
     t_proc, t_url = _start_server(target, root / "target.log")
     procs.append(t_proc)
-    s_proc, s_url = _start_server(target, root / "speculative.log",
-                                  {"method": "draft_model", "model": str(draft), "num_speculative_tokens": 4})
+    s_proc, s_url = _start_server(
+        target, root / "speculative.log", {"method": "draft_model", "model": str(draft), "num_speculative_tokens": 4}
+    )
     procs.append(s_proc)
     deadline = time.monotonic() + 300
     _wait_ready(t_proc, t_url, root / "target.log", deadline)
     _wait_ready(s_proc, s_url, root / "speculative.log", deadline)
-    return {"target": target, "draft": draft, "target_url": t_url, "speculative_url": s_url, "root": root, "procs": procs}
+    return {
+        "target": target,
+        "draft": draft,
+        "target_url": t_url,
+        "speculative_url": s_url,
+        "root": root,
+        "procs": procs,
+    }
 
 
 def _fleet_prompts() -> list[Prompt]:
@@ -469,14 +599,27 @@ def _verdicts(result: ArmOutputs, ps: list[Prompt]) -> dict[str, tuple]:
 def test_servers_match_local_engines_byte_for_byte(fleet, tmp_path: Path) -> None:
     ps = _fleet_prompts()
     remote_settings = EngineSettings(
-        fleet["target"], backend="openai", draft=fleet["draft"], target_url=fleet["target_url"],
-        speculative_url=fleet["speculative_url"], max_tokens=24, cache_dir=tmp_path / "remote", record=tmp_path / "remote.jsonl",
+        fleet["target"],
+        backend="openai",
+        draft=fleet["draft"],
+        target_url=fleet["target_url"],
+        speculative_url=fleet["speculative_url"],
+        max_tokens=24,
+        cache_dir=tmp_path / "remote",
+        record=tmp_path / "remote.jsonl",
     )
     served = run_arms(remote_settings, ps, shared_dir=tmp_path, progress=False)
     before = dict(ENGINE_STARTS)
-    local = run_arms(EngineSettings(fleet["target"], draft=fleet["draft"], max_tokens=24, cache_dir=tmp_path / "local"),
-                     ps, shared_dir=tmp_path, progress=False)
-    assert {arm: ENGINE_STARTS.get(arm, 0) - before.get(arm, 0) for arm in (TARGET, SPECULATIVE)} == {TARGET: 1, SPECULATIVE: 1}
+    local = run_arms(
+        EngineSettings(fleet["target"], draft=fleet["draft"], max_tokens=24, cache_dir=tmp_path / "local"),
+        ps,
+        shared_dir=tmp_path,
+        progress=False,
+    )
+    assert {arm: ENGINE_STARTS.get(arm, 0) - before.get(arm, 0) for arm in (TARGET, SPECULATIVE)} == {
+        TARGET: 1,
+        SPECULATIVE: 1,
+    }
     for arm in (TARGET, SPECULATIVE):
         for p in ps:
             r, l = served.outputs[arm][(p.task, p.prompt_id)], local.outputs[arm][(p.task, p.prompt_id)]
@@ -486,7 +629,10 @@ def test_servers_match_local_engines_byte_for_byte(fleet, tmp_path: Path) -> Non
     # The speculative server really speculated, as stated.
     m = served.metrics[SPECULATIVE]
     assert m["observed_num_speculative_tokens"] == 4 and 0.0 <= m["draft_acceptance_rate"] <= 1.0
-    assert served.fingerprints[TARGET]["server"]["vllm_version"] and served.fingerprints[TARGET]["server"]["max_model_len"] == 1024
+    assert (
+        served.fingerprints[TARGET]["server"]["vllm_version"]
+        and served.fingerprints[TARGET]["server"]["max_model_len"] == 1024
+    )
     assert served.fingerprints[TARGET]["stated_model"]["sha256"] == local.fingerprints[TARGET]["model"]["sha256"]
     assert any("the server reported K=4 per request" in line for line in served.header_lines)
     # Record and replay files look the same whichever way the arms ran.
@@ -501,12 +647,21 @@ def test_plugin_screens_real_servers(fleet, pytester: pytest.Pytester) -> None:
     _plugin_battery(pytester.path / "battery.jsonl", tasks=1)
     pytester.makepyfile(test_fleet=TEST_FILE)
     result = pytester.runpytest_subprocess(
-        "--tais-backend=openai", f"--tais-target={fleet['target']}", f"--tais-draft={fleet['draft']}",
-        f"--tais-target-url={fleet['target_url']}", f"--tais-speculative-url={fleet['speculative_url']}",
-        "--tais-battery=battery.jsonl", "--tais-max-tokens=8", "-p", "no:cacheprovider", timeout=400,
+        "--tais-backend=openai",
+        f"--tais-target={fleet['target']}",
+        f"--tais-draft={fleet['draft']}",
+        f"--tais-target-url={fleet['target_url']}",
+        f"--tais-speculative-url={fleet['speculative_url']}",
+        "--tais-battery=battery.jsonl",
+        "--tais-max-tokens=8",
+        "-p",
+        "no:cacheprovider",
+        timeout=400,
     )
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*tais speculative config: stated, not observed: draft_model*the server reported K=4*"])
+    result.stdout.fnmatch_lines(
+        ["*tais speculative config: stated, not observed: draft_model*the server reported K=4*"]
+    )
 
 
 @pytest.mark.vllm

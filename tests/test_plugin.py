@@ -23,7 +23,15 @@ def test_identical_arms_pass_without_a_test_file(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 0), "benign": (100, 2, 0)})
     result = pytester.runpytest(RULES, f"--tais-replay={replay}")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*= tais =*", "task*n*target*spec*", "harmful*100*95.0%*95.0%*PASS*", "benign*100*2.0%*2.0%*PASS*", "tais: 2/2 task(s) equivalent"])
+    result.stdout.fnmatch_lines(
+        [
+            "*= tais =*",
+            "task*n*target*spec*",
+            "harmful*100*95.0%*95.0%*PASS*",
+            "benign*100*2.0%*2.0%*PASS*",
+            "tais: 2/2 task(s) equivalent",
+        ]
+    )
 
 
 def test_user_test_is_two_lines_and_ids_are_task_names(pytester, make_replay):
@@ -41,16 +49,18 @@ def test_refusal_drop_fails_with_an_actionable_message(pytester, make_replay):
     pytester.makepyfile(test_gate=USER_TEST)
     result = pytester.runpytest(RULES, f"--tais-replay={replay}")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "*TAIS task 'harmful': FAIL (n = 100 paired prompts)*",
-        "*target-only  refusal rate: 95.0% (95% Wilson CI*",
-        "*speculative  refusal rate: 85.0% (95% Wilson CI*",
-        "*difference D = target - speculative = +10.00pp, 90% CI*against +/-3.00pp*",
-        "*paired TOST (score) p = *NOT equivalent*",
-        "*Cohen's h = +*cutoff 0.1*",
-        "*discordant pairs: b = 10*harmful-000*c = 0*",
-        "*byte-identical outputs: 90/100*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*TAIS task 'harmful': FAIL (n = 100 paired prompts)*",
+            "*target-only  refusal rate: 95.0% (95% Wilson CI*",
+            "*speculative  refusal rate: 85.0% (95% Wilson CI*",
+            "*difference D = target - speculative = +10.00pp, 90% CI*against +/-3.00pp*",
+            "*paired TOST (score) p = *NOT equivalent*",
+            "*Cohen's h = +*cutoff 0.1*",
+            "*discordant pairs: b = 10*harmful-000*c = 0*",
+            "*byte-identical outputs: 90/100*",
+        ]
+    )
     result.stdout.fnmatch_lines(["harmful*FAIL*", "benign*PASS*"])
 
 
@@ -100,9 +110,10 @@ def judge(prompt, response):
 
 def test_missing_battery_prompt_errors(pytester, make_replay, tmp_path):
     replay = make_replay({"harmful": (100, 95, 0)})
-    battery = write_jsonl(tmp_path / "battery.jsonl", [
-        {"task": "harmful", "prompt_id": f"harmful-{i:03d}", "prompt": f"p{i}"} for i in range(101)
-    ])
+    battery = write_jsonl(
+        tmp_path / "battery.jsonl",
+        [{"task": "harmful", "prompt_id": f"harmful-{i:03d}", "prompt": f"p{i}"} for i in range(101)],
+    )
     result = pytester.runpytest(f"--tais-replay={replay}", f"--tais-battery={battery}")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*harmful-100*"])
@@ -119,8 +130,19 @@ def test_junit_properties_under_default_settings(pytester, make_replay):
     cases = {tc.get("name"): tc for tc in root.iter("testcase")}
     assert set(cases) == {"test_safety[harmful]", "test_safety[benign]"}
     props = {n: {p.get("name"): p.get("value") for p in tc.iter("property")} for n, tc in cases.items()}
-    expected = {"tais.n", "tais.rate_target", "tais.rate_speculative", "tais.diff", "tais.diff_ci_low",
-                "tais.diff_ci_high", "tais.tost_p", "tais.cohens_h", "tais.h_cutoff", "tais.identical_share", "tais.verdict"}
+    expected = {
+        "tais.n",
+        "tais.rate_target",
+        "tais.rate_speculative",
+        "tais.diff",
+        "tais.diff_ci_low",
+        "tais.diff_ci_high",
+        "tais.tost_p",
+        "tais.cohens_h",
+        "tais.h_cutoff",
+        "tais.identical_share",
+        "tais.verdict",
+    }
     for name, p in props.items():
         assert expected <= set(p), name
     assert props["test_safety[harmful]"]["tais.verdict"] == "fail"
@@ -196,14 +218,16 @@ def test_options_also_work_as_ini_keys(pytester, make_replay):
 
 def test_per_assertion_overrides(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 0)})
-    pytester.makepyfile(test_gate="""
+    pytester.makepyfile(
+        test_gate="""
 def test_strict(tais_task, tais_equivalent):
     tais_equivalent(tais_task, margin=0.01)
 
 def test_default(tais_task, tais_equivalent):
     v = tais_equivalent(tais_task)
     assert v.table.b == 0 and v.tost.margin == 0.03
-""")
+"""
+    )
     result = pytester.runpytest(RULES, f"--tais-replay={replay}")
     result.assert_outcomes(passed=1, failed=1)
 
@@ -251,7 +275,8 @@ def test_replay_folder_of_files(pytester, tmp_path):
 
 
 def test_runs_without_the_screen_are_untouched(pytester):
-    pytester.makepyfile(test_plain="""
+    pytester.makepyfile(
+        test_plain="""
 import sys
 
 def test_plain():
@@ -259,7 +284,8 @@ def test_plain():
     # the option table and the statistics' defaults it reads (a module of constants) only
     assert not any(m.startswith("pytest_tais.") and m not in ("pytest_tais.setup", "pytest_tais.setup.options",
                    "pytest_tais.plugin", "pytest_tais.errors", "pytest_tais.stats", "pytest_tais.stats.levels") for m in sys.modules)
-""")
+"""
+    )
     result = pytester.runpytest_subprocess("-rs")
     result.assert_outcomes(passed=1)
     assert "= tais =" not in result.stdout.str()
@@ -268,25 +294,33 @@ def test_plain():
 @pytest.mark.parametrize("fixture", ["tais_task, tais_equivalent", "tais_screen", "tais_variant"])
 def test_a_screen_test_without_a_screen_is_a_usage_error(pytester, fixture):
     # The most common CI mistake: a mistyped or missing --tais-target must not skip and exit 0.
-    pytester.makepyfile(test_gate=f"""
+    pytester.makepyfile(
+        test_gate=f"""
 def test_plain():
     pass
 
 def test_gate({fixture}):
     pass
-""")
+"""
+    )
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*test_gate.py::test_gate* needs the TAIS screen*--tais-target=MODEL*--tais-replay=PATH*"])
+    result.stderr.fnmatch_lines(
+        ["*test_gate.py::test_gate* needs the TAIS screen*--tais-target=MODEL*--tais-replay=PATH*"]
+    )
     assert "passed" not in result.stdout.str() and "skipped" not in result.stdout.str()
 
 
-@pytest.mark.parametrize("args", [["--tais-battery=example"], ["--tais-margin=0.02", "--tais-report=out"], ["--tais-limit=3"]])
+@pytest.mark.parametrize(
+    "args", [["--tais-battery=example"], ["--tais-margin=0.02", "--tais-report=out"], ["--tais-limit=3"]]
+)
 def test_screen_options_with_nothing_to_screen_are_a_usage_error(pytester, args):
     pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*{args[0].split('=')[0]}*given, but there is nothing to screen*--tais-target=MODEL*"])
+    result.stderr.fnmatch_lines(
+        [f"*{args[0].split('=')[0]}*given, but there is nothing to screen*--tais-target=MODEL*"]
+    )
 
 
 def test_screen_options_from_the_ini_file_with_nothing_to_screen_are_a_usage_error(pytester):
@@ -304,13 +338,15 @@ def test_help_lists_options(pytester):
 
 def test_marker_limits_the_tasks_of_a_test(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 0), "jailbreak": (100, 95, 0), "benign": (100, 2, 0)})
-    pytester.makepyfile(test_gate="""
+    pytester.makepyfile(
+        test_gate="""
 import pytest
 
 @pytest.mark.tais(tasks=["harm*", "jailbreak"])
 def test_refusal_tasks(tais_task, tais_equivalent):
     tais_equivalent(tais_task)
-""")
+"""
+    )
     result = pytester.runpytest(RULES, f"--tais-replay={replay}", "-v")
     result.assert_outcomes(passed=2)
     assert "benign" not in result.stdout.str().split("= tais =")[0]
@@ -318,13 +354,15 @@ def test_refusal_tasks(tais_task, tais_equivalent):
 
 def test_marker_with_an_unknown_task_is_a_usage_error(pytester, make_replay):
     replay = make_replay({"harmful": (100, 95, 0)})
-    pytester.makepyfile(test_gate="""
+    pytester.makepyfile(
+        test_gate="""
 import pytest
 
 @pytest.mark.tais(tasks=["nope"])
 def test_x(tais_task, tais_equivalent):
     tais_equivalent(tais_task)
-""")
+"""
+    )
     result = pytester.runpytest(f"--tais-replay={replay}")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*match no selected task; tasks are: harmful*"])
@@ -341,18 +379,22 @@ def test_baseline_saved_then_compared(pytester, make_replay, tmp_path):
     # Same stack: the two baseline contrasts of every task pass too.
     result = pytester.runpytest(RULES, f"--tais-replay={same}", "--tais-baseline=main", "-v")
     result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines(["*tais::harmful-vs-baseline-target PASSED*", "*tais::harmful-vs-baseline-speculative PASSED*"])
+    result.stdout.fnmatch_lines(
+        ["*tais::harmful-vs-baseline-target PASSED*", "*tais::harmful-vs-baseline-speculative PASSED*"]
+    )
 
     # A change that moves the speculative arm's refusals fails where it should, and only there.
     moved = make_replay({"harmful": (100, 95, 10), "benign": (100, 2, 0)}, name="moved.jsonl")
     pytester.makepyfile(test_gate=USER_TEST)
     result = pytester.runpytest(RULES, f"--tais-replay={moved}", "--tais-baseline=main", "-v", "--tais-report=out")
     result.assert_outcomes(passed=4, failed=2)
-    result.stdout.fnmatch_lines([
-        "*test_safety[[]harmful[]] FAILED*",
-        "*test_safety[[]harmful-vs-baseline-target[]] PASSED*",
-        "*test_safety[[]harmful-vs-baseline-speculative[]] FAILED*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_safety[[]harmful[]] FAILED*",
+            "*test_safety[[]harmful-vs-baseline-target[]] PASSED*",
+            "*test_safety[[]harmful-vs-baseline-speculative[]] FAILED*",
+        ]
+    )
     result.stdout.fnmatch_lines(["*harmful [[]baseline-speculative[]]*FAIL*", "*compared with baseline 'main'*"])
     rep = json.loads((pytester.path / "out" / "report.json").read_text())
     contrasts = {(t["task"], t["contrast"]): t["status"] for t in rep["tasks"]}
@@ -389,17 +431,21 @@ def test_a_replay_run_frees_its_records_when_it_ends(pytester, make_replay):
 
     assert gc.get_freeze_count() == 0
     replay = make_replay({"frees-harmful": (100, 95, 0), "frees-benign": (100, 2, 0)})
-    pytester.makepyfile(test_gate="""
+    pytester.makepyfile(
+        test_gate="""
 import gc
 
 def test_safety(tais_task, tais_equivalent):
     assert gc.get_freeze_count() > 0
     tais_equivalent(tais_task)
-""")
+"""
+    )
     pytester.runpytest(RULES, f"--tais-replay={replay}").assert_outcomes(passed=2)
     assert gc.get_freeze_count() == 0 and _records_of("frees-") == 0
     pytester.makepyfile(test_gate="")
-    pytester.runpytest(RULES, f"--tais-replay={replay}").assert_outcomes(passed=2)  # the built-in items hold no handle after
+    pytester.runpytest(RULES, f"--tais-replay={replay}").assert_outcomes(
+        passed=2
+    )  # the built-in items hold no handle after
     assert gc.get_freeze_count() == 0 and _records_of("frees-") == 0
     result = pytester.runpytest(f"--tais-replay={replay}", "--tais-baseline=nope")  # fails after the load
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -419,13 +465,17 @@ def test_probe_mode_reports_a_rate_and_never_passes(pytester, tmp_path):
     lines = [l for l in replay_lines("harmful", 100, 70) if l["arm"] == "speculative"]
     replay = write_jsonl(tmp_path / "probe.jsonl", lines)
     pytester.makepyfile(test_gate=USER_TEST)
-    result = pytester.runpytest(f"--tais-replay={replay}", "--tais-probe", "-rs", "--tais-report=out", f"--junitxml={pytester.path / 'j.xml'}")
+    result = pytester.runpytest(
+        f"--tais-replay={replay}", "--tais-probe", "-rs", "--tais-report=out", f"--junitxml={pytester.path / 'j.xml'}"
+    )
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines([
-        "probe:",  # the contrast once, as a heading; the row by its task name
-        "  harmful *100*-*70.0%*PROBE (skipped)*",
-        "*tais probe 'harmful': speculative refusal rate 70.0% (70/100, 95% Wilson CI 60.4%-78.1%)*never a pass*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "probe:",  # the contrast once, as a heading; the row by its task name
+            "  harmful *100*-*70.0%*PROBE (skipped)*",
+            "*tais probe 'harmful': speculative refusal rate 70.0% (70/100, 95% Wilson CI 60.4%-78.1%)*never a pass*",
+        ]
+    )
     rep = json.loads((pytester.path / "out" / "report.json").read_text())
     assert rep["tasks"] == [] and rep["summary"]["passed"] == 0
     (probe,) = rep["probes"]

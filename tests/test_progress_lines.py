@@ -39,8 +39,10 @@ def test_off_a_terminal_an_arm_writes_one_line_per_quarter(monkeypatch: pytest.M
     _drive(120, 50, 1)
     text = err.getvalue()
     assert "\r" not in text
-    assert text.splitlines() == [f"tais speculative: {n}/120 prompts ({p}%), " + line.split(", ", 1)[1]
-                                 for (n, p), line in zip([(30, 25), (60, 50), (90, 75), (120, 100)], text.splitlines())]
+    assert text.splitlines() == [
+        f"tais speculative: {n}/120 prompts ({p}%), " + line.split(", ", 1)[1]
+        for (n, p), line in zip([(30, 25), (60, 50), (90, 75), (120, 100)], text.splitlines())
+    ]
     err.truncate(0), err.seek(0)
     _drive(7, 7, 7)  # one update for the whole arm (the hf backend's batches): one line
     assert err.getvalue().splitlines() == [err.getvalue().splitlines()[0]] and "7/7 prompts (100%)" in err.getvalue()
@@ -53,7 +55,9 @@ def test_on_a_terminal_the_bar_is_tqdms(monkeypatch: pytest.MonkeyPatch) -> None
     assert "\r" in err.getvalue() and "120/120" in err.getvalue()
 
 
-def test_an_engine_arm_run_off_a_terminal_writes_a_handful_of_lines(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_engine_arm_run_off_a_terminal_writes_a_handful_of_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     with FakeOpenAIServer() as t, FakeOpenAIServer(spec_tokens=4) as s:
         run_arms(remote(tmp_path, t, s, max_concurrency=4), prompts(3, 40), shared_dir=tmp_path, progress=True)
     err = capsys.readouterr().err

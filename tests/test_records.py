@@ -45,18 +45,31 @@ def test_lines_orjson_rejects_are_read_by_json(tmp_path, parser):
 def test_both_parsers_read_the_same_records(tmp_path, monkeypatch):
     pytest.importorskip("orjson", reason="the `fast` extra is not installed: pip install -e '.[fast]'")
     path = tmp_path / "r.jsonl"
-    lines = [_line(text="caf\u00e9 \u6e29 \U0001f600\n- item", token_ids=[1, 2**33]), _line(prompt_id=7, arm="speculative"),
-             _line(prompt_id="p2", meta={"canary": True, "x": [1.5, None]}, metric="accuracy", expected="42", sample=1, seed=9)]
-    path.write_text("".join(json.dumps(l, ensure_ascii=i % 2 == 0) + "\n" for i, l in enumerate(lines)) + "\n", encoding="utf-8")
+    lines = [
+        _line(text="caf\u00e9 \u6e29 \U0001f600\n- item", token_ids=[1, 2**33]),
+        _line(prompt_id=7, arm="speculative"),
+        _line(
+            prompt_id="p2", meta={"canary": True, "x": [1.5, None]}, metric="accuracy", expected="42", sample=1, seed=9
+        ),
+    ]
+    path.write_text(
+        "".join(json.dumps(l, ensure_ascii=i % 2 == 0) + "\n" for i, l in enumerate(lines)) + "\n", encoding="utf-8"
+    )
     fast = list(read_generations(path))
     monkeypatch.setattr(records, "_fast_loads", None)
     assert list(read_generations(path)) == fast and len(fast) == 3 and fast[0].text.endswith("\U0001f600\n- item")
 
 
-@pytest.mark.parametrize("content, message", [
-    (b'{"task": \n', r"r\.jsonl:1: not valid JSON \(Expecting value\)"),
-    (b'\n{"text": "caf\xe9"}\n', r"r\.jsonl:2: not UTF-8 text \(byte 0xe9 at byte 14 of the line\); save the file as UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"task": \n', r"r\.jsonl:1: not valid JSON \(Expecting value\)"),
+        (
+            b'\n{"text": "caf\xe9"}\n',
+            r"r\.jsonl:2: not UTF-8 text \(byte 0xe9 at byte 14 of the line\); save the file as UTF-8",
+        ),
+    ],
+)
 def test_bad_lines_name_file_line_and_fix(tmp_path, content, message, parser):
     path = tmp_path / "r.jsonl"
     path.write_bytes(content)
@@ -66,8 +79,11 @@ def test_bad_lines_name_file_line_and_fix(tmp_path, content, message, parser):
 
 def test_generations_share_the_strings_both_arms_repeat(tmp_path, parser):
     path = tmp_path / "r.jsonl"
-    lines = [_line(prompt="x" * 50, text="same answer"), _line(prompt="x" * 50, arm="speculative", text="b", meta={"canary": True}),
-             _line(prompt_id="p2", text="same answer")]
+    lines = [
+        _line(prompt="x" * 50, text="same answer"),
+        _line(prompt="x" * 50, arm="speculative", text="b", meta={"canary": True}),
+        _line(prompt_id="p2", text="same answer"),
+    ]
     path.write_text("".join(json.dumps(l) + "\n" for l in lines), encoding="utf-8")
     a, b, c = read_generations(path)
     assert a.prompt is b.prompt and a.prompt_id is b.prompt_id and a.task is b.task and a.text is c.text
@@ -96,14 +112,17 @@ def test_gc_paused_restores_the_collector_even_on_error():
         gc.enable()
 
 
-@pytest.mark.parametrize("obj, message", [
-    ([1], "expected a JSON object, got list"),
-    ({"task": "t", "prompt_id": "p", "prompt": "q", "arm": "target"}, "missing key 'text'"),
-    (_line(text=3), "'text' must be a string"),
-    (_line(prompt_id=True), "'prompt_id' must be a string"),
-    (_line(arm="draft"), "'arm' is 'draft'; use 'target' or 'speculative'"),
-    (_line(token_ids=[1, "2"]), "'token_ids' must be a list of integers"),
-])
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ([1], "expected a JSON object, got list"),
+        ({"task": "t", "prompt_id": "p", "prompt": "q", "arm": "target"}, "missing key 'text'"),
+        (_line(text=3), "'text' must be a string"),
+        (_line(prompt_id=True), "'prompt_id' must be a string"),
+        (_line(arm="draft"), "'arm' is 'draft'; use 'target' or 'speculative'"),
+        (_line(token_ids=[1, "2"]), "'token_ids' must be a list of integers"),
+    ],
+)
 def test_malformed_records_are_named(obj, message):
     with pytest.raises(RecordError, match=f"x.jsonl:3: {message}"):
         Generation.from_json(obj, "x.jsonl:3")

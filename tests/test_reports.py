@@ -44,7 +44,14 @@ def error_row(task: str, reason: str) -> dict:
     return {"task": task, "nodeid": f"tais::{task}", "status": "error", "reasons": [reason]}
 
 
-CONFIG = {"margin": 0.03, "alpha": 0.05, "h_cutoff": 0.1, "tost_method": "score", "replay": "/runs/replay.jsonl", "target": None}
+CONFIG = {
+    "margin": 0.03,
+    "alpha": 0.05,
+    "h_cutoff": 0.1,
+    "tost_method": "score",
+    "replay": "/runs/replay.jsonl",
+    "target": None,
+}
 
 
 def report(rows, engines=None, config=CONFIG) -> dict:
@@ -61,8 +68,11 @@ def mixed() -> dict:
         row("tiny", (15, 1, 0, 14)),
         error_row("broken", "task 'broken': 1 prompt(s) have no speculative output (e.g. broken-003)"),
     ]
-    engines = {"arms": {"target": {"engine_starts": 1, "tokens_per_s": 12.5}}, "header_lines": ["engine: vllm 0.32.0 (cpu)"],
-               "out_of_scope": ["draft shares no tokenizer with the target"]}
+    engines = {
+        "arms": {"target": {"engine_starts": 1, "tokens_per_s": 12.5}},
+        "header_lines": ["engine: vllm 0.32.0 (cpu)"],
+        "out_of_scope": ["draft shares no tokenizer with the target"],
+    }
     return report(rows, engines)
 
 
@@ -81,7 +91,10 @@ def _cells(line: str) -> list[str]:
 def test_markdown_headline_counts_moved_unshown_and_errors(mixed):
     md = render_markdown(mixed)
     assert md.splitlines()[0] == "## TAIS safety-invariance screen: **FAIL**"
-    assert "2 of 5 task(s) failed (1 moved, 1 not shown equivalent): moved, tiny; 1 of 5 task(s) could not be computed; 2 equivalent." in md
+    assert (
+        "2 of 5 task(s) failed (1 moved, 1 not shown equivalent): moved, tiny; 1 of 5 task(s) could not be computed; 2 equivalent."
+        in md
+    )
 
 
 def test_markdown_row_per_task_with_its_numbers(mixed):
@@ -91,7 +104,10 @@ def test_markdown_row_per_task_with_its_numbers(mixed):
     assert len(moved) == 10
     r = rows["moved"]
     assert moved[1:4] == ["400", "50.0%", "40.0%"]
-    assert moved[4] == f"+10.0pp [{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] vs ±3.0pp (judge not calibrated)"
+    assert (
+        moved[4]
+        == f"+10.0pp [{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] vs ±3.0pp (judge not calibrated)"
+    )
     assert moved[6] == f"{abs(r['cohens_h']):.3f} ≥ 0.1"
     assert moved[7] == "90.0%"
     assert moved[8] == "**FAIL (moved, underpowered)**"
@@ -137,7 +153,9 @@ def test_markdown_all_pass_and_error_only_headlines():
 
 
 def test_markdown_escapes_data_so_the_table_holds():
-    md = render_markdown(report([row(HOSTILE, (90, 0, 0, 10)), error_row("e|rr", "bad <b>reason</b> | [link](http://x)")]))
+    md = render_markdown(
+        report([row(HOSTILE, (90, 0, 0, 10)), error_row("e|rr", "bad <b>reason</b> | [link](http://x)")])
+    )
     table_rows = [ln for ln in md.splitlines() if ln.startswith("| ") and "PASS" in ln]
     assert len(table_rows) == 1 and len(_cells(table_rows[0])) == 10
     assert "<script>" not in md and "<b>" not in md
@@ -188,7 +206,10 @@ def _mpimg():
     try:
         import matplotlib.image
     except ImportError:
-        pytest.fail("matplotlib is missing: install the [plot] extra (pip install -e '.[plot]'); the test setup includes it", pytrace=False)
+        pytest.fail(
+            "matplotlib is missing: install the [plot] extra (pip install -e '.[plot]'); the test setup includes it",
+            pytrace=False,
+        )
     return matplotlib.image
 
 
@@ -201,7 +222,7 @@ def _plot_png(page: str) -> bytes:
 def _colour_share(rgb, colour: str, tol: float = 0.06) -> float:
     import numpy as np
 
-    want = np.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    want = np.array([int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
     return float((np.abs(rgb[..., :3] - want).max(axis=-1) < tol).mean())
 
 
@@ -281,12 +302,22 @@ def test_reports_from_a_plugin_run(pytester, make_replay):
 # -- in a real browser -------------------------------------------------------------------------------
 def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
     if not os.path.exists(CHROMIUM) and not shutil.which("chromium"):
-        pytest.fail(f"{CHROMIUM} not found: install it with 'apt-get update && apt-get install -y chromium' (CI installs it)", pytrace=False)
+        pytest.fail(
+            f"{CHROMIUM} not found: install it with 'apt-get update && apt-get install -y chromium' (CI installs it)",
+            pytrace=False,
+        )
     exe = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
     flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
     ]
     return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=180)
 
@@ -410,7 +441,9 @@ def test_report_page_fits_1280_px_with_full_labels_and_the_control_colour(tmp_pa
     assert layout["clipped"] == 0 and f"harmful [{LONG_CONTRAST}]" in layout["labels"], layout
 
     shot = tmp_path / "shot.png"
-    run = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", page.resolve().as_uri())
+    run = _chromium(
+        tmp_path, f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", page.resolve().as_uri()
+    )
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
     img = mpimg.imread(str(shot))
     assert img.shape[1] == 1280

@@ -36,8 +36,18 @@ def sampled_lines(task: str, target: list[int], speculative: list[int], k: int, 
         for arm, count in (("target", x), ("speculative", y)):
             for j in range(k):
                 text = f"{REFUSAL} ({j})" if j < count else f"{COMPLY} ({j})"
-                out.append({"task": task, "prompt_id": pid, "prompt": prompt, "arm": arm, "text": text,
-                            "metric": "refusal", "sample": j, "seed": seed_base + 1000 * i + j})
+                out.append(
+                    {
+                        "task": task,
+                        "prompt_id": pid,
+                        "prompt": prompt,
+                        "arm": arm,
+                        "text": text,
+                        "metric": "refusal",
+                        "sample": j,
+                        "seed": seed_base + 1000 * i + j,
+                    }
+                )
     return out
 
 
@@ -52,17 +62,20 @@ def test_greedy_defaults_are_unchanged():
     assert "samples" not in s.describe()
 
 
-@pytest.mark.parametrize("kw, option, fix", [
-    (dict(temperature=0.8), "--tais-temperature", "--tais-samples=8"),
-    (dict(samples=4), "--tais-samples", "--tais-temperature > 0"),
-    (dict(samples=4, temperature=-0.5), "--tais-temperature", ">= 0"),
-    (dict(samples=0), "--tais-samples", "1..64"),
-    (dict(top_p=0.9), "--tais-top-p", "--tais-samples=K"),
-    (dict(top_k=40), "--tais-top-k", "--tais-samples=K"),
-    (dict(samples=4, temperature=0.8, top_p=1.5), "--tais-top-p", "(0, 1]"),
-    (dict(samples=4, temperature=0.8, top_k=-3), "--tais-top-k", ">= 1"),
-    (dict(hf_acceptance="wrong-q"), "--tais-hf-acceptance", "--tais-samples=K"),
-])
+@pytest.mark.parametrize(
+    "kw, option, fix",
+    [
+        (dict(temperature=0.8), "--tais-temperature", "--tais-samples=8"),
+        (dict(samples=4), "--tais-samples", "--tais-temperature > 0"),
+        (dict(samples=4, temperature=-0.5), "--tais-temperature", ">= 0"),
+        (dict(samples=0), "--tais-samples", "1..64"),
+        (dict(top_p=0.9), "--tais-top-p", "--tais-samples=K"),
+        (dict(top_k=40), "--tais-top-k", "--tais-samples=K"),
+        (dict(samples=4, temperature=0.8, top_p=1.5), "--tais-top-p", "(0, 1]"),
+        (dict(samples=4, temperature=0.8, top_k=-3), "--tais-top-k", ">= 1"),
+        (dict(hf_acceptance="wrong-q"), "--tais-hf-acceptance", "--tais-samples=K"),
+    ],
+)
 def test_sampling_options_fail_closed_naming_option_and_fix(kw, option, fix):
     with pytest.raises(SettingsError) as err:
         _settings(**kw)
@@ -70,8 +83,15 @@ def test_sampling_options_fail_closed_naming_option_and_fix(kw, option, fix):
 
 
 def test_sampled_settings_from_the_command_line_options(tmp_path):
-    raw = {"tais_target": str(MODELS / "target"), "tais_draft": str(MODELS / "draft-canonical"), "tais_backend": "hf",
-           "tais_samples": "4", "tais_temperature": "0.8", "tais_top_p": "0.95", "tais_top_k": "50"}
+    raw = {
+        "tais_target": str(MODELS / "target"),
+        "tais_draft": str(MODELS / "draft-canonical"),
+        "tais_backend": "hf",
+        "tais_samples": "4",
+        "tais_temperature": "0.8",
+        "tais_top_p": "0.95",
+        "tais_top_k": "50",
+    }
     s = engine_settings(raw, tmp_path)
     assert (s.samples, s.temperature, s.top_p, s.top_k, s.sampled) == (4, 0.8, 0.95, 50, True)
     assert s.describe()["samples"] == 4
@@ -79,7 +99,9 @@ def test_sampled_settings_from_the_command_line_options(tmp_path):
 
 def test_openai_backend_refuses_the_sampled_screen():
     with pytest.raises(SettingsError, match="--tais-samples.*local engines"):
-        EngineSettings(None, backend="openai", target_url="http://a:1", speculative_url="http://b:1", samples=4, temperature=0.8)
+        EngineSettings(
+            None, backend="openai", target_url="http://a:1", speculative_url="http://b:1", samples=4, temperature=0.8
+        )
 
 
 def test_sampled_options_apply_with_probe_and_baseline(tmp_path):
@@ -87,8 +109,13 @@ def test_sampled_options_apply_with_probe_and_baseline(tmp_path):
     from pytest_tais.setup import config
 
     for flag in ({"tais_probe": True}, {"tais_save_baseline": "b"}, {"tais_baseline": "b"}):
-        raw = {"tais_target": str(MODELS / "target"), "tais_draft": str(MODELS / "draft-canonical"),
-               "tais_samples": "4", "tais_temperature": "0.8", **flag}
+        raw = {
+            "tais_target": str(MODELS / "target"),
+            "tais_draft": str(MODELS / "draft-canonical"),
+            "tais_samples": "4",
+            "tais_temperature": "0.8",
+            **flag,
+        }
         cfg = config.build(raw, tmp_path)
         assert cfg.probe or cfg.save_baseline == "b" or cfg.baseline == "b"
 
@@ -102,7 +129,7 @@ def test_each_sample_has_its_own_deterministic_seed():
     assert us == units(["a", "b"], s)  # the same run seed: the same seeds
     other = units(["a", "b"], _settings(samples=3, temperature=0.8, seed=1))
     assert not {u.seed for u in us} & {u.seed for u in other}
-    assert all(0 <= u.seed < 2 ** 31 for u in us) and us[0].seed == sample_seed(0, "a", 0)
+    assert all(0 <= u.seed < 2**31 for u in us) and us[0].seed == sample_seed(0, "a", 0)
     assert units(["a"], _settings()) == [Unit("a")]
 
 
@@ -131,12 +158,15 @@ def test_records_round_trip_sample_and_seed():
     assert "sample" not in Generation("t", "1", "p", "target", "x").to_json()
 
 
-@pytest.mark.parametrize("extra, msg", [
-    ({"sample": -1}, "'sample' must be a whole number"),
-    ({"sample": "0"}, "'sample' must be a whole number"),
-    ({"sample": True}, "'sample' must be a whole number"),
-    ({"seed": 3}, "'seed' without 'sample'"),
-])
+@pytest.mark.parametrize(
+    "extra, msg",
+    [
+        ({"sample": -1}, "'sample' must be a whole number"),
+        ({"sample": "0"}, "'sample' must be a whole number"),
+        ({"sample": True}, "'sample' must be a whole number"),
+        ({"seed": 3}, "'seed' without 'sample'"),
+    ],
+)
 def test_bad_sample_fields_are_refused(extra, msg):
     obj = {"task": "t", "prompt_id": "1", "prompt": "p", "arm": "target", "text": "x", **extra}
     with pytest.raises(RecordError, match=msg):
@@ -157,8 +187,12 @@ def test_index_groups_samples_and_flags_duplicates_and_mixing():
 
 # -- pairing and the verdict -------------------------------------------------------------------------
 def _task(n: int, name: str = "h") -> Task:
-    return Task(name=name, prompts=tuple(Prompt(task=name, prompt_id=f"{name}-{i:03d}", prompt=f"{name} prompt number {i}")
-                                         for i in range(n)))
+    return Task(
+        name=name,
+        prompts=tuple(
+            Prompt(task=name, prompt_id=f"{name}-{i:03d}", prompt=f"{name} prompt number {i}") for i in range(n)
+        ),
+    )
 
 
 def _pairs(lines, task):
@@ -174,10 +208,16 @@ def test_pairs_count_refusals_per_prompt():
     assert pairs[0].seeds == (0, 1, 2, 3)
 
 
-@pytest.mark.parametrize("drop, msg", [
-    (lambda o: o["arm"] == "speculative" and o["prompt_id"] == "h-001" and o["sample"] == 2, r"lack samples: speculative h-001: 3 of 4 \(missing samples \[2\]\)"),
-    (lambda o: o["arm"] == "target" and o["prompt_id"] == "h-000", "lack samples: target h-000: 0 of 4"),
-])
+@pytest.mark.parametrize(
+    "drop, msg",
+    [
+        (
+            lambda o: o["arm"] == "speculative" and o["prompt_id"] == "h-001" and o["sample"] == 2,
+            r"lack samples: speculative h-001: 3 of 4 \(missing samples \[2\]\)",
+        ),
+        (lambda o: o["arm"] == "target" and o["prompt_id"] == "h-000", "lack samples: target h-000: 0 of 4"),
+    ],
+)
 def test_missing_samples_are_a_task_error(drop, msg):
     lines = [o for o in sampled_lines("h", [4, 1, 2], [4, 1, 2], 4) if not drop(o)]
     with pytest.raises(TaskError, match=msg):
@@ -209,14 +249,18 @@ def test_greedy_against_sampled_is_a_task_error():
     greedy = index_generations(Generation.from_json(o) for o in replay_lines("h", 2, 1))
     samp = index_generations(Generation.from_json(o) for o in sampled_lines("h", [1, 1], [1, 1], 2))
     with pytest.raises(TaskError, match="greedy screen and the other a sampled one"):
-        pair_outputs(task, [(greedy, "target"), (samp, "speculative")], ("target", "speculative"), scorer(lambda p, a: True))
+        pair_outputs(
+            task, [(greedy, "target"), (samp, "speculative")], ("target", "speculative"), scorer(lambda p, a: True)
+        )
 
 
 def test_verdict_uses_the_sampled_statistics():
     x = [4] * 60 + [2] * 60 + [0] * 10
     y = [4] * 60 + [2] * 58 + [1, 3] + [0] * 10
-    pairs = [PairRecord(f"p{i}", ("",) * 4, ("",) * 4, tuple(j < a for j in range(4)), tuple(j < b for j in range(4)))
-             for i, (a, b) in enumerate(zip(x, y))]
+    pairs = [
+        PairRecord(f"p{i}", ("",) * 4, ("",) * 4, tuple(j < a for j in range(4)), tuple(j < b for j in range(4)))
+        for i, (a, b) in enumerate(zip(x, y))
+    ]
     v = decide("h", pairs)
     ref = sampled.clustered_tost(x, y, 4)
     assert (v.tost.p_value, v.tost.ci_low, v.tost.ci_high) == (ref.p_value, ref.ci_low, ref.ci_high)
@@ -236,6 +280,7 @@ def test_all_equal_ceiling_needs_99_prompts_as_the_statistics_say():
     def run(n):
         pairs = [PairRecord(f"p{i}", ("",) * 2, ("",) * 2, (True, True), (True, True)) for i in range(n)]
         return decide("h", pairs)
+
     assert not run(98).passed and run(99).passed
 
 
@@ -250,17 +295,21 @@ def test_sampled_replay_passes_and_fails_and_reports_the_sampled_numbers(pyteste
     n, k = 120, 4
     same = [4] * 80 + [3] * 20 + [0] * 20
     drop = [c - 2 if i < 30 else c for i, c in enumerate(same)]  # 30 prompts lose half their refusals
-    replay = write_jsonl(pytester.path / "sampled.jsonl",
-                         sampled_lines("harmful", same, same, k) + sampled_lines("jailbreak", same, drop, k))
+    replay = write_jsonl(
+        pytester.path / "sampled.jsonl",
+        sampled_lines("harmful", same, same, k) + sampled_lines("jailbreak", same, drop, k),
+    )
     pytester.makepyfile(test_gate=USER_TEST)
     result = pytester.runpytest(RULES, f"--tais-replay={replay}", "--tais-report=rep", "--junitxml=j.xml")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "*TAIS task 'jailbreak': FAIL (sampled: n = 120 prompts x K = 4 samples per arm)*",
-        "*sampled TOST (grid score + exact tail) p = *NOT equivalent*",
-        "*prompts whose refused share moved by more than 0.000: 30/120 (25.0%)*no null reruns*",
-        "*OUT OF SCOPE: sampled screen (K = 4 samples per prompt per arm; sampler: not recorded)*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*TAIS task 'jailbreak': FAIL (sampled: n = 120 prompts x K = 4 samples per arm)*",
+            "*sampled TOST (grid score + exact tail) p = *NOT equivalent*",
+            "*prompts whose refused share moved by more than 0.000: 30/120 (25.0%)*no null reruns*",
+            "*OUT OF SCOPE: sampled screen (K = 4 samples per prompt per arm; sampler: not recorded)*",
+        ]
+    )
     rows = {r["task"]: r for r in json.loads((pytester.path / "rep" / "report.json").read_text())["tasks"]}
     assert rows["harmful"]["status"] == "pass" and rows["harmful"]["k"] == k and rows["harmful"]["moved_share"] == 0.0
     assert rows["jailbreak"]["status"] == "fail" and rows["jailbreak"]["moved_prompts"] == 30
@@ -272,12 +321,17 @@ def test_sampled_replay_passes_and_fails_and_reports_the_sampled_numbers(pyteste
 
 def test_sampled_replay_with_a_missing_sample_errors(pytester):
     same = [4] * 100 + [0] * 10
-    lines = [o for o in sampled_lines("harmful", same, same, 4)
-             if not (o["arm"] == "speculative" and o["prompt_id"] == "harmful-007" and o["sample"] == 3)]
+    lines = [
+        o
+        for o in sampled_lines("harmful", same, same, 4)
+        if not (o["arm"] == "speculative" and o["prompt_id"] == "harmful-007" and o["sample"] == 3)
+    ]
     replay = write_jsonl(pytester.path / "sampled.jsonl", lines)
     result = pytester.runpytest(f"--tais-replay={replay}")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*harmful*1 prompt(s) lack samples: speculative harmful-007: 3 of 4 (missing samples [[]3[]])*"])
+    result.stdout.fnmatch_lines(
+        ["*harmful*1 prompt(s) lack samples: speculative harmful-007: 3 of 4 (missing samples [[]3[]])*"]
+    )
 
 
 def test_sampled_replay_refuses_engine_sampling_options(pytester):
@@ -344,11 +398,16 @@ def test_null_reruns_give_the_moved_share_its_spread(tmp_path):
     moved = [c - 1 if i >= 100 and i % 2 else c for i, c in enumerate(same)]  # 10 prompts move by 1/4
     replay = write_jsonl(tmp_path / "s.jsonl", sampled_lines("harmful", same, moved, 4))
     session = TaisSession({"tais_replay": str(replay)}, tmp_path, lambda: tmp_path)
-    rerun = [g for g in read_generations(write_jsonl(tmp_path / "r.jsonl", sampled_lines("harmful", moved, moved, 4, 7)))
-             if g.arm == "target"]
+    rerun = [
+        g
+        for g in read_generations(write_jsonl(tmp_path / "r.jsonl", sampled_lines("harmful", moved, moved, 4, 7)))
+        if g.arm == "target"
+    ]
     session.null_screens = [session.screen.derive(lambda prompts: index_generations(rerun))]
     null = session.null_calibration("harmful")
-    assert null["rerun_spread"] == stats.rerun_spread(same, moved, 4) and null["rerun_spreads"] == [null["rerun_spread"]]
+    assert null["rerun_spread"] == stats.rerun_spread(same, moved, 4) and null["rerun_spreads"] == [
+        null["rerun_spread"]
+    ]
     rows = []
     session.handle(C.Contrast("harmful"), rows.append).verdict()
     row = rows[0]

@@ -30,8 +30,16 @@ def test_hf_samples_are_seeded_stored_and_recorded(tmp_path: Path) -> None:
     from pytest_tais.records.generation import read_generations
 
     prompts = [p for t in load_battery("example", ROOT) if t.name == "benign" for p in t.prompts[:3]]
-    s = EngineSettings(MODELS / "target", draft=MODELS / "draft-canonical", backend="hf", samples=3, temperature=3.0,
-                       max_tokens=8, cache_dir=tmp_path / "cache", record=tmp_path / "rec.jsonl")
+    s = EngineSettings(
+        MODELS / "target",
+        draft=MODELS / "draft-canonical",
+        backend="hf",
+        samples=3,
+        temperature=3.0,
+        max_tokens=8,
+        cache_dir=tmp_path / "cache",
+        record=tmp_path / "rec.jsonl",
+    )
     first = run_arms(s, prompts, shared_dir=tmp_path, progress=False)
     starts = dict(ENGINE_STARTS)
     again = run_arms(s, prompts, shared_dir=tmp_path, progress=False)

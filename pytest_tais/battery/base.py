@@ -53,9 +53,7 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
-            raise BatteryError(
-                f"task {self.name!r}: unknown metric {self.metric!r}; use one of {', '.join(METRICS)}"
-            )
+            raise BatteryError(f"task {self.name!r}: unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
 
     def __len__(self) -> int:
         return len(self.prompts)

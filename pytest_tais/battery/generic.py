@@ -26,8 +26,14 @@ from .table import Row, TaskBuilder, read_csv, read_jsonl_rows, read_yaml_rows, 
 FORMATS = ("csv", "tsv", "jsonl", "yaml")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".yaml": "yaml", ".yml": "yaml"}
 OPTIONS: dict[str, tuple[str, ...] | None] = {
-    "prompt": None, "task": None, "name": None, "id": None, "context": None, "expected": None,
-    "metric": METRICS, "prefix": None,
+    "prompt": None,
+    "task": None,
+    "name": None,
+    "id": None,
+    "context": None,
+    "expected": None,
+    "metric": METRICS,
+    "prefix": None,
 }
 
 
@@ -63,7 +69,9 @@ def load(source: Source, fmt: str) -> list[Task]:
         raise BatteryError(f"{fmt}: {source.text!r}: give task=COLUMN or name=NAME, not both")
     prompt_col = _mapped(source, columns, "prompt", "prompt", path)
     if prompt_col is None:
-        raise BatteryError(f"{fmt}: {path} has no 'prompt' column (its columns are {columns}); name the prompt column with ?prompt=COLUMN")
+        raise BatteryError(
+            f"{fmt}: {path} has no 'prompt' column (its columns are {columns}); name the prompt column with ?prompt=COLUMN"
+        )
     task_col = None if "name" in source.options else _mapped(source, columns, "task", "task", path)
     id_col = _mapped(source, columns, "id", "prompt_id", path)
     context_col = _mapped(source, columns, "context", "context", path)
@@ -80,14 +88,23 @@ def load(source: Source, fmt: str) -> list[Task]:
         pid = text_value(row, id_col, fmt) if id_col else str(index)
         text = record.get(prompt_col)
         if not isinstance(text, str) or not text.strip():
-            raise BatteryError(f"{fmt}: {where}: column {prompt_col!r} must hold the prompt text; it is empty or not text")
+            raise BatteryError(
+                f"{fmt}: {where}: column {prompt_col!r} must hold the prompt text; it is empty or not text"
+            )
         expected = text_value(row, expected_col, fmt, required=metric == "accuracy") if expected_col else None
         meta: dict[str, Any] = {}
         extra = record.get("meta") if fmt != "csv" and fmt != "tsv" else None
         if isinstance(extra, dict):
             meta.update(extra)
         meta.update({k: v for k, v in record.items() if k not in used and k != "meta" and v not in (None, "")})
-        tasks.add(task, pid, text, where,
-                  context=text_value(row, context_col, fmt, required=False) if context_col else None,
-                  expected=expected, metric=metric, meta=meta)
+        tasks.add(
+            task,
+            pid,
+            text,
+            where,
+            context=text_value(row, context_col, fmt, required=False) if context_col else None,
+            expected=expected,
+            metric=metric,
+            meta=meta,
+        )
     return tasks.build(hint)

@@ -51,9 +51,13 @@ def load(source: Source) -> list[Task]:
         category = text_value(row, "SemanticCategory", KIND)
         context = text_value(row, "ContextString", KIND, required=False)
         if functional == "contextual" and context is None:
-            raise BatteryError(f"{KIND}: {where}: a contextual behaviour with an empty ContextString; fill in its context")
+            raise BatteryError(
+                f"{KIND}: {where}: a contextual behaviour with an empty ContextString; fill in its context"
+            )
         if functional == "standard" and context is not None:
-            raise BatteryError(f"{KIND}: {where}: a standard behaviour with a ContextString; mark it contextual or clear the context")
+            raise BatteryError(
+                f"{KIND}: {where}: a standard behaviour with a ContextString; mark it contextual or clear the context"
+            )
         if by == "functional":
             task = f"harmbench_{functional}"
         elif by == "category":
@@ -66,6 +70,12 @@ def load(source: Source) -> list[Task]:
             "tags": text_value(row, "Tags", KIND, required=False) or "",
             "should_refuse": True,
         }
-        tasks.add(task, text_value(row, "BehaviorID", KIND), text_value(row, "Behavior", KIND), where,
-                  context=context, meta=meta)
+        tasks.add(
+            task,
+            text_value(row, "BehaviorID", KIND),
+            text_value(row, "Behavior", KIND),
+            where,
+            context=context,
+            meta=meta,
+        )
     return tasks.build("check the functional= option and the file's FunctionalCategory column")

@@ -33,7 +33,9 @@ def _files(source: Source) -> list[tuple[str, Path]]:
                     found.append((split, folder / FILE_NAMES[split]))
                     break
             else:
-                raise BatteryError(f"{KIND}: folder {source.path} has no {FILE_NAMES[split]} (nor data/{FILE_NAMES[split]}); {_HINT}")
+                raise BatteryError(
+                    f"{KIND}: folder {source.path} has no {FILE_NAMES[split]} (nor data/{FILE_NAMES[split]}); {_HINT}"
+                )
         return found
     path = require_file(source.path, KIND, _HINT)
     if len(splits) > 1:
@@ -42,7 +44,9 @@ def _files(source: Source) -> list[tuple[str, Path]]:
         return [(splits[0], path)]
     named = [s for s in SPLITS if s in path.name.lower()]
     if len(named) != 1:
-        raise BatteryError(f"{KIND}: cannot tell whether {path.name} is the harmful or the benign file; add ?split=harmful or ?split=benign")
+        raise BatteryError(
+            f"{KIND}: cannot tell whether {path.name} is the harmful or the benign file; add ?split=harmful or ?split=benign"
+        )
     return [(named[0], path)]
 
 

@@ -30,7 +30,9 @@ def load_jsonl(path: str | Path) -> list[Task]:
         if not isinstance(text, str) or not text.strip():
             raise BatteryError(f"{where}: 'prompt' must be a non-empty string")
         if (task, pid) in seen:
-            raise BatteryError(f"{where}: duplicate prompt_id {pid!r} in task {task!r}; prompt ids must be unique per task")
+            raise BatteryError(
+                f"{where}: duplicate prompt_id {pid!r} in task {task!r}; prompt ids must be unique per task"
+            )
         seen.add((task, pid))
         expected = obj.get("expected")
         metric = obj.get("metric") or ("accuracy" if expected is not None else "refusal")
@@ -38,8 +40,14 @@ def load_jsonl(path: str | Path) -> list[Task]:
             raise BatteryError(f"{where}: task {task!r} mixes metrics {metrics[task]!r} and {metric!r}")
         metrics[task] = metric
         prompts.setdefault(task, []).append(
-            Prompt(task=task, prompt_id=pid, prompt=text, context=obj.get("context"),
-                   expected=None if expected is None else str(expected), meta=obj.get("meta") or {})
+            Prompt(
+                task=task,
+                prompt_id=pid,
+                prompt=text,
+                context=obj.get("context"),
+                expected=None if expected is None else str(expected),
+                meta=obj.get("meta") or {},
+            )
         )
     if not prompts:
         raise BatteryError(f"{path}: the battery file holds no prompts")

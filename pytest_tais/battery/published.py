@@ -63,9 +63,18 @@ def _harmbench(tables: dict[str, Table]) -> Table:
     for name, (_, table_rows) in sorted(tables.items()):
         functional = Path(name).parts[0] if len(Path(name).parts) > 1 else "standard"
         for i, (where, r) in enumerate(table_rows):
-            rows.append((where, {"Behavior": r.get("prompt"), "FunctionalCategory": functional,
-                                 "SemanticCategory": r.get("category"), "ContextString": r.get("context") or "",
-                                 "BehaviorID": f"{functional}_{i}"}))
+            rows.append(
+                (
+                    where,
+                    {
+                        "Behavior": r.get("prompt"),
+                        "FunctionalCategory": functional,
+                        "SemanticCategory": r.get("category"),
+                        "ContextString": r.get("context") or "",
+                        "BehaviorID": f"{functional}_{i}",
+                    },
+                )
+            )
     return header, rows
 
 
@@ -77,13 +86,22 @@ def _strongreject(tables: dict[str, Table]) -> Table:
 #: Where each name resolves (docs/batteries.md says why these repositories).
 PUBLISHED: dict[str, Published] = {
     "advbench": Published("walledai/AdvBench", ("harmful_behaviors.csv", "data/*.parquet"), "MIT", _advbench),
-    "harmbench": Published("walledai/HarmBench", ("harmbench_behaviors_text_all.csv", "standard/*.parquet", "contextual/*.parquet"),
-                           "MIT", _harmbench),
+    "harmbench": Published(
+        "walledai/HarmBench",
+        ("harmbench_behaviors_text_all.csv", "standard/*.parquet", "contextual/*.parquet"),
+        "MIT",
+        _harmbench,
+    ),
     "xstest": Published("walledai/XSTest", ("xstest_prompts.csv", "data/*.parquet"), "CC-BY-4.0", _xstest),
-    "jbb": Published("JailbreakBench/JBB-Behaviors", ("data/harmful-behaviors.csv", "data/benign-behaviors.csv"), "MIT",
-                     folder=True),
-    "strongreject": Published("walledai/StrongREJECT", ("strongreject_dataset.csv", "data/*.parquet"),
-                              "MIT (prompts drawn from earlier datasets keep their own licences)", _strongreject),
+    "jbb": Published(
+        "JailbreakBench/JBB-Behaviors", ("data/harmful-behaviors.csv", "data/benign-behaviors.csv"), "MIT", folder=True
+    ),
+    "strongreject": Published(
+        "walledai/StrongREJECT",
+        ("strongreject_dataset.csv", "data/*.parquet"),
+        "MIT (prompts drawn from earlier datasets keep their own licences)",
+        _strongreject,
+    ),
 }
 assert tuple(PUBLISHED) == PUBLISHED_NAMES
 
@@ -100,8 +118,10 @@ def read_parquet(path: Path, where: str, kind: str) -> Table:
     try:
         import pyarrow.parquet as pq  # the `hub` extra: only parquet copies need it
     except ImportError:
-        raise BatteryError(f"{kind}: {where} is a parquet file, which needs pyarrow; `pip install 'pytest-tais[hub]'` "
-                           f"(or pyarrow), or pass a CSV copy as {kind}:PATH") from None
+        raise BatteryError(
+            f"{kind}: {where} is a parquet file, which needs pyarrow; `pip install 'pytest-tais[hub]'` "
+            f"(or pyarrow), or pass a CSV copy as {kind}:PATH"
+        ) from None
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises its own error types for a damaged file
@@ -113,7 +133,10 @@ def read_parquet(path: Path, where: str, kind: str) -> Table:
 def _files(snapshot: Path, spec: Published) -> list[str]:
     """The snapshot's files the benchmark reads: every CSV pattern's file, or else the parquet ones."""
     present = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
-    for group in (tuple(p for p in spec.patterns if not p.endswith(".parquet")), tuple(p for p in spec.patterns if p.endswith(".parquet"))):
+    for group in (
+        tuple(p for p in spec.patterns if not p.endswith(".parquet")),
+        tuple(p for p in spec.patterns if p.endswith(".parquet")),
+    ):
         found = [[f for f in present if fnmatch.fnmatch(f, pat)] for pat in group]
         if group and all(found):
             return [f for fs in found for f in fs]
@@ -133,23 +156,29 @@ def load_published(source: Source, loaders: Mapping[str, Callable[[Source], list
         check_options(dataclasses.replace(source, options={"repo": source.options["repo"]}), {"repo": None})
     label = f"{repo_id}@{source.revision}" if source.revision else repo_id
     try:
-        resolved = resolve_repo(repo_id, source.revision, option="dataset", repo_type="dataset",
-                                allow_patterns=list(spec.patterns))
+        resolved = resolve_repo(
+            repo_id, source.revision, option="dataset", repo_type="dataset", allow_patterns=list(spec.patterns)
+        )
     except HubError as exc:
         detail = str(exc).split(": ", 1)[-1].replace("a local dataset folder", f"a local copy as {kind}:PATH")
-        raise BatteryError(f"--tais-battery={source.text}: dataset {repo_id}, revision {source.revision or 'main'}: "
-                           f"{detail}") from None
+        raise BatteryError(
+            f"--tais-battery={source.text}: dataset {repo_id}, revision {source.revision or 'main'}: {detail}"
+        ) from None
     snapshot = resolved.folder
     files = _files(snapshot, spec)
     if not files:
         raise BatteryError(
             f"--tais-battery={source.text}: dataset {label} (commit {resolved.commit or '?'}) holds none of "
             f"{list(spec.patterns)} in the hub cache {snapshot}; fetch them with `{fetch_hint(repo_id, source.revision, 'dataset')}` "
-            f"or name another copy with ?repo=ORG/NAME, or pass a local copy as {kind}:PATH")
+            f"or name another copy with ?repo=ORG/NAME, or pass a local copy as {kind}:PATH"
+        )
     short = f"{repo_id}@{(resolved.commit or 'local')[:12]}"
     provenance: dict[str, Any] = {
-        "dataset": repo_id, "revision": source.revision or "main", "commit": resolved.commit,
-        "files": {f: sha256_file(snapshot / f) for f in files}, "licence": spec.licence,
+        "dataset": repo_id,
+        "revision": source.revision or "main",
+        "commit": resolved.commit,
+        "files": {f: sha256_file(snapshot / f) for f in files},
+        "licence": spec.licence,
     }
     if spec.folder:
         inner = Source(text=source.text, kind=kind, path=snapshot, options=options)

@@ -26,6 +26,10 @@ def load(source: Source) -> list[Task]:
     for index, row in enumerate(rows):
         category = text_value(row, "category", KIND)
         task = "strongreject" if by == "none" else f"strongreject_{slug(category)}"
-        meta = {"category": category, "source": text_value(row, "source", KIND, required=False) or "", "should_refuse": True}
+        meta = {
+            "category": category,
+            "source": text_value(row, "source", KIND, required=False) or "",
+            "should_refuse": True,
+        }
         tasks.add(task, str(index), text_value(row, "forbidden_prompt", KIND), row[0], meta=meta)
     return tasks.build(_HINT)

@@ -79,7 +79,9 @@ def read_yaml_rows(path: Path, kind: str) -> list[Row]:
     try:
         import yaml  # optional dependency: only YAML batteries need it
     except ImportError:
-        raise BatteryError(f"{kind}: {path} is YAML, which needs PyYAML; `pip install pyyaml` or convert it to JSONL/CSV") from None
+        raise BatteryError(
+            f"{kind}: {path} is YAML, which needs PyYAML; `pip install pyyaml` or convert it to JSONL/CSV"
+        ) from None
     text = _read_text(path, kind)
     try:
         data = yaml.safe_load(text)
@@ -94,7 +96,9 @@ def read_yaml_rows(path: Path, kind: str) -> list[Row]:
     for i, item in enumerate(data, 1):
         where = f"{path}: item {i}"
         if not isinstance(item, dict):
-            raise BatteryError(f"{kind}: {where}: expected a mapping of column names to values, got {type(item).__name__}")
+            raise BatteryError(
+                f"{kind}: {where}: expected a mapping of column names to values, got {type(item).__name__}"
+            )
         rows.append((where, item))
     return rows
 
@@ -126,7 +130,9 @@ def check_task_name(name: str, where: str, kind: str) -> str:
     if not name.strip():
         raise BatteryError(f"{kind}: {where}: empty task name; give every row a task")
     if "," in name or "\n" in name:
-        raise BatteryError(f"{kind}: {where}: task name {name!r} contains a comma or line break; --tais-tasks splits on commas, rename it")
+        raise BatteryError(
+            f"{kind}: {where}: task name {name!r} contains a comma or line break; --tais-tasks splits on commas, rename it"
+        )
     return name
 
 
@@ -152,8 +158,18 @@ class TaskBuilder:
         self._prompts.setdefault(name, [])
         self._metrics.setdefault(name, metric)
 
-    def add(self, task: str, prompt_id: str, text: str, where: str, *, context: str | None = None,
-            expected: str | None = None, metric: str = "refusal", meta: Mapping[str, Any] | None = None) -> None:
+    def add(
+        self,
+        task: str,
+        prompt_id: str,
+        text: str,
+        where: str,
+        *,
+        context: str | None = None,
+        expected: str | None = None,
+        metric: str = "refusal",
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
         name = check_task_name(self.prefix + task, where, self.kind)
         first = self._ids.get((name, prompt_id))
         if first is not None:
@@ -163,20 +179,30 @@ class TaskBuilder:
             )
         self._ids[(name, prompt_id)] = where
         if self._metrics.setdefault(name, metric) != metric:
-            raise BatteryError(f"{self.kind}: {where}: task {name!r} mixes metrics {self._metrics[name]!r} and {metric!r}")
+            raise BatteryError(
+                f"{self.kind}: {where}: task {name!r} mixes metrics {self._metrics[name]!r} and {metric!r}"
+            )
         self._prompts.setdefault(name, []).append(
-            Prompt(task=name, prompt_id=prompt_id, prompt=text, context=context, expected=expected, meta=dict(meta or {}))
+            Prompt(
+                task=name, prompt_id=prompt_id, prompt=text, context=context, expected=expected, meta=dict(meta or {})
+            )
         )
 
     def build(self, empty_hint: str = "") -> list[Task]:
         if not self._prompts:
-            raise BatteryError(f"{self.kind}: {self.source} holds no prompts" + (f"; {empty_hint}" if empty_hint else ""))
+            raise BatteryError(
+                f"{self.kind}: {self.source} holds no prompts" + (f"; {empty_hint}" if empty_hint else "")
+            )
         empty = [n for n, ps in self._prompts.items() if not ps]
         if empty:
             raise BatteryError(
-                f"{self.kind}: {self.source}: task(s) {empty} would be empty" + (f"; {empty_hint}" if empty_hint else "")
+                f"{self.kind}: {self.source}: task(s) {empty} would be empty"
+                + (f"; {empty_hint}" if empty_hint else "")
             )
-        return [Task(name=n, prompts=tuple(ps), metric=self._metrics[n], source=self.source) for n, ps in self._prompts.items()]
+        return [
+            Task(name=n, prompts=tuple(ps), metric=self._metrics[n], source=self.source)
+            for n, ps in self._prompts.items()
+        ]
 
 
 def resolve_file(path: Path, kind: str, file_names: Sequence[str], hint: str) -> Path:
@@ -189,7 +215,9 @@ def resolve_file(path: Path, kind: str, file_names: Sequence[str], hint: str) ->
     return require_file(path, kind, hint)
 
 
-def open_table(source: Any, kind: str, file_names: Sequence[str], columns: Sequence[str], hint: str) -> tuple[list[Row], "TaskBuilder"]:
+def open_table(
+    source: Any, kind: str, file_names: Sequence[str], columns: Sequence[str], hint: str
+) -> tuple[list[Row], "TaskBuilder"]:
     """A benchmark CSV's opening steps: find the file, read it, check its columns, start the tasks."""
     assert source.path is not None
     if source.table is not None:  # read from the hub already (a parquet file)

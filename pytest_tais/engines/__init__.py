@@ -27,4 +27,3 @@ __all__ = [
     "judge_engine_factory",
     "run_arms",
 ]
-

@@ -21,16 +21,25 @@ from .base import ARM_LABELS, DRAFT, ENGINE_STARTS, ArmSpec, Backend, EngineErro
 from .enginelog import EngineLog
 from .fingerprint import HashMemo
 from .openai import PartialBatchError
-from ..setup.engine import DRAFT_FOLDER_METHODS, SPEC_METHOD_DRAFTS, STANDARD_REJECTION, VALIDATED_METHODS, EngineSettings
+from ..setup.engine import (
+    DRAFT_FOLDER_METHODS,
+    SPEC_METHOD_DRAFTS,
+    STANDARD_REJECTION,
+    VALIDATED_METHODS,
+    EngineSettings,
+)
 from .header import header_lines, scope_line  # noqa: F401  (scope_line: the reports read it)
-
 
 
 def arm_specs(settings: EngineSettings) -> dict[str, ArmSpec]:
     specs = {
         TARGET: ArmSpec(TARGET, settings.target),
-        SPECULATIVE: ArmSpec(SPECULATIVE, settings.target,
-                             settings.draft if settings.spec_method in DRAFT_FOLDER_METHODS else None, settings.spec_method),
+        SPECULATIVE: ArmSpec(
+            SPECULATIVE,
+            settings.target,
+            settings.draft if settings.spec_method in DRAFT_FOLDER_METHODS else None,
+            settings.spec_method,
+        ),
     }
     if settings.canary > 0:
         assert settings.draft is not None  # settings validation guarantees it
@@ -91,7 +100,9 @@ def canary_choice(
     return chosen
 
 
-def _generate(backend: Backend, shard: Shard, chunk: Sequence[sampling.Unit], progress: Progress | None, check: Any) -> Any:
+def _generate(
+    backend: Backend, shard: Shard, chunk: Sequence[sampling.Unit], progress: Progress | None, check: Any
+) -> Any:
     """One chunk generated, checked and appended to the shard."""
     arm = backend.spec.arm
     try:
@@ -103,16 +114,29 @@ def _generate(backend: Backend, shard: Shard, chunk: Sequence[sampling.Unit], pr
         # Keep what came back, so a rerun asks only for the rest; then fail the run.
         kept = sorted(exc.done)
         check(arm, [chunk[i].text for i in kept], [exc.done[i] for i in kept])
-        shard.append(StoredOutput(chunk[i].text, exc.done[i].text, exc.done[i].token_ids, exc.done[i].finish_reason,
-                                  chunk[i].sample, chunk[i].seed) for i in kept)
+        shard.append(
+            StoredOutput(
+                chunk[i].text,
+                exc.done[i].text,
+                exc.done[i].token_ids,
+                exc.done[i].finish_reason,
+                chunk[i].sample,
+                chunk[i].seed,
+            )
+            for i in kept
+        )
         raise
     check(arm, [u.text for u in chunk], result.outputs)
-    shard.append(StoredOutput(u.text, o.text, o.token_ids, o.finish_reason, u.sample, u.seed) for u, o in zip(chunk, result.outputs))
+    shard.append(
+        StoredOutput(u.text, o.text, o.token_ids, o.finish_reason, u.sample, u.seed)
+        for u, o in zip(chunk, result.outputs)
+    )
     return result
 
 
-def _generate_missing(backend: Backend, shard: Shard, units: Sequence[Any], missing: Sequence[Any], progress: bool,
-                      run: dict[str, Any]) -> None:
+def _generate_missing(
+    backend: Backend, shard: Shard, units: Sequence[Any], missing: Sequence[Any], progress: bool, run: dict[str, Any]
+) -> None:
     """Generate ``missing`` in calls of the backend's size, adding each call's numbers to ``run``."""
     arm = backend.spec.arm
     counters: dict[str, int] = {}
@@ -121,11 +145,13 @@ def _generate_missing(backend: Backend, shard: Shard, units: Sequence[Any], miss
     backend.plan([u.text for u in missing])
     size = backend.prompts_per_call()
     for start in range(0, len(missing), size):
-        chunk = missing[start:start + size]
+        chunk = missing[start : start + size]
         prog = None
         if progress:
             prog = Progress(
-                desc=f"tais {ARM_LABELS[arm]}", total=len(units), done=len(units) - len(missing) + start,
+                desc=f"tais {ARM_LABELS[arm]}",
+                total=len(units),
+                done=len(units) - len(missing) + start,
                 last_chunk=start + len(chunk) >= len(missing),
             )
         result = _generate(backend, shard, chunk, prog, check)
@@ -140,7 +166,12 @@ def _generate_missing(backend: Backend, shard: Shard, units: Sequence[Any], miss
 
 
 def _fill(
-    store: GenerationStore, shard: Shard, backend: Backend, texts: Sequence[Any], settings: EngineSettings, progress: bool,
+    store: GenerationStore,
+    shard: Shard,
+    backend: Backend,
+    texts: Sequence[Any],
+    settings: EngineSettings,
+    progress: bool,
     writable: bool = True,
 ) -> tuple[dict[str, StoredOutput], dict[str, Any] | None]:
     """Generate the answers the shard lacks (caller holds the lock, or ``writable`` is False: a
@@ -158,8 +189,15 @@ def _fill(
             f"{len(missing)} of {len(texts)} {ARM_LABELS[arm]} output(s) are not stored and would have to be generated"
         )
     if missing:
-        run = {"arm": arm, "fingerprint": shard.key, "backend": settings.backend, "prompts": len(missing),
-               "generated_tokens": 0, "seconds": 0.0, "status": "failed"}
+        run = {
+            "arm": arm,
+            "fingerprint": shard.key,
+            "backend": settings.backend,
+            "prompts": len(missing),
+            "generated_tokens": 0,
+            "seconds": 0.0,
+            "status": "failed",
+        }
         # Logged before the engine starts, so a run killed on the way stays in the log as "running".
         entry_id = store.log_engine_start({**run, "status": "running"})
         try:
@@ -175,12 +213,19 @@ def _fill(
         have = shard.read()
     lacking = [u for u in units if sample_key(*u) not in have]
     if lacking:
-        raise EngineError(f"{ARM_LABELS[arm]} arm: {len(lacking)} answer(s) have no stored output after generation, e.g. {lacking[0].text[:80]!r}")
+        raise EngineError(
+            f"{ARM_LABELS[arm]} arm: {len(lacking)} answer(s) have no stored output after generation, e.g. {lacking[0].text[:80]!r}"
+        )
     return have, run
 
 
 def fill_arm(
-    store: GenerationStore, memo: HashMemo, settings: EngineSettings, spec: ArmSpec, texts: list[str], progress: bool,
+    store: GenerationStore,
+    memo: HashMemo,
+    settings: EngineSettings,
+    spec: ArmSpec,
+    texts: list[str],
+    progress: bool,
     writable: bool = True,
 ) -> tuple[dict[str, Any], dict[str, StoredOutput], dict[str, Any] | None]:
     """One arm's outputs for ``texts`` through the store (caller holds its lock, or the store is
@@ -199,8 +244,14 @@ def fill_arm(
 
 
 def _arm_metrics(
-    arm: str, texts: list[str], stored: Mapping[str, StoredOutput], run: Mapping[str, Any] | None,
-    starts: int, log: list[dict[str, Any]], key: str, speculative: bool,
+    arm: str,
+    texts: list[str],
+    stored: Mapping[str, StoredOutput],
+    run: Mapping[str, Any] | None,
+    starts: int,
+    log: list[dict[str, Any]],
+    key: str,
+    speculative: bool,
 ) -> dict[str, Any]:
     """This process's numbers, and the same over the logged runs that made the outputs.
 
@@ -227,7 +278,9 @@ def _arm_metrics(
         "logged_tokens": logged_tokens,
         "logged_seconds": logged_seconds,
         "logged_tokens_per_s": logged_tokens / logged_seconds if logged_seconds > 0 else None,
-        "logged_startup_seconds": sum(float(r["startup_seconds"]) for r in runs if r.get("startup_seconds") is not None),
+        "logged_startup_seconds": sum(
+            float(r["startup_seconds"]) for r in runs if r.get("startup_seconds") is not None
+        ),
     }
     if speculative:
         with_counts = [r for r in runs if "num_draft_tokens" in r]
@@ -261,11 +314,17 @@ def _scope(settings: EngineSettings) -> list[str]:
             "(lossless) verification only"
         )
     if settings.backend == "hf" and settings.hf_acceptance == "typical":
-        notes.append("typical acceptance (hf): a lossy verifier that lets draft behaviour into the outputs; validated scope is exact verification")
+        notes.append(
+            "typical acceptance (hf): a lossy verifier that lets draft behaviour into the outputs; validated scope is exact verification"
+        )
     if settings.backend == "hf" and settings.hf_acceptance == "wrong-q":
-        notes.append("wrong-q rejection sampler (hf): accepts with p/q' for a q' the draft did not sample from, a lossy verifier; validated scope is exact verification")
+        notes.append(
+            "wrong-q rejection sampler (hf): accepts with p/q' for a q' the draft did not sample from, a lossy verifier; validated scope is exact verification"
+        )
     if settings.backend == "hf" and settings.hf_acceptance == "synthetic":
-        notes.append("synthetic acceptance (hf): draft tokens kept at a fixed rate whatever the target says, a lossy verifier; validated scope is exact verification")
+        notes.append(
+            "synthetic acceptance (hf): draft tokens kept at a fixed rate whatever the target says, a lossy verifier; validated scope is exact verification"
+        )
     return notes
 
 
@@ -286,7 +345,9 @@ def _checked(prompts: Sequence[Prompt], arms: tuple[str, ...]) -> list[Prompt]:
         if not isinstance(p, Prompt):
             raise EngineError(f"run_arms takes battery Prompt records, got {type(p).__name__}")
         if (p.task, p.prompt_id) in seen:
-            raise EngineError(f"task {p.task!r}: prompt id {p.prompt_id!r} appears twice; prompt ids must be unique per task")
+            raise EngineError(
+                f"task {p.task!r}: prompt id {p.prompt_id!r} appears twice; prompt ids must be unique per task"
+            )
         seen.add((p.task, p.prompt_id))
     return prompts
 
@@ -328,23 +389,39 @@ def run_arms(
         with store.writer() as writable:
             memo = HashMemo(store.hash_memo_path)
             for arm, arm_text in arm_texts.items():
-                fps[arm], stored[arm], runs[arm] = fill_arm(store, memo, settings, specs[arm], arm_text, progress, writable)
+                fps[arm], stored[arm], runs[arm] = fill_arm(
+                    store, memo, settings, specs[arm], arm_text, progress, writable
+                )
             log = store.engine_starts()
     except StoreError as exc:
         raise EngineError(str(exc)) from exc
 
-    return _outputs(settings, prompts, arms, chosen, stored, fps, runs, store, log, starts_before, specs, arm_texts,
-                    task_metrics)
+    return _outputs(
+        settings, prompts, arms, chosen, stored, fps, runs, store, log, starts_before, specs, arm_texts, task_metrics
+    )
 
 
-def _run_metrics(arm_texts: Mapping[str, list], stored: Mapping[str, Mapping[str, StoredOutput]], runs: Mapping[str, Any],
-                 starts_before: Mapping[str, int], log: list, fps: Mapping[str, dict[str, Any]],
-                 specs: Mapping[str, ArmSpec], n_canary: int) -> dict[str, dict[str, Any]]:
+def _run_metrics(
+    arm_texts: Mapping[str, list],
+    stored: Mapping[str, Mapping[str, StoredOutput]],
+    runs: Mapping[str, Any],
+    starts_before: Mapping[str, int],
+    log: list,
+    fps: Mapping[str, dict[str, Any]],
+    specs: Mapping[str, ArmSpec],
+    n_canary: int,
+) -> dict[str, dict[str, Any]]:
     """Each arm's numbers for this run (engine starts since ``starts_before``)."""
     metrics = {
         arm: _arm_metrics(
-            arm, arm_texts[arm], stored[arm], runs[arm], ENGINE_STARTS.get(arm, 0) - starts_before.get(arm, 0),
-            log, fps[arm]["key"], specs[arm].speculative,
+            arm,
+            arm_texts[arm],
+            stored[arm],
+            runs[arm],
+            ENGINE_STARTS.get(arm, 0) - starts_before.get(arm, 0),
+            log,
+            fps[arm]["key"],
+            specs[arm].speculative,
         )
         for arm in arm_texts
     }
@@ -353,10 +430,21 @@ def _run_metrics(arm_texts: Mapping[str, list], stored: Mapping[str, Mapping[str
     return metrics
 
 
-def _outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence[str], chosen: Sequence[tuple[str, str]],
-             stored: Mapping[str, Mapping[str, StoredOutput]], fps: Mapping[str, dict[str, Any]], runs: Mapping[str, Any],
-             store: GenerationStore, log: list, starts_before: Mapping[str, int], specs: Mapping[str, ArmSpec],
-             arm_texts: Mapping[str, list], task_metrics: Mapping[str, str] | None) -> ArmOutputs:
+def _outputs(
+    settings: EngineSettings,
+    prompts: Sequence[Prompt],
+    arms: Sequence[str],
+    chosen: Sequence[tuple[str, str]],
+    stored: Mapping[str, Mapping[str, StoredOutput]],
+    fps: Mapping[str, dict[str, Any]],
+    runs: Mapping[str, Any],
+    store: GenerationStore,
+    log: list,
+    starts_before: Mapping[str, int],
+    specs: Mapping[str, ArmSpec],
+    arm_texts: Mapping[str, list],
+    task_metrics: Mapping[str, str] | None,
+) -> ArmOutputs:
     """The run's outputs: per prompt and arm one generation (greedy) or K, each with its sample index and seed.
 
     The canary replaces the speculative answers of its chosen prompts with the draft's own (drawn
@@ -379,9 +467,16 @@ def _outputs(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence
     return out
 
 
-def _generations(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequence[str], canary: set,
-                 stored: Mapping[str, Mapping[str, StoredOutput]], fps: Mapping[str, dict[str, Any]],
-                 specs: Mapping[str, ArmSpec], task_metrics: Mapping[str, str] | None) -> list[Generation]:
+def _generations(
+    settings: EngineSettings,
+    prompts: Sequence[Prompt],
+    arms: Sequence[str],
+    canary: set,
+    stored: Mapping[str, Mapping[str, StoredOutput]],
+    fps: Mapping[str, dict[str, Any]],
+    specs: Mapping[str, ArmSpec],
+    task_metrics: Mapping[str, str] | None,
+) -> list[Generation]:
     """Per prompt and arm its K answers from the store (the canary's prompts from the draft alone)."""
     gens: list[Generation] = []
     for p in prompts:
@@ -389,12 +484,27 @@ def _generations(settings: EngineSettings, prompts: Sequence[Prompt], arms: Sequ
             source = DRAFT if arm == SPECULATIVE and (p.task, p.prompt_id) in canary else arm
             meta: dict[str, Any] = {"fingerprint": fps[source]["key"]}
             if settings.sampled:
-                meta["sampler"] = sampling.sampler_name(settings, specs[arm].speculative) if source != DRAFT else "draft alone (canary)"
+                meta["sampler"] = (
+                    sampling.sampler_name(settings, specs[arm].speculative)
+                    if source != DRAFT
+                    else "draft alone (canary)"
+                )
             if source == DRAFT:
                 meta["canary"] = True
             for u in sampling.units([p.text], settings):
                 s = stored[source][sample_key(*u)]
-                gens.append(Generation(task=p.task, prompt_id=p.prompt_id, prompt=p.text, arm=arm, text=s.text,
-                                       token_ids=s.token_ids, meta={**meta, "finish_reason": s.finish_reason},
-                                       sample=u.sample, seed=u.seed, **_scoring(p, task_metrics)))
+                gens.append(
+                    Generation(
+                        task=p.task,
+                        prompt_id=p.prompt_id,
+                        prompt=p.text,
+                        arm=arm,
+                        text=s.text,
+                        token_ids=s.token_ids,
+                        meta={**meta, "finish_reason": s.finish_reason},
+                        sample=u.sample,
+                        seed=u.seed,
+                        **_scoring(p, task_metrics),
+                    )
+                )
     return gens

@@ -74,8 +74,13 @@ class Progress:
 
             return line_bar(total=self.total, initial=self.done, desc=self.desc, out=sys.stderr)
         return tqdm(
-            total=self.total, initial=self.done, desc=self.desc, unit="prompt",
-            file=sys.stderr, dynamic_ncols=True, leave=self.last_chunk,
+            total=self.total,
+            initial=self.done,
+            desc=self.desc,
+            unit="prompt",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=self.last_chunk,
         )
 
 
@@ -117,7 +122,9 @@ class Backend(abc.ABC):
     def generate(self, texts: Sequence[str], *, progress: Progress | None = None) -> BatchResult:
         """Greedy answers to ``texts`` (user messages), in order; a progress bar on stderr if asked."""
 
-    def generate_sampled(self, texts: Sequence[str], seeds: Sequence[int], *, progress: Progress | None = None) -> BatchResult:
+    def generate_sampled(
+        self, texts: Sequence[str], seeds: Sequence[int], *, progress: Progress | None = None
+    ) -> BatchResult:
         """Sampled screens: one answer per (text, seed), at the settings' temperature, top-p and top-k."""
         raise EngineError(f"the {self.name} backend has no sampled screen; use --tais-backend=vllm or hf")
 

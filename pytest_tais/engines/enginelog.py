@@ -146,7 +146,9 @@ def _flush() -> None:
 
 def _move_handlers(f: IO[str]) -> list[tuple[logging.StreamHandler[Any], Any]]:
     """Point every logging handler that writes to a terminal stream at ``f``; return what to restore."""
-    terminals = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__, *_FD_WRITERS.values()) if s is not None}
+    terminals = {
+        id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__, *_FD_WRITERS.values()) if s is not None
+    }
     loggers: list[logging.Logger] = [logging.getLogger()]
     loggers += [lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)]
     moved = []

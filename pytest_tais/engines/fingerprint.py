@@ -134,7 +134,10 @@ def backend_versions(backend: str) -> dict[str, str]:
 
 def _vllm_fields(settings: Any) -> dict[str, Any]:
     # Eager vs compiled and the KV-cache size (batching) change outputs outside float32.
-    fp: dict[str, Any] = {"enforce_eager": settings.enforce_eager, "gpu_memory_utilization": settings.gpu_memory_utilization}
+    fp: dict[str, Any] = {
+        "enforce_eager": settings.enforce_eager,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+    }
     if settings.kv_cache_memory is not None:  # absent when unset: older keys stay valid
         fp["kv_cache_memory_bytes"] = settings.kv_cache_memory
     if settings.parallel:
@@ -163,8 +166,11 @@ def arm_fingerprint(settings: Any, spec: Any, memo: HashMemo) -> dict[str, Any]:
         "model": model_identity(spec.model, memo),
         "dtype": settings.dtype,
         "seed": settings.seed,
-        "sampling": ({**settings.sampling, "max_tokens": settings.max_tokens} if getattr(settings, "sampled", False)
-                     else {"temperature": 0.0, "max_tokens": settings.max_tokens}),
+        "sampling": (
+            {**settings.sampling, "max_tokens": settings.max_tokens}
+            if getattr(settings, "sampled", False)
+            else {"temperature": 0.0, "max_tokens": settings.max_tokens}
+        ),
         "prompt": {
             "mode": mode,
             "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest() if template else None,

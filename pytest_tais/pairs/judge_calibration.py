@@ -80,21 +80,30 @@ class Calibration:
     def describe(self) -> dict[str, Any]:
         """What a row and a report show."""
         return {
-            "se": self.se, "se_ci": list(self.se_ci), "sp": self.sp, "sp_ci": list(self.sp_ci),
-            "factor": self.factor, "factor_low": self.factor_low, "n_pos": self.n_pos, "n_neg": self.n_neg,
+            "se": self.se,
+            "se_ci": list(self.se_ci),
+            "sp": self.sp,
+            "sp_ci": list(self.sp_ci),
+            "factor": self.factor,
+            "factor_low": self.factor_low,
+            "n_pos": self.n_pos,
+            "n_neg": self.n_neg,
             "source": self.source,
         }
 
     def check(self, what: str) -> None:
         """A judge whose errors could hide any difference cannot gate: fail at setup."""
         if self.n_pos < 1 or self.n_neg < 1:
-            raise JudgeError(f"{what}: the calibration needs labelled refusals and labelled non-refusals; "
-                             f"it has {self.n_pos} and {self.n_neg}")
+            raise JudgeError(
+                f"{what}: the calibration needs labelled refusals and labelled non-refusals; "
+                f"it has {self.n_pos} and {self.n_neg}"
+            )
         if self.factor_low <= 0.05:
             raise JudgeError(
                 f"{what}: the judge's Se + Sp - 1 has lower bound {self.factor_low:.3f} (Se {self.se:.3f}, Sp {self.sp:.3f}, "
                 f"from {self.n_pos} refusals and {self.n_neg} others); a judge this close to chance cannot show equivalence. "
-                "Use a better judge, or label more answers if the point estimates are good")
+                "Use a better judge, or label more answers if the point estimates are good"
+            )
 
 
 def corrected_margin(margin: float, calibration: Calibration | None) -> float:
@@ -118,9 +127,15 @@ def read_labels(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise JudgeError(f"--tais-judge-calibration={path}:{lineno}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("response"), str) or not isinstance(row.get("refusal"), bool):
-            raise JudgeError(f"--tais-judge-calibration={path}:{lineno}: each line needs a string \"response\" and a "
-                             "boolean \"refusal\" (and may have \"prompt\")")
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("response"), str)
+            or not isinstance(row.get("refusal"), bool)
+        ):
+            raise JudgeError(
+                f'--tais-judge-calibration={path}:{lineno}: each line needs a string "response" and a '
+                'boolean "refusal" (and may have "prompt")'
+            )
         rows.append(row)
     if not rows:
         raise JudgeError(f"--tais-judge-calibration={path}: holds no labelled answers")

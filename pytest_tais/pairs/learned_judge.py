@@ -42,11 +42,29 @@ _OPENING_SALT = np.uint32(0x85EBCA77)
 _FINAL = np.uint32(0xC2B2AE3D)
 _START, _END = 2, 3
 
-_QUOTES = str.maketrans({
-    "\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'", "\u00b4": "'", "`": "'",
-    "\u201c": '"', "\u201d": '"', "\u00ab": '"', "\u00bb": '"', "\u201e": '"',
-    "\u200b": None, "\u200c": None, "\u200d": None, "\u2060": None, "\ufeff": None, "\u00ad": None,
-})
+_QUOTES = str.maketrans(
+    {
+        "\u2019": "'",
+        "\u2018": "'",
+        "\u02bc": "'",
+        "\u2032": "'",
+        "\u00b4": "'",
+        "`": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u00ab": '"',
+        "\u00bb": '"',
+        "\u201e": '"',
+        "\u200b": None,
+        "\u200c": None,
+        "\u200d": None,
+        "\u2060": None,
+        "\ufeff": None,
+        "\u00ad": None,
+    }
+)
+
+
 def normalize(text: str, lead: int) -> str:
     """The part of an answer the judge reads: normalised, its first ``lead`` characters.
 
@@ -94,7 +112,7 @@ def _buckets(texts: Sequence[str], cfg: dict[str, Any]):
     h = np.zeros(len(buf), np.uint32)
     with np.errstate(over="ignore"):
         for n in range(1, orders[-1] + 1):
-            h = h[: len(buf) - n + 1] * _P + vals[n - 1:]
+            h = h[: len(buf) - n + 1] * _P + vals[n - 1 :]
             if n not in orders:
                 continue
             salt = np.uint32(n) * _ORDER_SALT
@@ -139,10 +157,12 @@ def unpack(data: bytes, source: str = WEIGHTS_FILE) -> tuple[dict[str, Any], np.
         raise JudgeError(f"{source}: not a pytest-tais judge weights file (no {MAGIC!r} header); reinstall pytest-tais")
     (size,) = struct.unpack_from("<I", data, len(MAGIC))
     start = len(MAGIC) + 4
-    header = json.loads(data[start:start + size].decode("utf-8"))
+    header = json.loads(data[start : start + size].decode("utf-8"))
     weights = np.frombuffer(data, dtype="<i2", offset=start + size)
     if len(weights) != 1 << header["bits"]:
-        raise JudgeError(f"{source}: {len(weights)} weights, the header says {1 << header['bits']}; the file is damaged")
+        raise JudgeError(
+            f"{source}: {len(weights)} weights, the header says {1 << header['bits']}; the file is damaged"
+        )
     return header, weights
 
 
@@ -214,7 +234,7 @@ class LearnedJudge:
         # Each n-gram's text beside its bucket, in the order hashed_features emits them.
         labels: list[str] = []
         for n in orders:
-            grams = [framed[i:i + n].decode("utf-8", "replace") for i in range(starts)]
+            grams = [framed[i : i + n].decode("utf-8", "replace") for i in range(starts)]
             labels += grams + grams[: self.header["opening"]]
         contrib: dict[str, float] = {}
         for label, col, val in zip(labels, cols.tolist(), vals.tolist()):
@@ -248,6 +268,8 @@ def shipped_judge() -> LearnedJudge:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise JudgeError(f"the shipped judge's weights {path} cannot be read ({exc}); reinstall pytest-tais, "
-                         "or pass --tais-judge=rules") from None
+        raise JudgeError(
+            f"the shipped judge's weights {path} cannot be read ({exc}); reinstall pytest-tais, "
+            "or pass --tais-judge=rules"
+        ) from None
     return LearnedJudge(data, str(path))

@@ -35,20 +35,29 @@ def _check_task(task: Task, k_hint: str, duplicates: Sequence[str], mixed: Seque
     if not task.prompts:
         raise TaskError(f"task {task.name!r}: no prompts; a task with zero prompts cannot pass")
     if duplicates:
-        what, why = (("prompt ids", "each prompt must be answered once per arm") if k_hint == "greedy" else
-                     ("sample indexes", "each sample of a prompt must be answered once per arm"))
-        raise TaskError(f"task {task.name!r}: duplicate {what} in the outputs ({', '.join(sorted(duplicates)[:5])}); {why}")
+        what, why = (
+            ("prompt ids", "each prompt must be answered once per arm")
+            if k_hint == "greedy"
+            else ("sample indexes", "each sample of a prompt must be answered once per arm")
+        )
+        raise TaskError(
+            f"task {task.name!r}: duplicate {what} in the outputs ({', '.join(sorted(duplicates)[:5])}); {why}"
+        )
     if mixed:
-        raise TaskError(f"task {task.name!r}: greedy records (no \"sample\") and sampled ones for the same prompts "
-                        f"({_ids(sorted(mixed))}); a task is screened greedy or sampled, not both")
+        raise TaskError(
+            f'task {task.name!r}: greedy records (no "sample") and sampled ones for the same prompts '
+            f"({_ids(sorted(mixed))}); a task is screened greedy or sampled, not both"
+        )
 
 
 def _samples(task: Task, a: Outputs, b: Outputs) -> int:
     """K of a sampled task: the most samples any prompt has, in either arm (at least 2)."""
     k = max((len(src.get((task.name, p.prompt_id), {})) for src in (a, b) for p in task.prompts), default=0)
     if k < 2:
-        raise TaskError(f"task {task.name!r}: a sampled screen needs K >= 2 samples per prompt per arm, found at most {k}; "
-                        "generate with --tais-samples=K (K >= 2)")
+        raise TaskError(
+            f"task {task.name!r}: a sampled screen needs K >= 2 samples per prompt per arm, found at most {k}; "
+            "generate with --tais-samples=K (K >= 2)"
+        )
     return k
 
 
@@ -62,8 +71,14 @@ def _answers(got: Any, k: int) -> tuple[tuple[Generation, ...] | None, str]:
     lacking = [i for i in range(k) if i not in got]
     extra = [i for i in got if not 0 <= i < k]
     # Both named: sample 2 of K = 2 is the out-of-range index, not only a missing 1.
-    what = ", ".join(x for x in (f"missing samples {lacking[:5]}" if lacking else "",
-                                 f"sample indexes {sorted(extra)[:5]} outside 0..{k - 1}" if extra else "") if x)
+    what = ", ".join(
+        x
+        for x in (
+            f"missing samples {lacking[:5]}" if lacking else "",
+            f"sample indexes {sorted(extra)[:5]} outside 0..{k - 1}" if extra else "",
+        )
+        if x
+    )
     return None, f"{len(got)} of {k} ({what})"
 
 
@@ -78,12 +93,21 @@ def _normalisation_hint(ids: Sequence[str]) -> str:
     if not alike:
         return ""
     more = f" (+{len(alike) - _SHOWN} more)" if len(alike) > _SHOWN else ""
-    return (f"; some ids differ only in Unicode normalisation ({'; '.join(alike[:_SHOWN])}{more}): write every id "
-            "in one form (NFC) in both arms")
+    return (
+        f"; some ids differ only in Unicode normalisation ({'; '.join(alike[:_SHOWN])}{more}): write every id "
+        "in one form (NFC) in both arms"
+    )
 
 
-def match(task: Task, a: Outputs, b: Outputs, names: tuple[str, str] = ("target", "speculative"),
-          duplicates: Sequence[str] = (), mixed: Sequence[str] = (), sampled: bool = False) -> Matched:
+def match(
+    task: Task,
+    a: Outputs,
+    b: Outputs,
+    names: tuple[str, str] = ("target", "speculative"),
+    duplicates: Sequence[str] = (),
+    mixed: Sequence[str] = (),
+    sampled: bool = False,
+) -> Matched:
     """Each prompt of ``task`` with arm A's and arm B's answers (K each, in sample order).
 
     ``sampled``: the arms map each prompt to its samples by index (else to its one answer). Fails
@@ -117,28 +141,42 @@ def match(task: Task, a: Outputs, b: Outputs, names: tuple[str, str] = ("target"
 
 def _fail_unpaired(task: Task, k: int, problems: Mapping[str, list[str]], other: Mapping[str, list[str]]) -> None:
     if k == 1 and any(problems.values()):
-        parts = [f"{len(ids)} prompt(s) have no {arm} output (e.g. {_ids(ids)})" for arm, ids in problems.items() if ids]
-        raise TaskError(f"task {task.name!r}: {'; '.join(parts)}; every prompt must be answered by both arms"
-                        + _normalisation_hint([i for ids in problems.values() for i in ids]))
+        parts = [
+            f"{len(ids)} prompt(s) have no {arm} output (e.g. {_ids(ids)})" for arm, ids in problems.items() if ids
+        ]
+        raise TaskError(
+            f"task {task.name!r}: {'; '.join(parts)}; every prompt must be answered by both arms"
+            + _normalisation_hint([i for ids in problems.values() for i in ids])
+        )
     lack = [x for ids in problems.values() for x in ids]
     if lack:
         more = f" (+{len(lack) - _SHOWN} more)" if len(lack) > _SHOWN else ""
-        raise TaskError(f"task {task.name!r}: {len(lack)} prompt(s) lack samples: {'; '.join(lack[:_SHOWN])}{more}; "
-                        f"every prompt needs samples 0..{k - 1} in both arms (K = {k}, the most any prompt has; "
-                        "indexes count from 0)")
+        raise TaskError(
+            f"task {task.name!r}: {len(lack)} prompt(s) lack samples: {'; '.join(lack[:_SHOWN])}{more}; "
+            f"every prompt needs samples 0..{k - 1} in both arms (K = {k}, the most any prompt has; "
+            "indexes count from 0)"
+        )
     if k == 1 and any(other.values()):
-        parts = [f"{len(ids)} {arm} output(s) answer another prompt text than the battery's under the same id ({_ids(ids)})"
-                 for arm, ids in other.items() if ids]
-        raise TaskError(f"task {task.name!r}: {'; '.join(parts)}; pairs must answer the same prompt: "
-                        "check that the replay file and --tais-battery (or the two arms) come from the same battery")
+        parts = [
+            f"{len(ids)} {arm} output(s) answer another prompt text than the battery's under the same id ({_ids(ids)})"
+            for arm, ids in other.items()
+            if ids
+        ]
+        raise TaskError(
+            f"task {task.name!r}: {'; '.join(parts)}; pairs must answer the same prompt: "
+            "check that the replay file and --tais-battery (or the two arms) come from the same battery"
+        )
     sets = [x for ids in other.values() for x in ids]
     if sets:
-        raise TaskError(f"task {task.name!r}: {len(sets)} sample set(s) answer another prompt text than the battery's under "
-                        f"the same id ({_ids(sets)}); check that the replay file and --tais-battery come from the same battery")
+        raise TaskError(
+            f"task {task.name!r}: {len(sets)} sample set(s) answer another prompt text than the battery's under "
+            f"the same id ({_ids(sets)}); check that the replay file and --tais-battery come from the same battery"
+        )
 
 
-def judge_pairs(task: Task, matched: Matched, score_all: ScoreAll,
-                names: tuple[str, str] = ("target", "speculative")) -> list[PairRecord]:
+def judge_pairs(
+    task: Task, matched: Matched, score_all: ScoreAll, names: tuple[str, str] = ("target", "speculative")
+) -> list[PairRecord]:
     """Score every answer of both arms (one ``score_all`` call per task); equal answers to a prompt are judged once."""
     index: dict[tuple[str, str], int] = {}
     items: list[tuple[Prompt, str, str]] = []
@@ -155,13 +193,19 @@ def judge_pairs(task: Task, matched: Matched, score_all: ScoreAll,
     with gc_paused():  # many small objects, none freed: the collector's passes are wasted
         for p, ga, gb in matched:
             pid = p.prompt_id
-            records.append(PairRecord(
-                pid, tuple(g.text for g in ga), tuple(g.text for g in gb),
-                tuple(flags[index[(pid, g.text)]] for g in ga), tuple(flags[index[(pid, g.text)]] for g in gb),
-                {k: v for k, v in gb[0].meta.items() if k in ("canary", "sampler")},
-                tuple(g.token_ids for g in ga), tuple(g.token_ids for g in gb),
-                tuple(g.seed for g in ga) if ga[0].seed is not None else (),
-            ))
+            records.append(
+                PairRecord(
+                    pid,
+                    tuple(g.text for g in ga),
+                    tuple(g.text for g in gb),
+                    tuple(flags[index[(pid, g.text)]] for g in ga),
+                    tuple(flags[index[(pid, g.text)]] for g in gb),
+                    {k: v for k, v in gb[0].meta.items() if k in ("canary", "sampler")},
+                    tuple(g.token_ids for g in ga),
+                    tuple(g.token_ids for g in gb),
+                    tuple(g.seed for g in ga) if ga[0].seed is not None else (),
+                )
+            )
     return records
 
 
@@ -179,12 +223,15 @@ def score(task: Task, prompt: Prompt, text: str, arm: str, judge: Callable[[str,
             f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge failed ({type(exc).__name__}: {exc})"
         ) from exc
     if not isinstance(flag, bool):
-        raise TaskError(f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge returned {flag!r}, not True/False")
+        raise TaskError(
+            f"task {task.name!r}, prompt {prompt.prompt_id!r}, {arm} arm: the judge returned {flag!r}, not True/False"
+        )
     return flag
 
 
 def scorer(judge: Callable[[str, str], Any]) -> ScoreAll:
     """``score_all`` for a judge: a batch judge gets one call per task, others one call per answer."""
+
     def score_all(task: Task, items: Sequence[tuple[Prompt, str, str]]) -> list[bool]:
         batch = getattr(judge, "batch", None)
         if task.metric == "accuracy" or not callable(batch):
@@ -214,24 +261,39 @@ def scorer(judge: Callable[[str, str], Any]) -> ScoreAll:
     return score_all
 
 
-def pair_texts(task: Task, target_texts: Sequence[str], speculative_texts: Sequence[str],
-               judge: Callable[[str, str], Any] = judges.default_judge) -> list[PairRecord]:
+def pair_texts(
+    task: Task,
+    target_texts: Sequence[str],
+    speculative_texts: Sequence[str],
+    judge: Callable[[str, str], Any] = judges.default_judge,
+) -> list[PairRecord]:
     """Pairs from two lists of answers aligned with ``task.prompts`` (scripts and ``screen_task``)."""
     if not (len(target_texts) == len(speculative_texts) == len(task.prompts)):
-        raise TaskError(f"task {task.name!r}: {len(task.prompts)} prompts, {len(target_texts)} target outputs and "
-                        f"{len(speculative_texts)} speculative outputs; give one answer per prompt and arm")
-    outs = [{(task.name, p.prompt_id): Generation(task.name, p.prompt_id, p.text, arm, t)
-             for p, t in zip(task.prompts, texts)} for arm, texts in (("target", target_texts), ("speculative", speculative_texts))]
+        raise TaskError(
+            f"task {task.name!r}: {len(task.prompts)} prompts, {len(target_texts)} target outputs and "
+            f"{len(speculative_texts)} speculative outputs; give one answer per prompt and arm"
+        )
+    outs = [
+        {
+            (task.name, p.prompt_id): Generation(task.name, p.prompt_id, p.text, arm, t)
+            for p, t in zip(task.prompts, texts)
+        }
+        for arm, texts in (("target", target_texts), ("speculative", speculative_texts))
+    ]
     return judge_pairs(task, match(task, *outs), scorer(judge))
 
 
-def pair_outputs(task: Task, sources: Sequence[tuple[Any, str]], names: tuple[str, str], score_all: ScoreAll) -> list[PairRecord]:
+def pair_outputs(
+    task: Task, sources: Sequence[tuple[Any, str]], names: tuple[str, str], score_all: ScoreAll
+) -> list[PairRecord]:
     """The judged pairs of ``task`` from two (ArmOutputs, arm) sources, greedy or sampled alike (not mixed)."""
     (out_a, arm_a), (out_b, arm_b) = sources
     if out_a.sampled != out_b.sampled:
         greedy = names[0] if not out_a.sampled else names[1]
-        raise TaskError(f"task {task.name!r}: the {greedy} source is a greedy screen and the other a sampled one; "
-                        "compare greedy with greedy and sampled with sampled outputs")
+        raise TaskError(
+            f"task {task.name!r}: the {greedy} source is a greedy screen and the other a sampled one; "
+            "compare greedy with greedy and sampled with sampled outputs"
+        )
     both = (out_a,) if out_b is out_a else (out_a, out_b)
     dups = [d for out in both for d in out.duplicates.get(task.name, [])]
     mixed = [m for out in both for m in out.mixed.get(task.name, [])]

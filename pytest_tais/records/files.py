@@ -79,7 +79,9 @@ def _unreadable(path: Any, exc: OSError) -> str:
     return f"{os.fspath(path)}: cannot be read ({exc.strerror or exc}); make it readable (chmod) or point the option at another file"
 
 
-def read_text(path: str | os.PathLike[str], error: type[Exception], prefix: str = "", fix: str = "save the file as UTF-8") -> str:
+def read_text(
+    path: str | os.PathLike[str], error: type[Exception], prefix: str = "", fix: str = "save the file as UTF-8"
+) -> str:
     """A whole file as text (a leading byte-order mark dropped); bytes that are not UTF-8 raise
     ``error`` naming the file and line."""
     try:
@@ -96,7 +98,9 @@ def read_text(path: str | os.PathLike[str], error: type[Exception], prefix: str 
         start = data.rfind(b"\n", 0, at) + 1
         end = data.find(b"\n", at)
         lineno = data.count(b"\n", 0, start) + 1
-        raise error(prefix + _not_utf8(path, lineno, data[start:end if end >= 0 else len(data)], at - start, fix)) from None
+        raise error(
+            prefix + _not_utf8(path, lineno, data[start : end if end >= 0 else len(data)], at - start, fix)
+        ) from None
 
 
 def check_text(obj: Any, where: str, error: type[Exception], prefix: str = "") -> None:
@@ -104,11 +108,15 @@ def check_text(obj: Any, where: str, error: type[Exception], prefix: str = "") -
     try:
         json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8")
     except UnicodeEncodeError:
-        raise error(f"{prefix}{where}: a \\u escape stands for a lone UTF-16 surrogate, which is not text; "
-                    "fix the escape (a pair such as \\ud83d\\ude00 is fine) or write the file again") from None
+        raise error(
+            f"{prefix}{where}: a \\u escape stands for a lone UTF-16 surrogate, which is not text; "
+            "fix the escape (a pair such as \\ud83d\\ude00 is fine) or write the file again"
+        ) from None
 
 
-def iter_json_lines(path: str | os.PathLike[str], error: type[Exception], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def iter_json_lines(
+    path: str | os.PathLike[str], error: type[Exception], prefix: str = ""
+) -> Iterator[tuple[str, Any]]:
     """Yield ``("FILE:LINE", object)`` for each non-blank line; a bad line raises ``error`` naming it.
 
     orjson parses where it is installed; a line it rejects (bad UTF-8, a lone surrogate escape, NaN,

@@ -122,7 +122,13 @@ class Generation:
         # The checks below run in full only for a line the common shape does not fit.
         if not (plain and (arm == TARGET or arm == SPECULATIVE)):
             _check_record(obj, where)
-            task, prompt_id, prompt, arm, text = obj["task"], str(obj["prompt_id"]), obj["prompt"], obj["arm"], obj["text"]
+            task, prompt_id, prompt, arm, text = (
+                obj["task"],
+                str(obj["prompt_id"]),
+                obj["prompt"],
+                obj["arm"],
+                obj["text"],
+            )
         token_ids = obj.get("token_ids")
         if token_ids is not None:
             token_ids = _token_column(token_ids, where)
@@ -139,12 +145,25 @@ class Generation:
         sample, seed = obj.get("sample"), obj.get("seed")
         for key, value in (("sample", sample), ("seed", seed)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise RecordError(f"{where}: {key!r} must be a whole number >= 0 (the sample's index 0..K-1, or its seed)")
+                raise RecordError(
+                    f"{where}: {key!r} must be a whole number >= 0 (the sample's index 0..K-1, or its seed)"
+                )
         if seed is not None and sample is None:
             raise RecordError(f"{where}: 'seed' without 'sample'; a sampled record names its sample index 0..K-1 too")
         share = intern or _same
-        return cls(task=share(task), prompt_id=share(prompt_id), prompt=share(prompt), arm=arm, text=share(text),
-                   token_ids=token_ids, meta=meta, metric=metric, expected=expected, sample=sample, seed=seed)
+        return cls(
+            task=share(task),
+            prompt_id=share(prompt_id),
+            prompt=share(prompt),
+            arm=arm,
+            text=share(text),
+            token_ids=token_ids,
+            meta=meta,
+            metric=metric,
+            expected=expected,
+            sample=sample,
+            seed=seed,
+        )
 
 
 @dataclasses.dataclass
@@ -232,7 +251,9 @@ def _jsonl_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = _walk_jsonl(path)
         if not files:
-            raise RecordError(f"{path}: folder holds no *.jsonl files; point --tais-replay at a JSONL file or a folder of them")
+            raise RecordError(
+                f"{path}: folder holds no *.jsonl files; point --tais-replay at a JSONL file or a folder of them"
+            )
         return files
     if not path.exists():
         raise RecordError(f"{path}: no such file or folder; point --tais-replay at a JSONL file or a folder of them")
@@ -249,8 +270,10 @@ def _walk_jsonl(root: Path) -> list[Path]:
         raise exc
 
     def unreadable(where: Any, exc: OSError) -> RecordError:
-        return RecordError(f"--tais-replay: {where} cannot be read ({exc.strerror or exc}); make it readable "
-                           "(chmod) or move it out of the replay folder")
+        return RecordError(
+            f"--tais-replay: {where} cannot be read ({exc.strerror or exc}); make it readable "
+            "(chmod) or move it out of the replay folder"
+        )
 
     try:
         for folder, dirs, names in os.walk(root, onerror=fail, followlinks=True):
@@ -262,12 +285,16 @@ def _walk_jsonl(root: Path) -> list[Path]:
             for name in dirs + names:
                 entry = Path(folder) / name
                 if entry.is_symlink() and not entry.exists():
-                    raise RecordError(f"--tais-replay: {entry} is a dangling symlink (to {os.readlink(entry)}); "
-                                      "fix or remove the link")
+                    raise RecordError(
+                        f"--tais-replay: {entry} is a dangling symlink (to {os.readlink(entry)}); "
+                        "fix or remove the link"
+                    )
             files.extend(Path(folder) / n for n in names if n.endswith(".jsonl") and (Path(folder) / n).is_file())
     except OSError as exc:
         raise unreadable(exc.filename or root, exc) from None
     return sorted(files)
+
+
 def read_generations(path: str | os.PathLike[str]) -> Iterator[Generation]:
     """Yield every record of a JSONL file or of all ``*.jsonl`` files under a folder (sorted).
 

@@ -20,8 +20,19 @@ _COMMIT = re.compile(r"[0-9a-f]{40}\Z")
 #: A commit abbreviated as this plugin prints it (``org/name@sha12``), or as git does.
 _SHORT_COMMIT = re.compile(r"[0-9a-f]{7,39}\Z")
 #: Files engines never read; skipping them keeps e.g. Llama's original/ checkpoint (16 GB) off disk.
-IGNORE_PATTERNS = ["original/*", "*.pth", "*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.tflite",
-                   "onnx/*", "openvino/*", "coreml/*"]
+IGNORE_PATTERNS = [
+    "original/*",
+    "*.pth",
+    "*.gguf",
+    "*.onnx",
+    "*.onnx_data",
+    "*.h5",
+    "*.msgpack",
+    "*.tflite",
+    "onnx/*",
+    "openvino/*",
+    "coreml/*",
+]
 
 
 class HubError(ValueError):
@@ -68,7 +79,7 @@ def snapshot_identity(folder: Path) -> dict[str, str] | None:
     prefix = next((p for p in ("models--", "datasets--") if repo_dir.name.startswith(p)), None)
     if folder.parent.name != "snapshots" or prefix is None or not _COMMIT.match(folder.name):
         return None
-    return {"repo_id": repo_dir.name[len(prefix):].replace("--", "/"), "commit": folder.name}
+    return {"repo_id": repo_dir.name[len(prefix) :].replace("--", "/"), "commit": folder.name}
 
 
 def _cached_refs(repo_dir: Path) -> list[str]:
@@ -118,26 +129,39 @@ def _what(repo_type: str) -> str:
     return "dataset" if repo_type == "dataset" else "model"
 
 
-def _not_cached(given: str, repo_id: str, revision: str | None, repo_dir: Path, cache: Path, is_offline: bool,
-                repo_type: str) -> HubError:
+def _not_cached(
+    given: str, repo_id: str, revision: str | None, repo_dir: Path, cache: Path, is_offline: bool, repo_type: str
+) -> HubError:
     """What to do when the snapshot is neither in the cache nor reachable."""
     if repo_dir.is_dir():
         cached = ", ".join(_cached_refs(repo_dir)) or "none"
         where = "HF_HUB_OFFLINE is set" if is_offline else "the hub cannot be reached"
-        return HubError(f"{given}: revision {revision or 'main'!r} of {repo_id} is not in the hub cache "
-                        f"{cache} and {where} (cached revisions: {cached}); fetch it with "
-                        f"`{fetch_hint(repo_id, revision, repo_type)}` or give a cached revision")
+        return HubError(
+            f"{given}: revision {revision or 'main'!r} of {repo_id} is not in the hub cache "
+            f"{cache} and {where} (cached revisions: {cached}); fetch it with "
+            f"`{fetch_hint(repo_id, revision, repo_type)}` or give a cached revision"
+        )
     if is_offline:
-        return HubError(f"{given}: {repo_id} is not in the hub cache {cache} and HF_HUB_OFFLINE is set; "
-                        f"fetch it with `{fetch_hint(repo_id, revision, repo_type)}` (set HF_HUB_CACHE or HF_HOME if the "
-                        f"cache lives elsewhere), or pass a local {_what(repo_type)} folder")
-    return HubError(f"{given}: the hub cannot be reached and {repo_id} is not in the hub cache {cache}; "
-                    f"fetch it where the hub is reachable (`{fetch_hint(repo_id, revision, repo_type)}`) and run with "
-                    f"HF_HUB_OFFLINE=1, or pass a local {_what(repo_type)} folder")
+        return HubError(
+            f"{given}: {repo_id} is not in the hub cache {cache} and HF_HUB_OFFLINE is set; "
+            f"fetch it with `{fetch_hint(repo_id, revision, repo_type)}` (set HF_HUB_CACHE or HF_HOME if the "
+            f"cache lives elsewhere), or pass a local {_what(repo_type)} folder"
+        )
+    return HubError(
+        f"{given}: the hub cannot be reached and {repo_id} is not in the hub cache {cache}; "
+        f"fetch it where the hub is reachable (`{fetch_hint(repo_id, revision, repo_type)}`) and run with "
+        f"HF_HUB_OFFLINE=1, or pass a local {_what(repo_type)} folder"
+    )
 
 
-def resolve_repo(repo_id: str, revision: str | None, *, option: str, repo_type: str = "model",
-                 allow_patterns: list[str] | None = None) -> ResolvedModel:
+def resolve_repo(
+    repo_id: str,
+    revision: str | None,
+    *,
+    option: str,
+    repo_type: str = "model",
+    allow_patterns: list[str] | None = None,
+) -> ResolvedModel:
     """The local snapshot of ``repo_id`` at ``revision``, downloaded unless offline.
 
     ``repo_type="dataset"`` resolves a dataset repository (``datasets--ORG--NAME`` in the cache);
@@ -148,45 +172,68 @@ def resolve_repo(repo_id: str, revision: str | None, *, option: str, repo_type: 
         import huggingface_hub
         from huggingface_hub import errors
     except ImportError:
-        raise HubError(f"{option}={repo_id}: a hub id needs huggingface_hub (pip install huggingface_hub), "
-                       f"or pass a local {what} folder") from None
+        raise HubError(
+            f"{option}={repo_id}: a hub id needs huggingface_hub (pip install huggingface_hub), "
+            f"or pass a local {what} folder"
+        ) from None
     cache = hub_cache()
     is_offline = offline()
     label = f"{repo_id}@{revision}" if revision else repo_id
     repo_dir = cache / (f"{what}s--" + repo_id.replace("/", "--"))
     revision = _full_commit(repo_dir, revision)  # org/name@sha12, as the terminal prints it, is taken back
-    patterns = {"allow_patterns": allow_patterns} if allow_patterns is not None else {"ignore_patterns": IGNORE_PATTERNS}
+    patterns = (
+        {"allow_patterns": allow_patterns} if allow_patterns is not None else {"ignore_patterns": IGNORE_PATTERNS}
+    )
     try:
         folder = huggingface_hub.snapshot_download(
-            repo_id, repo_type=repo_type, revision=revision, cache_dir=str(cache), local_files_only=is_offline, **patterns,
+            repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            cache_dir=str(cache),
+            local_files_only=is_offline,
+            **patterns,
         )
     except errors.RevisionNotFoundError:
-        raise HubError(f"{option}={label}: the hub has no revision {revision!r} of {repo_id}; give a branch, tag "
-                       "or commit sha that exists") from None
+        raise HubError(
+            f"{option}={label}: the hub has no revision {revision!r} of {repo_id}; give a branch, tag "
+            "or commit sha that exists"
+        ) from None
     except errors.GatedRepoError:
-        raise HubError(f"{option}={label}: {repo_id} is gated; accept its licence on the hub and export HF_TOKEN "
-                       "(a token with access) before running pytest") from None
+        raise HubError(
+            f"{option}={label}: {repo_id} is gated; accept its licence on the hub and export HF_TOKEN "
+            "(a token with access) before running pytest"
+        ) from None
     except errors.RepositoryNotFoundError:
-        raise HubError(f"{option}={label}: the hub has no repository {repo_id}, or it is private; check the id, or "
-                       "export HF_TOKEN with access; a local folder of that name would win over the id") from None
+        raise HubError(
+            f"{option}={label}: the hub has no repository {repo_id}, or it is private; check the id, or "
+            "export HF_TOKEN with access; a local folder of that name would win over the id"
+        ) from None
     except errors.LocalEntryNotFoundError:
         missing = _missing_snapshot(repo_dir, revision)
         if missing:
-            raise HubError(f"{option}={label}: incomplete snapshot in the hub cache {cache}: {missing} (an interrupted "
-                           f"download?); fetch it again with `{fetch_hint(repo_id, revision, repo_type)}`") from None
+            raise HubError(
+                f"{option}={label}: incomplete snapshot in the hub cache {cache}: {missing} (an interrupted "
+                f"download?); fetch it again with `{fetch_hint(repo_id, revision, repo_type)}`"
+            ) from None
         raise _not_cached(f"{option}={label}", repo_id, revision, repo_dir, cache, is_offline, repo_type) from None
     except errors.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
-        raise HubError(f"{option}={label}: the hub answered HTTP {status}; check the id and HF_TOKEN, or fetch it "
-                       f"(`{fetch_hint(repo_id, revision, repo_type)}`) and run with HF_HUB_OFFLINE=1") from None
+        raise HubError(
+            f"{option}={label}: the hub answered HTTP {status}; check the id and HF_TOKEN, or fetch it "
+            f"(`{fetch_hint(repo_id, revision, repo_type)}`) and run with HF_HUB_OFFLINE=1"
+        ) from None
     except ValueError as exc:  # huggingface_hub's own validation of the id
-        raise HubError(f"{option}={label}: not a valid hub id ({exc}); give org/name or org/name@REVISION, "
-                       f"or a local {what} folder") from None
+        raise HubError(
+            f"{option}={label}: not a valid hub id ({exc}); give org/name or org/name@REVISION, "
+            f"or a local {what} folder"
+        ) from None
     path = Path(folder)
     broken = _incomplete_files(path, repo_type)
     if broken:
-        raise HubError(f"{option}={label}: incomplete snapshot {path}: {broken} (an interrupted download?); fetch it "
-                       f"again with `{fetch_hint(repo_id, revision, repo_type)}`") from None
+        raise HubError(
+            f"{option}={label}: incomplete snapshot {path}: {broken} (an interrupted download?); fetch it "
+            f"again with `{fetch_hint(repo_id, revision, repo_type)}`"
+        ) from None
     ident = snapshot_identity(path)
     return ResolvedModel(path, repo_id, revision, ident["commit"] if ident else None)
 

@@ -73,7 +73,9 @@ def fingerprint_key(fingerprint: Mapping[str, Any]) -> str:
 
 def line_checksum(obj: Mapping[str, Any]) -> str:
     """SHA-256 of a store line's fields other than "sha256", in canonical JSON."""
-    canon = json.dumps({k: v for k, v in obj.items() if k != "sha256"}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    canon = json.dumps(
+        {k: v for k, v in obj.items() if k != "sha256"}, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
@@ -223,7 +225,9 @@ class GenerationStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"generation store {self.root}: cannot create the folder ({exc.strerror}); {_WRITE_FIX}") from None
+            raise StoreError(
+                f"generation store {self.root}: cannot create the folder ({exc.strerror}); {_WRITE_FIX}"
+            ) from None
 
     def lock(self, timeout: float = -1):
         """The writers' lock (a ``filelock.FileLock``; released by the OS if the holder dies)."""
@@ -286,7 +290,13 @@ class GenerationStore:
                 if entry is None:
                     del log[i]
                 else:
-                    log[i] = {"time": old.get("time"), "pid": old.get("pid"), **entry, "id": entry_id, "ended": time.time()}
+                    log[i] = {
+                        "time": old.get("time"),
+                        "pid": old.get("pid"),
+                        **entry,
+                        "id": entry_id,
+                        "ended": time.time(),
+                    }
                 break
         else:  # trimmed away by a long log: keep the news
             if entry is None:
@@ -298,4 +308,6 @@ class GenerationStore:
         try:
             atomic_write_text(self.starts_path, json.dumps(log[-_MAX_START_LOG:], indent=1, sort_keys=True) + "\n")
         except OSError as exc:
-            raise StoreError(f"{self.starts_path}: cannot write the engine-start log ({exc.strerror}); {_WRITE_FIX}") from None
+            raise StoreError(
+                f"{self.starts_path}: cannot write the engine-start log ({exc.strerror}); {_WRITE_FIX}"
+            ) from None

@@ -6,6 +6,14 @@ from .markdown import ReportError, render_markdown, write_markdown
 from .table import format_table
 
 __all__ = [
-    "REPORT_SCHEMA", "REPORT_VERSION", "build_report", "write_report", "format_table",
-    "ReportError", "render_markdown", "write_markdown", "render_html", "write_html",
+    "REPORT_SCHEMA",
+    "REPORT_VERSION",
+    "build_report",
+    "write_report",
+    "format_table",
+    "ReportError",
+    "render_markdown",
+    "write_markdown",
+    "render_html",
+    "write_html",
 ]

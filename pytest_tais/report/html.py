@@ -20,8 +20,19 @@ from ..records.files import atomic_write_text
 from .ledger import flips_cell, html_parts
 from .table import label
 from .markdown import (
-    check_probes, check_report, config_lines, diff_cell, engine_lines, fmt_p, h_cell, headline, judge_sentence, pct,
-    probe_cells, scope_notes, verdict_label,
+    check_probes,
+    check_report,
+    config_lines,
+    diff_cell,
+    engine_lines,
+    fmt_p,
+    h_cell,
+    headline,
+    judge_sentence,
+    pct,
+    probe_cells,
+    scope_notes,
+    verdict_label,
 )
 
 PLOT_MISSING_NOTE = (
@@ -120,8 +131,18 @@ def _draw_row(ax_d: Any, ax_h: Any, y: int, r: Mapping[str, Any], span: float) -
     colour = row_colour(r)
     if r["status"] == "error":
         for ax in (ax_d, ax_h):
-            ax.text(0.5, y, "error: no verdict", transform=ax.get_yaxis_transform(), ha="center", va="center",
-                    color=colour, fontsize=9, style="italic", parse_math=False)
+            ax.text(
+                0.5,
+                y,
+                "error: no verdict",
+                transform=ax.get_yaxis_transform(),
+                ha="center",
+                va="center",
+                color=colour,
+                fontsize=9,
+                style="italic",
+                parse_math=False,
+            )
         return
     m, d, lo, hi = (100 * r[k] for k in ("margin", "diff", "diff_ci_low", "diff_ci_high"))
     edge = span / 1.15
@@ -152,7 +173,9 @@ def forest_plot_png(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     n = len(rows)
     labels = [_label(label(r)) for r in rows]
     depth = max([x.count("\n") + 1 for x in labels] or [1])  # wrapped labels need taller rows
-    fig = Figure(figsize=(11, 1.6 + 0.45 * max(n, 1) * max(1.0, 0.6 * depth)), dpi=100)  # no pyplot: no global state, Agg canvas
+    fig = Figure(
+        figsize=(11, 1.6 + 0.45 * max(n, 1) * max(1.0, 0.6 * depth)), dpi=100
+    )  # no pyplot: no global state, Agg canvas
     ax_d, ax_h = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     ys = list(range(n))[::-1]  # first task on top
     span = _d_span(rows)
@@ -195,24 +218,71 @@ def _legend(fig: Any, Line2D: Any, Patch: Any) -> None:
 
 
 def _task_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    head = ("Task", "Metric", "n", "Target", "Speculative", "D [CI] vs margin", "TOST p", "|h| vs cutoff",
-            "Identical", "Needed n", "Flips", "Verdict", "Reasons")
-    legend = "".join(f"<span class='swatch {k}'></span>{_esc(v)}" for k, v in (
-        ("pass", "pass"), ("fail", "fail"), ("control", "negative control caught (it must fail: the gate works)"),
-        ("error", "error (no verdict)")))
-    out = [f"<p id='verdict-legend'>Verdict colours:{legend}</p>", "<table id='tasks'>",
-           "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"]
+    head = (
+        "Task",
+        "Metric",
+        "n",
+        "Target",
+        "Speculative",
+        "D [CI] vs margin",
+        "TOST p",
+        "|h| vs cutoff",
+        "Identical",
+        "Needed n",
+        "Flips",
+        "Verdict",
+        "Reasons",
+    )
+    legend = "".join(
+        f"<span class='swatch {k}'></span>{_esc(v)}"
+        for k, v in (
+            ("pass", "pass"),
+            ("fail", "fail"),
+            ("control", "negative control caught (it must fail: the gate works)"),
+            ("error", "error (no verdict)"),
+        )
+    )
+    out = [
+        f"<p id='verdict-legend'>Verdict colours:{legend}</p>",
+        "<table id='tasks'>",
+        "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>",
+    ]
     for r in rows:
         reasons = list(r.get("reasons") or []) + [f"out of scope: {n}" for n in r.get("scope_notes") or []]
-        reason_html = "<ul class='reasons'>" + "".join(f"<li>{_esc(x)}</li>" for x in reasons) + "</ul>" if reasons else ""
+        reason_html = (
+            "<ul class='reasons'>" + "".join(f"<li>{_esc(x)}</li>" for x in reasons) + "</ul>" if reasons else ""
+        )
         if r["status"] == "error":
-            cells = [_cell_label(r), "", "", "", "", "", "", "", "", "", "", "<td class='error'>ERROR</td>", reason_html or "no reason recorded"]
+            cells = [
+                _cell_label(r),
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "<td class='error'>ERROR</td>",
+                reason_html or "no reason recorded",
+            ]
         else:
             cells = [
-                _cell_label(r), _esc(r.get("metric", "refusal")), str(r["n"]), pct(r["rate_target"]),
-                pct(r["rate_speculative"]), _esc(diff_cell(r)), fmt_p(r["tost_p"]), _esc(h_cell(r)),
-                pct(r["identical_share"]), str(r["required_n"]), _esc(flips_cell(r)),
-                f"<td class='{_verdict_class(r)}'>{_esc(verdict_label(r))}</td>", reason_html,
+                _cell_label(r),
+                _esc(r.get("metric", "refusal")),
+                str(r["n"]),
+                pct(r["rate_target"]),
+                pct(r["rate_speculative"]),
+                _esc(diff_cell(r)),
+                fmt_p(r["tost_p"]),
+                _esc(h_cell(r)),
+                pct(r["identical_share"]),
+                str(r["required_n"]),
+                _esc(flips_cell(r)),
+                f"<td class='{_verdict_class(r)}'>{_esc(verdict_label(r))}</td>",
+                reason_html,
             ]
         out.append("<tr>" + "".join(_td(i, c) for i, c in enumerate(cells)) + "</tr>")
     out.append("</table>")
@@ -281,12 +351,16 @@ def _intro(report: Mapping[str, Any]) -> list[str]:
 def _probe_table(probes: Sequence[Mapping[str, Any]]) -> list[str]:
     if not probes:
         return []
-    parts = ["<h2>Probes (speculative arm alone: rates, never a verdict)</h2><table id='probes'>",
-             "<tr>" + "".join(f"<th>{h}</th>" for h in ("Task", "n", "Speculative", "95% Wilson CI", "Count")) + "</tr>"]
+    parts = [
+        "<h2>Probes (speculative arm alone: rates, never a verdict)</h2><table id='probes'>",
+        "<tr>" + "".join(f"<th>{h}</th>" for h in ("Task", "n", "Speculative", "95% Wilson CI", "Count")) + "</tr>",
+    ]
     for r in probes:
         rate, ci, count = probe_cells(r)
-        parts.append(f"<tr><td>{_esc(label(r))}</td><td class='num'>{r['n']}</td><td class='num'>{rate}</td>"
-                     f"<td class='nowrap'>{_esc(ci)}</td><td>{_esc(count)}</td></tr>")
+        parts.append(
+            f"<tr><td>{_esc(label(r))}</td><td class='num'>{r['n']}</td><td class='num'>{rate}</td>"
+            f"<td class='nowrap'>{_esc(ci)}</td><td>{_esc(count)}</td></tr>"
+        )
     return parts + ["</table>"]
 
 
@@ -297,9 +371,11 @@ def _plot(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if png is None:
         return ["<h2>Forest plot</h2>", f"<p class='note' id='plot-missing'>{_esc(PLOT_MISSING_NOTE)}</p>"]
     data = base64.b64encode(png).decode("ascii")
-    return ["<h2>Forest plot</h2>",
-            f"<img id='forest-plot' alt='Forest plot: per task the refusal-rate difference with its CI against the "
-            f"margin, and |h| against its cutoff' src='data:image/png;base64,{data}'>"]
+    return [
+        "<h2>Forest plot</h2>",
+        f"<img id='forest-plot' alt='Forest plot: per task the refusal-rate difference with its CI against the "
+        f"margin, and |h| against its cutoff' src='data:image/png;base64,{data}'>",
+    ]
 
 
 def _notes(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -311,7 +387,9 @@ def _notes(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list
         parts.append("</ul>")
     notes = scope_notes(report, rows)
     if notes:
-        parts.append("<h2>Out of scope</h2><ul id='out-of-scope'>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
+        parts.append(
+            "<h2>Out of scope</h2><ul id='out-of-scope'>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"
+        )
     errors = [r for r in rows if r["status"] == "error"]
     if errors:
         parts.append("<h2>Errors (no verdict: these tasks cannot pass)</h2><ul id='errors'>")

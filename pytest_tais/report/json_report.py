@@ -22,7 +22,9 @@ REPORT_SCHEMA = "pytest-tais/report"
 REPORT_VERSION = 1
 
 
-def build_report(config: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], engines: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_report(
+    config: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]], engines: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     probes = [dict(t) for t in tasks if t.get("status") == "probe"]
     tasks = [t for t in tasks if t.get("status") != "probe"]
     statuses = [t.get("status") for t in tasks]

@@ -26,8 +26,13 @@ def leak_sentence(row: Mapping[str, Any]) -> str:
         return ""
     adj = f", Holm over {row['leak_family']}: {row['leak_p_adjusted']:.3g}" if row.get("leak_family", 1) > 1 else ""
     role = "gates" if row.get("leak_test") == "gate" else "reported only"
-    mde = (f"; catches a leak of {row['mde_pp']:.2f}pp of answers with 80% power" if row.get("mde_pp") is not None
-           else "; no leak this run could show reaches 80% power" if row.get("mde_alpha") is not None else "")
+    mde = (
+        f"; catches a leak of {row['mde_pp']:.2f}pp of answers with 80% power"
+        if row.get("mde_pp") is not None
+        else "; no leak this run could show reaches 80% power"
+        if row.get("mde_alpha") is not None
+        else ""
+    )
     return f"{row.get('leak_method', 'leak test')} p = {row['leak_p']:.3g}{adj} ({role}){mde}"
 
 
@@ -49,8 +54,10 @@ def markdown_lines(rows: Sequence[Mapping[str, Any]], md_escape: Any) -> list[st
     for r in with_flips:
         lines.append(f"- **{md_escape(label(r))}**: {md_escape(flips_cell(r))}; {md_escape(leak_sentence(r))}")
         for d, f in _flips(r)[:MD_EXAMPLES]:
-            lines.append(f"  - {d} `{md_escape(f['prompt_id'])}`: target “{md_escape(_clip(f['target']))}” → "
-                         f"speculative “{md_escape(_clip(f['speculative']))}”")
+            lines.append(
+                f"  - {d} `{md_escape(f['prompt_id'])}`: target “{md_escape(_clip(f['target']))}” → "
+                f"speculative “{md_escape(_clip(f['speculative']))}”"
+            )
         more = len(_flips(r)) - MD_EXAMPLES
         if more > 0:
             lines.append(f"  - ... {more} more in report.json and report.html")
@@ -65,13 +72,19 @@ def html_parts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     with_flips = [r for r in rows if r.get("status") in ("pass", "fail") and (_flips(r) or r.get("leak"))]
     if not with_flips:
         return []
-    parts = ["<h2>Flip ledger</h2><table id='ledger'>",
-             "<tr><th>Task</th><th>Prompt</th><th>Direction</th><th>Target answer</th><th>Speculative answer</th></tr>"]
+    parts = [
+        "<h2>Flip ledger</h2><table id='ledger'>",
+        "<tr><th>Task</th><th>Prompt</th><th>Direction</th><th>Target answer</th><th>Speculative answer</th></tr>",
+    ]
     for r in with_flips:
-        parts.append(f"<tr><td colspan='5'><strong>{esc(label(r))}</strong>: {esc(flips_cell(r))}; {esc(leak_sentence(r))}</td></tr>")
+        parts.append(
+            f"<tr><td colspan='5'><strong>{esc(label(r))}</strong>: {esc(flips_cell(r))}; {esc(leak_sentence(r))}</td></tr>"
+        )
         for d, f in _flips(r):
-            parts.append(f"<tr><td>{esc(r['task'])}</td><td>{esc(f['prompt_id'])}</td><td>{d}</td>"
-                         f"<td>{esc(f['target'])}</td><td>{esc(f['speculative'])}</td></tr>")
+            parts.append(
+                f"<tr><td>{esc(r['task'])}</td><td>{esc(f['prompt_id'])}</td><td>{d}</td>"
+                f"<td>{esc(f['target'])}</td><td>{esc(f['speculative'])}</td></tr>"
+            )
     return parts + ["</table>"]
 
 
@@ -79,13 +92,21 @@ def flip_rate_ratio(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The safety flip rate (flips per pair on refusal tasks) over the capability flip rate, where both exist."""
     sums = {"refusal": [0, 0], "accuracy": [0, 0]}
     for r in rows:
-        if r.get("status") in ("pass", "fail") and r.get("flips_down") is not None and r.get("metric") in sums \
-                and r.get("contrast", DEFAULT) == DEFAULT and not r.get("control"):
+        if (
+            r.get("status") in ("pass", "fail")
+            and r.get("flips_down") is not None
+            and r.get("metric") in sums
+            and r.get("contrast", DEFAULT) == DEFAULT
+            and not r.get("control")
+        ):
             sums[r["metric"]][0] += r["flips_down"] + r["flips_up"]
             sums[r["metric"]][1] += r["n"]
     (fs, ns), (fc, nc) = sums["refusal"], sums["accuracy"]
     if not ns or not nc:
         return None
     safety, capability = fs / ns, fc / nc
-    return {"safety_flip_rate": safety, "capability_flip_rate": capability,
-            "ratio": None if capability == 0 else safety / capability}
+    return {
+        "safety_flip_rate": safety,
+        "capability_flip_rate": capability,
+        "ratio": None if capability == 0 else safety / capability,
+    }

@@ -21,7 +21,6 @@ from .table import label
 STATUSES = ("pass", "fail", "error")
 
 
-
 class ReportError(ValueError):
     """A report dict cannot be rendered; the message names the field and the fix."""
 
@@ -57,7 +56,9 @@ def check_report(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             for key in NUMERIC_KEYS:
                 value = row.get(key)
                 if not _finite_number(value):
-                    raise ReportError(f"task {name!r}: {key!r} is {value!r}, not a finite number; the row is not a verdict")
+                    raise ReportError(
+                        f"task {name!r}: {key!r} is {value!r}, not a finite number; the row is not a verdict"
+                    )
             if row.get("h_check") not in ("pass", "fail", "inconclusive"):
                 raise ReportError(f"task {name!r}: h_check {row.get('h_check')!r} is not pass, fail or inconclusive")
         rows.append(dict(row))
@@ -104,8 +105,10 @@ def headline(rows: Sequence[Mapping[str, Any]], probes: Sequence[Mapping[str, An
     """(marker, sentence): the run's overall outcome in one line."""
     n = len(rows)
     if n == 0 and probes:
-        return "PROBE", (f"probe mode: {len(probes)} task(s) measured on the speculative arm alone; "
-                         "no target-only arm, so no verdict and no pass")
+        return "PROBE", (
+            f"probe mode: {len(probes)} task(s) measured on the speculative arm alone; "
+            "no target-only arm, so no verdict and no pass"
+        )
     if n == 0:
         return "ERROR", "no task was screened; a run that screens nothing cannot pass"
     caught = sum(r.get("control") == "caught" for r in rows)
@@ -118,7 +121,9 @@ def headline(rows: Sequence[Mapping[str, Any]], probes: Sequence[Mapping[str, An
         return "PASS", f"all {passed} task(s) equivalent{controls}"
     parts = []
     if missed:
-        parts.append(f"{len(missed)} negative control(s) NOT caught (a leak the gate must catch passed: {_which(missed)})")
+        parts.append(
+            f"{len(missed)} negative control(s) NOT caught (a leak the gate must catch passed: {_which(missed)})"
+        )
     if failed:
         moved = sum(classify_failure(r) == "moved" for r in failed)
         kinds = []
@@ -150,8 +155,13 @@ def diff_cell(row: Mapping[str, Any]) -> str:
     return (
         f"{pp(row['diff'])}pp [{pp(row['diff_ci_low'])}, {pp(row['diff_ci_high'])}] "
         f"vs ±{100 * row['margin']:.1f}pp"
-        + (f" (judge-corrected: ±{100 * row['margin_stated']:.1f}pp × {row['judge_factor']:.3f})" if row.get("judge_corrected")
-           else " (judge not calibrated)" if row.get("judge_corrected") is False else "")
+        + (
+            f" (judge-corrected: ±{100 * row['margin_stated']:.1f}pp × {row['judge_factor']:.3f})"
+            if row.get("judge_corrected")
+            else " (judge not calibrated)"
+            if row.get("judge_corrected") is False
+            else ""
+        )
     )
 
 
@@ -256,7 +266,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if judged:
         lines.append(md_escape(judged))
     verdicts = [r for r in rows if r["status"] != "error"]
-    lines += _md_verdicts(verdicts) + _md_probes(probes) + _md_notes(report, rows, verdicts) + ledger_lines(verdicts, md_escape)
+    lines += (
+        _md_verdicts(verdicts)
+        + _md_probes(probes)
+        + _md_notes(report, rows, verdicts)
+        + ledger_lines(verdicts, md_escape)
+    )
     detail = engine_lines(report) + [f"{k} = {v}" for k, v in config_lines(report)]
     if detail:
         lines += ["", "<details><summary>Engines and configuration</summary>", ""]
@@ -288,21 +303,31 @@ def _md_verdicts(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
 def _md_probes(probes: Sequence[Mapping[str, Any]]) -> list[str]:
     if not probes:
         return []
-    lines = ["", "### Probes (speculative arm alone: rates, never a verdict)", "",
-             "| Task | n | Speculative | 95% Wilson CI | Count |", "|---|---:|---:|---|---|"]
+    lines = [
+        "",
+        "### Probes (speculative arm alone: rates, never a verdict)",
+        "",
+        "| Task | n | Speculative | 95% Wilson CI | Count |",
+        "|---|---:|---:|---|---|",
+    ]
     for r in probes:
         rate, ci, count = probe_cells(r)
         lines.append(f"| {md_escape(label(r))} | {r['n']} | {rate} | {ci} | {count} |")
     return lines
 
 
-def _md_notes(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
+def _md_notes(
+    report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], verdicts: Sequence[Mapping[str, Any]]
+) -> list[str]:
     lines: list[str] = []
     failed = [r for r in verdicts if r["status"] == "fail" and not r.get("control")]
     if failed:
         lines += ["", "### Why tasks failed", ""]
         for r in failed:
-            lines.append(f"- **{md_escape(r['task'])}**: " + "; ".join(md_escape(x) for x in r.get("reasons") or ["no reason recorded"]))
+            lines.append(
+                f"- **{md_escape(r['task'])}**: "
+                + "; ".join(md_escape(x) for x in r.get("reasons") or ["no reason recorded"])
+            )
     weak = [r for r in verdicts if r.get("underpowered")]
     if weak:
         lines += ["", "### Underpowered tasks", ""]

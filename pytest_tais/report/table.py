@@ -36,8 +36,18 @@ def _short(verdict: str) -> str:
 def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
     if t.get("status") == "probe":
         lo, hi = t["ci_speculative"]
-        return (label(t), str(t["n"]), "-", f"{100 * t['rate_speculative']:.1f}%", f"[{100 * lo:.1f}%, {100 * hi:.1f}%]",
-                "-", "-", "-", "-", "PROBE (skipped)")
+        return (
+            label(t),
+            str(t["n"]),
+            "-",
+            f"{100 * t['rate_speculative']:.1f}%",
+            f"[{100 * lo:.1f}%, {100 * hi:.1f}%]",
+            "-",
+            "-",
+            "-",
+            "-",
+            "PROBE (skipped)",
+        )
     if t.get("status") == "error" or "n" not in t:
         return (label(t), "-", "-", "-", "-", "-", "-", "-", "-", "ERROR")
     verdict = f"CONTROL {t['control']}" if t.get("control") else t["status"].upper()
@@ -87,7 +97,7 @@ def contrast_heading(t: Mapping[str, Any]) -> str:
     """What a row's contrast adds to its task name ("" for the base target-vs-speculative one)."""
     full = label(t)
     name = printable(str(t.get("task", "?")))
-    return full[len(name) + 2:-1] if full != name else ""
+    return full[len(name) + 2 : -1] if full != name else ""
 
 
 def _aligned(rows: Sequence[tuple[str, ...]], headings: Mapping[int, str]) -> list[str]:
@@ -97,7 +107,12 @@ def _aligned(rows: Sequence[tuple[str, ...]], headings: Mapping[int, str]) -> li
         if j in headings:
             lines.append(headings[j])
         indent = "  " if headings and j > 0 else ""
-        lines.append(indent + "  ".join(c.ljust(w) if i in (0, len(_COLUMNS) - 1) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        lines.append(
+            indent
+            + "  ".join(
+                c.ljust(w) if i in (0, len(_COLUMNS) - 1) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+            ).rstrip()
+        )
         if j == 0:
             lines.append(indent + "  ".join("-" * w for w in widths))
     if headings:
@@ -125,7 +140,7 @@ def _fit(line: str, verbose: bool) -> list[str]:
             continue
         keep = max(24, len(t) - over - 1)
         head = keep // 3
-        tokens[i] = t[:head] + "…" + t[len(t) - (keep - head):]
+        tokens[i] = t[:head] + "…" + t[len(t) - (keep - head) :]
     line = " ".join(tokens)
     if len(line) <= WIDTH:
         return [line]
@@ -157,13 +172,18 @@ def engine_blocks(header: Sequence[str], labels: Sequence[str] = ()) -> list[str
         blocks.setdefault(changed, []).append(name)
     out = list(base)
     for changed, names in blocks.items():
-        out.append(f"tais engines of {'; '.join(names)}:" if changed else f"tais engines of {'; '.join(names)}: as the base run")
+        out.append(
+            f"tais engines of {'; '.join(names)}:"
+            if changed
+            else f"tais engines of {'; '.join(names)}: as the base run"
+        )
         out += [f"  {x}" for x in changed]
     return out
 
 
-def summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any,
-                  verbose: bool = False) -> Iterator[tuple[str, str | None]]:
+def summary_lines(
+    session: Any, rows: Sequence[Mapping[str, Any]], summary: Any, verbose: bool = False
+) -> Iterator[tuple[str, str | None]]:
     """The terminal summary's ``tais`` section, as (line, colour) pairs. Without ``verbose``, lines
     keep to ``WIDTH`` columns: engine blocks per configuration, the table grouped by contrast; with
     it, every header line and full row labels, as the reports have them."""
@@ -189,8 +209,10 @@ def header_lines(session: Any) -> list[str]:
     ]
     for t in {id(t.provenance): t for t in session.screen.tasks if t.provenance}.values():
         p = t.provenance
-        lines.append(f"tais: dataset {p['dataset']}@{str(p.get('commit') or '?')[:12]} ({p['licence']}); "
-                     + ", ".join(f"{f} sha256 {h[:12]}" for f, h in p["files"].items()))
+        lines.append(
+            f"tais: dataset {p['dataset']}@{str(p.get('commit') or '?')[:12]} ({p['licence']}); "
+            + ", ".join(f"{f} sha256 {h[:12]}" for f, h in p["files"].items())
+        )
     from ..setup.options import given
 
     read = [f"{o.flag}={session.raw[o.dest]}" for o in given(session.raw) if o.paths]
@@ -206,12 +228,16 @@ def probe_reason(row: Mapping[str, Any]) -> str:
     """The skip reason of a probe: its rate and interval; never a pass."""
     lo, hi = row["ci_speculative"]
     rate = "refusal rate" if row["metric"] == "refusal" else "accuracy"
-    return (f"tais probe {printable(row['task'])!r}: speculative {rate} {100 * row['rate_speculative']:.1f}% "
-            f"({row['count']}/{row['n']}, 95% Wilson CI {100 * lo:.1f}%-{100 * hi:.1f}%); "
-            "no target-only arm, so no verdict and never a pass")
+    return (
+        f"tais probe {printable(row['task'])!r}: speculative {rate} {100 * row['rate_speculative']:.1f}% "
+        f"({row['count']}/{row['n']}, 95% Wilson CI {100 * lo:.1f}%-{100 * hi:.1f}%); "
+        "no target-only arm, so no verdict and never a pass"
+    )
 
 
-def _summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any, verbose: bool) -> Iterator[tuple[str, str | None]]:
+def _summary_lines(
+    session: Any, rows: Sequence[Mapping[str, Any]], summary: Any, verbose: bool
+) -> Iterator[tuple[str, str | None]]:
     rows = session.order(rows)
     if not rows:
         yield "tais: no task was screened", "red"
@@ -236,8 +262,13 @@ def _summary_lines(session: Any, rows: Sequence[Mapping[str, Any]], summary: Any
     ratio = flip_rate_ratio(rows)
     if ratio is not None:
         shown = "n/a (no capability flips)" if ratio["ratio"] is None else f"{ratio['ratio']:.2f}"
-        yield (f"tais: flip rate safety {100 * ratio['safety_flip_rate']:.2f}% / capability "
-               f"{100 * ratio['capability_flip_rate']:.2f}% of pairs: ratio {shown}"), None
+        yield (
+            (
+                f"tais: flip rate safety {100 * ratio['safety_flip_rate']:.2f}% / capability "
+                f"{100 * ratio['capability_flip_rate']:.2f}% of pairs: ratio {shown}"
+            ),
+            None,
+        )
     controls = [r for r in rows if r.get("control")]
     if len(rows) > probes + len(controls):
         passed = sum(r.get("status") == "pass" for r in rows if not r.get("control"))

@@ -103,7 +103,9 @@ def _jsonable(value: Any, where: str) -> Any:
         return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    raise BaselineError(f"{where}: a {type(value).__name__} cannot be stored; give str, number, bool, None, list or dict")
+    raise BaselineError(
+        f"{where}: a {type(value).__name__} cannot be stored; give str, number, bool, None, list or dict"
+    )
 
 
 def stack_fingerprint(
@@ -133,7 +135,9 @@ def stack_fingerprint(
         # NVML's view (never CUDA's: pytest's process must stay able to fork engines); {"nvml": "absent"} without it.
         "gpu": gpu_facts(),
         "vllm_env": numerics_env(),
-        "engines": _jsonable(dict(engine_settings_describe), "engines") if engine_settings_describe is not None else None,
+        "engines": _jsonable(dict(engine_settings_describe), "engines")
+        if engine_settings_describe is not None
+        else None,
         "arms": _jsonable(dict(arm_fingerprints), "arms"),
         "judge": judge_name,
         "battery": battery,
@@ -194,13 +198,17 @@ def _check_generations(gens: Sequence[Generation]) -> None:
             raise BaselineError(f"generations must be Generation records, got {type(g).__name__}")
         key = (g.task, g.prompt_id, g.arm, g.sample)  # a sampled screen: one output per sample index
         if key in seen:
-            raise BaselineError(f"task {g.task!r}, prompt {g.prompt_id!r}: two {g.arm} outputs"
-                                f"{'' if g.sample is None else f' for sample {g.sample}'}; each prompt is answered once per arm")
+            raise BaselineError(
+                f"task {g.task!r}, prompt {g.prompt_id!r}: two {g.arm} outputs"
+                f"{'' if g.sample is None else f' for sample {g.sample}'}; each prompt is answered once per arm"
+            )
         seen[key] = g.prompt
     for (task, pid, arm, sample), text in seen.items():
         other = ARMS[1] if arm == ARMS[0] else ARMS[0]
         if (task, pid, other, sample) not in seen:
-            raise BaselineError(f"task {task!r}, prompt {pid!r}: no {other} output; a baseline holds both arms for every prompt")
+            raise BaselineError(
+                f"task {task!r}, prompt {pid!r}: no {other} output; a baseline holds both arms for every prompt"
+            )
         if seen[(task, pid, other, sample)] != text:
             raise BaselineError(f"task {task!r}, prompt {pid!r}: the arms were sent different prompt texts")
 
@@ -220,7 +228,9 @@ def available(root: str | os.PathLike[str]) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name) and (p / "meta.json").is_file())
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name) and (p / "meta.json").is_file()
+    )
 
 
 # Work files of NAME start with ".NAME+": "+" cannot occur in a name, so no other baseline's match.
@@ -282,7 +292,9 @@ def save_baseline(
         "generations": len(gens),
         "tasks": {t: {"prompts": len(p), "prompt_set_sha256": prompt_set_hash(p)} for t, p in sets.items()},
         "config": _jsonable(dict(config), "config"),
-        "generations_line_sha256": [_sha256(line) for line in texts["generations.jsonl"].encode("utf-8").splitlines(keepends=True)],
+        "generations_line_sha256": [
+            _sha256(line) for line in texts["generations.jsonl"].encode("utf-8").splitlines(keepends=True)
+        ],
         "files_sha256": {f: _sha256(texts[f].encode("utf-8")) for f in ("verdicts.json", "fingerprint.json")},
     }
     texts["meta.json"] = json.dumps(meta, indent=1) + "\n"
@@ -362,16 +374,24 @@ def _check_sums(path: Path, name: str, meta: Mapping[str, Any]) -> None:
         )
     for file in ("verdicts.json", "fingerprint.json"):
         if _sha256(_read_bytes(path / file, name, fix)) != files.get(file):
-            raise BaselineError(f"baseline {name!r} is corrupt: {path / file} was edited after the save (its SHA-256 differs from the one in meta.json); {fix}")
+            raise BaselineError(
+                f"baseline {name!r} is corrupt: {path / file} was edited after the save (its SHA-256 differs from the one in meta.json); {fix}"
+            )
 
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(read_text(path, BaselineError, f"baseline {path.parent.name!r} is corrupt: ", "save it again"))
+        return json.loads(
+            read_text(path, BaselineError, f"baseline {path.parent.name!r} is corrupt: ", "save it again")
+        )
     except FileNotFoundError:
-        raise BaselineError(f"baseline {path.parent.name!r} is corrupt: {path.name} is missing ({what}); save it again") from None
+        raise BaselineError(
+            f"baseline {path.parent.name!r} is corrupt: {path.name} is missing ({what}); save it again"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BaselineError(f"baseline {path.parent.name!r} is corrupt: {path} is unreadable ({exc}); save it again") from None
+        raise BaselineError(
+            f"baseline {path.parent.name!r} is corrupt: {path} is unreadable ({exc}); save it again"
+        ) from None
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -412,7 +432,9 @@ def load_baseline(root: str | os.PathLike[str], name: str) -> Baseline:
         leftover = sorted(p.name for p in root.glob(f".{name}+old-*")) if root.is_dir() else []
         hint = f"; an interrupted save left {leftover[0]}: rename it to {name} to recover it" if leftover else ""
         raise BaselineError(f"baseline {name!r} not found ({have}); {_SAVE_HINT}{hint}")
-    raise BaselineError(f"baseline {name!r} changed while being read, {_READ_TRIES} times; is another run saving it in a loop?")
+    raise BaselineError(
+        f"baseline {name!r} changed while being read, {_READ_TRIES} times; is another run saving it in a loop?"
+    )
 
 
 def _load_folder(path: Path, name: str) -> Baseline:
@@ -420,7 +442,9 @@ def _load_folder(path: Path, name: str) -> Baseline:
         raise BaselineError(f"{path}: not a folder; a baseline is a folder written by --tais-save-baseline")
     meta = _read_json(path / "meta.json", "schema and prompt hashes")
     if not isinstance(meta, dict) or meta.get("schema") != BASELINE_SCHEMA:
-        raise BaselineError(f"{path}: not a pytest-tais baseline (meta.json schema {meta.get('schema') if isinstance(meta, dict) else None!r}); {_SAVE_HINT}")
+        raise BaselineError(
+            f"{path}: not a pytest-tais baseline (meta.json schema {meta.get('schema') if isinstance(meta, dict) else None!r}); {_SAVE_HINT}"
+        )
     if meta.get("version") != BASELINE_VERSION:
         raise BaselineError(
             f"{path}: baseline schema version {meta.get('version')!r}, this pytest-tais reads version {BASELINE_VERSION}; "
@@ -446,24 +470,37 @@ def _load_folder(path: Path, name: str) -> Baseline:
     tasks = meta.get("tasks")
     sets = _prompt_sets(gens)
     if isinstance(tasks, dict) and set(tasks) != set(sets):
-        raise BaselineError(f"baseline {name!r} is corrupt: meta.json lists tasks {sorted(tasks)}, generations.jsonl holds {sorted(sets)}")
+        raise BaselineError(
+            f"baseline {name!r} is corrupt: meta.json lists tasks {sorted(tasks)}, generations.jsonl holds {sorted(sets)}"
+        )
     if not isinstance(tasks, dict) or meta.get("generations") != len(gens):
-        raise BaselineError(f"baseline {name!r} is corrupt: meta.json does not describe generations.jsonl ({len(gens)} records); save it again")
+        raise BaselineError(
+            f"baseline {name!r} is corrupt: meta.json does not describe generations.jsonl ({len(gens)} records); save it again"
+        )
     for task, prompts in sets.items():
         info = tasks[task]
         if not isinstance(info, dict) or info.get("prompt_set_sha256") != prompt_set_hash(prompts):
-            raise BaselineError(f"baseline {name!r} is corrupt: task {task!r}'s prompts do not match the hash in meta.json; save it again")
+            raise BaselineError(
+                f"baseline {name!r} is corrupt: task {task!r}'s prompts do not match the hash in meta.json; save it again"
+            )
     # Last, so the checks above name what is wrong; this one catches edited answers and verdicts.
     _check_sums(path, name, meta)
     config = meta.get("config")
-    return Baseline(name=name, path=path, generations=gens, rows=rows, fingerprint=fingerprint,
-                    config=config if isinstance(config, dict) else {}, meta=meta)
+    return Baseline(
+        name=name,
+        path=path,
+        generations=gens,
+        rows=rows,
+        fingerprint=fingerprint,
+        config=config if isinstance(config, dict) else {},
+        meta=meta,
+    )
 
 
 # -- fitting the current battery -------------------------------------------------------------------------
 def _clip(text: str, at: int, width: int = 40) -> str:
     start = max(0, at - width // 2)
-    piece = text[start:start + width]
+    piece = text[start : start + width]
     return ("..." if start else "") + repr(piece)[1:-1] + ("..." if start + width < len(text) else "")
 
 

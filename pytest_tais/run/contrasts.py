@@ -65,5 +65,9 @@ class Contrast:
 
     def sort_key(self, task_order: dict[str, int], cell_order: dict[str, int]) -> tuple:
         kind = ORDER.index(self.kind) if self.kind in ORDER else len(ORDER)
-        return (task_order.get(self.task, len(task_order)), kind, cell_order.get(self.config, 0),
-                cell_order.get(self.versus, 0))
+        return (
+            task_order.get(self.task, len(task_order)),
+            kind,
+            cell_order.get(self.config, 0),
+            cell_order.get(self.versus, 0),
+        )

@@ -42,12 +42,14 @@ def tasks_from_outputs(arm_outputs: ArmOutputs, source: str = "the replay file")
         found = metrics[name]
         if None in found:
             raise ScreenSetupError(
-                f"{source}: the records of task {name!r} do not say how it is scored (no \"metric\"); record the run again with "
-                "--tais-record, add \"metric\": \"refusal\" (or \"accuracy\" with \"expected\") to each line, or pass the "
+                f'{source}: the records of task {name!r} do not say how it is scored (no "metric"); record the run again with '
+                '--tais-record, add "metric": "refusal" (or "accuracy" with "expected") to each line, or pass the '
                 "battery it came from with --tais-battery"
             )
         if len(found) > 1:
-            raise ScreenSetupError(f"{source}: the records of task {name!r} disagree on its metric ({', '.join(sorted(found))})")
+            raise ScreenSetupError(
+                f"{source}: the records of task {name!r} disagree on its metric ({', '.join(sorted(found))})"
+            )
         tasks.append(Task(name=name, prompts=tuple(ps.values()), metric=found.pop(), source="replay"))
     return tasks
 
@@ -59,8 +61,10 @@ def check_replay_metrics(tasks: Sequence[Task], arm_outputs: ArmOutputs, source:
         for (task, pid), g in arm.items():
             t = by_name.get(task)
             if t is not None and g.metric is not None and g.metric != t.metric:
-                raise ScreenSetupError(f"{source}: task {task!r} is a {t.metric} task in --tais-battery, but its record "
-                                       f"{pid!r} says {g.metric!r}; the replay and the battery do not belong together")
+                raise ScreenSetupError(
+                    f"{source}: task {task!r} is a {t.metric} task in --tais-battery, but its record "
+                    f"{pid!r} says {g.metric!r}; the replay and the battery do not belong together"
+                )
 
 
 class Screen:
@@ -70,8 +74,12 @@ class Screen:
     returns :class:`ArmOutputs`; replay runs load the file instead.
     """
 
-    def __init__(self, cfg: TaisConfig, generate: Callable[[list[Prompt]], ArmOutputs] | None = None,
-                 make_judge_generate: Callable[[str], judges.Generate] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TaisConfig,
+        generate: Callable[[list[Prompt]], ArmOutputs] | None = None,
+        make_judge_generate: Callable[[str], judges.Generate] | None = None,
+    ) -> None:
         self.cfg = cfg
         self._generate = generate
         self._outputs: ArmOutputs | None = None
@@ -108,7 +116,9 @@ class Screen:
             elif self._outputs is not None:
                 check_replay_metrics(tasks, self._outputs, f"--tais-replay={cfg.replay}")
             if not tasks and self._outputs is not None:
-                raise ScreenSetupError(f"--tais-replay={cfg.replay}: holds no records; point it at a file recorded with --tais-record")
+                raise ScreenSetupError(
+                    f"--tais-replay={cfg.replay}: holds no records; point it at a file recorded with --tais-record"
+                )
             self.tasks = select_tasks(tasks, list(cfg.tasks) or None, cfg.limit)
         except (BatteryError, RecordError) as exc:
             raise ScreenSetupError(str(exc)) from exc
@@ -188,8 +198,9 @@ class Screen:
             self._calibration = cal if cal is not None else False
         return self._calibration or None
 
-    def derive(self, generate: Callable[[list[Prompt]], ArmOutputs], label: str = "",
-               tasks: Sequence[str] | None = None) -> "Screen":
+    def derive(
+        self, generate: Callable[[list[Prompt]], ArmOutputs], label: str = "", tasks: Sequence[str] | None = None
+    ) -> "Screen":
         """A screen over the same tasks (or some of them), judge and statistics whose outputs come from ``generate``."""
         other = object.__new__(Screen)
         other.__dict__.update(self.__dict__)
@@ -226,15 +237,31 @@ class Screen:
             self._pairs[key] = pairing.pair_outputs(task, sources, names, self._score_all)
         return self._pairs[key]
 
-    def verdict(self, task_name: str, a: "ArmRef | None" = None, b: "ArmRef | None" = None, **overrides: Any) -> Verdict:
+    def verdict(
+        self, task_name: str, a: "ArmRef | None" = None, b: "ArmRef | None" = None, **overrides: Any
+    ) -> Verdict:
         """The task's verdict: arm A (default: target-only) against arm B (default: speculative)."""
-        allowed = {"margin", "alpha", "h_cutoff", "h_null_level", "tost_method", "spread", "leak_test", "leak_others", "leak_null"}
+        allowed = {
+            "margin",
+            "alpha",
+            "h_cutoff",
+            "h_null_level",
+            "tost_method",
+            "spread",
+            "leak_test",
+            "leak_others",
+            "leak_null",
+        }
         unknown = set(overrides) - allowed
         if unknown:
             raise TypeError(f"unknown verdict option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
         params = dict(
-            margin=self.cfg.margin, alpha=self.cfg.alpha, h_cutoff=self.cfg.h_cutoff,
-            h_null_level=self.cfg.h_null_level, tost_method=self.cfg.tost_method, leak_test=self.cfg.leak_test,
+            margin=self.cfg.margin,
+            alpha=self.cfg.alpha,
+            h_cutoff=self.cfg.h_cutoff,
+            h_null_level=self.cfg.h_null_level,
+            tost_method=self.cfg.tost_method,
+            leak_test=self.cfg.leak_test,
         )
         params.update(overrides)
         pairs = self.pairs(task_name, a, b)
@@ -245,7 +272,6 @@ class Screen:
             if src is not None and src[0] is not self:
                 notes.extend(n for n in src[0].outputs().out_of_scope if n not in notes)
         return decide(task_name, pairs, metric=self.by_name[task_name].metric, scope_notes=tuple(notes), **params)
-
 
     def probe(self, task_name: str) -> dict[str, Any]:
         """Probe mode: the speculative arm alone, its rate with a 95% Wilson interval; never a verdict.
@@ -260,17 +286,31 @@ class Screen:
             raise TaskError(f"task {task_name!r}: no prompts")
         out = self.outputs()
         src = (out.samples if out.sampled else out.outputs).get(SPECULATIVE, {})
-        matched = pairing.match(task, src, src, (SPECULATIVE, SPECULATIVE), out.duplicates.get(task_name, []),
-                                out.mixed.get(task_name, []), sampled=out.sampled)
+        matched = pairing.match(
+            task,
+            src,
+            src,
+            (SPECULATIVE, SPECULATIVE),
+            out.duplicates.get(task_name, []),
+            out.mixed.get(task_name, []),
+            sampled=out.sampled,
+        )
         items = [(p, g.text, SPECULATIVE) for p, gens, _ in matched for g in gens]
         flags = iter(self._score_all(task, items))
         shares = [sum(next(flags) for _ in gens) / len(gens) for _, gens, _ in matched]
         n, count = len(shares), sum(shares)
         lo, hi = wilson_interval(count, n)
         k = len(matched[0][1])
-        row = {"task": task_name, "metric": task.metric, "status": "probe", "n": n,
-               "count": int(count) if k == 1 else count, "rate_speculative": count / n, "ci_speculative": [lo, hi],
-               "reasons": ["probe: speculative arm only, no target-only arm to compare with; never counted as a pass"]}
+        row = {
+            "task": task_name,
+            "metric": task.metric,
+            "status": "probe",
+            "n": n,
+            "count": int(count) if k == 1 else count,
+            "rate_speculative": count / n,
+            "ci_speculative": [lo, hi],
+            "reasons": ["probe: speculative arm only, no target-only arm to compare with; never counted as a pass"],
+        }
         if k > 1:
             row["k"] = k
         return row

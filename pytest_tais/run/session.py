@@ -44,9 +44,16 @@ class TaskHandle:
     ``between(a, b)`` compares two (screen, arm) sources, e.g. float32 vs bfloat16 target-only.
     """
 
-    def __init__(self, screen: Any, contrast: C.Contrast, sink: Sink, a: Any = None, b: Any = None,
-                 null: Callable[[], dict | None] | None = None,
-                 family: Callable[[C.Contrast], list[float]] | None = None) -> None:
+    def __init__(
+        self,
+        screen: Any,
+        contrast: C.Contrast,
+        sink: Sink,
+        a: Any = None,
+        b: Any = None,
+        null: Callable[[], dict | None] | None = None,
+        family: Callable[[C.Contrast], list[float]] | None = None,
+    ) -> None:
         self.screen = screen
         self.contrast = contrast
         self.name = contrast.task
@@ -125,8 +132,13 @@ class TaskHandle:
 
 
 class TaisSession:
-    def __init__(self, raw: Mapping[str, Any], rootdir: Path, shared_dir: Callable[[], Path],
-                 quiet: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+    def __init__(
+        self,
+        raw: Mapping[str, Any],
+        rootdir: Path,
+        shared_dir: Callable[[], Path],
+        quiet: Callable[[], ContextManager] = contextlib.nullcontext,
+    ) -> None:
         self.raw = dict(raw)
         self.rootdir = rootdir
         self.cfg = _config.build(raw, rootdir)  # ConfigError
@@ -190,7 +202,9 @@ class TaisSession:
         for cell in matrix.cells(axes) if axes else []:
             draft = cell.changes.get("draft")
             if draft is not None and not Path(draft).is_dir():
-                raise SessionError(f"--tais-draft: draft {cell.values['draft']!r} at {draft} is not a model folder; check the path")
+                raise SessionError(
+                    f"--tais-draft: draft {cell.values['draft']!r} at {draft} is not a model folder; check the path"
+                )
             try:
                 out.append((cell, dataclasses.replace(base, **cell.changes)))
             except SettingsError as exc:
@@ -220,6 +234,7 @@ class TaisSession:
 
     def generator(self, settings: Any, arms: tuple[str, ...] | None = None, shuffle: int | None = None):
         """``generate(prompts) -> ArmOutputs`` on engines with ``settings`` (started on the first call)."""
+
         def generate(prompts):
             from ..engines import run_arms
 
@@ -228,8 +243,14 @@ class TaisSession:
                 random.Random(shuffle).shuffle(prompts)
             metrics = {t.name: t.metric for t in self.screen.tasks}
             with self._quiet():
-                return run_arms(settings, prompts, shared_dir=self._shared_dir(), progress=True, task_metrics=metrics,
-                                **({"arms": arms} if arms else {}))
+                return run_arms(
+                    settings,
+                    prompts,
+                    shared_dir=self._shared_dir(),
+                    progress=True,
+                    task_metrics=metrics,
+                    **({"arms": arms} if arms else {}),
+                )
 
         return generate
 
@@ -246,7 +267,9 @@ class TaisSession:
         if arms is not None:
             arms = tuple(arms)
             if not arms or not set(arms) <= {TARGET, SPECULATIVE}:
-                raise SessionError(f"tais_variant(arms={list(arms)!r}): give some of {TARGET!r} and {SPECULATIVE!r}, or leave it out for both")
+                raise SessionError(
+                    f"tais_variant(arms={list(arms)!r}): give some of {TARGET!r} and {SPECULATIVE!r}, or leave it out for both"
+                )
         key = (tuple(tasks or ()), arms, tuple(sorted((k, str(v)) for k, v in changes.items())))
         if key not in self.variants:
             shown = ", ".join(f"{k}={v!r}" for k, v in changes.items())
@@ -260,7 +283,9 @@ class TaisSession:
                 raise SessionError(f"tais_variant({shown}): {exc}") from None
             unknown = [t for t in tasks or () if t not in self.screen.by_name]
             if unknown:
-                raise SessionError(f"tais_variant(tasks={list(tasks)!r}): unknown task(s) {unknown}; tasks are: {', '.join(self.screen.by_name)}")
+                raise SessionError(
+                    f"tais_variant(tasks={list(tasks)!r}): unknown task(s) {unknown}; tasks are: {', '.join(self.screen.by_name)}"
+                )
             label = ",".join(f"{k}={Path(v).name if isinstance(v, Path) else v}" for k, v in changes.items())
             self.variants[key] = self.screen.derive(self.generator(settings, arms=arms), label=label, tasks=tasks)
         return self.variants[key]
@@ -287,8 +312,10 @@ class TaisSession:
         for axis, kind in (("draft", C.DRAFT_VS_DRAFT), ("dtype", C.PRECISION)):
             out.extend(
                 C.Contrast(task, kind, a.label, b.label)
-                for a in cells if a.values.get(axis) == first.values.get(axis)
-                for b in cells if axis in b.values and b.differs_only_in(a, axis)
+                for a in cells
+                if a.values.get(axis) == first.values.get(axis)
+                for b in cells
+                if axis in b.values and b.differs_only_in(a, axis)
             )
         return out
 
@@ -332,8 +359,13 @@ class TaisSession:
 
                     spreads.append(rerun_spread(v.counts_target, v.counts_speculative, v.k))
             level = self.cfg.h_null_level
-            self._null_cache[task] = {"runs": len(hs), "identical_share": shares, "abs_h": hs,
-                                      "abs_h_quantile": float(np.quantile(hs, level, method="inverted_cdf")), "level": level}
+            self._null_cache[task] = {
+                "runs": len(hs),
+                "identical_share": shares,
+                "abs_h": hs,
+                "abs_h_quantile": float(np.quantile(hs, level, method="inverted_cdf")),
+                "level": level,
+            }
             if spreads:
                 self._null_cache[task].update(rerun_spreads=spreads, rerun_spread=max(spreads))
             else:
@@ -381,7 +413,9 @@ class TaisSession:
 
         def key(r: Mapping[str, Any]) -> tuple:
             kind = r.get("contrast", C.DEFAULT)
-            c = C.Contrast(r.get("task", ""), kind if kind in C.ORDER else C.DEFAULT, r.get("config", ""), r.get("versus", ""))
+            c = C.Contrast(
+                r.get("task", ""), kind if kind in C.ORDER else C.DEFAULT, r.get("config", ""), r.get("versus", "")
+            )
             return (*c.sort_key(tasks, cells), r.get("nodeid", ""))
 
         return [dict(r) for r in sorted(rows, key=key)]
@@ -399,7 +433,9 @@ class TaisSession:
             from .baseline import fingerprint_diff, stack_fingerprint
 
             settings = self.engine_settings.describe() if self.engine_settings is not None else None
-            fingerprint = stack_fingerprint(settings, engines.get("fingerprints") or {}, self.screen.judge_name, self.cfg.battery)
+            fingerprint = stack_fingerprint(
+                settings, engines.get("fingerprints") or {}, self.screen.judge_name, self.cfg.battery
+            )
             if self.baseline is not None:
                 changes = fingerprint_diff(self.baseline.fingerprint, fingerprint)
                 engines["baseline"] = {"name": self.baseline.name, "fingerprint_changes": changes}
@@ -417,8 +453,16 @@ class TaisSession:
             from ..battery.published import provenance_of
 
             datasets = provenance_of(self.screen.tasks)  # published benchmarks: id, commit, sha256, licence
-            report = build_report({**self.cfg.describe(), "judge_name": self.screen.judge_name, **describe_judge(self.screen.judge),
-                                   **({"datasets": datasets} if datasets else {})}, rows, engines)
+            report = build_report(
+                {
+                    **self.cfg.describe(),
+                    "judge_name": self.screen.judge_name,
+                    **describe_judge(self.screen.judge),
+                    **({"datasets": datasets} if datasets else {}),
+                },
+                rows,
+                engines,
+            )
             write_report(self.cfg.report, report)
             write_markdown(self.cfg.report, report)
             write_html(self.cfg.report, report)
@@ -444,12 +488,23 @@ class TaisSession:
             outputs = self.screen.outputs()  # replay: loaded; engines: read back from the store
             wanted = {(t.name, p.prompt_id) for t in self.screen.tasks for p in t.prompts}
             if outputs.sampled:  # every sample of every prompt
-                generations = [g for arm in outputs.samples.values() for key, per in arm.items() if key in wanted
-                               for g in per.values()]
+                generations = [
+                    g
+                    for arm in outputs.samples.values()
+                    for key, per in arm.items()
+                    if key in wanted
+                    for g in per.values()
+                ]
             else:
                 generations = [g for arm in outputs.outputs.values() for key, g in arm.items() if key in wanted]
-            path = save_baseline(self.cfg.baseline_dir, name, generations=generations, rows=rows,
-                                 fingerprint=fingerprint, config=self.cfg.describe())
+            path = save_baseline(
+                self.cfg.baseline_dir,
+                name,
+                generations=generations,
+                rows=rows,
+                fingerprint=fingerprint,
+                config=self.cfg.describe(),
+            )
         except (BaselineError, TaskError) as exc:
             return False, f"tais: baseline {name!r} NOT saved: {exc}"
         return True, f"tais: saved baseline {name!r} in {path}"

@@ -47,7 +47,9 @@ def parse_source(text: str, base_dir: str | Path = ".") -> Source:
             key, eq, value = item.partition("=")
             key, value = key.strip(), value.strip()
             if not eq or not key:
-                raise BatteryError(f"--tais-battery source {text!r}: option {item!r} is not key=value; write e.g. '?by=category&prefix=val_'")
+                raise BatteryError(
+                    f"--tais-battery source {text!r}: option {item!r} is not key=value; write e.g. '?by=category&prefix=val_'"
+                )
             if key in options:
                 raise BatteryError(f"--tais-battery source {text!r}: option {key!r} given twice")
             options[key] = value
@@ -57,8 +59,10 @@ def parse_source(text: str, base_dir: str | Path = ".") -> Source:
     published = _PUBLISHED_RE.fullmatch(head)
     if published:
         if published.group(2) == "":
-            raise BatteryError(f"--tais-battery source {text!r}: no revision after '@'; write {published.group(1)}@REVISION "
-                               "(a branch, tag or commit of its dataset repository)")
+            raise BatteryError(
+                f"--tais-battery source {text!r}: no revision after '@'; write {published.group(1)}@REVISION "
+                "(a branch, tag or commit of its dataset repository)"
+            )
         return Source(text=text, kind=published.group(1), path=None, options=options, revision=published.group(2))
     m = _KIND_RE.fullmatch(head)
     # A one-letter prefix is a Windows drive ("C:\\battery.jsonl"), not a kind.
@@ -94,7 +98,9 @@ def check_options(source: Source, allowed: Mapping[str, tuple[str, ...] | None],
     for key, value in source.options.items():
         if key not in allowed:
             names = ", ".join(sorted(allowed)) or "none"
-            raise BatteryError(f"--tais-battery source {source.text!r}: unknown option {key!r}; options for this kind: {names}")
+            raise BatteryError(
+                f"--tais-battery source {source.text!r}: unknown option {key!r}; options for this kind: {names}"
+            )
         if not value:
             raise BatteryError(f"--tais-battery source {source.text!r}: option {key!r} needs a value")
         if "," in value:
@@ -106,7 +112,11 @@ def check_options(source: Source, allowed: Mapping[str, tuple[str, ...] | None],
             if part not in choices:
                 raise BatteryError(
                     f"--tais-battery source {source.text!r}: {key}={value!r} is not valid; use "
-                    + (f"one or more of {', '.join(choices)} joined with '+'" if key in multi else f"one of {', '.join(choices)}")
+                    + (
+                        f"one or more of {', '.join(choices)} joined with '+'"
+                        if key in multi
+                        else f"one of {', '.join(choices)}"
+                    )
                 )
 
 

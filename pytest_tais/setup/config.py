@@ -112,18 +112,26 @@ def _check_statistics(v: Mapping[str, Any]) -> None:
     if not (0.5 <= v["tais_h_null_level"] < 1.0):
         raise ConfigError(f"--tais-h-null-level={v['tais_h_null_level']!r} must lie in [0.5, 1), e.g. 0.95")
     if v["tais_tost_method"] not in TOST_METHODS:
-        raise ConfigError(f"--tais-tost-method={v['tais_tost_method']!r} is unknown; use one of {', '.join(TOST_METHODS)}")
+        raise ConfigError(
+            f"--tais-tost-method={v['tais_tost_method']!r} is unknown; use one of {', '.join(TOST_METHODS)}"
+        )
     report = v["tais_report"]
     if report is not None and report.exists() and not report.is_dir():  # found now, not after the run
-        raise ConfigError(f"--tais-report={report} is a file; it names the folder that report.json, summary.md and "
-                          f"report.html are written into: give a folder, e.g. --tais-report={report.parent / 'tais-report'}")
+        raise ConfigError(
+            f"--tais-report={report} is a file; it names the folder that report.json, summary.md and "
+            f"report.html are written into: give a folder, e.g. --tais-report={report.parent / 'tais-report'}"
+        )
     if v["tais_leak_test"] not in LEAK_TEST_MODES:
-        raise ConfigError(f"--tais-leak-test={v['tais_leak_test']!r} is unknown; use gate (a directional leak fails the "
-                          "task) or report (shown without gating)")
+        raise ConfigError(
+            f"--tais-leak-test={v['tais_leak_test']!r} is unknown; use gate (a directional leak fails the "
+            "task) or report (shown without gating)"
+        )
     if v["tais_limit"] is not None and v["tais_limit"] < 1:
         raise ConfigError(f"--tais-limit={v['tais_limit']} must be at least 1")
     if not (0 <= v["tais_null_runs"] <= 20):
-        raise ConfigError(f"--tais-null-runs={v['tais_null_runs']} must lie in 0..20 (each rerun regenerates the target-only arm)")
+        raise ConfigError(
+            f"--tais-null-runs={v['tais_null_runs']} must lie in 0..20 (each rerun regenerates the target-only arm)"
+        )
     for flag, name in (("--tais-save-baseline", v["tais_save_baseline"]), ("--tais-baseline", v["tais_baseline"])):
         if name and not all(ch.isalnum() or ch in "._-" for ch in name):
             raise ConfigError(f"{flag}={name!r}: use letters, digits, '.', '_' and '-' only")
@@ -146,9 +154,13 @@ def _check_mode(raw: Mapping[str, Any], v: Mapping[str, Any]) -> None:
     if v["tais_draft"] and not engines:
         raise ConfigError("--tais-draft given without --tais-target; the speculative arm needs the target too")
     if v["tais_null_runs"] and not engines:
-        raise ConfigError("--tais-null-runs reruns the target-only engine; it needs --tais-target (recorded outputs cannot be rerun)")
+        raise ConfigError(
+            "--tais-null-runs reruns the target-only engine; it needs --tais-target (recorded outputs cannot be rerun)"
+        )
     if v["tais_probe"] and (v["tais_baseline"] or v["tais_save_baseline"]):
-        raise ConfigError("--tais-probe has no target-only arm to save or compare; drop --tais-baseline/--tais-save-baseline")
+        raise ConfigError(
+            "--tais-probe has no target-only arm to save or compare; drop --tais-baseline/--tais-save-baseline"
+        )
 
 
 #: The ``--tais-judge`` kinds that run a model on an engine: ``model:`` and the named safety judges
@@ -166,9 +178,13 @@ def needs_engine(spec: str | None) -> bool:
 def _check_replay(raw: Mapping[str, Any], v: Mapping[str, Any]) -> None:
     replay = v["tais_replay"]
     if not replay.exists():
-        raise ConfigError(f"--tais-replay={replay}: no such file or folder; record a run with --tais-record or point at an existing JSONL file")
+        raise ConfigError(
+            f"--tais-replay={replay}: no such file or folder; record a run with --tais-record or point at an existing JSONL file"
+        )
     if v["tais_target"] or v["tais_target_url"]:
-        raise ConfigError("--tais-replay and --tais-target/--tais-target-url both given: replay gates recorded outputs without engines; pass one of them")
+        raise ConfigError(
+            "--tais-replay and --tais-target/--tais-target-url both given: replay gates recorded outputs without engines; pass one of them"
+        )
     judge = (v["tais_judge"] or "").strip()
     allowed = _REPLAY_JUDGE_OPTIONS if needs_engine(judge) else ()
     extra = [o.flag for o in options.given(raw, "engine") if o.dest not in allowed]

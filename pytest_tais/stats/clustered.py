@@ -46,7 +46,9 @@ def _check_k(k, least: int = 2) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ValueError(f"k (samples per prompt per arm) must be an integer >= {least}, got {k!r}")
     if k < least:
-        raise ValueError(f"k (samples per prompt per arm) must be at least {least}, got {k}; with one sample use stats.tost")
+        raise ValueError(
+            f"k (samples per prompt per arm) must be at least {least}, got {k}; with one sample use stats.tost"
+        )
     return int(k)
 
 
@@ -61,13 +63,17 @@ def as_counts(values, k: int | None, name: str, least: int = 2) -> tuple[np.ndar
     if arr.ndim == 2:
         kk = arr.shape[1]
         if k is not None and _check_k(k, least) != kk:
-            raise ValueError(f"{name}: per-sample array has {kk} samples per prompt but k={k}; pass matching k or counts")
+            raise ValueError(
+                f"{name}: per-sample array has {kk} samples per prompt but k={k}; pass matching k or counts"
+            )
         kk = _check_k(kk, least)
         if arr.size and not np.isin(arr, (0, 1)).all():
             raise ValueError(f"{name}: per-sample flags must be 0/1 (refused or not)")
         return arr.astype(np.int64).sum(axis=1), kk
     if arr.ndim != 1:
-        raise ValueError(f"{name}: expected per-prompt counts (1-D) or per-sample 0/1 flags (n x K), got shape {arr.shape}")
+        raise ValueError(
+            f"{name}: expected per-prompt counts (1-D) or per-sample 0/1 flags (n x K), got shape {arr.shape}"
+        )
     if k is None:
         raise ValueError(f"{name}: per-prompt counts need k, the number of samples per prompt per arm")
     kk = _check_k(k, least)
@@ -157,7 +163,7 @@ def _restricted(w: np.ndarray, vals: np.ndarray, d0) -> tuple[np.ndarray, np.nda
     pi[:, -1] += np.where(lam < 0, rest, 0.0)
     pi[:, 0] += np.where(lam >= 0, rest, 0.0)
     pi /= pi.sum(axis=1, keepdims=True)
-    v0 = (pi * e ** 2).sum(axis=1)
+    v0 = (pi * e**2).sum(axis=1)
     return v0, rest, pi
 
 
@@ -204,7 +210,7 @@ def _exact_tail(pi: np.ndarray, n: int, s_obs: np.ndarray, lower: bool) -> np.nd
     size = k2 * n + 1
     j = np.arange(g)
     mean = n * (pi * j).sum(axis=1)
-    sd = np.sqrt(n * np.clip((pi * j ** 2).sum(axis=1) - (pi * j).sum(axis=1) ** 2, 0.0, None))
+    sd = np.sqrt(n * np.clip((pi * j**2).sum(axis=1) - (pi * j).sum(axis=1) ** 2, 0.0, None))
     half = int(np.ceil(15.0 * sd.max() + 10.0 * k2)) + 1
     length = _fft.next_fast_len(min(size, 2 * half + 1), real=True)
     out = np.empty(pi.shape[0])
@@ -334,7 +340,9 @@ def _bound(w: np.ndarray, vals: np.ndarray, diff: float, alpha: float, upper: bo
     return float(0.5 * (inside + outside))
 
 
-def clustered_tost(target, speculative, k: int | None = None, margin: float = MARGIN, alpha: float = ALPHA) -> ClusteredTostResult:
+def clustered_tost(
+    target, speculative, k: int | None = None, margin: float = MARGIN, alpha: float = ALPHA
+) -> ClusteredTostResult:
     """TOST for |p_target - p_speculative| < margin with K samples per prompt per arm.
 
     ``target`` and ``speculative``: per-prompt counts of refused samples (1-D, 0..k, aligned by
@@ -354,13 +362,26 @@ def clustered_tost(target, speculative, k: int | None = None, margin: float = MA
     diff = float((x - y).sum() / (n * kk))
     pt, ps = float(x.sum() / (n * kk)), float(y.sum() / (n * kk))
     return ClusteredTostResult(
-        n=n, k=kk, margin=float(margin), alpha=float(alpha), method="grid score + exact tail",
-        p_target=pt, p_speculative=ps, diff=diff,
-        ci_low=_bound(w, vals, diff, alpha, upper=False), ci_high=_bound(w, vals, diff, alpha, upper=True),
-        z_low=float(zl[0]), z_high=float(zh[0]), p_low=p_low, p_high=p_high,
-        p_score=float(max(sh[0], sl[0])), p_tail=float(max(th[0], tl[0])),
-        p_value=p, equivalent=bool(p < alpha),
-        moved_prompts=int(np.count_nonzero(x != y)), cohens_h=cohens_h(pt, ps),
+        n=n,
+        k=kk,
+        margin=float(margin),
+        alpha=float(alpha),
+        method="grid score + exact tail",
+        p_target=pt,
+        p_speculative=ps,
+        diff=diff,
+        ci_low=_bound(w, vals, diff, alpha, upper=False),
+        ci_high=_bound(w, vals, diff, alpha, upper=True),
+        z_low=float(zl[0]),
+        z_high=float(zh[0]),
+        p_low=p_low,
+        p_high=p_high,
+        p_score=float(max(sh[0], sl[0])),
+        p_tail=float(max(th[0], tl[0])),
+        p_value=p,
+        equivalent=bool(p < alpha),
+        moved_prompts=int(np.count_nonzero(x != y)),
+        cohens_h=cohens_h(pt, ps),
     )
 
 
@@ -382,11 +403,11 @@ def _required_n_from_probs(probs: np.ndarray, k: int, margin: float, alpha: floa
     sample with D_hat = 0 passes the exact tail too."""
     vals = _grid(k)
     sym = 0.5 * (probs + probs[::-1])  # the same spread of d, recentred at D = 0
-    sigma2 = float((sym * vals ** 2).sum())
+    sigma2 = float((sym * vals**2).sum())
     v0, _, pi = _restricted(sym[None, :], vals, margin)
     z_a = _sps.norm.ppf(1 - alpha)
     z_b = _sps.norm.ppf(1 - (1 - power) / 2)
-    n = max(1, int(math.ceil((z_a * math.sqrt(v0[0]) + z_b * math.sqrt(sigma2)) ** 2 / margin ** 2 - 1e-9)))
+    n = max(1, int(math.ceil((z_a * math.sqrt(v0[0]) + z_b * math.sqrt(sigma2)) ** 2 / margin**2 - 1e-9)))
 
     def tail_ok(nn: int) -> bool:  # P(D_hat <= 0) under the restricted MLE, n = nn
         return float(_exact_tail(pi, nn, np.array([nn * k]), lower=True)[0]) < alpha
@@ -402,8 +423,9 @@ def _required_n_from_probs(probs: np.ndarray, k: int, margin: float, alpha: floa
     return hi
 
 
-def clustered_required_n(target, speculative, k: int | None = None, margin: float = MARGIN, alpha: float = ALPHA,
-                         power: float = POWER) -> int:
+def clustered_required_n(
+    target, speculative, k: int | None = None, margin: float = MARGIN, alpha: float = ALPHA, power: float = POWER
+) -> int:
     """Prompts needed for ``power`` at true D = 0, given the spread of d the run showed.
 
     The observed distribution of d is mirrored (d and -d, so that D = 0 with the same spread) and

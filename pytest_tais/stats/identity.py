@@ -53,7 +53,7 @@ def _common_prefix(x: Sequence[int], y: Sequence[int]) -> int:
     i = 0
     # Compare in chunks first: most differing outputs share a long prefix.
     step = 64
-    while i + step <= m and x[i:i + step] == y[i:i + step]:
+    while i + step <= m and x[i : i + step] == y[i : i + step]:
         i += step
     while i < m and x[i] == y[i]:
         i += 1
@@ -103,7 +103,9 @@ def byte_identity(
     tokens = None
     if token_ids_a is not None and token_ids_b is not None:
         if len(token_ids_a) != n or len(token_ids_b) != n:
-            raise ValueError(f"token ids differ in length from the texts: {len(token_ids_a)}, {len(token_ids_b)} vs {n}")
+            raise ValueError(
+                f"token ids differ in length from the texts: {len(token_ids_a)}, {len(token_ids_b)} vs {n}"
+            )
         got = [(token_ids_a[i], token_ids_b[i]) for i in idx]
         if all(ta is not None and tb is not None for ta, tb in got):
             tokens = tuple(_common_prefix(ta, tb) for ta, tb in got)

@@ -57,7 +57,9 @@ def ledger(pairs: Sequence[Any], limit: int = LEDGER_LIMIT) -> dict[str, list[di
         if greedy:
             side.append(_flip(p.prompt_id, p.target_text, p.speculative_text))
         else:
-            side.append(_flip(p.prompt_id, p.target_texts[0], p.speculative_texts[0], target_count=a, speculative_count=b))
+            side.append(
+                _flip(p.prompt_id, p.target_texts[0], p.speculative_texts[0], target_count=a, speculative_count=b)
+            )
     return {"down": down, "up": up}
 
 
@@ -116,7 +118,7 @@ def sign_flip_one_sided(diffs: Sequence[int]) -> float:
         spaced[:: 2 * m] = pmf  # values -m k, -m k + 2m, ..., m k
         dist = np.convolve(dist, spaced) if dist.size * spaced.size < 4e7 else _fftconv(dist, spaced)
     total = int(np.abs(v).sum())
-    tail = dist[t_obs + total:].sum()
+    tail = dist[t_obs + total :].sum()
     return float(min(1.0, max(tail, 0.0)))
 
 
@@ -173,7 +175,9 @@ def rejection_rate(n: int, p_down: float, p_up: float, alpha: float) -> float:
     """P(the one-sided exact McNemar test rejects at alpha) when each of n pairs flips down with
     probability p_down and up with p_up: exact, summed over the number of flips."""
     if n < 1 or p_down < 0 or p_up < 0 or p_down + p_up > 1:
-        raise ValueError(f"rejection_rate: need n >= 1 and flip probabilities summing to at most 1, got n={n}, {p_down}, {p_up}")
+        raise ValueError(
+            f"rejection_rate: need n >= 1 and flip probabilities summing to at most 1, got n={n}, {p_down}, {p_up}"
+        )
     psi = p_down + p_up
     if psi == 0:
         return 0.0
@@ -181,8 +185,13 @@ def rejection_rate(n: int, p_down: float, p_up: float, alpha: float) -> float:
 
     # scipy.special's binomial functions directly: this runs some 25 times per verdict (the MDE's bisection)
     s = np.arange(n + 1)
-    weight = np.exp(special.gammaln(n + 1) - special.gammaln(s + 1) - special.gammaln(n - s + 1)
-                    + special.xlogy(s, psi) + special.xlog1py(n - s, -psi))
+    weight = np.exp(
+        special.gammaln(n + 1)
+        - special.gammaln(s + 1)
+        - special.gammaln(n - s + 1)
+        + special.xlogy(s, psi)
+        + special.xlog1py(n - s, -psi)
+    )
     k = _critical_upto(n, alpha)
     given = special.bdtrc(k - 1, s, p_down / psi)  # P(Binomial(s, theta) >= k)
     return float(np.sum(weight * given))
@@ -193,8 +202,9 @@ def size_table(ns: Sequence[int], discordances: Sequence[float], alpha: float) -
     return [(n, psi, rejection_rate(n, psi / 2, psi / 2, alpha)) for n in ns for psi in discordances]
 
 
-def minimum_detectable_effect(n: int, discordance: float, base_rate: float, alpha: float,
-                              power: float = 0.8) -> float | None:
+def minimum_detectable_effect(
+    n: int, discordance: float, base_rate: float, alpha: float, power: float = 0.8
+) -> float | None:
     """The smallest share delta of answers flipped toward compliance that the test catches with ``power``.
 
     Model: the observed discordance is symmetric noise (half each way) and the leak adds a share
@@ -242,18 +252,38 @@ class LeakTest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "leak_test": self.mode, "leak_method": self.method, "flips_down": self.down, "flips_up": self.up,
-            "flips": flip_label(self.down, self.up), "leak_p": self.p_value, "leak_p_adjusted": self.p_adjusted,
-            "leak_family": self.family, "leak": self.leak, "null_flips_down": self.null_down, "null_flips_up": self.null_up,
-            "mde_share": self.mde, "mde_pp": None if self.mde is None else 100 * self.mde, "mde_alpha": self.mde_alpha,
+            "leak_test": self.mode,
+            "leak_method": self.method,
+            "flips_down": self.down,
+            "flips_up": self.up,
+            "flips": flip_label(self.down, self.up),
+            "leak_p": self.p_value,
+            "leak_p_adjusted": self.p_adjusted,
+            "leak_family": self.family,
+            "leak": self.leak,
+            "null_flips_down": self.null_down,
+            "null_flips_up": self.null_up,
+            "mde_share": self.mde,
+            "mde_pp": None if self.mde is None else 100 * self.mde,
+            "mde_alpha": self.mde_alpha,
         }
 
     def reason(self, metric: str) -> str:
-        toward = "toward compliance (refused -> answered)" if metric == "refusal" else "toward wrong answers (right -> wrong)"
-        ref = (f", against the target-vs-target reruns' {self.null_down} / {self.null_up}" if self.null_down is not None else "")
+        toward = (
+            "toward compliance (refused -> answered)"
+            if metric == "refusal"
+            else "toward wrong answers (right -> wrong)"
+        )
+        ref = (
+            f", against the target-vs-target reruns' {self.null_down} / {self.null_up}"
+            if self.null_down is not None
+            else ""
+        )
         adj = f", Holm-adjusted over {self.family} contrasts p = {self.p_adjusted:.4g}" if self.family > 1 else ""
-        return (f"directional leak: {self.down} flips {toward} vs {self.up} back{ref}; {self.method} "
-                f"p = {self.p_value:.4g}{adj} < alpha {self.alpha}")
+        return (
+            f"directional leak: {self.down} flips {toward} vs {self.up} back{ref}; {self.method} "
+            f"p = {self.p_value:.4g}{adj} < alpha {self.alpha}"
+        )
 
 
 def contrast_counts(pairs: Sequence[Any]) -> tuple[int, int, list[int] | None]:
@@ -275,9 +305,18 @@ def raw_p(b: int, c: int, null: tuple[int, int] | None = None, diffs: Sequence[i
     return mcnemar_one_sided(b, c), "one-sided exact McNemar test"
 
 
-def leak_test(b: int, c: int, *, alpha: float, mode: str = "gate", others: Sequence[float] = (),
-              null: tuple[int, int] | None = None, diffs: Sequence[int] | None = None,
-              n: int | None = None, base_rate: float | None = None) -> LeakTest:
+def leak_test(
+    b: int,
+    c: int,
+    *,
+    alpha: float,
+    mode: str = "gate",
+    others: Sequence[float] = (),
+    null: tuple[int, int] | None = None,
+    diffs: Sequence[int] | None = None,
+    n: int | None = None,
+    base_rate: float | None = None,
+) -> LeakTest:
     """The leak test of one contrast.
 
     ``mode`` "gate": a leak fails the task; "report": shown only. ``others``: the raw p-values of
@@ -293,6 +332,18 @@ def leak_test(b: int, c: int, *, alpha: float, mode: str = "gate", others: Seque
     if n and base_rate is not None and diffs is None:
         mde_alpha = alpha / family  # Holm rejects at least what Bonferroni does: a bound for every rank
         mde = minimum_detectable_effect(n, (b + c) / n, base_rate, mde_alpha)
-    return LeakTest(mode=mode, method=method, down=int(b), up=int(c), p_value=p, p_adjusted=adjusted[0], family=family,
-                    alpha=alpha, leak=reject[0], null_down=None if null is None else int(null[0]),
-                    null_up=None if null is None else int(null[1]), mde=mde, mde_alpha=mde_alpha)
+    return LeakTest(
+        mode=mode,
+        method=method,
+        down=int(b),
+        up=int(c),
+        p_value=p,
+        p_adjusted=adjusted[0],
+        family=family,
+        alpha=alpha,
+        leak=reject[0],
+        null_down=None if null is None else int(null[0]),
+        null_up=None if null is None else int(null[1]),
+        mde=mde,
+        mde_alpha=mde_alpha,
+    )

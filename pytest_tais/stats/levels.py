@@ -21,7 +21,17 @@ LEAK_TEST = LEAK_TEST_MODES[0]
 
 def check_levels(margin: float, alpha: float) -> None:
     """The one range check of the equivalence margin and the TOST level (``ValueError``)."""
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or not 0.0 < margin < 0.5:
+    if (
+        isinstance(margin, bool)
+        or not isinstance(margin, (int, float))
+        or not math.isfinite(margin)
+        or not 0.0 < margin < 0.5
+    ):
         raise ValueError(f"margin={margin!r} is out of range; give a proportion in (0, 0.5), e.g. 0.03 for +/-3pp")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or not 0.0 < alpha < 0.5:
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+        or not math.isfinite(alpha)
+        or not 0.0 < alpha < 0.5
+    ):
         raise ValueError(f"alpha={alpha!r} is out of range; give a level in (0, 0.5), e.g. 0.05")

@@ -14,8 +14,9 @@ from .levels import H_NULL_LEVEL
 __all__ = ["swap_null_h_quantile"]
 
 
-def swap_null_h_quantile(target, speculative=None, k: int = 1, *, level: float = H_NULL_LEVEL,
-                         draws: int = 4000, seed: int = 0) -> float:
+def swap_null_h_quantile(
+    target, speculative=None, k: int = 1, *, level: float = H_NULL_LEVEL, draws: int = 4000, seed: int = 0
+) -> float:
     """Quantile ``level`` of |h| on the pooled rates under exchangeable arms.
 
     ``target``: a :class:`stats.PairedTable` (K = 1), or per-prompt refused counts of the target

@@ -91,9 +91,7 @@ def paired_table(flags_a: Sequence[bool], flags_b: Sequence[bool]) -> PairedTabl
         raise ValueError(f"arms differ in length: {len(flags_a)} vs {len(flags_b)}")
     x = np.asarray(flags_a, dtype=bool)
     y = np.asarray(flags_b, dtype=bool)
-    return PairedTable(
-        a=int(np.sum(x & y)), b=int(np.sum(x & ~y)), c=int(np.sum(~x & y)), d=int(np.sum(~x & ~y))
-    )
+    return PairedTable(a=int(np.sum(x & y)), b=int(np.sum(x & ~y)), c=int(np.sum(~x & y)), d=int(np.sum(~x & ~y)))
 
 
 def _check_counts(b: int, c: int, n: int) -> None:
@@ -258,10 +256,21 @@ def paired_tost(
     p = max(p_low, p_high)
     ci_low, ci_high = _score_ci(b, c, n, alpha)
     return PairedTOSTResult(
-        b=b, c=c, n=n, margin=float(margin), alpha=float(alpha), method=method,
-        diff=(b - c) / n, ci_low=ci_low, ci_high=ci_high,
-        z_low=float(z_low), z_high=float(z_high), p_low=p_low, p_high=p_high,
-        p_value=float(p), equivalent=bool(p < alpha),
+        b=b,
+        c=c,
+        n=n,
+        margin=float(margin),
+        alpha=float(alpha),
+        method=method,
+        diff=(b - c) / n,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        z_low=float(z_low),
+        z_high=float(z_high),
+        p_low=p_low,
+        p_high=p_high,
+        p_value=float(p),
+        equivalent=bool(p < alpha),
     )
 
 
@@ -300,7 +309,7 @@ def required_n(discordance: float, margin: float = MARGIN, alpha: float = ALPHA,
 
     z_a = _sps.norm.ppf(1 - alpha)
     z_b = _sps.norm.ppf(1 - (1 - power) / 2)
-    return int(math.ceil((z_a * s0 + z_b * math.sqrt(psi)) ** 2 / m ** 2))
+    return int(math.ceil((z_a * s0 + z_b * math.sqrt(psi)) ** 2 / m**2))
 
 
 # -- one entry per statistic, for every K ------------------------------------------------------------
@@ -320,13 +329,16 @@ def tost(target, speculative, k: int = 1, margin: float = MARGIN, alpha: float =
     return clustered_tost(x, y, kk, margin=margin, alpha=alpha)
 
 
-def prompts_needed(target, speculative, k: int = 1, margin: float = MARGIN, alpha: float = ALPHA,
-                   power: float = POWER) -> int:
+def prompts_needed(
+    target, speculative, k: int = 1, margin: float = MARGIN, alpha: float = ALPHA, power: float = POWER
+) -> int:
     """Prompts the task needs for ``power`` at true D = 0, given the disagreement the run showed:
     :func:`required_n` at the observed discordance (K = 1), ``sampled.clustered_required_n`` (K >= 2)."""
     from .clustered import clustered_required_n, paired_counts
 
     x, y, kk = paired_counts(target, speculative, k, least=1)
     if kk == 1:
-        return required_n(paired_table(x.astype(bool), y.astype(bool)).discordance, margin=margin, alpha=alpha, power=power)
+        return required_n(
+            paired_table(x.astype(bool), y.astype(bool)).discordance, margin=margin, alpha=alpha, power=power
+        )
     return clustered_required_n(x, y, kk, margin=margin, alpha=alpha, power=power)
