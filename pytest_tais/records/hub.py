@@ -154,6 +154,58 @@ def _not_cached(
     )
 
 
+def _download(
+    repo_id: str, revision: str | None, repo_type: str, *, given: str, repo_dir: Path, patterns: dict[str, Any]
+) -> str:
+    """``snapshot_download``, its errors said as what to do (``given``: the option and value as typed)."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            cache_dir=str(hub_cache()),
+            local_files_only=offline(),
+            **patterns,
+        )
+    except errors.RevisionNotFoundError:
+        raise HubError(
+            f"{given}: the hub has no revision {revision!r} of {repo_id}; give a branch, tag or commit sha that exists"
+        ) from None
+    except errors.GatedRepoError:
+        raise HubError(
+            f"{given}: {repo_id} is gated; accept its licence on the hub and export HF_TOKEN "
+            "(a token with access) before running pytest"
+        ) from None
+    except errors.RepositoryNotFoundError:
+        raise HubError(
+            f"{given}: the hub has no repository {repo_id}, or it is private; check the id, or "
+            "export HF_TOKEN with access; a local folder of that name would win over the id"
+        ) from None
+    except errors.LocalEntryNotFoundError:
+        missing = _missing_snapshot(repo_dir, revision)
+        if missing:
+            raise HubError(
+                f"{given}: incomplete snapshot in the hub cache {hub_cache()}: {missing} (an interrupted "
+                f"download?); fetch it again with `{fetch_hint(repo_id, revision, repo_type)}`"
+            ) from None
+        raise _not_cached(given, repo_id, revision, repo_dir, hub_cache(), offline(), repo_type) from None
+    except errors.HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        raise HubError(
+            f"{given}: the hub answered HTTP {status}; check the id and HF_TOKEN, or fetch it "
+            f"(`{fetch_hint(repo_id, revision, repo_type)}`) and run with HF_HUB_OFFLINE=1"
+        ) from None
+    except ValueError as exc:  # huggingface_hub's own validation of the id
+        raise HubError(
+            f"{given}: not a valid hub id ({exc}); give org/name or org/name@REVISION, "
+            f"or a local {_what(repo_type)} folder"
+        ) from None
+    return folder
+
+
 def resolve_repo(
     repo_id: str,
     revision: str | None,
@@ -169,64 +221,20 @@ def resolve_repo(
     """
     what = _what(repo_type)
     try:
-        import huggingface_hub
-        from huggingface_hub import errors
+        import huggingface_hub  # noqa: F401  (the download imports it again)
     except ImportError:
         raise HubError(
             f"{option}={repo_id}: a hub id needs huggingface_hub (pip install huggingface_hub), "
             f"or pass a local {what} folder"
         ) from None
     cache = hub_cache()
-    is_offline = offline()
     label = f"{repo_id}@{revision}" if revision else repo_id
     repo_dir = cache / (f"{what}s--" + repo_id.replace("/", "--"))
     revision = _full_commit(repo_dir, revision)  # org/name@sha12, as the terminal prints it, is taken back
     patterns = (
         {"allow_patterns": allow_patterns} if allow_patterns is not None else {"ignore_patterns": IGNORE_PATTERNS}
     )
-    try:
-        folder = huggingface_hub.snapshot_download(
-            repo_id,
-            repo_type=repo_type,
-            revision=revision,
-            cache_dir=str(cache),
-            local_files_only=is_offline,
-            **patterns,
-        )
-    except errors.RevisionNotFoundError:
-        raise HubError(
-            f"{option}={label}: the hub has no revision {revision!r} of {repo_id}; give a branch, tag "
-            "or commit sha that exists"
-        ) from None
-    except errors.GatedRepoError:
-        raise HubError(
-            f"{option}={label}: {repo_id} is gated; accept its licence on the hub and export HF_TOKEN "
-            "(a token with access) before running pytest"
-        ) from None
-    except errors.RepositoryNotFoundError:
-        raise HubError(
-            f"{option}={label}: the hub has no repository {repo_id}, or it is private; check the id, or "
-            "export HF_TOKEN with access; a local folder of that name would win over the id"
-        ) from None
-    except errors.LocalEntryNotFoundError:
-        missing = _missing_snapshot(repo_dir, revision)
-        if missing:
-            raise HubError(
-                f"{option}={label}: incomplete snapshot in the hub cache {cache}: {missing} (an interrupted "
-                f"download?); fetch it again with `{fetch_hint(repo_id, revision, repo_type)}`"
-            ) from None
-        raise _not_cached(f"{option}={label}", repo_id, revision, repo_dir, cache, is_offline, repo_type) from None
-    except errors.HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        raise HubError(
-            f"{option}={label}: the hub answered HTTP {status}; check the id and HF_TOKEN, or fetch it "
-            f"(`{fetch_hint(repo_id, revision, repo_type)}`) and run with HF_HUB_OFFLINE=1"
-        ) from None
-    except ValueError as exc:  # huggingface_hub's own validation of the id
-        raise HubError(
-            f"{option}={label}: not a valid hub id ({exc}); give org/name or org/name@REVISION, "
-            f"or a local {what} folder"
-        ) from None
+    folder = _download(repo_id, revision, repo_type, given=f"{option}={label}", repo_dir=repo_dir, patterns=patterns)
     path = Path(folder)
     broken = _incomplete_files(path, repo_type)
     if broken:

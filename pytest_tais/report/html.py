@@ -247,46 +247,32 @@ def _task_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "<table id='tasks'>",
         "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>",
     ]
-    for r in rows:
-        reasons = list(r.get("reasons") or []) + [f"out of scope: {n}" for n in r.get("scope_notes") or []]
-        reason_html = (
-            "<ul class='reasons'>" + "".join(f"<li>{_esc(x)}</li>" for x in reasons) + "</ul>" if reasons else ""
-        )
-        if r["status"] == "error":
-            cells = [
-                _cell_label(r),
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "<td class='error'>ERROR</td>",
-                reason_html or "no reason recorded",
-            ]
-        else:
-            cells = [
-                _cell_label(r),
-                _esc(r.get("metric", "refusal")),
-                str(r["n"]),
-                pct(r["rate_target"]),
-                pct(r["rate_speculative"]),
-                _esc(diff_cell(r)),
-                fmt_p(r["tost_p"]),
-                _esc(h_cell(r)),
-                pct(r["identical_share"]),
-                str(r["required_n"]),
-                _esc(flips_cell(r)),
-                f"<td class='{_verdict_class(r)}'>{_esc(verdict_label(r))}</td>",
-                reason_html,
-            ]
-        out.append("<tr>" + "".join(_td(i, c) for i, c in enumerate(cells)) + "</tr>")
+    out += ["<tr>" + "".join(_td(i, c) for i, c in enumerate(_task_cells(r))) + "</tr>" for r in rows]
     out.append("</table>")
     return out
+
+
+def _task_cells(r: Mapping[str, Any]) -> list[str]:
+    """One task's cells, in the order of the table's head."""
+    reasons = list(r.get("reasons") or []) + [f"out of scope: {n}" for n in r.get("scope_notes") or []]
+    reason_html = "<ul class='reasons'>" + "".join(f"<li>{_esc(x)}</li>" for x in reasons) + "</ul>" if reasons else ""
+    if r["status"] == "error":
+        return [_cell_label(r)] + [""] * 10 + ["<td class='error'>ERROR</td>", reason_html or "no reason recorded"]
+    return [
+        _cell_label(r),
+        _esc(r.get("metric", "refusal")),
+        str(r["n"]),
+        pct(r["rate_target"]),
+        pct(r["rate_speculative"]),
+        _esc(diff_cell(r)),
+        fmt_p(r["tost_p"]),
+        _esc(h_cell(r)),
+        pct(r["identical_share"]),
+        str(r["required_n"]),
+        _esc(flips_cell(r)),
+        f"<td class='{_verdict_class(r)}'>{_esc(verdict_label(r))}</td>",
+        reason_html,
+    ]
 
 
 def _td(i: int, cell: str) -> str:
