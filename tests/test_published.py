@@ -61,7 +61,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def walled(hub: Path) -> Path:
     """walledai/AdvBench and walledai/XSTest as published: parquet, columns renamed, XSTest without ids."""
-    pytest.importorskip("pyarrow")  # the `hub` extra (in the test extra too)
+    # pyarrow is in the test extra (and the `hub` extra): without it these tests fail, never skip.
     adv = [
         {"prompt": r["goal"], "target": r["target"]}
         for r in _csv_rows(BENCHMARKS / "advbench" / "harmful_behaviors.csv")
@@ -175,7 +175,6 @@ def test_the_screen_loads_both_names_offline_and_the_report_names_revisions_and_
 
 
 def test_harmbench_and_strongreject_parquet_layouts_map_onto_their_loaders(hub: Path, tmp_path: Path) -> None:
-    pytest.importorskip("pyarrow")
     snap = _snapshot(hub, "walledai/HarmBench", ADV_SHA)
     _parquet(
         snap / "standard" / "train-00000-of-00001.parquet",
