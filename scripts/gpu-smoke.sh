@@ -34,13 +34,15 @@ else
     GPUS=$(nvidia-smi -L | grep -c '^GPU ')
 fi
 
-# No test files: the plugin collects one test per task of the example battery.
+# No test files: the plugin collects one test per task. The canary (the adversarial draft's own answers in
+# 10% of the speculative arm; its draft engine is the run's third) makes both refusal tasks negative
+# controls: the run passes when the gate catches them.
 run() {  # run NAME EXTRA-OPTIONS...
     local name=$1; shift
     local t0=$SECONDS
     (cd "$WORK" && "$PYTHON" -m pytest -p no:cacheprovider -q -o addopts="" --rootdir="$WORK" \
-        --tais-target="$OLDPWD/fixtures/models/target" --tais-draft="$OLDPWD/fixtures/models/draft-canonical" \
-        --tais-battery=example "${DTYPE[@]}" --tais-max-tokens=48 --tais-canary=0.1 \
+        --tais-target="$OLDPWD/fixtures/models/target" --tais-draft="$OLDPWD/fixtures/models/draft-adversarial" \
+        --tais-battery=example --tais-tasks=harmful,jailbreak "${DTYPE[@]}" --tais-max-tokens=48 --tais-canary=0.1 \
         --junitxml="$WORK/$name.xml" --tais-report="$WORK/$name-report" "$@") >"$WORK/$name.out" 2>&1
     echo "$? $((SECONDS - t0))" >"$WORK/$name.status"
 }

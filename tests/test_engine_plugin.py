@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine_models import build_tiny_models, require
-from .conftest import write_jsonl
+from .conftest import RULES, write_jsonl
 
 pytestmark = pytest.mark.vllm
 
@@ -45,6 +45,7 @@ def _battery(path: Path) -> Path:
 def _run(pytester: pytest.Pytester, tiny_models, *extra: str):
     target, draft = tiny_models
     return pytester.runpytest_subprocess(
+        RULES,
         f"--tais-target={target}",
         f"--tais-draft={draft}",
         "--tais-battery=battery.jsonl",

@@ -735,6 +735,7 @@ def test_hf_xdist_counters_and_a_read_only_warm_store(pytester, tmp_path_factory
     pytester.makepyfile(test_gate=HF_TEST)
     pytester.makeconftest(HF_CONFTEST)
     args = [
+        RULES,
         "--tais-backend=hf",
         f"--tais-target={target}",
         f"--tais-draft={draft}",

@@ -14,6 +14,7 @@ import pytest
 
 from pytest_tais.engines.fingerprint import HashMemo, model_identity
 from pytest_tais.records.hub import HubError, resolve_model, snapshot_identity
+from tests.conftest import RULES
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "fixtures" / "models"
@@ -128,6 +129,7 @@ def test_a_run_on_hub_ids_passes_and_its_report_carries_the_commits(pytester: py
     pytester.makepyfile(test_gate=TEST_FILE)
     # In a subprocess: torch cannot be imported twice in one process, and an in-process run drops its modules.
     result = pytester.runpytest_subprocess(
+        RULES,
         "--tais-backend=hf",
         "--tais-target=tiny-org/target",
         f"--tais-draft=tiny-org/draft@{DRAFT_SHA}",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine_models import build_tiny_models
-from .conftest import write_jsonl
+from .conftest import RULES, write_jsonl
 
 pytestmark = pytest.mark.hf
 
@@ -30,6 +30,7 @@ def test_matrix_cells_and_contrasts(pytester, models):
     target, draft, twin = models
     _battery(pytester.path / "battery.jsonl")
     result = pytester.runpytest_subprocess(
+        RULES,
         "--tais-backend=hf",
         f"--tais-target={target}",
         f"--tais-draft=a={draft},b={twin}",
@@ -82,6 +83,7 @@ def test_null_reruns_calibrate_the_h_cutoff(pytester, models):
     target, draft, _ = models
     _battery(pytester.path / "battery.jsonl")
     result = pytester.runpytest_subprocess(
+        RULES,
         "--tais-backend=hf",
         f"--tais-target={target}",
         f"--tais-draft={draft}",
@@ -107,6 +109,7 @@ def test_probe_mode_starts_only_the_speculative_arm(pytester, models):
     target, draft, _ = models
     _battery(pytester.path / "battery.jsonl")
     result = pytester.runpytest_subprocess(
+        RULES,
         "--tais-backend=hf",
         f"--tais-target={target}",
         f"--tais-draft={draft}",

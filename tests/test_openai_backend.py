@@ -31,7 +31,7 @@ from pytest_tais.records.generation import SPECULATIVE, TARGET, read_generations
 from pytest_tais.records.store import GenerationStore
 from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide
-from .conftest import fake_model
+from .conftest import RULES, fake_model
 
 from tests.engine_models import build_tiny_models, engine_settings_from_config, require
 from tests.fake_openai_server import FakeOpenAIServer, answer
@@ -647,6 +647,7 @@ def test_plugin_screens_real_servers(fleet, pytester: pytest.Pytester) -> None:
     _plugin_battery(pytester.path / "battery.jsonl", tasks=1)
     pytester.makepyfile(test_fleet=TEST_FILE)
     result = pytester.runpytest_subprocess(
+        RULES,
         "--tais-backend=openai",
         f"--tais-target={fleet['target']}",
         f"--tais-draft={fleet['draft']}",

@@ -21,7 +21,7 @@ from pytest_tais.engines.fingerprint import HashMemo, arm_fingerprint
 from pytest_tais.setup.engine import DRAFT_FOLDER_METHODS, SPEC_METHODS
 from pytest_tais.engines.vllm import VllmBackend
 from pytest_tais.records.generation import SPECULATIVE, TARGET
-from .conftest import fake_model
+from .conftest import RULES, fake_model
 
 from tests.engine_models import engine_settings_from_config, require
 
@@ -360,6 +360,7 @@ def test_vllm_plugin_screens_eagle3_from_the_store(method_runs, pytester: pytest
     base, _, runs = method_runs
     pytester.makepyfile(test_screen="def test_x(tais_task, tais_equivalent):\n    tais_equivalent(tais_task)\n")
     result = pytester.runpytest_subprocess(
+        RULES,
         f"--tais-target={MODELS / 'target'}",
         f"--tais-draft={MODELS / 'eagle3'}",
         "--tais-spec-method=eagle3",

@@ -61,8 +61,8 @@ td.pass, td.fail, td.error, td.control { color: #fff; font-weight: 700; }
 table#tasks { width: 100%; }
 #tasks td { overflow-wrap: anywhere; } #tasks td.num, #tasks td.nowrap { overflow-wrap: normal; }
 #tasks td:first-child { min-width: 9em; }
-table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
-th, td { border: 1px solid #d0d7de; padding: .3em .55em; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
+th, td { border: 1px solid #d0d7de; padding: .3em .45em; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.nowrap { white-space: nowrap; }
 img#forest-plot { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
