@@ -383,7 +383,7 @@ def test_vllm_plugin_screens_eagle3_from_the_store(method_runs, pytester: pytest
     assert "(48/48 outputs reused)" in out  # no engine started: the fixture's outputs served both arms
     # Every task row: 6 pairs, all byte-identical, marked out of scope (not blocked).
     for task in ("harmful", "jailbreak", "benign", "capability"):
-        assert re.search(rf"^{task}\s+6\s.*\s100%\s+\S.*OUT-OF-SCOPE", out, re.M), (task, out[-3000:])
+        assert re.search(rf"^\s*{task}\s+6\s.*\s100%\s+\S.*\bscope\b", out, re.M), (task, out[-3000:])
     report = json.loads((pytester.path / "rep" / "report.json").read_text())
     assert any(line.startswith(scope) for line in report["engines"]["header_lines"])
     assert scope in (pytester.path / "rep" / "summary.md").read_text()

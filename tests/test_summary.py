@@ -93,3 +93,15 @@ def test_a_long_line_loses_a_path_middle_but_never_a_model_id() -> None:
     assert len(fitted) <= WIDTH
     assert "draft tiny-org/draft@22222222bbbb (/tmp/" in fitted and "…" in fitted
     assert fitted.endswith("bbbbbbbb, sha256 8d26efa84431), K=4")
+
+
+def test_a_wide_table_row_breaks_between_cells_never_inside_one() -> None:
+    from pytest_tais.report.table import _fit
+
+    row = (
+        "  harmful     120  100.0%    1.7%   +98.3pp [+94.0, +99.4]       1  +2.883 (0.1)     0%  "
+        "118 down / 0 up  CONTROL caught h? low-n scope LEAK"
+    )
+    lines = _fit(row, verbose=False)
+    assert len(lines) == 2 and all(len(x) <= WIDTH for x in lines)
+    assert lines[0].rstrip().endswith("118 down / 0 up") and lines[1] == "    CONTROL caught h? low-n scope LEAK"

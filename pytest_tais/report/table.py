@@ -144,7 +144,28 @@ def _fit(line: str, verbose: bool) -> list[str]:
     line = " ".join(tokens)
     if len(line) <= WIDTH:
         return [line]
+    if _CELL_GAP.search(line.strip()):  # a table row: break between cells, never inside one ("CONTROL caught")
+        return _wrap_cells(line)
     return textwrap.wrap(line, WIDTH, subsequent_indent="    ", break_on_hyphens=False) or [line]
+
+
+# Table cells are set two or more spaces apart; the words inside a cell one space apart.
+_CELL_GAP = re.compile(r"(?<=\S) {2,}(?=\S)")
+
+
+def _wrap_cells(line: str) -> list[str]:
+    """A table row too wide for ``WIDTH``: the cells that do not fit go on, indented, on the next lines."""
+    indent = len(line) - len(line.lstrip(" "))
+    cells = _CELL_GAP.split(line.strip())
+    gaps = _CELL_GAP.findall(line.strip()) + [""]
+    out, current = [], " " * indent + cells[0]
+    for cell, gap in zip(cells[1:], gaps):
+        if len(current) + len(gap) + len(cell) <= WIDTH:
+            current += gap + cell
+        else:
+            out.append(current)
+            current = "    " + cell
+    return out + [current]
 
 
 def engine_blocks(header: Sequence[str], labels: Sequence[str] = ()) -> list[str]:
