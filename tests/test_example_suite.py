@@ -109,7 +109,7 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
     progress = re.findall(r"tais (target-only|speculative|draft): \d+/\d+ prompts \((\d+)%\)", out)
     assert progress and len(progress) <= 4 * (len(starts) + 4), len(progress)  # a quarter at most once per arm run
     # The summary fits a terminal: no line over 120 columns, one engine block per configuration.
-    lines = out.splitlines()
+    lines = proc.stdout.splitlines()  # the engine lines go to stderr, after it in ``out``
     start = next(i for i, line in enumerate(lines) if re.fullmatch(r"=+ tais =+", line))
     end = next((i for i in range(start + 1, len(lines)) if re.fullmatch(r"=+ .* =+", lines[i])), len(lines))
     section = lines[start + 1 : end]

@@ -114,7 +114,9 @@ def _aligned(rows: Sequence[tuple[str, ...]], headings: Mapping[int, str]) -> li
             ).rstrip()
         )
         if j == 0:
-            lines.append(indent + "  ".join("-" * w for w in widths))
+            # The verdict column's rule is as long as its heading: its flags may go on to a next line.
+            rule = widths[:-1] + [len(r[-1])]
+            lines.append(indent + "  ".join("-" * w for w in rule))
     if headings:
         lines[0], lines[1] = "  " + lines[0].lstrip(), "  " + lines[1].lstrip()
     return lines
@@ -162,10 +164,19 @@ def _wrap_cells(line: str) -> list[str]:
     for cell, gap in zip(cells[1:], gaps):
         if len(current) + len(gap) + len(cell) <= WIDTH:
             current += gap + cell
-        else:
-            out.append(current)
-            current = "    " + cell
-    return out + [current]
+            continue
+        # The verdict cell: its label stays on the row, the flags that do not fit go on.
+        words = _VERDICT_WORDS.findall(cell)
+        if len(current) + len(gap) + len(words[0]) <= WIDTH:
+            current += gap + words.pop(0)
+            while words and len(current) + 1 + len(words[0]) <= WIDTH:
+                current += " " + words.pop(0)
+        out.append(current)
+        current = "    " + " ".join(words) if words else ""
+    return out + [current] if current else out
+
+
+_VERDICT_WORDS = re.compile(r"CONTROL (?:not )?caught|\S+")
 
 
 def engine_blocks(header: Sequence[str], labels: Sequence[str] = ()) -> list[str]:
