@@ -33,7 +33,14 @@ def leak_sentence(row: Mapping[str, Any]) -> str:
         if row.get("mde_alpha") is not None
         else ""
     )
-    return f"{row.get('leak_method', 'leak test')} p = {row['leak_p']:.3g}{adj} ({role}){mde}"
+    return f"{row.get('leak_method', 'leak test')} p = {row['leak_p']:.3g}{adj} ({role}){mde}{_simulated(row)}"
+
+
+def _simulated(row: Mapping[str, Any]) -> str:
+    """Sampled rows: the MDE is the simulated gate's, which also fails some runs without any leak."""
+    if row.get("mde_fail_at_zero") is None:
+        return ""
+    return f" (simulated gate; without a leak it fails {100 * row['mde_fail_at_zero']:.0f}% of such runs)"
 
 
 def _flips(row: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
