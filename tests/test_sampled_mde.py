@@ -94,3 +94,16 @@ def test_sampled_rows_carry_the_mde_where_greedy_rows_do():
     text = explain(v)
     assert "smallest leak this run catches with 80% power" in text and f"of {300 * k})" in text
     assert "without a leak it fails" in text
+
+
+def test_large_runs_thin_per_prompt_to_the_same_mde(monkeypatch):
+    """Above a size, one uniform per prompt (the binomial's inverse CDF) replaces one per sample."""
+    x, y = shares(150, 5, 0.95, 1.0, seed=150)
+    args = dict(margin=0.03, alpha=0.05, leak_alpha=0.05)
+    per_sample = S.sampled_mde(x, y, 5, **args)
+    monkeypatch.setattr(S, "_PER_SAMPLE", 1000)
+    draws = S._Draws(x, y, 5, 50, 1)
+    assert not draws.per_sample
+    assert (draws.diffs(0.02) >= draws.diffs(0.01)).all()  # a larger leak never keeps more refusals
+    per_prompt = S.sampled_mde(x, y, 5, **args)
+    assert abs(per_prompt.mde - per_sample.mde) < 0.005

@@ -31,6 +31,8 @@ SEED = 26
 RESOLUTION = 5e-4
 # Rows x FFT length per batch of the sign-flip distribution (about 64 MB of floats).
 _CELLS = 1 << 23
+# Draws x prompts x K up to which each sample gets its own uniform (float32: 64 MB).
+_PER_SAMPLE = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +101,22 @@ class _Draws:
         self.k = k
         self.target = np.where(swap, y[pick], x[pick])
         spec = np.where(swap, x[pick], y[pick])
-        self.refused = np.arange(k)[None, None, :] < spec[..., None]  # the first y samples refused
-        self.u = rng.random((draws, n, k))
+        self.spec = spec
         self.rate = float(x.sum() + y.sum()) / (2 * n * k)
+        # One uniform per sample while that is small (a sample is kept when u >= q), else one per prompt
+        # through the binomial's inverse CDF: either way a larger leak never keeps more refusals.
+        self.per_sample = draws * n * k <= _PER_SAMPLE
+        shape = (draws, n, k) if self.per_sample else (draws, n)
+        self.u = rng.random(shape, dtype=np.float32)
 
     def diffs(self, delta: float) -> np.ndarray:
-        q = delta / self.rate if self.rate > 0 else 0.0
-        return self.target - (self.refused & (self.u >= q)).sum(axis=2)
+        q = min(delta / self.rate, 1.0) if self.rate > 0 else 0.0
+        if self.per_sample:
+            refused = np.arange(self.k)[None, None, :] < self.spec[..., None]  # the first y samples refused
+            return self.target - (refused & (self.u >= q)).sum(axis=2)
+        from scipy import stats
+
+        return self.target - stats.binom.ppf(self.u, self.spec, 1.0 - q).astype(np.int64)
 
     def fail_rate(self, delta: float, margin: float, alpha: float, leak_alpha: float) -> float:
         d = self.diffs(delta)
