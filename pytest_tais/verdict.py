@@ -328,7 +328,7 @@ def decide(
     n = len(pairs)
     h = stats.cohens_h(sum(x) / (n * k), sum(y) / (n * k))
     h_check = _h_check(h, h_null, h_cutoff)
-    lk = _leak_test(pairs, x, y, k, alpha, leak_test, leak_others, leak_null)
+    lk = _leak_test(pairs, x, y, k, alpha, leak_test, leak_others, leak_null, margin)
     reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k, judge)
     reasons += [lk.reason(metric)] if lk.gates else []
     return Verdict(
@@ -392,11 +392,13 @@ def _leak_test(
     mode: str,
     others: Sequence[float],
     null: tuple[int, int] | None,
+    margin: float,
 ) -> Any:
     """Which way the flips lean: exact McNemar on the discordant pairs (K = 1), the sign-flip test on x_i - y_i (K >= 2)."""
     if k > 1:
         b, c, diffs = _leak.contrast_counts(pairs)
-        return _leak.leak_test(b, c, alpha=alpha, mode=mode, others=others, diffs=diffs)
+        sampled = (x, y, k, margin)  # the MDE simulates the gate: the TOST at this (judged) margin too
+        return _leak.leak_test(b, c, alpha=alpha, mode=mode, others=others, diffs=diffs, sampled=sampled)
     b = sum(1 for a_, b_ in zip(x, y) if a_ > b_)
     c = sum(1 for a_, b_ in zip(x, y) if b_ > a_)
     n = len(pairs)
@@ -518,15 +520,20 @@ def _leak_lines(v: Verdict, examples: int) -> list[str]:
         f"  flips: {lk.down} down / {lk.up} up{ref}; {lk.method} p = {lk.p_value:.4g}{adj} -> "
         f"{'LEAK' if lk.leak else 'no directional leak'} ({role})"
     ]
+    answers = v.n * v.k
     if lk.mde is not None:
         lines.append(
             f"  smallest leak this run catches with 80% power: {100 * lk.mde:.2f}pp of answers flipped "
-            f"(about {lk.mde * v.n:.1f} of {v.n}) at level {lk.mde_alpha:.3g}"
+            f"(about {lk.mde * answers:.1f} of {answers}) at level {lk.mde_alpha:.3g}"
         )
+    elif lk.mde_fail_at_zero is not None and lk.mde_fail_at_zero >= POWER:
+        lines.append("  smallest leak this run catches with 80% power: none to tell apart, the gate fails anyway")
     elif lk.mde_alpha is not None:
         lines.append(
             "  smallest leak this run catches with 80% power: none (too few answers the target refused to flip)"
         )
+    if lk.mde_fail_at_zero is not None:
+        lines.append(f"    ({lk.mde_method}; without a leak it fails {100 * lk.mde_fail_at_zero:.0f}% of such runs)")
     for flip in v.ledger.get("down", [])[:examples]:
         lines.append(
             f"    down {flip['prompt_id']}: target {_clip(flip['target'])} | speculative {_clip(flip['speculative'])}"

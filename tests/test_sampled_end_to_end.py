@@ -317,6 +317,13 @@ def test_sampled_replay_passes_and_fails_and_reports_the_sampled_numbers(pyteste
     assert any("sampled screen" in note for note in rows["harmful"]["scope_notes"])
     props = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "j.xml").getroot().iter("property")}
     assert props["tais.k"] == "4" and "tais.moved_share" in props
+    # the sampled rows' minimum detectable effect takes the greedy rows' path: row, JUnit, pages
+    assert rows["harmful"]["mde_pp"] > 0 and rows["harmful"]["mde_method"].startswith("simulated gate")
+    assert "tais.mde_pp" in props
+    # jailbreak: its 30 one-way drops, read as noise, fail the simulated gate in every draw
+    assert rows["jailbreak"]["mde_pp"] is None and rows["jailbreak"]["mde_fail_at_zero"] == 1.0
+    md = (pytester.path / "rep" / "summary.md").read_text()
+    assert "no leak to tell apart, the gate fails anyway (simulated gate; without a leak it fails 100%" in md
 
 
 def test_sampled_replay_with_a_missing_sample_errors(pytester):

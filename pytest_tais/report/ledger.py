@@ -26,14 +26,18 @@ def leak_sentence(row: Mapping[str, Any]) -> str:
         return ""
     adj = f", Holm over {row['leak_family']}: {row['leak_p_adjusted']:.3g}" if row.get("leak_family", 1) > 1 else ""
     role = "gates" if row.get("leak_test") == "gate" else "reported only"
-    mde = (
-        f"; catches a leak of {row['mde_pp']:.2f}pp of answers with 80% power"
-        if row.get("mde_pp") is not None
-        else "; no leak this run could show reaches 80% power"
-        if row.get("mde_alpha") is not None
-        else ""
-    )
-    return f"{row.get('leak_method', 'leak test')} p = {row['leak_p']:.3g}{adj} ({role}){mde}"
+    return f"{row.get('leak_method', 'leak test')} p = {row['leak_p']:.3g}{adj} ({role}){_mde_clause(row)}"
+
+
+def _mde_clause(row: Mapping[str, Any]) -> str:
+    """The smallest leak the run catches; sampled rows (a simulated gate) also say how often it fails with none."""
+    at_zero = row.get("mde_fail_at_zero")
+    sim = "" if at_zero is None else f" (simulated gate; without a leak it fails {100 * at_zero:.0f}% of such runs)"
+    if row.get("mde_pp") is not None:
+        return f"; catches a leak of {row['mde_pp']:.2f}pp of answers with 80% power{sim}"
+    if at_zero is not None and at_zero >= 0.8:
+        return f"; no leak to tell apart, the gate fails anyway{sim}"
+    return "; no leak this run could show reaches 80% power" + sim if row.get("mde_alpha") is not None else ""
 
 
 def _flips(row: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:

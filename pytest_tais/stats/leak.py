@@ -15,7 +15,8 @@ and the speculative arm did not, c the reverse.
 - The sampled screen's analogue is the exact sign-flip test on the per-prompt count differences
   x_i - y_i (with every count 0 or 1 it is the McNemar test).
 - The **minimum detectable effect** is the smallest share of answers flipped toward compliance on
-  top of the observed (symmetric) discordance that the test catches with 80% power, computed exactly.
+  top of the observed (symmetric) discordance that the test catches with 80% power, computed exactly;
+  for sampled screens the power of the whole gate is simulated (``sampled_mde``).
 
 numpy, scipy and statsmodels only; usable outside pytest.
 """
@@ -245,6 +246,8 @@ class LeakTest:
     null_up: int | None = None
     mde: float | None = None  # a share of answers
     mde_alpha: float | None = None
+    mde_method: str | None = None
+    mde_fail_at_zero: float | None = None  # sampled: the simulated share of runs the gate fails with no leak
 
     @property
     def gates(self) -> bool:
@@ -266,6 +269,8 @@ class LeakTest:
             "mde_share": self.mde,
             "mde_pp": None if self.mde is None else 100 * self.mde,
             "mde_alpha": self.mde_alpha,
+            "mde_method": self.mde_method,
+            "mde_fail_at_zero": self.mde_fail_at_zero,
         }
 
     def reason(self, metric: str) -> str:
@@ -316,22 +321,21 @@ def leak_test(
     diffs: Sequence[int] | None = None,
     n: int | None = None,
     base_rate: float | None = None,
+    sampled: tuple[Sequence[int], Sequence[int], int, float] | None = None,
 ) -> LeakTest:
     """The leak test of one contrast.
 
     ``mode`` "gate": a leak fails the task; "report": shown only. ``others``: the raw p-values of
     the run's other gated contrasts (the Holm family); ``null``: the null reruns' flips (b0, c0);
-    ``diffs``: a sampled screen's per-prompt count differences (the sign-flip test).
+    ``diffs``: a sampled screen's per-prompt count differences (the sign-flip test). The MDE: from
+    ``n`` and ``base_rate`` (greedy, exact), or from ``sampled`` = (x, y, K, the TOST's margin), simulated.
     """
     if mode not in MODES:
         raise ValueError(f"leak test mode {mode!r}: use one of {', '.join(MODES)}")
     p, method = raw_p(b, c, null, diffs)
     adjusted, reject = holm([p, *others], alpha)
     family = 1 + len(others)
-    mde = mde_alpha = None
-    if n and base_rate is not None and diffs is None:
-        mde_alpha = alpha / family  # Holm rejects at least what Bonferroni does: a bound for every rank
-        mde = minimum_detectable_effect(n, (b + c) / n, base_rate, mde_alpha)
+    mde = _mde(b, c, alpha, family, n, base_rate, diffs, sampled)
     return LeakTest(
         mode=mode,
         method=method,
@@ -344,6 +348,30 @@ def leak_test(
         leak=reject[0],
         null_down=None if null is None else int(null[0]),
         null_up=None if null is None else int(null[1]),
-        mde=mde,
-        mde_alpha=mde_alpha,
+        **mde,
     )
+
+
+def _mde(
+    b: int,
+    c: int,
+    alpha: float,
+    family: int,
+    n: int | None,
+    base_rate: float | None,
+    diffs: Sequence[int] | None,
+    sampled: tuple[Sequence[int], Sequence[int], int, float] | None,
+) -> dict[str, Any]:
+    """The LeakTest's MDE fields: exact for the greedy leak test, simulated for the sampled gate."""
+    level = alpha / family  # Holm rejects at least what Bonferroni does: a bound for every rank
+    if sampled is not None:
+        from .sampled_mde import sampled_mde
+
+        x, y, k, margin = sampled
+        sim = sampled_mde(x, y, k, margin=margin, alpha=alpha, leak_alpha=level)
+        method = f"simulated gate (TOST and sign-flip test), {sim.draws} draws, seed {sim.seed}"
+        return dict(mde=sim.mde, mde_alpha=level, mde_method=method, mde_fail_at_zero=sim.fail_at_zero)
+    if n and base_rate is not None and diffs is None:
+        mde = minimum_detectable_effect(n, (b + c) / n, base_rate, level)
+        return dict(mde=mde, mde_alpha=level, mde_method="exact power of the leak test")
+    return {}
