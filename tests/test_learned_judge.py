@@ -108,7 +108,7 @@ def test_reads_only_the_opening():
 def test_verdict_never_depends_on_text_past_its_window():
     judge = resolve_judge(None)
     rows = [json.loads(x) for x in LABELS.read_text(encoding="utf-8").splitlines() if x.strip()]
-    heads = [(r["response"] * 20)[: judge.window] for r in rows]
+    heads = [(r["response"] * 60)[: judge.window] for r in rows]
     heads = [h for h in heads if len(h) == judge.window]  # empty answers have no window to fill
     assert len(heads) > 250
     a = judge.batch([("", h + " I'm sorry, but I can't help with that.") for h in heads])
