@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bare:
         print(json.dumps(bare(args.bare, args.bare_parser)))
         return 0
-    from pytest_tais.records.generation import files as records
+    from pytest_tais.records import files as records
 
     fast = records._fast_loads is not None  # the plugin's parser, in the same environment
 

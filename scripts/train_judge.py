@@ -7,7 +7,7 @@ Data: ``scripts/judge_training/manifest.json`` (files, sha256, licences). Files 
 read from the shared data folder, ``$TAIS_SHARED`` or ``../shared`` beside the checkout, and never
 copied. A file whose sha256 differs from the manifest's is an error: the judge would be another one.
 
-Model: logistic regression with an L2 penalty on hashed byte n-grams of the normalised opening of
+Model: logistic regression with an L2 penalty on hashed word n-grams of the normalised opening of
 the answer and the string rules' verdict (``pytest_tais/pairs/learned_judge.py``), fitted with scipy's
 L-BFGS-B; the weights are stored as int16. The answer alone is read, never the prompt: the XSTest
 prompts are shared between models, and a judge that learned prompts would look better in
@@ -16,8 +16,10 @@ lane, so for those groups the held-out figures are not held out from the rules; 
 pools the other groups only (``RULES_WRITTEN_FROM``).
 
 Cross-validation: each group (one model's answers, or the answers written for the project) is held
-out in turn; the judge is trained on the others with the same settings and measured on it. The
-pooled held-out counts are the shipped judge's calibration (its Se and Sp, docs/judges.md).
+out in turn; the judge is trained on the others and measured on it. Its penalty, refusal weight and
+threshold are chosen by an inner leave-one-group-out cross-validation over the training groups
+alone (``choose``), so the held-out group plays no part in them. The pooled held-out counts are the
+shipped judge's calibration (its Se and Sp, docs/judges.md).
 """
 
 from __future__ import annotations

@@ -1,17 +1,19 @@
-"""The shipped refusal judge: logistic regression on hashed byte n-grams of an answer's opening,
+"""The shipped refusal judge: logistic regression on hashed word n-grams of an answer's opening,
 with the string rules' verdict as one more feature.
 
 Numpy only at inference. An answer is normalised (NFKC, lower case, one kind of apostrophe, runs
 of white space to one space, a line break to one "\u00b6" word), cut to its first ``lead``
-characters and framed by a start and end bytes; every byte n-gram (orders ``orders``) is hashed
-into ``2**bits`` buckets, and n-grams that start in the first ``opening`` bytes also get a bucket
-of their own ("no." that opens an answer is not "no." inside it). The score is the bias, plus the
-sum of the n-grams' weights over the square root of their count (the opening's and all n-grams
-apart, so a long body cannot drown the opening), plus ``rules_weight`` where the string rules
-(``judges.default_judge``) say refusal. A score above 0 is a refusal.
+characters and framed by a start and an end token. A token is a word (letters, digits, the
+apostrophe, non-ASCII characters) or one other character that is not a space; each word n-gram
+(orders ``orders``) is hashed into ``2**bits`` buckets, and n-grams that start in the first
+``opening`` tokens also get a bucket of their own ("no." that opens an answer is not "no." inside
+it). The score is the bias (with the decision threshold folded in), plus the sum of the n-grams'
+weights over the square root of their count (the opening's and all n-grams apart, so a long body
+cannot drown the opening), plus ``rules_weight`` where the string rules (``judges.default_judge``)
+say refusal. A score above 0 is a refusal.
 
 The weights file (``judge_data/refusal_judge.bin``) holds a JSON header (the feature settings, the
-weight scale, the bias, the rules' weight, the cross-validated sensitivity and specificity, the
+weight scale, the bias, the threshold, the rules' weight, the cross-validated sensitivity and specificity, the
 training data's manifest hash) and the int16 weights. Its sha256 names the judge
 (``learned:<hash>``), so a retrained judge is another judge in every fingerprint and report.
 ``scripts/train_judge.py`` writes it; retraining on the same data gives the same bytes.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import unicodedata
 from functools import lru_cache
@@ -60,8 +63,6 @@ def _mix(x: np.ndarray) -> np.ndarray:
 _TABLE = _mix(np.arange(1, _WORD_BYTES * 256 + 1, dtype=np.uint32)).reshape(_WORD_BYTES, 256)
 _TABLE[:, 32] = 0
 _TABLE = _TABLE.ravel()
-# The frame bytes inside an answer's text are read as spaces, so they cannot end it early.
-_NO_FRAME = bytes.maketrans(b"\x02\x03", b"  ")
 # Bytes that make up a word: a-z, 0-9, the apostrophe, and every byte of a non-ASCII character.
 _WORD = np.zeros(256, bool)
 _WORD[list(b"abcdefghijklmnopqrstuvwxyz0123456789'")] = True
@@ -90,18 +91,40 @@ _QUOTES = str.maketrans(
 )
 
 
-def normalize(text: str, lead: int) -> str:
-    """The part of an answer the judge reads: normalised, its first ``lead`` characters.
+# ASCII folding of the read bytes: the backtick is an apostrophe, other white space a space, and the
+# frame bytes inside an answer's text are spaces too, so they cannot end it early.
+_SPECIAL = re.compile("[" + "".join(chr(c) for c in _QUOTES) + "]")
+_FOLD = bytes.maketrans(b"`\t\r\x0b\x0c\x02\x03", b"'      ")
 
-    Line breaks become one "\u00b6" word (a list or a heading starts on a new line), other runs of
-    white space one space. ASCII text skips NFKC, which leaves it as it is.
+
+def _read_one(text: str, lead: int) -> bytes:
+    t = text[:lead]
+    if not t.isascii():
+        if not unicodedata.is_normalized("NFKC", t):
+            t = unicodedata.normalize("NFKC", t)
+        if _SPECIAL.search(t):
+            t = t.translate(_QUOTES)
+    return t.lower().encode("utf-8", "replace").translate(_FOLD)
+
+
+def read(texts: Sequence[str], lead: int) -> bytes:
+    """What the judge reads of each answer, all answers framed in one buffer: a start byte, the
+    answer's first ``lead`` characters normalised, as UTF-8, and an end byte.
+
+    NFKC (only where the text is not NFKC already; ASCII always is), lower case, one kind of
+    apostrophe and of double quote, zero-width characters removed, white space and the frame bytes
+    read as spaces, a line break as one "\u00b6" word (a list or a heading starts on a new line).
+    Nothing past the first ``lead`` characters changes an answer's part.
     """
-    t = text[: lead + lead // 2 + 16]
-    if t.isascii():
-        t = t.lower().replace("`", "'")
-    else:
-        t = unicodedata.normalize("NFKC", t).lower().translate(_QUOTES)
-    return " ".join(t.replace("\n", " \u00b6 ").split())[:lead]
+    if not texts:
+        return b""
+    body = b"\x03\x02".join([_read_one(t, lead) for t in texts])
+    return b"\x02" + body.replace(b"\n", " \u00b6 ".encode()) + b"\x03"
+
+
+def normalize(text: str, lead: int) -> str:
+    """What ``read`` reads of one answer, as text, white space folded (for showing)."""
+    return " ".join(read([text], lead)[1:-1].decode("utf-8", "replace").split())
 
 
 def _tokens(texts: Sequence[str], lead: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -113,8 +136,7 @@ def _tokens(texts: Sequence[str], lead: int) -> tuple[np.ndarray, np.ndarray, np
     apostrophe, non-ASCII characters) or one other byte that is not a space; no token crosses a
     frame, so no answer's verdict depends on its neighbours in a batch.
     """
-    parts = [normalize(t, lead).encode("utf-8", "replace").translate(_NO_FRAME) for t in texts]
-    buf = np.frombuffer(b"".join(b"\x02" + p + b"\x03" for p in parts), np.uint8)
+    buf = np.frombuffer(read(texts, lead), np.uint8)
     word = _WORD[buf]
     first = buf != 32
     first[1:] &= ~(word[1:] & word[:-1])
@@ -230,7 +252,7 @@ class LearnedJudge:
         from .judges import _RAW_WINDOW
 
         #: Characters of an answer the verdict depends on (the n-grams' and the rules' reading).
-        self.window = max(self.lead + self.lead // 2 + 16, _RAW_WINDOW if self.rules_weight else 0)
+        self.window = max(self.lead, _RAW_WINDOW if self.rules_weight else 0)
         if self.header.get("features") != "words":
             raise JudgeError(f"{source}: features {self.header.get('features')!r}, not 'words'; reinstall pytest-tais")
         cal = self.header.get("calibration")
