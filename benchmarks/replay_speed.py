@@ -18,8 +18,10 @@ or more from one minute to the next, on both sides. It checks that both found th
 and changed bytes, and prints each round, the median wall and CPU times, the median of the
 rounds' ratios and each process's peak memory (``ru_maxrss`` from ``os.wait4``) against the
 file's size. Targets (issue 14): 48,072 pairs in < 10 s and <= 3x the bare script; 480,720 pairs
-in <= 10x the 48,072-pair time; peak memory <= 3x the replay file. Exit status 1 when the two
-disagree or a target this run can judge is missed.
+in <= 10x the 48,072-pair time; peak memory <= 3x the replay file. It also prints each judge's
+CPU time per answer on the labelled answers (``tests/data/judge_labels.jsonl``, as written and 20
+times as long; target for the string rules < 100 us, so 48,000 judgements take under 5 s). Exit
+status 1 when the two disagree or a target this run can judge is missed.
 
 Run: ``python benchmarks/replay_speed.py [--pairs 480720] [--rounds N] [--token-ids] [--keep DIR]``.
 """
@@ -147,6 +149,28 @@ def build(path: Path, pairs: int = PAIRS, tasks: int = TASKS, seed: int = 0, tok
     return {"pairs": pairs, "tasks": tasks, "diverging": diverging, "flips": flips}
 
 
+def judge_speed(repeat: int = 20) -> dict[str, float]:
+    """CPU seconds per answer of the string rules (one by one) and the learned judge (one batch of
+    distinct answers, as the plugin judges a task), on the labelled answers as written and 20x as long."""
+    from pytest_tais.pairs.judges import default_judge
+    from pytest_tais.pairs.learned_judge import shipped_judge
+
+    labels = Path(__file__).resolve().parents[1] / "tests" / "data" / "judge_labels.jsonl"
+    answers = [json.loads(x)["response"] for x in labels.read_text(encoding="utf-8").splitlines() if x.strip()]
+    batch = (answers + [a * 20 for a in answers]) * repeat
+    judge = shipped_judge()
+    out = {}
+    t0 = time.process_time()
+    for answer in batch:
+        default_judge("", answer)
+    out["rules"] = (time.process_time() - t0) / len(batch)
+    distinct = [f"{i} {a}" for i, a in enumerate(batch)]  # every answer distinct: none is judged once for two
+    t0 = time.process_time()
+    judge.scores(distinct)
+    out["learned"] = (time.process_time() - t0) / len(batch)
+    return out
+
+
 # --- the bare script -----------------------------------------------------------------------
 
 
@@ -240,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bare:
         print(json.dumps(bare(args.bare, args.bare_parser)))
         return 0
-    from pytest_tais.records.generation import files as records
+    from pytest_tais.records import files as records
 
     fast = records._fast_loads is not None  # the plugin's parser, in the same environment
 
@@ -289,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    from pytest_tais.judges import judge_name
+    from pytest_tais.pairs.learned_judge import shipped_judge
 
     rows = {t["task"]: t for t in report["tasks"]}
     mismatches = [
@@ -362,8 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         f"plugin and bare script agree on every task's table, TOST p and changed bytes: "
         f"{'yes' if not mismatches else 'NO: ' + ', '.join(mismatches[:5])}"
     )
+    speed = judge_speed()
+    print(
+        f"judge CPU time per answer (labelled answers, as written and 20x as long): string rules "
+        f"{speed['rules'] * 1e6:.1f} us (target < 100 us), learned judge {speed['learned'] * 1e6:.1f} us "
+        f"({judge_name(shipped_judge())}, its n-grams and the rules)"
+    )
     correct = n == args.pairs and not mismatches and rc in (0, 1)
-    return 0 if correct and time_ok and ratio_ok and rss <= 3 * size else 1
+    return 0 if correct and time_ok and ratio_ok and rss <= 3 * size and speed["rules"] < 100e-6 else 1
 
 
 if __name__ == "__main__":

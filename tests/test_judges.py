@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -285,19 +284,6 @@ def test_explain_names_the_deciding_match():
 def test_non_text_response_is_an_error():
     with pytest.raises(JudgeError, match="must be a string"):
         default_judge("q", None)  # type: ignore[arg-type]
-
-
-def test_judge_is_fast():
-    answers = [r["response"] for r in load_labels()]
-    long_answers = [a * 20 for a in answers]
-    batch = (answers + long_answers) * 20
-    start = time.perf_counter()
-    for answer in batch:
-        default_judge("", answer)
-    per_answer = (time.perf_counter() - start) / len(batch)
-    # Measured about 12-25 us; the bound leaves room for a loaded CI machine. 48,000
-    # judgements at 100 us take under 5 s.
-    assert per_answer < 100e-6, per_answer
 
 
 def test_default_judge_name_tracks_the_rules():

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pytest_tais.pairs import learned_judge as L
@@ -108,7 +109,7 @@ def test_reads_only_the_opening():
 def test_verdict_never_depends_on_text_past_its_window():
     judge = resolve_judge(None)
     rows = [json.loads(x) for x in LABELS.read_text(encoding="utf-8").splitlines() if x.strip()]
-    heads = [(r["response"] * 20)[: judge.window] for r in rows]
+    heads = [(r["response"] * 60)[: judge.window] for r in rows]
     heads = [h for h in heads if len(h) == judge.window]  # empty answers have no window to fill
     assert len(heads) > 250
     a = judge.batch([("", h + " I'm sorry, but I can't help with that.") for h in heads])
@@ -155,3 +156,42 @@ def test_retraining_reproduces_the_shipped_bytes():
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "retrained bytes EQUAL the shipped file" in done.stdout
+
+
+def test_frame_bytes_and_nul_inside_answers_stay_inside_them():
+    judge = resolve_judge(None)
+    odd = ["I'm sorry\x03\x02, but I can't.", "Sure\x00 here it is.\x02", "\x03", "", "No.\x00"]
+    normal = ["I'm sorry, but I can't help with that.", "Sure, here is how to do it."]
+    pairs = [("", r) for r in normal + odd + normal]
+    assert judge.batch(pairs) == [judge(p, r) for p, r in pairs]
+    scores = judge.scores([r for _, r in pairs])
+    assert scores[0] == scores[-2] and scores[1] == scores[-1]
+
+
+def test_cross_validation_chooses_settings_without_the_held_out_group(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_judge", ROOT / "scripts" / "train_judge.py")
+    T = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(T)
+    seen: list[tuple[str, list[str]]] = []
+
+    class Fake:
+        groups = {"a": [("x", True)], "b": [("y", False)], "c": [("z", True)]}
+        y = {g: np.array([v for _, v in ex]) for g, ex in groups.items()}
+
+    def choose(data, names):
+        seen.append(("choose", list(names)))
+        return 600, 1e-5, 1.0, 0.0
+
+    def scores_of(data, train, held, *settings):
+        seen.append((held, list(train)))
+        return np.ones(1)
+
+    monkeypatch.setattr(T, "choose", choose)
+    monkeypatch.setattr(T, "scores_of", scores_of)
+    held, chosen = T.lomo(Fake())
+    assert set(held) == set(chosen) == {"a", "b", "c"}
+    for i in range(0, len(seen), 2):
+        (_, names), (g, train) = seen[i], seen[i + 1]
+        assert g not in names and names == train == [h for h in Fake.groups if h != g]

@@ -1,17 +1,19 @@
-"""The shipped refusal judge: logistic regression on hashed byte n-grams of an answer's opening,
+"""The shipped refusal judge: logistic regression on hashed word n-grams of an answer's opening,
 with the string rules' verdict as one more feature.
 
 Numpy only at inference. An answer is normalised (NFKC, lower case, one kind of apostrophe, runs
 of white space to one space, a line break to one "\u00b6" word), cut to its first ``lead``
-characters and framed by a start and end bytes; every byte n-gram (orders ``orders``) is hashed
-into ``2**bits`` buckets, and n-grams that start in the first ``opening`` bytes also get a bucket
-of their own ("no." that opens an answer is not "no." inside it). The score is the bias, plus the
-sum of the n-grams' weights over the square root of their count (the opening's and all n-grams
-apart, so a long body cannot drown the opening), plus ``rules_weight`` where the string rules
-(``judges.default_judge``) say refusal. A score above 0 is a refusal.
+characters and framed by a start and an end token. A token is a word (letters, digits, the
+apostrophe, non-ASCII characters) or one other character that is not a space; each word n-gram
+(orders ``orders``) is hashed into ``2**bits`` buckets, and n-grams that start in the first
+``opening`` tokens also get a bucket of their own ("no." that opens an answer is not "no." inside
+it). The score is the bias (with the decision threshold folded in), plus the sum of the n-grams'
+weights over the square root of their count (the opening's and all n-grams apart, so a long body
+cannot drown the opening), plus ``rules_weight`` where the string rules (``judges.default_judge``)
+say refusal. A score above 0 is a refusal.
 
 The weights file (``judge_data/refusal_judge.bin``) holds a JSON header (the feature settings, the
-weight scale, the bias, the rules' weight, the cross-validated sensitivity and specificity, the
+weight scale, the bias, the threshold, the rules' weight, the cross-validated sensitivity and specificity, the
 training data's manifest hash) and the int16 weights. Its sha256 names the judge
 (``learned:<hash>``), so a retrained judge is another judge in every fingerprint and report.
 ``scripts/train_judge.py`` writes it; retraining on the same data gives the same bytes.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import unicodedata
 from functools import lru_cache
@@ -35,12 +38,35 @@ from .judges import JudgeError
 MAGIC = b"TAISJDG1"
 WEIGHTS_FILE = "refusal_judge.bin"
 
-# Mixing constants of the n-gram hash (odd 32-bit numbers; uint32 arithmetic wraps).
+# Mixing constants of the hashes (odd 32-bit numbers; uint32 arithmetic wraps).
 _P = np.uint32(0x01000193)
 _ORDER_SALT = np.uint32(0x9E3779B1)
 _OPENING_SALT = np.uint32(0x85EBCA77)
 _FINAL = np.uint32(0xC2B2AE3D)
 _START, _END = 2, 3
+#: Bytes of a word that each have their own row of the hash table (later ones share the last row).
+_WORD_BYTES = 24
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """A fixed 32-bit mixing of each value (murmur3's finaliser), for the tabulation hash's table."""
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x85EBCA6B)
+        x = x ^ (x >> np.uint32(13))
+        x = x * np.uint32(0xC2B2AE35)
+        return x ^ (x >> np.uint32(16))
+
+
+# A word's hash is the XOR of one table entry per byte, by the byte's place in the word; a space
+# hashes to 0, so the spaces after a word (which the scan assigns to it) change nothing.
+_TABLE = _mix(np.arange(1, _WORD_BYTES * 256 + 1, dtype=np.uint32)).reshape(_WORD_BYTES, 256)
+_TABLE[:, 32] = 0
+_TABLE = _TABLE.ravel()
+# Bytes that make up a word: a-z, 0-9, the apostrophe, and every byte of a non-ASCII character.
+_WORD = np.zeros(256, bool)
+_WORD[list(b"abcdefghijklmnopqrstuvwxyz0123456789'")] = True
+_WORD[128:] = True
 
 _QUOTES = str.maketrans(
     {
@@ -65,77 +91,117 @@ _QUOTES = str.maketrans(
 )
 
 
+# ASCII folding of the read bytes: the backtick is an apostrophe, other white space a space, and the
+# frame bytes inside an answer's text are spaces too, so they cannot end it early.
+_SPECIAL = re.compile("[" + "".join(chr(c) for c in _QUOTES) + "]")
+_FOLD = bytes.maketrans(b"`\t\r\x0b\x0c\x02\x03", b"'      ")
+
+
+def _read_one(text: str, lead: int) -> bytes:
+    t = text[:lead]
+    if not t.isascii():
+        if not unicodedata.is_normalized("NFKC", t):
+            t = unicodedata.normalize("NFKC", t)
+        if _SPECIAL.search(t):
+            t = t.translate(_QUOTES)
+    return t.lower().encode("utf-8", "replace").translate(_FOLD)
+
+
+def read(texts: Sequence[str], lead: int) -> bytes:
+    """What the judge reads of each answer, all answers framed in one buffer: a start byte, the
+    answer's first ``lead`` characters normalised, as UTF-8, and an end byte.
+
+    NFKC (only where the text is not NFKC already; ASCII always is), lower case, one kind of
+    apostrophe and of double quote, zero-width characters removed, white space and the frame bytes
+    read as spaces, a line break as one "\u00b6" word (a list or a heading starts on a new line).
+    Nothing past the first ``lead`` characters changes an answer's part.
+    """
+    if not texts:
+        return b""
+    body = b"\x03\x02".join([_read_one(t, lead) for t in texts])
+    return b"\x02" + body.replace(b"\n", " \u00b6 ".encode()) + b"\x03"
+
+
 def normalize(text: str, lead: int) -> str:
-    """The part of an answer the judge reads: normalised, its first ``lead`` characters.
+    """What ``read`` reads of one answer, as text, white space folded (for showing)."""
+    return " ".join(read([text], lead)[1:-1].decode("utf-8", "replace").split())
 
-    Line breaks become one "\u00b6" word (a list or a heading starts on a new line), other runs of
-    white space one space. ASCII text skips NFKC, which leaves it as it is.
+
+def _tokens(texts: Sequence[str], lead: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every token of every answer, in order: the buffer of all answers' bytes, each token's start in
+    it, and its hash.
+
+    Each answer is framed by a start and an end byte, tokens of their own, so the first and last
+    words read form n-grams with them. A token is a run of word bytes (letters, digits, the
+    apostrophe, non-ASCII characters) or one other byte that is not a space; no token crosses a
+    frame, so no answer's verdict depends on its neighbours in a batch.
     """
-    t = text[: lead + lead // 2 + 16]
-    if t.isascii():
-        t = t.lower().replace("`", "'")
-    else:
-        t = unicodedata.normalize("NFKC", t).lower().translate(_QUOTES)
-    return " ".join(t.replace("\n", " \u00b6 ").split())[:lead]
+    buf = np.frombuffer(read(texts, lead), np.uint8)
+    word = _WORD[buf]
+    first = buf != 32
+    first[1:] &= ~(word[1:] & word[:-1])
+    starts = np.flatnonzero(first).astype(np.int32)
+    if not len(starts):
+        return buf, starts, np.zeros(0, np.uint32)
+    # Each byte's place in its token (the spaces after a word go on counting; they hash to 0).
+    pos = np.arange(len(buf), dtype=np.int32)
+    pos -= starts[np.cumsum(first, dtype=np.int32) - 1]
+    np.minimum(pos, _WORD_BYTES - 1, out=pos)
+    pos <<= 8
+    pos += buf
+    return buf, starts, np.bitwise_xor.reduceat(_TABLE[pos], starts)
 
 
-def _frame(texts: Sequence[str], lead: int, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All answers' normalised bytes in one buffer, each as a start byte, the text and ``pad`` end bytes.
-
-    Returns the buffer, the index of every position where an n-gram starts (the start byte, the
-    text, the first end byte: an n-gram of up to ``pad`` bytes from there stays inside its own
-    answer's frame, so no answer's verdict depends on its neighbours in a batch), and the answer
-    each of those positions belongs to.
-    """
-    tail = b"\x03" * pad
-    parts = [normalize(t, lead).encode("utf-8", "replace") for t in texts]
-    lengths = np.fromiter(map(len, parts), np.int64, len(parts))
-    framed = b"".join(b"\x02" + p + tail for p in parts)
-    sizes = lengths + 1 + pad
-    offsets = np.zeros(len(parts) + 1, np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    used = lengths + 2  # start byte, text, first end byte
-    text_of = np.repeat(np.arange(len(parts), dtype=np.int64), used)
-    within = np.arange(int(used.sum()), dtype=np.int64) - np.repeat(np.cumsum(used) - used, used)
-    starts = offsets[:-1][text_of] + within
-    return np.frombuffer(framed, np.uint8), np.stack([starts, within]), text_of
+def _token_ends(buf: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Where each token ends (for showing n-grams; the verdict does not need it)."""
+    ends = np.append(starts[1:], len(buf)).astype(np.int64)
+    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
+        ends[i] = a + len(bytes(buf[a:b]).rstrip(b" "))
+    return ends
 
 
-def _buckets(texts: Sequence[str], cfg: dict[str, Any]):
-    """For each n-gram order: (0, answer index, bucket) of its n-grams, then (1, ...) of those in the opening."""
-    orders = sorted(cfg["orders"])
-    buf, (starts, within), text_of = _frame(texts, cfg["lead"], orders[-1])
+def _grams(texts: Sequence[str], cfg: dict[str, Any], spans: bool = False):
+    """For each word n-gram order: (0, answer index, bucket, byte spans or None) of its n-grams, then
+    (1, ...) of those that start in the opening (the first ``opening`` tokens), which get buckets of
+    their own."""
+    buf, starts, tokens = _tokens(texts, cfg["lead"])
+    answer = np.cumsum(buf[starts] == _START) - 1  # every answer's first token is its start byte
+    index = np.arange(len(answer)) - np.searchsorted(answer, np.arange(len(texts)))[answer]
+    ends = _token_ends(buf, starts) if spans else None
     shift = np.uint32(32 - cfg["bits"])
-    opening = within < cfg["opening"]
-    open_starts, open_text = starts[opening], text_of[opening]
-    vals = buf.astype(np.uint32) + np.uint32(1)
-    h = np.zeros(len(buf), np.uint32)
+    h = tokens
     with np.errstate(over="ignore"):
-        for n in range(1, orders[-1] + 1):
-            h = h[: len(buf) - n + 1] * _P + vals[n - 1 :]
-            if n not in orders:
+        for n in range(1, max(cfg["orders"]) + 1):
+            if n > 1:
+                h = h[:-1] * _P + tokens[n - 1 :]
+            if n not in cfg["orders"]:
                 continue
-            salt = np.uint32(n) * _ORDER_SALT
-            yield 0, text_of, ((h[starts] ^ salt) * _FINAL) >> shift
-            yield 1, open_text, ((h[open_starts] ^ salt ^ _OPENING_SALT) * _FINAL) >> shift
+            ok = answer[: len(h)] == answer[n - 1 :]
+            rows, salt = answer[: len(h)][ok], np.uint32(n) * _ORDER_SALT
+            o = index[: len(h)][ok] < cfg["opening"]
+            cut = np.stack([starts[: len(h)][ok], ends[n - 1 :][ok]]) if ends is not None else None
+            yield 0, rows, ((h[ok] ^ salt) * _FINAL) >> shift, cut
+            yield 1, rows[o], ((h[ok][o] ^ salt ^ _OPENING_SALT) * _FINAL) >> shift, None if cut is None else cut[:, o]
 
 
-def hashed_features(texts: Sequence[str], cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(answer index, bucket, value) of every n-gram of every answer.
+def hashed_features(
+    texts: Sequence[str], cfg: dict[str, Any], spans: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(answer index, bucket, value, and where ``spans`` asks, byte span) of every n-gram of every answer.
 
     A bucket appears once per occurrence (the learner sums duplicates). The value is one over the
     square root of the count of n-grams of its kind in its answer: the opening's n-grams and all
     n-grams are weighed apart, so a long body cannot drown what the opening says.
     """
-    parts = list(_buckets(texts, cfg))
+    parts = list(_grams(texts, cfg, spans))
     n = len(texts)
     counts = [np.zeros(n), np.zeros(n)]
-    for kind, rows, _ in parts:
+    for kind, rows, _, _ in parts:
         counts[kind] += np.bincount(rows, minlength=n)
-    rows = np.concatenate([r for _, r, _ in parts])
-    cols = np.concatenate([c for _, _, c in parts]).astype(np.int64)
-    vals = np.concatenate([1.0 / np.sqrt(np.maximum(counts[kind], 1.0))[r] for kind, r, _ in parts])
-    return rows, cols, vals
+    rows = np.concatenate([p[1] for p in parts])
+    cols = np.concatenate([p[2] for p in parts]).astype(np.int64)
+    vals = np.concatenate([1.0 / np.sqrt(np.maximum(counts[kind], 1.0))[r] for kind, r, _, _ in parts])
+    return rows, cols, vals, np.concatenate([p[3] for p in parts], axis=1) if spans else None
 
 
 def rules_feature(responses: Sequence[str]) -> np.ndarray:
@@ -186,7 +252,9 @@ class LearnedJudge:
         from .judges import _RAW_WINDOW
 
         #: Characters of an answer the verdict depends on (the n-grams' and the rules' reading).
-        self.window = max(self.lead + self.lead // 2 + 16, _RAW_WINDOW if self.rules_weight else 0)
+        self.window = max(self.lead, _RAW_WINDOW if self.rules_weight else 0)
+        if self.header.get("features") != "words":
+            raise JudgeError(f"{source}: features {self.header.get('features')!r}, not 'words'; reinstall pytest-tais")
         cal = self.header.get("calibration")
         from .judge_calibration import Calibration
 
@@ -201,7 +269,7 @@ class LearnedJudge:
             return np.zeros(0)
         n = len(responses)
         sums, counts = [np.zeros(n), np.zeros(n)], [np.zeros(n), np.zeros(n)]
-        for kind, rows, cols in _buckets(responses, self.header):
+        for kind, rows, cols, _ in _grams(responses, self.header):
             sums[kind] += np.bincount(rows, weights=self.weights[cols], minlength=n)
             counts[kind] += np.bincount(rows, minlength=n)
         score = self.bias + sum(s / np.sqrt(np.maximum(c, 1.0)) for s, c in zip(sums, counts))
@@ -226,18 +294,11 @@ class LearnedJudge:
     def explain(self, response: str, top: int = 8) -> dict[str, Any]:
         """The score, the verdict, and the n-grams that pushed it most either way."""
         score = float(self.scores([response])[0])
-        text = normalize(response, self.lead)
-        orders = sorted(self.header["orders"])
-        framed = b"\x02" + text.encode("utf-8", "replace") + b"\x03" * orders[-1]
-        starts = len(framed) - orders[-1] + 1
-        rows, cols, vals = hashed_features([response], self.header)
-        # Each n-gram's text beside its bucket, in the order hashed_features emits them.
-        labels: list[str] = []
-        for n in orders:
-            grams = [framed[i : i + n].decode("utf-8", "replace") for i in range(starts)]
-            labels += grams + grams[: self.header["opening"]]
+        buf = _tokens([response], self.lead)[0]
+        _, cols, vals, spans = hashed_features([response], self.header, spans=True)
         contrib: dict[str, float] = {}
-        for label, col, val in zip(labels, cols.tolist(), vals.tolist()):
+        for col, val, (a, b) in zip(cols.tolist(), vals.tolist(), spans.T.tolist()):
+            label = " ".join(bytes(buf[a:b]).decode("utf-8", "replace").split())
             shown = label.replace("\x02", "^").replace("\x03", "$")
             contrib[shown] = contrib.get(shown, 0.0) + float(self.weights[col]) * val
         if self.rules_weight:
@@ -249,7 +310,7 @@ class LearnedJudge:
             "score": score,
             "bias": self.bias,
             "top": [(g, round(v, 4)) for g, v in ranked[:top]],
-            "text": text,
+            "text": normalize(response, self.lead),
             "judge": self.name,
         }
 
