@@ -116,13 +116,21 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     tasks = select_tasks(load_battery(a.battery, REPO), None, a.limit)
     texts = list(dict.fromkeys(p.text for t in tasks for p in t.prompts))
-    common = dict(dtype=a.dtype, max_tokens=a.max_tokens, kv_cache_memory=1 << 30, no_cache=True)
+    # Every engine's settings name the speculative method (settings check it even for a target-only arm).
+    common = dict(
+        draft=a.draft,
+        spec_method=a.spec_method,
+        dtype=a.dtype,
+        max_tokens=a.max_tokens,
+        kv_cache_memory=1 << 30,
+        no_cache=True,
+    )
     memo = HashMemo(None)
     from pytest_tais.engines.vllm import VllmBackend
 
     others = {}
     if not a.no_spec:
-        s = EngineSettings(a.target, draft=a.draft, spec_method=a.spec_method, **common)
+        s = EngineSettings(a.target, **common)
         draft = a.draft if a.spec_method != "ngram" else None
         spec = ArmSpec("speculative", a.target, draft, a.spec_method)
         others["vLLM target vs speculative"] = _answers(VllmBackend(s, spec, memo), texts)

@@ -12,6 +12,9 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..errors import printable
 from .table import label
 
+#: Violations per task on the Markdown page (a pull-request comment); report.json and report.html list all.
+MD_VIOLATIONS = 20
+
 
 def _audit(row: Mapping[str, Any]) -> Mapping[str, Any]:
     return (row.get("audit") or {}) if row.get("status") in ("pass", "fail") else {}
@@ -84,9 +87,24 @@ def summary_lines(rows: Sequence[Mapping[str, Any]]) -> Iterator[tuple[str, str 
         f"{sum(a['audited'] for _, a in ran)} audited answer(s) of {len(ran)} task(s); tolerance {'; '.join(sources)}",
         "red" if any(a["gates"] for _, a in ran) else None,
     )
-    cost = next((a["cost"] for _, a in ran if a.get("cost")), None)
+    cost = total_cost([a.get("cost") for _, a in ran])
     if cost is not None:
         yield f"tais: token audit cost: {cost_sentence(cost)}", None
+
+
+def total_cost(costs: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """The scoring of every screen of the run (each screen's timers once, however many tasks share them)."""
+    unique = {tuple(sorted((k, str(v)) for k, v in c.items())): c for c in costs if c}
+    if not unique:
+        return None
+    out: dict[str, Any] = {"audited": 0, "scored_now": 0, "seconds": 0.0, "cpu_seconds": 0.0}
+    for c in unique.values():
+        for k in out:
+            out[k] += c.get(k, 0)
+        out.setdefault("scorer", c.get("scorer"))
+    if out["scored_now"]:
+        out["cpu_seconds_per_answer"] = out["cpu_seconds"] / out["scored_now"]
+    return out
 
 
 def cost_sentence(cost: Mapping[str, Any]) -> str:
@@ -111,7 +129,9 @@ def markdown_lines(rows: Sequence[Mapping[str, Any]], md_escape: Any) -> list[st
         a = _audit(r)
         verdict = "fails the task (lossless claim)" if a["gates"] else f"{a['verifier']}, reported"
         lines.append(f"- **{md_escape(label(r))}**: {len(a['violations'])} violation(s), {verdict}")
-        lines += [f"  - `{md_escape(violation_text(v))}`" for v in a["violations"]]
+        lines += [f"  - `{md_escape(violation_text(v))}`" for v in a["violations"][:MD_VIOLATIONS]]
+        if len(a["violations"]) > MD_VIOLATIONS:
+            lines.append(f"  - ... {len(a['violations']) - MD_VIOLATIONS} more in report.json and report.html")
     return lines
 
 
