@@ -324,38 +324,31 @@ def decide(
     ``tost_method``: the K = 1 test. ``spread`` (K >= 2): the rerun spread the moved share is measured
     against (None: no null reruns). ``leak_*``: ``stats.leak.leak_test`` (``leak_null``, the reruns'
     flips, at K = 1). ``judge_calibration`` shrinks the margin to the judged scale (``judge_correction``).
-    ``audit``: the run's token-audit context (``ArmOutputs.audit``; None: this contrast has no audit),
-    ``audit_tolerance``: (nats, source) measured by null reruns, else the dtype's default.
+    ``audit``, ``audit_tolerance``: the token audit's context (``ArmOutputs.audit``; None: none here), (nats, source).
     """
     k = check_pairs(task, pairs)
     _check_options(k, h_cutoff, spread, margin, alpha)
     judge, margin = _judged_margin(metric, margin, judge_calibration, judge_name)
-    x = [sum(p.target_flags) for p in pairs]
-    y = [sum(p.speculative_flags) for p in pairs]
+    x, y, n = [sum(p.target_flags) for p in pairs], [sum(p.speculative_flags) for p in pairs], len(pairs)
     tost, h_null, need = _statistics(task, x, y, k, margin, alpha, tost_method, h_null_level, power)
-    n = len(pairs)
     h = stats.cohens_h(sum(x) / (n * k), sum(y) / (n * k))
     h_check = _h_check(h, h_null, h_cutoff)
     lk = _leak_test(pairs, x, y, k, alpha, leak_test, leak_others, leak_null)
     reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k, judge)
-    reasons += [lk.reason(metric)] if lk.gates else []
     au = _audit(pairs, k, audit, audit_tolerance)
-    reasons += [au.reason()] if au is not None and au.gates else []
+    gates = [g for g in (lk, au) if g is not None and g.gates]  # the leak test, the token audit
+    reasons += [g.reason(metric) for g in gates]
     return Verdict(
         task=task,
         metric=metric,
         n=n,
         k=k,
         tost=tost,
-        cohens_h=h,
-        h_cutoff=h_cutoff,
-        h_null_quantile=h_null,
-        h_null_level=h_null_level,
-        h_check=h_check,
+        **dict(cohens_h=h, h_cutoff=h_cutoff, h_null_quantile=h_null, h_null_level=h_null_level, h_check=h_check),
         identity=_identity(pairs),
         required_n=need,
         underpowered=n < need,
-        status="pass" if tost.equivalent and h_check != "fail" and not lk.gates and not (au and au.gates) else "fail",
+        status="pass" if tost.equivalent and h_check != "fail" and not gates else "fail",
         reasons=tuple(reasons),
         scope_notes=tuple(_scope_notes(pairs, k, scope_notes)),
         leak=lk,

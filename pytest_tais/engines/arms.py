@@ -217,16 +217,20 @@ def _fill(
                 store.update_engine_start(entry_id, run if backend.started else None)
         have = shard.read()
     elif then is not None:  # everything stored: the engine starts only if the audit must score
-        try:
-            then(backend, shard.key, have)
-        finally:
-            backend.close()
+        _then_close(then, backend, shard.key, have)
     lacking = [u for u in units if sample_key(*u) not in have]
     if lacking:
         raise EngineError(
             f"{ARM_LABELS[arm]} arm: {len(lacking)} answer(s) have no stored output after generation, e.g. {lacking[0].text[:80]!r}"
         )
     return have, run
+
+
+def _then_close(then: Any, backend: Backend, key: str, have: Mapping[str, StoredOutput]) -> None:
+    try:
+        then(backend, key, have)
+    finally:
+        backend.close()
 
 
 def fill_arm(
@@ -378,10 +382,8 @@ def run_arms(
     ``task_metrics`` (task -> "refusal" | "accuracy") tells the canary which tasks are refusal
     tasks; without it a task whose prompts carry ``expected`` answers counts as capability.
     ``arms`` limits the run to some arms: the speculative arm alone (probe mode) or the
-    target-only arm alone (null-calibration reruns). Greedy runs audit their tokens
-    (:mod:`.audit`): the target-only arm runs last and scores, before its engine closes, the
-    served answers that differ from its own (a null rerun: those that differ from ``reference``,
-    the session's target-only answers by (task, prompt id)).
+    target-only arm alone (null-calibration reruns). The token audit (:mod:`.audit`) scores on the
+    target-only arm's engine, which runs last (a null rerun: against ``reference``, (task, id) -> answer).
     """
     arms = tuple(arms)
     prompts = _checked(prompts, arms)
@@ -398,7 +400,7 @@ def run_arms(
     fps: dict[str, dict[str, Any]] = {}
     stored: dict[str, dict[str, StoredOutput]] = {}
     runs: dict[str, dict[str, Any] | None] = {}
-    starts_before = dict(ENGINE_STARTS)
+    before = dict(ENGINE_STARTS)
     try:
         store = GenerationStore(store_dir(settings, shared_dir))
         with store.writer() as writable:
@@ -413,26 +415,9 @@ def run_arms(
     except StoreError as exc:
         raise EngineError(str(exc)) from exc
 
-    out = _outputs(
-        settings,
-        prompts,
-        arms,
-        chosen,
-        stored,
-        fps,
-        runs,
-        store,
-        log,
-        starts_before,
-        specs,
-        arm_texts,
-        task_metrics,
-        audit,
+    return _outputs(
+        settings, prompts, arms, chosen, stored, fps, runs, store, log, before, specs, arm_texts, task_metrics, audit
     )
-    out.audit = {"unscored_why": unscored_why(settings), "verifier": verifier_claim(settings), "dtype": settings.dtype}
-    if audit is not None:
-        out.audit["cost"] = audit.cost
-    return out
 
 
 def _audit_run(
@@ -516,6 +501,9 @@ def _outputs(
         write_generations(settings.record, gens)
     out.fingerprints, out.metrics, out.store_dir = dict(fps), metrics, store.root
     out.out_of_scope = _scope(settings)
+    out.audit = {"unscored_why": unscored_why(settings), "verifier": verifier_claim(settings), "dtype": settings.dtype}
+    if audit is not None:
+        out.audit["cost"] = audit.cost
     out.header_lines = header_lines(settings, fps, store.root, metrics, len(chosen))
     return out
 

@@ -115,7 +115,8 @@ class Audit:
             f"({self.positions} tokens), verifier {self.verifier or 'not recorded'}{tail}"
         )
 
-    def reason(self) -> str:
+    def reason(self, metric: str = "") -> str:
+        """The failure reason (``metric``: as the leak test's ``reason`` takes it; the audit reads tokens, not scores)."""
         first = self.violations[0]
         return (
             f"token audit: {len(self.violations)} violation(s) of lossless verification in {self.answers_violating} "
