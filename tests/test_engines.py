@@ -621,6 +621,23 @@ def test_hf_token_audit_reports_a_lossy_verifiers_violations_and_a_warm_run_reus
 
 
 @pytest.mark.hf
+def test_hf_null_rerun_scores_its_answers_that_differ_from_the_reference(tiny_models, tmp_path: Path) -> None:
+    from pytest_tais.records.generation import Generation
+
+    prompts = battery()[:6]
+    # The session's target-only answers, as a null rerun receives them: two differ from what the rerun answers.
+    reference = {(p.task, p.prompt_id): Generation(p.task, p.prompt_id, p.text, TARGET, "x") for p in prompts[:2]}
+    settings = _hf_settings(tiny_models, tmp_path / "c", seed=1)
+    result = run_arms(settings, prompts, shared_dir=tmp_path, progress=False, arms=(TARGET,), reference=reference)
+    scored = {k: g.target_scores for k, g in result.outputs[TARGET].items() if g.target_scores is not None}
+    assert set(scored) == set(reference)  # answers with no reference, or equal to it, are not scored
+    for k, s in scored.items():
+        assert s["verifier"] == "target-only rerun" and s["positions"] == len(result.outputs[TARGET][k].token_ids)
+        assert all(m["gap"] < 1e-3 for m in s["mismatches"])  # the target's own greedy tokens: its argmax
+    assert result.audit["cost"]["scored_now"] == 2
+
+
+@pytest.mark.hf
 def test_hf_interrupted_run_resumes_with_the_missing_prompts_only(tiny_models, tmp_path: Path) -> None:
     prompts = battery()[:6]
     settings = _hf_settings(tiny_models, tmp_path / "c")
