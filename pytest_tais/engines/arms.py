@@ -406,7 +406,7 @@ def run_arms(
         with store.writer() as writable:
             memo = HashMemo(store.hash_memo_path)
             audit = _audit_run(settings, prompts, arms, stored, set(chosen), store, writable, reference)
-            for arm in sorted(arm_texts, key=lambda a: a == TARGET):  # the target-only arm last: it scores
+            for arm in sorted(arm_texts, key=lambda a: audit is not None and a == TARGET):  # it scores: last
                 then = audit if arm == TARGET else None
                 fps[arm], stored[arm], runs[arm] = fill_arm(
                     store, memo, settings, specs[arm], arm_texts[arm], progress, writable, then
