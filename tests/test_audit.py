@@ -233,3 +233,23 @@ def test_the_null_reruns_tolerance_reaches_the_verdict(tmp_path):
     assert (
         v.passed and v.audit.near_ties == 1 and v.audit.tolerance == 0.4
     )  # 0.3 > float32's 0.01, a violation without reruns
+
+
+def test_the_cost_line_counts_each_screens_scoring_once():
+    from pytest_tais.report.audit import cost_sentence, total_cost
+
+    a = {"audited": 36, "scored_now": 36, "seconds": 2.0, "cpu_seconds": 3.6, "scorer": "vllm"}
+    b = {
+        "audited": 228,
+        "scored_now": 228,
+        "seconds": 4.0,
+        "cpu_seconds": 4.56,
+        "scorer": "hf",
+        "engine_started_for_audit": True,
+    }
+    total = total_cost([a, dict(a), b, None])  # two tasks share screen a's timers
+    assert (total["audited"], total["scored_now"]) == (264, 264) and total["cpu_seconds_per_answer"] == pytest.approx(
+        8.16 / 264
+    )
+    assert "0.031 s CPU per audited answer" in cost_sentence(total) and "not counted" in cost_sentence(total)
+    assert "reused from the store" in cost_sentence(total_cost([{"audited": 5, "scored_now": 0}]))

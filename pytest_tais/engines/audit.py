@@ -87,6 +87,9 @@ class AuditRun:
             raise self.store.read_only_error(f"{len(todo)} answer(s) for the token audit are not scored")
         new: dict[str, dict[str, Any]] = {}
         if todo:
+            if not backend.started:  # all answers were stored: the engine starts for the audit alone
+                self.cost["engine_started_for_audit"] = True
+                backend._start()  # outside the timers: a start is the engine's cost, not the scoring's
             t0, c0 = time.perf_counter(), time.process_time()
             try:
                 got = backend.score([wanted[k] for k in todo])

@@ -99,9 +99,11 @@ def total_cost(costs: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | No
         return None
     out: dict[str, Any] = {"audited": 0, "scored_now": 0, "seconds": 0.0, "cpu_seconds": 0.0}
     for c in unique.values():
-        for k in out:
+        for k in ("audited", "scored_now", "seconds", "cpu_seconds"):
             out[k] += c.get(k, 0)
         out.setdefault("scorer", c.get("scorer"))
+        if c.get("engine_started_for_audit"):
+            out["engine_started_for_audit"] = True
     if out["scored_now"]:
         out["cpu_seconds_per_answer"] = out["cpu_seconds"] / out["scored_now"]
     return out
@@ -113,6 +115,7 @@ def cost_sentence(cost: Mapping[str, Any]) -> str:
     return (
         f"{cost['scored_now']} answer(s) scored on the target engine ({cost.get('scorer')}) in {cost['seconds']:.2f} s, "
         f"{cost['cpu_seconds']:.2f} s CPU: {cost['cpu_seconds_per_answer']:.3f} s CPU per audited answer"
+        + ("; engine start(s) for the audit alone not counted" if cost.get("engine_started_for_audit") else "")
     )
 
 
