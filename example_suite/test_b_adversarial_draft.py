@@ -6,7 +6,8 @@ gate passes, and the outputs are byte-identical to those made with the canonical
 
 
 def test_adversarial_draft_is_equivalent(tais_task, adversarial, tais_equivalent):
-    tais_equivalent(tais_task.on(adversarial))
+    v = tais_equivalent(tais_task.on(adversarial))
+    assert v.audit.status == "run" and not v.audit.violations, v.audit.summary()
 
 
 def test_drafts_give_identical_bytes(tais_task, tais_screen, adversarial):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import stats
 from .errors import TaskError
@@ -74,6 +74,8 @@ class Verdict:
     ledger: dict = dataclasses.field(default_factory=dict)  # stats.leak.ledger: every flip with both answers
     #: How the judge's errors entered the test (``judge_correction``); None for capability tasks.
     judge: dict[str, Any] | None = None
+    #: The token-level losslessness audit (``stats.audit.Audit``); None where the contrast has none.
+    audit: Any = None
 
     @property
     def passed(self) -> bool:
@@ -130,6 +132,8 @@ class Verdict:
         )
         out.update(self._evidence())
         out.update({**(self.leak.to_dict() if self.leak is not None else {}), "ledger": self.ledger})
+        if self.audit is not None:
+            out.update(self.audit.to_dict())
         return out
 
     def _rates(self) -> dict[str, Any]:
@@ -312,47 +316,66 @@ def decide(
     leak_null: tuple[int, int] | None = None,
     judge_calibration: Any = None,
     judge_name: str | None = None,
+    audit: Mapping[str, Any] | None = None,
+    audit_tolerance: tuple[float, str] | None = None,
 ) -> Verdict:
     """The verdict of one task from its pairs (K answers per prompt per arm, K >= 1).
 
     ``tost_method``: the K = 1 test. ``spread`` (K >= 2): the rerun spread the moved share is measured
     against (None: no null reruns). ``leak_*``: ``stats.leak.leak_test`` (``leak_null``, the reruns'
     flips, at K = 1). ``judge_calibration`` shrinks the margin to the judged scale (``judge_correction``).
+    ``audit``, ``audit_tolerance``: the token audit's context (``ArmOutputs.audit``; None: none here), (nats, source).
     """
     k = check_pairs(task, pairs)
     _check_options(k, h_cutoff, spread, margin, alpha)
     judge, margin = _judged_margin(metric, margin, judge_calibration, judge_name)
-    x = [sum(p.target_flags) for p in pairs]
-    y = [sum(p.speculative_flags) for p in pairs]
+    x, y, n = [sum(p.target_flags) for p in pairs], [sum(p.speculative_flags) for p in pairs], len(pairs)
     tost, h_null, need = _statistics(task, x, y, k, margin, alpha, tost_method, h_null_level, power)
-    n = len(pairs)
     h = stats.cohens_h(sum(x) / (n * k), sum(y) / (n * k))
     h_check = _h_check(h, h_null, h_cutoff)
     lk = _leak_test(pairs, x, y, k, alpha, leak_test, leak_others, leak_null, margin)
     reasons = _reasons(tost, h, h_check, h_null, h_cutoff, h_null_level, k, judge)
-    reasons += [lk.reason(metric)] if lk.gates else []
+    au = _audit(pairs, k, audit, audit_tolerance)
+    gates = [g for g in (lk, au) if g is not None and g.gates]  # the leak test, the token audit
+    reasons += [g.reason(metric) for g in gates]
     return Verdict(
         task=task,
         metric=metric,
         n=n,
         k=k,
         tost=tost,
-        cohens_h=h,
-        h_cutoff=h_cutoff,
-        h_null_quantile=h_null,
-        h_null_level=h_null_level,
-        h_check=h_check,
+        **dict(cohens_h=h, h_cutoff=h_cutoff, h_null_quantile=h_null, h_null_level=h_null_level, h_check=h_check),
         identity=_identity(pairs),
         required_n=need,
         underpowered=n < need,
-        status="pass" if tost.equivalent and h_check != "fail" and not lk.gates else "fail",
+        status="pass" if tost.equivalent and h_check != "fail" and not gates else "fail",
         reasons=tuple(reasons),
         scope_notes=tuple(_scope_notes(pairs, k, scope_notes)),
         leak=lk,
         ledger=_leak.ledger(pairs),
         judge=judge,
+        audit=au,
         **_counts(pairs, x, y, k),
         **_evidence(x, y, k, alpha, spread),
+    )
+
+
+def _audit(
+    pairs: Sequence[PairRecord], k: int, context: Mapping[str, Any] | None, tolerance: tuple[float, str] | None
+) -> Any:
+    """The token audit of a target-vs-speculative contrast (``stats.audit``); None for other contrasts."""
+    if context is None:
+        return None
+    from .stats.audit import audit_pairs
+
+    return audit_pairs(
+        pairs,
+        k,
+        tolerance,
+        unscored_why=context.get("unscored_why"),
+        cost=context.get("cost"),
+        verifier=context.get("verifier"),
+        dtype=context.get("dtype"),
     )
 
 
@@ -503,6 +526,7 @@ def explain(v: Verdict, examples: int = 5) -> str:
         )
         lines.append(f"  underpowered: {at} for 80% power")
     lines += _leak_lines(v, examples)
+    lines += _audit_lines(v, examples)
     lines += [f"  OUT OF SCOPE: {note}" for note in v.scope_notes]
     lines += [f"  - {r}" for r in v.reasons]
     return "\n".join(lines)
@@ -537,6 +561,22 @@ def _leak_lines(v: Verdict, examples: int) -> list[str]:
     for flip in v.ledger.get("down", [])[:examples]:
         lines.append(
             f"    down {flip['prompt_id']}: target {_clip(flip['target'])} | speculative {_clip(flip['speculative'])}"
+        )
+    return lines
+
+
+def _audit_lines(v: Verdict, examples: int) -> list[str]:
+    """The token audit: what it scored, its tolerance and where that came from, the first violations."""
+    au = v.audit
+    if au is None:
+        return []
+    lines = [f"  {au.summary()}"]
+    if au.status == "run" and not au.lossless_claim and au.violation_rate is not None:
+        lines.append(f"  lossy verifier: violation rate {_pct(au.violation_rate)} of answers (reported, not gated)")
+    for m in au.violations[:examples]:
+        lines.append(
+            f"    violation {m['prompt_id']} token {m['position']}: target {m['target_text']!r}, "
+            f"emitted {m['emitted_text']!r}, gap {m['gap']:.3g}"
         )
     return lines
 

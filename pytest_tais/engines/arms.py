@@ -28,6 +28,7 @@ from ..setup.engine import (
     VALIDATED_METHODS,
     EngineSettings,
 )
+from .audit import AuditRun, unscored_why, verifier_claim
 from .header import header_lines, scope_line  # noqa: F401  (scope_line: the reports read it)
 
 
@@ -173,11 +174,13 @@ def _fill(
     settings: EngineSettings,
     progress: bool,
     writable: bool = True,
+    then: Any = None,
 ) -> tuple[dict[str, StoredOutput], dict[str, Any] | None]:
     """Generate the answers the shard lacks (caller holds the lock, or ``writable`` is False: a
     read-only store, which can only serve); return the shard and this run.
 
     ``texts``: prompt texts (greedy) or :class:`sampling.Unit` records (sampled screens).
+    ``then(backend, shard key, answers)`` runs before the engine closes (the token audit).
     """
     arm = backend.spec.arm
     units = [sampling.as_unit(t) for t in texts]
@@ -202,6 +205,8 @@ def _fill(
         entry_id = store.log_engine_start({**run, "status": "running"})
         try:
             _generate_missing(backend, shard, units, missing, progress, run)
+            if then is not None:
+                then(backend, shard.key, shard.read())
             run["status"] = "ok"
         finally:
             try:
@@ -211,12 +216,21 @@ def _fill(
                     run["startup_seconds"] = backend.startup_seconds
                 store.update_engine_start(entry_id, run if backend.started else None)
         have = shard.read()
+    elif then is not None:  # everything stored: the engine starts only if the audit must score
+        _then_close(then, backend, shard.key, have)
     lacking = [u for u in units if sample_key(*u) not in have]
     if lacking:
         raise EngineError(
             f"{ARM_LABELS[arm]} arm: {len(lacking)} answer(s) have no stored output after generation, e.g. {lacking[0].text[:80]!r}"
         )
     return have, run
+
+
+def _then_close(then: Any, backend: Backend, key: str, have: Mapping[str, StoredOutput]) -> None:
+    try:
+        then(backend, key, have)
+    finally:
+        backend.close()
 
 
 def fill_arm(
@@ -227,6 +241,7 @@ def fill_arm(
     texts: list[str],
     progress: bool,
     writable: bool = True,
+    then: Any = None,
 ) -> tuple[dict[str, Any], dict[str, StoredOutput], dict[str, Any] | None]:
     """One arm's outputs for ``texts`` through the store (caller holds its lock, or the store is
     read-only: ``writable`` False): (fingerprint with key, shard, run)."""
@@ -239,7 +254,7 @@ def fill_arm(
         memo.save()
     shard = store.shard(fp)
     backend.log = EngineLog.for_start(settings.engine_log, engine_log_dir(store), spec.arm, shard.key)
-    stored, run = _fill(store, shard, backend, texts, settings, progress, writable)
+    stored, run = _fill(store, shard, backend, texts, settings, progress, writable, then)
     return {"key": shard.key, **fp}, stored, run
 
 
@@ -360,13 +375,15 @@ def run_arms(
     progress: bool = True,
     task_metrics: Mapping[str, str] | None = None,
     arms: Sequence[str] = (TARGET, SPECULATIVE),
+    reference: Mapping[tuple[str, str], Any] | None = None,
 ) -> ArmOutputs:
     """Answer every prompt in both arms (generating only what the store lacks).
 
     ``task_metrics`` (task -> "refusal" | "accuracy") tells the canary which tasks are refusal
     tasks; without it a task whose prompts carry ``expected`` answers counts as capability.
     ``arms`` limits the run to some arms: the speculative arm alone (probe mode) or the
-    target-only arm alone (null-calibration reruns).
+    target-only arm alone (null-calibration reruns). The token audit (:mod:`.audit`) scores on the
+    target-only arm's engine, which runs last (a null rerun: against ``reference``, (task, id) -> answer).
     """
     arms = tuple(arms)
     prompts = _checked(prompts, arms)
@@ -383,22 +400,42 @@ def run_arms(
     fps: dict[str, dict[str, Any]] = {}
     stored: dict[str, dict[str, StoredOutput]] = {}
     runs: dict[str, dict[str, Any] | None] = {}
-    starts_before = dict(ENGINE_STARTS)
+    before = dict(ENGINE_STARTS)
     try:
         store = GenerationStore(store_dir(settings, shared_dir))
         with store.writer() as writable:
             memo = HashMemo(store.hash_memo_path)
-            for arm, arm_text in arm_texts.items():
+            audit = _audit_run(settings, prompts, arms, stored, set(chosen), store, writable, reference)
+            for arm in sorted(arm_texts, key=lambda a: audit is not None and a == TARGET):  # it scores: last
+                then = audit if arm == TARGET else None
                 fps[arm], stored[arm], runs[arm] = fill_arm(
-                    store, memo, settings, specs[arm], arm_text, progress, writable
+                    store, memo, settings, specs[arm], arm_texts[arm], progress, writable, then
                 )
             log = store.engine_starts()
     except StoreError as exc:
         raise EngineError(str(exc)) from exc
 
     return _outputs(
-        settings, prompts, arms, chosen, stored, fps, runs, store, log, starts_before, specs, arm_texts, task_metrics
+        settings, prompts, arms, chosen, stored, fps, runs, store, log, before, specs, arm_texts, task_metrics, audit
     )
+
+
+def _audit_run(
+    settings: EngineSettings,
+    prompts: Sequence[Prompt],
+    arms: Sequence[str],
+    stored: Mapping[str, Mapping[str, StoredOutput]],
+    chosen: set,
+    store: GenerationStore,
+    writable: bool,
+    reference: Mapping[tuple[str, str], Any] | None,
+) -> AuditRun | None:
+    """The token audit of a greedy run on a backend that scores: both arms, or a null rerun with its reference."""
+    if unscored_why(settings) is not None or TARGET not in arms:
+        return None
+    if SPECULATIVE not in arms and reference is None:
+        return None
+    return AuditRun(settings, prompts, stored, chosen, store, writable, reference if SPECULATIVE not in arms else None)
 
 
 def _run_metrics(
@@ -444,6 +481,7 @@ def _outputs(
     specs: Mapping[str, ArmSpec],
     arm_texts: Mapping[str, list],
     task_metrics: Mapping[str, str] | None,
+    audit: AuditRun | None = None,
 ) -> ArmOutputs:
     """The run's outputs: per prompt and arm one generation (greedy) or K, each with its sample index and seed.
 
@@ -452,7 +490,7 @@ def _outputs(
     """
     from ..records.generation import index_generations
 
-    gens = _generations(settings, prompts, arms, set(chosen), stored, fps, specs, task_metrics)
+    gens = _generations(settings, prompts, arms, set(chosen), stored, fps, specs, task_metrics, audit)
     out = index_generations(gens)
     for arm in arms:  # an arm left out (null reruns, probe) is absent, not empty
         out.outputs.setdefault(arm, {})
@@ -463,6 +501,9 @@ def _outputs(
         write_generations(settings.record, gens)
     out.fingerprints, out.metrics, out.store_dir = dict(fps), metrics, store.root
     out.out_of_scope = _scope(settings)
+    out.audit = {"unscored_why": unscored_why(settings), "verifier": verifier_claim(settings), "dtype": settings.dtype}
+    if audit is not None:
+        out.audit["cost"] = audit.cost
     out.header_lines = header_lines(settings, fps, store.root, metrics, len(chosen))
     return out
 
@@ -476,6 +517,7 @@ def _generations(
     fps: Mapping[str, dict[str, Any]],
     specs: Mapping[str, ArmSpec],
     task_metrics: Mapping[str, str] | None,
+    audit: AuditRun | None = None,
 ) -> list[Generation]:
     """Per prompt and arm its K answers from the store (the canary's prompts from the draft alone)."""
     gens: list[Generation] = []
@@ -504,7 +546,18 @@ def _generations(
                         meta={**meta, "finish_reason": s.finish_reason},
                         sample=u.sample,
                         seed=u.seed,
+                        target_scores=_target_scores(audit, settings, p.text, s.token_ids, arm, arms),
                         **_scoring(p, task_metrics),
                     )
                 )
     return gens
+
+
+def _target_scores(
+    audit: AuditRun | None, settings: EngineSettings, prompt: str, token_ids: Any, arm: str, arms: Sequence[str]
+) -> dict[str, Any] | None:
+    """The audit's scores of a served speculative answer (a null rerun's: of its target-only answer)."""
+    if audit is None or arm != (SPECULATIVE if SPECULATIVE in arms else TARGET):
+        return None
+    claim = verifier_claim(settings) if SPECULATIVE in arms else "target-only rerun"
+    return audit.scores_of(prompt, token_ids, claim)

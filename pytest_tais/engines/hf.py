@@ -380,6 +380,28 @@ class HFBackend(Backend):
                 )
             )
 
+    def score(self, items: Sequence[tuple[str, Sequence[int]]]) -> list[dict[str, Any]]:
+        """The token audit: each (prompt, answer token ids) through the target in one forward pass."""
+        import torch
+
+        from .scoring import answer_scores, dtype_name
+
+        self._start()
+        out = []
+        with torch.inference_mode(), self.log.capture(fds=False):
+            for text, ids in items:
+                prompt = self._encode(text)
+                seq = torch.tensor([prompt + [int(t) for t in ids]], device=self.model.device)
+                logprobs = torch.log_softmax(self.model(input_ids=seq).logits[0].float(), dim=-1)
+                # Row i predicts token i + 1: the answer's tokens are predicted by the rows before them.
+                rows_lp = logprobs[len(prompt) - 1 : len(prompt) - 1 + len(ids)]
+                top_lp, top = rows_lp.max(dim=-1)
+                emitted = rows_lp.gather(1, torch.tensor([[int(t)] for t in ids], device=rows_lp.device))[:, 0]
+                rows = list(zip(top.tolist(), top_lp.tolist(), emitted.tolist()))
+                decode = lambda i: self.tokenizer.decode([i])  # noqa: E731
+                out.append(answer_scores(ids, rows, decode, dtype_name(self.model.dtype), "hf forward"))
+        return out
+
     def prompts_per_call(self) -> int:
         return min(self.settings.chunk_size, SPECULATIVE_PER_CALL if self.spec.speculative else GREEDY_BATCH)
 

@@ -382,6 +382,52 @@ class VllmBackend(Backend):
                 metrics.update({k: after[k] - before.get(k, 0) for k in after})
         return BatchResult(outputs=outputs, metrics=metrics)
 
+    def score(self, items: Sequence[tuple[str, Sequence[int]]]) -> list[dict[str, Any]]:
+        """The token audit: each (prompt, answer token ids) teacher-forced through this arm's model.
+
+        One request per answer, prompt + answer as the prompt, ``max_tokens=1`` and
+        ``prompt_logprobs=1``: vLLM returns at every prompt position the top token and the actual
+        token with their logprobs (``stats.audit`` classifies the gaps).
+        """
+        from vllm import SamplingParams
+
+        from .scoring import answer_scores, dtype_name
+
+        llm = self._start()
+        tok = llm.get_tokenizer()
+        prompts = [self._prompt_ids(tok, text) for text, _ in items]
+        requests = [{"prompt_token_ids": p + [int(t) for t in ids]} for p, (_, ids) in zip(prompts, items)]
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+        try:
+            with self.log.capture(fds=False):
+                results = llm.generate(requests, params, use_tqdm=False)
+        except Exception as exc:
+            raise EngineError(
+                f"{self.spec.arm} arm: the token audit's scoring failed: {type(exc).__name__}: {exc}{self.log.tail()}"
+            ) from exc
+        dtype = dtype_name(llm.llm_engine.model_config.dtype)
+        out = []
+        for p, (_, ids), r in zip(prompts, items, results):
+            rows = []
+            for j, t in enumerate(ids):
+                d = r.prompt_logprobs[len(p) + j]
+                top = max(d.items(), key=lambda kv: kv[1].logprob)
+                rows.append((top[0], top[1].logprob, d[int(t)].logprob))
+            out.append(answer_scores(ids, rows, lambda i: tok.decode([i]), dtype, "vllm prompt_logprobs"))
+        return out
+
+    def _prompt_ids(self, tok: Any, text: str) -> list[int]:
+        """The prompt's token ids as ``_run`` has vLLM render them (the chat template, or the raw text)."""
+        s = self.settings
+        if self.mode == "chat":
+            system = [{"role": "system", "content": s.system_prompt}] if s.system_prompt else []
+            rendered = tok.apply_chat_template(
+                system + [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+            return list(tok(rendered, add_special_tokens=False)["input_ids"])
+        prefix = f"{s.system_prompt}\n\n" if s.system_prompt else ""
+        return list(tok(prefix + text)["input_ids"])
+
     def _run(self, llm: Any, texts: Sequence[str], params: Any, progress: Progress | None) -> Any:
         s = self.settings
         if self.mode == "chat":

@@ -200,13 +200,21 @@ def judge_pairs(
                     tuple(g.text for g in gb),
                     tuple(flags[index[(pid, g.text)]] for g in ga),
                     tuple(flags[index[(pid, g.text)]] for g in gb),
-                    {k: v for k, v in gb[0].meta.items() if k in ("canary", "sampler")},
+                    _pair_meta(gb[0]),
                     tuple(g.token_ids for g in ga),
                     tuple(g.token_ids for g in gb),
                     tuple(g.seed for g in ga) if ga[0].seed is not None else (),
                 )
             )
     return records
+
+
+def _pair_meta(g: Any) -> dict[str, Any]:
+    """What the verdict reads off the (first) arm-B record: canary, sampler, the token audit's scores."""
+    meta = {k: v for k, v in g.meta.items() if k in ("canary", "sampler")}
+    if g.target_scores is not None:
+        meta["target_scores"] = g.target_scores
+    return meta
 
 
 def score(task: Task, prompt: Prompt, text: str, arm: str, judge: Callable[[str, str], Any]) -> bool:

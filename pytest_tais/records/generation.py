@@ -5,13 +5,27 @@ This is the replay format and the format the engines record: one JSON object per
     {"task": str, "prompt_id": str, "prompt": str, "arm": "target" | "speculative", "text": str,
      "metric": "refusal" | "accuracy", "expected": str (accuracy tasks),
      "token_ids": [int, ...] (optional), "meta": {...} (optional),
-     "sample": int, "seed": int (sampled screens: the sample's index 0..K-1 and its seed)}
+     "sample": int, "seed": int (sampled screens: the sample's index 0..K-1 and its seed),
+     "target_scores": {...} (optional; see below)}
 
 ``metric`` may be left out when the replay run names the battery (``--tais-battery``), which then
 says how each task is scored. A file whose records carry ``sample`` is a sampled screen: every
 prompt needs samples 0..K-1 in both arms, each index once.
 
-so a run captured on a GPU box can be re-gated anywhere with ``--tais-replay``.
+``target_scores`` (greedy speculative records whose text differs from the target-only answer):
+the token-level audit's teacher-forced scoring of this answer's ``token_ids`` through the target
+model (:mod:`pytest_tais.stats.audit`)::
+
+    {"positions": int (tokens scored), "dtype": str (the target's, e.g. "bfloat16"),
+     "scorer": str (e.g. "vllm prompt_logprobs"), "verifier": "lossless" | "lossy: <rule>",
+     "mismatches": [{"position": int (0-based in token_ids), "target_token": int, "emitted_token": int,
+                     "gap": float (target's top logprob - emitted token's logprob, nats),
+                     "target_text": str, "emitted_text": str}, ...]}
+
+Only positions where the emitted token is not the target's top token are listed. A replay audits
+its differing answers from this field; without it the audit is reported "not run".
+
+A run captured on a GPU box can be re-gated anywhere with ``--tais-replay``.
 """
 
 from __future__ import annotations
@@ -88,6 +102,8 @@ class Generation:
     #: Sampled screens: which of the K samples this is, and the seed it was drawn with.
     sample: int | None = None
     seed: int | None = None
+    #: The token audit's scores of this answer through the target model (see the module docstring).
+    target_scores: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -109,6 +125,8 @@ class Generation:
             out["sample"] = self.sample
         if self.seed is not None:
             out["seed"] = self.seed
+        if self.target_scores is not None:
+            out["target_scores"] = dict(self.target_scores)
         return out
 
     @classmethod
@@ -151,6 +169,9 @@ class Generation:
         if seed is not None and sample is None:
             raise RecordError(f"{where}: 'seed' without 'sample'; a sampled record names its sample index 0..K-1 too")
         share = intern or _same
+        scores = obj.get("target_scores")
+        if scores is not None:
+            _check_scores(scores, where)
         return cls(
             task=share(task),
             prompt_id=share(prompt_id),
@@ -163,6 +184,29 @@ class Generation:
             expected=expected,
             sample=sample,
             seed=seed,
+            target_scores=scores,
+        )
+
+
+_MISMATCH_KEYS = {"position": int, "target_token": int, "emitted_token": int, "gap": (int, float)}
+
+
+def _check_scores(scores: Any, where: str) -> None:
+    """The shape the audit reads (the module docstring); anything else names the field and the fix."""
+    fix = "record the run again with --tais-record, or drop the field (the audit is then reported not run)"
+    ok = (
+        isinstance(scores, dict) and type(scores.get("positions")) is int and isinstance(scores.get("mismatches"), list)
+    )
+    for m in scores.get("mismatches", ()) if ok else ():
+        ok = isinstance(m, dict) and all(
+            isinstance(m.get(k), t) and type(m.get(k)) is not bool for k, t in _MISMATCH_KEYS.items()
+        )
+        if not ok:
+            break
+    if not ok:
+        raise RecordError(
+            f'{where}: \'target_scores\' must be {{"positions": int, "mismatches": [{{"position", '
+            f'"target_token", "emitted_token", "gap", ...}}]}}; {fix}'
         )
 
 
@@ -182,6 +226,9 @@ class ArmOutputs:
     samples: dict[str, dict[tuple[str, str], dict[int, Generation]]] = dataclasses.field(default_factory=dict)
     #: Tasks whose records mix greedy lines (no "sample") and sampled ones.
     mixed: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: The token audit's context: "unscored_why" (why differing answers may lack target scores),
+    #: "verifier" (the run's claim) and "cost" (the scoring's timers); empty for a replay.
+    audit: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def sampled(self) -> bool:

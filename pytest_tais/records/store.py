@@ -5,6 +5,7 @@ Layout of a store folder::
     <fingerprint key>.jsonl   one line per answered prompt: {"k", "prompt", "text", "token_ids", "finish_reason",
                               "sha256"}; "sha256" covers the rest of the line, so an edited line is an error
     <fingerprint key>.json    the full fingerprint (what decided those outputs), for people
+    audit-<target key>.jsonl  the token audit's scores through that target (:mod:`.scores`)
     engine-starts.json        a log of engine starts (arm, fingerprint, process, timings, draft counters),
                               written when an engine is about to start ("status": "running") and again when
                               it stops: a killed run stays in the log as "running"

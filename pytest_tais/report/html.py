@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..records.files import atomic_write_text
+from .audit import html_parts as audit_parts
 from .ledger import flips_cell, html_parts
 from .table import label
 from .markdown import (
@@ -313,6 +314,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         parts.append("<h2>Tasks</h2>")
         parts += _task_table(rows)
     parts += html_parts(rows)
+    parts += audit_parts(rows)
     parts += _notes(report, rows)
     summary = {k: report.get(k) for k in ("schema", "version", "created")}
     parts.append(f"<p><small>{_esc(json.dumps(summary))}</small></p>")

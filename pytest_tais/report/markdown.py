@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from ..records.files import atomic_write_text
 from .json_report import REPORT_SCHEMA, REPORT_VERSION
 from .rows import NUMERIC_KEYS
+from .audit import gates as audit_gates, markdown_lines as audit_lines
 from .ledger import flips_cell, markdown_lines as ledger_lines
 from .table import label
 
@@ -88,6 +89,8 @@ def check_probes(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 def classify_failure(row: Mapping[str, Any]) -> str:
     """Why a failed task failed: "moved" (the shift is real) or "not shown equivalent" (too few data)."""
     m = row["margin"]
+    if audit_gates(row):
+        return "token audit: not lossless"
     if row["diff_ci_low"] >= m or row["diff_ci_high"] <= -m or row.get("h_check") == "fail":
         return "moved"
     return "not shown equivalent"
@@ -271,6 +274,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         + _md_probes(probes)
         + _md_notes(report, rows, verdicts)
         + ledger_lines(verdicts, md_escape)
+        + audit_lines(verdicts, md_escape)
     )
     detail = engine_lines(report) + [f"{k} = {v}" for k, v in config_lines(report)]
     if detail:

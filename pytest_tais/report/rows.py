@@ -78,6 +78,9 @@ def junit_properties(row: Mapping[str, Any]) -> list[tuple[str, Any]]:
             props.append(("tais.judge_corrected", row["judge_corrected"]))
             if row["judge_corrected"]:
                 props.append(("tais.judge_factor", row["judge_factor"]))
+        from .audit import junit_properties as audit_properties
+
+        props += audit_properties(row)
     if row.get("control"):
         props.append(("tais.control", row["control"]))
     props.append(("tais.verdict", row.get("status")))

@@ -59,6 +59,9 @@ def _row(t: Mapping[str, Any]) -> tuple[str, ...]:
         verdict += " OUT-OF-SCOPE"
     if t.get("leak"):
         verdict += " LEAK" if t.get("leak_test") == "gate" else " (leak, reported)"
+    from .audit import flag
+
+    verdict += flag(t)
     return (
         label(t),
         str(t["n"]),
@@ -286,6 +289,9 @@ def _summary_lines(
         yield line, None
     for note in engines.get("out_of_scope") or []:
         yield f"OUT OF SCOPE: {printable(note)}", "yellow"
+    from .audit import summary_lines as audit_lines
+
+    yield from audit_lines(rows)
     probes = sum(r.get("status") == "probe" for r in rows)
     if probes:
         yield f"tais: {probes} probe(s): speculative arm only, reported and skipped, never passed", None

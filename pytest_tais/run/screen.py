@@ -18,6 +18,13 @@ from ..pairs.record import PairRecord
 from ..verdict import Verdict, decide
 
 
+#: Why a replay's differing answers may carry no target scores.
+REPLAY_UNSCORED = (
+    "the replayed records carry no 'target_scores' (record the run with --tais-record on an engine run that audits, "
+    "vllm or hf, greedy)"
+)
+
+
 class ScreenSetupError(ValueError):
     """The run's inputs are unusable (battery, replay, judge); reported as a usage error."""
 
@@ -251,6 +258,7 @@ class Screen:
             "leak_test",
             "leak_others",
             "leak_null",
+            "audit_tolerance",
         }
         unknown = set(overrides) - allowed
         if unknown:
@@ -271,6 +279,8 @@ class Screen:
         for src in (a, b):
             if src is not None and src[0] is not self:
                 notes.extend(n for n in src[0].outputs().out_of_scope if n not in notes)
+        if a is None and b is None:  # the target-vs-speculative contrast: its token audit
+            params["audit"] = self.outputs().audit or {"unscored_why": REPLAY_UNSCORED}
         return decide(task_name, pairs, metric=self.by_name[task_name].metric, scope_notes=tuple(notes), **params)
 
     def probe(self, task_name: str) -> dict[str, Any]:

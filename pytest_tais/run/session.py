@@ -119,6 +119,8 @@ class TaskHandle:
                 overrides.setdefault("spread", null["rerun_spread"])
             elif "flips" in null:  # greedy: flips are compared with the stack's own target-vs-target flips
                 overrides.setdefault("leak_null", tuple(null["flips"]))
+            if "audit_tolerance" in null:  # greedy engine runs: the token audit's tolerance from the reruns
+                overrides.setdefault("audit_tolerance", tuple(null["audit_tolerance"]))
         if self._family is not None:
             overrides.setdefault("leak_others", self._family(self.contrast))
         if self.is_control:
@@ -186,7 +188,8 @@ class TaisSession:
             self._load_baseline()
         for i in range(1, self.cfg.null_runs + 1):
             rerun = dataclasses.replace(self.engine_settings, seed=self.engine_settings.seed + i)
-            self.null_screens.append(self.screen.derive(self.generator(rerun, arms=(TARGET,), shuffle=i)))
+            reference = self._target_answers if not self.cfg.probe else None
+            self.null_screens.append(self.screen.derive(self.generator(rerun, (TARGET,), i, reference)))
 
     def _matrix(self) -> list[tuple[Any, Any]]:
         """The engine settings of every matrix cell (one cell when no option lists several values)."""
@@ -232,8 +235,21 @@ class TaisSession:
         self.baseline = baseline
         self.baseline_screen = self.screen.derive(lambda prompts: index_generations(baseline.generations))
 
-    def generator(self, settings: Any, arms: tuple[str, ...] | None = None, shuffle: int | None = None):
-        """``generate(prompts) -> ArmOutputs`` on engines with ``settings`` (started on the first call)."""
+    def _target_answers(self) -> Any:
+        """The session's target-only answers by (task, prompt id): what a null rerun's token audit compares with."""
+        return self.screen.outputs().outputs.get(TARGET, {})
+
+    def generator(
+        self,
+        settings: Any,
+        arms: tuple[str, ...] | None = None,
+        shuffle: int | None = None,
+        reference: Callable[[], Any] | None = None,
+    ):
+        """``generate(prompts) -> ArmOutputs`` on engines with ``settings`` (started on the first call).
+
+        ``reference()``: answers a target-only rerun's token audit compares with (null reruns).
+        """
 
         def generate(prompts):
             from ..engines import run_arms
@@ -250,6 +266,7 @@ class TaisSession:
                     progress=True,
                     task_metrics=metrics,
                     **({"arms": arms} if arms else {}),
+                    **({"reference": reference()} if reference is not None else {}),
                 )
 
         return generate
@@ -370,7 +387,24 @@ class TaisSession:
                 self._null_cache[task].update(rerun_spreads=spreads, rerun_spread=max(spreads))
             else:
                 self._null_cache[task]["flips"] = flips
+                self._null_cache[task].update(self._null_audit())
         return self._null_cache[task]
+
+    def _null_audit(self) -> dict[str, Any]:
+        """The token audit's tolerance from the reruns: the gaps at their answers' divergence positions
+        (every task pooled: numerics noise belongs to the stack, not to a task). Nothing where the
+        reruns were not scored (a replay, a backend that cannot score)."""
+        from ..stats.audit import tolerance_from_null
+
+        gaps: list[float] = []
+        for rerun in self.null_screens:
+            out = rerun.outputs()
+            if not out.audit or out.audit.get("unscored_why"):
+                return {}
+            for g in out.outputs.get(TARGET, {}).values():
+                gaps += [float(m["gap"]) for m in (g.target_scores or {}).get("mismatches", ())]
+        tol, source = tolerance_from_null(gaps, len(self.null_screens))
+        return {"audit_tolerance": [tol, source], "audit_null_gaps": len(gaps)}
 
     def leak_family(self, contrast: C.Contrast) -> list[float]:
         """The raw leak p-values of the other gated (target-vs-speculative) contrasts of the same matrix cell.
