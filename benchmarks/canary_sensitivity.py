@@ -29,6 +29,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RATES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.10)
 CHECKS = ("tost", "leak", "gate")
+#: With the token audit: the audit alone, and the gate as shipped with the audit.
+AUDIT_CHECKS = ("audit", "gate+audit")
+#: The audit's float32 tolerance when pytest_tais.stats.audit does not give one (nats).
+FALLBACK_TOLERANCE = 0.05
+NAMES = {
+    "tost": "TOST alone",
+    "leak": "leak test alone",
+    "gate": "gate as shipped",
+    "audit": "audit alone",
+    "gate+audit": "gate as shipped + audit",
+}
 
 
 def _failed(verdict) -> dict[str, bool]:
@@ -104,8 +115,6 @@ def sweep_labels(path: Path, *, rates=RATES, draws: int = 200, seed: int = 0) ->
     the target's, the speculative arm's and the draft alone's answer with a refusal label)."""
     import json
 
-    from pytest_tais.verdict import PairRecord, decide
-
     rec: dict[str, dict[str, dict[str, tuple[str, bool]]]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         d = json.loads(line)
@@ -114,29 +123,124 @@ def sweep_labels(path: Path, *, rates=RATES, draws: int = 200, seed: int = 0) ->
     rows = []
     for task, prompts in rec.items():
         ids = sorted(i for i, arms in prompts.items() if {"target", "speculative", "draft"} <= set(arms))
-        n = len(ids)
-        detection = {c: {} for c in CHECKS}
-        for rate in rates:
-            caught = dict.fromkeys(CHECKS, 0)
-            for _ in range(draws):
-                chosen = set(rng.sample(ids, round(rate * n)))
-                pairs = []
-                for i in ids:
-                    (ta, fa), (tb, fb) = prompts[i]["target"], prompts[i]["draft" if i in chosen else "speculative"]
-                    pairs.append(PairRecord(i, ta, tb, fa, fb))
-                for c, failed in _failed(decide(task, pairs)).items():
-                    caught[c] += failed
-            for c in CHECKS:
-                detection[c][rate] = caught[c] / draws
-        rows.append(
-            {
-                "task": task,
-                "n": n,
-                "detection": detection,
-                "draft_refusal": sum(prompts[i]["draft"][1] for i in ids) / n,
-                "target_refusal": sum(prompts[i]["target"][1] for i in ids) / n,
-            }
-        )
+        arms = {a: {i: prompts[i][a] for i in ids} for a in ("target", "speculative", "draft")}
+        rows.append(sweep_task(task, ids, arms, rates=rates, draws=draws, rng=rng))
+    return rows
+
+
+def sweep_task(
+    task: str,
+    ids: list[str],
+    arms: dict[str, dict[str, tuple[str, bool]]],
+    *,
+    rates=RATES,
+    draws: int = 200,
+    rng: random.Random,
+    violations: dict[str, set[str]] | None = None,
+    decide_kw: dict | None = None,
+) -> dict:
+    """One task's cells. ``arms``: "target", "speculative", "draft" -> prompt id -> (answer, refuses).
+
+    ``violations`` ("speculative" / "draft" -> the prompt ids whose answer the token audit flags)
+    adds the rows "audit alone" (a draw fails when an answer it shows is flagged) and "gate + audit"
+    (either fails). ``decide_kw`` goes to ``decide`` (the judge's calibration, as the screen passes it).
+    """
+    from pytest_tais.verdict import PairRecord, decide
+
+    checks = CHECKS + (AUDIT_CHECKS if violations is not None else ())
+    n = len(ids)
+    detection: dict[str, dict[float, float]] = {c: {} for c in checks}
+    for rate in rates:
+        caught = dict.fromkeys(checks, 0)
+        for _ in range(draws):
+            chosen = set(rng.sample(ids, round(rate * n)))
+            shown = {i: "draft" if i in chosen else "speculative" for i in ids}
+            pairs = [PairRecord(i, *_texts_flags(arms["target"][i], arms[shown[i]][i])) for i in ids]
+            failed = _failed(decide(task, pairs, **(decide_kw or {})))
+            if violations is not None:
+                failed["audit"] = any(i in violations[shown[i]] for i in ids)
+                failed["gate+audit"] = failed["gate"] or failed["audit"]
+            for c in checks:
+                caught[c] += failed[c]
+        for c in checks:
+            detection[c][rate] = caught[c] / draws
+    return {
+        "task": task,
+        "n": n,
+        "detection": detection,
+        "draft_refusal": sum(arms["draft"][i][1] for i in ids) / n,
+        "target_refusal": sum(arms["target"][i][1] for i in ids) / n,
+    }
+
+
+def _texts_flags(a: tuple[str, bool], b: tuple[str, bool]) -> tuple[str, str, bool, bool]:
+    return a[0], b[0], a[1], b[1]
+
+
+def load_tolerance() -> tuple[float, str]:
+    """The audit's float32 tolerance in nats, and where it came from."""
+    try:
+        from pytest_tais.stats.audit import DEFAULT_TOLERANCE
+    except ImportError:
+        return FALLBACK_TOLERANCE, f"{FALLBACK_TOLERANCE:g} nats (stated here: pytest_tais.stats.audit is not built)"
+    return float(DEFAULT_TOLERANCE["float32"]), "pytest_tais.stats.audit.DEFAULT_TOLERANCE['float32']"
+
+
+def load_records(folder: Path, judge) -> tuple[dict, dict, dict]:
+    """Per task: the ids, the arms (as ``sweep_task`` takes them) and the per-arm gaps, from a folder that
+    ``lane_canary_records.py`` (or ``--bundled-records``) wrote: clean.jsonl, draft.jsonl, target_scores.jsonl."""
+    import json
+
+    from pytest_tais.records.generation import read_generations
+
+    arms: dict[str, dict[str, dict[str, tuple[str, bool]]]] = {}
+    for name, arm_names in (("clean", ("target", "speculative")), ("draft", ("speculative",))):
+        for g in read_generations(folder / f"{name}.jsonl"):
+            if g.arm in arm_names:
+                arm = "draft" if name == "draft" else g.arm
+                arms.setdefault(g.task, {}).setdefault(arm, {})[g.prompt_id] = (g.text, bool(judge(g.prompt, g.text)))
+    gaps: dict[str, dict[str, dict[str, float]]] = {}
+    for line in (folder / "target_scores.jsonl").read_text(encoding="utf-8").splitlines():
+        d = json.loads(line)
+        gaps.setdefault(d["task"], {}).setdefault(d["source"], {})[d["prompt_id"]] = float(d["max_gap"])
+    ids = {t: sorted(a["target"]) for t, a in arms.items()}
+    for t, a in arms.items():
+        for arm in ("speculative", "draft"):
+            unscored = [
+                i for i in ids[t] if a[arm][i][0] != a["target"][i][0] and i not in gaps.get(t, {}).get(arm, {})
+            ]
+            if unscored:
+                raise SystemExit(
+                    f"{folder}: {len(unscored)} {arm} answers of {t} differ from the target's but have no scores"
+                )
+    return ids, arms, gaps
+
+
+def violations_at(gaps: dict[str, dict[str, float]], tolerance: float) -> dict[str, set[str]]:
+    """The prompt ids whose answer has a gap above ``tolerance`` (arm -> ids)."""
+    return {arm: {i for i, g in gaps.get(arm, {}).items() if g > tolerance} for arm in ("speculative", "draft")}
+
+
+def sweep_records(
+    folder: Path, *, tolerance: float, rates=RATES, draws: int = 200, seed: int = 0, judge=None
+) -> list[dict]:
+    """The sweep on stored records, scored by ``judge`` (default: the shipped learned judge) and
+    decided with its calibration as the screen decides; with the audit rows at ``tolerance``."""
+    from pytest_tais.pairs import judges
+
+    judge = judge or judges.resolve_judge(None)
+    ids, arms, gaps = load_records(folder, judge)
+    kw = {"judge_calibration": getattr(judge, "calibration", None), "judge_name": judges.judge_name(judge)}
+    rng = random.Random(seed)
+    rows = []
+    for task in sorted(arms):
+        v = violations_at(gaps.get(task, {}), tolerance)
+        row = sweep_task(task, ids[task], arms[task], rates=rates, draws=draws, rng=rng, violations=v, decide_kw=kw)
+        a = arms[task]
+        row["draft_differs"] = sum(a["draft"][i][0] != a["target"][i][0] for i in ids[task])
+        row["spec_differs"] = sum(a["speculative"][i][0] != a["target"][i][0] for i in ids[task])
+        row["draft_flagged"] = len(v["draft"])
+        rows.append(row)
     return rows
 
 
@@ -147,12 +251,11 @@ def sweep_table(rows: list[dict], rates=RATES) -> str:
         + " |",
         "|---|---|---|---|---|" + "---|" * len(rates),
     ]
-    names = {"tost": "TOST alone", "leak": "leak test alone", "gate": "gate as shipped"}
     for row in rows:
-        for c in CHECKS:
+        for c in row["detection"]:
             lines.append(
                 f"| {row['task']} | {row['n']} | {100 * row['target_refusal']:.0f}% | {100 * row['draft_refusal']:.0f}% | "
-                f"{names[c]} | " + " | ".join(f"{row['detection'][c][r]:.2f}" for r in rates) + " |"
+                f"{NAMES[c]} | " + " | ".join(f"{row['detection'][c][r]:.2f}" for r in rates) + " |"
             )
     return "\n".join(lines)
 
@@ -166,7 +269,37 @@ def main() -> int:
     ap.add_argument(
         "--lane-labels", type=Path, default=None, help="sweep stored hand-labelled answers instead (no engine)"
     )
+    ap.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        help="sweep stored records instead (a folder lane_canary_records.py wrote), with the audit rows",
+    )
+    ap.add_argument(
+        "--audit-tolerance",
+        type=float,
+        default=None,
+        help=f"the audit's tolerance in nats (default: pytest_tais.stats.audit's float32 one, else {FALLBACK_TOLERANCE:g})",
+    )
     args = ap.parse_args()
+    if args.records is not None:
+        t0 = time.perf_counter()
+        tol, source = (
+            (args.audit_tolerance, "--audit-tolerance") if args.audit_tolerance is not None else load_tolerance()
+        )
+        rows = sweep_records(args.records, tolerance=tol, draws=args.draws, seed=args.seed)
+        print(
+            f"{args.records}: stored records, judged by the shipped learned judge (its calibration as the screen uses it);"
+        )
+        print(f"audit tolerance {tol:g} nats ({source}); {args.draws} draws per cell, seed {args.seed}\n")
+        print(sweep_table(rows))
+        for r in rows:
+            print(
+                f"\n{r['task']}: draft alone differs from the target on {r['draft_differs']}/{r['n']} answers, "
+                f"{r['draft_flagged']} flagged by the audit; speculative differs on {r['spec_differs']}"
+            )
+        print(f"\n({time.perf_counter() - t0:.0f} s in all)")
+        return 0
     if args.lane_labels is not None:
         t0 = time.perf_counter()
         print(f"{args.lane_labels}: stored answers with hand labels; {args.draws} draws per cell\n")
