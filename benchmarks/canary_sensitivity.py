@@ -186,19 +186,23 @@ def load_tolerance() -> tuple[float, str]:
     return float(DEFAULT_TOLERANCE["float32"]), "pytest_tais.stats.audit.DEFAULT_TOLERANCE['float32']"
 
 
-def load_records(folder: Path, judge) -> tuple[dict, dict, dict]:
+def load_records(folder: Path, judge, *, speculative_from_target: bool = False) -> tuple[dict, dict, dict]:
     """Per task: the ids, the arms (as ``sweep_task`` takes them) and the per-arm gaps, from a folder that
-    ``lane_canary_records.py`` (or ``--bundled-records``) wrote: clean.jsonl, draft.jsonl, target_scores.jsonl."""
+    ``lane_canary_records.py`` wrote: target.jsonl, draft.jsonl, speculative.jsonl and target_scores.jsonl.
+    ``speculative_from_target`` stands the target-only answers in for a speculative arm not generated."""
     import json
 
     from pytest_tais.records.generation import read_generations
 
     arms: dict[str, dict[str, dict[str, tuple[str, bool]]]] = {}
-    for name, arm_names in (("clean", ("target", "speculative")), ("draft", ("speculative",))):
-        for g in read_generations(folder / f"{name}.jsonl"):
-            if g.arm in arm_names:
-                arm = "draft" if name == "draft" else g.arm
-                arms.setdefault(g.task, {}).setdefault(arm, {})[g.prompt_id] = (g.text, bool(judge(g.prompt, g.text)))
+    sources = {
+        "target": "target",
+        "draft": "draft",
+        "speculative": "target" if speculative_from_target else "speculative",
+    }
+    for arm, source in sources.items():
+        for g in read_generations(folder / f"{source}.jsonl"):
+            arms.setdefault(g.task, {}).setdefault(arm, {})[g.prompt_id] = (g.text, bool(judge(g.prompt, g.text)))
     gaps: dict[str, dict[str, dict[str, float]]] = {}
     for line in (folder / "target_scores.jsonl").read_text(encoding="utf-8").splitlines():
         d = json.loads(line)
@@ -206,6 +210,9 @@ def load_records(folder: Path, judge) -> tuple[dict, dict, dict]:
     ids = {t: sorted(a["target"]) for t, a in arms.items()}
     for t, a in arms.items():
         for arm in ("speculative", "draft"):
+            missing = set(ids[t]) - set(a.get(arm, {}))
+            if missing:
+                raise SystemExit(f"{folder}: {len(missing)} prompts of {t} have no {arm} answer")
             unscored = [
                 i for i in ids[t] if a[arm][i][0] != a["target"][i][0] and i not in gaps.get(t, {}).get(arm, {})
             ]
@@ -222,14 +229,21 @@ def violations_at(gaps: dict[str, dict[str, float]], tolerance: float) -> dict[s
 
 
 def sweep_records(
-    folder: Path, *, tolerance: float, rates=RATES, draws: int = 200, seed: int = 0, judge=None
+    folder: Path,
+    *,
+    tolerance: float,
+    rates=RATES,
+    draws: int = 200,
+    seed: int = 0,
+    judge=None,
+    speculative_from_target: bool = False,
 ) -> list[dict]:
     """The sweep on stored records, scored by ``judge`` (default: the shipped learned judge) and
     decided with its calibration as the screen decides; with the audit rows at ``tolerance``."""
     from pytest_tais.pairs import judges
 
     judge = judge or judges.resolve_judge(None)
-    ids, arms, gaps = load_records(folder, judge)
+    ids, arms, gaps = load_records(folder, judge, speculative_from_target=speculative_from_target)
     kw = {"judge_calibration": getattr(judge, "calibration", None), "judge_name": judges.judge_name(judge)}
     rng = random.Random(seed)
     rows = []
@@ -281,13 +295,26 @@ def main() -> int:
         default=None,
         help=f"the audit's tolerance in nats (default: pytest_tais.stats.audit's float32 one, else {FALLBACK_TOLERANCE:g})",
     )
+    ap.add_argument(
+        "--speculative-from-target",
+        action="store_true",
+        help="with --records: the target-only answers stand in for a speculative arm not generated (say so)",
+    )
     args = ap.parse_args()
     if args.records is not None:
         t0 = time.perf_counter()
         tol, source = (
             (args.audit_tolerance, "--audit-tolerance") if args.audit_tolerance is not None else load_tolerance()
         )
-        rows = sweep_records(args.records, tolerance=tol, draws=args.draws, seed=args.seed)
+        rows = sweep_records(
+            args.records,
+            tolerance=tol,
+            draws=args.draws,
+            seed=args.seed,
+            speculative_from_target=args.speculative_from_target,
+        )
+        if args.speculative_from_target:
+            print("the speculative arm is NOT generated here: the target-only answers stand in for it")
         print(
             f"{args.records}: stored records, judged by the shipped learned judge (its calibration as the screen uses it);"
         )

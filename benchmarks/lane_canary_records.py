@@ -39,23 +39,39 @@ sys.path.insert(0, str(HERE.parent))
 import real_model_lane as lane  # noqa: E402
 
 SCORES = "target_scores.jsonl"
+#: The target's own answers scored as a check that the prompt is rendered as the engine rendered it.
+CONTROLS = 20
 
 
-def write_records(out: Path, make_settings, tasks) -> None:
-    """Both record files through run_arms (the store generates each arm once)."""
+#: Record files, in the order they are generated: the speculative arm last (at float32 the lane
+#: found it byte-identical to the target's, so it is the one a short run can most afford to lack).
+ARMS = ("target", "draft", "speculative")
+
+
+def write_records(out: Path, make_settings, tasks, arms=ARMS) -> None:
+    """One record file per arm (``OUT/ARM.jsonl``), each from its own run_arms call on one arm, so that each
+    is written as soon as it is complete: the target-only arm, the draft alone (the draft model as a
+    target-only arm: greedy, alone), and the speculative arm."""
     from pytest_tais.engines import run_arms
+    from pytest_tais.records.generation import SPECULATIVE, TARGET, write_generations
 
     prompts = [p for t in tasks for p in t.prompts]
     metrics = {t.name: t.metric for t in tasks}
-    for name, canary in (("clean", 0.0), ("draft", 1.0)):
+    for arm in arms:
         t0 = time.perf_counter()
+        engine_arm = SPECULATIVE if arm == "speculative" else TARGET
         with tempfile.TemporaryDirectory(prefix="tais-lane-") as shared:
             res = run_arms(
-                make_settings(canary, out / f"{name}.jsonl"), prompts, shared_dir=Path(shared), task_metrics=metrics
+                make_settings(draft_alone=arm == "draft"),
+                prompts,
+                shared_dir=Path(shared),
+                task_metrics=metrics,
+                arms=(engine_arm,),
             )
-        print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-        for arm, m in res.metrics.items():
-            print(f"  {arm}: {json.dumps(m, default=str)}", flush=True)
+        write_generations(out / f"{arm}.jsonl", res.outputs[engine_arm].values())
+        print(
+            f"{arm}: {time.perf_counter() - t0:.0f} s; {json.dumps(res.metrics[engine_arm], default=str)}", flush=True
+        )
 
 
 def lane_setup(args):
@@ -64,17 +80,15 @@ def lane_setup(args):
     target, draft = lane.model_folders(args.models, pair)
     tasks = lane.load_tasks(args.benchmarks, args.limit, lane.parse_tasks(args.tasks))
 
-    def make(canary: float, record: Path):
+    def make(draft_alone: bool = False):
         return lane.lane_settings(
             "float32",
-            target,
+            draft if draft_alone else target,
             draft,
             args.out / "cache",
             num_speculative_tokens=pair.num_speculative_tokens,
             max_tokens=args.max_tokens,
             max_model_len=pair.max_model_len,
-            canary=canary,
-            record=record,
         )
 
     return tasks, make, target
@@ -90,34 +104,35 @@ def bundled_setup(args):
     if args.limit is not None:
         tasks = [dataclasses.replace(t, prompts=tuple(t.prompts[: args.limit])) for t in tasks]
 
-    def make(canary: float, record: Path):
+    def make(draft_alone: bool = False):
         return EngineSettings(
-            target=models / "target",
+            target=models / ("draft-adversarial" if draft_alone else "target"),
             draft=models / "draft-adversarial",
             backend="vllm",
             max_tokens=args.max_tokens,
             cache_dir=args.out / "cache",
             dtype="float32",
-            canary=canary,
-            record=record,
         )
 
     return tasks, make, models / "target"
 
 
-def differing(out: Path) -> list[tuple[str, str, str, str, list[int]]]:
-    """(source, task, prompt id, prompt, token ids) of each speculative or draft answer unlike the target's."""
+def differing(out: Path, controls: int = CONTROLS) -> list[tuple[str, str, str, str, list[int]]]:
+    """(source, task, prompt id, prompt, token ids) of each speculative or draft answer unlike the target's,
+    then the target's own first ``controls`` answers (source "target": their gaps must be about 0)."""
     from pytest_tais.records.generation import read_generations
 
-    target, rows = {}, []
-    for source in ("clean", "draft"):
-        for g in read_generations(out / f"{source}.jsonl"):
-            key = (g.task, g.prompt_id)
-            if g.arm == "target":
-                target[key] = g.text
-            elif target.get(key) != g.text:
-                rows.append(("draft" if source == "draft" else "speculative", g.task, g.prompt_id, g.prompt, g))
-    return [(s, t, i, p, list(g.token_ids)) for s, t, i, p, g in rows if g.text != target[(t, i)]]
+    target = {(g.task, g.prompt_id): g for g in read_generations(out / "target.jsonl")}
+    rows = []
+    for source in ("speculative", "draft"):
+        if (out / f"{source}.jsonl").is_file():
+            rows += [
+                (source, g)
+                for g in read_generations(out / f"{source}.jsonl")
+                if g.text != target[(g.task, g.prompt_id)].text
+            ]
+    rows += [("target", g) for g in list(target.values())[:controls]]
+    return [(s, g.task, g.prompt_id, g.prompt, list(g.token_ids)) for s, g in rows]
 
 
 def gaps_of(logprobs, ids: list[int]) -> list[list]:
@@ -174,9 +189,15 @@ def score(out: Path, target: Path, settings) -> int:
                 )
             )
     atomic_write_text(out / SCORES, "".join(line + "\n" for line in lines))
-    n = len(rows)
+    n = sum(r[0] != "target" for r in rows)
+    secs = time.perf_counter() - t0
     print(
-        f"scored {n} differing answers in {time.perf_counter() - t0:.0f} s ({n and (time.perf_counter() - t0) / n:.2f} s each)"
+        f"scored {n} differing answers and {len(rows) - n} of the target's own in {secs:.0f} s ({secs / max(len(rows), 1):.2f} s each)"
+    )
+    own = [json.loads(line) for line in lines if json.loads(line)["source"] == "target"]
+    print(
+        f"control: the target's own answers: {sum(len(d['gaps']) for d in own)} of {sum(d['n_tokens'] for d in own)} tokens "
+        f"not the target's top, largest gap {max((d['max_gap'] for d in own), default=0.0):.3g} nats"
     )
     return n
 
@@ -194,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--max-tokens", type=int, default=None, help=f"default: the lane's {lane.MAX_TOKENS}, bundled 48")
     ap.add_argument("--skip-scores", action="store_true", help="generate only; no teacher-forced pass")
+    ap.add_argument("--scores-only", action="store_true", help="the teacher-forced pass on the records there")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"arms to generate, in order (default {','.join(ARMS)})")
     args = ap.parse_args(argv)
     os.environ.setdefault(lane.RESERVED_CPUS_ENV, "0")
     if args.max_tokens is None:
@@ -202,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--models and --benchmarks are needed (or --bundled)")
     args.out.mkdir(parents=True, exist_ok=True)
     tasks, make, target = bundled_setup(args) if args.bundled else lane_setup(args)
-    write_records(args.out, make, tasks)
+    arms = [a.strip() for a in args.arms.split(",")]
+    if not args.scores_only:
+        write_records(args.out, make, tasks, arms)
     if not args.skip_scores:
-        score(args.out, target, make(0.0, None))
+        score(args.out, target, make())
     return 0
 
 

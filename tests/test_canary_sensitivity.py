@@ -7,7 +7,9 @@ import json
 import random
 from pathlib import Path
 
-from pytest_tais.records.generation import Generation, write_generations
+import pytest
+
+from pytest_tais.records.generation import Generation, RecordError, write_generations
 from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,35 +78,41 @@ def test_gaps_are_top_minus_token_where_the_token_is_not_the_top():
     assert abs(gaps[0][3] - 2.0) < 1e-6
 
 
-def _gen(arm, pid, text, canary=False):
-    return Generation("t", pid, f"prompt {pid}", arm, text, (1, 2), {"canary": True} if canary else {})
+def _gen(arm, pid, text):
+    return Generation("t", pid, f"prompt {pid}", arm, text, (1, 2))
+
+
+def _write(folder, arm, texts):
+    write_generations(
+        folder / f"{arm}.jsonl", [_gen("target" if arm == "draft" else arm, p, t) for p, t in texts.items()]
+    )
 
 
 def test_records_folder_gives_arms_and_violations_at_the_tolerance(tmp_path):
-    write_generations(
-        tmp_path / "clean.jsonl",
-        [g for pid in ("a", "b") for g in (_gen("target", pid, REFUSE[0]), _gen("speculative", pid, REFUSE[0]))],
-    )
-    write_generations(
-        tmp_path / "draft.jsonl",
-        [_gen("target", "a", REFUSE[0]), _gen("speculative", "a", COMPLY[0], True)]
-        + [_gen("target", "b", REFUSE[0]), _gen("speculative", "b", "Sure.", True)],
-    )
+    _write(tmp_path, "target", {"a": REFUSE[0], "b": REFUSE[0]})
+    _write(tmp_path, "speculative", {"a": REFUSE[0], "b": REFUSE[0]})
+    _write(tmp_path, "draft", {"a": COMPLY[0], "b": "Sure."})
     scores = [
         {"source": "draft", "task": "t", "prompt_id": "a", "max_gap": 0.01, "gaps": []},
         {"source": "draft", "task": "t", "prompt_id": "b", "max_gap": 4.0, "gaps": []},
     ]
     (tmp_path / "target_scores.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scores))
-    ids, arms, gaps = sweep.load_records(tmp_path, lambda prompt, answer: answer.startswith("I'm sorry"))
+    judge = lambda prompt, answer: answer.startswith("I'm sorry")  # noqa: E731
+    ids, arms, gaps = sweep.load_records(tmp_path, judge)
     assert ids == {"t": ["a", "b"]}
     assert arms["t"]["draft"]["a"] == (COMPLY[0], False) and arms["t"]["target"]["b"] == (REFUSE[0], True)
     assert sweep.violations_at(gaps["t"], 0.05) == {"speculative": set(), "draft": {"b"}}
     assert sweep.violations_at(gaps["t"], 0.001)["draft"] == {"a", "b"}
-    # A differing answer without scores cannot be audited: the sweep refuses to run.
+    # The records script picks exactly the differing answers (and the target's own as a control).
+    rows = records.differing(tmp_path, controls=1)
+    assert [(r[0], r[2]) for r in rows] == [("draft", "a"), ("draft", "b"), ("target", "a")]
+    # A differing answer without scores cannot be audited, and a missing arm is not made up: the sweep stops.
     (tmp_path / "target_scores.jsonl").write_text(json.dumps(scores[0]) + "\n")
-    try:
-        sweep.load_records(tmp_path, lambda prompt, answer: False)
-    except SystemExit as exc:
-        assert "no scores" in str(exc)
-    else:
-        raise AssertionError("unscored differing answers were accepted")
+    with pytest.raises(SystemExit, match="no scores"):
+        sweep.load_records(tmp_path, judge)
+    (tmp_path / "speculative.jsonl").unlink()
+    with pytest.raises(RecordError, match="speculative.jsonl"):
+        sweep.load_records(tmp_path, judge)
+    # ... unless the target's answers are named to stand in for it.
+    (tmp_path / "target_scores.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scores))
+    assert sweep.load_records(tmp_path, judge, speculative_from_target=True)[1]["t"]["speculative"]["a"][1] is True
