@@ -24,6 +24,7 @@ Run: ``python benchmarks/lane_canary_records.py --pair qwen2.5-coder --models /w
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -40,7 +41,7 @@ import real_model_lane as lane  # noqa: E402
 
 SCORES = "target_scores.jsonl"
 #: The target's own answers scored as a check that the prompt is rendered as the engine rendered it.
-CONTROLS = 20
+CONTROLS = 10
 
 
 #: Record files, in the order they are generated: the speculative arm last (at float32 the lane
@@ -155,6 +156,19 @@ def render(tok, mode: str, system: list, system_prompt: str | None, prompt: str)
     return tok((f"{system_prompt}\n\n" if system_prompt else "") + prompt)["input_ids"]
 
 
+def shared_prefix(model, heads: list[list[int]]):
+    """(length, KV cache) of the token prefix every prompt shares, one token short of the shortest prompt."""
+    n = min(len(h) for h in heads) - 1
+    first = heads[0]
+    for h in heads[1:]:
+        n = next((i for i in range(n) if h[i] != first[i]), n)
+    if n < 1:
+        return 0, None
+    import torch
+
+    return n, model(torch.tensor([first[:n]]), use_cache=True).past_key_values
+
+
 def score(out: Path, target: Path, settings) -> int:
     """The target's teacher-forced gaps of every differing answer, written to ``OUT/target_scores.jsonl``."""
     import torch
@@ -170,11 +184,19 @@ def score(out: Path, target: Path, settings) -> int:
     tok = AutoTokenizer.from_pretrained(str(target))
     model = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32).eval()
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    lines, t0 = [], time.perf_counter()
+    heads = [render(tok, mode, system, system_prompt, r[3]) for r in rows]
+    partial = out / f"{SCORES}.partial"  # resumable: a killed pass keeps what it scored
+    lines = partial.read_text(encoding="utf-8").splitlines() if partial.is_file() else []
+    done = {(d["source"], d["task"], d["prompt_id"]) for d in map(json.loads, lines)}
+    t0 = time.perf_counter()
     with torch.inference_mode():
-        for source, task, pid, prompt, ids in rows:
-            head = render(tok, mode, system, system_prompt, prompt)
-            logits = model(torch.tensor([head + ids])).logits[0, len(head) - 1 : len(head) + len(ids) - 1]
+        shared, cache = shared_prefix(model, heads)
+        for (source, task, pid, prompt, ids), head in zip(rows, heads):
+            if (source, task, pid) in done:
+                continue
+            past = copy.deepcopy(cache)  # the prompts' common opening (system prompt, template), computed once
+            logits = model(torch.tensor([head[shared:] + ids]), past_key_values=past).logits[0]
+            logits = logits[len(head) - shared - 1 : len(head) - shared + len(ids) - 1]
             gaps = gaps_of(torch.log_softmax(logits.float(), dim=-1), ids)
             lines.append(
                 json.dumps(
@@ -188,7 +210,10 @@ def score(out: Path, target: Path, settings) -> int:
                     }
                 )
             )
+            if len(lines) % 25 == 0:
+                atomic_write_text(partial, "".join(line + "\n" for line in lines))
     atomic_write_text(out / SCORES, "".join(line + "\n" for line in lines))
+    partial.unlink(missing_ok=True)
     n = sum(r[0] != "target" for r in rows)
     secs = time.perf_counter() - t0
     print(
