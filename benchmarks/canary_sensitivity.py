@@ -10,6 +10,11 @@ Each cell is given three times: the TOST alone (the seed's rule), the directiona
 (one-sided exact McNemar, one task: no Holm family) and the gate as shipped (``decide``: TOST, |h|
 and the leak test).
 
+``--records DIR`` sweeps the records that ``lane_canary_records.py`` wrote (the real pair or the bundled
+models) with the shipped learned judge and its calibration, and adds two rows: the token audit alone
+(an answer is flagged when the target's teacher-forced top log-prob exceeds its token's by more than
+``--audit-tolerance`` somewhere) and the gate as shipped with the audit.
+
 Run: ``python benchmarks/canary_sensitivity.py [--draws 200] [--backend vllm|hf]``
 (the README's table comes from the default run), or
 ``python benchmarks/canary_sensitivity.py --lane-labels tests/data/lane_labels.jsonl`` for the Qwen pair's
@@ -33,6 +38,7 @@ CHECKS = ("tost", "leak", "gate")
 AUDIT_CHECKS = ("audit", "gate+audit")
 #: The audit's float32 tolerance when pytest_tais.stats.audit does not give one (nats).
 FALLBACK_TOLERANCE = 0.05
+CEILING_NAMES = {"audit": "audit ceiling (a replaced answer differs)", "gate+audit": "gate as shipped + audit ceiling"}
 NAMES = {
     "tost": "TOST alone",
     "leak": "leak test alone",
@@ -186,7 +192,9 @@ def load_tolerance() -> tuple[float, str]:
     return float(DEFAULT_TOLERANCE["float32"]), "pytest_tais.stats.audit.DEFAULT_TOLERANCE['float32']"
 
 
-def load_records(folder: Path, judge, *, speculative_from_target: bool = False) -> tuple[dict, dict, dict]:
+def load_records(
+    folder: Path, judge, *, speculative_from_target: bool = False, scores: bool = True
+) -> tuple[dict, dict, dict]:
     """Per task: the ids, the arms (as ``sweep_task`` takes them) and the per-arm gaps, from a folder that
     ``lane_canary_records.py`` wrote: target.jsonl, draft.jsonl, speculative.jsonl and target_scores.jsonl.
     ``speculative_from_target`` stands the target-only answers in for a speculative arm not generated."""
@@ -204,7 +212,7 @@ def load_records(folder: Path, judge, *, speculative_from_target: bool = False) 
         for g in read_generations(folder / f"{source}.jsonl"):
             arms.setdefault(g.task, {}).setdefault(arm, {})[g.prompt_id] = (g.text, bool(judge(g.prompt, g.text)))
     gaps: dict[str, dict[str, dict[str, float]]] = {}
-    for line in (folder / "target_scores.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in (folder / "target_scores.jsonl").read_text(encoding="utf-8").splitlines() if scores else []:
         d = json.loads(line)
         gaps.setdefault(d["task"], {}).setdefault(d["source"], {})[d["prompt_id"]] = float(d["max_gap"])
     ids = {t: sorted(a["target"]) for t, a in arms.items()}
@@ -216,7 +224,7 @@ def load_records(folder: Path, judge, *, speculative_from_target: bool = False) 
             unscored = [
                 i for i in ids[t] if a[arm][i][0] != a["target"][i][0] and i not in gaps.get(t, {}).get(arm, {})
             ]
-            if unscored:
+            if unscored and scores:
                 raise SystemExit(
                     f"{folder}: {len(unscored)} {arm} answers of {t} differ from the target's but have no scores"
                 )
@@ -237,20 +245,27 @@ def sweep_records(
     seed: int = 0,
     judge=None,
     speculative_from_target: bool = False,
+    ceiling: bool = False,
 ) -> list[dict]:
     """The sweep on stored records, scored by ``judge`` (default: the shipped learned judge) and
-    decided with its calibration as the screen decides; with the audit rows at ``tolerance``."""
+    decided with its calibration as the screen decides; with the audit rows at ``tolerance``, or with
+    ``ceiling`` (no teacher-forced scores) every answer unlike the target's counted as flagged: the
+    most the audit can see, measured by byte comparison alone."""
     from pytest_tais.pairs import judges
 
     judge = judge or judges.resolve_judge(None)
-    ids, arms, gaps = load_records(folder, judge, speculative_from_target=speculative_from_target)
+    ids, arms, gaps = load_records(folder, judge, speculative_from_target=speculative_from_target, scores=not ceiling)
     kw = {"judge_calibration": getattr(judge, "calibration", None), "judge_name": judges.judge_name(judge)}
     rng = random.Random(seed)
     rows = []
     for task in sorted(arms):
-        v = violations_at(gaps.get(task, {}), tolerance)
-        row = sweep_task(task, ids[task], arms[task], rates=rates, draws=draws, rng=rng, violations=v, decide_kw=kw)
         a = arms[task]
+        if ceiling:
+            v = {arm: {i for i in ids[task] if a[arm][i][0] != a["target"][i][0]} for arm in ("speculative", "draft")}
+        else:
+            v = violations_at(gaps.get(task, {}), tolerance)
+        row = sweep_task(task, ids[task], arms[task], rates=rates, draws=draws, rng=rng, violations=v, decide_kw=kw)
+        row["ceiling"] = ceiling
         row["draft_differs"] = sum(a["draft"][i][0] != a["target"][i][0] for i in ids[task])
         row["spec_differs"] = sum(a["speculative"][i][0] != a["target"][i][0] for i in ids[task])
         row["draft_flagged"] = len(v["draft"])
@@ -266,12 +281,43 @@ def sweep_table(rows: list[dict], rates=RATES) -> str:
         "|---|---|---|---|---|" + "---|" * len(rates),
     ]
     for row in rows:
+        names = {**NAMES, **CEILING_NAMES} if row.get("ceiling") else NAMES
         for c in row["detection"]:
             lines.append(
                 f"| {row['task']} | {row['n']} | {100 * row['target_refusal']:.0f}% | {100 * row['draft_refusal']:.0f}% | "
-                f"{NAMES[c]} | " + " | ".join(f"{row['detection'][c][r]:.2f}" for r in rates) + " |"
+                f"{names[c]} | " + " | ".join(f"{row['detection'][c][r]:.2f}" for r in rates) + " |"
             )
     return "\n".join(lines)
+
+
+def main_records(args) -> int:
+    """The sweep on a records folder (``--records``)."""
+    t0 = time.perf_counter()
+    tol, source = (args.audit_tolerance, "--audit-tolerance") if args.audit_tolerance is not None else load_tolerance()
+    rows = sweep_records(
+        args.records,
+        tolerance=tol,
+        draws=args.draws,
+        seed=args.seed,
+        speculative_from_target=args.speculative_from_target,
+        ceiling=args.audit_ceiling,
+    )
+    if args.audit_ceiling:
+        print("no teacher-forced scores: the audit rows are its ceiling (every answer unlike the target's flagged)")
+    if args.speculative_from_target:
+        print("the speculative arm is NOT generated here: the target-only answers stand in for it")
+    print(
+        f"{args.records}: stored records, judged by the shipped learned judge (its calibration as the screen uses it);"
+    )
+    print(f"audit tolerance {tol:g} nats ({source}); {args.draws} draws per cell, seed {args.seed}\n")
+    print(sweep_table(rows))
+    for r in rows:
+        print(
+            f"\n{r['task']}: draft alone differs from the target on {r['draft_differs']}/{r['n']} answers, "
+            f"{r['draft_flagged']} flagged by the audit; speculative differs on {r['spec_differs']}"
+        )
+    print(f"\n({time.perf_counter() - t0:.0f} s in all)")
+    return 0
 
 
 def main() -> int:
@@ -300,33 +346,14 @@ def main() -> int:
         action="store_true",
         help="with --records: the target-only answers stand in for a speculative arm not generated (say so)",
     )
+    ap.add_argument(
+        "--audit-ceiling",
+        action="store_true",
+        help="with --records and no target_scores.jsonl: count every answer unlike the target's as flagged",
+    )
     args = ap.parse_args()
     if args.records is not None:
-        t0 = time.perf_counter()
-        tol, source = (
-            (args.audit_tolerance, "--audit-tolerance") if args.audit_tolerance is not None else load_tolerance()
-        )
-        rows = sweep_records(
-            args.records,
-            tolerance=tol,
-            draws=args.draws,
-            seed=args.seed,
-            speculative_from_target=args.speculative_from_target,
-        )
-        if args.speculative_from_target:
-            print("the speculative arm is NOT generated here: the target-only answers stand in for it")
-        print(
-            f"{args.records}: stored records, judged by the shipped learned judge (its calibration as the screen uses it);"
-        )
-        print(f"audit tolerance {tol:g} nats ({source}); {args.draws} draws per cell, seed {args.seed}\n")
-        print(sweep_table(rows))
-        for r in rows:
-            print(
-                f"\n{r['task']}: draft alone differs from the target on {r['draft_differs']}/{r['n']} answers, "
-                f"{r['draft_flagged']} flagged by the audit; speculative differs on {r['spec_differs']}"
-            )
-        print(f"\n({time.perf_counter() - t0:.0f} s in all)")
-        return 0
+        return main_records(args)
     if args.lane_labels is not None:
         t0 = time.perf_counter()
         print(f"{args.lane_labels}: stored answers with hand labels; {args.draws} draws per cell\n")

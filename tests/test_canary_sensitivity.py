@@ -116,3 +116,14 @@ def test_records_folder_gives_arms_and_violations_at_the_tolerance(tmp_path):
     # ... unless the target's answers are named to stand in for it.
     (tmp_path / "target_scores.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scores))
     assert sweep.load_records(tmp_path, judge, speculative_from_target=True)[1]["t"]["speculative"]["a"][1] is True
+
+
+def test_audit_ceiling_counts_every_differing_answer_without_scores(tmp_path):
+    _write(tmp_path, "target", {i: REFUSE[0] for i in IDS})
+    _write(tmp_path, "speculative", {i: REFUSE[0] for i in IDS})
+    _write(tmp_path, "draft", {i: (COMPLY[0] if i < "p010" else REFUSE[0]) for i in IDS})
+    judge = lambda prompt, answer: answer.startswith("I'm sorry")  # noqa: E731
+    (row,) = sweep.sweep_records(tmp_path, tolerance=0.05, rates=(0.0, 0.5), draws=3, judge=judge, ceiling=True)
+    assert (row["draft_differs"], row["draft_flagged"], row["spec_differs"]) == (10, 10, 0)
+    assert row["detection"]["audit"] == {0.0: 0.0, 0.5: 1.0}
+    assert "audit ceiling" in sweep.sweep_table([row], (0.0, 0.5))
