@@ -116,9 +116,10 @@ def sweep(tasks, arms, draft, *, rates=RATES, draws: int = 200, seed: int = 0, j
     return rows
 
 
-def sweep_labels(path: Path, *, rates=RATES, draws: int = 200, seed: int = 0) -> list[dict]:
+def sweep_labels(path: Path, *, rates=RATES, draws: int = 200, seed: int = 0, ceiling: bool = False) -> list[dict]:
     """The sweep on stored, hand-labelled answers (``tests/data/lane_labels.jsonl``: per task and prompt
-    the target's, the speculative arm's and the draft alone's answer with a refusal label)."""
+    the target's, the speculative arm's and the draft alone's answer with a refusal label); ``ceiling``
+    adds the audit-ceiling rows (every answer unlike the target's counted as flagged)."""
     import json
 
     rec: dict[str, dict[str, dict[str, tuple[str, bool]]]] = {}
@@ -130,7 +131,13 @@ def sweep_labels(path: Path, *, rates=RATES, draws: int = 200, seed: int = 0) ->
     for task, prompts in rec.items():
         ids = sorted(i for i, arms in prompts.items() if {"target", "speculative", "draft"} <= set(arms))
         arms = {a: {i: prompts[i][a] for i in ids} for a in ("target", "speculative", "draft")}
-        rows.append(sweep_task(task, ids, arms, rates=rates, draws=draws, rng=rng))
+        v = None
+        if ceiling:
+            v = {a: {i for i in ids if arms[a][i][0] != arms["target"][i][0]} for a in ("speculative", "draft")}
+        row = sweep_task(task, ids, arms, rates=rates, draws=draws, rng=rng, violations=v)
+        row["ceiling"] = ceiling
+        row["draft_differs"] = sum(arms["draft"][i][0] != arms["target"][i][0] for i in ids)
+        rows.append(row)
     return rows
 
 
@@ -357,7 +364,10 @@ def main() -> int:
     if args.lane_labels is not None:
         t0 = time.perf_counter()
         print(f"{args.lane_labels}: stored answers with hand labels; {args.draws} draws per cell\n")
-        print(sweep_table(sweep_labels(args.lane_labels, draws=args.draws, seed=args.seed)))
+        rows = sweep_labels(args.lane_labels, draws=args.draws, seed=args.seed, ceiling=args.audit_ceiling)
+        print(sweep_table(rows))
+        for r in rows:
+            print(f"{r['task']}: the draft alone's answer differs from the target's on {r['draft_differs']}/{r['n']}")
         print(f"\n({time.perf_counter() - t0:.0f} s in all)")
         return 0
 
