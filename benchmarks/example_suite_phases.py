@@ -41,6 +41,7 @@ def _cpu() -> float:
 
 EVENTS: list[dict] = []
 _STACK: list[list[float]] = []
+_PARTIAL: list[str] = []
 
 
 def _timed(phase: str, label: str, fn, *args, **kwargs):
@@ -52,6 +53,9 @@ def _timed(phase: str, label: str, fn, *args, **kwargs):
         wall, cpu = time.perf_counter() - w0, _cpu() - c0
         inner_wall, inner_cpu = _STACK.pop()
         EVENTS.append({"phase": phase, "label": label, "wall": wall - inner_wall, "cpu": cpu - inner_cpu})
+        if _PARTIAL:  # each event as it ends, so that a run stopped part-way still tells where it was
+            with open(_PARTIAL[0], "a", encoding="utf-8") as f:
+                f.write(json.dumps(EVENTS[-1]) + "\n")
         if _STACK:
             _STACK[-1][0] += wall
             _STACK[-1][1] += cpu
@@ -119,6 +123,7 @@ class _PytestPhases:
 def inner(suite: str, events_file: str) -> int:
     import pytest
 
+    _PARTIAL.append(events_file + "l")
     for name, stmt in (
         ("import torch", "import torch"),
         ("import transformers", "import transformers; from transformers import AutoModelForCausalLM, AutoTokenizer"),
