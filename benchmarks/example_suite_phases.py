@@ -203,6 +203,7 @@ def main() -> int:
     ap.add_argument("--events", help=argparse.SUPPRESS)
     ap.add_argument("--warm", action="store_true", help="rerun on the filled cache too")
     ap.add_argument("--json", type=Path, help="write the phase events of each run here")
+    ap.add_argument("--keep", action="store_true", help="keep the copy (its reports, cache and logs) afterwards")
     args = ap.parse_args()
     if args.inner:
         return inner(args.inner, args.events)
@@ -225,7 +226,7 @@ def main() -> int:
             results[name] = {"wall": wall, "cpu": cpu, **data}
         if args.json:
             args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
-        ok = True
+        ok = not args.keep
     finally:
         if ok:  # a failed run keeps its copy and logs for reading
             shutil.rmtree(work, ignore_errors=True)
