@@ -72,7 +72,7 @@ def walled(hub: Path) -> Path:
         for r in _csv_rows(BENCHMARKS / "xstest" / "xstest_prompts.csv")
     ]
     _parquet(
-        _snapshot(hub, "walledai/XSTest", XS_SHA, refs=("main", "v2")) / "data" / "train-00000-of-00001.parquet", xs
+        _snapshot(hub, "walledai/XSTest", XS_SHA, refs=("main", "v2")) / "data" / "test-00000-of-00001.parquet", xs
     )
     return hub
 
@@ -115,6 +115,27 @@ def test_offline_without_the_cache_names_dataset_revision_and_fetch_command(hub:
         load_battery("xstest", tmp_path)
     with pytest.raises(BatteryError, match=r"no revision after '@'"):
         load_battery("advbench@", tmp_path)
+
+
+def test_a_gated_dataset_names_the_page_to_accept_its_terms(
+    hub: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """walledai's copies are gated: without access the hub answers 401/403, and the error says where to go."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    def gated(*args, **kwargs):
+        raise errors.GatedRepoError.__new__(errors.GatedRepoError, "403 gated")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
+    with pytest.raises(
+        BatteryError,
+        match=r"--tais-battery=advbench: dataset walledai/AdvBench, revision main: walledai/AdvBench is gated; "
+        r"accept its terms at "
+        r"https://huggingface\.co/datasets/walledai/AdvBench and export HF_TOKEN",
+    ):
+        load_battery("advbench", tmp_path)
 
 
 def test_a_csv_mirror_needs_no_parquet_reader_and_jbb_reads_its_csv_files(hub: Path, tmp_path: Path) -> None:

@@ -125,6 +125,13 @@ def _incomplete_files(folder: Path, repo_type: str) -> str | None:
     return None
 
 
+def repo_url(repo_id: str, repo_type: str = "model") -> str:
+    """The repository's page, where a gated repository's terms are accepted (honours HF_ENDPOINT)."""
+    from huggingface_hub import constants
+
+    return f"{constants.ENDPOINT}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
+
+
 def _what(repo_type: str) -> str:
     return "dataset" if repo_type == "dataset" else "model"
 
@@ -176,8 +183,8 @@ def _download(
         ) from None
     except errors.GatedRepoError:
         raise HubError(
-            f"{given}: {repo_id} is gated; accept its licence on the hub and export HF_TOKEN "
-            "(a token with access) before running pytest"
+            f"{given}: {repo_id} is gated; accept its terms at {repo_url(repo_id, repo_type)} and export "
+            "HF_TOKEN (a token of that account) before running pytest"
         ) from None
     except errors.RepositoryNotFoundError:
         raise HubError(
