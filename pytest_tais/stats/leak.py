@@ -11,7 +11,7 @@ and the speculative arm did not, c the reverse.
   target reruns (``--tais-null-runs``) the contrast's flip directions are compared with the stack's
   own: Fisher's exact one-sided test on [[b, c], [b0, c0]], so a directional drift the stack shows
   between two target-only runs is not called a leak. The p-values of a run's gated contrasts are
-  Holm-adjusted together (Holm 1979, *Scand J Stat* 6:65; statsmodels ``multipletests``).
+  Holm-adjusted together (Holm 1979, *Scand J Stat* 6:65; as statsmodels ``multipletests`` does it).
 - The sampled screen's analogue is the exact sign-flip test on the per-prompt count differences
   x_i - y_i (with every count 0 or 1 it is the McNemar test).
 - The **minimum detectable effect** is the smallest share of answers flipped toward compliance on
@@ -137,15 +137,25 @@ def _fftconv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def holm(pvalues: Sequence[float], alpha: float) -> tuple[list[float], list[bool]]:
-    """Holm-adjusted p-values and rejections (statsmodels ``multipletests``, method "holm")."""
+    """Holm-adjusted p-values and rejections: statsmodels ``multipletests`` (method "holm") step for
+    step, in numpy here because ``multipletests`` runs a full ``gc.collect()`` on every call (0.07 s
+    each with a 48,000-pair replay in memory, called once per task)."""
     if not pvalues:
         return [], []
     if len(pvalues) == 1:  # a family of one: nothing to adjust
         return [float(pvalues[0])], [bool(pvalues[0] <= alpha)]
-    from statsmodels.stats.multitest import multipletests
-
-    reject, adjusted, _, _ = multipletests(list(pvalues), alpha=alpha, method="holm")
-    return [float(p) for p in adjusted], [bool(r) for r in reject]
+    raw = np.asarray(pvalues)
+    order = np.argsort(raw)
+    p = np.take(raw, order)
+    m = len(p)
+    notreject = p > alpha / np.arange(m, 0, -1)
+    stop = np.nonzero(notreject)[0]
+    notreject[(np.min(stop) if stop.size else m) :] = True
+    sorted_adjusted = np.maximum.accumulate(p * np.arange(m, 0, -1))
+    sorted_adjusted[sorted_adjusted > 1] = 1
+    adjusted, reject = np.empty_like(sorted_adjusted), np.empty_like(notreject)
+    adjusted[order], reject[order] = sorted_adjusted, ~notreject
+    return [float(x) for x in adjusted], [bool(r) for r in reject]
 
 
 def _counts(b: Any, c: Any) -> tuple[int, int]:
