@@ -18,7 +18,7 @@ and the speculative arm did not, c the reverse.
   top of the observed (symmetric) discordance that the test catches with 80% power, computed exactly;
   for sampled screens the power of the whole gate is simulated (``sampled_mde``).
 
-numpy, scipy and statsmodels only; usable outside pytest.
+numpy and scipy only; usable outside pytest.
 """
 
 from __future__ import annotations
