@@ -200,3 +200,19 @@ def test_flip_rate_ratio_needs_both_kinds():
     r = flip_rate_ratio(rows)
     assert r == {"safety_flip_rate": 0.04, "capability_flip_rate": 0.01, "ratio": pytest.approx(4.0)}
     assert flip_rate_ratio(rows[:1]) is None
+
+
+def test_rejection_rate_with_cached_binomial_coefficients_is_the_direct_sum_bit_for_bit():
+    from scipy import special
+
+    for n, p_down, p_up, alpha in [(520, 0.02, 0.01, 0.05), (1780, 0.031, 0.007, 0.05 / 27), (7, 0.5, 0.2, 0.1)]:
+        psi, s = p_down + p_up, np.arange(n + 1)
+        weight = np.exp(
+            special.gammaln(n + 1)
+            - special.gammaln(s + 1)
+            - special.gammaln(n - s + 1)
+            + special.xlogy(s, psi)
+            + special.xlog1py(n - s, -psi)
+        )
+        direct = float(np.sum(weight * special.bdtrc(L._critical_upto(n, alpha) - 1, s, p_down / psi)))
+        assert L.rejection_rate(n, p_down, p_up, alpha) == direct

@@ -182,6 +182,18 @@ def _critical(s: np.ndarray, alpha: float) -> np.ndarray:
     return np.minimum(k, s + 1)
 
 
+@functools.lru_cache(maxsize=64)
+def _log_choose(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """0..n and log C(n, s) for each (the part of the binomial weights that does not depend on the
+    flip probability, computed once per n rather than on each of the MDE's bisection steps)."""
+    from scipy import special
+
+    s = np.arange(n + 1)
+    out = special.gammaln(n + 1) - special.gammaln(s + 1) - special.gammaln(n - s + 1)
+    s.flags.writeable = out.flags.writeable = False
+    return s, out
+
+
 def rejection_rate(n: int, p_down: float, p_up: float, alpha: float) -> float:
     """P(the one-sided exact McNemar test rejects at alpha) when each of n pairs flips down with
     probability p_down and up with p_up: exact, summed over the number of flips."""
@@ -195,14 +207,8 @@ def rejection_rate(n: int, p_down: float, p_up: float, alpha: float) -> float:
     from scipy import special
 
     # scipy.special's binomial functions directly: this runs some 25 times per verdict (the MDE's bisection)
-    s = np.arange(n + 1)
-    weight = np.exp(
-        special.gammaln(n + 1)
-        - special.gammaln(s + 1)
-        - special.gammaln(n - s + 1)
-        + special.xlogy(s, psi)
-        + special.xlog1py(n - s, -psi)
-    )
+    s, log_choose = _log_choose(n)
+    weight = np.exp(log_choose + special.xlogy(s, psi) + special.xlog1py(n - s, -psi))
     k = _critical_upto(n, alpha)
     given = special.bdtrc(k - 1, s, p_down / psi)  # P(Binomial(s, theta) >= k)
     return float(np.sum(weight * given))
