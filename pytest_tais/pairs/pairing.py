@@ -207,8 +207,8 @@ def judge_pairs(
                     shared.setdefault(fa, fa),
                     shared.setdefault(fb, fb),
                     _pair_meta(gb[0]),
-                    ia if ia[0] is not None else shared.setdefault(ia, ia),
-                    ib if ib[0] is not None else shared.setdefault(ib, ib),
+                    shared.setdefault(ia, ia) if all(x is None for x in ia) else ia,  # ids may be unhashable
+                    shared.setdefault(ib, ib) if all(x is None for x in ib) else ib,
                     tuple(g.seed for g in ga) if ga[0].seed is not None else (),
                 )
             )

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 # scipy is imported where it is used: the screen is built at configure, and
-# loading them there costs about 1 s before an engine start that loads scipy anyway.
+# loading it there costs about 1 s before an engine start that loads scipy anyway.
 from .identity import ByteIdentity, MovedShare, byte_identity, moved_share, rerun_spread
 from .levels import ALPHA, MARGIN, POWER, TOST_METHOD, check_levels
 from .null import swap_null_h_quantile
