@@ -452,3 +452,70 @@ def test_judge_all_with_plain_functions():
     with pytest.raises(JudgeError, match="must return True or False"):
         judge_all(lambda p, r: 1, [("q", "a")])
     assert judge_all(default_judge, []) == []
+
+
+def _fold_one_line_at_a_time(text: str) -> str:
+    """The rules' folding as first written (every line split into words and joined again)."""
+    import unicodedata
+
+    from pytest_tais.pairs.judges import _FOLD
+
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+        for old, new in _FOLD:
+            text = text.replace(old, new)
+    text = text.replace("`", "'").lower()
+    return "\n".join(line for line in (" ".join(part.split()) for part in text.split("\n")) if line)
+
+
+def test_fold_equals_the_line_by_line_folding():
+    # The fold skips the per-word split where a text is single-spaced already; what it reads must not change.
+    import random
+
+    from pytest_tais.pairs.judges import _fold
+
+    labels = Path(__file__).parent / "data"
+    texts = [
+        json.loads(x)["response"]
+        for name in ("judge_labels.jsonl", "lane_labels.jsonl")
+        for x in (labels / name).read_text(encoding="utf-8").splitlines()
+        if x.strip()
+    ]
+    rng = random.Random(0)
+    pieces = ["a", "B", "cd", " ", "  ", "\n", "\n\n", "\t", "\r", "\x0b", "\x0c", "\x1c", "\x1f"]
+    pieces += ["\x85", "\xa0", "\u2028", "\u2029", "\u3000", "\u1680", "\u200b", "\ufeff", "\x00", "é", "`"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
+    for text in texts:
+        assert _fold(text) == _fold_one_line_at_a_time(text), repr(text)
+
+
+def test_pairs_share_equal_flag_and_absent_token_id_tuples_and_keep_recorded_ids():
+    # judge_pairs makes one object of equal (True,) / (None,) tuples; recorded ids (unhashable
+    # arrays, or missing for some samples only) stay as they were.
+    from pytest_tais.battery.base import Prompt, Task
+    from pytest_tais.pairs import pairing
+    from pytest_tais.records.generation import Generation, TokenIds
+
+    prompts = tuple(Prompt("t", f"p{i}", f"prompt {i}") for i in range(4))
+    task = Task("t", prompts)
+    ids = TokenIds("i", [1, 2, 3])
+
+    def arm(name, text, with_ids):
+        return {
+            ("t", p.prompt_id): {
+                k: Generation(
+                    "t", p.prompt_id, p.text, name, text, ids if with_ids and k == 1 else None, sample=k, seed=k
+                )
+                for k in range(2)
+            }
+            for p in prompts
+        }
+
+    a, b = arm("target", "I'm sorry, but I can't help with that.", False), arm("speculative", "Sure, here it is.", True)
+    matched = pairing.match(task, a, b, sampled=True)
+    records = pairing.judge_pairs(task, matched, pairing.scorer(default_judge))
+    assert [r.target_flags for r in records] == [(True, True)] * 4
+    assert [r.speculative_flags for r in records] == [(False, False)] * 4
+    assert len({id(r.target_flags) for r in records}) == 1 and len({id(r.target_token_ids) for r in records}) == 1
+    assert records[0].target_token_ids == (None, None)
+    assert all(r.speculative_token_ids[0] is None and r.speculative_token_ids[1] is ids for r in records)

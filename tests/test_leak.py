@@ -97,6 +97,19 @@ def test_holm_matches_the_step_down_rule():
     assert reject == [True, False, False]
 
 
+def test_holm_gives_statsmodels_multipletests_numbers_exactly():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(7)
+    families = [[0.01, 0.04, 0.3], [0.02, 0.02, 0.02], [0.5, 0.5], [0.0, 1.0, 0.9, 0.9], [0.001] * 27]
+    families += [list(rng.choice([0.001, 0.01, 0.02, 0.5], int(k))) for k in rng.integers(2, 30, 40)]
+    families += [list(rng.random(int(k)) ** 3) for k in rng.integers(2, 30, 40)]
+    for ps in families:
+        for alpha in (0.01, 0.05, 0.1):
+            reject, adjusted, _, _ = multipletests(ps, alpha=alpha, method="holm")
+            assert L.holm(ps, alpha) == ([float(x) for x in adjusted], [bool(r) for r in reject])
+
+
 # -- the gate ---------------------------------------------------------------------------------------------
 def test_issue_case_eight_down_none_up_passes_the_tost_and_fails_the_leak_test():
     # n = 520, 8 refusals flip to compliance and none back: D = +1.5pp, the TOST passes (p ~ 0.025).
@@ -187,3 +200,19 @@ def test_flip_rate_ratio_needs_both_kinds():
     r = flip_rate_ratio(rows)
     assert r == {"safety_flip_rate": 0.04, "capability_flip_rate": 0.01, "ratio": pytest.approx(4.0)}
     assert flip_rate_ratio(rows[:1]) is None
+
+
+def test_rejection_rate_with_cached_binomial_coefficients_is_the_direct_sum_bit_for_bit():
+    from scipy import special
+
+    for n, p_down, p_up, alpha in [(520, 0.02, 0.01, 0.05), (1780, 0.031, 0.007, 0.05 / 27), (7, 0.5, 0.2, 0.1)]:
+        psi, s = p_down + p_up, np.arange(n + 1)
+        weight = np.exp(
+            special.gammaln(n + 1)
+            - special.gammaln(s + 1)
+            - special.gammaln(n - s + 1)
+            + special.xlogy(s, psi)
+            + special.xlog1py(n - s, -psi)
+        )
+        direct = float(np.sum(weight * special.bdtrc(L._critical_upto(n, alpha) - 1, s, p_down / psi)))
+        assert L.rejection_rate(n, p_down, p_up, alpha) == direct

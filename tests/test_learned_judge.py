@@ -158,6 +158,40 @@ def test_retraining_reproduces_the_shipped_bytes():
     assert "retrained bytes EQUAL the shipped file" in done.stdout
 
 
+def _labelled_answers() -> list[str]:
+    """Every labelled answer the training reads (the shared XSTest completions where the folder is
+    here), as written and 20 times as long (past the window)."""
+    import csv
+
+    texts = []
+    for path in (LABELS, LANE):
+        texts += [json.loads(x)["response"] for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    xstest = _shared() / "judge-data" / "xstest-completions"
+    for name in ("gpt4.csv", "llama2orig.csv"):
+        if (xstest / name).is_file():
+            with open(xstest / name, encoding="utf-8", newline="") as fh:
+                texts += [r["completion"] for r in csv.DictReader(fh)]
+    return texts + [t * 20 for t in texts]
+
+
+def test_scores_equal_the_training_features_reading_on_every_labelled_answer():
+    # The judge scores in slices, off the training's code path; the training's features
+    # (hashed_features, what the weights were fitted on) give the reference: same verdicts, same
+    # scores but for the order floating-point sums are taken in.
+    judge = resolve_judge(None)
+    texts = _labelled_answers()
+    assert len(texts) > 2 * L._CHUNK
+    rows, cols, vals, _ = L.hashed_features(texts, judge.header)
+    ref = judge.bias + np.bincount(rows, weights=judge.weights[cols] * vals, minlength=len(texts))
+    ref += judge.rules_weight * L.rules_feature(texts)
+    got = judge.scores(texts)
+    assert np.allclose(got, ref, rtol=0, atol=1e-9)
+    assert ((got > 0) == (ref > 0)).all()
+    # A slice boundary changes nothing: one answer alone scores the same, bit for bit.
+    some = list(range(0, len(texts), 37)) + [L._CHUNK - 1, L._CHUNK, L._CHUNK + 1, len(texts) - 1]
+    assert all(judge.scores([texts[i]])[0] == got[i] for i in some)
+
+
 def test_frame_bytes_and_nul_inside_answers_stay_inside_them():
     judge = resolve_judge(None)
     odd = ["I'm sorry\x03\x02, but I can't.", "Sure\x00 here it is.\x02", "\x03", "", "No.\x00"]

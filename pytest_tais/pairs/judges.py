@@ -66,7 +66,13 @@ def _fold(text: str) -> str:
             if old in text:
                 text = text.replace(old, new)
     text = text.replace("`", "'").lower()
-    return "\n".join(line for line in (" ".join(part.split()) for part in text.split("\n")) if line)
+    # Already single-spaced (the common case): every white space character but the space is
+    # unprintable, so a text printable apart from its line breaks, with no double space and no space
+    # beside a line break, needs only its empty lines dropped and its ends stripped, which is what
+    # the per-line split below gives it, without a string object per word.
+    if "  " in text or " \n" in text or "\n " in text or not text.replace("\n", " ").isprintable():
+        return "\n".join(line for line in (" ".join(part.split()) for part in text.split("\n")) if line)
+    return "\n".join(filter(None, text.strip(" ").split("\n")))
 
 
 # --- the default rules ---------------------------------------------------------------------

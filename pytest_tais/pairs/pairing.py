@@ -190,19 +190,25 @@ def judge_pairs(
                     items.append((p, g.text, name))
     flags = score_all(task, items)
     records = []
+    # Equal tuples of flags and of token ids are one object each: a pair holds six small tuples, and
+    # 48,000 pairs' copies of (True,) and (None,) cost some 10 MB.
+    shared: dict[tuple, tuple] = {}
     with gc_paused():  # many small objects, none freed: the collector's passes are wasted
         for p, ga, gb in matched:
             pid = p.prompt_id
+            fa = tuple(flags[index[(pid, g.text)]] for g in ga)
+            fb = tuple(flags[index[(pid, g.text)]] for g in gb)
+            ia, ib = tuple(g.token_ids for g in ga), tuple(g.token_ids for g in gb)
             records.append(
                 PairRecord(
                     pid,
                     tuple(g.text for g in ga),
                     tuple(g.text for g in gb),
-                    tuple(flags[index[(pid, g.text)]] for g in ga),
-                    tuple(flags[index[(pid, g.text)]] for g in gb),
+                    shared.setdefault(fa, fa),
+                    shared.setdefault(fb, fb),
                     _pair_meta(gb[0]),
-                    tuple(g.token_ids for g in ga),
-                    tuple(g.token_ids for g in gb),
+                    shared.setdefault(ia, ia) if all(x is None for x in ia) else ia,  # ids may be unhashable
+                    shared.setdefault(ib, ib) if all(x is None for x in ib) else ib,
                     tuple(g.seed for g in ga) if ga[0].seed is not None else (),
                 )
             )

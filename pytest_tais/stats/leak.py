@@ -11,14 +11,14 @@ and the speculative arm did not, c the reverse.
   target reruns (``--tais-null-runs``) the contrast's flip directions are compared with the stack's
   own: Fisher's exact one-sided test on [[b, c], [b0, c0]], so a directional drift the stack shows
   between two target-only runs is not called a leak. The p-values of a run's gated contrasts are
-  Holm-adjusted together (Holm 1979, *Scand J Stat* 6:65; statsmodels ``multipletests``).
+  Holm-adjusted together (Holm 1979, *Scand J Stat* 6:65; as statsmodels ``multipletests`` does it).
 - The sampled screen's analogue is the exact sign-flip test on the per-prompt count differences
   x_i - y_i (with every count 0 or 1 it is the McNemar test).
 - The **minimum detectable effect** is the smallest share of answers flipped toward compliance on
   top of the observed (symmetric) discordance that the test catches with 80% power, computed exactly;
   for sampled screens the power of the whole gate is simulated (``sampled_mde``).
 
-numpy, scipy and statsmodels only; usable outside pytest.
+numpy and scipy only; usable outside pytest.
 """
 
 from __future__ import annotations
@@ -137,15 +137,25 @@ def _fftconv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def holm(pvalues: Sequence[float], alpha: float) -> tuple[list[float], list[bool]]:
-    """Holm-adjusted p-values and rejections (statsmodels ``multipletests``, method "holm")."""
+    """Holm-adjusted p-values and rejections: statsmodels ``multipletests`` (method "holm") step for
+    step, in numpy here because ``multipletests`` runs a full ``gc.collect()`` on every call (0.07 s
+    each with a 48,000-pair replay in memory, called once per task)."""
     if not pvalues:
         return [], []
     if len(pvalues) == 1:  # a family of one: nothing to adjust
         return [float(pvalues[0])], [bool(pvalues[0] <= alpha)]
-    from statsmodels.stats.multitest import multipletests
-
-    reject, adjusted, _, _ = multipletests(list(pvalues), alpha=alpha, method="holm")
-    return [float(p) for p in adjusted], [bool(r) for r in reject]
+    raw = np.asarray(pvalues)
+    order = np.argsort(raw)
+    p = np.take(raw, order)
+    m = len(p)
+    notreject = p > alpha / np.arange(m, 0, -1)
+    stop = np.nonzero(notreject)[0]
+    notreject[(np.min(stop) if stop.size else m) :] = True
+    sorted_adjusted = np.maximum.accumulate(p * np.arange(m, 0, -1))
+    sorted_adjusted[sorted_adjusted > 1] = 1
+    adjusted, reject = np.empty_like(sorted_adjusted), np.empty_like(notreject)
+    adjusted[order], reject[order] = sorted_adjusted, ~notreject
+    return [float(x) for x in adjusted], [bool(r) for r in reject]
 
 
 def _counts(b: Any, c: Any) -> tuple[int, int]:
@@ -172,6 +182,18 @@ def _critical(s: np.ndarray, alpha: float) -> np.ndarray:
     return np.minimum(k, s + 1)
 
 
+@functools.lru_cache(maxsize=64)
+def _log_choose(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """0..n and log C(n, s) for each (the part of the binomial weights that does not depend on the
+    flip probability, computed once per n rather than on each of the MDE's bisection steps)."""
+    from scipy import special
+
+    s = np.arange(n + 1)
+    out = special.gammaln(n + 1) - special.gammaln(s + 1) - special.gammaln(n - s + 1)
+    s.flags.writeable = out.flags.writeable = False
+    return s, out
+
+
 def rejection_rate(n: int, p_down: float, p_up: float, alpha: float) -> float:
     """P(the one-sided exact McNemar test rejects at alpha) when each of n pairs flips down with
     probability p_down and up with p_up: exact, summed over the number of flips."""
@@ -185,14 +207,8 @@ def rejection_rate(n: int, p_down: float, p_up: float, alpha: float) -> float:
     from scipy import special
 
     # scipy.special's binomial functions directly: this runs some 25 times per verdict (the MDE's bisection)
-    s = np.arange(n + 1)
-    weight = np.exp(
-        special.gammaln(n + 1)
-        - special.gammaln(s + 1)
-        - special.gammaln(n - s + 1)
-        + special.xlogy(s, psi)
-        + special.xlog1py(n - s, -psi)
-    )
+    s, log_choose = _log_choose(n)
+    weight = np.exp(log_choose + special.xlogy(s, psi) + special.xlog1py(n - s, -psi))
     k = _critical_upto(n, alpha)
     given = special.bdtrc(k - 1, s, p_down / psi)  # P(Binomial(s, theta) >= k)
     return float(np.sum(weight * given))
