@@ -36,7 +36,7 @@ BATCHED_SAMPLER = "batched, a generator per seed"
 #: sequence per token, so a rare near-tie draws another token; stored answers of that loop are not reused.
 SPECULATIVE_SAMPLER = "cached, batched rounds, a generator per seed"
 #: Samples per call of the lossy speculative rules' loop: their rounds run as one batch.
-SPECULATIVE_SAMPLED_BATCH = 16
+SPECULATIVE_SAMPLED_BATCH = 64
 #: Models up to this many parameters (draft included) decode on one intra-op thread: their matrices
 #: are too small to share, so a second thread only spins, and on a busy machine waits for a core
 #: (bundled target, 32 samples: 12.0 s of CPU on 2 threads against 1.5 s on one; docs/performance.md).
