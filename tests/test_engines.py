@@ -959,10 +959,20 @@ def _counters() -> dict[str, int]:
 
 
 @pytest.mark.hf
-@pytest.mark.parametrize("rule", ["synthetic", "typical", "wrong-q", "exact"])
-def test_hf_batched_speculative_sampling_keeps_each_rows_answer(rule: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "rule, repack", [("synthetic", None), ("typical", None), ("wrong-q", None), ("exact", None), ("wrong-q", 0.0)]
+)
+def test_hf_batched_speculative_sampling_keeps_each_rows_answer(rule: str, repack, tmp_path: Path, monkeypatch) -> None:
     """The lossy rules' sampled loop runs a call's rows together with KV caches: each row's answer
-    (and the counters) are the uncached one-at-a-time loop's, alone, in a batch, in another order."""
+    (and the counters) are the uncached one-at-a-time loop's, alone, in a batch, in another order;
+    ``repack`` 0: the caches drop their holes before every forward."""
+    from pytest_tais.engines import sampling
+
+    repacks = []
+    if repack is not None:
+        monkeypatch.setattr(sampling, "REPACK_WIDTH", repack)
+        original = sampling._RowCache._repack
+        monkeypatch.setattr(sampling._RowCache, "_repack", lambda self: repacks.append(original(self)))
     from pytest_tais.engines.hf import _threads
     from pytest_tais.engines.sampling import speculative_sample, speculative_sample_batch
 
@@ -1010,6 +1020,7 @@ def test_hf_batched_speculative_sampling_keeps_each_rows_answer(rule: str, tmp_p
     assert batched == reference and alone == reference
     assert [shuffled[order.index(i)] for i in range(len(order))] == reference
     assert counters == ref_counters
+    assert bool(repacks) == (repack is not None)
     if rule != "typical":  # typical at T = 0.8 on these models: a drafted token is rarely typical enough
         # Both outcomes of verification were exercised: some drafted tokens kept, some cut.
         assert 0 < counters["num_accepted_tokens"] < counters["num_draft_tokens"]

@@ -32,8 +32,9 @@ SPECULATIVE_PER_CALL = 4
 #: The target-only sampled arm's sampler, in its arm's fingerprint (the store's address).
 BATCHED_SAMPLER = "batched, a generator per seed"
 #: The lossy speculative rules' sampled loop (``sampling.speculative_sample_batch``), in its arm's
-#: fingerprint: KV caches and batched rounds give other floats than the loop that re-read the whole
-#: sequence per token, so a rare near-tie draws another token; stored answers of that loop are not reused.
+#: fingerprint: KV caches and batched rounds compute other floats than the loop that re-read the whole
+#: sequence per token (the example suite's 960 lossy samples came out the same, but a near-tie on other
+#: models or dtypes can draw another token), so stored answers of that loop are not reused.
 SPECULATIVE_SAMPLER = "cached, batched rounds, a generator per seed"
 #: Samples per call of the lossy speculative rules' loop: their rounds run as one batch.
 SPECULATIVE_SAMPLED_BATCH = 64

@@ -111,6 +111,11 @@ def verify(rule: str, p: Any, q: Any, draft_argmax: int, tok: int, uniform: Any)
     return False, residual / residual.sum() if float(residual.sum()) > 0 else p
 
 
+#: A batch's cache is repacked (holes dropped) once it is this many times as wide as its longest
+#: row's tokens, so that many rounds of rejections cannot grow it without bound (tests set 0: always).
+REPACK_WIDTH = 2.0
+
+
 class _RowCache:
     """One model's KV cache over a batch of rows that advance by different amounts.
 
@@ -119,7 +124,8 @@ class _RowCache:
     padding, masked. A rejected token is never cropped (the cache is shared by the batch): its slot
     is masked from then on, so it is a hole, as padding is. Position ids count a row's own tokens
     only, so a row's keys, queries and positions are those it has alone; only the masked slots
-    around them differ with the batch.
+    around them differ with the batch. When the holes make the cache much wider than its longest
+    row (:data:`REPACK_WIDTH`), each row's slots are moved to the right end of a narrower cache.
     """
 
     def __init__(self, model: Any, rows: int, pad: int) -> None:
@@ -137,6 +143,8 @@ class _RowCache:
         feed padding and their logits mean nothing)."""
         import torch
 
+        if self.mask.shape[1] > REPACK_WIDTH * max(len(t) for t in self.tokens):
+            self._repack()
         rows, base = len(self.tokens), self.mask.shape[1]
         todo = {r: seq[len(self.tokens[r]) :] for r, seq in seqs.items()}
         width = max(len(t) for t in todo.values())
@@ -160,6 +168,22 @@ class _RowCache:
             use_cache=True,
             logits_to_keep=keep,
         ).logits
+
+    def _repack(self) -> None:
+        """Drop the holes: each row's cached slots, in order, at the right end of a cache as wide as
+        its longest row (the keys keep their rotary positions; the padding slots are masked)."""
+        import torch
+
+        width = max(len(slots) for slots in self.slots)
+        device = self.model.device
+        index = torch.tensor([[0] * (width - len(slots)) + slots for slots in self.slots], device=device)
+        for layer in self.cache.layers:
+            if not getattr(layer, "is_initialized", True) or layer.keys.numel() == 0:
+                continue
+            at = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys, layer.values = layer.keys.gather(2, at), layer.values.gather(2, at)
+        self.mask = torch.tensor([[0] * (width - len(slots)) + [1] * len(slots) for slots in self.slots], device=device)
+        self.slots = [list(range(width - len(slots), width)) for slots in self.slots]
 
     def rewind(self, row: int, seq: list[int]) -> None:
         """Keep the longest prefix of ``row``'s cached tokens that ``seq`` starts with, less its last
