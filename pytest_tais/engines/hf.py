@@ -537,7 +537,8 @@ class HFBackend(Backend):
 
         self._start()
         out = []
-        with torch.inference_mode(), self.log.capture(fds=False):
+        # One thread for a small target, as its generation (_threads): two spin on its tiny matrices.
+        with torch.inference_mode(), self.log.capture(fds=False), _threads((self.model,)):
             for text, ids in items:
                 prompt = self._encode(text)
                 seq = torch.tensor([prompt + [int(t) for t in ids]], device=self.model.device)
