@@ -237,50 +237,15 @@ def speculative_sample_batch(
     news: list[list[int]] = [[] for _ in batch]
     live = list(range(len(batch)))  # the unfinished rows; batch row b of the caches is live[b]
     target_cache, draft_cache = _RowCache(model, len(batch), pad), _RowCache(draft, len(batch), pad)
-
-    def draw(row: int, probs: Any) -> int:
-        return int(torch.multinomial(probs, 1, generator=gens[row]))
-
     with torch.inference_mode():
         while live:
             ks = [min(k_max, max_new - len(news[r])) for r in live]
-            proposals: list[list[int]] = [[] for _ in live]
-            qs: list[list[Any]] = [[] for _ in live]
-            greedy: list[list[int]] = [[] for _ in live]
-            proposing = [b for b in range(len(live)) if ks[b] > 0]
-            while proposing:
-                logits = draft_cache.feed({b: seqs[live[b]] + proposals[b] for b in proposing}, 1)[:, -1]
-                q_all = warp(logits[proposing], t, top_p, top_k).cpu()
-                argmax = torch.argmax(logits[proposing], dim=-1).tolist()
-                still = []
-                for i, b in enumerate(proposing):
-                    tok = draw(live[b], q_all[i])
-                    proposals[b].append(tok)
-                    qs[b].append(q_all[i])
-                    greedy[b].append(int(argmax[i]))
-                    if tok not in eos and len(proposals[b]) < ks[b]:
-                        still.append(b)
-                proposing = still
+            proposals, qs, greedy = _propose_batch(draft_cache, seqs, live, ks, settings, gens, eos)
             keep = max(len(p) for p in proposals) + 1
             logits = target_cache.feed({b: seqs[r] + proposals[b] for b, r in enumerate(live)}, keep)
             for b, r in enumerate(live):
-                proposal, gen = proposals[b], gens[r]
-                ps = warp(logits[b, keep - len(proposal) - 1 :], t, top_p, top_k).cpu()
-                uniform = lambda: float(torch.rand((), generator=gen))  # noqa: E731
-                accepted: list[int] = []
-                correction: Any = None
-                for i, tok in enumerate(proposal):
-                    ok, correction = verify(rule, ps[i], qs[b][i], greedy[b][i], tok, uniform)
-                    if not ok:
-                        break
-                    accepted.append(tok)
-                    correction = None
-                counters["num_drafts"] += 1
-                counters["num_draft_tokens"] += len(proposal)
-                counters["num_accepted_tokens"] += len(accepted)
-                if not (accepted and accepted[-1] in eos):
-                    # A correction after a rejection, or the bonus token from p after K acceptances.
-                    accepted.append(draw(r, correction if correction is not None else ps[len(accepted)]))
+                ps = warp(logits[b, keep - len(proposals[b]) - 1 :], t, top_p, top_k).cpu()
+                accepted = _verify_row(rule, proposals[b], ps, qs[b], greedy[b], gens[r], eos, counters)
                 new = news[r]
                 for tok in accepted:
                     if len(new) >= max_new:
@@ -298,6 +263,73 @@ def speculative_sample_batch(
                     target_cache.select(going)
                     draft_cache.select(going)
     return news
+
+
+def _propose_batch(
+    draft_cache: _RowCache,
+    seqs: list[list[int]],
+    live: list[int],
+    ks: list[int],
+    settings: Any,
+    gens: list[Any],
+    eos: set[int],
+) -> tuple[list[list[int]], list[list[Any]], list[list[int]]]:
+    """Each live row's proposal, up to ``ks[b]`` tokens (fewer after a stop token), each drawn from
+    the draft's tempered q with the row's generator: (tokens, their q, the draft's argmax) per row."""
+    import torch
+
+    t, top_p, top_k = float(settings.temperature), float(settings.top_p), settings.top_k
+    proposals: list[list[int]] = [[] for _ in live]
+    qs: list[list[Any]] = [[] for _ in live]
+    greedy: list[list[int]] = [[] for _ in live]
+    proposing = [b for b in range(len(live)) if ks[b] > 0]
+    while proposing:
+        logits = draft_cache.feed({b: seqs[live[b]] + proposals[b] for b in proposing}, 1)[:, -1]
+        q_all = warp(logits[proposing], t, top_p, top_k).cpu()
+        argmax = torch.argmax(logits[proposing], dim=-1).tolist()
+        still = []
+        for i, b in enumerate(proposing):
+            tok = int(torch.multinomial(q_all[i], 1, generator=gens[live[b]]))
+            proposals[b].append(tok)
+            qs[b].append(q_all[i])
+            greedy[b].append(int(argmax[i]))
+            if tok not in eos and len(proposals[b]) < ks[b]:
+                still.append(b)
+        proposing = still
+    return proposals, qs, greedy
+
+
+def _verify_row(
+    rule: str,
+    proposal: list[int],
+    ps: Any,
+    qs: list[Any],
+    greedy: list[int],
+    gen: Any,
+    eos: set[int],
+    counters: dict[str, int],
+) -> list[int]:
+    """One row's round: the proposal's accepted prefix under ``rule`` (:func:`verify`, ``ps`` the
+    target's tempered p at each position and one after), then the correction after a rejection or
+    the bonus token after K acceptances, drawn with the row's generator; the counters count it."""
+    import torch
+
+    uniform = lambda: float(torch.rand((), generator=gen))  # noqa: E731
+    accepted: list[int] = []
+    correction: Any = None
+    for i, tok in enumerate(proposal):
+        ok, correction = verify(rule, ps[i], qs[i], greedy[i], tok, uniform)
+        if not ok:
+            break
+        accepted.append(tok)
+        correction = None
+    counters["num_drafts"] += 1
+    counters["num_draft_tokens"] += len(proposal)
+    counters["num_accepted_tokens"] += len(accepted)
+    if not (accepted and accepted[-1] in eos):
+        probs = correction if correction is not None else ps[len(accepted)]
+        accepted.append(int(torch.multinomial(probs, 1, generator=gen)))
+    return accepted
 
 
 def speculative_sample(
