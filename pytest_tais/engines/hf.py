@@ -1,7 +1,8 @@
 """The transformers backend: greedy decoding for machines without vLLM.
 
 The target-only arm decodes prompts in left-padded batches of similar length (``GREEDY_BATCH``);
-the speculative arm goes one prompt at a time, as assisted generation requires.
+the speculative arm goes one prompt at a time, as assisted generation requires, except the lossy
+rules' sampled arms, whose rounds run a call's samples together (``SPECULATIVE_SAMPLED_BATCH``).
 
 Speculative arm, ``exact`` acceptance: transformers' assisted generation (``assistant_model=``,
 or prompt lookup for ngram), which keeps the target's greedy tokens. ``typical`` acceptance is

@@ -5,7 +5,7 @@ keep their store keys. The seed of sample i is derived from the run's seed and t
 both arms draw sample i of a prompt with the same seed, a rerun with another ``--tais-seed`` draws
 fresh samples, and an interrupted run regenerates exactly the samples it lacks.
 
-The hf backend's own sampled speculative loop lives here too (:func:`speculative_sample`): the
+The hf backend's own sampled speculative loop lives here too (:func:`speculative_sample_batch`): the
 lossless rejection sampler (Leviathan et al. 2023, Chen et al. 2023) and its lossy controls, which
 differ from it in one line each:
 - ``synthetic``: each drafted token is kept with a fixed probability, whatever p and q say;
