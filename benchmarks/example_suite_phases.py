@@ -6,7 +6,8 @@ phase, wall seconds and CPU seconds (user + system of pytest's process, its chil
 
 - ``import torch`` / ``import transformers`` / ``import vllm``: imported first, each timed (the run
   imports them anyway; timed here they are not hidden inside the first engine start);
-- per engine (backend, arm, what the variant changes): start, generation, shutdown, fingerprint;
+- per engine (backend, arm, what the variant changes): start, generation, the token audit's
+  scoring, shutdown, fingerprint;
 - the store and bookkeeping around the engines (``run_arms`` less its engines);
 - judging, verdicts, and the reports (``TaisSession.finish``);
 - pytest itself: start-up and collection, and everything not inside a timer.
@@ -95,6 +96,7 @@ def _install() -> None:
         _wrap(cls, "_start", f"{backend} start")
         _wrap(cls, "generate", f"{backend} generate")
         _wrap(cls, "close", f"{backend} shutdown")
+        _wrap(cls, "score", f"{backend} token-audit")  # the token audit's forward passes on the target engine
         _wrap(cls, "fingerprint", "fingerprints (model hashes)")
     _wrap(Screen, "_score_all", "judging", labeled=False)
     _wrap(Screen, "verdict", "verdicts", labeled=False)

@@ -884,6 +884,199 @@ def test_hf_lossy_loop_with_kv_caches_equals_the_uncached_loop(acceptance, tmp_p
         backend.close()
 
 
+def _uncached_speculative_sample(model, draft, ids, settings, seed, rule, eos, counters) -> list[int]:
+    """The sampled speculative loop before issue 28: one answer, no KV cache, every drafted token and
+    every verification a forward of the whole sequence (the reference the batched loop must keep)."""
+    import torch
+
+    from pytest_tais.engines.sampling import verify, warp
+
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    t, top_p, top_k = float(settings.temperature), float(settings.top_p), settings.top_k
+    draw = lambda probs: int(torch.multinomial(probs.cpu(), 1, generator=gen))  # noqa: E731
+    uniform = lambda: float(torch.rand((), generator=gen))  # noqa: E731
+    seq, new = list(ids), []
+    with torch.inference_mode():
+        while len(new) < settings.max_tokens and not (new and new[-1] in eos):
+            proposal, qs, greedy = [], [], []
+            for _ in range(min(settings.num_speculative_tokens, settings.max_tokens - len(new))):
+                logits = draft(torch.tensor([seq + proposal])).logits[0, -1]
+                qs.append(warp(logits, t, top_p, top_k))
+                proposal.append(draw(qs[-1]))
+                greedy.append(int(torch.argmax(logits)))
+                if proposal[-1] in eos:
+                    break
+            ps = warp(model(torch.tensor([seq + proposal])).logits[0, len(seq) - 1 :], t, top_p, top_k)
+            accepted, correction = [], None
+            for i, tok in enumerate(proposal):
+                ok, correction = verify(rule, ps[i], qs[i], greedy[i], tok, uniform)
+                if not ok:
+                    break
+                accepted.append(tok)
+                correction = None
+            counters["num_drafts"] += 1
+            counters["num_draft_tokens"] += len(proposal)
+            counters["num_accepted_tokens"] += len(accepted)
+            if not (accepted and accepted[-1] in eos):
+                accepted.append(draw(correction if correction is not None else ps[len(accepted)]))
+            for tok in accepted[: settings.max_tokens - len(new)]:
+                new.append(tok)
+                seq.append(tok)
+                if tok in eos:
+                    break
+    return new
+
+
+def _lossy_sampling_backend(tmp_path: Path, rule: str, **overrides):
+    from pytest_tais.engines.hf import HFBackend
+
+    models = Path(__file__).resolve().parent.parent / "fixtures" / "models"
+    options = dict(max_tokens=24, samples=2, temperature=0.8, hf_acceptance=rule, num_speculative_tokens=3)
+    options.update(overrides)
+    settings = EngineSettings(
+        target=models / "target",
+        draft=models / "draft-adversarial",
+        backend="hf",
+        dtype="float32",
+        cache_dir=tmp_path,
+        **options,
+    )
+    spec = ArmSpec(SPECULATIVE, models / "target", models / "draft-adversarial", "draft_model")
+    return HFBackend(settings, spec, HashMemo(None))
+
+
+def _sampling_units(count: int) -> list[tuple[str, int]]:
+    from pytest_tais.battery import example
+    from pytest_tais.engines.sampling import sample_seed
+
+    tasks = example.example_tasks()
+    texts = [p.text for i in range(count) for p in [tasks[i % len(tasks)].prompts[i // len(tasks)]]]
+    return [(t, sample_seed(0, t, k)) for t in texts for k in range(2)]
+
+
+def _counters() -> dict[str, int]:
+    return {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0}
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize(
+    "rule, repack", [("synthetic", None), ("typical", None), ("wrong-q", None), ("exact", None), ("wrong-q", 0.0)]
+)
+def test_hf_batched_speculative_sampling_keeps_each_rows_answer(rule: str, repack, tmp_path: Path, monkeypatch) -> None:
+    """The lossy rules' sampled loop runs a call's rows together with KV caches: each row's answer
+    (and the counters) are the uncached one-at-a-time loop's, alone, in a batch, in another order;
+    ``repack`` 0: the caches drop their holes before every forward."""
+    from pytest_tais.engines import sampling
+
+    repacks = []
+    if repack is not None:
+        monkeypatch.setattr(sampling, "REPACK_WIDTH", repack)
+        original = sampling._RowCache._repack
+        monkeypatch.setattr(sampling._RowCache, "_repack", lambda self: repacks.append(original(self)))
+    from pytest_tais.engines.hf import _threads
+    from pytest_tais.engines.sampling import speculative_sample, speculative_sample_batch
+
+    backend = _lossy_sampling_backend(tmp_path, rule)
+    units = _sampling_units(5)
+    try:
+        backend._start()
+        with _threads((backend.model, backend.draft)):  # one thread, as generate() decodes
+            s, eos, pad = backend.settings, backend._eos_ids(), backend._generation_kwargs()["pad_token_id"]
+            encoded = [backend._encode(t) for t, _ in units]
+            seeds = [seed for _, seed in units]
+            reference, ref_counters = [], _counters()
+            for ids, seed in zip(encoded, seeds):
+                reference.append(
+                    _uncached_speculative_sample(backend.model, backend.draft, ids, s, seed, rule, eos, ref_counters)
+                )
+            counters = _counters()
+            batched = speculative_sample_batch(
+                backend.model, backend.draft, encoded, s, seeds, rule, eos, counters, pad
+            )
+            alone = [
+                speculative_sample(backend.model, backend.draft, ids, s, seed, rule, eos, _counters(), pad)
+                for ids, seed in zip(encoded, seeds)
+            ]
+            order = [3, 7, 0, 9, 1, 5, 2, 8, 6, 4]
+            shuffled = speculative_sample_batch(
+                backend.model,
+                backend.draft,
+                [encoded[i] for i in order],
+                s,
+                [seeds[i] for i in order],
+                rule,
+                eos,
+                _counters(),
+                pad,
+            )
+            if rule != "exact":  # the backend's own path (exact runs transformers' assisted generation)
+                served = backend.generate_sampled([t for t, _ in units], seeds)
+                assert [list(o.token_ids) for o in served.outputs] == reference
+                assert {k: served.metrics[k] for k in ref_counters} == ref_counters
+    finally:
+        backend.close()
+    assert len({len(ids) for ids in encoded}) > 1  # prompts of several lengths: padding in the batch
+    assert len({len(a) for a in reference}) > 1  # rows finish at different rounds
+    assert batched == reference and alone == reference
+    assert [shuffled[order.index(i)] for i in range(len(order))] == reference
+    assert counters == ref_counters
+    assert bool(repacks) == (repack is not None)
+    if rule != "typical":  # typical at T = 0.8 on these models: a drafted token is rarely typical enough
+        # Both outcomes of verification were exercised: some drafted tokens kept, some cut.
+        assert 0 < counters["num_accepted_tokens"] < counters["num_draft_tokens"]
+
+
+@pytest.mark.hf
+def test_hf_batched_speculative_sampling_at_a_cold_temperature_is_the_targets_greedy_answer(tmp_path: Path) -> None:
+    """Rule exact at T -> 0: q and p are one-hot, a drafted token is kept where it is the target's
+    argmax and corrected to it elsewhere: the batched loop returns the target's greedy answers."""
+    from pytest_tais.engines.hf import _threads
+    from pytest_tais.engines.sampling import speculative_sample_batch
+
+    backend = _lossy_sampling_backend(tmp_path, "exact", temperature=1e-4)
+    units = _sampling_units(6)[::2]
+    try:
+        backend._start()
+        with _threads((backend.model, backend.draft)):  # one thread, as generate() decodes
+            encoded = [backend._encode(t) for t, _ in units]
+            counters = _counters()
+            cold = speculative_sample_batch(
+                backend.model,
+                backend.draft,
+                encoded,
+                backend.settings,
+                [1] * len(encoded),
+                "exact",
+                backend._eos_ids(),
+                counters,
+                backend._generation_kwargs()["pad_token_id"],
+            )
+            greedy = [backend._greedy(ids) for ids in encoded]
+    finally:
+        backend.close()
+    assert cold == greedy
+    assert 0 < counters["num_accepted_tokens"] < counters["num_draft_tokens"]
+
+
+def test_hf_lossy_sampled_arms_name_their_sampler_in_the_fingerprint(tmp_path: Path) -> None:
+    """The lossy rules' sampled loop changed (issue 28): its arms' fingerprints name it, so that the
+    uncached loop's stored answers are not served; exact (transformers) and greedy arms keep theirs."""
+    from pytest_tais.engines.hf import SPECULATIVE_SAMPLER, HFBackend
+
+    models = Path(__file__).resolve().parent.parent / "fixtures" / "models"
+    target, draft = models / "target", models / "draft-adversarial"
+    spec = ArmSpec(SPECULATIVE, target, draft, "draft_model")
+
+    def sampler(**kw):
+        settings = EngineSettings(target=target, draft=draft, backend="hf", cache_dir=tmp_path, **kw)
+        return HFBackend(settings, spec, HashMemo(None)).fingerprint().get("hf_sampler")
+
+    assert sampler(samples=2, temperature=0.8, hf_acceptance="wrong-q") == SPECULATIVE_SAMPLER
+    assert sampler(samples=2, temperature=0.8, hf_acceptance="synthetic") == SPECULATIVE_SAMPLER
+    assert sampler(samples=2, temperature=0.8) is None
+    assert sampler(hf_acceptance="synthetic") is None
+
+
 # -- the hf backend stores its answers call by call -----------------------------------------------
 @pytest.mark.hf
 def test_an_interrupted_hf_run_keeps_all_but_the_last_few_answers(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """The transformers backend: greedy decoding for machines without vLLM.
 
 The target-only arm decodes prompts in left-padded batches of similar length (``GREEDY_BATCH``);
-the speculative arm goes one prompt at a time, as assisted generation requires.
+the speculative arm goes one prompt at a time, as assisted generation requires, except the lossy
+rules' sampled arms, whose rounds run a call's samples together (``SPECULATIVE_SAMPLED_BATCH``).
 
 Speculative arm, ``exact`` acceptance: transformers' assisted generation (``assistant_model=``,
 or prompt lookup for ngram), which keeps the target's greedy tokens. ``typical`` acceptance is
@@ -31,6 +32,13 @@ GREEDY_BATCH = 16
 SPECULATIVE_PER_CALL = 4
 #: The target-only sampled arm's sampler, in its arm's fingerprint (the store's address).
 BATCHED_SAMPLER = "batched, a generator per seed"
+#: The lossy speculative rules' sampled loop (``sampling.speculative_sample_batch``), in its arm's
+#: fingerprint: KV caches and batched rounds compute other floats than the loop that re-read the whole
+#: sequence per token (the example suite's 960 lossy samples came out the same, but a near-tie on other
+#: models or dtypes can draw another token), so stored answers of that loop are not reused.
+SPECULATIVE_SAMPLER = "cached, batched rounds, a generator per seed"
+#: Samples per call of the lossy speculative rules' loop: their rounds run as one batch.
+SPECULATIVE_SAMPLED_BATCH = 64
 #: Models up to this many parameters (draft included) decode on one intra-op thread: their matrices
 #: are too small to share, so a second thread only spins, and on a busy machine waits for a core
 #: (bundled target, 32 samples: 12.0 s of CPU on 2 threads against 1.5 s on one; docs/performance.md).
@@ -141,7 +149,15 @@ class HFBackend(Backend):
             # Batched target-only samples (chosen by the generation config, which the model hash covers)
             # are other draws than those of one generate() call per seed: never served those.
             fp["hf_sampler"] = BATCHED_SAMPLER
+        elif self._lossy_sampled:
+            fp["hf_sampler"] = SPECULATIVE_SAMPLER
         return fp
+
+    @property
+    def _lossy_sampled(self) -> bool:
+        """A sampled speculative arm over a draft model with a rule of our own loop (not exact)."""
+        s = self.settings
+        return bool(getattr(s, "sampled", False)) and self.spec.method == "draft_model" and s.hf_acceptance != "exact"
 
     # -- engine ---------------------------------------------------------------------------
     def _load(self, folder: Any) -> Any:
@@ -324,14 +340,10 @@ class HFBackend(Backend):
 
     def _sampled(self, ids: list[int], seed: int, counters: dict[str, int]) -> list[int]:
         """One sample: transformers' generate with do_sample (assisted for exact speculative sampling),
-        seeded per sample; the lossy rules run our own loop (``sampling.speculative_sample``)."""
+        seeded per sample (the lossy rules run :meth:`_lossy_sampled_batch`)."""
         import torch
 
-        from .sampling import speculative_sample
-
         s = self.settings
-        if self.spec.method == "draft_model" and s.hf_acceptance != "exact":
-            return speculative_sample(self.model, self.draft, ids, s, seed, s.hf_acceptance, self._eos_ids(), counters)
         inp = torch.tensor([ids], device=self.model.device)
         kwargs = self._generation_kwargs()
         kwargs.update(do_sample=True, temperature=float(s.temperature), top_p=float(s.top_p), top_k=s.top_k or 0)
@@ -344,6 +356,18 @@ class HFBackend(Backend):
         with torch.inference_mode():
             out = self.model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), **kwargs)
         return [int(t) for t in out[0, len(ids) :].tolist()]
+
+    def _lossy_sampled_batch(
+        self, batch: list[list[int]], seeds: list[int], counters: dict[str, int]
+    ) -> list[list[int]]:
+        """The lossy speculative rules' samples of one call, their rounds batched with KV caches
+        (``sampling.speculative_sample_batch``): each row's answer is the one it gets alone."""
+        from .sampling import speculative_sample_batch
+
+        s, pad = self.settings, self._generation_kwargs()["pad_token_id"]
+        return speculative_sample_batch(
+            self.model, self.draft, batch, s, seeds, s.hf_acceptance, self._eos_ids(), counters, pad
+        )
 
     @property
     def batched_sampling(self) -> bool:
@@ -452,6 +476,10 @@ class HFBackend(Backend):
             news = self._sampled_batch(encoded, [int(seed) for seed in seeds])
             if bar is not None:
                 bar.update(len(texts))
+        elif self._lossy_sampled:  # the lossy rules' rounds, batched
+            news = self._lossy_sampled_batch(encoded, [int(seed) for seed in seeds], counters)
+            if bar is not None:
+                bar.update(len(texts))
         else:
             news = []
             for i, ids in enumerate(encoded):
@@ -510,7 +538,8 @@ class HFBackend(Backend):
 
         self._start()
         out = []
-        with torch.inference_mode(), self.log.capture(fds=False):
+        # One thread for a small target, as its generation (_threads): two spin on its tiny matrices.
+        with torch.inference_mode(), self.log.capture(fds=False), _threads((self.model,)):
             for text, ids in items:
                 prompt = self._encode(text)
                 seq = torch.tensor([prompt + [int(t) for t in ids]], device=self.model.device)
@@ -525,6 +554,8 @@ class HFBackend(Backend):
         return out
 
     def prompts_per_call(self) -> int:
+        if self._lossy_sampled:
+            return min(self.settings.chunk_size, SPECULATIVE_SAMPLED_BATCH)
         return min(self.settings.chunk_size, SPECULATIVE_PER_CALL if self.spec.speculative else GREEDY_BATCH)
 
     def close(self) -> None:
