@@ -974,7 +974,7 @@ def test_hf_batched_speculative_sampling_keeps_each_rows_answer(rule: str, repac
         original = sampling._RowCache._repack
         monkeypatch.setattr(sampling._RowCache, "_repack", lambda self: repacks.append(original(self)))
     from pytest_tais.engines.hf import _threads
-    from pytest_tais.engines.sampling import speculative_sample, speculative_sample_batch
+    from pytest_tais.engines.sampling import speculative_sample_batch
 
     backend = _lossy_sampling_backend(tmp_path, rule)
     units = _sampling_units(5)
@@ -994,7 +994,7 @@ def test_hf_batched_speculative_sampling_keeps_each_rows_answer(rule: str, repac
                 backend.model, backend.draft, encoded, s, seeds, rule, eos, counters, pad
             )
             alone = [
-                speculative_sample(backend.model, backend.draft, ids, s, seed, rule, eos, _counters(), pad)
+                speculative_sample_batch(backend.model, backend.draft, [ids], s, [seed], rule, eos, _counters(), pad)[0]
                 for ids, seed in zip(encoded, seeds)
             ]
             order = [3, 7, 0, 9, 1, 5, 2, 8, 6, 4]

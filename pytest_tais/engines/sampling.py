@@ -330,18 +330,3 @@ def _verify_row(
         probs = correction if correction is not None else ps[len(accepted)]
         accepted.append(int(torch.multinomial(probs, 1, generator=gen)))
     return accepted
-
-
-def speculative_sample(
-    model: Any,
-    draft: Any,
-    ids: Sequence[int],
-    settings: Any,
-    seed: int,
-    rule: str,
-    eos: set[int],
-    counters: dict[str, int],
-    pad: int = 0,
-) -> list[int]:
-    """One sampled answer: :func:`speculative_sample_batch` on a batch of one."""
-    return speculative_sample_batch(model, draft, [ids], settings, [seed], rule, eos, counters, pad)[0]
