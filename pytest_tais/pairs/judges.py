@@ -58,6 +58,17 @@ _FOLD = (
 )
 
 
+# ASCII printable characters and the line break: an ASCII text with any other byte is not single-spaced.
+_PRINTABLE_NL = bytes(range(32, 127)) + b"\n"
+
+
+def _printable(text: str) -> bool:
+    """``text.replace("\n", " ").isprintable()``; for ASCII a byte filter, several times faster."""
+    if text.isascii():
+        return not text.encode("ascii").translate(None, _PRINTABLE_NL)
+    return text.replace("\n", " ").isprintable()
+
+
 def _fold(text: str) -> str:
     # Chained replace() is several times faster than str.translate() with a mapping.
     if not text.isascii():
@@ -70,7 +81,7 @@ def _fold(text: str) -> str:
     # unprintable, so a text printable apart from its line breaks, with no double space and no space
     # beside a line break, needs only its empty lines dropped and its ends stripped, which is what
     # the per-line split below gives it, without a string object per word.
-    if "  " in text or " \n" in text or "\n " in text or not text.replace("\n", " ").isprintable():
+    if "  " in text or " \n" in text or "\n " in text or not _printable(text):
         return "\n".join(line for line in (" ".join(part.split()) for part in text.split("\n")) if line)
     return "\n".join(filter(None, text.strip(" ").split("\n")))
 

@@ -99,14 +99,18 @@ _SPECIAL = re.compile("[" + "".join(chr(c) for c in _QUOTES) + "]")
 _FOLD = bytes.maketrans(b"`\t\r\x0b\x0c\x02\x03", b"'      ")
 
 
-def _read_one(text: str, lead: int) -> bytes:
-    t = text[:lead]
+def _unify(t: str) -> str:
+    """NFKC, one kind of apostrophe and of double quote, no zero-width characters (ASCII is as is)."""
     if not t.isascii():
         if not unicodedata.is_normalized("NFKC", t):
             t = unicodedata.normalize("NFKC", t)
         if _SPECIAL.search(t):
             t = t.translate(_QUOTES)
-    return t.lower().encode("utf-8", "replace").translate(_FOLD)
+    return t
+
+
+def _read_one(text: str, lead: int) -> bytes:
+    return _unify(text[:lead]).lower().encode("utf-8", "replace").translate(_FOLD)
 
 
 def read(texts: Sequence[str], lead: int) -> bytes:
@@ -120,7 +124,13 @@ def read(texts: Sequence[str], lead: int) -> bytes:
     """
     if not texts:
         return b""
-    body = b"\x03\x02".join([_read_one(t, lead) for t in texts])
+    # Lower case, encoding and folding once for all answers, NUL between them (no character's
+    # lower case depends on a NUL beside it); an answer holding a NUL itself is read one by one.
+    joined = "\x00".join([_unify(t[:lead]) for t in texts])
+    if joined.count("\x00") == len(texts) - 1:
+        body = joined.lower().encode("utf-8", "replace").translate(_FOLD).replace(b"\x00", b"\x03\x02")
+    else:
+        body = b"\x03\x02".join([_read_one(t, lead) for t in texts])
     return b"\x02" + body.replace(b"\n", " \u00b6 ".encode()) + b"\x03"
 
 
@@ -168,7 +178,11 @@ def _grams(texts: Sequence[str], cfg: dict[str, Any], spans: bool = False):
     their own."""
     buf, starts, tokens = _tokens(texts, cfg["lead"])
     answer = np.cumsum(buf[starts] == _START) - 1  # every answer's first token is its start byte
-    index = np.arange(len(answer)) - np.searchsorted(answer, np.arange(len(texts)))[answer]
+    yield from _grams_of(buf, starts, tokens, answer, len(texts), cfg, spans)
+
+
+def _grams_of(buf, starts, tokens, answer, count: int, cfg: dict[str, Any], spans: bool):
+    index = np.arange(len(answer)) - np.searchsorted(answer, np.arange(count))[answer]
     ends = _token_ends(buf, starts) if spans else None
     shift = np.uint32(32 - cfg["bits"])
     h = tokens
@@ -246,6 +260,7 @@ class LearnedJudge:
         self.sha256 = hashlib.sha256(data).hexdigest()
         self.version = self.sha256[:12]
         self.name = f"learned:{self.version}"
+        self._raw = raw
         self.weights = raw.astype(np.float64) * self.header["scale"]
         self.bias = float(self.header["bias"])
         self.lead = int(self.header["lead"])
@@ -281,11 +296,24 @@ class LearnedJudge:
     def _ngram_scores(self, responses: Sequence[str]) -> np.ndarray:
         """The bias plus the n-grams' part of each answer's score."""
         n = len(responses)
-        sums, counts = [np.zeros(n), np.zeros(n)], [np.zeros(n), np.zeros(n)]
-        for kind, rows, cols, _ in _grams(responses, self.header):
-            sums[kind] += np.bincount(rows, weights=self.weights[cols], minlength=n)
-            counts[kind] += np.bincount(rows, minlength=n)
-        return self.bias + sum(s / np.sqrt(np.maximum(c, 1.0)) for s, c in zip(sums, counts))
+        buf, starts, tokens = _tokens(responses, self.lead)
+        answer = np.cumsum(buf[starts] == _START) - 1
+        # Sums of the stored int16 weights are exact in float64 (the table is a quarter of the
+        # float one, so its lookups stay in the CPU's cache); the scale is applied once.
+        sums = [np.zeros(n), np.zeros(n)]
+        for kind, rows, cols, _ in _grams_of(buf, starts, tokens, answer, n, self.header, False):
+            sums[kind] += np.bincount(rows, weights=self._raw[cols], minlength=n)
+        # An answer of T tokens has T - k + 1 n-grams of order k, of which the first ``opening``
+        # start in its opening: counted, not tallied.
+        t = np.bincount(answer, minlength=n).astype(np.float64)
+        opening = float(self.header["opening"])
+        counts = [np.zeros(n), np.zeros(n)]
+        for k in self.header["orders"]:
+            every = np.maximum(t - (k - 1), 0.0)
+            counts[0] += every
+            counts[1] += np.minimum(every, opening)
+        scale = self.header["scale"]
+        return self.bias + sum(scale * s / np.sqrt(np.maximum(c, 1.0)) for s, c in zip(sums, counts))
 
     def batch(self, pairs: Iterable[tuple[str, str]]) -> list[bool]:
         responses = [r for _, r in pairs]

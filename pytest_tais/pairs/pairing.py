@@ -126,7 +126,14 @@ def match(
         key = (task.name, p.prompt_id)
         per_arm = []
         for name, src in sides:
-            gens, problem = _answers(src.get(key), k)
+            got = src.get(key)
+            if k == 1 and got is not None:  # greedy, the common case: one answer
+                gens = (got,)
+                if got.prompt != p.text:
+                    other[name].append(p.prompt_id)
+                per_arm.append(gens)
+                continue
+            gens, problem = _answers(got, k)
             if gens is None:
                 problems[name].append(p.prompt_id if k == 1 else f"{name} {printable(p.prompt_id)}: {problem}")
                 continue
@@ -180,36 +187,52 @@ def judge_pairs(
     """Score every answer of both arms (one ``score_all`` call per task); equal answers to a prompt are judged once."""
     index: dict[tuple[str, str], int] = {}
     items: list[tuple[Prompt, str, str]] = []
+    at: list[list[int]] = [[], []]  # per arm, each answer's place in ``items``, in matched order
     for col, name in ((1, names[0]), (2, names[1])):
+        places = at[col - 1]
         for m in matched:
             p = m[0]
             for g in m[col]:
                 key = (p.prompt_id, g.text)
-                if key not in index:
-                    index[key] = len(items)
+                i = index.setdefault(key, len(items))
+                if i == len(items):
                     items.append((p, g.text, name))
+                places.append(i)
     flags = score_all(task, items)
     records = []
     # Equal tuples of flags and of token ids are one object each: a pair holds six small tuples, and
     # 48,000 pairs' copies of (True,) and (None,) cost some 10 MB.
-    shared: dict[tuple, tuple] = {}
+    shared: dict[tuple, tuple] = {(f,): (f,) for f in (True, False)}
+    nothing = shared.setdefault((None,), (None,))
+    places_a, places_b = iter(at[0]), iter(at[1])
     with gc_paused():  # many small objects, none freed: the collector's passes are wasted
         for p, ga, gb in matched:
-            pid = p.prompt_id
-            fa = tuple(flags[index[(pid, g.text)]] for g in ga)
-            fb = tuple(flags[index[(pid, g.text)]] for g in gb)
-            ia, ib = tuple(g.token_ids for g in ga), tuple(g.token_ids for g in gb)
+            if len(ga) == 1 and len(gb) == 1:  # greedy: one answer an arm
+                fa, fb = (flags[next(places_a)],), (flags[next(places_b)],)
+                fa, fb = shared.setdefault(fa, fa), shared.setdefault(fb, fb)
+                g0, h0 = ga[0], gb[0]
+                texts_a, texts_b = (g0.text,), (h0.text,)
+                ia = nothing if g0.token_ids is None else (g0.token_ids,)
+                ib = nothing if h0.token_ids is None else (h0.token_ids,)
+            else:
+                fa = tuple([flags[next(places_a)] for _ in ga])
+                fb = tuple([flags[next(places_b)] for _ in gb])
+                fa, fb = shared.setdefault(fa, fa), shared.setdefault(fb, fb)
+                texts_a, texts_b = tuple([g.text for g in ga]), tuple([g.text for g in gb])
+                ia, ib = tuple([g.token_ids for g in ga]), tuple([g.token_ids for g in gb])
+                ia = shared.setdefault(ia, ia) if all(x is None for x in ia) else ia  # ids may be unhashable
+                ib = shared.setdefault(ib, ib) if all(x is None for x in ib) else ib
             records.append(
                 PairRecord(
-                    pid,
-                    tuple(g.text for g in ga),
-                    tuple(g.text for g in gb),
-                    shared.setdefault(fa, fa),
-                    shared.setdefault(fb, fb),
+                    p.prompt_id,
+                    texts_a,
+                    texts_b,
+                    fa,
+                    fb,
                     _pair_meta(gb[0]),
-                    shared.setdefault(ia, ia) if all(x is None for x in ia) else ia,  # ids may be unhashable
-                    shared.setdefault(ib, ib) if all(x is None for x in ib) else ib,
-                    tuple(g.seed for g in ga) if ga[0].seed is not None else (),
+                    ia,
+                    ib,
+                    tuple([g.seed for g in ga]) if ga[0].seed is not None else (),
                 )
             )
     return records
@@ -217,6 +240,8 @@ def judge_pairs(
 
 def _pair_meta(g: Any) -> dict[str, Any]:
     """What the verdict reads off the (first) arm-B record: canary, sampler, the token audit's scores."""
+    if not g.meta and g.target_scores is None:
+        return {}
     meta = {k: v for k, v in g.meta.items() if k in ("canary", "sampler")}
     if g.target_scores is not None:
         meta["target_scores"] = g.target_scores
@@ -264,13 +289,14 @@ def scorer(judge: Callable[[str, str], Any]) -> ScoreAll:
                     flag = seen[key] = score(task, p, text, arm, judge)
                 flags.append(flag)
             return flags
-        unique = list(dict.fromkeys((p.text, text) for p, text, _ in items))
+        keys = [(p.text, text) for p, text, _ in items]
+        unique = list(dict.fromkeys(keys))
         try:
             flags = judges.judge_all(judge, unique)
         except Exception as exc:
             raise TaskError(f"task {task.name!r}: the judge failed ({type(exc).__name__}: {exc})") from exc
         by_pair = dict(zip(unique, flags))
-        return [by_pair[(p.text, text)] for p, text, _ in items]
+        return [by_pair[key] for key in keys]
 
     return score_all
 

@@ -54,6 +54,8 @@ class RecordError(ValueError):
 
 
 _NO_META: Mapping[str, Any] = types.MappingProxyType({})
+#: The keys of the common record, which needs no check past its types.
+_PLAIN_KEYS = frozenset({"task", "prompt_id", "prompt", "arm", "text", "metric"})
 
 
 class TokenIds(array):
@@ -138,6 +140,11 @@ class Generation:
         except (KeyError, TypeError, IndexError):
             plain = False
         # The checks below run in full only for a line the common shape does not fit.
+        if plain and (arm == TARGET or arm == SPECULATIVE) and obj.keys() <= _PLAIN_KEYS:
+            metric = obj.get("metric")
+            if metric is None or metric == "refusal":  # nothing else to check: the greedy refusal record
+                share = intern or _same
+                return cls(share(task), share(prompt_id), share(prompt), arm, share(text), None, _NO_META, metric)
         if not (plain and (arm == TARGET or arm == SPECULATIVE)):
             _check_record(obj, where)
             task, prompt_id, prompt, arm, text = (
