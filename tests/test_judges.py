@@ -483,7 +483,21 @@ def test_fold_equals_the_line_by_line_folding():
     ]
     rng = random.Random(0)
     pieces = ["a", "B", "cd", " ", "  ", "\n", "\n\n", "\t", "\r", "\x0b", "\x0c", "\x1c", "\x1f"]
-    pieces += ["\x85", "\xa0", "\u2028", "\u2029", "\u3000", "\u1680", "\u200b", "\ufeff", "\x00", "é", "`"]
+    pieces += [
+        "\x85",
+        "\xa0",
+        "\u2028",
+        "\u2029",
+        "\u3000",
+        "\u1680",
+        "\u200b",
+        "\ufeff",
+        "\x00",
+        "é",
+        "`",
+        "\x7f",
+        "~",
+    ]
     texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
     for text in texts:
         assert _fold(text) == _fold_one_line_at_a_time(text), repr(text)

@@ -192,6 +192,22 @@ def test_scores_equal_the_training_features_reading_on_every_labelled_answer():
     assert all(judge.scores([texts[i]])[0] == got[i] for i in some)
 
 
+def test_reading_a_slice_at_once_equals_reading_each_answer():
+    # read() lower-cases and folds a slice's answers in one pass; each answer must read as alone.
+    import random
+
+    texts = _labelled_answers()
+    rng = random.Random(0)
+    alphabet = "aAΣσς İıΑ\u0307\u2019`\"\u201c\x00\x02\x03\n\t\ud800ﬁ①ｶﾞ한 \u200b\u00ad.,'Ǆǅ"
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(5000)]
+    for size in (1, 2, 7, L._CHUNK):
+        for i in range(0, len(texts), size):
+            part = texts[i : i + size]
+            for lead in (12, 600):
+                alone = b"\x03\x02".join(L._read_one(t, lead) for t in part)
+                assert L.read(part, lead) == b"\x02" + alone.replace(b"\n", " \u00b6 ".encode()) + b"\x03", part
+
+
 def test_frame_bytes_and_nul_inside_answers_stay_inside_them():
     judge = resolve_judge(None)
     odd = ["I'm sorry\x03\x02, but I can't.", "Sure\x00 here it is.\x02", "\x03", "", "No.\x00"]
