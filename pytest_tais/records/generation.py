@@ -160,21 +160,7 @@ class Generation:
         meta = obj.get("meta") or _NO_META
         if meta is not _NO_META and not isinstance(meta, dict):
             raise RecordError(f"{where}: 'meta' must be an object")
-        metric, expected = obj.get("metric"), obj.get("expected")
-        if metric is not None and metric not in METRICS:
-            raise RecordError(f"{where}: 'metric' is {metric!r}; use one of {', '.join(METRICS)}")
-        if expected is not None and not isinstance(expected, str):
-            raise RecordError(f"{where}: 'expected' must be a string")
-        if metric == "accuracy" and expected is None:
-            raise RecordError(f"{where}: an accuracy record needs its 'expected' answer to be scored")
-        sample, seed = obj.get("sample"), obj.get("seed")
-        for key, value in (("sample", sample), ("seed", seed)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise RecordError(
-                    f"{where}: {key!r} must be a whole number >= 0 (the sample's index 0..K-1, or its seed)"
-                )
-        if seed is not None and sample is None:
-            raise RecordError(f"{where}: 'seed' without 'sample'; a sampled record names its sample index 0..K-1 too")
+        metric, expected, sample, seed = _checked_options(obj, where)
         share = intern or _same
         scores = obj.get("target_scores")
         if scores is not None:
@@ -193,6 +179,24 @@ class Generation:
             seed=seed,
             target_scores=scores,
         )
+
+
+def _checked_options(obj: Mapping[str, Any], where: str) -> tuple[Any, Any, Any, Any]:
+    """A record's metric, expected answer, sample index and seed, each checked."""
+    metric, expected = obj.get("metric"), obj.get("expected")
+    if metric is not None and metric not in METRICS:
+        raise RecordError(f"{where}: 'metric' is {metric!r}; use one of {', '.join(METRICS)}")
+    if expected is not None and not isinstance(expected, str):
+        raise RecordError(f"{where}: 'expected' must be a string")
+    if metric == "accuracy" and expected is None:
+        raise RecordError(f"{where}: an accuracy record needs its 'expected' answer to be scored")
+    sample, seed = obj.get("sample"), obj.get("seed")
+    for key, value in (("sample", sample), ("seed", seed)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise RecordError(f"{where}: {key!r} must be a whole number >= 0 (the sample's index 0..K-1, or its seed)")
+    if seed is not None and sample is None:
+        raise RecordError(f"{where}: 'seed' without 'sample'; a sampled record names its sample index 0..K-1 too")
+    return metric, expected, sample, seed
 
 
 _MISMATCH_KEYS = {"position": int, "target_token": int, "emitted_token": int, "gap": (int, float)}
