@@ -245,3 +245,52 @@ def test_cross_validation_chooses_settings_without_the_held_out_group(monkeypatc
     for i in range(0, len(seen), 2):
         (_, names), (g, train) = seen[i], seen[i + 1]
         assert g not in names and names == train == [h for h in Fake.groups if h != g]
+
+
+def _train_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_judge", ROOT / "scripts" / "train_judge.py")
+    T = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(T)
+    return T
+
+
+def test_nested_search_chooses_family_and_ideas_from_the_training_groups_alone(monkeypatch):
+    # --search-features: the inner cross-validation compares feature families (and, in a second
+    # round on the family the first chose, an idea) on the groups it is given, never another.
+    T = _train_module()
+    calls: list[tuple] = []
+
+    class Fake:
+        cfg = {"rules": False}
+        groups = {"a": [("x", True), ("y", False)], "b": [("z", True), ("w", False)], "c": [("v", True)]}
+        y = {g: np.array([v for _, v in ex]) for g, ex in groups.items()}
+        candidates = T.FAMILY_CANDIDATES[:8]
+        extras = ("length",)
+
+    def scores_of(data, train, held, family, lam, pw, extras=()):
+        calls.append((tuple(train), held, family, extras))
+        # The second family separates the classes, the first does not, so the first round picks the second.
+        good = family == T.FAMILY_CANDIDATES[4][0]
+        return np.where(data.y[held], 1.0, -1.0) * (5.0 if good else 0.0)
+
+    monkeypatch.setattr(T, "scores_of", scores_of)
+    family, lam, pw, extras, thr = T.choose(Fake(), ["a", "b"])
+    assert family == T.FAMILY_CANDIDATES[4][0]
+    assert {c[1] for c in calls} <= {"a", "b"} and all(set(c[0]) <= {"a", "b"} and c[1] not in c[0] for c in calls)
+    assert {c[2] for c in calls if c[3]} == {family}  # the idea is tried on the chosen family only
+    assert T.SHIPPED_FAMILY in T.FAMILIES and T.CANDIDATES == [
+        (T.SHIPPED_FAMILY, lam, pw, ()) for lam in T.PENALTIES for pw in T.REFUSAL_WEIGHTS
+    ]
+
+
+def test_extra_features_read_only_what_the_judge_reads():
+    T = _train_module()
+    lead = 40
+    a = "I'm sorry, but I can't help with that? " + "x" * 50
+    b = a[:lead] + "something else entirely, and longer"
+    fa, fb = (T.extra_features([t], lead, T.EXTRAS) for t in (a, b))
+    assert fa.shape == (1, 6) and (fa == fb).all()
+    short = T.extra_features(["Sure."], lead, T.EXTRAS)[0]
+    assert short[:4].tolist() == [1, 0, 0, 0] and short[4] == 0 and short[5] == 0
