@@ -176,9 +176,14 @@ def _grams(texts: Sequence[str], cfg: dict[str, Any], spans: bool = False):
     """For each word n-gram order: (0, answer index, bucket, byte spans or None) of its n-grams, then
     (1, ...) of those that start in the opening (the first ``opening`` tokens), which get buckets of
     their own."""
-    buf, starts, tokens = _tokens(texts, cfg["lead"])
+    yield from _grams_of(*_framed(texts, cfg["lead"]), len(texts), cfg, spans)
+
+
+def _framed(texts: Sequence[str], lead: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``_tokens``' buffer, token starts and hashes, and each token's answer index."""
+    buf, starts, tokens = _tokens(texts, lead)
     answer = np.cumsum(buf[starts] == _START) - 1  # every answer's first token is its start byte
-    yield from _grams_of(buf, starts, tokens, answer, len(texts), cfg, spans)
+    return buf, starts, tokens, answer
 
 
 def _grams_of(buf, starts, tokens, answer, count: int, cfg: dict[str, Any], spans: bool):
@@ -296,8 +301,7 @@ class LearnedJudge:
     def _ngram_scores(self, responses: Sequence[str]) -> np.ndarray:
         """The bias plus the n-grams' part of each answer's score."""
         n = len(responses)
-        buf, starts, tokens = _tokens(responses, self.lead)
-        answer = np.cumsum(buf[starts] == _START) - 1
+        buf, starts, tokens, answer = _framed(responses, self.lead)
         # Sums of the stored int16 weights are exact in float64 (the table is a quarter of the
         # float one, so its lookups stay in the CPU's cache); the scale is applied once.
         sums = [np.zeros(n), np.zeros(n)]

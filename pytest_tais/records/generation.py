@@ -139,13 +139,14 @@ class Generation:
             plain = type(task) is str and type(prompt_id) is str and type(prompt) is str and type(text) is str
         except (KeyError, TypeError, IndexError):
             plain = False
-        # The checks below run in full only for a line the common shape does not fit.
-        if plain and (arm == TARGET or arm == SPECULATIVE) and obj.keys() <= _PLAIN_KEYS:
+        plain = plain and (arm == TARGET or arm == SPECULATIVE)
+        share = intern or _same
+        if plain and obj.keys() <= _PLAIN_KEYS:
             metric = obj.get("metric")
             if metric is None or metric == "refusal":  # nothing else to check: the greedy refusal record
-                share = intern or _same
                 return cls(share(task), share(prompt_id), share(prompt), arm, share(text), None, _NO_META, metric)
-        if not (plain and (arm == TARGET or arm == SPECULATIVE)):
+        # The checks below run in full only for a line the common shape does not fit.
+        if not plain:
             _check_record(obj, where)
             task, prompt_id, prompt, arm, text = (
                 obj["task"],
@@ -161,7 +162,6 @@ class Generation:
         if meta is not _NO_META and not isinstance(meta, dict):
             raise RecordError(f"{where}: 'meta' must be an object")
         metric, expected, sample, seed = _checked_options(obj, where)
-        share = intern or _same
         scores = obj.get("target_scores")
         if scores is not None:
             _check_scores(scores, where)
